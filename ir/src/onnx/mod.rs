@@ -1,0 +1,3 @@
+//! ONNX import and export.
+
+pub mod proto;
