@@ -16,6 +16,7 @@ pub mod dim;
 pub mod dtype;
 pub mod error;
 pub mod graph;
+pub mod interp;
 pub mod onnx;
 pub mod op;
 pub mod tensor;
