@@ -4,7 +4,8 @@
 //! - [`tensor`]: dense tensor values;
 //! - [`op`], [`attr`]: operators with typed attributes;
 //! - [`graph`]: the dataflow graph on petgraph;
-//! - [`onnx`]: reading and writing ONNX models.
+//! - [`onnx`]: reading and writing ONNX models;
+//! - [`npy`]: NumPy `.npy` tensors.
 //!
 //! Nothing here depends on LLVM or MLIR, so frontends can use the IR and the
 //! rewriting passes without a code generator.
@@ -17,6 +18,7 @@ pub mod dtype;
 pub mod error;
 pub mod graph;
 pub mod interp;
+pub mod npy;
 pub mod onnx;
 pub mod op;
 pub mod tensor;
