@@ -1,2 +1,66 @@
 //! Kiln: compiler passes and operator fusion for transformer graphs.
+//!
+//! This crate is the front door: it re-exports the graph IR as [`ir`] and
+//! the rewriting passes as [`passes`], and offers the handful of calls most
+//! programs need.
+//!
+//! ```no_run
+//! # fn main() -> kiln::Result<()> {
+//! // Load an ONNX model (or a `.kiln` text file): types are inferred and the
+//! // graph verified.
+//! let graph = kiln::load("model.onnx")?;
+//!
+//! // Evaluate it with the reference interpreter on NumPy inputs.
+//! let ids = kiln::read_npy("input_ids.npy")?;
+//! let outputs = kiln::run(&graph, &[("input_ids".to_string(), ids)])?;
+//! for (name, tensor) in &outputs {
+//!     kiln::write_npy(format!("{name}.npy"), tensor)?;
+//! }
+//!
+//! // Write it back out in kiln's text format.
+//! kiln::save(&graph, "model.kiln")?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The `kiln` binary wraps the same calls: `kiln inspect`, `kiln run` and
+//! `kiln convert`.
+
+#![warn(missing_docs)]
+
+use std::path::Path;
+
 pub use kiln_ir as ir;
+pub use kiln_passes as passes;
+
+pub use kiln_ir::{DType, Dim, Graph, IrError, Result, Tensor, TensorType};
+
+/// Reads a graph from a `.onnx` or `.kiln` file, infers every value's type
+/// and verifies it. See [`ir::io::load`].
+pub fn load(path: impl AsRef<Path>) -> Result<Graph> {
+    kiln_ir::io::load(path)
+}
+
+/// Writes a graph as `.onnx` or `.kiln`, by the path's extension. See
+/// [`ir::io::save`].
+pub fn save(graph: &Graph, path: impl AsRef<Path>) -> Result<()> {
+    kiln_ir::io::save(graph, path)
+}
+
+/// Evaluates a graph with the reference interpreter. `inputs` are
+/// `(graph input name, tensor)` pairs; the result has one entry per graph
+/// output, in order. See [`ir::interp::run`].
+pub fn run(graph: &Graph, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+    kiln_ir::interp::run(graph, inputs)
+}
+
+/// Reads a NumPy `.npy` file. See [`ir::npy`] for the supported dtypes.
+pub fn read_npy(path: impl AsRef<Path>) -> Result<Tensor> {
+    kiln_ir::npy::read_npy(path.as_ref())
+}
+
+/// Writes a tensor as a NumPy `.npy` file (`bf16` tensors are refused; cast
+/// them to `f32`). See [`ir::npy`].
+pub fn write_npy(path: impl AsRef<Path>, tensor: &Tensor) -> Result<()> {
+    kiln_ir::npy::write_npy(path.as_ref(), tensor)
+}
