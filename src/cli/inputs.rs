@@ -126,15 +126,25 @@ fn describe_required(graph: &Graph) -> String {
     format!("the model's inputs are:\n{}", lines.join("\n"))
 }
 
+/// A graph input's tensor and the file it came from.
+pub struct AssignedInput {
+    /// Graph input name.
+    pub name: String,
+    /// The data, converted to the input's dtype where `.npy` needs it.
+    pub tensor: Tensor,
+    /// The file it was read from.
+    pub origin: PathBuf,
+}
+
 /// Matches test-data inputs and `--input` files to graph inputs and checks
 /// them. A test-data file goes to the graph input its stored name names, or
 /// else to the graph input at its position; `--input` wins over the
-/// directory. Returns the tensors in graph-input order.
+/// directory. Returns the inputs in graph-input order.
 pub fn assign_inputs(
     graph: &Graph,
     from_dir: Vec<TensorFile>,
     explicit: &[InputArg],
-) -> anyhow::Result<Vec<(String, Tensor)>> {
+) -> anyhow::Result<Vec<AssignedInput>> {
     let required = required_inputs(graph);
     let names: Vec<&str> = required.iter().map(|&v| graph.value(v).name.as_str()).collect();
     let mut assigned: BTreeMap<usize, TensorFile> = BTreeMap::new();
@@ -193,11 +203,12 @@ pub fn assign_inputs(
     let mut out = Vec::with_capacity(required.len());
     for (slot, file) in assigned {
         let value = graph.value(required[slot]);
+        let origin = file.path.clone();
         let tensor = match &value.ty {
             Some(ty) => conform(&value.name, ty, file, &mut bindings)?,
             None => file.tensor,
         };
-        out.push((value.name.clone(), tensor));
+        out.push(AssignedInput { name: value.name.clone(), tensor, origin });
     }
     Ok(out)
 }

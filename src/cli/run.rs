@@ -133,7 +133,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             if graph.outputs().len() == 1 { "" } else { "s" }
         );
     }
-    let inputs = assign_inputs(&graph, dir_inputs, &args.input)?;
+    let assigned = assign_inputs(&graph, dir_inputs, &args.input)?;
+    let mut input_rows = Vec::new();
+    let mut inputs = Vec::with_capacity(assigned.len());
+    for input in assigned {
+        input_rows.push(vec![
+            input.name.clone(),
+            format!("{}{}", input.tensor.dtype(), shape_text(input.tensor.shape())),
+            value_stats(&input.tensor),
+            format!("<- {}", input.origin.display()),
+        ]);
+        inputs.push((input.name, input.tensor));
+    }
 
     let start = Instant::now();
     let outputs = evaluate(&graph, &inputs, args.backend)
@@ -147,6 +158,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.backend.to_possible_value().expect("no variant is skipped").get_name(),
         elapsed.as_secs_f64()
     );
+    if !input_rows.is_empty() {
+        report.push_str(&format!("\ninputs ({})\n", input_rows.len()));
+        report.push_str(&table(&input_rows, 2));
+    }
     report.push_str(&format!("\noutputs ({})\n", outputs.len()));
     let names: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
     let files = output_file_names(&names);

@@ -81,8 +81,10 @@ pub fn value_stats(t: &Tensor) -> String {
         let trues = values.iter().filter(|&&v| v != 0.0).count();
         return format!("true: {} of {}", thousands(trues as u64), thousands(values.len() as u64));
     }
+    // Integers print as integers; only their mean is fractional.
+    let element = |v: f64| if t.dtype().is_integer() { format!("{}", v as i64) } else { number(v) };
     if values.len() <= 4 {
-        let shown: Vec<String> = values.iter().map(|&v| number(v)).collect();
+        let shown: Vec<String> = values.iter().map(|&v| element(v)).collect();
         return if t.shape().is_empty() { shown.join("") } else { format!("[{}]", shown.join(", ")) };
     }
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
@@ -92,7 +94,7 @@ pub fn value_stats(t: &Tensor) -> String {
         let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
         let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mean = finite.iter().sum::<f64>() / finite.len() as f64;
-        format!("min {}  max {}  mean {}", number(min), number(max), number(mean))
+        format!("min {}  max {}  mean {}", element(min), element(max), number(mean))
     };
     let nans = values.iter().filter(|v| v.is_nan()).count();
     let infs = values.iter().filter(|v| v.is_infinite()).count();
@@ -162,6 +164,8 @@ mod tests {
         let t = Tensor::from_f64s(DType::F32, &[5], &[1.0, 2.0, 3.0, f64::NAN, 4.0]);
         assert_eq!(value_stats(&t), "min 1.000  max 4.000  mean 2.500  (1 NaN)");
         assert_eq!(value_stats(&Tensor::scalar_f32(5.5)), "5.500");
+        let i = Tensor::from_i64s(DType::I64, &[5], &[3, -100, 7, 250, 0]);
+        assert_eq!(value_stats(&i), "min -100  max 250  mean 32.00");
         let b = Tensor::from_i64s(DType::Bool, &[3], &[1, 0, 1]);
         assert_eq!(value_stats(&b), "true: 2 of 3");
     }
