@@ -624,6 +624,14 @@ fn declared_types_are_checked_and_merged() {
     g.g.value_mut(y).ty = Some(ty("f32[b, 8]"));
     assert_eq!(g.infer("y"), "f32[b, 8]");
 
+    // Between two names, the inferred one says how the dim relates to the inputs.
+    let mut g = G::new();
+    g.input("past", "f32[past, 4]").input("cur", "f32[seq, 4]");
+    g.node("cat", Op::Concat { axis: 0 }, &["past", "cur"], &["y"]);
+    let y = g.id("y").unwrap();
+    g.g.value_mut(y).ty = Some(ty("f32[present_len, unk__7]"));
+    assert_eq!(g.infer("y"), "f32[past+seq, 4]");
+
     let mut g = G::new();
     g.input("x", "f32[2, 3]");
     g.node("neg", Op::Unary(UnaryOp::Neg), &["x"], &["y"]);

@@ -47,7 +47,9 @@
 //! the inferred one: a different dtype, a different rank or two different
 //! fixed sizes is an error. Otherwise the more precise dim is kept per axis:
 //! a fixed size over a symbol, a named symbol over a fresh `unk__N`, and the
-//! declared symbol when both are named.
+//! inferred symbol when both are named, because it states how the dim
+//! relates to the graph inputs (`past+seq` rather than an exporter's
+//! `present_dim_2`).
 
 mod dims;
 mod elementwise;
@@ -212,8 +214,8 @@ fn merge(declared: &TensorType, inferred: &TensorType) -> Option<TensorType> {
         .map(|(d, i)| match (d, i) {
             (Dim::Fixed(_), _) => d.clone(),
             (_, Dim::Fixed(_)) => i.clone(),
-            _ if dims::is_fresh(d) && !dims::is_fresh(i) => i.clone(),
-            _ => d.clone(),
+            _ if dims::is_fresh(i) => d.clone(),
+            _ => i.clone(),
         })
         .collect();
     Some(TensorType::new(declared.dtype, shape))
