@@ -394,6 +394,7 @@ fn output_names_that_are_not_file_names() {
     let x = g.add_input("x", TensorType::new(DType::F32, vec![Dim::sym("n")])).unwrap();
     let node = g.add_node("neg", Op::Unary(UnaryOp::Neg), vec![Some(x)], &["scores/layer:0"]).unwrap();
     g.add_output(g.node(node).output(0).unwrap());
+    kiln::ir::infer_types(&mut g).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let model_path = tmp.path().join("names.kiln");
     kiln::save(&g, &model_path).unwrap();

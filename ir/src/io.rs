@@ -118,7 +118,9 @@ mod tests {
     #[test]
     fn save_and_load_both_formats() {
         let dir = scratch_dir("roundtrip");
-        let g = add_graph();
+        let mut g = add_graph();
+        // Export writes every graph output's type, so they must be known.
+        crate::infer::infer_types(&mut g).unwrap();
         for name in ["m.onnx", "m.kiln"] {
             let path = dir.join(name);
             save(&g, &path).unwrap();
