@@ -5,7 +5,9 @@ use kiln_ir::dim::Dim;
 use kiln_ir::op::{
     AttentionAttrs, BinaryOp, GemmAttrs, LossReduction, ReduceKind, UnaryOp, VariadicOp,
 };
+use kiln_ir::onnx::import::{load_model, read_tensor_pb, ImportOptions};
 use kiln_ir::{infer_node, infer_types, verify, DType, Graph, Op, Tensor, TensorType, ValueId};
+use std::path::{Path, PathBuf};
 
 /// Parses `f32[batch, seq+1, 768]`.
 fn ty(s: &str) -> TensorType {
@@ -705,4 +707,149 @@ fn untyped_graph_input_is_an_error() {
     g.set_inputs(vec![x]);
     let e = infer_types(&mut g).unwrap_err().to_string();
     assert_eq!(e, "value `x`: graph input has no type");
+}
+
+// ---- the ONNX backend node tests ----
+
+/// The Python the tests use: `KILN_PYTHON`, else the repo's `.venv`, else
+/// the shared probe environment.
+fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_PYTHON") {
+        return Some(p.into());
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [repo.join(".venv/bin/python"), "/tmp/probe-venv/bin/python".into()].into_iter().find(|p| p.exists())
+}
+
+/// `<site-packages>/onnx/backend/test/data/node` of that Python.
+fn node_test_dir() -> Option<PathBuf> {
+    let out = std::process::Command::new(python()?)
+        .args(["-c", "import onnx,os;print(os.path.dirname(onnx.__file__))"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = Path::new(String::from_utf8(out.stdout).ok()?.trim()).join("backend/test/data/node");
+    dir.is_dir().then_some(dir)
+}
+
+/// How one node test came out.
+enum Outcome {
+    /// The importer rejects the model (an op or form kiln does not support).
+    NotImported,
+    /// Every output type equals the reference output's.
+    Exact,
+    /// Compatible, but some dim stayed symbolic where the reference has a size.
+    Symbolic(String),
+    /// Inference failed or disagrees with the reference.
+    Wrong(String),
+}
+
+/// Imports a node-test model, forgets every type the file declares except
+/// the graph inputs', infers, and compares with `output_N.pb`. With
+/// `fold_small_inputs`, graph inputs small enough for value propagation
+/// (shapes, axes, k, ...) become initializers holding the test's input data,
+/// so results that depend on their values can be exact.
+fn run_node_test(dir: &Path, fold_small_inputs: bool) -> Outcome {
+    let Ok(mut g) = load_model(&dir.join("model.onnx"), ImportOptions::default()) else {
+        return Outcome::NotImported;
+    };
+    if fold_small_inputs {
+        let mut kept = Vec::new();
+        for (i, &v) in g.inputs().to_vec().iter().enumerate() {
+            let small = g.value(v).ty.as_ref().is_some_and(|t| t.rank() <= 1 && t.fixed_len().is_some_and(|n| n <= 64));
+            match read_tensor_pb(&dir.join(format!("test_data_set_0/input_{i}.pb"))) {
+                Ok((_, t)) if small => g.value_mut(v).initializer = Some(t),
+                _ => kept.push(v),
+            }
+        }
+        g.set_inputs(kept);
+    }
+    let keep: std::collections::BTreeSet<ValueId> = g.inputs().iter().copied().collect();
+    let forget: Vec<ValueId> =
+        g.value_ids().filter(|v| !keep.contains(v) && g.value(*v).initializer.is_none()).collect();
+    for v in forget {
+        g.value_mut(v).ty = None;
+    }
+    if let Err(e) = infer_types(&mut g) {
+        return Outcome::Wrong(format!("inference failed: {e}"));
+    }
+    if let Err(e) = verify(&g) {
+        return Outcome::Wrong(format!("verify failed: {e}"));
+    }
+    let mut symbolic = Vec::new();
+    for (i, &v) in g.outputs().iter().enumerate() {
+        let path = dir.join(format!("test_data_set_0/output_{i}.pb"));
+        let expected = match read_tensor_pb(&path) {
+            Ok((_, t)) => TensorType::fixed(t.dtype(), t.shape()),
+            Err(e) => return Outcome::Wrong(format!("cannot read {}: {e}", path.display())),
+        };
+        let val = g.value(v);
+        let got = val.ty.as_ref().expect("verified");
+        if got.dtype != expected.dtype || got.rank() != expected.rank() {
+            return Outcome::Wrong(format!("output `{}`: inferred {got}, reference {expected}", val.name));
+        }
+        if got.shape.iter().zip(&expected.shape).any(|(a, b)| a.fixed().is_some() && a != b) {
+            return Outcome::Wrong(format!("output `{}`: inferred {got}, reference {expected}", val.name));
+        }
+        if got.shape.iter().any(|d| d.fixed().is_none()) {
+            symbolic.push(format!("`{}`: {got} vs {expected}", val.name));
+        }
+    }
+    if symbolic.is_empty() {
+        return Outcome::Exact;
+    }
+    // With the small inputs known, only an op whose result size depends on
+    // tensor data may leave a dim symbolic.
+    let data_dependent = g.node_ids().into_iter().any(|n| matches!(g.node(n).op, Op::NonZero));
+    if fold_small_inputs && !data_dependent {
+        return Outcome::Wrong(format!("not exact with every small input known: {}", symbolic.join("; ")));
+    }
+    Outcome::Symbolic(symbolic.join("; "))
+}
+
+/// Every node-test model the importer accepts must infer without error, pass
+/// the verifier and agree with the reference outputs, first with every graph
+/// input unknown, then with the small ones (shapes, axes, k, pads, ...)
+/// folded to their test data. A dim may stay symbolic when it depends on an
+/// unknown input's values; once those are folded, only on tensor data
+/// (NonZero). The counts are printed (`--nocapture`).
+#[test]
+fn onnx_node_tests_infer_like_the_reference() {
+    let Some(root) = node_test_dir() else {
+        eprintln!("skipped: no Python with the onnx package (set KILN_PYTHON)");
+        return;
+    };
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.onnx").exists()).collect();
+    dirs.sort();
+    let mut wrong = Vec::new();
+    for fold in [false, true] {
+        let (mut not_imported, mut exact) = (0, 0);
+        let mut symbolic = Vec::new();
+        for dir in &dirs {
+            let name = dir.file_name().unwrap().to_string_lossy().to_string();
+            match run_node_test(dir, fold) {
+                Outcome::NotImported => not_imported += 1,
+                Outcome::Exact => exact += 1,
+                Outcome::Symbolic(m) => symbolic.push(format!("{name}: {m}")),
+                Outcome::Wrong(m) => wrong.push(format!("{name} (small inputs folded: {fold}): {m}")),
+            }
+        }
+        eprintln!(
+            "{} node tests, small inputs {}: {not_imported} not imported, {exact} exact, {} symbolic",
+            dirs.len(),
+            if fold { "folded to constants" } else { "unknown" },
+            symbolic.len(),
+        );
+        for s in &symbolic {
+            eprintln!("  symbolic {s}");
+        }
+        assert!(exact > 0, "no node test was imported");
+    }
+    for w in &wrong {
+        eprintln!("  WRONG {w}");
+    }
+    assert!(wrong.is_empty(), "{} node tests infer wrongly:\n{}", wrong.len(), wrong.join("\n"));
 }
