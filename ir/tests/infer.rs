@@ -2,10 +2,8 @@
 //! the `Graph` API.
 
 use kiln_ir::dim::Dim;
-use kiln_ir::op::{
-    AttentionAttrs, BinaryOp, GemmAttrs, LossReduction, ReduceKind, UnaryOp, VariadicOp,
-};
 use kiln_ir::onnx::import::{load_model, read_tensor_pb, ImportOptions};
+use kiln_ir::op::{AttentionAttrs, BinaryOp, GemmAttrs, LossReduction, ReduceKind, UnaryOp, VariadicOp};
 use kiln_ir::{infer_node, infer_types, verify, DType, Graph, Op, Tensor, TensorType, ValueId};
 use std::path::{Path, PathBuf};
 
@@ -322,7 +320,10 @@ fn concat_adds_symbolic_lengths() {
     let mut g = G::new();
     g.input("a", "f32[2, 3]").input("b", "f32[4, 5]");
     g.node("cat", Op::Concat { axis: 0 }, &["a", "b"], &["y"]);
-    assert_eq!(g.infer_err(), "node `cat` (Concat): input 1 `b` has shape f32[4, 5] but input 0 `a` has dim 3 on axis 1");
+    assert_eq!(
+        g.infer_err(),
+        "node `cat` (Concat): input 1 `b` has shape f32[4, 5] but input 0 `a` has dim 3 on axis 1"
+    );
 }
 
 #[test]
@@ -513,7 +514,9 @@ fn layer_norm_rms_norm_softmax() {
     g.input("x", "f32[2, 768]").input("w", "f32[512]");
     let ln = Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 };
     g.node("ln", ln, &["x", "w"], &["y"]);
-    assert!(g.infer_err().contains("input 1 `w` has shape f32[512], which does not broadcast to the normalized dims [768]"));
+    assert!(g
+        .infer_err()
+        .contains("input 1 `w` has shape f32[512], which does not broadcast to the normalized dims [768]"));
 }
 
 #[test]
@@ -580,8 +583,18 @@ fn quantization_types() {
     let mut g = G::new();
     g.input("x", "f32[64, 128]").input("s", "f32[]").input("zp", "i8[]").input("s_axis", "f32[128]");
     g.input("s_block", "f32[64, 4]").input("zp_block", "i4[64, 4]").input("w4", "i4[64, 128]");
-    g.node("q_zp", Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None }, &["x", "s", "zp"], &["q1"]);
-    g.node("q_def", Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None }, &["x", "s_axis"], &["q2"]);
+    g.node(
+        "q_zp",
+        Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None },
+        &["x", "s", "zp"],
+        &["q1"],
+    );
+    g.node(
+        "q_def",
+        Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None },
+        &["x", "s_axis"],
+        &["q2"],
+    );
     let blocked = Op::QuantizeLinear { axis: 1, block_size: 32, saturate: true, output_dtype: None };
     g.node("q_block", blocked, &["x", "s_block", "zp_block"], &["q3"]);
     let dq = Op::DequantizeLinear { axis: 1, block_size: 32, output_dtype: Some(DType::F16) };
@@ -821,8 +834,11 @@ fn onnx_node_tests_infer_like_the_reference() {
         eprintln!("skipped: no Python with the onnx package (set KILN_PYTHON)");
         return;
     };
-    let mut dirs: Vec<PathBuf> =
-        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.onnx").exists()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
     dirs.sort();
     let mut wrong = Vec::new();
     for fold in [false, true] {

@@ -65,7 +65,11 @@ fn check_params(cx: &Ctx, axis: i64, block_size: i64) -> Result<()> {
         let ok = (per_tensor && zp_per_tensor && block_size == 0)
             || (zp.rank() == s.rank() && zp.shape.iter().zip(&s.shape).all(|(a, b)| !dims::conflict(a, b)));
         if !ok {
-            return Err(cx.err(format!("{} (zero point) has shape {zp} but {} (scale) has {s}", cx.desc(2), cx.desc(1))));
+            return Err(cx.err(format!(
+                "{} (zero point) has shape {zp} but {} (scale) has {s}",
+                cx.desc(2),
+                cx.desc(1)
+            )));
         }
     }
     Ok(())

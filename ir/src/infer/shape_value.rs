@@ -81,9 +81,9 @@ fn first_output(g: &Graph, node: &Node, ins: &[Option<Elems>]) -> Option<Elems> 
     let out_dtype = out_ty(0).map(|t| t.dtype).or_else(|| in_ty(0).map(|t| t.dtype));
     let first = match &node.op {
         Op::Constant { value } => from_tensor(value),
-        Op::Shape { start, end } => in_ty(0).and_then(|t| {
+        Op::Shape { start, end } => in_ty(0).map(|t| {
             let (s, e) = shape_range(t.rank(), *start, *end);
-            Some(t.shape[s..e].iter().map(|d| Some(d.to_poly())).collect())
+            t.shape[s..e].iter().map(|d| Some(d.to_poly())).collect()
         }),
         Op::Size => in_ty(0).and_then(|t| super::dims::product(&t.shape)).map(|d| vec![Some(d.to_poly())]),
         Op::Identity | Op::Unsqueeze | Op::Squeeze | Op::Reshape { .. } | Op::Dropout { .. } => input(0),
@@ -95,7 +95,7 @@ fn first_output(g: &Graph, node: &Node, ins: &[Option<Elems>]) -> Option<Elems> 
         Op::Concat { .. } => {
             let mut all = Vec::new();
             for slot in 0..node.inputs.len() {
-                all.extend(input(slot)?.into_iter());
+                all.extend(input(slot)?);
             }
             (all.len() <= MAX_TRACKED).then_some(all)
         }
