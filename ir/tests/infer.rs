@@ -869,3 +869,36 @@ fn onnx_node_tests_infer_like_the_reference() {
     }
     assert!(wrong.is_empty(), "{} node tests infer wrongly:\n{}", wrong.len(), wrong.join("\n"));
 }
+
+#[test]
+fn extreme_values_give_errors_or_unknowns_not_panics() {
+    let mut g = G::new();
+    g.input("empty", "f32[0, 3]").input("huge", "f32[1099511627776, 1099511627776, 1099511627776]");
+    g.ints("min", &[i64::MIN]).ints("max", &[i64::MAX]).ints("zero", &[0]).ints("m1", &[-1]);
+    g.init("min_s", Tensor::scalar_i64(i64::MIN)).init("m1_s", Tensor::scalar_i64(-1));
+    g.node("rev_empty", Op::Slice, &["empty", "max", "min", "zero", "m1"], &["a"]);
+    g.node("min_step", Op::Slice, &["empty", "zero", "max", "zero", "min"], &["b"]);
+    g.node("mod", Op::Mod { fmod: false }, &["min_s", "m1_s"], &["c"]);
+    g.node("div", Op::Binary(BinaryOp::Div), &["min_s", "m1_s"], &["d"]);
+    g.node("cast", Op::Cast { to: DType::F16, saturate: true }, &["min_s"], &["e"]);
+    g.node("flat", Op::Reshape { allowzero: false }, &["huge", "m1"], &["f"]);
+    g.node("range", Op::Range, &["min_s", "m1_s", "m1_s"], &["r"]);
+    g.node("size", Op::Size, &["huge"], &["n"]);
+    g.node("shape", Op::Shape { start: i64::MIN, end: Some(i64::MAX) }, &["huge"], &["s"]);
+    g.node("prod", reduce(ReduceKind::Prod, Some(vec![0]), false), &["s"], &["p"]);
+    g.node("range2", Op::Range, &["zero", "p", "m1_s"], &["r2"]);
+    assert_eq!(g.infer("a"), "f32[0, 3]");
+    assert_eq!(g.ty("b"), "f32[0, 3]");
+    assert_eq!(g.ty("c"), "i64[]");
+    assert_eq!(g.ty("d"), "i64[]");
+    assert_eq!(g.ty("e"), "f16[]");
+    assert_eq!(g.ty("f"), "f32[unk__0]");
+    assert_eq!(g.ty("s"), "i64[3]");
+    assert!(g.ty("r2").starts_with("i64[unk__"), "{}", g.ty("r2"));
+    assert!(g.ty("r").starts_with("i64["), "{}", g.ty("r"));
+
+    let mut g = G::new();
+    g.input("x", "f32[4]").init("zero", Tensor::scalar_i64(0)).init("m1", Tensor::scalar_i64(-1));
+    g.node("range", Op::Range, &["zero", "zero", "zero"], &["r"]);
+    assert_eq!(g.infer_err(), "node `range` (Range): input 2 `zero` (delta) is 0");
+}

@@ -420,7 +420,7 @@ fn slice_dim(d: &Dim, start: &Option<Poly>, end: &Option<Poly>, step: &Option<Po
     if span.as_constant().is_some_and(|c| c <= 0) {
         return Some(Dim::Fixed(0));
     }
-    let k = step.unsigned_abs() as i64;
+    let k = i64::try_from(step.unsigned_abs()).ok()?;
     let len =
         if k == 1 { span } else { poly_floor_div(&poly_add(&span, &Poly::constant(k - 1))?, &Poly::constant(k))? };
     let len = Dim::from_poly(len)?;
