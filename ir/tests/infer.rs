@@ -759,16 +759,26 @@ enum Outcome {
     Wrong(String),
 }
 
-/// Imports a node-test model, forgets every type the file declares except
-/// the graph inputs', infers, and compares with `output_N.pb`. With
-/// `fold_small_inputs`, graph inputs small enough for value propagation
-/// (shapes, axes, k, ...) become initializers holding the test's input data,
-/// so results that depend on their values can be exact.
-fn run_node_test(dir: &Path, fold_small_inputs: bool) -> Outcome {
+/// How a node-test model is prepared before inference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Every type the file declares is forgotten except the graph inputs'.
+    Forget,
+    /// As `Forget`, and graph inputs small enough for value propagation
+    /// (shapes, axes, k, pads, ...) become initializers holding the test's
+    /// input data, so results that depend on their values can be exact.
+    FoldSmallInputs,
+    /// The file's declared types are kept and checked against inference.
+    KeepDeclared,
+}
+
+/// Imports a node-test model, prepares it per `mode`, infers, verifies and
+/// compares the graph outputs with `output_N.pb`.
+fn run_node_test(dir: &Path, mode: Mode) -> Outcome {
     let Ok(mut g) = load_model(&dir.join("model.onnx"), ImportOptions::default()) else {
         return Outcome::NotImported;
     };
-    if fold_small_inputs {
+    if mode == Mode::FoldSmallInputs {
         let mut kept = Vec::new();
         for (i, &v) in g.inputs().to_vec().iter().enumerate() {
             let small = g.value(v).ty.as_ref().is_some_and(|t| t.rank() <= 1 && t.fixed_len().is_some_and(|n| n <= 64));
@@ -779,11 +789,13 @@ fn run_node_test(dir: &Path, fold_small_inputs: bool) -> Outcome {
         }
         g.set_inputs(kept);
     }
-    let keep: std::collections::BTreeSet<ValueId> = g.inputs().iter().copied().collect();
-    let forget: Vec<ValueId> =
-        g.value_ids().filter(|v| !keep.contains(v) && g.value(*v).initializer.is_none()).collect();
-    for v in forget {
-        g.value_mut(v).ty = None;
+    if mode != Mode::KeepDeclared {
+        let keep: std::collections::BTreeSet<ValueId> = g.inputs().iter().copied().collect();
+        let forget: Vec<ValueId> =
+            g.value_ids().filter(|v| !keep.contains(v) && g.value(*v).initializer.is_none()).collect();
+        for v in forget {
+            g.value_mut(v).ty = None;
+        }
     }
     if let Err(e) = infer_types(&mut g) {
         return Outcome::Wrong(format!("inference failed: {e}"));
@@ -816,18 +828,18 @@ fn run_node_test(dir: &Path, fold_small_inputs: bool) -> Outcome {
     // With the small inputs known, only an op whose result size depends on
     // tensor data may leave a dim symbolic.
     let data_dependent = g.node_ids().into_iter().any(|n| matches!(g.node(n).op, Op::NonZero));
-    if fold_small_inputs && !data_dependent {
+    if mode == Mode::FoldSmallInputs && !data_dependent {
         return Outcome::Wrong(format!("not exact with every small input known: {}", symbolic.join("; ")));
     }
     Outcome::Symbolic(symbolic.join("; "))
 }
 
 /// Every node-test model the importer accepts must infer without error, pass
-/// the verifier and agree with the reference outputs, first with every graph
-/// input unknown, then with the small ones (shapes, axes, k, pads, ...)
-/// folded to their test data. A dim may stay symbolic when it depends on an
-/// unknown input's values; once those are folded, only on tensor data
-/// (NonZero). The counts are printed (`--nocapture`).
+/// the verifier and agree with the reference outputs in each [`Mode`]: with
+/// the declared types forgotten, with the small inputs also folded to their
+/// test data, and with the declared types kept. A dim may stay symbolic when
+/// it depends on an unknown input's values; once those are folded, only on
+/// tensor data (NonZero). The counts are printed (`--nocapture`).
 #[test]
 fn onnx_node_tests_infer_like_the_reference() {
     let Some(root) = node_test_dir() else {
@@ -841,22 +853,21 @@ fn onnx_node_tests_infer_like_the_reference() {
         .collect();
     dirs.sort();
     let mut wrong = Vec::new();
-    for fold in [false, true] {
+    for mode in [Mode::Forget, Mode::FoldSmallInputs, Mode::KeepDeclared] {
         let (mut not_imported, mut exact) = (0, 0);
         let mut symbolic = Vec::new();
         for dir in &dirs {
             let name = dir.file_name().unwrap().to_string_lossy().to_string();
-            match run_node_test(dir, fold) {
+            match run_node_test(dir, mode) {
                 Outcome::NotImported => not_imported += 1,
                 Outcome::Exact => exact += 1,
                 Outcome::Symbolic(m) => symbolic.push(format!("{name}: {m}")),
-                Outcome::Wrong(m) => wrong.push(format!("{name} (small inputs folded: {fold}): {m}")),
+                Outcome::Wrong(m) => wrong.push(format!("{name} ({mode:?}): {m}")),
             }
         }
         eprintln!(
-            "{} node tests, small inputs {}: {not_imported} not imported, {exact} exact, {} symbolic",
+            "{} node tests, {mode:?}: {not_imported} not imported, {exact} exact, {} symbolic",
             dirs.len(),
-            if fold { "folded to constants" } else { "unknown" },
             symbolic.len(),
         );
         for s in &symbolic {
@@ -901,4 +912,56 @@ fn extreme_values_give_errors_or_unknowns_not_panics() {
     g.input("x", "f32[4]").init("zero", Tensor::scalar_i64(0)).init("m1", Tensor::scalar_i64(-1));
     g.node("range", Op::Range, &["zero", "zero", "zero"], &["r"]);
     assert_eq!(g.infer_err(), "node `range` (Range): input 2 `zero` (delta) is 0");
+}
+
+/// The example transformer models (both export styles: fused newest-opset
+/// ops, and torch-style Shape/Gather/Concat/Reshape chains) get a type for
+/// every value, in terms of `batch` and `seq` only: no dim is left unknown.
+#[test]
+fn example_models_infer_without_unknown_dims() {
+    let Some(py) = python() else {
+        eprintln!("skipped: no Python with onnx and onnxruntime (set KILN_PYTHON)");
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("infer-example-models");
+    let status = std::process::Command::new(py)
+        .arg(repo.join("examples/models/make_models.py"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "make_models.py failed");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    let mut checked = 0;
+    for dir in names.iter().filter(|d| d.join("model.onnx").exists()) {
+        let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default()).unwrap();
+        let keep: Vec<ValueId> = g.inputs().to_vec();
+        let forget: Vec<ValueId> =
+            g.value_ids().filter(|v| !keep.contains(v) && g.value(*v).initializer.is_none()).collect();
+        for v in forget {
+            g.value_mut(v).ty = None;
+        }
+        infer_types(&mut g).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        verify(&g).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for v in g.value_ids() {
+            let val = g.value(v);
+            let Some(t) = &val.ty else { continue };
+            for d in &t.shape {
+                if let Dim::Sym(p) = d {
+                    let syms = p.symbols();
+                    assert!(
+                        syms.iter().all(|s| &**s == "batch" || &**s == "seq"),
+                        "{}: `{}` has type {t}",
+                        dir.display(),
+                        val.name
+                    );
+                }
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} example models were generated");
 }
