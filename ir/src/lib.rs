@@ -4,7 +4,8 @@
 //! - [`tensor`]: dense tensor values;
 //! - [`op`], [`attr`]: operators with typed attributes;
 //! - [`graph`]: the dataflow graph on petgraph;
-//! - [`onnx`]: reading and writing ONNX models.
+//! - [`onnx`]: reading and writing ONNX models;
+//! - [`text`]: the readable `.kiln` text format.
 //!
 //! Nothing here depends on LLVM or MLIR, so frontends can use the IR and the
 //! rewriting passes without a code generator.
@@ -20,6 +21,7 @@ pub mod interp;
 pub mod onnx;
 pub mod op;
 pub mod tensor;
+pub mod text;
 pub mod types;
 
 pub use attr::{Attr, AttrBag, AttrError};
@@ -29,4 +31,5 @@ pub use error::{IrError, Result};
 pub use graph::{Graph, Node, NodeId, Value, ValueId};
 pub use op::Op;
 pub use tensor::Tensor;
+pub use text::{parse_graph, print_graph};
 pub use types::TensorType;
