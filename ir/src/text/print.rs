@@ -289,7 +289,7 @@ fn write_nested<'e>(shape: &[usize], next: &mut impl Iterator<Item = &'e String>
     }
 }
 
-fn write_attr(attr: &Attr, out: &mut String) {
+pub(super) fn write_attr(attr: &Attr, out: &mut String) {
     match attr {
         Attr::Int(v) => out.push_str(&v.to_string()),
         Attr::Float(v) => write_f32(*v, out),
