@@ -129,59 +129,82 @@ fn is_plain_ident(s: &str) -> bool {
     chars.next().is_some_and(is_ident_start) && chars.all(is_ident_char)
 }
 
-const BASE64_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Marks a byte that is not a base64 symbol in [`BASE64_DECODE`].
+const NOT_BASE64: u8 = 0xff;
+
+/// Symbol value of each byte, or [`NOT_BASE64`].
+const BASE64_DECODE: [u8; 256] = {
+    let mut table = [NOT_BASE64; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[BASE64_ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Appends the standard (RFC 4648, padded) base64 encoding of `bytes`.
+/// Called on consecutive pieces of one byte string, it gives the encoding
+/// of the whole as long as every piece but the last has a length divisible
+/// by 3.
 fn encode_base64_into(bytes: &[u8], out: &mut String) {
-    out.reserve(bytes.len().div_ceil(3) * 4);
-    let sym = |i: u32| BASE64_ALPHABET[(i & 63) as usize] as char;
+    let mut encoded = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    let sym = |i: u32| BASE64_ALPHABET[(i & 63) as usize];
     let mut chunks = bytes.chunks_exact(3);
     for c in &mut chunks {
         let n = (c[0] as u32) << 16 | (c[1] as u32) << 8 | c[2] as u32;
-        out.push(sym(n >> 18));
-        out.push(sym(n >> 12));
-        out.push(sym(n >> 6));
-        out.push(sym(n));
+        encoded.extend_from_slice(&[sym(n >> 18), sym(n >> 12), sym(n >> 6), sym(n)]);
     }
     match *chunks.remainder() {
         [a] => {
             let n = (a as u32) << 16;
-            out.push(sym(n >> 18));
-            out.push(sym(n >> 12));
-            out.push_str("==");
+            encoded.extend_from_slice(&[sym(n >> 18), sym(n >> 12), b'=', b'=']);
         }
         [a, b] => {
             let n = (a as u32) << 16 | (b as u32) << 8;
-            out.push(sym(n >> 18));
-            out.push(sym(n >> 12));
-            out.push(sym(n >> 6));
-            out.push('=');
+            encoded.extend_from_slice(&[sym(n >> 18), sym(n >> 12), sym(n >> 6), b'=']);
         }
         _ => {}
     }
+    out.push_str(std::str::from_utf8(&encoded).expect("base64 symbols are ASCII"));
 }
 
 /// Decodes standard padded base64, ignoring ASCII whitespace. On error,
 /// returns the byte offset into `text` of the problem and a message.
 fn decode_base64(text: &str) -> Result<Vec<u8>, (usize, String)> {
-    fn value(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some((c - b'A') as u32),
-            b'a'..=b'z' => Some((c - b'a') as u32 + 26),
-            b'0'..=b'9' => Some((c - b'0') as u32 + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
     let mut acc = 0u32;
     let mut count = 0usize; // symbols in the current quartet
     let mut padding = 0usize;
     let mut quartet_start = 0usize;
-    for (i, &c) in bytes.iter().enumerate() {
+    let mut i = 0;
+    loop {
+        // Fast path: whole quartets of plain symbols, which is all a printed
+        // file has until its final quartet.
+        if count == 0 && padding == 0 {
+            while let Some(q) = bytes.get(i..i + 4) {
+                let v = [
+                    BASE64_DECODE[q[0] as usize],
+                    BASE64_DECODE[q[1] as usize],
+                    BASE64_DECODE[q[2] as usize],
+                    BASE64_DECODE[q[3] as usize],
+                ];
+                if (v[0] | v[1] | v[2] | v[3]) >= 64 {
+                    break;
+                }
+                let n =
+                    (v[0] as u32) << 18 | (v[1] as u32) << 12 | (v[2] as u32) << 6 | v[3] as u32;
+                out.extend_from_slice(&n.to_be_bytes()[1..]);
+                i += 4;
+            }
+        }
+        let Some(&c) = bytes.get(i) else { break };
         if c.is_ascii_whitespace() {
+            i += 1;
             continue;
         }
         if count == 0 {
@@ -199,11 +222,12 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, (usize, String)> {
         } else if padding > 0 {
             return Err((i, "base64 data continues after its `=` padding".into()));
         } else {
-            let Some(v) = value(c) else {
+            let v = BASE64_DECODE[c as usize];
+            if v == NOT_BASE64 {
                 let ch = text[i..].chars().next().unwrap_or('?');
                 return Err((i, format!("`{ch}` is not a base64 character")));
-            };
-            acc = acc << 6 | v;
+            }
+            acc = acc << 6 | v as u32;
         }
         count += 1;
         if count == 4 {
@@ -212,9 +236,13 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, (usize, String)> {
             acc = 0;
             count = 0;
         }
+        i += 1;
     }
     if count != 0 {
-        return Err((quartet_start, "base64 data ends in the middle of a 4-character group".into()));
+        return Err((
+            quartet_start,
+            "base64 data ends in the middle of a 4-character group".into(),
+        ));
     }
     Ok(out)
 }
@@ -246,7 +274,9 @@ mod tests {
     #[test]
     fn base64_round_trips_every_remainder() {
         for len in 0..10usize {
-            let bytes: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(97).wrapping_add(200)).collect();
+            let bytes: Vec<u8> = (0..len as u8)
+                .map(|b| b.wrapping_mul(97).wrapping_add(200))
+                .collect();
             let mut s = String::new();
             encode_base64_into(&bytes, &mut s);
             assert_eq!(s.len(), len.div_ceil(3) * 4);
@@ -263,6 +293,19 @@ mod tests {
         encode_base64_into(b"fo", &mut s);
         assert_eq!(s, "Zm8=");
         assert_eq!(decode_base64("Zm9v\n YmE=").unwrap(), b"fooba");
+    }
+
+    #[test]
+    fn base64_decodes_wrapped_text() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 37 % 256) as u8).collect();
+        let mut s = String::new();
+        encode_base64_into(&bytes, &mut s);
+        let wrapped: Vec<String> = s
+            .as_bytes()
+            .chunks(75)
+            .map(|l| String::from_utf8(l.to_vec()).unwrap())
+            .collect();
+        assert_eq!(decode_base64(&wrapped.join("\n  ")).unwrap(), bytes);
     }
 
     #[test]

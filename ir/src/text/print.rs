@@ -1,6 +1,9 @@
 //! The printer.
 
-use super::{encode_base64_into, is_plain_ident, is_plain_name, write_quoted, FORMAT_VERSION, LITERAL_MAX_ELEMENTS};
+use super::{
+    encode_base64_into, is_plain_ident, is_plain_name, write_quoted, FORMAT_VERSION,
+    LITERAL_MAX_ELEMENTS,
+};
 use crate::attr::Attr;
 use crate::dim::{Atom, Dim, Poly};
 use crate::graph::{Graph, Node, ValueId};
@@ -16,7 +19,8 @@ use std::collections::HashSet;
 /// to reject).
 pub fn print_graph(graph: &Graph) -> String {
     let weight_bytes: usize = graph.initializers().map(|(_, t)| t.storage_bytes()).sum();
-    let mut out = String::with_capacity(weight_bytes.div_ceil(3) * 4 + 160 * (graph.node_count() + 16));
+    let mut out =
+        String::with_capacity(weight_bytes.div_ceil(3) * 4 + 160 * (graph.node_count() + 16));
     out.push_str("kiln ");
     out.push_str(FORMAT_VERSION);
     out.push_str("\ngraph ");
@@ -199,7 +203,11 @@ fn write_dim(d: &Dim, out: &mut String) {
 /// A polynomial with quoted symbol names where needed and every division
 /// atom parenthesized, so that it parses back to itself.
 fn write_poly_exact(p: &Poly, out: &mut String) {
-    let terms: Vec<_> = p.terms().filter(|(m, _)| !m.is_empty()).chain(p.terms().filter(|(m, _)| m.is_empty())).collect();
+    let terms: Vec<_> = p
+        .terms()
+        .filter(|(m, _)| !m.is_empty())
+        .chain(p.terms().filter(|(m, _)| m.is_empty()))
+        .collect();
     if terms.is_empty() {
         out.push('0');
     }
@@ -244,7 +252,8 @@ fn write_tensor(t: &Tensor, out: &mut String) {
 
 /// True when the tensor is small and every value has an exact decimal form.
 fn prints_as_literal(t: &Tensor) -> bool {
-    t.len() <= LITERAL_MAX_ELEMENTS && (!t.dtype().is_float() || t.to_f64s().iter().all(|v| v.is_finite()))
+    t.len() <= LITERAL_MAX_ELEMENTS
+        && (!t.dtype().is_float() || t.to_f64s().iter().all(|v| v.is_finite()))
 }
 
 fn write_data(t: &Tensor, out: &mut String) {
@@ -254,8 +263,47 @@ fn write_data(t: &Tensor, out: &mut String) {
         write_nested(t.shape(), &mut next, out);
     } else {
         out.push_str("base64 \"");
-        encode_base64_into(&t.to_raw_le(), out);
+        raw_le_pieces(t, &mut |piece| encode_base64_into(piece, out));
         out.push('"');
+    }
+}
+
+/// Elements per piece in [`raw_le_pieces`]; a multiple of 3, so every
+/// piece but the last is a whole number of base64 groups.
+const ELEMENTS_PER_PIECE: usize = 3 * 4096;
+
+/// Feeds the bytes of [`Tensor::to_raw_le`] to `sink` a piece at a time,
+/// so that printing a large weight does not first copy all of it. Each
+/// piece but the last has a length divisible by 3.
+fn raw_le_pieces(t: &Tensor, sink: &mut dyn FnMut(&[u8])) {
+    macro_rules! pieces {
+        ($a:expr, $width:expr) => {{
+            let mut buf = Vec::with_capacity(ELEMENTS_PER_PIECE * $width);
+            for v in $a.iter() {
+                buf.extend_from_slice(&v.to_le_bytes());
+                if buf.len() == buf.capacity() {
+                    sink(&buf);
+                    buf.clear();
+                }
+            }
+            if !buf.is_empty() {
+                sink(&buf);
+            }
+        }};
+    }
+    match t {
+        Tensor::F32(a) => pieces!(a, 4),
+        Tensor::F64(a) => pieces!(a, 8),
+        Tensor::F16(a) => pieces!(a, 2),
+        Tensor::BF16(a) => pieces!(a, 2),
+        Tensor::I8(a) => pieces!(a, 1),
+        Tensor::U8(a) => pieces!(a, 1),
+        Tensor::I16(a) => pieces!(a, 2),
+        Tensor::I32(a) => pieces!(a, 4),
+        Tensor::I64(a) => pieces!(a, 8),
+        // Booleans and packed nibbles have their own byte layouts; they are
+        // rarely large, so the one-shot conversion is fine.
+        Tensor::Bool(_) | Tensor::I4(_) | Tensor::U4(_) => sink(&t.to_raw_le()),
     }
 }
 
@@ -268,12 +316,19 @@ fn literal_elements(t: &Tensor) -> Vec<String> {
         Tensor::F64(a) => a.iter().map(|v| format!("{v:?}")).collect(),
         Tensor::F16(a) => a.iter().map(|v| format!("{:?}", v.to_f32())).collect(),
         Tensor::BF16(a) => a.iter().map(|v| format!("{:?}", v.to_f32())).collect(),
-        Tensor::Bool(a) => a.iter().map(|&v| if v { "true" } else { "false" }.to_string()).collect(),
+        Tensor::Bool(a) => a
+            .iter()
+            .map(|&v| if v { "true" } else { "false" }.to_string())
+            .collect(),
         _ => t.to_i64s().iter().map(|v| v.to_string()).collect(),
     }
 }
 
-fn write_nested<'e>(shape: &[usize], next: &mut impl Iterator<Item = &'e String>, out: &mut String) {
+fn write_nested<'e>(
+    shape: &[usize],
+    next: &mut impl Iterator<Item = &'e String>,
+    out: &mut String,
+) {
     match shape.split_first() {
         None => out.push_str(next.next().map_or("?", |s| s.as_str())),
         Some((&len, rest)) => {
@@ -341,7 +396,16 @@ mod tests {
     #[test]
     fn floats_never_look_like_ints() {
         let mut s = String::new();
-        for v in [1.0f32, 1e-5, -0.0, 1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::from_bits(0x7fc0_0001)] {
+        for v in [
+            1.0f32,
+            1e-5,
+            -0.0,
+            1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::from_bits(0x7fc0_0001),
+        ] {
             write_f32(v, &mut s);
             s.push(' ');
         }
@@ -351,7 +415,9 @@ mod tests {
     #[test]
     fn dims_with_odd_symbols_are_quoted() {
         let mut s = String::new();
-        let odd = Dim::sym("batch size").mul(&Dim::Fixed(2)).add(&Dim::Fixed(1));
+        let odd = Dim::sym("batch size")
+            .mul(&Dim::Fixed(2))
+            .add(&Dim::Fixed(1));
         write_dim(&odd, &mut s);
         assert_eq!(s, "2*\"batch size\"+1");
         s.clear();
@@ -360,9 +426,32 @@ mod tests {
     }
 
     #[test]
+    fn pieces_concatenate_to_the_raw_bytes() {
+        for dtype in crate::DType::ALL {
+            let n = ELEMENTS_PER_PIECE * 2 + 7;
+            let values: Vec<i64> = (0..n as i64).map(|i| i * 7919 % 251 - 100).collect();
+            let t = Tensor::from_i64s(dtype, &[n], &values);
+            let mut joined = Vec::new();
+            let mut lengths = Vec::new();
+            raw_le_pieces(&t, &mut |p| {
+                joined.extend_from_slice(p);
+                lengths.push(p.len());
+            });
+            assert_eq!(joined, t.to_raw_le(), "{dtype}");
+            assert!(
+                lengths[..lengths.len() - 1].iter().all(|l| l % 3 == 0),
+                "{dtype}: {lengths:?}"
+            );
+        }
+    }
+
+    #[test]
     fn nested_literals_follow_the_shape() {
         let mut s = String::new();
-        write_data(&Tensor::from_i64s(crate::DType::I4, &[2, 2], &[1, -2, 3, -8]), &mut s);
+        write_data(
+            &Tensor::from_i64s(crate::DType::I4, &[2, 2], &[1, -2, 3, -8]),
+            &mut s,
+        );
         assert_eq!(s, "[[1, -2], [3, -8]]");
         s.clear();
         write_data(&Tensor::zeros(crate::DType::F32, &[2, 0]), &mut s);
