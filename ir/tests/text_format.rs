@@ -11,6 +11,8 @@ use kiln_ir::{
     parse_graph, print_graph, DType, Graph, IrError, NodeId, Op, Tensor, TensorType, ValueId,
 };
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 // ---------------------------------------------------------------------------
 // Structural comparison
@@ -196,10 +198,10 @@ fn graphs_equal(a: &Graph, b: &Graph) -> Result<(), String> {
 
 /// Prints, parses, prints again: the texts must be identical and the
 /// parsed graph equal to the original. Returns the text.
-fn round_trip(g: &Graph) -> String {
+fn try_round_trip(g: &Graph) -> Result<String, String> {
     let text = print_graph(g);
     let parsed =
-        parse_graph(&text).unwrap_or_else(|e| panic!("{e}\n--- text ---\n{}", excerpt(&text)));
+        parse_graph(&text).map_err(|e| format!("{e}\n--- text ---\n{}", excerpt(&text)))?;
     let again = print_graph(&parsed);
     if again != text {
         let line = text
@@ -207,17 +209,19 @@ fn round_trip(g: &Graph) -> String {
             .zip(again.lines())
             .position(|(x, y)| x != y)
             .unwrap_or(0);
-        panic!(
+        return Err(format!(
             "reprinted text differs at line {}:\n  first:  {}\n  second: {}",
             line + 1,
             text.lines().nth(line).unwrap_or(""),
             again.lines().nth(line).unwrap_or("")
-        );
+        ));
     }
-    if let Err(e) = graphs_equal(g, &parsed) {
-        panic!("{e}\n--- text ---\n{}", excerpt(&text));
-    }
-    text
+    graphs_equal(g, &parsed).map_err(|e| format!("{e}\n--- text ---\n{}", excerpt(&text)))?;
+    Ok(text)
+}
+
+fn round_trip(g: &Graph) -> String {
+    try_round_trip(g).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The text with very long lines (base64) cut, for failure messages.
@@ -1521,3 +1525,159 @@ fn tiny_attention_snapshot() {
 // ---------------------------------------------------------------------------
 // Real models
 // ---------------------------------------------------------------------------
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("ir/ is inside the repository")
+        .to_path_buf()
+}
+
+/// The Python with onnx: `KILN_PYTHON`, else `<repo>/.venv/bin/python`,
+/// else `/tmp/probe-venv/bin/python`.
+fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.exists(),
+            "KILN_PYTHON is set to {} but that does not exist",
+            p.display()
+        );
+        return Some(p);
+    }
+    [
+        repo_root().join(".venv/bin/python"),
+        PathBuf::from("/tmp/probe-venv/bin/python"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+/// `examples/models/gen/*/model.onnx`, generated into the test's temporary
+/// directory when `make models` has not been run.
+fn example_models(python: &Path) -> Vec<PathBuf> {
+    let mut gen = repo_root().join("examples/models/gen");
+    if !gen.join("gpt2_fused/model.onnx").exists() {
+        gen = Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-example-models");
+        if !gen.join("gpt2_fused/model.onnx").exists() {
+            let script = repo_root().join("examples/models/make_models.py");
+            let status = Command::new(python)
+                .arg(&script)
+                .arg("--out")
+                .arg(&gen)
+                .status()
+                .expect("start make_models.py");
+            assert!(status.success(), "make_models.py failed ({status})");
+        }
+    }
+    let mut models: Vec<PathBuf> = std::fs::read_dir(&gen)
+        .expect("example model directory")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .map(|p| p.join("model.onnx"))
+        .filter(|p| p.exists())
+        .collect();
+    models.sort();
+    models
+}
+
+/// Every example model: import → print → parse → print gives identical
+/// text and an equal graph, both as imported and after type inference.
+#[test]
+fn example_models_round_trip() {
+    let Some(python) = python() else {
+        eprintln!("skipping: no Python with onnx (set KILN_PYTHON or run `make venv`)");
+        return;
+    };
+    let models = example_models(&python);
+    assert!(
+        models.len() >= 6,
+        "expected the six example models, found {models:?}"
+    );
+    for path in models {
+        let mut g = kiln_ir::onnx::load_model(&path, kiln_ir::onnx::ImportOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        try_round_trip(&g).unwrap_or_else(|e| panic!("{} as imported: {e}", path.display()));
+        kiln_ir::infer_types(&mut g).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text = try_round_trip(&g)
+            .unwrap_or_else(|e| panic!("{} after inference: {e}", path.display()));
+        // The parsed graph is a valid graph in its own right.
+        let parsed = parse_graph(&text).expect("parsed above");
+        kiln_ir::verify(&parsed)
+            .unwrap_or_else(|e| panic!("{}: parsed graph does not verify: {e}", path.display()));
+    }
+}
+
+/// Every ONNX backend node-test model that kiln imports round-trips, as
+/// imported and (where inference succeeds) with inferred types.
+#[test]
+fn onnx_node_test_models_round_trip() {
+    let Some(python) = python() else {
+        eprintln!("skipping: no Python with onnx (set KILN_PYTHON or run `make venv`)");
+        return;
+    };
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import onnx, os; print(os.path.dirname(onnx.__file__))",
+        ])
+        .output()
+        .expect("start python");
+    assert!(
+        out.status.success(),
+        "{} cannot import onnx",
+        python.display()
+    );
+    let node_dir =
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("backend/test/data/node");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&node_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", node_dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    dirs.sort();
+    let (mut imported, mut inferred) = (0usize, 0usize);
+    let mut failures = Vec::new();
+    for dir in &dirs {
+        let Ok(mut g) = kiln_ir::onnx::load_model(
+            &dir.join("model.onnx"),
+            kiln_ir::onnx::ImportOptions::default(),
+        ) else {
+            continue;
+        };
+        imported += 1;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Err(e) = try_round_trip(&g) {
+            failures.push(format!("{name}: {e}"));
+            continue;
+        }
+        if kiln_ir::infer_types(&mut g).is_ok() {
+            inferred += 1;
+            if let Err(e) = try_round_trip(&g) {
+                failures.push(format!("{name} (inferred): {e}"));
+            }
+        }
+    }
+    eprintln!(
+        "{} node tests: {imported} imported and round-tripped, {inferred} also with inferred types",
+        dirs.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    // Guards against a sweep that silently covers nothing.
+    assert!(
+        imported >= 300,
+        "only {imported} of {} node tests imported",
+        dirs.len()
+    );
+}

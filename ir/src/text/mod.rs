@@ -271,6 +271,31 @@ fn write_quoted(s: &str, out: &mut String) {
 mod tests {
     use super::*;
 
+    /// The example at the top of the module docs parses and is printed
+    /// back in the same form.
+    #[test]
+    fn module_doc_example_parses() {
+        let source = include_str!("mod.rs");
+        let example: String = source
+            .lines()
+            .skip_while(|l| *l != "//! ```text")
+            .skip(1)
+            .take_while(|l| *l != "//! ```")
+            .map(|l| format!("{}\n", l.strip_prefix("//! ").unwrap_or("")))
+            .collect();
+        let graph = parse_graph(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
+        assert_eq!(graph.node_count(), 3);
+        let strip_comments = |s: &str| {
+            s.lines()
+                .map(|l| l.split(" #").next().unwrap_or("").trim_end().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            strip_comments(&print_graph(&graph)),
+            strip_comments(&example)
+        );
+    }
+
     #[test]
     fn base64_round_trips_every_remainder() {
         for len in 0..10usize {
