@@ -1681,3 +1681,86 @@ fn onnx_node_test_models_round_trip() {
         dirs.len()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Robustness
+// ---------------------------------------------------------------------------
+
+/// Damaged text never panics the parser: thousands of deterministic
+/// mutations (deleted, inserted and replaced characters, truncations) of a
+/// printed graph each parse or fail with a parse error.
+#[test]
+fn mutated_text_never_panics() {
+    let mut g = tiny_attention();
+    let x = g.inputs()[0];
+    let weird = g
+        .add_initializer(
+            "odd \"name\"",
+            Tensor::from_i64s(DType::I4, &[2, 3], &[1, -2, 3, -4, 5, -6]),
+        )
+        .unwrap();
+    node(
+        &mut g,
+        "c",
+        Op::Concat { axis: -1 },
+        &[Some(x), Some(weird)],
+        &[("c", Some(ty(DType::F32, &["(seq+1)/2"])))],
+    );
+    let text: Vec<char> = print_graph(&g).chars().collect();
+    let inserts: Vec<char> = "()[]{},:=+-*/%@_\"\\#\n 0x9e.ébase64nanf32"
+        .chars()
+        .collect();
+    let bytes = random_bytes(3 * 4000, 7);
+    let (mut ok, mut errors) = (0, 0);
+    for step in bytes.chunks_exact(3).take(4000) {
+        let at = (step[0] as usize * 256 + step[1] as usize) * text.len() / 65536;
+        let mut mutated = text.clone();
+        match step[2] % 4 {
+            0 => {
+                mutated.remove(at);
+            }
+            1 => mutated.insert(at, inserts[step[2] as usize % inserts.len()]),
+            2 => mutated[at] = inserts[step[1] as usize % inserts.len()],
+            _ => mutated.truncate(at),
+        }
+        let mutated: String = mutated.into_iter().collect();
+        match parse_graph(&mutated) {
+            Ok(_) => ok += 1,
+            Err(IrError::Parse { line, column, .. }) => {
+                assert!(line >= 1 && column >= 1);
+                errors += 1;
+            }
+            Err(e) => panic!("not a parse error: {e}\n{mutated}"),
+        }
+    }
+    assert!(errors > 1000, "{ok} parsed, {errors} errors");
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let deep = format!(
+        "graph g {{\n  input %x: f32[{}seq{}]\n}}\n",
+        "(".repeat(100_000),
+        ")".repeat(100_000)
+    );
+    check_error(
+        &deep,
+        2,
+        217,
+        "dimension nests parentheses more than 200 deep",
+    );
+    let rank = 40;
+    let shape = vec!["1"; rank].join(", ");
+    let literal = format!("{}0{}", "[".repeat(rank), "]".repeat(rank));
+    check_error(
+        &format!("graph g {{\n  init %w: f32[{shape}] = {literal}\n}}\n"),
+        2,
+        15 + shape.len() + 5,
+        "limited to rank 32",
+    );
+    // The printer writes such tensors in base64.
+    let mut g = Graph::new("g");
+    g.add_initializer("w", Tensor::zeros(DType::F32, &vec![1; rank]))
+        .unwrap();
+    assert!(round_trip(&g).contains("base64"));
+}

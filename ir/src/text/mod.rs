@@ -27,7 +27,7 @@
 //! # Grammar
 //!
 //! Whitespace (newlines included) only separates tokens; `#` starts a
-//! comment that runs to the end of the line.
+//! comment that runs to the end of the line. Lists take no trailing comma.
 //!
 //! ```text
 //! file     := [ "kiln" "0.1" ] graph
@@ -60,7 +60,8 @@
 //!           | "ints" "[" "]" | "floats" "[" "]"         # empty lists
 //!           | DTYPE                                     # element type: `to = f16`
 //!           | tensor                                    # `value = i64[2] [1, 2]`
-//! float    := [ "-" ] (FLOAT | "inf") | "nan" [ "(" HEX ")" ]   # nan(0x7fc00001): exact bits
+//! number   := [ "-" ] INT | float
+//! float    := [ "-" ] (FLOAT | "inf") | [ "-" ] "nan" [ "(" HEX ")" ]  # nan(0x7fc00001): exact bits
 //! VALUE    := "%" NAME                                  # a value
 //! NODE     := "@" NAME                                  # a node name
 //! NAME     := [A-Za-z0-9_./-]+ | STRING
@@ -71,15 +72,16 @@
 //!
 //! Conventions the printer follows (the parser accepts more):
 //!
-//! - Tensors of at most [`LITERAL_MAX_ELEMENTS`] elements whose values are
-//!   all finite are written as literals, floats in Rust's shortest
-//!   round-trip form (`0.1`, `1e-5`, `-0.0`); every other tensor as its raw
+//! - Tensors of at most [`LITERAL_MAX_ELEMENTS`] elements and rank at most
+//!   [`MAX_LITERAL_RANK`] whose values are all finite are written as
+//!   literals, floats in Rust's shortest round-trip form (`0.1`, `1e-5`,
+//!   `-0.0`, always with a `.` or an exponent); every other tensor as its raw
 //!   little-endian bytes in base64 (4-bit types packed two to a byte, low
 //!   nibble first, as ONNX stores them).
 //! - A node's results carry their types when known; values without a type
 //!   (graphs before inference) are printed without one.
-//! - Node names are always printed (`@name`); when a hand-written node has
-//!   none, the graph names it after its op.
+//! - Node names are always printed (`@name`); a hand-written node without
+//!   one is named `<Op>_<index of the node in the text>`.
 //! - An initializer's type is its data's type.
 //!
 //! The parser accepts statements in any order and uses of values before their
@@ -97,6 +99,10 @@ pub use print::print_graph;
 /// Largest element count that [`print_graph`] writes as a literal rather
 /// than base64.
 pub const LITERAL_MAX_ELEMENTS: usize = 16;
+
+/// Highest rank written as a literal; a literal nests one list per axis and
+/// the parser reads it recursively. Higher-rank tensors are written in base64.
+pub const MAX_LITERAL_RANK: usize = 32;
 
 /// The format version written in the `kiln` header.
 pub const FORMAT_VERSION: &str = "0.1";

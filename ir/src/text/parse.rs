@@ -7,7 +7,7 @@
 //! any node, which is what lets a node read a value defined further down.
 
 use super::lexer::{error_at, line_col, Lexer, Tok, Token};
-use super::{decode_base64, FORMAT_VERSION};
+use super::{decode_base64, FORMAT_VERSION, MAX_LITERAL_RANK};
 use crate::attr::{Attr, AttrBag, AttrError};
 use crate::dim::{Dim, Poly};
 use crate::dtype::DType;
@@ -77,7 +77,13 @@ struct Parser<'a> {
     src: &'a str,
     lexer: Lexer<'a>,
     current: Token<'a>,
+    /// Parentheses open in the dim expression being read.
+    dim_depth: usize,
 }
+
+/// Deepest parenthesization accepted in a dim, so that hostile input cannot
+/// exhaust the stack of the recursive-descent dim parser.
+const MAX_DIM_DEPTH: usize = 200;
 
 impl<'a> Parser<'a> {
     fn new(src: &'a str) -> Result<Parser<'a>> {
@@ -87,6 +93,7 @@ impl<'a> Parser<'a> {
             src,
             lexer,
             current,
+            dim_depth: 0,
         })
     }
 
@@ -541,8 +548,17 @@ impl<'a> Parser<'a> {
         let pos = self.pos();
         let poly = match self.peek() {
             Tok::Punct("(") => {
+                if self.dim_depth == MAX_DIM_DEPTH {
+                    return Err(self.error(
+                        pos,
+                        format!("dimension nests parentheses more than {MAX_DIM_DEPTH} deep"),
+                    ));
+                }
                 self.bump()?;
-                let inner = self.dim_expr()?;
+                self.dim_depth += 1;
+                let inner = self.dim_expr();
+                self.dim_depth -= 1;
+                let inner = inner?;
                 self.expect_punct(")", "to close the parenthesized dimension")?;
                 return Ok(inner);
             }
@@ -590,6 +606,11 @@ impl<'a> Parser<'a> {
             self.bump()?;
             return Tensor::from_raw_le(dtype, shape, &bytes).map_err(|m| self.error(pos, m));
         }
+        if shape.len() > MAX_LITERAL_RANK {
+            return Err(self.unexpected(&format!(
+                "`base64` data: literals nest one list per axis and are limited to rank {MAX_LITERAL_RANK}"
+            )));
+        }
         let mut scalars = Vec::new();
         self.literal(shape, 0, &mut scalars)?;
         self.tensor_from_scalars(dtype, shape, scalars)
@@ -602,17 +623,18 @@ impl<'a> Parser<'a> {
             return Ok(());
         }
         let len = shape[axis];
-        let shape_text = format!("{shape:?}");
-        self.expect_punct(
-            "[",
-            &format!("to start axis {axis} of a literal of shape {shape_text}"),
-        )?;
+        if !self.at_punct("[") {
+            return Err(self.unexpected(&format!(
+                "`[` to start axis {axis} of a literal of shape {shape:?}"
+            )));
+        }
+        self.bump()?;
         for i in 0..len {
             if i > 0 && !self.eat_punct(",")? {
                 if self.at_punct("]") {
                     return Err(self.error(
                         self.pos(),
-                        format!("axis {axis} of the literal has {i} elements, but the shape {shape_text} says {len}"),
+                        format!("axis {axis} of the literal has {i} elements, but the shape {shape:?} says {len}"),
                     ));
                 }
                 return Err(self.unexpected(&format!("`,` between elements of axis {axis}")));
@@ -623,7 +645,9 @@ impl<'a> Parser<'a> {
             if len == 0 || self.at_punct(",") {
                 return Err(self.error(
                     self.pos(),
-                    format!("axis {axis} of the literal has more than {len} elements, but the shape {shape_text} says {len}"),
+                    format!(
+                        "axis {axis} of the literal has more than {len} elements, but the shape {shape:?} says {len}"
+                    ),
                 ));
             }
             return Err(self.unexpected(&format!("`]` to end axis {axis} of the literal")));

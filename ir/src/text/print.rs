@@ -2,7 +2,7 @@
 
 use super::{
     encode_base64_into, is_plain_ident, is_plain_name, write_quoted, FORMAT_VERSION,
-    LITERAL_MAX_ELEMENTS,
+    LITERAL_MAX_ELEMENTS, MAX_LITERAL_RANK,
 };
 use crate::attr::Attr;
 use crate::dim::{Atom, Dim, Poly};
@@ -253,6 +253,7 @@ fn write_tensor(t: &Tensor, out: &mut String) {
 /// True when the tensor is small and every value has an exact decimal form.
 fn prints_as_literal(t: &Tensor) -> bool {
     t.len() <= LITERAL_MAX_ELEMENTS
+        && t.shape().len() <= MAX_LITERAL_RANK
         && (!t.dtype().is_float() || t.to_f64s().iter().all(|v| v.is_finite()))
 }
 
