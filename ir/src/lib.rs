@@ -4,7 +4,7 @@
 //! - [`tensor`]: dense tensor values;
 //! - [`op`], [`attr`]: operators with typed attributes;
 //! - [`graph`]: the dataflow graph on petgraph;
-//! - [`infer`], [`verify`]: shape and dtype inference, and the verifier;
+//! - [`infer`], [`mod@verify`]: shape and dtype inference, and the verifier;
 //! - [`onnx`]: reading and writing ONNX models;
 //! - [`text`]: the readable `.kiln` text format.
 //!
