@@ -382,7 +382,15 @@ impl Importer<'_> {
         }
         let graph = model.graph.as_ref().ok_or_else(|| IrError::Model("model has no graph".into()))?;
         self.graph.name = graph.name.clone().unwrap_or_default();
-        self.graph_body(graph)
+        // Unsupported ops first: telling the user before decoding gigabytes
+        // of weights is kinder, and it is the most useful error, even for a
+        // model that uses only other domains and so imports no default opset.
+        let names = self.node_names_for(&graph.node);
+        for (node, name) in graph.node.iter().zip(&names) {
+            self.check_supported(node, name)?;
+        }
+        self.require_default_opset()?;
+        self.graph_body(graph, &names)
     }
 
     fn opsets(&mut self, imports: &[proto::OperatorSetIdProto]) -> Result<()> {
@@ -397,6 +405,10 @@ impl Importer<'_> {
                 return Err(IrError::Model(format!("domain `{written}` is imported more than once")));
             }
         }
+        Ok(())
+    }
+
+    fn require_default_opset(&mut self) -> Result<()> {
         self.opset = *self.graph.opset_imports.get(ONNX_DOMAIN).ok_or_else(|| {
             IrError::Model("model does not import an opset for the default ONNX domain (`ai.onnx`)".into())
         })?;
@@ -416,13 +428,7 @@ impl Importer<'_> {
         }
     }
 
-    fn graph_body(&mut self, g: &proto::GraphProto) -> Result<()> {
-        // Unsupported ops first: telling the user before decoding gigabytes
-        // of weights is kinder, and it is the most useful error.
-        let names = self.node_names_for(&g.node);
-        for (node, name) in g.node.iter().zip(&names) {
-            self.check_supported(node, name)?;
-        }
+    fn graph_body(&mut self, g: &proto::GraphProto, names: &[String]) -> Result<()> {
         if let Some(s) = g.sparse_initializer.first() {
             let name = s.values.as_ref().and_then(|v| v.name.clone()).unwrap_or_default();
             return Err(IrError::value(name, "sparse initializers are not supported"));
@@ -501,7 +507,7 @@ impl Importer<'_> {
         // Every node output exists before any node is added, so nodes may
         // read values that nodes later in the file produce.
         let mut outputs_of: Vec<Vec<Option<ValueId>>> = Vec::with_capacity(g.node.len());
-        for (node, name) in g.node.iter().zip(&names) {
+        for (node, name) in g.node.iter().zip(names) {
             let mut outs = Vec::with_capacity(node.output.len());
             for out in &node.output {
                 if out.is_empty() {
@@ -519,10 +525,14 @@ impl Importer<'_> {
                 outs.push(Some(self.graph.add_value(out.clone(), ty)?));
                 defined.insert(out.clone(), format!("node `{name}`"));
             }
+            // Omitted trailing outputs are the same as absent ones.
+            while outs.last().is_some_and(Option::is_none) {
+                outs.pop();
+            }
             outputs_of.push(outs);
         }
 
-        for ((node, name), outputs) in g.node.iter().zip(&names).zip(outputs_of) {
+        for ((node, name), outputs) in g.node.iter().zip(names).zip(outputs_of) {
             self.node(node, name, outputs)?;
         }
 
@@ -669,6 +679,10 @@ impl Importer<'_> {
                 )
             })?;
             inputs.push(Some(v));
+        }
+        // Omitted trailing inputs are the same as absent ones.
+        while inputs.last().is_some_and(Option::is_none) {
+            inputs.pop();
         }
         let mut attrs = Vec::with_capacity(node.attribute.len());
         for a in &node.attribute {
