@@ -368,8 +368,10 @@ fn node_form(graph: &Graph, id: NodeId, opset: i64) -> Result<NodeForm, FormErro
             let rank = node.input(0).and_then(|x| graph.value(x).ty.as_ref()).map(|t| t.rank() as i64);
             match rank {
                 Some(r) if r > 0 && (*axis == r - 1 || *axis == -1) => {
+                    // Always explicit: the old default axis is 1, not -1.
+                    // Negative axes are valid from opset 11.
                     remove_attr(&mut attrs, "axis");
-                    attrs.push(("axis".into(), Attr::Int(r - 1)));
+                    attrs.push(("axis".into(), Attr::Int(if opset >= 11 { *axis } else { r - 1 })));
                 }
                 _ => need(13)?,
             }

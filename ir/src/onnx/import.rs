@@ -942,9 +942,19 @@ impl Importer<'_> {
             return Ok(true);
         }
         let x = x.expect("checked above");
-        let flat = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.flat", n.name)), None)?;
-        let rows = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.rows", n.name)), None)?;
-        let shape = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.shape", n.name)), None)?;
+        // With the input's type known, the new values' types follow; that
+        // lets the graph be written back at its own opset before inference.
+        let x_ty = self.graph.value(x).ty.clone();
+        let flat_ty = x_ty.as_ref().and_then(|t| {
+            let r = t.rank() as i64;
+            let split = usize::try_from(if axis < 0 { axis + r } else { axis }).ok().filter(|&a| a <= t.rank())?;
+            let product = |dims: &[Dim]| dims.iter().fold(Dim::Fixed(1), |acc, d| acc.mul(d));
+            Some(TensorType::new(t.dtype, vec![product(&t.shape[..split]), product(&t.shape[split..])]))
+        });
+        let shape_ty = x_ty.as_ref().map(|t| TensorType::fixed(DType::I64, &[t.rank()]));
+        let flat = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.flat", n.name)), flat_ty.clone())?;
+        let rows = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.rows", n.name)), flat_ty)?;
+        let shape = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.shape", n.name)), shape_ty)?;
         let flatten_name = self.fresh_node_name(&format!("{}.flatten", n.name));
         let shape_name = self.fresh_node_name(&format!("{}.shape", n.name));
         let reshape_name = self.fresh_node_name(&format!("{}.reshape", n.name));
