@@ -92,10 +92,7 @@ fn base_model() -> ModelProto {
         producer_name: Some("kiln-tests".into()),
         graph: Some(GraphProto {
             name: Some("g".into()),
-            node: vec![
-                node("Add", "add", &["x", "w"], &["t"], vec![]),
-                node("Relu", "relu", &["t"], &["y"], vec![]),
-            ],
+            node: vec![node("Add", "add", &["x", "w"], &["t"], vec![]), node("Relu", "relu", &["t"], &["y"], vec![])],
             initializer: vec![f32_tensor("w", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])],
             input: vec![vi("x", FLOAT, &[2, 3])],
             output: vec![vi("y", FLOAT, &[2, 3])],
@@ -194,7 +191,8 @@ fn model_without_graph() {
 
 #[test]
 fn unsupported_ir_versions() {
-    for (v, what) in [(None, "does not declare an IR version"), (Some(0), "IR version 0"), (Some(99), "IR version 99")] {
+    for (v, what) in [(None, "does not declare an IR version"), (Some(0), "IR version 0"), (Some(99), "IR version 99")]
+    {
         let mut m = base_model();
         m.ir_version = v;
         rejects(&m, &[what]);
@@ -611,7 +609,9 @@ fn rich_model() -> ModelProto {
     };
     let mut x = vi("x", FLOAT, &[]);
     if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-        t.shape = Some(TensorShapeProto { dim: vec![sym("batch"), sym("seq + 1"), tensor_shape_proto::Dimension::default()] });
+        t.shape = Some(TensorShapeProto {
+            dim: vec![sym("batch"), sym("seq + 1"), tensor_shape_proto::Dimension::default()],
+        });
     }
     let ints = |name: &str, v: &[i64]| AttributeProto { ints: v.to_vec(), ..attr(name, AttributeType::Ints) };
     let float = |name: &str, v: f32| AttributeProto { f: Some(v), ..attr(name, AttributeType::Float) };
@@ -695,8 +695,7 @@ fn fuzz(seed_bytes: &[u8], iterations: usize, seed: u64) -> (usize, usize) {
             accepted += 1;
             let _ = g.topo_order();
             if let Ok(out) = model_to_bytes(&g) {
-                import_model_bytes(&out, None, ImportOptions::default())
-                    .expect("what kiln exports, kiln imports");
+                import_model_bytes(&out, None, ImportOptions::default()).expect("what kiln exports, kiln imports");
             }
         }
     }

@@ -6,9 +6,7 @@
 //! `/tmp/probe-venv/bin/python`; without one the tests say so and skip.
 
 use kiln_ir::graph::Graph;
-use kiln_ir::onnx::{
-    export_opset, import_model_bytes, load_model, model_to_bytes, read_tensor_pb, ImportOptions,
-};
+use kiln_ir::onnx::{export_opset, import_model_bytes, load_model, model_to_bytes, read_tensor_pb, ImportOptions};
 use kiln_ir::IrError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,7 +58,14 @@ fn structure(g: &Graph) -> BTreeMap<String, NodeShape> {
         .into_iter()
         .map(|id| {
             let n = g.node(id);
-            (n.name.clone(), (n.op.clone(), n.inputs.iter().map(|&v| name(v)).collect(), n.outputs.iter().map(|&v| name(v)).collect()))
+            (
+                n.name.clone(),
+                (
+                    n.op.clone(),
+                    n.inputs.iter().map(|&v| name(v)).collect(),
+                    n.outputs.iter().map(|&v| name(v)).collect(),
+                ),
+            )
         })
         .collect()
 }
@@ -87,7 +92,8 @@ fn graph_diff(a: &Graph, b: &Graph) -> Vec<String> {
     if names(a, a.outputs()) != names(b, b.outputs()) {
         diffs.push("graph outputs differ".into());
     }
-    let inits = |g: &Graph| g.initializers().map(|(v, t)| (g.value(v).name.clone(), t.clone())).collect::<BTreeMap<_, _>>();
+    let inits =
+        |g: &Graph| g.initializers().map(|(v, t)| (g.value(v).name.clone(), t.clone())).collect::<BTreeMap<_, _>>();
     if inits(a) != inits(b) {
         diffs.push("initializers differ".into());
     }
@@ -146,20 +152,26 @@ fn node_test_models_import_and_round_trip() {
 
         // The test data decodes and agrees with the declared input types.
         let data = dir.join("test_data_set_0");
-        let mut input_files: Vec<PathBuf> = std::fs::read_dir(&data)
-            .map(|rd| rd.map(|e| e.expect("dir entry").path()).collect())
-            .unwrap_or_default();
+        let mut input_files: Vec<PathBuf> =
+            std::fs::read_dir(&data).map(|rd| rd.map(|e| e.expect("dir entry").path()).collect()).unwrap_or_default();
         input_files.sort();
         for f in &input_files {
             let file = f.file_name().expect("file name").to_string_lossy().into_owned();
             match read_tensor_pb(f) {
                 Err(e) => failures.push(format!("{test}/{file}: {e}")),
                 Ok((_, t)) => {
-                    let k = file.strip_prefix("input_").and_then(|s| s.strip_suffix(".pb")).and_then(|k| k.parse::<usize>().ok());
+                    let k = file
+                        .strip_prefix("input_")
+                        .and_then(|s| s.strip_suffix(".pb"))
+                        .and_then(|k| k.parse::<usize>().ok());
                     if let Some(&v) = k.and_then(|k| graph.inputs().get(k)) {
                         let ty = graph.value(v).ty.as_ref().expect("graph inputs are typed");
                         if (ty.dtype, ty.rank()) != (t.dtype(), t.shape().len()) {
-                            failures.push(format!("{test}/{file}: {:?}{:?} for input declared {ty}", t.dtype(), t.shape()));
+                            failures.push(format!(
+                                "{test}/{file}: {:?}{:?} for input declared {ty}",
+                                t.dtype(),
+                                t.shape()
+                            ));
                         }
                     }
                 }
@@ -182,7 +194,12 @@ fn node_test_models_import_and_round_trip() {
         exported += 1;
         let file = export_dir.join(format!("{test}.onnx"));
         std::fs::write(&file, &bytes).expect("write exported model");
-        exported_files.push(format!("{test}\t{}\t{}\t{}", dir.join("model.onnx").display(), file.display(), data.display()));
+        exported_files.push(format!(
+            "{test}\t{}\t{}\t{}",
+            dir.join("model.onnx").display(),
+            file.display(),
+            data.display()
+        ));
         if export_opset(&graph).expect("exported") != graph.opset_imports[""] {
             opset_raised += 1;
         }
@@ -202,10 +219,7 @@ fn node_test_models_import_and_round_trip() {
     eprintln!("ONNX node tests: {} models", dirs.len());
     eprintln!("  imported: {imported}");
     eprintln!("  unsupported op: {unsupported_models} models, {} op types", unsupported_ops.len());
-    eprintln!(
-        "    {}",
-        by_count.iter().map(|(op, n)| format!("{op} {n}")).collect::<Vec<_>>().join(", ")
-    );
+    eprintln!("    {}", by_count.iter().map(|(op, n)| format!("{op} {n}")).collect::<Vec<_>>().join(", "));
     eprintln!("  other import errors: {} models", other_errors.len());
     let mut causes: BTreeMap<String, usize> = BTreeMap::new();
     for (_, cause) in &other_errors {
@@ -231,7 +245,10 @@ fn node_test_models_import_and_round_trip() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         eprintln!("  {}", stdout.trim().replace('\n', "\n  "));
         if !out.status.success() {
-            failures.push(format!("exported models fail onnx/onnxruntime checks:\n{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+            failures.push(format!(
+                "exported models fail onnx/onnxruntime checks:\n{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
@@ -361,11 +378,15 @@ fn old_opset_forms_are_normalized_and_written_back() {
     let out = Command::new(&python).arg("-c").arg(MAKE_LEGACY_MODELS).arg(&models).output().expect("python runs");
     assert!(out.status.success(), "legacy model generation failed: {}", String::from_utf8_lossy(&out.stderr));
 
-    let load = |case: &str| load_model(&models.join(case).join("model.onnx"), ImportOptions::default())
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let load = |case: &str| {
+        load_model(&models.join(case).join("model.onnx"), ImportOptions::default())
+            .unwrap_or_else(|e| panic!("{case}: {e}"))
+    };
     let op_names = |g: &Graph| g.node_ids().into_iter().map(|id| g.node(id).op.name()).collect::<Vec<_>>();
     let init = |g: &Graph, name: &str| {
-        g.value(g.value_by_name(name).unwrap_or_else(|| panic!("no value `{name}`"))).initializer.clone()
+        g.value(g.value_by_name(name).unwrap_or_else(|| panic!("no value `{name}`")))
+            .initializer
+            .clone()
             .unwrap_or_else(|| panic!("`{name}` is not an initializer"))
             .to_f64s()
     };
@@ -382,7 +403,9 @@ fn old_opset_forms_are_normalized_and_written_back() {
     let g = load("softmax_11_default_axis_2d");
     assert_eq!(op_names(&g), vec!["Softmax"]);
     let g = load("reducesum_11_axes");
-    assert!(matches!(&g.node(g.node_by_name("rs").unwrap()).op, kiln_ir::Op::Reduce { axes: Some(a), keepdims: false, .. } if a == &[1]));
+    assert!(
+        matches!(&g.node(g.node_by_name("rs").unwrap()).op, kiln_ir::Op::Reduce { axes: Some(a), keepdims: false, .. } if a == &[1])
+    );
     let g = load("topk_9");
     assert_eq!(init(&g, "tk.k"), vec![2.0]);
     let g = load("clip_6");
@@ -392,7 +415,9 @@ fn old_opset_forms_are_normalized_and_written_back() {
     let g = load("dropout_10_ratio");
     assert_eq!(init(&g, "drop.ratio"), vec![0.3f32 as f64]);
     let g = load("constant_12_shorthands");
-    assert!(matches!(&g.node(g.node_by_name("c_shape").unwrap()).op, kiln_ir::Op::Constant { value } if value.to_i64s() == [3, 2]));
+    assert!(
+        matches!(&g.node(g.node_by_name("c_shape").unwrap()).op, kiln_ir::Op::Constant { value } if value.to_i64s() == [3, 2])
+    );
     let g = load("add_6_broadcast");
     assert_eq!(op_names(&g), vec!["Add"]);
     let g = load("unsorted_nodes_13");
@@ -432,13 +457,19 @@ fn old_opset_forms_are_normalized_and_written_back() {
             }
             if case != "add_6_broadcast" {
                 // onnxruntime has no kernels for opset-6 Add.
-                cases.push(format!("{name}\t{}\t{}\t{}", dir.join("model.onnx").display(), file.display(), dir.join("test_data_set_0").display()));
+                cases.push(format!(
+                    "{name}\t{}\t{}\t{}",
+                    dir.join("model.onnx").display(),
+                    file.display(),
+                    dir.join("test_data_set_0").display()
+                ));
             }
         }
     }
     let list = tmp.join("cases.tsv");
     std::fs::write(&list, cases.join("\n")).unwrap();
-    let out = Command::new(&python).arg("-c").arg(CHECK_EXPORTS).arg(&list).arg("strict").output().expect("python runs");
+    let out =
+        Command::new(&python).arg("-c").arg(CHECK_EXPORTS).arg(&list).arg("strict").output().expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("legacy forms: {}", stdout.trim());
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
