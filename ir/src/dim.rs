@@ -87,6 +87,13 @@ impl Poly {
         self.terms.values().copied()
     }
 
+    /// The terms in canonical order: each monomial (empty for the constant
+    /// term) with its non-zero coefficient. The text format uses this to
+    /// quote symbol names that `Display` cannot print unambiguously.
+    pub fn terms(&self) -> impl Iterator<Item = (&Monomial, i64)> + '_ {
+        self.terms.iter().map(|(m, c)| (m, *c))
+    }
+
     /// Sum.
     pub fn add(&self, other: &Poly) -> Poly {
         let mut terms = self.terms.clone();

@@ -4,8 +4,9 @@
 //! - [`tensor`]: dense tensor values;
 //! - [`op`], [`attr`]: operators with typed attributes;
 //! - [`graph`]: the dataflow graph on petgraph;
-//! - [`infer`], [`verify`]: shape and dtype inference, and the verifier;
+//! - [`infer`], [`mod@verify`]: shape and dtype inference, and the verifier;
 //! - [`onnx`]: reading and writing ONNX models;
+//! - [`text`]: the readable `.kiln` text format;
 //! - [`npy`]: NumPy `.npy` tensors;
 //! - [`io`]: loading and saving graphs by file extension ([`load`], [`save`]).
 //!
@@ -21,10 +22,12 @@ pub mod error;
 pub mod graph;
 pub mod infer;
 pub mod interp;
+pub mod io;
 pub mod npy;
 pub mod onnx;
 pub mod op;
 pub mod tensor;
+pub mod text;
 pub mod types;
 pub mod verify;
 
@@ -34,7 +37,9 @@ pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use graph::{Graph, Node, NodeId, Value, ValueId};
 pub use infer::{infer_node, infer_types};
+pub use io::{load, save};
 pub use op::Op;
 pub use tensor::Tensor;
+pub use text::{parse_graph, print_graph};
 pub use types::TensorType;
 pub use verify::verify;
