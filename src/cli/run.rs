@@ -152,11 +152,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let elapsed = start.elapsed();
 
     let mut report = format!(
-        "ran {} ({} nodes) with {} in {:.2} s\n",
+        "ran {} ({} nodes) with {} in {}\n",
         args.model.display(),
         thousands(graph.node_count() as u64),
         args.backend.to_possible_value().expect("no variant is skipped").get_name(),
-        elapsed.as_secs_f64()
+        duration_text(elapsed)
     );
     if !input_rows.is_empty() {
         report.push_str(&format!("\ninputs ({})\n", input_rows.len()));
@@ -211,6 +211,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         0 => Ok(()),
         1 => bail!("{}", failures[0]),
         n => bail!("{n} outputs do not match their references:\n  {}", failures.join("\n  ")),
+    }
+}
+
+/// `12.3 ms` below a second, `4.56 s` above.
+fn duration_text(d: std::time::Duration) -> String {
+    if d.as_secs_f64() < 1.0 {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
     }
 }
 
