@@ -12,6 +12,7 @@ mod movement;
 mod nn;
 mod quant;
 mod reduce;
+mod util;
 
 use crate::op::Op;
 use crate::tensor::Tensor;
