@@ -131,6 +131,48 @@ pub(crate) fn broadcast_map3<A: Copy, B: Copy, C: Copy, R>(
     Ok(Zip::from(&av).and(&bv).and(&cv).map_collect(|&x, &y, &z| f(x, y, z)))
 }
 
+// ---------------------------------------------------------------- lanes
+
+/// Applies `f` to every lane of `a` along `axis` (each 1-D run of elements
+/// that differ only in that coordinate), as a contiguous slice, writing
+/// `out_len` results per lane. The result has `a`'s shape with `axis`
+/// resized to `out_len`, in standard layout.
+///
+/// The axis is moved last and the data made contiguous once, so kernels
+/// (softmax, cumsum, top-k, arg-reductions) work on plain slices; when
+/// `axis` is already last and `a` contiguous nothing is copied.
+pub(crate) fn map_lanes<T: Clone, U: Clone + Default>(
+    a: ArrayViewD<'_, T>,
+    axis: usize,
+    out_len: usize,
+    mut f: impl FnMut(&[T], &mut [U]) -> KResult<()>,
+) -> KResult<ArrayD<U>> {
+    let rank = a.ndim();
+    let shape = a.shape().to_vec();
+    let n = shape[axis];
+    let mut perm: Vec<usize> = (0..rank).filter(|&i| i != axis).collect();
+    perm.push(axis);
+    let outer: usize = perm[..rank - 1].iter().map(|&p| shape[p]).product();
+    let moved = a.permuted_axes(IxDyn(&perm));
+    let contiguous = moved.as_standard_layout();
+    let data = contiguous.as_slice().expect("a standard-layout array is one slice");
+    let mut out = vec![U::default(); outer * out_len];
+    for i in 0..outer {
+        f(&data[i * n..(i + 1) * n], &mut out[i * out_len..(i + 1) * out_len])?;
+    }
+    let mut moved_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    moved_shape[rank - 1] = out_len;
+    let result = ArrayD::from_shape_vec(IxDyn(&moved_shape), out).expect("lane results fill the shape");
+    if axis == rank - 1 {
+        return Ok(result);
+    }
+    let mut inverse = vec![0; rank];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    Ok(result.permuted_axes(IxDyn(&inverse)).as_standard_layout().into_owned())
+}
+
 // ---------------------------------------------------------------- tensors and arrays
 
 /// An element type that is exactly one [`Tensor`] variant, so kernels can
