@@ -5,14 +5,13 @@
 //! Kernels are written once over small traits ([`TensorElem`], [`Num`],
 //! [`Real`]) and dispatched on the tensor variant with the macros at the end
 //! of this file. Half-precision inputs are widened to f32 for the
-//! computation and the results rounded back ([`widen_half`],
-//! [`narrow_to`], [`Real::read`], [`Real::into_dtype`]), which is what the
-//! ONNX reference does up to rounding.
+//! computation and the results rounded back ([`widen_half`], [`narrow_to`]),
+//! which is what the ONNX reference does up to rounding.
 
 use crate::dtype::DType;
 use crate::tensor::{Element, Tensor};
 use half::{bf16, f16};
-use ndarray::{ArcArray, ArrayD, ArrayViewD, CowArray, IxDyn, Zip};
+use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 use std::borrow::Cow;
 
 /// A kernel's result. Errors are plain messages; [`super::run`] wraps them
@@ -234,11 +233,6 @@ pub(crate) fn wrap<T: TensorElem>(a: ArrayD<T>) -> Tensor {
     T::wrap(a)
 }
 
-/// Turns a shared array into an owned one without copying when unshared.
-pub(crate) fn owned<T: Clone>(a: ArcArray<T, IxDyn>) -> ArrayD<T> {
-    a.into_owned()
-}
-
 // ---------------------------------------------------------------- numeric traits
 
 /// Arithmetic every numeric element type supports, with the semantics ONNX
@@ -331,8 +325,8 @@ macro_rules! float_num {
 }
 float_num!(f32, f64);
 
-/// The floating-point compute types, f32 (which also serves f16 and bf16)
-/// and f64.
+/// The floating-point compute types f32 and f64, for kernels that run
+/// ndarray's float routines (`general_mat_mul`) in the element type.
 pub(crate) trait Real:
     Num
     + num_traits::Float
@@ -340,43 +334,15 @@ pub(crate) trait Real:
     + ndarray::ScalarOperand
     + std::iter::Sum
     + std::ops::AddAssign
-    + std::ops::SubAssign
-    + std::ops::MulAssign
-    + std::ops::DivAssign
     + std::fmt::Display
 {
     /// The constant `v` in this type.
     fn c(v: f64) -> Self;
-    /// The error function, accurate to the last bit or so.
-    fn erf(self) -> Self;
-    /// Reads a tensor this type computes: f32 reads F32 (borrowed) and
-    /// F16/BF16 (widened); f64 reads F64.
-    fn read(t: &Tensor) -> KResult<CowArray<'_, Self, IxDyn>>;
-    /// Wraps a result as `dtype` (F32, F16 or BF16 for f32; F64 for f64).
-    fn into_dtype(a: ArrayD<Self>, dtype: DType) -> Tensor;
 }
 
 impl Real for f32 {
     fn c(v: f64) -> Self {
         v as f32
-    }
-    fn erf(self) -> Self {
-        libm::erff(self)
-    }
-    fn read(t: &Tensor) -> KResult<CowArray<'_, f32, IxDyn>> {
-        match t {
-            Tensor::F32(a) => Ok(CowArray::from(a.view())),
-            Tensor::F16(a) => Ok(CowArray::from(a.mapv(f16::to_f32))),
-            Tensor::BF16(a) => Ok(CowArray::from(a.mapv(bf16::to_f32))),
-            other => Err(format!("expected a float tensor of the same type, found {}", other.dtype())),
-        }
-    }
-    fn into_dtype(a: ArrayD<f32>, dtype: DType) -> Tensor {
-        match dtype {
-            DType::F16 => Tensor::F16(a.mapv(f16::from_f32).into_shared()),
-            DType::BF16 => Tensor::BF16(a.mapv(bf16::from_f32).into_shared()),
-            _ => Tensor::F32(a.into_shared()),
-        }
     }
 }
 
@@ -384,41 +350,9 @@ impl Real for f64 {
     fn c(v: f64) -> Self {
         v
     }
-    fn erf(self) -> Self {
-        libm::erf(self)
-    }
-    fn read(t: &Tensor) -> KResult<CowArray<'_, f64, IxDyn>> {
-        match t {
-            Tensor::F64(a) => Ok(CowArray::from(a.view())),
-            other => Err(format!("expected an f64 tensor, found {}", other.dtype())),
-        }
-    }
-    fn into_dtype(a: ArrayD<f64>, _dtype: DType) -> Tensor {
-        Tensor::F64(a.into_shared())
-    }
 }
 
 // ---------------------------------------------------------------- dispatch macros
-
-/// Binds the type alias `$T` to the compute type of a float dtype (f32 for
-/// f32/f16/bf16, f64 for f64) and evaluates `$body`; for other dtypes
-/// returns an error from the enclosing function naming `$what`.
-macro_rules! with_real {
-    ($dtype:expr, $what:expr, $T:ident => $body:expr) => {
-        match $dtype {
-            $crate::dtype::DType::F32 | $crate::dtype::DType::F16 | $crate::dtype::DType::BF16 => {
-                type $T = f32;
-                $body
-            }
-            $crate::dtype::DType::F64 => {
-                type $T = f64;
-                $body
-            }
-            other => return Err(format!("{} must be a float tensor, found {other}", $what)),
-        }
-    };
-}
-pub(crate) use with_real;
 
 /// Matches a tensor of a plain numeric dtype (f32, f64, i8, u8, i16, i32,
 /// i64), binding `$a` to its `ArcArray`; any other dtype evaluates `$else`.
