@@ -79,6 +79,14 @@ impl Poly {
         out
     }
 
+    /// The coefficients of the terms, in canonical order (a floor-division
+    /// atom counts as one opaque factor). Shape inference uses them to bound
+    /// magnitudes before arithmetic that could overflow `i64`, and to see
+    /// whether a polynomial is a sum of non-negative terms.
+    pub fn coefficients(&self) -> impl Iterator<Item = i64> + '_ {
+        self.terms.values().copied()
+    }
+
     /// Sum.
     pub fn add(&self, other: &Poly) -> Poly {
         let mut terms = self.terms.clone();
