@@ -212,7 +212,7 @@ fn int_capable_unary<T: Arith>(op: UnaryOp, a: ArrayViewD<'_, T>) -> KResult<Ten
         UnaryOp::Abs => a.mapv(T::abs_),
         UnaryOp::Neg if T::SIGNED => a.mapv(T::neg_),
         UnaryOp::Sign => a.mapv(T::sign_),
-        UnaryOp::Relu => a.mapv(|v| if v > T::zero() { v } else if v.is_nan() { v } else { T::zero() }),
+        UnaryOp::Relu => a.mapv(|v| if v > T::zero() || v.is_nan() { v } else { T::zero() }),
         _ => return Err(format!("{} does not accept {}", op.name(), T::DTYPE)),
     }))
 }
@@ -453,4 +453,95 @@ fn where_(cond: &Tensor, x: &Tensor, y: &Tensor) -> KResult<Tensor> {
         else return Err(format!("Where does not accept {dtype}")));
     // The 4-bit variants come back as I8/U8 from `wrap`; restore the tag.
     Ok(if r.dtype() != dtype { r.cast(dtype) } else { r })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+
+    fn ints(dtype: DType, v: &[i64]) -> Tensor {
+        Tensor::from_i64s(dtype, &[v.len()], v)
+    }
+
+    fn floats(dtype: DType, v: &[f64]) -> Tensor {
+        Tensor::from_f64s(dtype, &[v.len()], v)
+    }
+
+    #[test]
+    fn integer_division_truncates_and_rejects_zero() {
+        let a = ints(DType::I32, &[7, -7, 7, -7]);
+        let b = ints(DType::I32, &[2, 2, -2, -2]);
+        assert_eq!(binary(BinaryOp::Div, &a, &b).unwrap().to_i64s(), vec![3, -3, -3, 3]);
+        assert!(binary(BinaryOp::Div, &a, &ints(DType::I32, &[0])).unwrap_err().contains("zero"));
+        assert!(binary(BinaryOp::Add, &a, &floats(DType::F32, &[1.0])).is_err());
+    }
+
+    #[test]
+    fn mod_follows_divisor_or_dividend_sign() {
+        let a = ints(DType::I64, &[-4, 7, 5]);
+        let b = ints(DType::I64, &[3, -3, 3]);
+        assert_eq!(modulo(false, &a, &b).unwrap().to_i64s(), vec![2, -2, 2]);
+        assert_eq!(modulo(true, &a, &b).unwrap().to_i64s(), vec![-1, 1, 2]);
+        let f = modulo(true, &floats(DType::F16, &[-4.5]), &floats(DType::F16, &[2.0])).unwrap();
+        assert_eq!((f.dtype(), f.to_f64s()), (DType::F16, vec![-0.5]));
+    }
+
+    #[test]
+    fn pow_keeps_the_base_dtype() {
+        let r = pow(&ints(DType::I64, &[2, 3, 2]), &ints(DType::I32, &[10, 3, -1])).unwrap();
+        assert_eq!((r.dtype(), r.to_i64s()), (DType::I64, vec![1024, 27, 0]));
+        let r = pow(&ints(DType::I32, &[2, 9]), &floats(DType::F32, &[0.5, 0.5])).unwrap();
+        assert_eq!(r.to_i64s(), vec![1, 3]);
+        let r = pow(&floats(DType::F32, &[2.0]), &ints(DType::I64, &[3])).unwrap();
+        assert_eq!((r.dtype(), r.to_f64s()), (DType::F32, vec![8.0]));
+    }
+
+    #[test]
+    fn clip_bounds_are_optional_and_max_wins() {
+        let x = floats(DType::F32, &[-2.0, 0.5, 3.0, f64::NAN]);
+        let r = clip(&x, Some(&Tensor::scalar_f32(0.0)), None).unwrap().to_f64s();
+        assert_eq!(r[..3], [0.0, 0.5, 3.0]);
+        assert!(r[3].is_nan());
+        let r = clip(&x, Some(&Tensor::scalar_f32(2.0)), Some(&Tensor::scalar_f32(1.0))).unwrap().to_f64s();
+        assert_eq!(r[..3], [1.0, 1.0, 1.0]);
+        let r = clip(&ints(DType::I8, &[-100, 100]), None, Some(&Tensor::from_i64s(DType::I8, &[], &[5]))).unwrap();
+        assert_eq!(r.to_i64s(), vec![-100, 5]);
+    }
+
+    #[test]
+    fn where_broadcasts_three_ways() {
+        let c = Tensor::Bool(ndarray::arr2(&[[true], [false]]).into_dyn().into_shared());
+        let r = where_(&c, &ints(DType::I64, &[1, 2]), &Tensor::from_i64s(DType::I64, &[], &[0])).unwrap();
+        assert_eq!((r.shape().to_vec(), r.to_i64s()), (vec![2, 2], vec![1, 2, 0, 0]));
+    }
+
+    #[test]
+    fn float_functions_are_stable() {
+        let x = floats(DType::F32, &[-1000.0, 1000.0, 0.5, 1.5, 2.5]);
+        assert_eq!(unary(UnaryOp::Sigmoid, &x).unwrap().to_f64s()[..2], [0.0, 1.0]);
+        assert_eq!(unary(UnaryOp::Softplus, &x).unwrap().to_f64s()[..2], [0.0, 1000.0]);
+        assert_eq!(unary(UnaryOp::Round, &x).unwrap().to_f64s()[2..], [0.0, 2.0, 2.0]);
+        assert!((unary(UnaryOp::Erf, &floats(DType::F64, &[0.5])).unwrap().to_f64s()[0] - 0.520_499_877_813_046_5).abs() < 1e-15);
+        let g = eval(&Op::Gelu { approximate: GeluApproximation::None }, &[Some(floats(DType::F64, &[1.0]))]).unwrap();
+        assert!((g[0].as_ref().unwrap().to_f64s()[0] - 0.841_344_746_068_542_9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn max_min_propagate_nan_and_mean_divides() {
+        let a = Some(floats(DType::F32, &[1.0, f64::NAN]));
+        let b = Some(floats(DType::F32, &[2.0, 0.0]));
+        let r = variadic(VariadicOp::Max, &[a.clone(), b.clone()]).unwrap().to_f64s();
+        assert_eq!(r[0], 2.0);
+        assert!(r[1].is_nan());
+        assert_eq!(variadic(VariadicOp::Mean, &[b.clone(), b]).unwrap().to_f64s(), vec![2.0, 0.0]);
+    }
+
+    #[test]
+    fn integer_unary_ops() {
+        assert_eq!(unary(UnaryOp::Abs, &ints(DType::I8, &[-128, -3])).unwrap().to_i64s(), vec![-128, 3]);
+        assert_eq!(unary(UnaryOp::Sign, &ints(DType::I16, &[-9, 0, 4])).unwrap().to_i64s(), vec![-1, 0, 1]);
+        assert!(unary(UnaryOp::Neg, &ints(DType::U8, &[1])).is_err());
+        assert!(unary(UnaryOp::Exp, &ints(DType::I32, &[1])).is_err());
+    }
 }

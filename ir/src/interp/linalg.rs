@@ -91,11 +91,7 @@ fn batched_matmul<T: Clone + Default>(
     let (m, k) = (a.shape()[ar - 2], a.shape()[ar - 1]);
     let (k2, n) = (b.shape()[br - 2], b.shape()[br - 1]);
     if k != k2 {
-        return Err(format!(
-            "MatMul inner dimensions differ: {:?} @ {:?}",
-            &a.shape()[..],
-            &b.shape()[..]
-        ));
+        return Err(format!("MatMul inner dimensions differ: {:?} @ {:?}", a.shape(), b.shape()));
     }
     let batch = broadcast_shapes(&[&a.shape()[..ar - 2], &b.shape()[..br - 2]])?;
     let count: usize = batch.iter().product();

@@ -232,9 +232,9 @@ fn rotary(
 ) -> KResult<Tensor> {
     let shape = x.shape().to_vec();
     // (batch, seq, heads, head_dim) and the flat offset of (b, s, h, 0).
-    let (batch, seq, heads, head_dim, four_d) = match shape.as_slice() {
-        &[b, h, s, d] => (b, s, h, d, true),
-        &[b, s, hidden] => {
+    let (batch, seq, heads, head_dim, four_d) = match *shape.as_slice() {
+        [b, h, s, d] => (b, s, h, d, true),
+        [b, s, hidden] => {
             let h = num_heads.ok_or("a 3-D input needs the num_heads attribute")?;
             if h <= 0 || hidden % h as usize != 0 {
                 return Err(format!("hidden size {hidden} is not a multiple of num_heads {h}"));
@@ -480,12 +480,12 @@ fn attention_bias(
             t => to_f64_array(t, "attn_mask")?,
         };
         let width = m.shape().last().copied().unwrap_or(0);
-        if m.ndim() < 2 || m.ndim() > 4 || width > kv_len {
+        if m.ndim() == 0 || m.ndim() > 4 || width > kv_len {
             return Err(format!("attn_mask of shape {:?} does not fit scores [.., {q_len}, {kv_len}]", mask.shape()));
         }
         // Keys past the mask's width are masked out, as the reference pads.
         let mut padded_shape = m.shape().to_vec();
-        *padded_shape.last_mut().expect("rank >= 2") = kv_len;
+        *padded_shape.last_mut().expect("rank >= 1") = kv_len;
         let mut padded = ArrayD::from_elem(IxDyn(&padded_shape), f64::NEG_INFINITY);
         padded.slice_axis_mut(Axis(m.ndim() - 1), (0..width).into()).assign(&m);
         let view = padded
