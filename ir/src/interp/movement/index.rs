@@ -250,7 +250,7 @@ pub(super) fn one_hot(args: &Inputs, axis: i64) -> Result<Tensor, String> {
         return Err(args.err("`indices` must be numeric, found bool"));
     }
     let depth_f = args.one_f64(depth_t, "depth")?;
-    if !(depth_f >= 0.0) || depth_f > isize::MAX as f64 {
+    if depth_f.is_nan() || depth_f < 0.0 || depth_f > isize::MAX as f64 {
         return Err(args.err(format_args!("`depth` must be a non-negative count, found {depth_f}")));
     }
     let depth = depth_f as usize;

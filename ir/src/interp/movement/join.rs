@@ -160,7 +160,7 @@ pub(super) fn slice(args: &Inputs) -> Result<Tensor, String> {
     let mut slices = vec![Slice::from(..); rank];
     for i in 0..n {
         if steps[i] == 0 {
-            return Err(args.err(format_args!("step {i} is 0")));
+            return Err(args.err(format_args!("`steps` value {i} is 0; steps must be non-zero")));
         }
         let dim = x.shape()[axes[i]];
         let (first, count, step) = slice_axis_range(starts[i], ends[i], steps[i], dim);
