@@ -6,7 +6,9 @@
 //! `/tmp/probe-venv/bin/python`; without one the test says so and skips.
 
 use kiln_ir::graph::Graph;
-use kiln_ir::onnx::{export_opset, load_model, read_tensor_pb, save_model, save_model_with, ExportOptions, ImportOptions};
+use kiln_ir::onnx::{
+    export_opset, load_model, read_tensor_pb, save_model, save_model_with, ExportOptions, ImportOptions,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,7 +105,14 @@ fn structure(g: &Graph) -> BTreeMap<String, NodeShape> {
         .into_iter()
         .map(|id| {
             let n = g.node(id);
-            (n.name.clone(), (n.op.clone(), n.inputs.iter().map(|&v| name(v)).collect(), n.outputs.iter().map(|&v| name(v)).collect()))
+            (
+                n.name.clone(),
+                (
+                    n.op.clone(),
+                    n.inputs.iter().map(|&v| name(v)).collect(),
+                    n.outputs.iter().map(|&v| name(v)).collect(),
+                ),
+            )
         })
         .collect()
 }
@@ -113,9 +122,8 @@ fn assert_same_graph(a: &Graph, b: &Graph, what: &str) {
     let names = |g: &Graph, vs: &[kiln_ir::ValueId]| vs.iter().map(|&v| g.value(v).name.clone()).collect::<Vec<_>>();
     assert_eq!(names(a, a.inputs()), names(b, b.inputs()), "{what}: graph inputs differ");
     assert_eq!(names(a, a.outputs()), names(b, b.outputs()), "{what}: graph outputs differ");
-    let inits = |g: &Graph| {
-        g.initializers().map(|(v, t)| (g.value(v).name.clone(), t.clone())).collect::<BTreeMap<_, _>>()
-    };
+    let inits =
+        |g: &Graph| g.initializers().map(|(v, t)| (g.value(v).name.clone(), t.clone())).collect::<BTreeMap<_, _>>();
     assert_eq!(inits(a), inits(b), "{what}: initializers differ");
     for v in a.value_ids() {
         let name = &a.value(v).name;
@@ -172,7 +180,8 @@ fn example_models_round_trip_through_onnxruntime() {
         let summary = check_with_onnxruntime(&python, &ext_model, &data_dir, &ext_dir);
         let mut calls = Vec::new();
         let mut progress = |done: u64, total: u64| calls.push((done, total));
-        let again = load_model(&ext_model, ImportOptions { progress: Some(&mut progress) }).expect("external model imports");
+        let again =
+            load_model(&ext_model, ImportOptions { progress: Some(&mut progress) }).expect("external model imports");
         assert_same_graph(&original, &again, &format!("{name} (external)"));
         let total = calls.last().expect("progress was reported").1;
         assert!(total > 0 && calls.last().unwrap().0 == total, "{name}: progress {calls:?}");

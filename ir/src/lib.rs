@@ -4,8 +4,9 @@
 //! - [`tensor`]: dense tensor values;
 //! - [`op`], [`attr`]: operators with typed attributes;
 //! - [`graph`]: the dataflow graph on petgraph;
-//! - [`infer`], [`verify`]: shape and dtype inference, and the verifier;
-//! - [`onnx`]: reading and writing ONNX models.
+//! - [`infer`], [`mod@verify`]: shape and dtype inference, and the verifier;
+//! - [`onnx`]: reading and writing ONNX models;
+//! - [`text`]: the readable `.kiln` text format.
 //!
 //! Nothing here depends on LLVM or MLIR, so frontends can use the IR and the
 //! rewriting passes without a code generator.
@@ -22,6 +23,7 @@ pub mod interp;
 pub mod onnx;
 pub mod op;
 pub mod tensor;
+pub mod text;
 pub mod types;
 pub mod verify;
 
@@ -33,5 +35,6 @@ pub use graph::{Graph, Node, NodeId, Value, ValueId};
 pub use infer::{infer_node, infer_types};
 pub use op::Op;
 pub use tensor::Tensor;
+pub use text::{parse_graph, print_graph};
 pub use types::TensorType;
 pub use verify::verify;

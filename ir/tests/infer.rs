@@ -2,10 +2,10 @@
 //! the `Graph` API.
 
 use kiln_ir::dim::Dim;
-use kiln_ir::op::{
-    AttentionAttrs, BinaryOp, GemmAttrs, LossReduction, ReduceKind, UnaryOp, VariadicOp,
-};
+use kiln_ir::onnx::import::{load_model, read_tensor_pb, ImportOptions};
+use kiln_ir::op::{AttentionAttrs, BinaryOp, GemmAttrs, LossReduction, ReduceKind, UnaryOp, VariadicOp};
 use kiln_ir::{infer_node, infer_types, verify, DType, Graph, Op, Tensor, TensorType, ValueId};
+use std::path::{Path, PathBuf};
 
 /// Parses `f32[batch, seq+1, 768]`.
 fn ty(s: &str) -> TensorType {
@@ -320,7 +320,10 @@ fn concat_adds_symbolic_lengths() {
     let mut g = G::new();
     g.input("a", "f32[2, 3]").input("b", "f32[4, 5]");
     g.node("cat", Op::Concat { axis: 0 }, &["a", "b"], &["y"]);
-    assert_eq!(g.infer_err(), "node `cat` (Concat): input 1 `b` has shape f32[4, 5] but input 0 `a` has dim 3 on axis 1");
+    assert_eq!(
+        g.infer_err(),
+        "node `cat` (Concat): input 1 `b` has shape f32[4, 5] but input 0 `a` has dim 3 on axis 1"
+    );
 }
 
 #[test]
@@ -511,7 +514,9 @@ fn layer_norm_rms_norm_softmax() {
     g.input("x", "f32[2, 768]").input("w", "f32[512]");
     let ln = Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 };
     g.node("ln", ln, &["x", "w"], &["y"]);
-    assert!(g.infer_err().contains("input 1 `w` has shape f32[512], which does not broadcast to the normalized dims [768]"));
+    assert!(g
+        .infer_err()
+        .contains("input 1 `w` has shape f32[512], which does not broadcast to the normalized dims [768]"));
 }
 
 #[test]
@@ -578,8 +583,18 @@ fn quantization_types() {
     let mut g = G::new();
     g.input("x", "f32[64, 128]").input("s", "f32[]").input("zp", "i8[]").input("s_axis", "f32[128]");
     g.input("s_block", "f32[64, 4]").input("zp_block", "i4[64, 4]").input("w4", "i4[64, 128]");
-    g.node("q_zp", Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None }, &["x", "s", "zp"], &["q1"]);
-    g.node("q_def", Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None }, &["x", "s_axis"], &["q2"]);
+    g.node(
+        "q_zp",
+        Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None },
+        &["x", "s", "zp"],
+        &["q1"],
+    );
+    g.node(
+        "q_def",
+        Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None },
+        &["x", "s_axis"],
+        &["q2"],
+    );
     let blocked = Op::QuantizeLinear { axis: 1, block_size: 32, saturate: true, output_dtype: None };
     g.node("q_block", blocked, &["x", "s_block", "zp_block"], &["q3"]);
     let dq = Op::DequantizeLinear { axis: 1, block_size: 32, output_dtype: Some(DType::F16) };
@@ -705,4 +720,248 @@ fn untyped_graph_input_is_an_error() {
     g.set_inputs(vec![x]);
     let e = infer_types(&mut g).unwrap_err().to_string();
     assert_eq!(e, "value `x`: graph input has no type");
+}
+
+// ---- the ONNX backend node tests ----
+
+/// The Python the tests use: `KILN_PYTHON`, else the repo's `.venv`, else
+/// the shared probe environment.
+fn python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_PYTHON") {
+        return Some(p.into());
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    [repo.join(".venv/bin/python"), "/tmp/probe-venv/bin/python".into()].into_iter().find(|p| p.exists())
+}
+
+/// `<site-packages>/onnx/backend/test/data/node` of that Python.
+fn node_test_dir() -> Option<PathBuf> {
+    let out = std::process::Command::new(python()?)
+        .args(["-c", "import onnx,os;print(os.path.dirname(onnx.__file__))"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = Path::new(String::from_utf8(out.stdout).ok()?.trim()).join("backend/test/data/node");
+    dir.is_dir().then_some(dir)
+}
+
+/// How one node test came out.
+enum Outcome {
+    /// The importer rejects the model (an op or form kiln does not support).
+    NotImported,
+    /// Every output type equals the reference output's.
+    Exact,
+    /// Compatible, but some dim stayed symbolic where the reference has a size.
+    Symbolic(String),
+    /// Inference failed or disagrees with the reference.
+    Wrong(String),
+}
+
+/// How a node-test model is prepared before inference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Every type the file declares is forgotten except the graph inputs'.
+    Forget,
+    /// As `Forget`, and graph inputs small enough for value propagation
+    /// (shapes, axes, k, pads, ...) become initializers holding the test's
+    /// input data, so results that depend on their values can be exact.
+    FoldSmallInputs,
+    /// The file's declared types are kept and checked against inference.
+    KeepDeclared,
+}
+
+/// Imports a node-test model, prepares it per `mode`, infers, verifies and
+/// compares the graph outputs with `output_N.pb`.
+fn run_node_test(dir: &Path, mode: Mode) -> Outcome {
+    let Ok(mut g) = load_model(&dir.join("model.onnx"), ImportOptions::default()) else {
+        return Outcome::NotImported;
+    };
+    if mode == Mode::FoldSmallInputs {
+        let mut kept = Vec::new();
+        for (i, &v) in g.inputs().to_vec().iter().enumerate() {
+            let small = g.value(v).ty.as_ref().is_some_and(|t| t.rank() <= 1 && t.fixed_len().is_some_and(|n| n <= 64));
+            match read_tensor_pb(&dir.join(format!("test_data_set_0/input_{i}.pb"))) {
+                Ok((_, t)) if small => g.value_mut(v).initializer = Some(t),
+                _ => kept.push(v),
+            }
+        }
+        g.set_inputs(kept);
+    }
+    if mode != Mode::KeepDeclared {
+        let keep: std::collections::BTreeSet<ValueId> = g.inputs().iter().copied().collect();
+        let forget: Vec<ValueId> =
+            g.value_ids().filter(|v| !keep.contains(v) && g.value(*v).initializer.is_none()).collect();
+        for v in forget {
+            g.value_mut(v).ty = None;
+        }
+    }
+    if let Err(e) = infer_types(&mut g) {
+        return Outcome::Wrong(format!("inference failed: {e}"));
+    }
+    if let Err(e) = verify(&g) {
+        return Outcome::Wrong(format!("verify failed: {e}"));
+    }
+    let mut symbolic = Vec::new();
+    for (i, &v) in g.outputs().iter().enumerate() {
+        let path = dir.join(format!("test_data_set_0/output_{i}.pb"));
+        let expected = match read_tensor_pb(&path) {
+            Ok((_, t)) => TensorType::fixed(t.dtype(), t.shape()),
+            Err(e) => return Outcome::Wrong(format!("cannot read {}: {e}", path.display())),
+        };
+        let val = g.value(v);
+        let got = val.ty.as_ref().expect("verified");
+        if got.dtype != expected.dtype || got.rank() != expected.rank() {
+            return Outcome::Wrong(format!("output `{}`: inferred {got}, reference {expected}", val.name));
+        }
+        if got.shape.iter().zip(&expected.shape).any(|(a, b)| a.fixed().is_some() && a != b) {
+            return Outcome::Wrong(format!("output `{}`: inferred {got}, reference {expected}", val.name));
+        }
+        if got.shape.iter().any(|d| d.fixed().is_none()) {
+            symbolic.push(format!("`{}`: {got} vs {expected}", val.name));
+        }
+    }
+    if symbolic.is_empty() {
+        return Outcome::Exact;
+    }
+    // With the small inputs known, only an op whose result size depends on
+    // tensor data may leave a dim symbolic.
+    let data_dependent = g.node_ids().into_iter().any(|n| matches!(g.node(n).op, Op::NonZero));
+    if mode == Mode::FoldSmallInputs && !data_dependent {
+        return Outcome::Wrong(format!("not exact with every small input known: {}", symbolic.join("; ")));
+    }
+    Outcome::Symbolic(symbolic.join("; "))
+}
+
+/// Every node-test model the importer accepts must infer without error, pass
+/// the verifier and agree with the reference outputs in each [`Mode`]: with
+/// the declared types forgotten, with the small inputs also folded to their
+/// test data, and with the declared types kept. A dim may stay symbolic when
+/// it depends on an unknown input's values; once those are folded, only on
+/// tensor data (NonZero). The counts are printed (`--nocapture`).
+#[test]
+fn onnx_node_tests_infer_like_the_reference() {
+    let Some(root) = node_test_dir() else {
+        eprintln!("skipped: no Python with the onnx package (set KILN_PYTHON)");
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("model.onnx").exists())
+        .collect();
+    dirs.sort();
+    let mut wrong = Vec::new();
+    for mode in [Mode::Forget, Mode::FoldSmallInputs, Mode::KeepDeclared] {
+        let (mut not_imported, mut exact) = (0, 0);
+        let mut symbolic = Vec::new();
+        for dir in &dirs {
+            let name = dir.file_name().unwrap().to_string_lossy().to_string();
+            match run_node_test(dir, mode) {
+                Outcome::NotImported => not_imported += 1,
+                Outcome::Exact => exact += 1,
+                Outcome::Symbolic(m) => symbolic.push(format!("{name}: {m}")),
+                Outcome::Wrong(m) => wrong.push(format!("{name} ({mode:?}): {m}")),
+            }
+        }
+        eprintln!(
+            "{} node tests, {mode:?}: {not_imported} not imported, {exact} exact, {} symbolic",
+            dirs.len(),
+            symbolic.len(),
+        );
+        for s in &symbolic {
+            eprintln!("  symbolic {s}");
+        }
+        assert!(exact > 0, "no node test was imported");
+    }
+    for w in &wrong {
+        eprintln!("  WRONG {w}");
+    }
+    assert!(wrong.is_empty(), "{} node tests infer wrongly:\n{}", wrong.len(), wrong.join("\n"));
+}
+
+#[test]
+fn extreme_values_give_errors_or_unknowns_not_panics() {
+    let mut g = G::new();
+    g.input("empty", "f32[0, 3]").input("huge", "f32[1099511627776, 1099511627776, 1099511627776]");
+    g.ints("min", &[i64::MIN]).ints("max", &[i64::MAX]).ints("zero", &[0]).ints("m1", &[-1]);
+    g.init("min_s", Tensor::scalar_i64(i64::MIN)).init("m1_s", Tensor::scalar_i64(-1));
+    g.node("rev_empty", Op::Slice, &["empty", "max", "min", "zero", "m1"], &["a"]);
+    g.node("min_step", Op::Slice, &["empty", "zero", "max", "zero", "min"], &["b"]);
+    g.node("mod", Op::Mod { fmod: false }, &["min_s", "m1_s"], &["c"]);
+    g.node("div", Op::Binary(BinaryOp::Div), &["min_s", "m1_s"], &["d"]);
+    g.node("cast", Op::Cast { to: DType::F16, saturate: true }, &["min_s"], &["e"]);
+    g.node("flat", Op::Reshape { allowzero: false }, &["huge", "m1"], &["f"]);
+    g.node("range", Op::Range, &["min_s", "m1_s", "m1_s"], &["r"]);
+    g.node("size", Op::Size, &["huge"], &["n"]);
+    g.node("shape", Op::Shape { start: i64::MIN, end: Some(i64::MAX) }, &["huge"], &["s"]);
+    g.node("prod", reduce(ReduceKind::Prod, Some(vec![0]), false), &["s"], &["p"]);
+    g.node("range2", Op::Range, &["zero", "p", "m1_s"], &["r2"]);
+    assert_eq!(g.infer("a"), "f32[0, 3]");
+    assert_eq!(g.ty("b"), "f32[0, 3]");
+    assert_eq!(g.ty("c"), "i64[]");
+    assert_eq!(g.ty("d"), "i64[]");
+    assert_eq!(g.ty("e"), "f16[]");
+    assert_eq!(g.ty("f"), "f32[unk__0]");
+    assert_eq!(g.ty("s"), "i64[3]");
+    assert!(g.ty("r2").starts_with("i64[unk__"), "{}", g.ty("r2"));
+    assert!(g.ty("r").starts_with("i64["), "{}", g.ty("r"));
+
+    let mut g = G::new();
+    g.input("x", "f32[4]").init("zero", Tensor::scalar_i64(0)).init("m1", Tensor::scalar_i64(-1));
+    g.node("range", Op::Range, &["zero", "zero", "zero"], &["r"]);
+    assert_eq!(g.infer_err(), "node `range` (Range): input 2 `zero` (delta) is 0");
+}
+
+/// The example transformer models (both export styles: fused newest-opset
+/// ops, and torch-style Shape/Gather/Concat/Reshape chains) get a type for
+/// every value, in terms of `batch` and `seq` only: no dim is left unknown.
+#[test]
+fn example_models_infer_without_unknown_dims() {
+    let Some(py) = python() else {
+        eprintln!("skipped: no Python with onnx and onnxruntime (set KILN_PYTHON)");
+        return;
+    };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("infer-example-models");
+    let status = std::process::Command::new(py)
+        .arg(repo.join("examples/models/make_models.py"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "make_models.py failed");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    let mut checked = 0;
+    for dir in names.iter().filter(|d| d.join("model.onnx").exists()) {
+        let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default()).unwrap();
+        let keep: Vec<ValueId> = g.inputs().to_vec();
+        let forget: Vec<ValueId> =
+            g.value_ids().filter(|v| !keep.contains(v) && g.value(*v).initializer.is_none()).collect();
+        for v in forget {
+            g.value_mut(v).ty = None;
+        }
+        infer_types(&mut g).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        verify(&g).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for v in g.value_ids() {
+            let val = g.value(v);
+            let Some(t) = &val.ty else { continue };
+            for d in &t.shape {
+                if let Dim::Sym(p) = d {
+                    let syms = p.symbols();
+                    assert!(
+                        syms.iter().all(|s| &**s == "batch" || &**s == "seq"),
+                        "{}: `{}` has type {t}",
+                        dir.display(),
+                        val.name
+                    );
+                }
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} example models were generated");
 }

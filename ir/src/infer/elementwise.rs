@@ -27,9 +27,7 @@ pub(crate) fn unary(cx: &mut Ctx, op: UnaryOp) -> Result<Vec<TensorType>> {
             cx.dtype_in(0, is_float, "a float type")?;
             DType::Bool
         }
-        UnaryOp::Abs | UnaryOp::Neg | UnaryOp::Sign | UnaryOp::Erf => {
-            cx.dtype_in(0, is_numeric, "a numeric type")?
-        }
+        UnaryOp::Abs | UnaryOp::Neg | UnaryOp::Sign | UnaryOp::Erf => cx.dtype_in(0, is_numeric, "a numeric type")?,
         UnaryOp::Relu => cx.dtype_in(0, |d| d.is_float() || d.is_signed_integer(), "a float or signed integer type")?,
         UnaryOp::Sqrt
         | UnaryOp::Reciprocal

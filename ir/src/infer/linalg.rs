@@ -27,11 +27,7 @@ fn matmul_shape(cx: &Ctx, a: usize, b: usize) -> Result<Vec<Dim>> {
     let k_a = &a_shape[ra - 1];
     let k_b = &b_shape[rb - 2];
     if dims::conflict(k_a, k_b) {
-        return Err(cx.err(format!(
-            "{} has shape {tb} but {} has inner dim {k_a}",
-            cx.desc(b),
-            cx.desc(a)
-        )));
+        return Err(cx.err(format!("{} has shape {tb} but {} has inner dim {k_a}", cx.desc(b), cx.desc(a))));
     }
     let (batch_a, batch_b) = (&a_shape[..ra - 2], &b_shape[..rb - 2]);
     let rank = batch_a.len().max(batch_b.len());
@@ -61,21 +57,13 @@ fn matmul_shape(cx: &Ctx, a: usize, b: usize) -> Result<Vec<Dim>> {
 }
 
 pub(crate) fn matmul(cx: &mut Ctx) -> Result<Vec<TensorType>> {
-    let dtype = cx.dtype_in(
-        0,
-        |d| d.is_float() || matches!(d, DType::I32 | DType::I64),
-        "a float, i32 or i64 type",
-    )?;
+    let dtype = cx.dtype_in(0, |d| d.is_float() || matches!(d, DType::I32 | DType::I64), "a float, i32 or i64 type")?;
     cx.same_dtype(0, 1)?;
     Ok(vec![TensorType::new(dtype, matmul_shape(cx, 0, 1)?)])
 }
 
 pub(crate) fn gemm(cx: &mut Ctx, attrs: &GemmAttrs) -> Result<Vec<TensorType>> {
-    let dtype = cx.dtype_in(
-        0,
-        |d| d.is_float() || matches!(d, DType::I32 | DType::I64),
-        "a float, i32 or i64 type",
-    )?;
+    let dtype = cx.dtype_in(0, |d| d.is_float() || matches!(d, DType::I32 | DType::I64), "a float, i32 or i64 type")?;
     cx.same_dtype(0, 1)?;
     let ta = cx.rank_is(0, 2)?;
     let tb = cx.rank_is(1, 2)?;

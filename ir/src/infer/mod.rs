@@ -144,10 +144,8 @@ pub fn infer_types(graph: &mut Graph) -> Result<()> {
             return Err(IrError::value(&val.name, "graph input has no type"));
         }
     }
-    let initializer_types: Vec<(ValueId, TensorType)> = graph
-        .initializers()
-        .map(|(v, t)| (v, TensorType::fixed(t.dtype(), t.shape())))
-        .collect();
+    let initializer_types: Vec<(ValueId, TensorType)> =
+        graph.initializers().map(|(v, t)| (v, TensorType::fixed(t.dtype(), t.shape()))).collect();
     for (v, ty) in initializer_types {
         let val = graph.value_mut(v);
         match &val.ty {
@@ -256,11 +254,7 @@ impl State {
         let mut cx = Ctx { graph, node, state: self };
         let types = rule(&mut cx)?;
         if types.len() < node.outputs.len() {
-            return Err(cx.err(format!(
-                "has {} outputs but the op defines only {}",
-                node.outputs.len(),
-                types.len()
-            )));
+            return Err(cx.err(format!("has {} outputs but the op defines only {}", node.outputs.len(), types.len())));
         }
         Ok(node.outputs.iter().zip(types).map(|(o, t)| o.map(|_| t)).collect())
     }
@@ -485,7 +479,11 @@ impl<'a> Ctx<'a> {
     /// Normalizes an axis attribute into `[0, rank)`.
     pub(crate) fn axis(&self, axis: i64, rank: usize) -> Result<usize> {
         normalize_axis(axis, rank).ok_or_else(|| {
-            self.err(format!("axis {axis} is out of range for rank {rank} (accepted: {} to {})", -(rank as i64), rank as i64 - 1))
+            self.err(format!(
+                "axis {axis} is out of range for rank {rank} (accepted: {} to {})",
+                -(rank as i64),
+                rank as i64 - 1
+            ))
         })
     }
 
@@ -507,14 +505,21 @@ impl<'a> Ctx<'a> {
     pub(crate) fn scalar_input(&mut self, slot: usize, what: &str) -> Result<Option<crate::dim::Poly>> {
         let t = self.ty(slot)?;
         if t.rank() > 1 || t.fixed_len().is_some_and(|n| n != 1) {
-            return Err(self.err(format!("{} ({what}) has shape {t}; expected a scalar or one element", self.desc(slot))));
+            return Err(
+                self.err(format!("{} ({what}) has shape {t}; expected a scalar or one element", self.desc(slot)))
+            );
         }
         Ok(self.contents(slot).and_then(|e| e.into_iter().next().flatten()))
     }
 
     /// A 1-D int64 (or, where `allow_i32`, int32) input of integers, e.g.
     /// a shape or axes: returns its length (when known) and its contents.
-    pub(crate) fn int_vector(&mut self, slot: usize, what: &str, allow_i32: bool) -> Result<(Option<usize>, Option<Elems>)> {
+    pub(crate) fn int_vector(
+        &mut self,
+        slot: usize,
+        what: &str,
+        allow_i32: bool,
+    ) -> Result<(Option<usize>, Option<Elems>)> {
         let t = self.ty(slot)?;
         let ok = t.dtype == DType::I64 || (allow_i32 && t.dtype == DType::I32);
         if !ok {

@@ -213,7 +213,13 @@ pub(crate) fn unsqueeze(cx: &mut Ctx) -> Result<Vec<TensorType>> {
     let axes = cx.axes(&axes, out_rank)?;
     let mut rest = t.shape.iter();
     let shape = (0..out_rank)
-        .map(|i| if axes.contains(&i) { Dim::Fixed(1) } else { rest.next().cloned().expect("out_rank counts every input dim") })
+        .map(|i| {
+            if axes.contains(&i) {
+                Dim::Fixed(1)
+            } else {
+                rest.next().cloned().expect("out_rank counts every input dim")
+            }
+        })
         .collect();
     Ok(vec![TensorType::new(t.dtype, shape)])
 }
@@ -233,13 +239,13 @@ pub(crate) fn concat(cx: &mut Ctx, axis: i64) -> Result<Vec<TensorType>> {
         if t.rank() != rank {
             return Err(cx.err(format!("{} has shape {t} but {} has rank {rank}", cx.desc(slot), cx.desc(0))));
         }
-        for i in 0..rank {
+        for (i, (merged, d)) in shape.iter_mut().zip(&t.shape).enumerate() {
             if i == axis {
-                sum = sum.and_then(|s| dims::add(&s, &t.shape[i]));
+                sum = sum.and_then(|s| dims::add(&s, d));
                 continue;
             }
-            shape[i] = dims::unify(&shape[i], &t.shape[i]).ok_or_else(|| {
-                cx.err(format!("{} has shape {t} but {} has dim {} on axis {i}", cx.desc(slot), cx.desc(0), shape[i]))
+            *merged = dims::unify(merged, d).ok_or_else(|| {
+                cx.err(format!("{} has shape {t} but {} has dim {merged} on axis {i}", cx.desc(slot), cx.desc(0)))
             })?;
         }
     }
@@ -283,10 +289,9 @@ pub(crate) fn split(cx: &mut Ctx, axis: i64, num_outputs: Option<i64>) -> Result
         let last = match used.and_then(|u| dims::sub(&d, &u)) {
             Some(l) => l,
             None if d.fixed().is_some() => {
-                return Err(cx.err(format!(
-                    "axis {axis} of {} ({t}) cannot be split into {n} parts of {chunk}",
-                    cx.desc(0)
-                )))
+                return Err(
+                    cx.err(format!("axis {axis} of {} ({t}) cannot be split into {n} parts of {chunk}", cx.desc(0)))
+                )
             }
             None => cx.fresh(),
         };
@@ -415,8 +420,9 @@ fn slice_dim(d: &Dim, start: &Option<Poly>, end: &Option<Poly>, step: &Option<Po
     if span.as_constant().is_some_and(|c| c <= 0) {
         return Some(Dim::Fixed(0));
     }
-    let k = step.unsigned_abs() as i64;
-    let len = if k == 1 { span } else { poly_floor_div(&poly_add(&span, &Poly::constant(k - 1))?, &Poly::constant(k))? };
+    let k = i64::try_from(step.unsigned_abs()).ok()?;
+    let len =
+        if k == 1 { span } else { poly_floor_div(&poly_add(&span, &Poly::constant(k - 1))?, &Poly::constant(k))? };
     let len = Dim::from_poly(len)?;
     // With a fixed dim, a length beyond it means a bound was out of range.
     match (len.fixed(), d.fixed()) {
@@ -469,14 +475,12 @@ fn nd_index(cx: &Ctx, batch_dims: i64) -> Result<(usize, usize)> {
     if r == 0 || q == 0 {
         return Err(cx.err(format!("{} ({t}) and {} ({idx}) must both have rank 1 or more", cx.desc(0), cx.desc(1))));
     }
-    let b = usize::try_from(batch_dims).ok().filter(|&b| b < r.min(q)).ok_or_else(|| {
-        cx.err(format!("batch_dims {batch_dims} must be in [0, {}) for ranks {r} and {q}", r.min(q)))
-    })?;
+    let b = usize::try_from(batch_dims)
+        .ok()
+        .filter(|&b| b < r.min(q))
+        .ok_or_else(|| cx.err(format!("batch_dims {batch_dims} must be in [0, {}) for ranks {r} and {q}", r.min(q))))?;
     let k = idx.shape[q - 1].fixed().ok_or_else(|| {
-        cx.err(format!(
-            "cannot determine the result rank: the last dim of {} ({idx}) is not known",
-            cx.desc(1)
-        ))
+        cx.err(format!("cannot determine the result rank: the last dim of {} ({idx}) is not known", cx.desc(1)))
     })? as usize;
     if k < 1 || k > r - b {
         return Err(cx.err(format!(
@@ -557,7 +561,13 @@ pub(crate) fn tile(cx: &mut Ctx) -> Result<Vec<TensorType>> {
     let t = cx.ty(0)?;
     let repeats = vector_elems(cx, 1, "repeats", false)?;
     if repeats.len() != t.rank() {
-        return Err(cx.err(format!("{} has {} entries but {} has rank {}", cx.desc(1), repeats.len(), cx.desc(0), t.rank())));
+        return Err(cx.err(format!(
+            "{} has {} entries but {} has rank {}",
+            cx.desc(1),
+            repeats.len(),
+            cx.desc(0),
+            t.rank()
+        )));
     }
     let mut shape = Vec::with_capacity(t.rank());
     for (d, r) in t.shape.iter().zip(&repeats) {
@@ -687,7 +697,11 @@ pub(crate) fn range(cx: &mut Ctx) -> Result<Vec<TensorType>> {
                 if span.as_constant().is_some_and(|c| c <= 0) {
                     return Some(Dim::Fixed(0));
                 }
-                let n = if d == 1 { span } else { poly_floor_div(&poly_add(&span, &Poly::constant(d - 1))?, &Poly::constant(d))? };
+                let n = if d == 1 {
+                    span
+                } else {
+                    poly_floor_div(&poly_add(&span, &Poly::constant(d - 1))?, &Poly::constant(d))?
+                };
                 Dim::from_poly(n)
             }),
             _ => None,

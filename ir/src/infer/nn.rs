@@ -74,10 +74,9 @@ fn per_head(cx: &Ctx, total: &Dim, parts: i64, what: &str, slot: usize) -> Resul
     }
     if let Some(n) = total.fixed() {
         if n % parts as u64 != 0 {
-            return Err(cx.err(format!(
-                "{} has hidden size {n}, which is not a multiple of {what} = {parts}",
-                cx.desc(slot)
-            )));
+            return Err(
+                cx.err(format!("{} has hidden size {n}, which is not a multiple of {what} = {parts}", cx.desc(slot)))
+            );
         }
     }
     dims::floor_div(total, &Dim::Fixed(parts as u64)).ok_or_else(|| cx.err("head size overflows"))
@@ -95,9 +94,8 @@ pub(crate) fn rotary_embedding(
     let (batch, seq, head) = match x.rank() {
         4 => (&x.shape[0], &x.shape[2], x.shape[3].clone()),
         3 => {
-            let n = num_heads.ok_or_else(|| {
-                cx.err(format!("{} is 3-D ({x}) so the num_heads attribute is required", cx.desc(0)))
-            })?;
+            let n = num_heads
+                .ok_or_else(|| cx.err(format!("{} is 3-D ({x}) so the num_heads attribute is required", cx.desc(0))))?;
             (&x.shape[0], &x.shape[1], per_head(cx, &x.shape[2], n, "num_heads", 0)?)
         }
         _ => return Err(cx.err(format!("{} has shape {x}; expected rank 3 or 4", cx.desc(0)))),
@@ -122,7 +120,11 @@ pub(crate) fn rotary_embedding(
         cx.dtype_in(3, |d| d == DType::I64, "i64 (position ids)")?;
         for (i, want) in [batch, seq].into_iter().enumerate() {
             if dims::conflict(&pos.shape[i], want) {
-                return Err(cx.err(format!("{} has shape {pos}; expected [batch, seq] of {} ({x})", cx.desc(3), cx.desc(0))));
+                return Err(cx.err(format!(
+                    "{} has shape {pos}; expected [batch, seq] of {} ({x})",
+                    cx.desc(3),
+                    cx.desc(0)
+                )));
             }
         }
         vec![None, Some(&half)]
@@ -133,7 +135,8 @@ pub(crate) fn rotary_embedding(
         let ok = cache.rank() == expected.len()
             && cache.shape.iter().zip(&expected).all(|(a, b)| b.is_none_or(|b| !dims::conflict(a, b)));
         if !ok {
-            let want: Vec<String> = expected.iter().map(|d| d.map_or("max_position".into(), |d| d.to_string())).collect();
+            let want: Vec<String> =
+                expected.iter().map(|d| d.map_or("max_position".into(), |d| d.to_string())).collect();
             return Err(cx.err(format!(
                 "{} has shape {cache}; expected [{}] for {} ({x})",
                 cx.desc(slot),
@@ -147,9 +150,8 @@ pub(crate) fn rotary_embedding(
 
 /// Unifies a dim two inputs must agree on, naming both on conflict.
 fn agree(cx: &Ctx, what: &str, a: (usize, &Dim), b: (usize, &Dim)) -> Result<Dim> {
-    dims::unify(a.1, b.1).ok_or_else(|| {
-        cx.err(format!("{what}: {} has {} but {} has {}", cx.desc(b.0), b.1, cx.desc(a.0), a.1))
-    })
+    dims::unify(a.1, b.1)
+        .ok_or_else(|| cx.err(format!("{what}: {} has {} but {} has {}", cx.desc(b.0), b.1, cx.desc(a.0), a.1)))
 }
 
 pub(crate) fn attention(cx: &mut Ctx, attrs: &AttentionAttrs) -> Result<Vec<TensorType>> {
@@ -163,7 +165,12 @@ pub(crate) fn attention(cx: &mut Ctx, attrs: &AttentionAttrs) -> Result<Vec<Tens
     }
     for slot in [1, 2] {
         if cx.ty(slot)?.rank() != rank {
-            return Err(cx.err(format!("{} has shape {}; expected rank {rank} like {}", cx.desc(slot), cx.ty(slot)?, cx.desc(0))));
+            return Err(cx.err(format!(
+                "{} has shape {}; expected rank {rank} like {}",
+                cx.desc(slot),
+                cx.ty(slot)?,
+                cx.desc(0)
+            )));
         }
     }
     // [batch, heads, seq, head_size] of Q, K and V.
@@ -198,7 +205,11 @@ pub(crate) fn attention(cx: &mut Ctx, attrs: &AttentionAttrs) -> Result<Vec<Tens
             for (slot, t, want) in [(4, pk, want_k), (5, pv, want_v)] {
                 if t.rank() != 4 || t.shape.iter().zip(want).any(|(a, b)| dims::conflict(a, b)) {
                     let shown: Vec<Dim> = want.iter().map(|d| (*d).clone()).collect();
-                    return Err(cx.err(format!("{} has shape {t}; expected {}", cx.desc(slot), dims::fmt_shape(&shown))));
+                    return Err(cx.err(format!(
+                        "{} has shape {t}; expected {}",
+                        cx.desc(slot),
+                        dims::fmt_shape(&shown)
+                    )));
                 }
             }
             let past = agree(cx, "past sequence length", (4, &pk.shape[2]), (5, &pv.shape[2]))?;
@@ -222,7 +233,11 @@ pub(crate) fn attention(cx: &mut Ctx, attrs: &AttentionAttrs) -> Result<Vec<Tens
             });
         if !ok {
             let shown: Vec<Dim> = full.iter().map(|d| (*d).clone()).collect();
-            return Err(cx.err(format!("{} (attn_mask) has shape {m}, which does not broadcast to {}", cx.desc(3), dims::fmt_shape(&shown))));
+            return Err(cx.err(format!(
+                "{} (attn_mask) has shape {m}, which does not broadcast to {}",
+                cx.desc(3),
+                dims::fmt_shape(&shown)
+            )));
         }
     }
     if cx.has(6) {
@@ -254,7 +269,8 @@ pub(crate) fn loss(cx: &mut Ctx, reduction: LossReduction, with_log_prob: bool) 
     // Labels have the scores' shape without the class axis.
     let mut per_sample: Vec<Dim> = scores.shape.clone();
     per_sample.remove(1);
-    let ok = labels.rank() == per_sample.len() && labels.shape.iter().zip(&per_sample).all(|(a, b)| !dims::conflict(a, b));
+    let ok =
+        labels.rank() == per_sample.len() && labels.shape.iter().zip(&per_sample).all(|(a, b)| !dims::conflict(a, b));
     if !ok {
         return Err(cx.err(format!(
             "{} has shape {labels}; expected {} (the shape of {} without the class axis)",
@@ -263,12 +279,8 @@ pub(crate) fn loss(cx: &mut Ctx, reduction: LossReduction, with_log_prob: bool) 
             cx.desc(0)
         )));
     }
-    let per_sample: Vec<Dim> = labels
-        .shape
-        .iter()
-        .zip(&per_sample)
-        .map(|(a, b)| dims::unify(a, b).expect("checked above"))
-        .collect();
+    let per_sample: Vec<Dim> =
+        labels.shape.iter().zip(&per_sample).map(|(a, b)| dims::unify(a, b).expect("checked above")).collect();
     if cx.has(2) {
         cx.same_dtype(0, 2)?;
         let w = cx.rank_is(2, 1)?;

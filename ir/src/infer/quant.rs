@@ -60,9 +60,16 @@ fn check_params(cx: &Ctx, axis: i64, block_size: i64) -> Result<()> {
         }
     }
     if let Some(zp) = cx.opt_ty(2)? {
-        let ok = zp.rank() == s.rank() && zp.shape.iter().zip(&s.shape).all(|(a, b)| !dims::conflict(a, b));
+        // A scalar and a one-element vector both mean per-tensor.
+        let zp_per_tensor = zp.rank() == 0 || (zp.rank() == 1 && zp.shape[0] == Dim::Fixed(1));
+        let ok = (per_tensor && zp_per_tensor && block_size == 0)
+            || (zp.rank() == s.rank() && zp.shape.iter().zip(&s.shape).all(|(a, b)| !dims::conflict(a, b)));
         if !ok {
-            return Err(cx.err(format!("{} (zero point) has shape {zp} but {} (scale) has {s}", cx.desc(2), cx.desc(1))));
+            return Err(cx.err(format!(
+                "{} (zero point) has shape {zp} but {} (scale) has {s}",
+                cx.desc(2),
+                cx.desc(1)
+            )));
         }
     }
     Ok(())

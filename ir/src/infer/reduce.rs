@@ -37,11 +37,9 @@ pub(crate) fn reduce(
                 None => {
                     // Which axes is unknown; only the rank may be derivable.
                     let shape = match (keepdims, len) {
-                        (true, _) => t
-                            .shape
-                            .iter()
-                            .map(|d| if *d == Dim::Fixed(1) { d.clone() } else { cx.fresh() })
-                            .collect(),
+                        (true, _) => {
+                            t.shape.iter().map(|d| if *d == Dim::Fixed(1) { d.clone() } else { cx.fresh() }).collect()
+                        }
                         (false, Some(n)) if n <= rank => cx.fresh_dims(rank - n),
                         (false, _) => {
                             return Err(cx.err(format!(

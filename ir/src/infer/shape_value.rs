@@ -81,9 +81,9 @@ fn first_output(g: &Graph, node: &Node, ins: &[Option<Elems>]) -> Option<Elems> 
     let out_dtype = out_ty(0).map(|t| t.dtype).or_else(|| in_ty(0).map(|t| t.dtype));
     let first = match &node.op {
         Op::Constant { value } => from_tensor(value),
-        Op::Shape { start, end } => in_ty(0).and_then(|t| {
+        Op::Shape { start, end } => in_ty(0).map(|t| {
             let (s, e) = shape_range(t.rank(), *start, *end);
-            Some(t.shape[s..e].iter().map(|d| Some(d.to_poly())).collect())
+            t.shape[s..e].iter().map(|d| Some(d.to_poly())).collect()
         }),
         Op::Size => in_ty(0).and_then(|t| super::dims::product(&t.shape)).map(|d| vec![Some(d.to_poly())]),
         Op::Identity | Op::Unsqueeze | Op::Squeeze | Op::Reshape { .. } | Op::Dropout { .. } => input(0),
@@ -95,7 +95,7 @@ fn first_output(g: &Graph, node: &Node, ins: &[Option<Elems>]) -> Option<Elems> 
         Op::Concat { .. } => {
             let mut all = Vec::new();
             for slot in 0..node.inputs.len() {
-                all.extend(input(slot)?.into_iter());
+                all.extend(input(slot)?);
             }
             (all.len() <= MAX_TRACKED).then_some(all)
         }
@@ -111,10 +111,9 @@ fn first_output(g: &Graph, node: &Node, ins: &[Option<Elems>]) -> Option<Elems> 
         Op::Mod { fmod } => match (input(0), input(1)) {
             (Some(a), Some(c)) => zip2(&a, &c, |x, y| {
                 let (x, y) = (x?.as_constant()?, y?.as_constant()?);
-                if y == 0 {
-                    return None;
-                }
-                let r = if *fmod { x % y } else { x - (x as f64 / y as f64).floor() as i64 * y };
+                let r = x.checked_rem(y)?;
+                // Without fmod the result takes the divisor's sign (Python's %).
+                let r = if !*fmod && r != 0 && (r < 0) != (y < 0) { r + y } else { r };
                 Some(Poly::constant(r))
             }),
             _ => None,
@@ -183,9 +182,9 @@ fn fits(dtype: DType, c: i64) -> bool {
         DType::I4 => (-8..=7).contains(&c),
         DType::U4 => (0..=15).contains(&c),
         DType::I64 => true,
-        DType::F16 | DType::BF16 => c.abs() <= 256,
-        DType::F32 => c.abs() <= 1 << 24,
-        DType::F64 => c.abs() <= 1 << 53,
+        DType::F16 | DType::BF16 => c.unsigned_abs() <= 256,
+        DType::F32 => c.unsigned_abs() <= 1 << 24,
+        DType::F64 => c.unsigned_abs() <= 1 << 53,
         DType::Bool => c == 0 || c == 1,
     }
 }
@@ -245,6 +244,9 @@ pub(crate) fn fixed_slice(n: i64, start: i64, end: i64, step: i64) -> Option<(i6
     if step == 0 {
         return None;
     }
+    if n <= 0 {
+        return Some((0, 0));
+    }
     let (n, start, end, step) = (n as i128, start as i128, end as i128, step as i128);
     let norm = |v: i128| if v < 0 { v + n } else { v };
     let (s, e) = if step > 0 {
@@ -283,7 +285,7 @@ fn binary(op: BinaryOp, a: Option<&Poly>, b: Option<&Poly>, float: bool) -> Opti
         BinaryOp::Mul => poly_mul(a, b),
         BinaryOp::Div => match (a.as_constant(), b.as_constant()) {
             (_, Some(0)) => None,
-            (Some(x), Some(y)) if float => (x % y == 0).then(|| Poly::constant(x / y)),
+            (Some(x), Some(y)) if float => (x.checked_rem(y)? == 0).then(|| Poly::constant(x / y)),
             (Some(x), Some(y)) => x.checked_div(y).map(Poly::constant),
             _ if float => {
                 let q = poly_floor_div(a, b)?;

@@ -75,9 +75,10 @@ pub fn save_model_with(graph: &Graph, path: &Path, opts: ExportOptions) -> Resul
     let threshold = opts.external_data_threshold.unwrap_or(DEFAULT_EXTERNAL_DATA_THRESHOLD);
     let total: usize = graph.initializers().map(|(_, t)| t.storage_bytes()).sum();
     let model = if total > threshold {
-        let file_name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-            IrError::Model(format!("cannot name an external data file after `{}`", path.display()))
-        })?;
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| IrError::Model(format!("cannot name an external data file after `{}`", path.display())))?;
         let location = format!("{file_name}.data");
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -188,7 +189,10 @@ enum FormInput {
     Absent,
     Value(ValueId),
     /// A new initializer, named after `base`.
-    New { base: String, tensor: Tensor },
+    New {
+        base: String,
+        tensor: Tensor,
+    },
 }
 
 /// A node as ONNX at one opset sees it.
@@ -256,9 +260,29 @@ fn op_min_opset(op: &Op) -> i64 {
 
 /// Ops whose `axis`/`axes` accept negative values only from opset 11.
 const NEGATIVE_AXES_SINCE_11: &[&str] = &[
-    "Flatten", "Concat", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather", "ArgMax", "ArgMin", "TopK", "OneHot",
-    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
-    "ReduceLogSumExp", "ReduceSumSquare", "Softmax", "LogSoftmax",
+    "Flatten",
+    "Concat",
+    "Squeeze",
+    "Unsqueeze",
+    "Split",
+    "Slice",
+    "Gather",
+    "ArgMax",
+    "ArgMin",
+    "TopK",
+    "OneHot",
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "Softmax",
+    "LogSoftmax",
 ];
 
 /// An initializer's data as an attribute of the given kind, when it has the
@@ -368,8 +392,10 @@ fn node_form(graph: &Graph, id: NodeId, opset: i64) -> Result<NodeForm, FormErro
             let rank = node.input(0).and_then(|x| graph.value(x).ty.as_ref()).map(|t| t.rank() as i64);
             match rank {
                 Some(r) if r > 0 && (*axis == r - 1 || *axis == -1) => {
+                    // Always explicit: the old default axis is 1, not -1.
+                    // Negative axes are valid from opset 11.
                     remove_attr(&mut attrs, "axis");
-                    attrs.push(("axis".into(), Attr::Int(r - 1)));
+                    attrs.push(("axis".into(), Attr::Int(if opset >= 11 { *axis } else { r - 1 })));
                 }
                 _ => need(13)?,
             }
@@ -599,12 +625,17 @@ fn build_model(graph: &Graph, sink: &mut TensorSink<'_>) -> Result<proto::ModelP
         .filter_map(|v| graph.value(v).ty.as_ref().map(|ty| value_info(&graph.value(v).name, ty)))
         .collect();
 
-    let mut opset_import = vec![proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }];
-    for (domain, &version) in &graph.opset_imports {
-        if !domain.is_empty() {
-            opset_import.push(proto::OperatorSetIdProto { domain: Some(domain.clone()), version: Some(version) });
-        }
+    // Every domain a node uses needs an opset import; kiln's own ops have
+    // one version so far.
+    let mut domains: BTreeMap<String, i64> = graph.opset_imports.clone();
+    for id in graph.node_ids() {
+        domains.entry(graph.node(id).op.domain().to_string()).or_insert(1);
     }
+    domains.insert(ONNX_DOMAIN.to_string(), opset);
+    let opset_import = domains
+        .into_iter()
+        .map(|(domain, version)| proto::OperatorSetIdProto { domain: Some(domain), version: Some(version) })
+        .collect();
     Ok(proto::ModelProto {
         ir_version: Some(forms::ir_version_for_opset(opset)),
         opset_import,
@@ -621,4 +652,96 @@ fn build_model(graph: &Graph, sink: &mut TensorSink<'_>) -> Result<proto::ModelP
         }),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::onnx::import::{import_model_bytes, tensor_from_proto, ImportOptions};
+    use crate::op::ReduceKind;
+
+    #[test]
+    fn every_dtype_survives_a_tensor_proto() {
+        for d in DType::ALL {
+            // Odd length, so the packed 4-bit types end in half a byte.
+            let t = Tensor::from_i64s(d, &[3], &[1, 0, -3]);
+            let back = tensor_from_proto(&tensor_to_proto("t", &t), None).unwrap();
+            assert!(t.bitwise_eq(&back), "{d}");
+        }
+    }
+
+    fn graph_with(op: Op, opset: Option<i64>) -> Graph {
+        let mut g = Graph::new("g");
+        if let Some(v) = opset {
+            g.opset_imports.insert(String::new(), v);
+        }
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 6])).unwrap();
+        let n = g.add_node("n", op, vec![Some(x)], &["y"]).unwrap();
+        let y = g.node(n).output(0).unwrap();
+        g.value_mut(y).ty = Some(TensorType::fixed(DType::F32, &[2]));
+        g.add_output(y);
+        g
+    }
+
+    #[test]
+    fn opset_rises_to_what_the_ops_need() {
+        let gelu = Op::Gelu { approximate: crate::op::GeluApproximation::None };
+        assert_eq!(export_opset(&graph_with(gelu.clone(), None)).unwrap(), 20);
+        assert_eq!(export_opset(&graph_with(gelu, Some(23))).unwrap(), 23);
+        let too_new = graph_with(Op::Unary(UnaryOp::Relu), Some(forms::MAX_OPSET + 1));
+        assert!(export_opset(&too_new).unwrap_err().to_string().contains("newer than"));
+    }
+
+    #[test]
+    fn reduce_axes_follow_the_opset() {
+        let mean =
+            Op::Reduce { kind: ReduceKind::Mean, axes: Some(vec![1]), keepdims: false, noop_with_empty_axes: false };
+        for (opset, as_input) in [(17, false), (18, true)] {
+            let g = graph_with(mean.clone(), Some(opset));
+            let m = proto::ModelProto::decode(model_to_bytes(&g).unwrap().as_slice()).unwrap();
+            let graph = m.graph.unwrap();
+            let node = &graph.node[0];
+            assert_eq!(node.input.len() == 2, as_input, "opset {opset}");
+            assert_eq!(node.attribute.iter().any(|a| a.name.as_deref() == Some("axes")), !as_input);
+            if as_input {
+                assert_eq!(node.input[1], "n.axes");
+                assert_eq!(graph.initializer[0].name.as_deref(), Some("n.axes"));
+            }
+        }
+    }
+
+    #[test]
+    fn split_states_num_outputs_from_18() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 6])).unwrap();
+        let n = g.add_node("s", Op::Split { axis: 1, num_outputs: Some(2) }, vec![Some(x)], &["a", "b"]).unwrap();
+        for v in g.node(n).outputs.clone().into_iter().flatten() {
+            g.value_mut(v).ty = Some(TensorType::fixed(DType::F32, &[2, 3]));
+            g.add_output(v);
+        }
+        for (opset, stated) in [(13, false), (18, true)] {
+            g.opset_imports.insert(String::new(), opset);
+            let bytes = model_to_bytes(&g).unwrap();
+            let m = proto::ModelProto::decode(bytes.as_slice()).unwrap();
+            let has = m.graph.unwrap().node[0].attribute.iter().any(|a| a.name.as_deref() == Some("num_outputs"));
+            assert_eq!(has, stated, "opset {opset}");
+            let back = import_model_bytes(&bytes, None, ImportOptions::default()).unwrap();
+            assert_eq!(back.node(back.node_by_name("s").unwrap()).op, g.node(n).op, "opset {opset}");
+        }
+        // An uneven split cannot be written before 18.
+        g.opset_imports.insert(String::new(), 13);
+        let x_ty = &mut g.value_mut(x).ty;
+        *x_ty = Some(TensorType::fixed(DType::F32, &[2, 7]));
+        assert_eq!(export_opset(&g).unwrap(), 18);
+    }
+
+    #[test]
+    fn untyped_outputs_ask_for_type_inference() {
+        let mut g = graph_with(Op::Unary(UnaryOp::Relu), Some(21));
+        let y = g.outputs()[0];
+        g.value_mut(y).ty = None;
+        let e = model_to_bytes(&g).unwrap_err().to_string();
+        assert!(e.contains("`y`") && e.contains("type inference"), "{e}");
+    }
 }

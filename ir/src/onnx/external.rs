@@ -74,7 +74,8 @@ impl ExternalLocation {
 /// must not make kiln read arbitrary files.
 pub fn checked_relative_path<'a>(tensor: &str, location: &'a str) -> Result<&'a Path> {
     let path = Path::new(location);
-    let escapes = path.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)));
+    let escapes =
+        path.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)));
     if escapes || path.is_absolute() || location.contains('\0') {
         return Err(IrError::value(
             tensor,
@@ -119,9 +120,9 @@ impl ExternalReader {
             })?;
             // A symlink inside the model directory could still point outside
             // it; compare the resolved paths too.
-            let canonical = path
-                .canonicalize()
-                .map_err(|e| IrError::value(tensor, format!("cannot resolve external data file `{}`: {e}", path.display())))?;
+            let canonical = path.canonicalize().map_err(|e| {
+                IrError::value(tensor, format!("cannot resolve external data file `{}`: {e}", path.display()))
+            })?;
             if self.canonical_base.is_none() {
                 self.canonical_base = Some(base.canonicalize().map_err(|e| {
                     IrError::value(tensor, format!("cannot resolve model directory `{}`: {e}", base.display()))
@@ -130,12 +131,17 @@ impl ExternalReader {
             if !canonical.starts_with(self.canonical_base.as_ref().expect("set just above")) {
                 return Err(IrError::value(
                     tensor,
-                    format!("external data location `{location}` resolves to `{}`, outside the model directory", canonical.display()),
+                    format!(
+                        "external data location `{location}` resolves to `{}`, outside the model directory",
+                        canonical.display()
+                    ),
                 ));
             }
             let len = file
                 .metadata()
-                .map_err(|e| IrError::value(tensor, format!("cannot stat external data file `{}`: {e}", path.display())))?
+                .map_err(|e| {
+                    IrError::value(tensor, format!("cannot stat external data file `{}`: {e}", path.display()))
+                })?
                 .len();
             self.files.insert(path.clone(), OpenFile { file, len });
         }
@@ -245,7 +251,11 @@ mod tests {
         assert_eq!(r.read("b", &b, 2).unwrap(), vec![4, 5]);
         assert_eq!(r.read("a", &a, 3).unwrap(), vec![1, 2, 3]);
         let past = ExternalLocation { offset: EXTERNAL_DATA_ALIGNMENT + 1, ..b.clone() };
-        assert!(r.read("b", &ExternalLocation { length: None, ..past }, 2).unwrap_err().to_string().contains("past the end"));
+        assert!(r
+            .read("b", &ExternalLocation { length: None, ..past }, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -58,19 +58,24 @@ pub struct ImportOptions<'a> {
 /// Reads an ONNX model file. External data is resolved relative to the
 /// file's directory.
 pub fn load_model(path: &Path, opts: ImportOptions) -> Result<Graph> {
-    let bytes = std::fs::read(path).map_err(|source| IrError::Io { path: path.to_path_buf(), source })?;
+    // The file's bytes are dropped once decoded, so a large model is not
+    // held three times (file, message, tensors) while its weights decode.
+    let model = {
+        let bytes = std::fs::read(path).map_err(|source| IrError::Io { path: path.to_path_buf(), source })?;
+        decode_model(&bytes, &path.display().to_string())?
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    import(&bytes, Some(dir), &path.display().to_string(), opts)
+    import(model, Some(dir), opts)
 }
 
 /// Imports a serialized `ModelProto`. `base_dir` is the directory external
 /// data locations are relative to; with `None`, a model that keeps data in
 /// external files is an error.
 pub fn import_model_bytes(bytes: &[u8], base_dir: Option<&Path>, opts: ImportOptions) -> Result<Graph> {
-    import(bytes, base_dir, "model", opts)
+    import(decode_model(bytes, "model")?, base_dir, opts)
 }
 
 /// Reads a file holding one serialized `TensorProto`, as the ONNX test data
@@ -311,12 +316,37 @@ fn collect_dim_params(infos: &[&proto::ValueInfoProto], out: &mut BTreeSet<Strin
 /// polynomials, so they compare equal to what inference derives; anything
 /// else is one opaque symbol named exactly as in the file.
 fn dim_from_param(param: &str) -> Dim {
-    if param.contains(['+', '*', '/', '(', ')']) {
+    // Short expressions with few digits only: the parser recurses on
+    // parentheses, and dim arithmetic is i64, so an adversarial name must
+    // not be able to exhaust the stack or overflow a coefficient.
+    let digits = param.bytes().filter(u8::is_ascii_digit).count();
+    if param.contains(['+', '*', '/', '(', ')']) && param.len() <= 256 && digits <= 18 {
         if let Ok(d) = Dim::parse(param) {
             return d;
         }
     }
     Dim::sym(param)
+}
+
+/// The product of dims when it is safe to form: fixed sizes whose product
+/// fits, times plain symbols. `None` otherwise (the caller leaves the type
+/// to inference).
+fn dims_product(dims: &[Dim]) -> Option<Dim> {
+    let mut fixed: u64 = 1;
+    let mut symbols = Vec::new();
+    for d in dims {
+        match d {
+            Dim::Fixed(n) => fixed = fixed.checked_mul(*n).filter(|&p| p <= i64::MAX as u64)?,
+            Dim::Sym(p) => {
+                let name = p.to_string();
+                if *d != Dim::sym(&name) {
+                    return None;
+                }
+                symbols.push(name);
+            }
+        }
+    }
+    Some(symbols.iter().fold(Dim::Fixed(fixed), |acc, s| acc.mul(&Dim::sym(s))))
 }
 
 struct Importer<'p> {
@@ -341,12 +371,14 @@ fn known_domain(domain: &str) -> Option<&'static str> {
     }
 }
 
-fn import(bytes: &[u8], base_dir: Option<&Path>, what: &str, opts: ImportOptions) -> Result<Graph> {
+fn decode_model(bytes: &[u8], what: &str) -> Result<proto::ModelProto> {
     if bytes.is_empty() {
         return Err(IrError::Decode { what: what.to_string(), message: "the file is empty".into() });
     }
-    let model = proto::ModelProto::decode(bytes)
-        .map_err(|e| IrError::Decode { what: what.to_string(), message: e.to_string() })?;
+    proto::ModelProto::decode(bytes).map_err(|e| IrError::Decode { what: what.to_string(), message: e.to_string() })
+}
+
+fn import(model: proto::ModelProto, base_dir: Option<&Path>, opts: ImportOptions) -> Result<Graph> {
     let mut imp = Importer {
         graph: Graph::new(""),
         opset: 0,
@@ -358,12 +390,12 @@ fn import(bytes: &[u8], base_dir: Option<&Path>, what: &str, opts: ImportOptions
         node_names: BTreeSet::new(),
         local_functions: BTreeSet::new(),
     };
-    imp.model(&model)?;
+    imp.model(model)?;
     Ok(imp.graph)
 }
 
 impl Importer<'_> {
-    fn model(&mut self, model: &proto::ModelProto) -> Result<()> {
+    fn model(&mut self, mut model: proto::ModelProto) -> Result<()> {
         match model.ir_version {
             None => return Err(IrError::Model("model does not declare an IR version".into())),
             Some(v) if !(forms::MIN_IR_VERSION..=forms::MAX_IR_VERSION).contains(&v) => {
@@ -377,12 +409,19 @@ impl Importer<'_> {
         }
         self.opsets(&model.opset_import)?;
         for f in &model.functions {
-            self.local_functions
-                .insert((f.domain.clone().unwrap_or_default(), f.name.clone().unwrap_or_default()));
+            self.local_functions.insert((f.domain.clone().unwrap_or_default(), f.name.clone().unwrap_or_default()));
         }
-        let graph = model.graph.as_ref().ok_or_else(|| IrError::Model("model has no graph".into()))?;
+        let mut graph = model.graph.take().ok_or_else(|| IrError::Model("model has no graph".into()))?;
         self.graph.name = graph.name.clone().unwrap_or_default();
-        self.graph_body(graph)
+        // Unsupported ops first: telling the user before decoding gigabytes
+        // of weights is kinder, and it is the most useful error, even for a
+        // model that uses only other domains and so imports no default opset.
+        let names = self.node_names_for(&graph.node);
+        for (node, name) in graph.node.iter().zip(&names) {
+            self.check_supported(node, name)?;
+        }
+        self.require_default_opset()?;
+        self.graph_body(&mut graph, &names)
     }
 
     fn opsets(&mut self, imports: &[proto::OperatorSetIdProto]) -> Result<()> {
@@ -391,12 +430,18 @@ impl Importer<'_> {
             let domain = known_domain(written).unwrap_or(written).to_string();
             let version = o.version.unwrap_or(0);
             if version < 1 {
-                return Err(IrError::Model(format!("opset import for domain `{written}` has invalid version {version}")));
+                return Err(IrError::Model(format!(
+                    "opset import for domain `{written}` has invalid version {version}"
+                )));
             }
             if self.graph.opset_imports.insert(domain, version).is_some() {
                 return Err(IrError::Model(format!("domain `{written}` is imported more than once")));
             }
         }
+        Ok(())
+    }
+
+    fn require_default_opset(&mut self) -> Result<()> {
         self.opset = *self.graph.opset_imports.get(ONNX_DOMAIN).ok_or_else(|| {
             IrError::Model("model does not import an opset for the default ONNX domain (`ai.onnx`)".into())
         })?;
@@ -416,13 +461,7 @@ impl Importer<'_> {
         }
     }
 
-    fn graph_body(&mut self, g: &proto::GraphProto) -> Result<()> {
-        // Unsupported ops first: telling the user before decoding gigabytes
-        // of weights is kinder, and it is the most useful error.
-        let names = self.node_names_for(&g.node);
-        for (node, name) in g.node.iter().zip(&names) {
-            self.check_supported(node, name)?;
-        }
+    fn graph_body(&mut self, g: &mut proto::GraphProto, names: &[String]) -> Result<()> {
         if let Some(s) = g.sparse_initializer.first() {
             let name = s.values.as_ref().and_then(|v| v.name.clone()).unwrap_or_default();
             return Err(IrError::value(name, "sparse initializers are not supported"));
@@ -452,9 +491,13 @@ impl Importer<'_> {
         // Where each name is defined, for duplicate-definition messages.
         let mut defined: BTreeMap<String, String> = BTreeMap::new();
 
-        self.total = g.initializer.iter().map(expected_bytes).sum();
+        self.total = g.initializer.iter().map(expected_bytes).fold(0, u64::saturating_add);
         self.report_progress();
-        for t in &g.initializer {
+        // Each initializer's message is dropped as soon as it is decoded, so
+        // the encoded and decoded copies of the weights never both exist in
+        // full.
+        for t in std::mem::take(&mut g.initializer) {
+            let t = &t;
             let name = t.name.clone().unwrap_or_default();
             if name.is_empty() {
                 return Err(IrError::Model("an initializer has no name".into()));
@@ -474,7 +517,7 @@ impl Importer<'_> {
             }
             self.graph.add_initializer(name.clone(), data)?;
             defined.insert(name, "an initializer".into());
-            self.done += expected_bytes(t);
+            self.done = self.done.saturating_add(expected_bytes(t));
             self.report_progress();
         }
 
@@ -484,10 +527,11 @@ impl Importer<'_> {
             if name.is_empty() {
                 return Err(IrError::Model("a graph input has no name".into()));
             }
-            match defined.get(&name).map(String::as_str) {
-                Some("an initializer") => continue,
-                Some(_) => return Err(IrError::value(name, "is listed more than once as a graph input")),
-                None => {}
+            if let Some(v) = self.graph.value_by_name(&name) {
+                if self.graph.value(v).initializer.is_some() {
+                    continue;
+                }
+                return Err(IrError::value(name, "is listed more than once as a graph input"));
             }
             let ty = input_types.get(&name).cloned().flatten();
             if ty.is_none() {
@@ -501,7 +545,7 @@ impl Importer<'_> {
         // Every node output exists before any node is added, so nodes may
         // read values that nodes later in the file produce.
         let mut outputs_of: Vec<Vec<Option<ValueId>>> = Vec::with_capacity(g.node.len());
-        for (node, name) in g.node.iter().zip(&names) {
+        for (node, name) in g.node.iter().zip(names) {
             let mut outs = Vec::with_capacity(node.output.len());
             for out in &node.output {
                 if out.is_empty() {
@@ -519,10 +563,14 @@ impl Importer<'_> {
                 outs.push(Some(self.graph.add_value(out.clone(), ty)?));
                 defined.insert(out.clone(), format!("node `{name}`"));
             }
+            // Omitted trailing outputs are the same as absent ones.
+            while outs.last().is_some_and(Option::is_none) {
+                outs.pop();
+            }
             outputs_of.push(outs);
         }
 
-        for ((node, name), outputs) in g.node.iter().zip(&names).zip(outputs_of) {
+        for ((node, name), outputs) in g.node.iter().zip(names).zip(outputs_of) {
             self.node(node, name, outputs)?;
         }
 
@@ -535,7 +583,10 @@ impl Importer<'_> {
             // value's type; check the declaration agrees with it.
             if let (Some(Some(d)), Some(have)) = (declared.get(&name), self.graph.value(v).ty.as_ref()) {
                 if !compatible(d, have) {
-                    return Err(IrError::value(&name, format!("graph output is declared as {d} but the value is {have}")));
+                    return Err(IrError::value(
+                        &name,
+                        format!("graph output is declared as {d} but the value is {have}"),
+                    ));
                 }
             }
             self.graph.add_output(v);
@@ -670,6 +721,10 @@ impl Importer<'_> {
             })?;
             inputs.push(Some(v));
         }
+        // Omitted trailing inputs are the same as absent ones.
+        while inputs.last().is_some_and(Option::is_none) {
+            inputs.pop();
+        }
         let mut attrs = Vec::with_capacity(node.attribute.len());
         for a in &node.attribute {
             let (attr_name, value) = self.attribute(a, name, op_type)?;
@@ -681,10 +736,8 @@ impl Importer<'_> {
         // check_supported ran on every node, so the domain is known.
         let domain = known_domain(node.domain.as_deref().unwrap_or("")).unwrap_or(ONNX_DOMAIN);
         let mut n = PendingNode { name: name.to_string(), op_type: op_type.to_string(), inputs, outputs, attrs };
-        if domain == ONNX_DOMAIN {
-            if self.onnx_node_form(&mut n)? {
-                return Ok(());
-            }
+        if domain == ONNX_DOMAIN && self.onnx_node_form(&mut n)? {
+            return Ok(());
         }
         let op = Op::from_attrs(&n.op_type, domain, AttrBag::new(n.attrs)).map_err(|e| match e {
             AttrError::UnknownOp => IrError::UnsupportedOp {
@@ -713,7 +766,9 @@ impl Importer<'_> {
         let ty = match a.r#type {
             Some(code) => AttributeType::try_from(code)
                 .map_err(|_| err(format!("attribute `{name}` has unknown attribute type {code}")))?,
-            None => implied_attribute_type(a).ok_or_else(|| err(format!("attribute `{name}` has no type and no value")))?,
+            None => {
+                implied_attribute_type(a).ok_or_else(|| err(format!("attribute `{name}` has no type and no value")))?
+            }
         };
         let value = match ty {
             AttributeType::Int => Attr::Int(a.i.unwrap_or(0)),
@@ -722,7 +777,10 @@ impl Importer<'_> {
             AttributeType::Floats => Attr::Floats(a.floats.clone()),
             AttributeType::String => {
                 let bytes = a.s.clone().unwrap_or_default();
-                Attr::String(String::from_utf8(bytes).map_err(|_| err(format!("string attribute `{name}` is not valid UTF-8")))?)
+                Attr::String(
+                    String::from_utf8(bytes)
+                        .map_err(|_| err(format!("string attribute `{name}` is not valid UTF-8")))?,
+                )
             }
             AttributeType::Tensor => {
                 let t = a.t.as_ref().ok_or_else(|| err(format!("tensor attribute `{name}` has no tensor")))?;
@@ -758,7 +816,9 @@ impl Importer<'_> {
         let node_name = n.name.clone();
         let err = |m: String| IrError::node(&node_name, &op_type, m);
 
-        if let Some((_, since, why)) = forms::UNCONVERTED_FORMS.iter().find(|(o, since, _)| *o == op_type && opset < *since) {
+        if let Some((_, since, why)) =
+            forms::UNCONVERTED_FORMS.iter().find(|(o, since, _)| *o == op_type && opset < *since)
+        {
             return Err(err(format!(
                 "{op_type} at opset {opset} uses its form before opset {since} ({why}), which kiln does not convert"
             )));
@@ -869,7 +929,9 @@ impl Importer<'_> {
         let err = |m: String| IrError::node(&n.name, &n.op_type, m);
         for unsupported in ["value_string", "value_strings", "sparse_value"] {
             if n.has_attr(unsupported) {
-                return Err(err(format!("Constant with `{unsupported}` is not supported (no string or sparse tensors)")));
+                return Err(err(format!(
+                    "Constant with `{unsupported}` is not supported (no string or sparse tensors)"
+                )));
             }
         }
         let mut value = None;
@@ -911,7 +973,11 @@ impl Importer<'_> {
             None => 1,
             Some(Attr::Int(a)) => a,
             Some(a) => {
-                return Err(IrError::node(&n.name, &n.op_type, format!("attribute `axis` must be an int, found {}", a.kind())))
+                return Err(IrError::node(
+                    &n.name,
+                    &n.op_type,
+                    format!("attribute `axis` must be an int, found {}", a.kind()),
+                ))
             }
         };
         if let Some((extra, _)) = n.attrs.first() {
@@ -928,15 +994,29 @@ impl Importer<'_> {
             return Ok(true);
         }
         let x = x.expect("checked above");
-        let flat = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.flat", n.name)), None)?;
-        let rows = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.rows", n.name)), None)?;
-        let shape = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.shape", n.name)), None)?;
+        // With the input's type known, the new values' types follow; that
+        // lets the graph be written back at its own opset before inference.
+        let x_ty = self.graph.value(x).ty.clone();
+        let flat_ty = x_ty.as_ref().and_then(|t| {
+            let r = t.rank() as i64;
+            let split = usize::try_from(if axis < 0 { axis + r } else { axis }).ok().filter(|&a| a <= t.rank())?;
+            Some(TensorType::new(t.dtype, vec![dims_product(&t.shape[..split])?, dims_product(&t.shape[split..])?]))
+        });
+        let shape_ty = x_ty.as_ref().map(|t| TensorType::fixed(DType::I64, &[t.rank()]));
+        let flat = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.flat", n.name)), flat_ty.clone())?;
+        let rows = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.rows", n.name)), flat_ty)?;
+        let shape = self.graph.add_value(self.graph.fresh_value_name(&format!("{}.shape", n.name)), shape_ty)?;
         let flatten_name = self.fresh_node_name(&format!("{}.flatten", n.name));
         let shape_name = self.fresh_node_name(&format!("{}.shape", n.name));
         let reshape_name = self.fresh_node_name(&format!("{}.reshape", n.name));
         self.graph.add_node_with_outputs(flatten_name, Op::Flatten { axis }, vec![Some(x)], vec![Some(flat)])?;
         self.graph.add_node_with_outputs(n.name.clone(), make(1), vec![Some(flat)], vec![Some(rows)])?;
-        self.graph.add_node_with_outputs(shape_name, Op::Shape { start: 0, end: None }, vec![Some(x)], vec![Some(shape)])?;
+        self.graph.add_node_with_outputs(
+            shape_name,
+            Op::Shape { start: 0, end: None },
+            vec![Some(x)],
+            vec![Some(shape)],
+        )?;
         self.graph.add_node_with_outputs(
             reshape_name,
             Op::Reshape { allowzero: false },
@@ -1058,5 +1138,18 @@ mod tests {
     fn dim_params_with_arithmetic_become_polynomials() {
         assert_eq!(dim_from_param("seq + 1"), Dim::sym("seq").add(&Dim::Fixed(1)));
         assert_eq!(dim_from_param("batch-size"), Dim::sym("batch-size"));
+        let deep = format!("{}seq{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert_eq!(dim_from_param(&deep), Dim::sym(&deep));
+        let huge = "999999999999*999999999999*seq";
+        assert_eq!(dim_from_param(huge), Dim::sym(huge));
+    }
+
+    #[test]
+    fn flattened_dims_only_when_safe() {
+        let seq = Dim::sym("seq");
+        assert_eq!(dims_product(&[Dim::Fixed(2), seq.clone(), Dim::Fixed(3)]), Some(Dim::Fixed(6).mul(&seq)));
+        assert_eq!(dims_product(&[]), Some(Dim::Fixed(1)));
+        assert_eq!(dims_product(&[Dim::Fixed(1 << 40), Dim::Fixed(1 << 40)]), None);
+        assert_eq!(dims_product(&[seq.add(&Dim::Fixed(1))]), None);
     }
 }
