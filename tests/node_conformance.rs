@@ -58,9 +58,7 @@ fn python() -> Option<PathBuf> {
         assert!(p.exists(), "KILN_PYTHON is set to {} but that does not exist", p.display());
         return Some(p);
     }
-    [repo_root().join(".venv/bin/python"), PathBuf::from("/tmp/probe-venv/bin/python")]
-        .into_iter()
-        .find(|p| p.exists())
+    [repo_root().join(".venv/bin/python"), PathBuf::from("/tmp/probe-venv/bin/python")].into_iter().find(|p| p.exists())
 }
 
 /// `<site-packages>/onnx/backend/test/data/node` of the given Python.
@@ -98,7 +96,11 @@ fn scan_graph(g: &GraphProto, unknown_ops: &mut BTreeSet<String>, bad_types: &mu
         let op_type = n.op_type.clone().unwrap_or_default();
         let domain = n.domain.clone().unwrap_or_default();
         if let Err(AttrError::UnknownOp) = Op::from_attrs(&op_type, &domain, AttrBag::default()) {
-            unknown_ops.insert(if domain.is_empty() || domain == "ai.onnx" { op_type } else { format!("{domain}.{op_type}") });
+            unknown_ops.insert(if domain.is_empty() || domain == "ai.onnx" {
+                op_type
+            } else {
+                format!("{domain}.{op_type}")
+            });
         }
         for a in &n.attribute {
             if let Some(t) = &a.t {
@@ -153,8 +155,7 @@ fn check_elem_type(code: i32, bad_types: &mut BTreeSet<String>) {
 fn run_test(dir: &Path, model: &ModelProto) -> Result<(), String> {
     let graph = load_model(&dir.join("model.onnx"), ImportOptions::default()).map_err(|e| format!("import: {e}"))?;
     let proto_graph = model.graph.as_ref().ok_or("model has no graph")?;
-    let initializer_names: BTreeSet<&str> =
-        proto_graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    let initializer_names: BTreeSet<&str> = proto_graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
     // Test data inputs follow the model's inputs that are not initializers.
     let input_names: Vec<String> = proto_graph
         .input

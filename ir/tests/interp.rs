@@ -105,8 +105,8 @@ fn kernel_failures_name_the_node_and_op() {
     let b = g.add_input("b", sym_ty(DType::F32, &["k2", "n"])).unwrap();
     let mm = g.add_node("proj", Op::MatMul, vec![Some(a), Some(b)], &["y"]).unwrap();
     g.add_output(g.node(mm).output(0).unwrap());
-    let err = interp::run(&g, &[("a".into(), f32s(&[2, 3], &[0.0; 6])), ("b".into(), f32s(&[2, 3], &[0.0; 6]))])
-        .unwrap_err();
+    let err =
+        interp::run(&g, &[("a".into(), f32s(&[2, 3], &[0.0; 6])), ("b".into(), f32s(&[2, 3], &[0.0; 6]))]).unwrap_err();
     match &err {
         IrError::Node { node, op, message } => {
             assert_eq!((node.as_str(), op.as_str()), ("proj", "MatMul"));

@@ -4,9 +4,10 @@
 //!
 //! Float functions are evaluated in f64 and rounded once to the tensor's
 //! dtype, which is at least as accurate as the ONNX reference computing in
-//! the tensor's own precision. Arithmetic that must stay in the element type
-//! (integer wrap-around, exact f32 sums in large graphs) is generic over
-//! [`Arith`]; f16/bf16 inputs to it are widened to f32 and rounded back.
+//! the tensor's own precision. Arithmetic (Add to Div, Mod, Max/Min/Sum/
+//! Mean, Clip) stays in the element type, as numpy computes it: integers
+//! wrap, f32 rounds every operation. It is generic over [`Arith`]; f16/bf16
+//! inputs to it are widened to f32 and the results rounded back.
 
 use super::util::{
     broadcast_map2, broadcast_map3, match_numeric, match_numeric2, match_same2, narrow_to, optional, required,
@@ -522,7 +523,10 @@ mod tests {
         assert_eq!(unary(UnaryOp::Sigmoid, &x).unwrap().to_f64s()[..2], [0.0, 1.0]);
         assert_eq!(unary(UnaryOp::Softplus, &x).unwrap().to_f64s()[..2], [0.0, 1000.0]);
         assert_eq!(unary(UnaryOp::Round, &x).unwrap().to_f64s()[2..], [0.0, 2.0, 2.0]);
-        assert!((unary(UnaryOp::Erf, &floats(DType::F64, &[0.5])).unwrap().to_f64s()[0] - 0.520_499_877_813_046_5).abs() < 1e-15);
+        assert!(
+            (unary(UnaryOp::Erf, &floats(DType::F64, &[0.5])).unwrap().to_f64s()[0] - 0.520_499_877_813_046_5).abs()
+                < 1e-15
+        );
         let g = eval(&Op::Gelu { approximate: GeluApproximation::None }, &[Some(floats(DType::F64, &[1.0]))]).unwrap();
         assert!((g[0].as_ref().unwrap().to_f64s()[0] - 0.841_344_746_068_542_9).abs() < 1e-12);
     }

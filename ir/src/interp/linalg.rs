@@ -234,7 +234,12 @@ fn gemm_int<T: Num>(
 /// Reads a u8/i8 tensor as i32 with its zero point subtracted. A zero point
 /// is a scalar (per tensor), a vector along `per_axis_from_end` (rows of A:
 /// 2, columns of B: 1), or a tensor that broadcasts against the operand.
-fn dequantize_int(x: &Tensor, zero_point: Option<&Tensor>, per_axis_from_end: usize, what: &str) -> KResult<ArrayD<i32>> {
+fn dequantize_int(
+    x: &Tensor,
+    zero_point: Option<&Tensor>,
+    per_axis_from_end: usize,
+    what: &str,
+) -> KResult<ArrayD<i32>> {
     let xv = as_i32(x, what)?;
     let Some(zp) = zero_point else { return Ok(xv) };
     if zp.dtype() != x.dtype() {
@@ -244,7 +249,11 @@ fn dequantize_int(x: &Tensor, zero_point: Option<&Tensor>, per_axis_from_end: us
     let zpv = align_per_axis(zpv, x.shape(), per_axis_from_end, what)?;
     let shape = broadcast_shapes(&[xv.shape(), zpv.shape()])?;
     if shape != x.shape() {
-        return Err(format!("{what} zero point of shape {:?} does not match {what} of shape {:?}", zp.shape(), x.shape()));
+        return Err(format!(
+            "{what} zero point of shape {:?} does not match {what} of shape {:?}",
+            zp.shape(),
+            x.shape()
+        ));
     }
     super::util::broadcast_map2(xv.view(), zpv.view(), |v, z| v - z)
 }

@@ -86,7 +86,10 @@ pub fn run_with(graph: &Graph, inputs: &[(String, Tensor)], opts: &RunOptions) -
                     IrError::node(
                         &node.name,
                         node.op.name(),
-                        format!("input `{}` has no value (no producer, initializer or graph input)", graph.value(*v).name),
+                        format!(
+                            "input `{}` has no value (no producer, initializer or graph input)",
+                            graph.value(*v).name
+                        ),
                     )
                 })?),
             });

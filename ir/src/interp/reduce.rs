@@ -27,11 +27,8 @@ pub(crate) fn eval(op: &Op, inputs: &[Option<Tensor>]) -> KResult<Vec<Option<Ten
             if axes.is_empty() && *noop_with_empty_axes {
                 return Ok(vec![Some(x.clone())]);
             }
-            let axes = if axes.is_empty() {
-                (0..x.shape().len()).collect()
-            } else {
-                normalize_axes(&axes, x.shape().len())?
-            };
+            let axes =
+                if axes.is_empty() { (0..x.shape().len()).collect() } else { normalize_axes(&axes, x.shape().len())? };
             Ok(vec![Some(reduce(*kind, x, &axes, *keepdims)?)])
         }
         Op::ArgReduce { max, axis, keepdims, select_last_index } => {
@@ -82,12 +79,7 @@ pub(crate) fn reduce(kind: ReduceKind, x: &Tensor, axes: &[usize], keepdims: boo
 
 /// Applies `f` to the elements of every reduction group. The reduced axes
 /// are moved last and the data made contiguous so each group is a slice.
-fn reduce_array<T: Clone, U>(
-    a: ArrayViewD<'_, T>,
-    axes: &[usize],
-    keepdims: bool,
-    f: impl Fn(&[T]) -> U,
-) -> ArrayD<U> {
+fn reduce_array<T: Clone, U>(a: ArrayViewD<'_, T>, axes: &[usize], keepdims: bool, f: impl Fn(&[T]) -> U) -> ArrayD<U> {
     let shape = a.shape().to_vec();
     let rank = shape.len();
     let kept: Vec<usize> = (0..rank).filter(|i| !axes.contains(i)).collect();
@@ -114,7 +106,9 @@ fn reduce_lane<T: Num>(kind: ReduceKind, lane: &[T]) -> T {
             K::Prod => return lane.iter().fold(T::one(), |s, &v| s.mul(v)),
             K::Max => return lane.iter().fold(T::lowest(), |s, &v| s.max_nan(v)),
             K::Min => return lane.iter().fold(T::highest(), |s, &v| s.min_nan(v)),
-            K::L1 => return lane.iter().fold(T::zero(), |s, &v| s.add(if v < T::zero() { T::zero().sub(v) } else { v })),
+            K::L1 => {
+                return lane.iter().fold(T::zero(), |s, &v| s.add(if v < T::zero() { T::zero().sub(v) } else { v }))
+            }
             K::SumSquare => return lane.iter().fold(T::zero(), |s, &v| s.add(v.mul(v))),
             K::Mean | K::L2 | K::LogSum | K::LogSumExp => {}
         }

@@ -23,10 +23,7 @@ pub(crate) type KResult<T> = Result<T, String>;
 /// The input at `slot`, which the op requires; `what` names it in the error
 /// (e.g. "X", "k").
 pub(crate) fn required<'a>(inputs: &'a [Option<Tensor>], slot: usize, what: &str) -> KResult<&'a Tensor> {
-    inputs
-        .get(slot)
-        .and_then(Option::as_ref)
-        .ok_or_else(|| format!("required input {slot} ({what}) is missing"))
+    inputs.get(slot).and_then(Option::as_ref).ok_or_else(|| format!("required input {slot} ({what}) is missing"))
 }
 
 /// The optional input at `slot`: `None` when omitted or past the end.
@@ -97,8 +94,7 @@ pub(crate) fn broadcast_shapes(shapes: &[&[usize]]) -> KResult<Vec<usize>> {
 
 /// A view of `a` broadcast to `shape`, or an error naming both shapes.
 pub(crate) fn broadcast_to<'b, T>(a: &'b ArrayViewD<'_, T>, shape: &[usize]) -> KResult<ArrayViewD<'b, T>> {
-    a.broadcast(IxDyn(shape))
-        .ok_or_else(|| format!("shape {:?} cannot be broadcast to {:?}", a.shape(), shape))
+    a.broadcast(IxDyn(shape)).ok_or_else(|| format!("shape {:?} cannot be broadcast to {:?}", a.shape(), shape))
 }
 
 /// Applies `f` to pairs of elements of `a` and `b` broadcast together.
