@@ -72,13 +72,13 @@ fn from_f64_array(dtype: DType, a: &ArrayD<f64>) -> Tensor {
     Tensor::from_f64s(dtype, a.shape(), &values)
 }
 
-/// The statistics dtype for a `stash_type`: f32 or f64 as asked, f32 for
-/// the half types.
+/// The dtype of LayerNormalization's Mean and InvStdDev outputs: the stash
+/// type, which must be a float type.
 fn stash_dtype(stash: DType) -> KResult<DType> {
-    match stash {
-        DType::F32 | DType::F64 => Ok(stash),
-        DType::F16 | DType::BF16 => Ok(stash),
-        other => Err(format!("stash_type must be a float type, found {other}")),
+    if stash.is_float() {
+        Ok(stash)
+    } else {
+        Err(format!("stash_type must be a float type, found {stash}"))
     }
 }
 
