@@ -923,6 +923,7 @@ fn huge_shapes_are_refused_before_allocating() {
     assert_fails(Op::ConstantOfShape { value: None }, vec![ints(&[big, big])], &["too large"]);
     assert_fails(Op::Expand, vec![Some(iota(&[1])), ints(&[big, 4])], &["too large"]);
     assert_fails(Op::Tile, vec![Some(iota(&[2])), ints(&[big])], &["too large"]);
+    assert_fails(Op::Pad { mode: "edge".into() }, vec![Some(iota(&[2])), ints(&[big, 0])], &["too large"]);
     let one = |v: i64| Some(Tensor::scalar_i64(v));
     assert_fails(Op::Range, vec![one(i64::MIN), one(i64::MAX), one(1)], &["too"]);
 }

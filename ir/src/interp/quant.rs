@@ -12,10 +12,10 @@
 //! the target's range. Dequantization multiplies in f64 and rounds once to
 //! the output type.
 
-use super::movement::{dispatch_kind, elems, from_vec, kinds, standard, Inputs, Kind};
+use super::movement::{array, dispatch_kind, elems, from_vec, kinds, standard, Inputs, Kind};
 use crate::dtype::DType;
 use crate::op::Op;
-use crate::tensor::Tensor;
+use crate::tensor::{Element, Tensor};
 
 /// Evaluates one quantization op.
 pub(crate) fn eval(op: &Op, inputs: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>, String> {
@@ -177,17 +177,36 @@ fn quantize(args: &Inputs, axis: i64, block_size: i64, output_dtype: Option<DTyp
         .ok_or_else(|| args.err(format_args!("cannot quantize to {out} (supported: u8, i8, i16, u4, i4)")))?;
     let layout = scale_layout(args, x, scale, zero_point, axis, block_size)?;
     let div_type = division_type(x.dtype(), scale.dtype());
-    let xv = x.to_f64s();
-    let sv = scale.to_f64s();
-    let zv = zero_point.map(Tensor::to_f64s);
-    let mut q = vec![0i64; xv.len()];
-    layout.for_each(|p, s| {
-        let zp = zv.as_ref().map_or(0.0, |z| z[s]);
-        let scaled = round_to(xv[p] / sv[s], div_type).round_ties_even();
-        // NaN saturates to nothing in particular; `as` makes it 0.
-        q[p] = (scaled + zp).clamp(lo, hi) as i64;
-    });
-    Ok(dispatch_kind!(out, K => from_vec::<K>(x.shape(), q.iter().map(|&v| K::cast_i64(v)).collect())))
+    let scales = scale.to_f64s();
+    let zero_points = zero_point.map(Tensor::to_f64s);
+    let q = Quantizer { layout: &layout, scales: &scales, zero_points: zero_points.as_deref(), div_type, lo, hi };
+    Ok(dispatch_kind!(x.dtype(), X => dispatch_kind!(out, O => q.run::<X, O>(x))))
+}
+
+/// The parameters of one QuantizeLinear evaluation.
+struct Quantizer<'a> {
+    layout: &'a ScaleLayout,
+    scales: &'a [f64],
+    zero_points: Option<&'a [f64]>,
+    div_type: DType,
+    lo: f64,
+    hi: f64,
+}
+
+impl Quantizer<'_> {
+    /// Quantizes `x` (of kind `X`) to kind `O` in one pass.
+    fn run<X: Kind, O: Kind>(&self, x: &Tensor) -> Tensor {
+        let a = standard(array::<X>(x));
+        let xs = elems(&a);
+        let mut q = Vec::with_capacity(xs.len());
+        self.layout.for_each(|p, s| {
+            let zp = self.zero_points.map_or(0.0, |z| z[s]);
+            let scaled = round_to(xs[p].to_f64() / self.scales[s], self.div_type).round_ties_even();
+            // A NaN input has no defined result; `as` turns it into 0.
+            q.push(O::cast_i64((scaled + zp).clamp(self.lo, self.hi) as i64));
+        });
+        from_vec::<O>(x.shape(), q)
+    }
 }
 
 fn dequantize(args: &Inputs, axis: i64, block_size: i64, output_dtype: Option<DType>) -> Result<Tensor, String> {
@@ -210,15 +229,26 @@ fn dequantize(args: &Inputs, axis: i64, block_size: i64, output_dtype: Option<DT
         return Err(args.err(format_args!("output_dtype must be a float type, found {out}")));
     }
     let layout = scale_layout(args, x, scale, zero_point, axis, block_size)?;
-    let xv = x.to_i64s();
-    let sv = scale.to_f64s();
-    let zv = zero_point.map(Tensor::to_i64s);
-    let mut y = vec![0f64; xv.len()];
+    let scales = scale.to_f64s();
+    let zero_points = zero_point.map(Tensor::to_i64s);
+    let zero_points = zero_points.as_deref();
+    Ok(
+        dispatch_kind!(x.dtype(), X => dispatch_kind!(out, O => dequantize_typed::<X, O>(x, &layout, &scales, zero_points))),
+    )
+}
+
+/// `(x - zero_point) * scale`, exact in f64 for kiln's narrow integer
+/// inputs and scales, then rounded once to the output type. Generic over
+/// the input and output kinds so large weights are converted in one pass.
+fn dequantize_typed<X: Kind, O: Kind>(x: &Tensor, layout: &ScaleLayout, scales: &[f64], zps: Option<&[i64]>) -> Tensor {
+    let a = standard(array::<X>(x));
+    let xs = elems(&a);
+    let mut y = Vec::with_capacity(xs.len());
     layout.for_each(|p, s| {
-        let zp = zv.as_ref().map_or(0, |z| z[s]);
-        y[p] = (xv[p] - zp) as f64 * sv[s];
+        let zp = zps.map_or(0, |z| z[s]);
+        y.push(O::cast_f64((xs[p].to_i64() - zp) as f64 * scales[s]));
     });
-    Ok(dispatch_kind!(out, K => from_vec::<K>(x.shape(), y.iter().map(|&v| K::cast_f64(v)).collect())))
+    from_vec::<O>(x.shape(), y)
 }
 
 /// The ONNX reference computation, all in f32: the range is widened to

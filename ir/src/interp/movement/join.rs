@@ -221,9 +221,10 @@ pub(super) fn pad(args: &Inputs, mode: &str) -> Result<Tensor, String> {
             return Err(args.err(format_args!("`constant_value` must be a scalar, found shape {:?}", v.shape())));
         }
     }
-    // One index map per padded axis: output position -> input position, or
-    // None for the constant.
-    let mut maps: Vec<(usize, Vec<Option<usize>>)> = Vec::new();
+    // Per padded axis: (axis, first kept input position, kept count, positions
+    // padded before, output size). Negative pads crop first; the positive
+    // ones then pad what is left.
+    let mut plans = Vec::new();
     let mut out_shape = x.shape().to_vec();
     for (i, &ax) in axes.iter().enumerate() {
         let (begin, end) = (pads[i] as i128, pads[axes.len() + i] as i128);
@@ -231,7 +232,6 @@ pub(super) fn pad(args: &Inputs, mode: &str) -> Result<Tensor, String> {
             continue;
         }
         let dim = x.shape()[ax] as i128;
-        // Negative pads crop first; the positive ones then pad what is left.
         let lo = (-begin).max(0);
         let kept = dim - lo - (-end).max(0);
         let out_dim = dim + begin + end;
@@ -243,33 +243,39 @@ pub(super) fn pad(args: &Inputs, mode: &str) -> Result<Tensor, String> {
         if kept == 0 && out_dim > 0 && mode != PadMode::Constant {
             return Err(args.err(format_args!("cannot pad axis {ax} in this mode: no elements are left to copy")));
         }
-        check_alloc(args, &[out_dim.min(usize::MAX as i128) as usize])?;
-        let before = begin.max(0);
-        let map = (0..out_dim)
-            .map(|o| {
-                let rel = o - before;
-                let src = if (0..kept).contains(&rel) {
-                    Some(rel)
-                } else {
-                    match mode {
-                        PadMode::Constant => None,
-                        PadMode::Edge => Some(rel.clamp(0, kept - 1)),
-                        PadMode::Wrap => Some(rel.rem_euclid(kept)),
-                        PadMode::Reflect if kept == 1 => Some(0),
-                        PadMode::Reflect => {
-                            let period = 2 * (kept - 1);
-                            let m = rel.rem_euclid(period);
-                            Some(if m < kept { m } else { period - m })
-                        }
-                    }
-                };
-                src.map(|s| (s + lo) as usize)
-            })
-            .collect();
-        out_shape[ax] = out_dim as usize;
-        maps.push((ax, map));
+        out_shape[ax] = usize::try_from(out_dim).unwrap_or(usize::MAX);
+        plans.push((ax, lo, kept, begin.max(0), out_dim));
     }
     check_alloc(args, &out_shape)?;
+    // One index map per padded axis: output position -> input position, or
+    // None for the constant.
+    let maps: Vec<(usize, Vec<Option<usize>>)> = plans
+        .into_iter()
+        .map(|(ax, lo, kept, before, out_dim)| {
+            let map = (0..out_dim)
+                .map(|o| {
+                    let rel = o - before;
+                    let src = if (0..kept).contains(&rel) {
+                        Some(rel)
+                    } else {
+                        match mode {
+                            PadMode::Constant => None,
+                            PadMode::Edge => Some(rel.clamp(0, kept - 1)),
+                            PadMode::Wrap => Some(rel.rem_euclid(kept)),
+                            PadMode::Reflect if kept == 1 => Some(0),
+                            PadMode::Reflect => {
+                                let period = 2 * (kept - 1);
+                                let m = rel.rem_euclid(period);
+                                Some(if m < kept { m } else { period - m })
+                            }
+                        }
+                    };
+                    src.map(|s| (s + lo) as usize)
+                })
+                .collect();
+            (ax, map)
+        })
+        .collect();
     if maps.is_empty() {
         return Ok(x.clone());
     }
