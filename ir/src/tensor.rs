@@ -67,18 +67,20 @@ impl Element for f64 {
     }
 }
 
+// Wide values reach f16/bf16 through f32 rounded *to odd*, so the final
+// round-to-nearest is correct; plain double rounding can land one ulp off.
 impl Element for f16 {
     fn to_f64(self) -> f64 {
         self.to_f64()
     }
     fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
+        f16::from_f32(f64_to_f32_odd(v))
     }
     fn to_i64(self) -> i64 {
         self.to_f64() as i64
     }
     fn from_i64(v: i64) -> Self {
-        f16::from_f64(v as f64)
+        f16::from_f32(i64_to_f32_odd(v))
     }
 }
 
@@ -87,13 +89,13 @@ impl Element for bf16 {
         self.to_f64()
     }
     fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
+        bf16::from_f32(f64_to_f32_odd(v))
     }
     fn to_i64(self) -> i64 {
         self.to_f64() as i64
     }
     fn from_i64(v: i64) -> Self {
-        bf16::from_f64(v as f64)
+        bf16::from_f32(i64_to_f32_odd(v))
     }
 }
 
@@ -114,6 +116,38 @@ impl Element for bool {
     fn from_i64(v: i64) -> Self {
         v != 0
     }
+}
+
+/// `v` rounded to `f32` with round-to-odd: truncate toward zero, then set
+/// the last mantissa bit when the result is inexact.
+pub fn f64_to_f32_odd(v: f64) -> f32 {
+    let f = v as f32;
+    if f.is_nan() || f as f64 == v {
+        return f;
+    }
+    let mut bits = f.to_bits();
+    // `as` rounded to nearest; step back toward zero if it rounded away.
+    // On sign-magnitude bits that is a decrement, and it also turns an
+    // overflow to infinity into f32::MAX.
+    if (f as f64).abs() > v.abs() {
+        bits -= 1;
+    }
+    f32::from_bits(bits | 1)
+}
+
+/// `v` rounded to `f32` with round-to-odd.
+pub fn i64_to_f32_odd(v: i64) -> f32 {
+    let f = v as f32;
+    // `f` is finite with magnitude at most 2^63, so it converts exactly.
+    let back = f as i128;
+    if back == v as i128 {
+        return f;
+    }
+    let mut bits = f.to_bits();
+    if back.abs() > (v as i128).abs() {
+        bits -= 1;
+    }
+    f32::from_bits(bits | 1)
 }
 
 /// A dense tensor of one of kiln's dtypes.
@@ -416,6 +450,16 @@ mod tests {
         let t = Tensor::from_i64s(DType::I4, &[3], &[-1, 7, 9]);
         assert_eq!(t.to_i64s(), vec![-1, 7, -7]);
         assert_eq!(t.to_raw_le(), vec![0x7f, 0x09]);
+    }
+
+    #[test]
+    fn f64_to_half_rounds_once() {
+        // Just above the f16 tie between 1 and 1+2^-10: rounding through f32
+        // to nearest would drop the 2^-40 and then round the tie to even (1).
+        let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(<f16 as Element>::from_f64(v).to_f64(), 1.0 + 2f64.powi(-10));
+        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(<bf16 as Element>::from_f64(v).to_f64(), 1.0 + 2f64.powi(-7));
     }
 
     #[test]

@@ -16,41 +16,9 @@
 
 use super::{array, Inputs, Kind};
 use crate::dtype::DType;
-use crate::tensor::{Element, Tensor};
+use crate::tensor::{f64_to_f32_odd, Element, Tensor};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
-
-/// `v` rounded to `f32` with round-to-odd: truncate toward zero, then set
-/// the last mantissa bit when the result is inexact.
-pub(in crate::interp) fn f64_to_f32_odd(v: f64) -> f32 {
-    let f = v as f32;
-    if f.is_nan() || f as f64 == v {
-        return f;
-    }
-    let mut bits = f.to_bits();
-    // `as` rounded to nearest; step back toward zero if it rounded away.
-    // On sign-magnitude bits that is a decrement, and it also turns an
-    // overflow to infinity into f32::MAX.
-    if (f as f64).abs() > v.abs() {
-        bits -= 1;
-    }
-    f32::from_bits(bits | 1)
-}
-
-/// `v` rounded to `f32` with round-to-odd.
-pub(in crate::interp) fn i64_to_f32_odd(v: i64) -> f32 {
-    let f = v as f32;
-    // `f` is finite with magnitude at most 2^63, so it converts exactly.
-    let back = f as i128;
-    if back == v as i128 {
-        return f;
-    }
-    let mut bits = f.to_bits();
-    if back.abs() > (v as i128).abs() {
-        bits -= 1;
-    }
-    f32::from_bits(bits | 1)
-}
 
 /// `v` correctly rounded to `f16` (to nearest, ties to even).
 pub(in crate::interp) fn f64_to_f16(v: f64) -> f16 {
