@@ -116,8 +116,9 @@ pub struct TypeAnalysis {
     pub strict: bool,
     /// Bugs found so far.
     pub errors: Vec<AnalysisError>,
-    /// Types for the next node added, set by the graph conversion.
-    pub(crate) seed: Option<ClassType>,
+    /// Types of the next node's output slots (`None` where unknown), set by
+    /// the graph conversion just before it adds the node.
+    pub(crate) seed: Option<Vec<Option<TensorType>>>,
     /// The rule being applied, for error messages.
     pub(crate) current_rule: Option<String>,
 }
@@ -186,7 +187,21 @@ impl egg::Analysis<KilnLang> for TypeAnalysis {
             KilnLang::Absent => ClassData { ty: ClassType::Absent, constant: None },
             KilnLang::Proj(i, [t]) => match &egraph[*t].data.ty {
                 ClassType::Tuple(ts) => match ts.get(*i as usize) {
-                    Some(t) => ClassData { ty: ClassType::Tensor(t.clone()), constant: None },
+                    Some(t) => {
+                        let declared = seed.and_then(|s| s.into_iter().next().flatten());
+                        let t = match declared {
+                            None => t.clone(),
+                            Some(d) => match merge_types(&d, t) {
+                                Some(m) => m,
+                                None => {
+                                    let msg = format!("output {i} is declared {d} but inferred {t}");
+                                    egraph.analysis.error(msg);
+                                    return unknown();
+                                }
+                            },
+                        };
+                        ClassData { ty: ClassType::Tensor(t), constant: None }
+                    }
                     None => {
                         let n = ts.len();
                         egraph.analysis.error(format!("projection {i} of a node with {n} outputs"));
@@ -265,13 +280,41 @@ impl egg::Analysis<KilnLang> for TypeAnalysis {
     }
 }
 
-/// Types and constant of an op node.
-fn make_op(egraph: &mut KilnEGraph, op: &Op, outputs: usize, children: &[Id], seed: Option<ClassType>) -> ClassData {
+/// Types and constant of an op node. Slots the seed gives are taken from
+/// it (merged with inference when only some are given).
+fn make_op(
+    egraph: &mut KilnEGraph,
+    op: &Op,
+    outputs: usize,
+    children: &[Id],
+    seed: Option<Vec<Option<TensorType>>>,
+) -> ClassData {
     // Children's data, cloned out so inference can borrow the analysis.
     let child_data: Vec<ClassData> = children.iter().map(|c| egraph[*c].data.clone()).collect();
-    let ty = match seed {
-        Some(t) => t,
-        None => match infer_types(egraph, op, outputs, &child_data) {
+    let seeded: Option<Vec<TensorType>> = seed.as_ref().and_then(|s| s.iter().cloned().collect());
+    let ty = match seeded {
+        Some(mut ts) if ts.len() == outputs => {
+            if outputs == 1 {
+                ClassType::Tensor(ts.remove(0))
+            } else {
+                ClassType::Tuple(ts)
+            }
+        }
+        _ => match infer_types(egraph, op, outputs, &child_data) {
+            Some(ClassType::Tuple(mut ts)) => {
+                for (slot, declared) in seed.iter().flatten().enumerate() {
+                    let (Some(d), Some(t)) = (declared, ts.get_mut(slot)) else { continue };
+                    match merge_types(d, t) {
+                        Some(m) => *t = m,
+                        None => {
+                            let msg = format!("{} output {slot} is declared {d} but inferred {t}", op.name());
+                            egraph.analysis.error(msg);
+                            return unknown();
+                        }
+                    }
+                }
+                ClassType::Tuple(ts)
+            }
             Some(t) => t,
             None => return unknown(),
         },

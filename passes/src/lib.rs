@@ -7,3 +7,6 @@ pub mod consts;
 pub mod lang;
 pub mod rules;
 pub mod typing;
+pub mod convert;
+pub mod extract;
+pub mod cost;
