@@ -434,7 +434,9 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
     let mut ready: BinaryHeap<Reverse<((i64, u8, usize), Id)>> =
         emitted.iter().filter(|c| missing[c] == 0).map(|&c| Reverse((key[&c], c))).collect();
     let class_type = |c: Id| egraph[c].data.ty.clone();
+    let mut done = 0usize;
     while let Some(Reverse((_, c))) = ready.pop() {
+        done += 1;
         let node = choice(c)?;
         let name = node_name[&c].clone();
         match node {
@@ -503,7 +505,7 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
             }
         }
     }
-    if values.len() < emit.values().filter(|e| matches!(e, Emit::Own | Emit::Slot(_))).count() {
+    if done < emitted.len() {
         return Err(IrError::Model("the extracted graph has a cycle".into()));
     }
 

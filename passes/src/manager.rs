@@ -123,7 +123,7 @@ impl Pipeline {
             OptLevel::O2 => ("-O2", PASS_NAMES),
         };
         let passes = passes.iter().map(|n| Pass::named(n).expect("listed passes exist")).collect();
-        Pipeline::with_passes(name, passes)
+        Pipeline::new(name, passes)
     }
 
     /// A pipeline of named passes; an error names an unknown pass and lists
@@ -137,10 +137,12 @@ impl Pipeline {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Pipeline::with_passes(&names.join(","), passes))
+        Ok(Pipeline::new(&names.join(","), passes))
     }
 
-    fn with_passes(name: &str, passes: Vec<Pass>) -> Pipeline {
+    /// A pipeline of these passes with default limits, the CPU cost model,
+    /// no explanations and the default fold limit.
+    pub fn new(name: &str, passes: Vec<Pass>) -> Pipeline {
         Pipeline {
             name: name.to_string(),
             passes,
