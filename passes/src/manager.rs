@@ -69,7 +69,7 @@ impl Pass {
 /// Optimization levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptLevel {
-    /// No rewriting: the graph comes back as it went in.
+    /// No rewriting: the graph comes back as it went in (types inferred).
     O0,
     /// Clean-up: the `algebra` pass.
     O1,
@@ -111,6 +111,9 @@ pub struct Pipeline {
     pub explanations: bool,
     /// Constants up to this many elements are folded.
     pub fold_limit: usize,
+    /// Panic at a rule bug (a merge of classes of different types) instead
+    /// of only reporting it; on by default in debug builds.
+    pub strict_analysis: bool,
 }
 
 impl Pipeline {
@@ -150,6 +153,7 @@ impl Pipeline {
             cost: CostModel::default(),
             explanations: false,
             fold_limit: DEFAULT_FOLD_LIMIT,
+            strict_analysis: cfg!(debug_assertions),
         }
     }
 }
@@ -330,7 +334,8 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
         return Ok((input, report));
     }
 
-    let analysis = TypeAnalysis { fold_limit: pipeline.fold_limit, ..TypeAnalysis::default() };
+    let analysis =
+        TypeAnalysis { fold_limit: pipeline.fold_limit, strict: pipeline.strict_analysis, ..TypeAnalysis::default() };
     let converted = to_egraph(&input, analysis, pipeline.explanations)?;
     let source = converted.source;
     let mut egraph = converted.egraph;
