@@ -45,7 +45,10 @@ pub struct Pass {
 impl fmt::Debug for Pass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.rules.iter().map(|r| r.name()).collect();
-        f.debug_struct("Pass").field("name", &self.name).field("rules", &names).finish()
+        f.debug_struct("Pass")
+            .field("name", &self.name)
+            .field("rules", &names)
+            .finish()
     }
 }
 
@@ -58,7 +61,8 @@ impl Pass {
         match name {
             "algebra" => Some(Pass {
                 name: "algebra",
-                description: "transpose/reshape folding, Identity/Dropout/Cast elimination, constant folding",
+                description:
+                    "transpose/reshape folding, Identity/Dropout/Cast elimination, constant folding",
                 rules: rules::algebra::rules(),
             }),
             _ => None,
@@ -92,7 +96,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { iterations: 30, nodes: 500_000, time: Duration::from_secs(20) }
+        Limits {
+            iterations: 30,
+            nodes: 500_000,
+            time: Duration::from_secs(20),
+        }
     }
 }
 
@@ -125,7 +133,10 @@ impl Pipeline {
             OptLevel::O1 => ("-O1", &["algebra"]),
             OptLevel::O2 => ("-O2", PASS_NAMES),
         };
-        let passes = passes.iter().map(|n| Pass::named(n).expect("listed passes exist")).collect();
+        let passes = passes
+            .iter()
+            .map(|n| Pass::named(n).expect("listed passes exist"))
+            .collect();
         Pipeline::new(name, passes)
     }
 
@@ -136,7 +147,10 @@ impl Pipeline {
             .iter()
             .map(|n| {
                 Pass::named(n).ok_or_else(|| {
-                    IrError::Model(format!("unknown pass `{n}` (known: {})", PASS_NAMES.join(", ")))
+                    IrError::Model(format!(
+                        "unknown pass `{n}` (known: {})",
+                        PASS_NAMES.join(", ")
+                    ))
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -252,12 +266,18 @@ impl Report {
     /// False when a time limit stopped a pass, which makes the result depend
     /// on the machine's speed.
     pub fn deterministic(&self) -> bool {
-        !self.passes.iter().any(|p| matches!(p.stop, Stop::TimeLimit(_)))
+        !self
+            .passes
+            .iter()
+            .any(|p| matches!(p.stop, Stop::TimeLimit(_)))
     }
 
     /// How often a rule fired.
     pub fn fired(&self, rule: &str) -> usize {
-        self.rewrites.iter().find(|r| r.rule == rule).map_or(0, |r| r.count)
+        self.rewrites
+            .iter()
+            .find(|r| r.rule == rule)
+            .map_or(0, |r| r.count)
     }
 }
 
@@ -274,7 +294,12 @@ fn human(x: f64) -> String {
 impl fmt::Display for Report {
     /// A human summary: passes, rewrites by rule and place, costs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "pipeline {}: {} pass(es)", self.pipeline, self.passes.len())?;
+        writeln!(
+            f,
+            "pipeline {}: {} pass(es)",
+            self.pipeline,
+            self.passes.len()
+        )?;
         for p in &self.passes {
             writeln!(
                 f,
@@ -283,7 +308,10 @@ impl fmt::Display for Report {
             )?;
         }
         if self.limit_hit() {
-            writeln!(f, "  warning: a saturation limit was hit; the result may miss rewrites")?;
+            writeln!(
+                f,
+                "  warning: a saturation limit was hit; the result may miss rewrites"
+            )?;
         }
         for r in &self.rewrites {
             writeln!(f, "  {} x{}: {}", r.rule, r.count, r.nodes.join(", "))?;
@@ -295,7 +323,12 @@ impl fmt::Display for Report {
         writeln!(f, "  nodes {} -> {}", b.nodes, a.nodes)?;
         writeln!(f, "  FLOPs {} -> {}", human(b.flops), human(a.flops))?;
         writeln!(f, "  bytes moved {} -> {}", human(b.bytes), human(a.bytes))?;
-        write!(f, "  peak live memory {} -> {} bytes", human(b.peak_bytes), human(a.peak_bytes))
+        write!(
+            f,
+            "  peak live memory {} -> {} bytes",
+            human(b.peak_bytes),
+            human(a.peak_bytes)
+        )
     }
 }
 
@@ -303,7 +336,11 @@ fn histogram(g: &Graph) -> BTreeMap<String, usize> {
     let mut h = BTreeMap::new();
     for id in g.node_ids() {
         let op = &g.node(id).op;
-        let key = if op.domain().is_empty() { op.name().to_string() } else { format!("{}.{}", op.domain(), op.name()) };
+        let key = if op.domain().is_empty() {
+            op.name().to_string()
+        } else {
+            format!("{}.{}", op.domain(), op.name())
+        };
         *h.entry(key).or_insert(0) += 1;
     }
     h
@@ -334,8 +371,11 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
         return Ok((input, report));
     }
 
-    let analysis =
-        TypeAnalysis { fold_limit: pipeline.fold_limit, strict: pipeline.strict_analysis, ..TypeAnalysis::default() };
+    let analysis = TypeAnalysis {
+        fold_limit: pipeline.fold_limit,
+        strict: pipeline.strict_analysis,
+        ..TypeAnalysis::default()
+    };
     let converted = to_egraph(&input, analysis, pipeline.explanations)?;
     let source = converted.source;
     let mut egraph = converted.egraph;
@@ -376,7 +416,11 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
         let rec = match report.rewrites.iter_mut().position(|r| r.rule == f.rule) {
             Some(i) => &mut report.rewrites[i],
             None => {
-                report.rewrites.push(RewriteRecord { rule: f.rule.to_string(), count: 0, nodes: Vec::new() });
+                report.rewrites.push(RewriteRecord {
+                    rule: f.rule.to_string(),
+                    count: 0,
+                    nodes: Vec::new(),
+                });
                 report.rewrites.last_mut().expect("just pushed")
             }
         };
@@ -388,7 +432,12 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
         }
     }
 
-    report.errors = egraph.analysis.errors.iter().map(|e| e.to_string()).collect();
+    report.errors = egraph
+        .analysis
+        .errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     if !report.errors.is_empty() {
         report.ops_after = report.ops_before.clone();
         report.cost_after = report.cost_before;
@@ -397,10 +446,16 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
 
     let extract_start = Instant::now();
     let cost = &pipeline.cost;
-    let extraction = extract_dag(&egraph, &source.roots(), &|eg, class, node| cost.enode_cost(eg, class, node))?;
+    let extraction = extract_dag(&egraph, &source.roots(), &|eg, class, node| {
+        cost.enode_cost(eg, class, node)
+    })?;
     let out = to_graph(&egraph, &source, &extraction)?;
     report.extract_seconds = extract_start.elapsed().as_secs_f64();
-    kiln_ir::verify(&out).map_err(|e| IrError::Model(format!("the optimized graph does not verify (a bug in a rule): {e}")))?;
+    kiln_ir::verify(&out).map_err(|e| {
+        IrError::Model(format!(
+            "the optimized graph does not verify (a bug in a rule): {e}"
+        ))
+    })?;
     report.ops_after = histogram(&out);
     report.cost_after = pipeline.cost.graph_cost(&out);
     Ok((out, report))

@@ -24,11 +24,18 @@ fn does_not_fire(rule: &str, text: &str) {
     let g = parse(text);
     let (out, report) = optimize_with(&g, &[rule]);
     assert_eq!(report.fired(rule), 0, "{rule} fired:\n{report}");
-    assert_eq!(print(&out), print(&g), "graph changed although {rule} did not fire");
+    assert_eq!(
+        print(&out),
+        print(&g),
+        "graph changed although {rule} did not fire"
+    );
 }
 
 fn count(g: &Graph, op: &str) -> usize {
-    g.node_ids().into_iter().filter(|&n| g.node(n).op.name() == op).count()
+    g.node_ids()
+        .into_iter()
+        .filter(|&n| g.node(n).op.name() == op)
+        .count()
 }
 
 // ---- transpose-cancel ----
@@ -51,7 +58,10 @@ fn transpose_cancel_snapshot_and_numbers() {
 
 #[test]
 fn transpose_cancel_not_for_a_pair_that_does_not_cancel() {
-    does_not_fire("transpose-cancel", &TRANSPOSE_CANCEL.replace("[2, 0, 1]", "[1, 2, 0]"));
+    does_not_fire(
+        "transpose-cancel",
+        &TRANSPOSE_CANCEL.replace("[2, 0, 1]", "[1, 2, 0]"),
+    );
 }
 
 // ---- transpose-fold ----
@@ -113,7 +123,10 @@ const RESHAPE_FOLD: &str = r#"graph "g" {
 fn reshape_fold_snapshot_and_numbers() {
     let (g, out, printed) = fires("reshape-fold", RESHAPE_FOLD);
     assert_eq!(count(&out, "Reshape"), 1);
-    assert!(out.value_by_name("s1").is_none(), "the unused shape is dropped");
+    assert!(
+        out.value_by_name("s1").is_none(),
+        "the unused shape is dropped"
+    );
     insta::assert_snapshot!("reshape_fold", printed);
     assert_same_outputs(&g, &out);
 }
@@ -121,7 +134,10 @@ fn reshape_fold_snapshot_and_numbers() {
 #[test]
 fn reshape_fold_not_when_the_outer_shape_copies_a_dim() {
     // 0 copies the inner result's dim 0 (6); applied to %x it would copy 2.
-    does_not_fire("reshape-fold", &RESHAPE_FOLD.replace("[4, -1, 2]", "[0, 2, 2]"));
+    does_not_fire(
+        "reshape-fold",
+        &RESHAPE_FOLD.replace("[4, -1, 2]", "[0, 2, 2]"),
+    );
 }
 
 #[test]
@@ -129,7 +145,9 @@ fn reshape_fold_keeps_an_intermediate_that_is_an_output() {
     let g = parse(&RESHAPE_FOLD.replace("output %y", "output %y, %a"));
     let (out, _) = optimize_with(&g, &["reshape-fold"]);
     assert_same_outputs(&g, &out);
-    let a = out.value_by_name("a").expect("the intermediate output keeps its name");
+    let a = out
+        .value_by_name("a")
+        .expect("the intermediate output keeps its name");
     let (producer, _) = out.value(a).producer().expect("still computed");
     assert_eq!(out.node(producer).name, "r1");
     assert!(out.outputs().contains(&a));
@@ -155,7 +173,10 @@ fn reshape_noop_snapshot_and_numbers() {
 
 #[test]
 fn reshape_noop_not_when_the_shape_changes() {
-    does_not_fire("reshape-noop", &RESHAPE_NOOP.replace("[2, -1, 4]", "[4, -1, 2]"));
+    does_not_fire(
+        "reshape-noop",
+        &RESHAPE_NOOP.replace("[2, -1, 4]", "[4, -1, 2]"),
+    );
 }
 
 #[test]
@@ -173,7 +194,10 @@ fn reshape_noop_not_with_symbolic_dims_it_cannot_compare() {
     assert_eq!(count(&out, "Reshape"), 0);
     assert_same_outputs(&g, &out);
     // ...but [batch, 12] -> [-1, 4, 3] is a real reshape.
-    does_not_fire("reshape-noop", &text.replace("i64[2] = [-1, 12]", "i64[3] = [-1, 4, 3]"));
+    does_not_fire(
+        "reshape-noop",
+        &text.replace("i64[2] = [-1, 12]", "i64[3] = [-1, 4, 3]"),
+    );
 }
 
 // ---- identity-elim ----
@@ -190,7 +214,11 @@ const IDENTITY: &str = r#"graph "g" {
 fn identity_elim_snapshot_and_numbers() {
     let (g, out, printed) = fires("identity-elim", IDENTITY);
     assert_eq!(count(&out, "Identity"), 0);
-    assert_eq!(out.value(out.outputs()[0]).name, "y", "the output keeps its name");
+    assert_eq!(
+        out.value(out.outputs()[0]).name,
+        "y",
+        "the output keeps its name"
+    );
     insta::assert_snapshot!("identity_elim", printed);
     assert_same_outputs(&g, &out);
 }

@@ -21,10 +21,19 @@ fn repo_root() -> PathBuf {
 fn python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(p.exists(), "KILN_PYTHON is set to {} but that does not exist", p.display());
+        assert!(
+            p.exists(),
+            "KILN_PYTHON is set to {} but that does not exist",
+            p.display()
+        );
         return Some(p);
     }
-    [repo_root().join(".venv/bin/python"), PathBuf::from("/tmp/probe-venv/bin/python")].into_iter().find(|p| p.exists())
+    [
+        repo_root().join(".venv/bin/python"),
+        PathBuf::from("/tmp/probe-venv/bin/python"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
 }
 
 /// The example model directories, generated into the test's temporary
@@ -50,12 +59,16 @@ fn example_models() -> Option<Vec<PathBuf>> {
         .filter(|p| p.join("model.onnx").exists())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 6, "expected the six example models, found {dirs:?}");
+    assert!(
+        dirs.len() >= 6,
+        "expected the six example models, found {dirs:?}"
+    );
     Some(dirs)
 }
 
 fn load(dir: &Path) -> Graph {
-    let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default()).expect("example model imports");
+    let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default())
+        .expect("example model imports");
     kiln_ir::infer_types(&mut g).expect("example model infers");
     g
 }
@@ -64,16 +77,33 @@ fn load(dir: &Path) -> Graph {
 fn reference_inputs(dir: &Path, g: &Graph) -> Vec<(String, Tensor)> {
     let data = dir.join("test_data_set_0");
     let mut out = Vec::new();
-    for (i, &v) in g.inputs().iter().filter(|&&v| g.value(v).initializer.is_none()).enumerate() {
-        let (name, t) = read_tensor_pb(&data.join(format!("input_{i}.pb"))).expect("reference input reads");
-        let name = if name.is_empty() { g.value(v).name.clone() } else { name };
+    for (i, &v) in g
+        .inputs()
+        .iter()
+        .filter(|&&v| g.value(v).initializer.is_none())
+        .enumerate()
+    {
+        let (name, t) =
+            read_tensor_pb(&data.join(format!("input_{i}.pb"))).expect("reference input reads");
+        let name = if name.is_empty() {
+            g.value(v).name.clone()
+        } else {
+            name
+        };
         out.push((name, t));
     }
     out
 }
 
 fn no_rules() -> Pipeline {
-    Pipeline::new("none", vec![Pass { name: "none", description: "no rules", rules: vec![] }])
+    Pipeline::new(
+        "none",
+        vec![Pass {
+            name: "none",
+            description: "no rules",
+            rules: vec![],
+        }],
+    )
 }
 
 fn names(g: &Graph, ids: &[kiln_ir::ValueId]) -> Vec<String> {
@@ -92,19 +122,50 @@ fn round_trip_without_rules_keeps_interface_ops_and_outputs() {
         let g = load(&dir);
         let (out, report) = optimize(&g, &no_rules()).expect("round trip");
         kiln_ir::verify(&out).unwrap_or_else(|e| panic!("{model}: {e}"));
-        assert_eq!(names(&out, out.inputs()), names(&g, g.inputs()), "{model}: inputs");
-        assert_eq!(names(&out, out.outputs()), names(&g, g.outputs()), "{model}: outputs");
-        let inits = |g: &Graph| -> BTreeSet<String> { g.initializers().map(|(v, _)| g.value(v).name.clone()).collect() };
-        assert!(inits(&out).is_subset(&inits(&g)), "{model}: no initializer is invented");
+        assert_eq!(
+            names(&out, out.inputs()),
+            names(&g, g.inputs()),
+            "{model}: inputs"
+        );
+        assert_eq!(
+            names(&out, out.outputs()),
+            names(&g, g.outputs()),
+            "{model}: outputs"
+        );
+        let inits = |g: &Graph| -> BTreeSet<String> {
+            g.initializers()
+                .map(|(v, _)| g.value(v).name.clone())
+                .collect()
+        };
+        assert!(
+            inits(&out).is_subset(&inits(&g)),
+            "{model}: no initializer is invented"
+        );
         for (v, t) in out.initializers() {
-            let orig = g.value_by_name(&out.value(v).name).and_then(|o| g.value(o).initializer.as_ref());
-            assert!(orig.is_some_and(|o| o.bitwise_eq(t)), "{model}: initializer data is kept");
+            let orig = g
+                .value_by_name(&out.value(v).name)
+                .and_then(|o| g.value(o).initializer.as_ref());
+            assert!(
+                orig.is_some_and(|o| o.bitwise_eq(t)),
+                "{model}: initializer data is kept"
+            );
         }
-        let node_names = |g: &Graph| -> BTreeSet<String> { g.node_ids().into_iter().map(|n| g.node(n).name.clone()).collect() };
-        assert!(node_names(&out).is_subset(&node_names(&g)), "{model}: surviving nodes keep their names");
+        let node_names = |g: &Graph| -> BTreeSet<String> {
+            g.node_ids()
+                .into_iter()
+                .map(|n| g.node(n).name.clone())
+                .collect()
+        };
+        assert!(
+            node_names(&out).is_subset(&node_names(&g)),
+            "{model}: surviving nodes keep their names"
+        );
         // Only CSE and DCE can change a graph without rules: never more ops.
         for (op, n) in &report.ops_after {
-            assert!(report.ops_before.get(op).is_some_and(|b| b >= n), "{model}: {op} x{n} appeared");
+            assert!(
+                report.ops_before.get(op).is_some_and(|b| b >= n),
+                "{model}: {op} x{n} appeared"
+            );
         }
         eprintln!(
             "{model}: {} -> {} nodes, {} e-classes",
@@ -144,6 +205,7 @@ fn optimizing_twice_gives_the_same_bytes() {
         let (a, ra) = optimize(&g, &Pipeline::level(OptLevel::O2)).expect("optimize");
         let (b, rb) = optimize(&load(&dir), &Pipeline::level(OptLevel::O2)).expect("optimize");
         assert!(ra.deterministic() && rb.deterministic());
+        eprintln!("{}:\n{ra}", dir.display());
         assert_eq!(print(&a), print(&b), "{}", dir.display());
         assert_eq!(ra.rewrites, rb.rewrites);
         // Optimizing the optimized graph again changes nothing more.

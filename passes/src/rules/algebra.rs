@@ -31,11 +31,17 @@ pub fn rules() -> Vec<Arc<dyn Rule>> {
 
 /// The single-output nodes of `class` with op type `name` (ONNX domain),
 /// with their op and children.
-fn ops<'a>(egraph: &'a KilnEGraph, class: Id, name: &'static str) -> impl Iterator<Item = (&'a KilnLang, &'a Op, &'a [Id])> + 'a {
+fn ops<'a>(
+    egraph: &'a KilnEGraph,
+    class: Id,
+    name: &'static str,
+) -> impl Iterator<Item = (&'a KilnLang, &'a Op, &'a [Id])> + 'a {
     egraph[class].nodes.iter().filter_map(move |n| match n {
-        KilnLang::Op { op, outputs: 1, children } if op.name() == name && op.domain().is_empty() => {
-            Some((n, op.op(), children.as_slice()))
-        }
+        KilnLang::Op {
+            op,
+            outputs: 1,
+            children,
+        } if op.name() == name && op.domain().is_empty() => Some((n, op.op(), children.as_slice())),
         _ => None,
     })
 }
@@ -73,10 +79,15 @@ fn rhs_var(m: &Match, i: Id) -> Option<PatternAst<crate::lang::KilnLang>> {
 
 /// The permutation of a Transpose on a value of rank `rank`, checked.
 fn perm_of(op: &Op, rank: usize) -> Option<Vec<usize>> {
-    let Op::Transpose { perm } = op else { return None };
+    let Op::Transpose { perm } = op else {
+        return None;
+    };
     let p: Vec<usize> = match perm {
         None => (0..rank).rev().collect(),
-        Some(p) => p.iter().map(|&a| usize::try_from(a).ok()).collect::<Option<_>>()?,
+        Some(p) => p
+            .iter()
+            .map(|&a| usize::try_from(a).ok())
+            .collect::<Option<_>>()?,
     };
     let mut seen = vec![false; rank];
     for &a in &p {
@@ -135,7 +146,9 @@ impl Rule for TransposePair {
                 let i = b.node(with_children(inner, &[x]));
                 b.node(with_children(outer, &[i]));
                 let m = b.finish();
-                let Some(q) = TransposePair::composed(egraph, &m) else { continue };
+                let Some(q) = TransposePair::composed(egraph, &m) else {
+                    continue;
+                };
                 let identity = q.iter().enumerate().all(|(i, &a)| i == a);
                 if identity == self.cancel {
                     out.push(m);
@@ -144,7 +157,12 @@ impl Rule for TransposePair {
         }
     }
 
-    fn rewrite(&self, egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let q = TransposePair::composed(egraph, m)?;
         if self.cancel {
             return rhs_var(m, Id::from(0));
@@ -178,8 +196,12 @@ impl Rule for ReshapeFold {
 
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
         for (outer, op, oc) in ops(egraph, class, "Reshape") {
-            let Op::Reshape { allowzero } = op else { continue };
-            let Some(s2) = egraph.analysis.constant(&egraph[oc[1]].data) else { continue };
+            let Op::Reshape { allowzero } = op else {
+                continue;
+            };
+            let Some(s2) = egraph.analysis.constant(&egraph[oc[1]].data) else {
+                continue;
+            };
             if !allowzero && s2.to_i64s().contains(&0) {
                 continue;
             }
@@ -195,7 +217,12 @@ impl Rule for ReshapeFold {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layout: [x, s1, inner, s2, outer].
         let outer = node_at(&m.lhs, root_of(&m.lhs))?;
         let mut b = AstBuilder::continuing(&m.subst);
@@ -211,7 +238,10 @@ impl Rule for ReshapeFold {
 fn definite(t: &TensorType) -> bool {
     t.shape.iter().all(|d| match d {
         Dim::Fixed(_) => true,
-        Dim::Sym(p) => p.symbols().iter().all(|s| !s.starts_with(kiln_ir::infer::FRESH_PREFIX)),
+        Dim::Sym(p) => p
+            .symbols()
+            .iter()
+            .all(|s| !s.starts_with(kiln_ir::infer::FRESH_PREFIX)),
     })
 }
 
@@ -233,15 +263,25 @@ impl Rule for ReshapeNoop {
     }
 
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
-        let Some(out_ty) = ty(egraph, class) else { return };
+        let Some(out_ty) = ty(egraph, class) else {
+            return;
+        };
         for (node, _, c) in ops(egraph, class, "Reshape") {
-            if ty(egraph, c[0]) == Some(out_ty) && definite(out_ty) && egraph.find(c[0]) != egraph.find(class) {
+            if ty(egraph, c[0]) == Some(out_ty)
+                && definite(out_ty)
+                && egraph.find(c[0]) != egraph.find(class)
+            {
                 out.push(one_node_match(node));
             }
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         rhs_var(m, Id::from(0))
     }
 }
@@ -272,7 +312,12 @@ impl Rule for IdentityElim {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         rhs_var(m, Id::from(0))
     }
 }
@@ -281,9 +326,18 @@ impl Rule for IdentityElim {
 /// input through: training mode absent or constant false, or ratio constant 0.
 fn dropout_is_identity(egraph: &KilnEGraph, children: &[Id]) -> bool {
     let constant = |slot: usize| {
-        children.get(slot).and_then(|&c| egraph.analysis.constant(&egraph[c].data).map(|t| t.to_f64s()))
+        children.get(slot).and_then(|&c| {
+            egraph
+                .analysis
+                .constant(&egraph[c].data)
+                .map(|t| t.to_f64s())
+        })
     };
-    let absent = |slot: usize| children.get(slot).is_none_or(|&c| matches!(egraph[c].data.ty, crate::analysis::ClassType::Absent));
+    let absent = |slot: usize| {
+        children
+            .get(slot)
+            .is_none_or(|&c| matches!(egraph[c].data.ty, crate::analysis::ClassType::Absent))
+    };
     let inference = absent(2) || constant(2).is_some_and(|v| v.iter().all(|&b| b == 0.0));
     let zero_ratio = constant(1).is_some_and(|v| v.iter().all(|&r| r == 0.0));
     inference || zero_ratio
@@ -308,15 +362,25 @@ impl Rule for DropoutElim {
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
         for node in &egraph[class].nodes {
             match node {
-                KilnLang::Op { op, outputs: 1, children } if matches!(op.op(), Op::Dropout { .. }) => {
-                    if dropout_is_identity(egraph, children) && egraph.find(children[0]) != egraph.find(class) {
+                KilnLang::Op {
+                    op,
+                    outputs: 1,
+                    children,
+                } if matches!(op.op(), Op::Dropout { .. }) => {
+                    if dropout_is_identity(egraph, children)
+                        && egraph.find(children[0]) != egraph.find(class)
+                    {
                         out.push(one_node_match(node));
                     }
                 }
                 KilnLang::Proj(0, [t]) => {
                     for inner in &egraph[*t].nodes {
-                        let KilnLang::Op { op, children, .. } = inner else { continue };
-                        if !matches!(op.op(), Op::Dropout { .. }) || !dropout_is_identity(egraph, children) {
+                        let KilnLang::Op { op, children, .. } = inner else {
+                            continue;
+                        };
+                        if !matches!(op.op(), Op::Dropout { .. })
+                            || !dropout_is_identity(egraph, children)
+                        {
                             continue;
                         }
                         if egraph.find(children[0]) == egraph.find(class) {
@@ -334,7 +398,12 @@ impl Rule for DropoutElim {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // Both LHS forms start with the data input's variable.
         rhs_var(m, Id::from(0))
     }
@@ -359,11 +428,23 @@ impl Rule for CastElim {
 
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
         for node in &egraph[class].nodes {
-            let KilnLang::Op { op, outputs: 1, children } = node else { continue };
-            let Some(x) = ty(egraph, children[0]) else { continue };
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = node
+            else {
+                continue;
+            };
+            let Some(x) = ty(egraph, children[0]) else {
+                continue;
+            };
             let target = match op.op() {
                 Op::Cast { to, .. } => Some(*to),
-                Op::CastLike { .. } => children.get(1).and_then(|&c| ty(egraph, c)).map(|t| t.dtype),
+                Op::CastLike { .. } => children
+                    .get(1)
+                    .and_then(|&c| ty(egraph, c))
+                    .map(|t| t.dtype),
                 _ => None,
             };
             if target == Some(x.dtype) && egraph.find(children[0]) != egraph.find(class) {
@@ -372,7 +453,12 @@ impl Rule for CastElim {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         rhs_var(m, Id::from(0))
     }
 }
@@ -402,7 +488,11 @@ impl Rule for ConstantFold {
             return;
         }
         // Leaves already are the value; a class with a Const is folded.
-        if eclass.nodes.iter().any(|n| !matches!(n, KilnLang::Op { .. })) {
+        if eclass
+            .nodes
+            .iter()
+            .any(|n| !matches!(n, KilnLang::Op { .. }))
+        {
             return;
         }
         if let Some(node) = eclass.nodes.first() {
@@ -410,7 +500,12 @@ impl Rule for ConstantFold {
         }
     }
 
-    fn rewrite(&self, egraph: &mut KilnEGraph, eclass: Id, _m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        eclass: Id,
+        _m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let c = egraph[eclass].data.constant?;
         let mut b = AstBuilder::new();
         b.node(KilnLang::Const(c));

@@ -52,7 +52,11 @@ impl AstBuilder {
     /// A builder whose variables continue those of `m`, for right-hand
     /// sides that reuse the left-hand side's bindings.
     pub fn continuing(m: &Subst) -> AstBuilder {
-        AstBuilder { ast: PatternAst::default(), subst: m.clone(), next_var: var_count(m) }
+        AstBuilder {
+            ast: PatternAst::default(),
+            subst: m.clone(),
+            next_var: var_count(m),
+        }
     }
 
     /// A leaf standing for class `class`; returns its index in the AST.
@@ -75,7 +79,10 @@ impl AstBuilder {
 
     /// The finished match; the last node added is the root.
     pub fn finish(self) -> Match {
-        Match { lhs: self.ast, subst: self.subst }
+        Match {
+            lhs: self.ast,
+            subst: self.subst,
+        }
     }
 
     /// The finished AST alone (a right-hand side over the subst it
@@ -87,7 +94,9 @@ impl AstBuilder {
 
 fn var_count(s: &Subst) -> u32 {
     // Variables are numbered densely from 0 by the builder.
-    (0..u32::MAX).find(|&i| s.get(Var::from_u32(i)).is_none()).unwrap_or(u32::MAX)
+    (0..u32::MAX)
+        .find(|&i| s.get(Var::from_u32(i)).is_none())
+        .unwrap_or(u32::MAX)
 }
 
 /// The variable at index `i` of an AST, if that entry is a variable.
@@ -129,7 +138,12 @@ pub trait Rule: Send + Sync + 'static {
     /// The right-hand side for a match found by [`Rule::search`] in class
     /// `eclass`, built over the match's subst (see
     /// [`AstBuilder::continuing`]); `None` to skip it.
-    fn rewrite(&self, egraph: &mut KilnEGraph, eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>>;
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>>;
 }
 
 /// A rule that fired: its name and the class it rewrote.
@@ -154,9 +168,11 @@ struct Adapter {
 impl Adapter {
     fn matches(&self, egraph: &KilnEGraph, limit: usize) -> Vec<(Id, Match)> {
         let mut classes: Vec<Id> = match self.rule.roots() {
-            Some(discs) => {
-                discs.iter().filter_map(|d| egraph.classes_for_op(d)).flatten().collect()
-            }
+            Some(discs) => discs
+                .iter()
+                .filter_map(|d| egraph.classes_for_op(d))
+                .flatten()
+                .collect(),
             None => egraph.classes().map(|c| c.id).collect(),
         };
         // Visit classes in id order so the matches (and the ids new nodes
@@ -180,20 +196,37 @@ impl Adapter {
 }
 
 impl egg::Searcher<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
-    fn search_eclass_with_limit(&self, egraph: &KilnEGraph, eclass: Id, limit: usize) -> Option<SearchMatches<'_, KilnLang>> {
+    fn search_eclass_with_limit(
+        &self,
+        egraph: &KilnEGraph,
+        eclass: Id,
+        limit: usize,
+    ) -> Option<SearchMatches<'_, KilnLang>> {
         // One SearchMatches carries one left-hand side AST, so per class
         // this reports the first match; whole-graph search below reports
         // every match as its own SearchMatches.
         let mut found = Vec::new();
         self.rule.search(egraph, eclass, &mut found);
         let m = found.into_iter().next().filter(|_| limit > 0)?;
-        Some(SearchMatches { eclass, substs: vec![m.subst], ast: Some(Cow::Owned(m.lhs)) })
+        Some(SearchMatches {
+            eclass,
+            substs: vec![m.subst],
+            ast: Some(Cow::Owned(m.lhs)),
+        })
     }
 
-    fn search_with_limit(&self, egraph: &KilnEGraph, limit: usize) -> Vec<SearchMatches<'_, KilnLang>> {
+    fn search_with_limit(
+        &self,
+        egraph: &KilnEGraph,
+        limit: usize,
+    ) -> Vec<SearchMatches<'_, KilnLang>> {
         self.matches(egraph, limit)
             .into_iter()
-            .map(|(eclass, m)| SearchMatches { eclass, substs: vec![m.subst], ast: Some(Cow::Owned(m.lhs)) })
+            .map(|(eclass, m)| SearchMatches {
+                eclass,
+                substs: vec![m.subst],
+                ast: Some(Cow::Owned(m.lhs)),
+            })
             .collect()
     }
 
@@ -203,19 +236,32 @@ impl egg::Searcher<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
 }
 
 impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
-    fn apply_matches(&self, egraph: &mut KilnEGraph, matches: &[SearchMatches<KilnLang>], rule_name: Symbol) -> Vec<Id> {
+    fn apply_matches(
+        &self,
+        egraph: &mut KilnEGraph,
+        matches: &[SearchMatches<KilnLang>],
+        rule_name: Symbol,
+    ) -> Vec<Id> {
         let mut changed = Vec::new();
         for mat in matches {
-            let Some(lhs) = mat.ast.as_deref() else { continue };
+            let Some(lhs) = mat.ast.as_deref() else {
+                continue;
+            };
             for subst in &mat.substs {
-                let m = Match { lhs: lhs.clone(), subst: subst.clone() };
+                let m = Match {
+                    lhs: lhs.clone(),
+                    subst: subst.clone(),
+                };
                 egraph.analysis.current_rule = Some(self.rule.name().to_string());
                 let did = apply_one_match(egraph, mat.eclass, &m, self.rule.as_ref(), rule_name);
                 egraph.analysis.current_rule = None;
                 if did {
                     changed.push(mat.eclass);
                     let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-                    log.push(Fired { rule: self.rule.name(), class: mat.eclass });
+                    log.push(Fired {
+                        rule: self.rule.name(),
+                        class: mat.eclass,
+                    });
                 }
             }
         }
@@ -230,8 +276,13 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
         searcher_ast: Option<&PatternAst<KilnLang>>,
         rule_name: Symbol,
     ) -> Vec<Id> {
-        let Some(lhs) = searcher_ast else { return Vec::new() };
-        let m = Match { lhs: lhs.clone(), subst: subst.clone() };
+        let Some(lhs) = searcher_ast else {
+            return Vec::new();
+        };
+        let m = Match {
+            lhs: lhs.clone(),
+            subst: subst.clone(),
+        };
         if apply_one_match(egraph, eclass, &m, self.rule.as_ref(), rule_name) {
             vec![eclass]
         } else {
@@ -242,10 +293,20 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
 
 /// Adds the right-hand side and unions it with the match's class; true when
 /// that changed the e-graph.
-fn apply_one_match(egraph: &mut KilnEGraph, eclass: Id, m: &Match, rule: &dyn Rule, rule_name: Symbol) -> bool {
-    let Some(rhs) = rule.rewrite(egraph, eclass, m) else { return false };
+fn apply_one_match(
+    egraph: &mut KilnEGraph,
+    eclass: Id,
+    m: &Match,
+    rule: &dyn Rule,
+    rule_name: Symbol,
+) -> bool {
+    let Some(rhs) = rule.rewrite(egraph, eclass, m) else {
+        return false;
+    };
     if egraph.are_explanations_enabled() {
-        egraph.union_instantiations(&m.lhs, &rhs, &m.subst, rule_name).1
+        egraph
+            .union_instantiations(&m.lhs, &rhs, &m.subst, rule_name)
+            .1
     } else {
         let id = egraph.add_instantiation(&rhs, &m.subst);
         egraph.union(eclass, id)
@@ -260,7 +321,10 @@ pub fn rewrites(
     rules
         .iter()
         .map(|r| {
-            let a = Adapter { rule: r.clone(), log: log.clone() };
+            let a = Adapter {
+                rule: r.clone(),
+                log: log.clone(),
+            };
             egg::Rewrite::new(r.name(), a.clone(), a)
                 .expect("adapters bind no pattern variables, so every rewrite is well formed")
         })
