@@ -228,6 +228,10 @@ pub fn to_egraph(
     Ok(Converted { egraph, source })
 }
 
+/// Emission priority: source position (or that of the latest source input
+/// for a new node), source nodes before new ones, then discovery order.
+type EmitKey = (i64, u8, usize);
+
 /// How a chosen class appears in the rebuilt graph.
 #[derive(Clone, Copy, Debug)]
 enum Emit {
@@ -426,13 +430,12 @@ pub fn to_graph(
         }
     };
     for &c in &emitted {
-        if !node_name.contains_key(&c) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = node_name.entry(c) {
             let base = match choice(c)? {
                 KilnLang::Op { op, .. } => op.name().to_string(),
                 _ => "Constant".to_string(),
             };
-            let n = fresh_node(&base, &mut taken_nodes);
-            node_name.insert(c, n);
+            slot.insert(fresh_node(&base, &mut taken_nodes));
         }
     }
     let fresh_value = |base: &str, taken: &mut BTreeSet<String>| -> String {
@@ -466,7 +469,7 @@ pub fn to_graph(
         .enumerate()
         .map(|(i, (n, _))| (n.as_str(), i))
         .collect();
-    let mut key: HashMap<Id, (i64, u8, usize)> = HashMap::new();
+    let mut key: HashMap<Id, EmitKey> = HashMap::new();
     let mut deps: HashMap<Id, BTreeSet<Id>> = HashMap::new();
     for (pos, &c) in emitted.iter().enumerate() {
         let d: BTreeSet<Id> = choice(c)?
@@ -498,7 +501,7 @@ pub fn to_graph(
             users.entry(d).or_default().push(c);
         }
     }
-    let mut ready: BinaryHeap<Reverse<((i64, u8, usize), Id)>> = emitted
+    let mut ready: BinaryHeap<Reverse<(EmitKey, Id)>> = emitted
         .iter()
         .filter(|c| missing[c] == 0)
         .map(|&c| Reverse((key[&c], c)))

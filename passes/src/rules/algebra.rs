@@ -366,12 +366,11 @@ impl Rule for DropoutElim {
                     op,
                     outputs: 1,
                     children,
-                } if matches!(op.op(), Op::Dropout { .. }) => {
-                    if dropout_is_identity(egraph, children)
-                        && egraph.find(children[0]) != egraph.find(class)
-                    {
-                        out.push(one_node_match(node));
-                    }
+                } if matches!(op.op(), Op::Dropout { .. })
+                    && dropout_is_identity(egraph, children)
+                    && egraph.find(children[0]) != egraph.find(class) =>
+                {
+                    out.push(one_node_match(node));
                 }
                 KilnLang::Proj(0, [t]) => {
                     for inner in &egraph[*t].nodes {
