@@ -99,7 +99,7 @@ impl Poly {
         let mut terms = self.terms.clone();
         for (m, c) in &other.terms {
             let e = terms.entry(m.clone()).or_insert(0);
-            *e += c;
+            *e = e.saturating_add(*c);
             if *e == 0 {
                 terms.remove(m);
             }
@@ -113,7 +113,7 @@ impl Poly {
             return Poly::default();
         }
         Poly {
-            terms: self.terms.iter().map(|(m, c)| (m.clone(), c * k)).collect(),
+            terms: self.terms.iter().map(|(m, c)| (m.clone(), c.saturating_mul(k))).collect(),
         }
     }
 
@@ -130,7 +130,7 @@ impl Poly {
                 let mut m: Monomial = m1.iter().chain(m2.iter()).cloned().collect();
                 m.sort();
                 out = out.add(&Poly {
-                    terms: BTreeMap::from([(m, c1 * c2)]),
+                    terms: BTreeMap::from([(m, c1.saturating_mul(*c2))]),
                 });
             }
         }
@@ -329,7 +329,7 @@ impl Dim {
     /// Parses the text form printed by `Display` (`seq`, `2*seq+1`,
     /// `(seq+1)/2`, `64`).
     pub fn parse(s: &str) -> Result<Dim, String> {
-        let mut p = DimParser { s: s.as_bytes(), i: 0 };
+        let mut p = DimParser { s: s.as_bytes(), i: 0, depth: 0 };
         let poly = p.expr()?;
         p.skip_ws();
         if p.i != p.s.len() {
@@ -386,7 +386,12 @@ impl From<usize> for Dim {
 struct DimParser<'a> {
     s: &'a [u8],
     i: usize,
+    depth: usize,
 }
+
+/// Deepest parenthesis nesting accepted; real dims nest a few levels, and
+/// the limit keeps hostile model files from exhausting the stack.
+const MAX_DIM_NESTING: usize = 32;
 
 impl DimParser<'_> {
     fn skip_ws(&mut self) {
@@ -433,7 +438,12 @@ impl DimParser<'_> {
         match self.peek() {
             Some(b'(') => {
                 self.i += 1;
+                self.depth += 1;
+                if self.depth > MAX_DIM_NESTING {
+                    return Err(format!("dimension nests parentheses deeper than {MAX_DIM_NESTING}"));
+                }
                 let e = self.expr()?;
+                self.depth -= 1;
                 if self.peek() != Some(b')') {
                     return Err("missing `)` in dimension".into());
                 }
@@ -499,5 +509,8 @@ mod tests {
         }
         assert!(Dim::parse("seq+").is_err());
         assert!(Dim::parse("0-3").is_err());
+        assert!(Dim::parse(&format!("{}seq{}", "(".repeat(100), ")".repeat(100))).is_err());
+        let huge = Dim::parse("4611686018427387904*seq*4611686018427387904*seq");
+        assert!(huge.is_ok(), "saturates instead of overflowing");
     }
 }

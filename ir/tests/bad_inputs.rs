@@ -595,6 +595,29 @@ fn attribute_newer_than_the_opset() {
     rejects(&m, &["`shape`", "`start`", "opset 15"]);
 }
 
+#[test]
+fn shape_mismatch_found_by_inference() {
+    let mut m = base_model();
+    let g = graph_mut(&mut m);
+    g.initializer[0] = f32_tensor("w", &[4], &[1.0, 2.0, 3.0, 4.0]);
+    // Import does not infer, so the broken Add imports...
+    let mut graph = import(&m).expect("import does not check shapes");
+    // ...and inference names the node, its op and both shapes.
+    let e = kiln_ir::infer_types(&mut graph).unwrap_err().to_string();
+    for part in ["`add`", "Add", "[2, 3]", "[4]"] {
+        assert!(e.contains(part), "`{e}` does not mention `{part}`");
+    }
+}
+
+#[test]
+fn declared_output_type_contradicting_inference() {
+    let mut m = base_model();
+    graph_mut(&mut m).output[0] = vi("y", FLOAT, &[3, 2]);
+    let mut graph = import(&m).expect("import keeps declared types");
+    let e = kiln_ir::infer_types(&mut graph).unwrap_err().to_string();
+    assert!(e.contains("`relu`") && e.contains("`y`"), "{e}");
+}
+
 // ---------------------------------------------------------------------------
 // Fuzzing on stable Rust: mutated real models never panic
 // ---------------------------------------------------------------------------
@@ -657,7 +680,8 @@ fn rich_model() -> ModelProto {
 
 /// Seeded random mutations (bit flips, byte overwrites, truncations,
 /// insertions, duplicated slices) of `seed_bytes`. Import must return, not
-/// panic; what imports must also export and re-import without panicking.
+/// panic; what imports must also infer, verify, export and re-import
+/// without panicking.
 fn fuzz(seed_bytes: &[u8], iterations: usize, seed: u64) -> (usize, usize) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -691,9 +715,12 @@ fn fuzz(seed_bytes: &[u8], iterations: usize, seed: u64) -> (usize, usize) {
                 }
             }
         }
-        if let Ok(g) = import_model_bytes(&bytes, None, ImportOptions::default()) {
+        if let Ok(mut g) = import_model_bytes(&bytes, None, ImportOptions::default()) {
             accepted += 1;
             let _ = g.topo_order();
+            if kiln_ir::infer_types(&mut g).is_ok() {
+                let _ = kiln_ir::verify(&g);
+            }
             if let Ok(out) = model_to_bytes(&g) {
                 import_model_bytes(&out, None, ImportOptions::default()).expect("what kiln exports, kiln imports");
             }

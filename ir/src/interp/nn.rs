@@ -1,8 +1,611 @@
-//! Interpreter kernels (being written).
+//! Neural-network kernels: Softmax and LogSoftmax, LayerNormalization and
+//! RMSNormalization, RotaryEmbedding, Attention, and the two losses.
+//!
+//! These compute in f64 whatever the input precision and round once to the
+//! output dtype: the statistics (means, variances, softmax sums) are where
+//! low-precision accumulation hurts, and the interpreter is the oracle other
+//! implementations are judged against. `stash_type` and `softmax_precision`
+//! therefore only pick the dtype of the statistics outputs, never a lower
+//! working precision.
 
-use crate::op::Op;
+use super::util::{int_values, map_lanes, normalize_axis, optional, required, KResult};
+use crate::dtype::DType;
+use crate::op::{AttentionAttrs, LossReduction, Op};
 use crate::tensor::Tensor;
+use ndarray::{s, Array4, ArrayD, Axis, IxDyn};
 
-pub(crate) fn eval(op: &Op, _inputs: &[Option<Tensor>], _num_outputs: usize) -> Result<Vec<Option<Tensor>>, String> {
-    Err(format!("the interpreter has no kernel for {} yet", op.name()))
+pub(crate) fn eval(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> KResult<Vec<Option<Tensor>>> {
+    match op {
+        Op::Softmax { axis } => Ok(vec![Some(softmax(required(inputs, 0, "input")?, *axis, false)?)]),
+        Op::LogSoftmax { axis } => Ok(vec![Some(softmax(required(inputs, 0, "input")?, *axis, true)?)]),
+        Op::LayerNormalization { axis, epsilon, stash_type } => {
+            let x = required(inputs, 0, "X")?;
+            let scale = required(inputs, 1, "Scale")?;
+            let (y, mean, inv_std) = layer_norm(x, scale, optional(inputs, 2), *axis, *epsilon as f64, *stash_type)?;
+            Ok(vec![Some(y), Some(mean), Some(inv_std)])
+        }
+        Op::RMSNormalization { axis, epsilon, stash_type: _ } => {
+            let x = required(inputs, 0, "X")?;
+            let scale = required(inputs, 1, "scale")?;
+            Ok(vec![Some(rms_norm(x, scale, *axis, *epsilon as f64)?)])
+        }
+        Op::RotaryEmbedding { interleaved, num_heads, rotary_embedding_dim } => Ok(vec![Some(rotary(
+            required(inputs, 0, "X")?,
+            required(inputs, 1, "cos_cache")?,
+            required(inputs, 2, "sin_cache")?,
+            optional(inputs, 3),
+            *interleaved,
+            *num_heads,
+            *rotary_embedding_dim,
+        )?)]),
+        Op::Attention(attrs) => attention(attrs, inputs, num_outputs),
+        Op::SoftmaxCrossEntropyLoss { reduction, ignore_index } => {
+            let x = required(inputs, 0, "scores")?;
+            let log_prob = softmax(x, 1, true)?;
+            let loss = nll(&log_prob, required(inputs, 1, "labels")?, optional(inputs, 2), *reduction, *ignore_index)?;
+            Ok(vec![Some(loss), (num_outputs > 1).then_some(log_prob)])
+        }
+        Op::NegativeLogLikelihoodLoss { reduction, ignore_index } => Ok(vec![Some(nll(
+            required(inputs, 0, "input")?,
+            required(inputs, 1, "target")?,
+            optional(inputs, 2),
+            *reduction,
+            *ignore_index,
+        )?)]),
+        other => Err(format!("{} is not a neural-network op", other.name())),
+    }
+}
+
+// ---------------------------------------------------------------- f64 views
+
+/// The elements of a float tensor as an f64 array of the same shape.
+fn to_f64_array(t: &Tensor, what: &str) -> KResult<ArrayD<f64>> {
+    if !t.dtype().is_float() {
+        return Err(format!("{what} must be a float tensor, found {}", t.dtype()));
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(t.shape()), t.to_f64s()).expect("value count matches shape"))
+}
+
+/// An f64 array rounded to `dtype`.
+fn from_f64_array(dtype: DType, a: &ArrayD<f64>) -> Tensor {
+    let values: Vec<f64> = a.iter().copied().collect();
+    Tensor::from_f64s(dtype, a.shape(), &values)
+}
+
+/// The dtype of LayerNormalization's Mean and InvStdDev outputs: the stash
+/// type, which must be a float type.
+fn stash_dtype(stash: DType) -> KResult<DType> {
+    if stash.is_float() {
+        Ok(stash)
+    } else {
+        Err(format!("stash_type must be a float type, found {stash}"))
+    }
+}
+
+// ---------------------------------------------------------------- softmax
+
+/// Softmax (or its log) along one axis, stable by subtracting the maximum.
+/// A lane of all -inf gives NaN, as in the ONNX reference.
+fn softmax(x: &Tensor, axis: i64, log: bool) -> KResult<Tensor> {
+    let a = to_f64_array(x, "input")?;
+    let axis = normalize_axis(axis, a.ndim())?;
+    let n = a.shape()[axis];
+    let r = map_lanes(a.view(), axis, n, |lane, out| {
+        softmax_lane(lane, out, log);
+        Ok(())
+    })?;
+    Ok(from_f64_array(x.dtype(), &r))
+}
+
+fn softmax_lane(lane: &[f64], out: &mut [f64], log: bool) {
+    let m = lane.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = lane.iter().map(|&v| (v - m).exp()).sum();
+    if log {
+        let lse = sum.ln();
+        for (o, &v) in out.iter_mut().zip(lane) {
+            *o = v - m - lse;
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(lane) {
+            *o = (v - m).exp() / sum;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- normalization
+
+/// A per-element parameter (scale or bias) of a normalization over the
+/// trailing axes from `axis`: broadcast to those axes when it fits them (one
+/// value per column, shared by every row), else to the whole input.
+struct RowParam {
+    values: Vec<f64>,
+    per_row: bool,
+}
+
+impl RowParam {
+    fn new(p: &Tensor, x_shape: &[usize], axis: usize, what: &str) -> KResult<RowParam> {
+        let a = to_f64_array(p, what)?;
+        if let Some(b) = a.broadcast(IxDyn(&x_shape[axis..])) {
+            return Ok(RowParam { values: b.iter().copied().collect(), per_row: false });
+        }
+        let b = a
+            .broadcast(IxDyn(x_shape))
+            .ok_or_else(|| format!("{what} of shape {:?} does not broadcast to {:?}", p.shape(), x_shape))?;
+        Ok(RowParam { values: b.iter().copied().collect(), per_row: true })
+    }
+
+    fn get(&self, row: usize, col: usize, cols: usize) -> f64 {
+        if self.per_row {
+            self.values[row * cols + col]
+        } else {
+            self.values[col]
+        }
+    }
+}
+
+/// Rows (the product of the leading axes) and columns (the normalized
+/// trailing axes) of a normalization from `axis`.
+fn rows_cols(shape: &[usize], axis: usize) -> (usize, usize) {
+    (shape[..axis].iter().product(), shape[axis..].iter().product())
+}
+
+/// `LayerNormalization`: Y, Mean and InvStdDev (the last two shaped like X
+/// with the normalized axes set to 1, in the stash type).
+fn layer_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    axis: i64,
+    epsilon: f64,
+    stash: DType,
+) -> KResult<(Tensor, Tensor, Tensor)> {
+    let shape = x.shape().to_vec();
+    let axis = normalize_axis(axis, shape.len())?;
+    let (rows, cols) = rows_cols(&shape, axis);
+    let xs = to_f64_array(x, "X")?;
+    let xs = xs.as_slice().expect("a fresh array is contiguous");
+    let w = RowParam::new(scale, &shape, axis, "Scale")?;
+    let b = bias.map(|b| RowParam::new(b, &shape, axis, "B")).transpose()?;
+    let mut y = vec![0.0; xs.len()];
+    let mut means = vec![0.0; rows];
+    let mut inv_stds = vec![0.0; rows];
+    for r in 0..rows {
+        let row = &xs[r * cols..(r + 1) * cols];
+        let mean = row.iter().sum::<f64>() / cols as f64;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+        let inv_std = 1.0 / (var + epsilon).sqrt();
+        for (c, &v) in row.iter().enumerate() {
+            let mut o = (v - mean) * inv_std * w.get(r, c, cols);
+            if let Some(b) = &b {
+                o += b.get(r, c, cols);
+            }
+            y[r * cols + c] = o;
+        }
+        means[r] = mean;
+        inv_stds[r] = inv_std;
+    }
+    let stat_shape: Vec<usize> = shape.iter().enumerate().map(|(i, &d)| if i < axis { d } else { 1 }).collect();
+    let stat = stash_dtype(stash)?;
+    Ok((
+        Tensor::from_f64s(x.dtype(), &shape, &y),
+        Tensor::from_f64s(stat, &stat_shape, &means),
+        Tensor::from_f64s(stat, &stat_shape, &inv_stds),
+    ))
+}
+
+/// `RMSNormalization`: `X / sqrt(mean(X²) + epsilon) * scale` over the
+/// trailing axes from `axis`.
+fn rms_norm(x: &Tensor, scale: &Tensor, axis: i64, epsilon: f64) -> KResult<Tensor> {
+    let shape = x.shape().to_vec();
+    let axis = normalize_axis(axis, shape.len())?;
+    let (rows, cols) = rows_cols(&shape, axis);
+    let xs = to_f64_array(x, "X")?;
+    let xs = xs.as_slice().expect("a fresh array is contiguous");
+    let w = RowParam::new(scale, &shape, axis, "scale")?;
+    let mut y = vec![0.0; xs.len()];
+    for r in 0..rows {
+        let row = &xs[r * cols..(r + 1) * cols];
+        let inv_rms = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / cols as f64 + epsilon).sqrt();
+        for (c, &v) in row.iter().enumerate() {
+            y[r * cols + c] = v * inv_rms * w.get(r, c, cols);
+        }
+    }
+    Ok(Tensor::from_f64s(x.dtype(), &shape, &y))
+}
+
+// ---------------------------------------------------------------- rotary embedding
+
+/// `RotaryEmbedding` (ONNX 23). X is `[batch, heads, seq, head_dim]` or
+/// `[batch, seq, heads * head_dim]` (with `num_heads`). The caches are
+/// `[max_position, rot/2]` indexed by `position_ids [batch, seq]`, or
+/// `[batch, seq, rot/2]` used directly when there are no position ids. The
+/// first `rot` features of each head rotate, as split halves or, when
+/// `interleaved`, as adjacent pairs; the rest pass through.
+fn rotary(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    position_ids: Option<&Tensor>,
+    interleaved: bool,
+    num_heads: Option<i64>,
+    rotary_dim: Option<i64>,
+) -> KResult<Tensor> {
+    let shape = x.shape().to_vec();
+    // (batch, seq, heads, head_dim) and the flat offset of (b, s, h, 0).
+    let (batch, seq, heads, head_dim, four_d) = match *shape.as_slice() {
+        [b, h, s, d] => (b, s, h, d, true),
+        [b, s, hidden] => {
+            let h = num_heads.ok_or("a 3-D input needs the num_heads attribute")?;
+            if h <= 0 || hidden % h as usize != 0 {
+                return Err(format!("hidden size {hidden} is not a multiple of num_heads {h}"));
+            }
+            (b, s, h as usize, hidden / h as usize, false)
+        }
+        _ => return Err(format!("X must be 3-D or 4-D, found shape {shape:?}")),
+    };
+    let rot = match rotary_dim {
+        Some(r) if r > 0 => r as usize,
+        _ => head_dim,
+    };
+    if rot > head_dim || rot % 2 != 0 {
+        return Err(format!("rotary_embedding_dim {rot} must be even and at most the head size {head_dim}"));
+    }
+    let half = rot / 2;
+    let xs = to_f64_array(x, "X")?;
+    let xs = xs.as_slice().expect("a fresh array is contiguous");
+    let cos_v = cos.to_f64s();
+    let sin_v = sin.to_f64s();
+    if cos.shape() != sin.shape() {
+        return Err(format!("cos_cache {:?} and sin_cache {:?} differ in shape", cos.shape(), sin.shape()));
+    }
+    if cos.shape().last() != Some(&half) {
+        return Err(format!("the caches' last dimension must be rotary_dim / 2 = {half}, found {:?}", cos.shape()));
+    }
+    // Row of the caches for (b, s).
+    let cache_row: Box<dyn Fn(usize, usize) -> KResult<usize>> = match position_ids {
+        Some(p) => {
+            if p.shape() != [batch, seq] {
+                return Err(format!("position_ids must be [{batch}, {seq}], found {:?}", p.shape()));
+            }
+            if cos.shape().len() != 2 {
+                return Err(format!("with position_ids the caches must be 2-D, found {:?}", cos.shape()));
+            }
+            let ids = int_values(p, "position_ids")?;
+            let max_pos = cos.shape()[0];
+            Box::new(move |b, s| {
+                let id = ids[b * seq + s];
+                usize::try_from(id)
+                    .ok()
+                    .filter(|&i| i < max_pos)
+                    .ok_or_else(|| format!("position id {id} is outside the cache of {max_pos} positions"))
+            })
+        }
+        None => {
+            if cos.shape() != [batch, seq, half] {
+                return Err(format!(
+                    "without position_ids the caches must be [{batch}, {seq}, {half}], found {:?}",
+                    cos.shape()
+                ));
+            }
+            Box::new(move |b, s| Ok(b * seq + s))
+        }
+    };
+    let offset = |b: usize, s: usize, h: usize| {
+        if four_d {
+            ((b * heads + h) * seq + s) * head_dim
+        } else {
+            (b * seq + s) * heads * head_dim + h * head_dim
+        }
+    };
+    let mut y = xs.to_vec();
+    for b in 0..batch {
+        for s in 0..seq {
+            let row = cache_row(b, s)? * half;
+            let (c, sn) = (&cos_v[row..row + half], &sin_v[row..row + half]);
+            for h in 0..heads {
+                let o = offset(b, s, h);
+                let src = &xs[o..o + rot];
+                let dst = &mut y[o..o + rot];
+                for i in 0..half {
+                    let (i1, i2) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                    let (x1, x2) = (src[i1], src[i2]);
+                    dst[i1] = c[i] * x1 - sn[i] * x2;
+                    dst[i2] = sn[i] * x1 + c[i] * x2;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_f64s(x.dtype(), &shape, &y))
+}
+
+// ---------------------------------------------------------------- attention
+
+/// Q, K or V as `[batch, heads, seq, head_dim]`; 3-D inputs
+/// `[batch, seq, heads * head_dim]` are split into `heads`.
+fn to_heads(t: &Tensor, heads: Option<i64>, what: &str) -> KResult<Array4<f64>> {
+    let a = to_f64_array(t, what)?;
+    match a.ndim() {
+        4 => Ok(a.into_dimensionality().expect("rank checked")),
+        3 => {
+            let heads = heads.ok_or_else(|| format!("a 3-D {what} needs the q_num_heads/kv_num_heads attribute"))?;
+            let (b, s, hidden) = (a.shape()[0], a.shape()[1], a.shape()[2]);
+            if heads <= 0 || hidden % heads as usize != 0 {
+                return Err(format!("{what} hidden size {hidden} is not a multiple of {heads} heads"));
+            }
+            let h = heads as usize;
+            let split = a.into_shape_with_order((b, s, h, hidden / h)).map_err(|e| e.to_string())?;
+            Ok(split.permuted_axes([0, 2, 1, 3]).as_standard_layout().into_owned())
+        }
+        r => Err(format!("{what} must be 3-D or 4-D, found rank {r}")),
+    }
+}
+
+/// Concatenates a past cache `[batch, heads, past, dim]` before the new
+/// keys or values along the sequence axis.
+fn with_past(past: Option<&Tensor>, new: Array4<f64>, what: &str) -> KResult<Array4<f64>> {
+    let Some(p) = past else { return Ok(new) };
+    let p = to_f64_array(p, what)?;
+    let p: Array4<f64> = p.into_dimensionality().map_err(|_| format!("{what} must be 4-D"))?;
+    ndarray::concatenate(Axis(2), &[p.view(), new.view()])
+        .map_err(|_| format!("{what} of shape {:?} does not fit the new values {:?}", p.shape(), new.shape()))
+}
+
+/// `Attention` (ONNX 23/24), following the ONNX reference: scores
+/// `(Q·√scale)(K·√scale)ᵀ`, softcap, then the bias from the mask (bool:
+/// false → -inf; float: added; shorter masks padded with -inf), the causal
+/// mask aligned so query i sees keys `j <= i + past`, and the padding mask
+/// from `nonpad_kv_seqlen`; softmax over keys, times V. Query heads share
+/// key/value heads in groups (GQA). Outputs Y, present_key, present_value
+/// and the scores at the point `qk_matmul_output_mode` selects.
+fn attention(attrs: &AttentionAttrs, inputs: &[Option<Tensor>], num_outputs: usize) -> KResult<Vec<Option<Tensor>>> {
+    let q_t = required(inputs, 0, "Q")?;
+    let k_t = required(inputs, 1, "K")?;
+    let v_t = required(inputs, 2, "V")?;
+    let three_d = q_t.shape().len() == 3;
+    if k_t.shape().len() != q_t.shape().len() || v_t.shape().len() != q_t.shape().len() {
+        return Err(format!(
+            "Q, K and V must have one rank, found {:?}, {:?} and {:?}",
+            q_t.shape(),
+            k_t.shape(),
+            v_t.shape()
+        ));
+    }
+    let q = to_heads(q_t, attrs.q_num_heads, "Q")?;
+    let k = to_heads(k_t, attrs.kv_num_heads, "K")?;
+    let v = to_heads(v_t, attrs.kv_num_heads, "V")?;
+    let past_key = optional(inputs, 4);
+    let past_len = past_key.map_or(0, |p| p.shape().get(2).copied().unwrap_or(0));
+    let k = with_past(past_key, k, "past_key")?;
+    let v = with_past(optional(inputs, 5), v, "past_value")?;
+    let (batch, q_heads, q_len, head_dim) = q.dim();
+    let (kb, kv_heads, kv_len, k_dim) = k.dim();
+    let (vb, v_heads, v_len, v_dim) = v.dim();
+    if kb != batch || vb != batch || k_dim != head_dim || v_heads != kv_heads || v_len != kv_len {
+        return Err(format!(
+            "inconsistent Q {:?}, K {:?} and V {:?} (after the past caches)",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        ));
+    }
+    if kv_heads == 0 || q_heads % kv_heads != 0 {
+        return Err(format!("{q_heads} query heads cannot share {kv_heads} key/value heads"));
+    }
+    let group = q_heads / kv_heads;
+    let scale = attrs.scale.map_or(1.0 / (head_dim as f64).sqrt(), |s| s as f64).sqrt();
+
+    let bias = attention_bias(attrs, inputs, [batch, q_heads, q_len, kv_len], past_len)?;
+    let mut y = Array4::<f64>::zeros((batch, q_heads, q_len, v_dim));
+    let mut qk_out = Array4::<f64>::zeros((batch, q_heads, q_len, kv_len));
+    let mut scores = vec![0.0; kv_len];
+    let mut probs = vec![0.0; kv_len];
+    for b in 0..batch {
+        for h in 0..q_heads {
+            let kh = h / group;
+            let (qm, km, vm) = (q.slice(s![b, h, .., ..]), k.slice(s![b, kh, .., ..]), v.slice(s![b, kh, .., ..]));
+            for i in 0..q_len {
+                let qi = qm.row(i);
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let dot: f64 = qi.iter().zip(km.row(j)).map(|(&a, &c)| (a * scale) * (c * scale)).sum();
+                    *sc = if attrs.softcap > 0.0 {
+                        let cap = attrs.softcap as f64;
+                        cap * (dot / cap).tanh()
+                    } else {
+                        dot
+                    };
+                }
+                for j in 0..kv_len {
+                    let biased = scores[j] + bias[[b, h, i, j]];
+                    probs[j] = biased;
+                    qk_out[[b, h, i, j]] = match attrs.qk_matmul_output_mode {
+                        2 => biased,
+                        _ => scores[j],
+                    };
+                }
+                let lane = probs.clone();
+                softmax_lane(&lane, &mut probs, false);
+                if attrs.qk_matmul_output_mode == 3 {
+                    for j in 0..kv_len {
+                        qk_out[[b, h, i, j]] = probs[j];
+                    }
+                }
+                let mut yi = y.slice_mut(s![b, h, i, ..]);
+                for (j, &p) in probs.iter().enumerate() {
+                    if p != 0.0 {
+                        yi.scaled_add(p, &vm.row(j));
+                    }
+                }
+            }
+        }
+    }
+    let dtype = q_t.dtype();
+    let y = if three_d {
+        y.permuted_axes([0, 2, 1, 3])
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&[batch, q_len, q_heads * v_dim]))
+            .map_err(|e| e.to_string())?
+    } else {
+        y.into_dyn()
+    };
+    let mut out = vec![Some(from_f64_array(dtype, &y))];
+    if num_outputs > 1 {
+        out.push(Some(from_f64_array(k_t.dtype(), &k.into_dyn())));
+    }
+    if num_outputs > 2 {
+        out.push(Some(from_f64_array(v_t.dtype(), &v.into_dyn())));
+    }
+    if num_outputs > 3 {
+        if !(0..=3).contains(&attrs.qk_matmul_output_mode) {
+            return Err(format!("qk_matmul_output_mode must be 0 to 3, found {}", attrs.qk_matmul_output_mode));
+        }
+        out.push(Some(from_f64_array(dtype, &qk_out.into_dyn())));
+    }
+    Ok(out)
+}
+
+/// The additive bias `[batch, heads, q_len, kv_len]` from the optional mask
+/// (input 3), the causal flag and `nonpad_kv_seqlen` (input 6).
+fn attention_bias(
+    attrs: &AttentionAttrs,
+    inputs: &[Option<Tensor>],
+    dims: [usize; 4],
+    past_len: usize,
+) -> KResult<Array4<f64>> {
+    let [batch, _, q_len, kv_len] = dims;
+    let mut bias = Array4::<f64>::zeros(dims);
+    if let Some(mask) = optional(inputs, 3) {
+        let m: ArrayD<f64> = match mask {
+            Tensor::Bool(a) => a.mapv(|keep| if keep { 0.0 } else { f64::NEG_INFINITY }),
+            t => to_f64_array(t, "attn_mask")?,
+        };
+        let width = m.shape().last().copied().unwrap_or(0);
+        if m.ndim() == 0 || m.ndim() > 4 || width > kv_len {
+            return Err(format!("attn_mask of shape {:?} does not fit scores [.., {q_len}, {kv_len}]", mask.shape()));
+        }
+        // Keys past the mask's width are masked out, as the reference pads.
+        let mut padded_shape = m.shape().to_vec();
+        *padded_shape.last_mut().expect("rank >= 1") = kv_len;
+        let mut padded = ArrayD::from_elem(IxDyn(&padded_shape), f64::NEG_INFINITY);
+        padded.slice_axis_mut(Axis(m.ndim() - 1), (0..width).into()).assign(&m);
+        let view = padded
+            .broadcast(IxDyn(&dims))
+            .ok_or_else(|| format!("attn_mask of shape {:?} does not broadcast to {dims:?}", mask.shape()))?;
+        bias.assign(&view.into_dimensionality::<ndarray::Ix4>().expect("rank 4"));
+    }
+    if attrs.is_causal {
+        for i in 0..q_len {
+            for j in (i + past_len + 1).min(kv_len)..kv_len {
+                bias.slice_mut(s![.., .., i, j]).fill(f64::NEG_INFINITY);
+            }
+        }
+    }
+    if let Some(lens) = optional(inputs, 6) {
+        let lens = int_values(lens, "nonpad_kv_seqlen")?;
+        if lens.len() != batch {
+            return Err(format!("nonpad_kv_seqlen has {} entries for a batch of {batch}", lens.len()));
+        }
+        for (b, &len) in lens.iter().enumerate() {
+            let start = usize::try_from(len.max(0)).unwrap_or(0).min(kv_len);
+            bias.slice_mut(s![b, .., .., start..]).fill(f64::NEG_INFINITY);
+        }
+    }
+    Ok(bias)
+}
+
+// ---------------------------------------------------------------- losses
+
+/// Negative log-likelihood of `log_prob [N, C, d1..]` at `target [N, d1..]`,
+/// weighted by `weight[target]` (1 without weights); targets equal to
+/// `ignore_index` contribute 0 with weight 0. `mean` divides by the total
+/// weight of the counted targets.
+fn nll(
+    log_prob: &Tensor,
+    target: &Tensor,
+    weight: Option<&Tensor>,
+    reduction: LossReduction,
+    ignore_index: Option<i64>,
+) -> KResult<Tensor> {
+    let x = to_f64_array(log_prob, "input")?;
+    if x.ndim() < 2 {
+        return Err(format!("input must be [N, C, ...], found shape {:?}", x.shape()));
+    }
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let inner: usize = x.shape()[2..].iter().product();
+    let expected: Vec<usize> = [n].into_iter().chain(x.shape()[2..].iter().copied()).collect();
+    if target.shape() != expected.as_slice() {
+        return Err(format!("target must have shape {expected:?}, found {:?}", target.shape()));
+    }
+    let labels = int_values(target, "target")?;
+    let weights = weight.map(|w| w.to_f64s());
+    if let Some(w) = &weights {
+        if w.len() != c {
+            return Err(format!("weight must have C = {c} elements, found {}", w.len()));
+        }
+    }
+    let xs = x.as_slice().expect("a fresh array is contiguous");
+    let mut losses = vec![0.0; labels.len()];
+    let mut total_weight = 0.0;
+    for i in 0..n {
+        for d in 0..inner {
+            let at = i * inner + d;
+            let label = labels[at];
+            if Some(label) == ignore_index {
+                continue;
+            }
+            let class = usize::try_from(label)
+                .ok()
+                .filter(|&l| l < c)
+                .ok_or_else(|| format!("target {label} is outside the {c} classes"))?;
+            let w = weights.as_ref().map_or(1.0, |w| w[class]);
+            losses[at] = -xs[(i * c + class) * inner + d] * w;
+            total_weight += w;
+        }
+    }
+    let dtype = log_prob.dtype();
+    Ok(match reduction {
+        LossReduction::None => Tensor::from_f64s(dtype, target.shape(), &losses),
+        LossReduction::Sum => Tensor::from_f64s(dtype, &[], &[losses.iter().sum()]),
+        LossReduction::Mean => Tensor::from_f64s(dtype, &[], &[losses.iter().sum::<f64>() / total_weight]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(shape: &[usize], v: &[f64]) -> Tensor {
+        Tensor::from_f64s(DType::F32, shape, v)
+    }
+
+    #[test]
+    fn softmax_is_stable_and_axis_aware() {
+        let x = f32s(&[2, 2], &[1000.0, 1000.0, 0.0, 1.0]);
+        let r = softmax(&x, 0, false).unwrap().to_f64s();
+        assert_eq!(r[0], 1.0);
+        assert!((r[1] - 1.0).abs() < 1e-6);
+        let l = softmax(&x, -1, true).unwrap().to_f64s();
+        assert!((l[0] - (0.5f64).ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn layer_norm_statistics_shapes() {
+        let x = f32s(&[2, 2], &[1.0, 3.0, 2.0, 2.0]);
+        let one = f32s(&[2], &[1.0, 1.0]);
+        let (y, mean, inv) = layer_norm(&x, &one, None, -1, 0.0, DType::F32).unwrap();
+        assert_eq!(mean.shape(), &[2, 1]);
+        assert_eq!(mean.to_f64s(), vec![2.0, 2.0]);
+        assert_eq!(y.to_f64s()[..2], [-1.0, 1.0]);
+        assert!(inv.to_f64s()[1].is_infinite());
+    }
+
+    #[test]
+    fn nll_mean_counts_only_unignored_weight() {
+        let lp = f32s(&[3, 2], &[-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]);
+        let target = Tensor::from_i64s(DType::I64, &[3], &[0, 1, 1]);
+        let r = nll(&lp, &target, None, LossReduction::Mean, Some(1)).unwrap();
+        assert_eq!(r.to_f64s(), vec![1.0]);
+        let bad = Tensor::from_i64s(DType::I64, &[3], &[0, 2, 1]);
+        assert!(nll(&lp, &bad, None, LossReduction::Sum, None).is_err());
+    }
 }

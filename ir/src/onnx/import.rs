@@ -58,19 +58,24 @@ pub struct ImportOptions<'a> {
 /// Reads an ONNX model file. External data is resolved relative to the
 /// file's directory.
 pub fn load_model(path: &Path, opts: ImportOptions) -> Result<Graph> {
-    let bytes = std::fs::read(path).map_err(|source| IrError::Io { path: path.to_path_buf(), source })?;
+    // The file's bytes are dropped once decoded, so a large model is not
+    // held three times (file, message, tensors) while its weights decode.
+    let model = {
+        let bytes = std::fs::read(path).map_err(|source| IrError::Io { path: path.to_path_buf(), source })?;
+        decode_model(&bytes, &path.display().to_string())?
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    import(&bytes, Some(dir), &path.display().to_string(), opts)
+    import(model, Some(dir), opts)
 }
 
 /// Imports a serialized `ModelProto`. `base_dir` is the directory external
 /// data locations are relative to; with `None`, a model that keeps data in
 /// external files is an error.
 pub fn import_model_bytes(bytes: &[u8], base_dir: Option<&Path>, opts: ImportOptions) -> Result<Graph> {
-    import(bytes, base_dir, "model", opts)
+    import(decode_model(bytes, "model")?, base_dir, opts)
 }
 
 /// Reads a file holding one serialized `TensorProto`, as the ONNX test data
@@ -366,12 +371,14 @@ fn known_domain(domain: &str) -> Option<&'static str> {
     }
 }
 
-fn import(bytes: &[u8], base_dir: Option<&Path>, what: &str, opts: ImportOptions) -> Result<Graph> {
+fn decode_model(bytes: &[u8], what: &str) -> Result<proto::ModelProto> {
     if bytes.is_empty() {
         return Err(IrError::Decode { what: what.to_string(), message: "the file is empty".into() });
     }
-    let model = proto::ModelProto::decode(bytes)
-        .map_err(|e| IrError::Decode { what: what.to_string(), message: e.to_string() })?;
+    proto::ModelProto::decode(bytes).map_err(|e| IrError::Decode { what: what.to_string(), message: e.to_string() })
+}
+
+fn import(model: proto::ModelProto, base_dir: Option<&Path>, opts: ImportOptions) -> Result<Graph> {
     let mut imp = Importer {
         graph: Graph::new(""),
         opset: 0,
@@ -383,12 +390,12 @@ fn import(bytes: &[u8], base_dir: Option<&Path>, what: &str, opts: ImportOptions
         node_names: BTreeSet::new(),
         local_functions: BTreeSet::new(),
     };
-    imp.model(&model)?;
+    imp.model(model)?;
     Ok(imp.graph)
 }
 
 impl Importer<'_> {
-    fn model(&mut self, model: &proto::ModelProto) -> Result<()> {
+    fn model(&mut self, mut model: proto::ModelProto) -> Result<()> {
         match model.ir_version {
             None => return Err(IrError::Model("model does not declare an IR version".into())),
             Some(v) if !(forms::MIN_IR_VERSION..=forms::MAX_IR_VERSION).contains(&v) => {
@@ -404,7 +411,7 @@ impl Importer<'_> {
         for f in &model.functions {
             self.local_functions.insert((f.domain.clone().unwrap_or_default(), f.name.clone().unwrap_or_default()));
         }
-        let graph = model.graph.as_ref().ok_or_else(|| IrError::Model("model has no graph".into()))?;
+        let mut graph = model.graph.take().ok_or_else(|| IrError::Model("model has no graph".into()))?;
         self.graph.name = graph.name.clone().unwrap_or_default();
         // Unsupported ops first: telling the user before decoding gigabytes
         // of weights is kinder, and it is the most useful error, even for a
@@ -414,7 +421,7 @@ impl Importer<'_> {
             self.check_supported(node, name)?;
         }
         self.require_default_opset()?;
-        self.graph_body(graph, &names)
+        self.graph_body(&mut graph, &names)
     }
 
     fn opsets(&mut self, imports: &[proto::OperatorSetIdProto]) -> Result<()> {
@@ -454,7 +461,7 @@ impl Importer<'_> {
         }
     }
 
-    fn graph_body(&mut self, g: &proto::GraphProto, names: &[String]) -> Result<()> {
+    fn graph_body(&mut self, g: &mut proto::GraphProto, names: &[String]) -> Result<()> {
         if let Some(s) = g.sparse_initializer.first() {
             let name = s.values.as_ref().and_then(|v| v.name.clone()).unwrap_or_default();
             return Err(IrError::value(name, "sparse initializers are not supported"));
@@ -486,7 +493,11 @@ impl Importer<'_> {
 
         self.total = g.initializer.iter().map(expected_bytes).fold(0, u64::saturating_add);
         self.report_progress();
-        for t in &g.initializer {
+        // Each initializer's message is dropped as soon as it is decoded, so
+        // the encoded and decoded copies of the weights never both exist in
+        // full.
+        for t in std::mem::take(&mut g.initializer) {
+            let t = &t;
             let name = t.name.clone().unwrap_or_default();
             if name.is_empty() {
                 return Err(IrError::Model("an initializer has no name".into()));
