@@ -90,36 +90,9 @@ pub fn random_inputs(g: &Graph, seed: u64, sizes: &BTreeMap<&str, i64>) -> Vec<(
     out
 }
 
-/// Runs a graph with the reference interpreter's kernels, node by node in
-/// topological order.
+/// Runs a graph in the reference interpreter.
 pub fn run(g: &Graph, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    let mut vals: std::collections::HashMap<kiln_ir::ValueId, Tensor> =
-        std::collections::HashMap::new();
-    for (v, t) in g.initializers() {
-        vals.insert(v, t.clone());
-    }
-    for (name, t) in inputs {
-        vals.insert(g.value_by_name(name).expect("input exists"), t.clone());
-    }
-    for id in g.topo_order().expect("acyclic") {
-        let node = g.node(id);
-        let ins: Vec<Option<Tensor>> = node
-            .inputs
-            .iter()
-            .map(|v| v.map(|v| vals[&v].clone()))
-            .collect();
-        let outs = kiln_ir::interp::eval_op(&node.op, &ins, node.outputs.len())
-            .unwrap_or_else(|e| panic!("node `{}` ({}) failed: {e}", node.name, node.op.name()));
-        for (v, t) in node.outputs.iter().zip(outs) {
-            if let (Some(v), Some(t)) = (v, t) {
-                vals.insert(*v, t);
-            }
-        }
-    }
-    g.outputs()
-        .iter()
-        .map(|&v| (g.value(v).name.clone(), vals[&v].clone()))
-        .collect()
+    kiln_ir::interp::run(g, inputs).unwrap_or_else(|e| panic!("interpreter failed on `{}`: {e}", g.name))
 }
 
 /// Largest relative error between two tensors: max |a - b| over
