@@ -1,10 +1,10 @@
 //! End-to-end tests of the `kiln` binary on the example models.
 //!
 //! The models come from `make models` (examples/models/gen/NAME/model.onnx
-//! plus test_data_set_0 with inputs and onnxruntime's outputs). Python (for
-//! independent checks with the `onnx` package and NumPy) is found through
-//! `KILN_PYTHON`, then `<repo>/.venv/bin/python`, then
-//! `/tmp/probe-venv/bin/python`.
+//! plus test_data_set_0 with inputs and onnxruntime's outputs; without them
+//! the tests generate a set into their temp dir). Python (for independent
+//! checks with the `onnx` package and NumPy) is found through `KILN_PYTHON`,
+//! then `<repo>/.venv/bin/python` (see `kiln_test_support::python`).
 
 use kiln::ir::onnx::export::write_tensor_pb;
 use kiln::ir::onnx::import::read_tensor_pb;
@@ -17,24 +17,16 @@ use std::process::{Command, Output};
 const MODEL_NAMES: [&str; 6] =
     ["gpt2_fused", "gpt2_unfused", "bert_fused", "bert_unfused", "llama_fused", "llama_unfused"];
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn models_dir() -> PathBuf {
-    repo_root().join("examples/models/gen")
+    kiln_test_support::example_models_dir(Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .expect("no example models and no Python to generate them: run `make models`")
 }
 
-/// Every generated example model directory (dotfiles such as `.stamp`
-/// skipped), after checking that all of make_models.py's models are there.
+/// Every example model directory, after checking that all of
+/// make_models.py's models are there.
 fn model_dirs() -> Vec<PathBuf> {
     let dir = models_dir();
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}; run `make models` first", dir.display()));
-    let mut dirs: Vec<PathBuf> = entries
-        .map(|e| e.expect("readable directory entry").path())
-        .filter(|p| p.is_dir() && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
-        .collect();
-    dirs.sort();
+    let dirs = kiln_test_support::model_dirs(&dir);
     for name in MODEL_NAMES {
         assert!(
             dir.join(name).join("model.onnx").is_file(),
@@ -85,21 +77,10 @@ fn assert_user_error(o: &Output, needles: &[&str], what: &str) {
     }
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let candidates = [repo_root().join(".venv/bin/python"), PathBuf::from("/tmp/probe-venv/bin/python")];
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect("no Python with onnx and numpy: set KILN_PYTHON or run `make venv`")
-}
-
 fn run_python(script: &str, args: &[&Path]) -> String {
-    let out = Command::new(python()).arg("-c").arg(script).args(args).output().expect("python starts");
-    assert!(out.status.success(), "python failed:\n{}", stderr(&out));
-    stdout(&out)
+    let python =
+        kiln_test_support::python().expect("no Python with onnx and numpy: set KILN_PYTHON or run `make venv`");
+    kiln_test_support::run_command(Command::new(python).arg("-c").arg(script).args(args), "python")
 }
 
 /// Graph inputs (minus initializers), outputs, op histogram and initializer

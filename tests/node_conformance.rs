@@ -17,7 +17,7 @@
 //! `target/node_conformance.txt`.
 //!
 //! Python (for the location of the onnx package) comes from `KILN_PYTHON`,
-//! else `<repo>/.venv/bin/python`, else `/tmp/probe-venv/bin/python`;
+//! else `<repo>/.venv/bin/python` (see `kiln_test_support::python`);
 //! without one the test says so and does nothing. Run it with `--release`:
 //! the ~1700 tests then take seconds.
 
@@ -28,11 +28,11 @@ use kiln_ir::onnx::proto::{type_proto, GraphProto, ModelProto, TypeProto};
 use kiln_ir::onnx::{load_model, read_tensor_pb, ImportOptions};
 use kiln_ir::op::Op;
 use kiln_ir::tensor::Tensor;
+use kiln_test_support::{model_dirs, onnx_node_test_dir, python};
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 /// Tests whose reference data we consider wrong, each with the reason. A
@@ -47,30 +47,6 @@ const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
 
 const RANDOM_DROPOUT: &str = "the expected mask is numpy's random stream after np.random.seed(0); ONNX does not \
     specify Dropout's random numbers, so no other implementation can reproduce it";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "KILN_PYTHON is set to {} but that does not exist", p.display());
-        return Some(p);
-    }
-    [repo_root().join(".venv/bin/python"), PathBuf::from("/tmp/probe-venv/bin/python")].into_iter().find(|p| p.exists())
-}
-
-/// `<site-packages>/onnx/backend/test/data/node` of the given Python.
-fn node_test_dir(python: &Path) -> PathBuf {
-    let out = Command::new(python)
-        .args(["-c", "import onnx, os; print(os.path.dirname(onnx.__file__))"])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    assert!(out.status.success(), "{} cannot import onnx: {}", python.display(), String::from_utf8_lossy(&out.stderr));
-    let onnx_dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    PathBuf::from(onnx_dir).join("backend/test/data/node")
-}
 
 // ---------------------------------------------------------------- classification
 
@@ -260,14 +236,7 @@ fn onnx_node_tests() {
         eprintln!("node_conformance: no Python with onnx found (set KILN_PYTHON); skipping");
         return;
     };
-    let root = node_test_dir(&python);
-    assert!(root.is_dir(), "ONNX node tests not found at {}", root.display());
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("node test directory is readable")
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
+    let dirs = model_dirs(&onnx_node_test_dir(&python));
     assert!(dirs.len() > 1000, "expected the full ONNX node test set, found {} tests", dirs.len());
 
     let known: BTreeMap<&str, &str> = KNOWN_DIFFERENCES.iter().copied().collect();

@@ -2,59 +2,17 @@
 //! onnxruntime: every exported model must pass `onnx.checker` with
 //! `full_check`, and onnxruntime must compute the reference outputs from it.
 //!
-//! Python comes from `KILN_PYTHON`, else `<repo>/.venv/bin/python`, else
-//! `/tmp/probe-venv/bin/python`; without one the test says so and skips.
+//! Python comes from `KILN_PYTHON`, else `<repo>/.venv/bin/python` (see
+//! `kiln_test_support::python`); without one the test says so and skips.
 
 use kiln_ir::graph::Graph;
 use kiln_ir::onnx::{
     export_opset, load_model, read_tensor_pb, save_model, save_model_with, ExportOptions, ImportOptions,
 };
+use kiln_test_support::{example_model_dirs, python, repo_root, run_command};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "KILN_PYTHON is set to {} but that does not exist", p.display());
-        return Some(p);
-    }
-    [repo_root().join(".venv/bin/python"), PathBuf::from("/tmp/probe-venv/bin/python")].into_iter().find(|p| p.exists())
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// Example model directories, generated into the test's temp dir when
-/// `make models` has not been run.
-fn example_models(python: &Path) -> Vec<PathBuf> {
-    let mut gen = repo_root().join("examples/models/gen");
-    if !gen.join("gpt2_fused/model.onnx").exists() {
-        gen = Path::new(env!("CARGO_TARGET_TMPDIR")).join("example-models");
-        let script = repo_root().join("examples/models/make_models.py");
-        run(Command::new(python).arg(&script).arg("--out").arg(&gen), "make_models.py");
-    }
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&gen)
-        .expect("example model directory")
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
-    dirs
-}
 
 /// Checks the model with the ONNX checker (full_check runs shape inference
 /// too) and compares onnxruntime's outputs, written by ort_run.py as
@@ -80,7 +38,7 @@ for k, out in enumerate(m.graph.output):
 
 fn check_with_onnxruntime(python: &Path, model: &Path, data_dir: &Path, scratch: &Path) -> String {
     let ort_dir = scratch.join("ort");
-    run(
+    run_command(
         Command::new(python)
             .arg(repo_root().join("tests/support/ort_run.py"))
             .arg(model)
@@ -90,7 +48,7 @@ fn check_with_onnxruntime(python: &Path, model: &Path, data_dir: &Path, scratch:
             .arg(&ort_dir),
         &format!("ort_run.py on {}", model.display()),
     );
-    run(
+    run_command(
         Command::new(python).arg("-c").arg(CHECK_AND_COMPARE).arg(model).arg(data_dir).arg(&ort_dir),
         &format!("checker/compare of {}", model.display()),
     )
@@ -139,7 +97,7 @@ fn example_models_round_trip_through_onnxruntime() {
         eprintln!("SKIPPED example_models_round_trip_through_onnxruntime: no Python found (set KILN_PYTHON or run `make venv`)");
         return;
     };
-    let models = example_models(&python);
+    let models = example_model_dirs(Path::new(env!("CARGO_TARGET_TMPDIR"))).expect("generated with the Python found");
     assert!(!models.is_empty(), "no example models found");
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-roundtrip");
     let mut report = Vec::new();

@@ -5,7 +5,8 @@ use kiln_ir::dim::Dim;
 use kiln_ir::onnx::import::{load_model, read_tensor_pb, ImportOptions};
 use kiln_ir::op::{AttentionAttrs, BinaryOp, GemmAttrs, LossReduction, ReduceKind, UnaryOp, VariadicOp};
 use kiln_ir::{infer_node, infer_types, verify, DType, Graph, Op, Tensor, TensorType, ValueId};
-use std::path::{Path, PathBuf};
+use kiln_test_support::{example_model_dirs, model_dirs, onnx_node_test_dir, python};
+use std::path::Path;
 
 /// Parses `f32[batch, seq+1, 768]`.
 fn ty(s: &str) -> TensorType {
@@ -724,29 +725,6 @@ fn untyped_graph_input_is_an_error() {
 
 // ---- the ONNX backend node tests ----
 
-/// The Python the tests use: `KILN_PYTHON`, else the repo's `.venv`, else
-/// the shared probe environment.
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_PYTHON") {
-        return Some(p.into());
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    [repo.join(".venv/bin/python"), "/tmp/probe-venv/bin/python".into()].into_iter().find(|p| p.exists())
-}
-
-/// `<site-packages>/onnx/backend/test/data/node` of that Python.
-fn node_test_dir() -> Option<PathBuf> {
-    let out = std::process::Command::new(python()?)
-        .args(["-c", "import onnx,os;print(os.path.dirname(onnx.__file__))"])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let dir = Path::new(String::from_utf8(out.stdout).ok()?.trim()).join("backend/test/data/node");
-    dir.is_dir().then_some(dir)
-}
-
 /// How one node test came out.
 enum Outcome {
     /// The importer rejects the model (an op or form kiln does not support).
@@ -842,16 +820,11 @@ fn run_node_test(dir: &Path, mode: Mode) -> Outcome {
 /// tensor data (NonZero). The counts are printed (`--nocapture`).
 #[test]
 fn onnx_node_tests_infer_like_the_reference() {
-    let Some(root) = node_test_dir() else {
+    let Some(python) = python() else {
         eprintln!("skipped: no Python with the onnx package (set KILN_PYTHON)");
         return;
     };
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
+    let dirs = model_dirs(&onnx_node_test_dir(&python));
     let mut wrong = Vec::new();
     for mode in [Mode::Forget, Mode::FoldSmallInputs, Mode::KeepDeclared] {
         let (mut not_imported, mut exact) = (0, 0);
@@ -919,24 +892,12 @@ fn extreme_values_give_errors_or_unknowns_not_panics() {
 /// every value, in terms of `batch` and `seq` only: no dim is left unknown.
 #[test]
 fn example_models_infer_without_unknown_dims() {
-    let Some(py) = python() else {
+    let Some(dirs) = example_model_dirs(Path::new(env!("CARGO_TARGET_TMPDIR"))) else {
         eprintln!("skipped: no Python with onnx and onnxruntime (set KILN_PYTHON)");
         return;
     };
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("infer-example-models");
-    let status = std::process::Command::new(py)
-        .arg(repo.join("examples/models/make_models.py"))
-        .arg("--out")
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "make_models.py failed");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).collect();
-    names.sort();
     let mut checked = 0;
-    for dir in names.iter().filter(|d| d.join("model.onnx").exists()) {
+    for dir in &dirs {
         let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default()).unwrap();
         let keep: Vec<ValueId> = g.inputs().to_vec();
         let forget: Vec<ValueId> =

@@ -2,52 +2,23 @@
 //! package, and export → re-import of each one kiln supports.
 //!
 //! The node-test directory is `<site-packages>/onnx/backend/test/data/node`
-//! of the Python from `KILN_PYTHON`, else `<repo>/.venv/bin/python`, else
-//! `/tmp/probe-venv/bin/python`; without one the tests say so and skip.
+//! of the Python from `KILN_PYTHON`, else `<repo>/.venv/bin/python` (see
+//! `kiln_test_support::python`); without one the tests say so and skip.
 
 use kiln_ir::graph::Graph;
 use kiln_ir::onnx::{export_opset, import_model_bytes, load_model, model_to_bytes, read_tensor_pb, ImportOptions};
 use kiln_ir::IrError;
+use kiln_test_support::{model_dirs, onnx_node_test_dir, python, run_command};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("ir/ is inside the repo").to_path_buf()
-}
-
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "KILN_PYTHON is set to {} but that does not exist", p.display());
-        return Some(p);
-    }
-    [repo_root().join(".venv/bin/python"), PathBuf::from("/tmp/probe-venv/bin/python")].into_iter().find(|p| p.exists())
-}
 
 fn node_test_dir() -> Option<PathBuf> {
     let Some(python) = python() else {
         eprintln!("SKIPPED: no Python found (set KILN_PYTHON or run `make venv`)");
         return None;
     };
-    let out = Command::new(&python)
-        .args(["-c", "import onnx, os; print(os.path.dirname(onnx.__file__))"])
-        .output()
-        .expect("python runs");
-    assert!(out.status.success(), "{} cannot import onnx: {}", python.display(), String::from_utf8_lossy(&out.stderr));
-    let dir = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim()).join("backend/test/data/node");
-    assert!(dir.is_dir(), "no node tests at {}", dir.display());
-    Some(dir)
-}
-
-fn test_dirs(root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
-        .expect("node test dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
-    dirs
+    Some(onnx_node_test_dir(&python))
 }
 
 type NodeShape = (kiln_ir::Op, Vec<Option<String>>, Vec<Option<String>>);
@@ -111,7 +82,7 @@ fn graph_diff(a: &Graph, b: &Graph) -> Vec<String> {
 #[test]
 fn node_test_models_import_and_round_trip() {
     let Some(root) = node_test_dir() else { return };
-    let dirs = test_dirs(&root);
+    let dirs = model_dirs(&root);
     let mut imported = 0;
     let mut unsupported_ops: BTreeMap<String, usize> = BTreeMap::new();
     let mut unsupported_models = 0;
@@ -375,8 +346,7 @@ fn old_opset_forms_are_normalized_and_written_back() {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("legacy-forms");
     let _ = std::fs::remove_dir_all(&tmp);
     let models = tmp.join("models");
-    let out = Command::new(&python).arg("-c").arg(MAKE_LEGACY_MODELS).arg(&models).output().expect("python runs");
-    assert!(out.status.success(), "legacy model generation failed: {}", String::from_utf8_lossy(&out.stderr));
+    run_command(Command::new(&python).arg("-c").arg(MAKE_LEGACY_MODELS).arg(&models), "legacy model generation");
 
     let load = |case: &str| {
         load_model(&models.join(case).join("model.onnx"), ImportOptions::default())
@@ -429,7 +399,7 @@ fn old_opset_forms_are_normalized_and_written_back() {
     let exports = tmp.join("exports");
     std::fs::create_dir_all(&exports).expect("scratch dir");
     let mut cases = Vec::new();
-    for dir in test_dirs(&models) {
+    for dir in model_dirs(&models) {
         let case = dir.file_name().unwrap().to_string_lossy().into_owned();
         let g = load(&case);
         let mut variants = vec![(case.clone(), g.clone())];

@@ -10,9 +10,9 @@ use kiln_ir::op::{
 use kiln_ir::{
     parse_graph, print_graph, DType, Graph, IrError, NodeId, Op, Tensor, TensorType, ValueId,
 };
+use kiln_test_support::{example_model_dirs, model_dirs, onnx_node_test_dir, python};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 // ---------------------------------------------------------------------------
 // Structural comparison
@@ -1526,73 +1526,15 @@ fn tiny_attention_snapshot() {
 // Real models
 // ---------------------------------------------------------------------------
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("ir/ is inside the repository")
-        .to_path_buf()
-}
-
-/// The Python with onnx: `KILN_PYTHON`, else `<repo>/.venv/bin/python`,
-/// else `/tmp/probe-venv/bin/python`.
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.exists(),
-            "KILN_PYTHON is set to {} but that does not exist",
-            p.display()
-        );
-        return Some(p);
-    }
-    [
-        repo_root().join(".venv/bin/python"),
-        PathBuf::from("/tmp/probe-venv/bin/python"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-}
-
-/// `examples/models/gen/*/model.onnx`, generated into the test's temporary
-/// directory when `make models` has not been run.
-fn example_models(python: &Path) -> Vec<PathBuf> {
-    let mut gen = repo_root().join("examples/models/gen");
-    if !gen.join("gpt2_fused/model.onnx").exists() {
-        gen = Path::new(env!("CARGO_TARGET_TMPDIR")).join("text-example-models");
-        if !gen.join("gpt2_fused/model.onnx").exists() {
-            let script = repo_root().join("examples/models/make_models.py");
-            let status = Command::new(python)
-                .arg(&script)
-                .arg("--out")
-                .arg(&gen)
-                .status()
-                .expect("start make_models.py");
-            assert!(status.success(), "make_models.py failed ({status})");
-        }
-    }
-    let mut models: Vec<PathBuf> = std::fs::read_dir(&gen)
-        .expect("example model directory")
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .map(|p| p.join("model.onnx"))
-        .filter(|p| p.exists())
-        .collect();
-    models.sort();
-    models
-}
-
 /// Every example model: import → print → parse → print gives identical
 /// text and an equal graph, both as imported and after type inference.
 #[test]
 fn example_models_round_trip() {
-    let Some(python) = python() else {
+    let Some(dirs) = example_model_dirs(Path::new(env!("CARGO_TARGET_TMPDIR"))) else {
         eprintln!("skipping: no Python with onnx (set KILN_PYTHON or run `make venv`)");
         return;
     };
-    let models = example_models(&python);
+    let models: Vec<PathBuf> = dirs.iter().map(|d| d.join("model.onnx")).collect();
     assert!(
         models.len() >= 6,
         "expected the six example models, found {models:?}"
@@ -1619,26 +1561,7 @@ fn onnx_node_test_models_round_trip() {
         eprintln!("skipping: no Python with onnx (set KILN_PYTHON or run `make venv`)");
         return;
     };
-    let out = Command::new(&python)
-        .args([
-            "-c",
-            "import onnx, os; print(os.path.dirname(onnx.__file__))",
-        ])
-        .output()
-        .expect("start python");
-    assert!(
-        out.status.success(),
-        "{} cannot import onnx",
-        python.display()
-    );
-    let node_dir =
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("backend/test/data/node");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&node_dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", node_dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
+    let dirs = model_dirs(&onnx_node_test_dir(&python));
     let (mut imported, mut inferred) = (0usize, 0usize);
     let mut failures = Vec::new();
     for dir in &dirs {

@@ -9,56 +9,14 @@ use kiln_ir::graph::Graph;
 use kiln_ir::onnx::import::{load_model, read_tensor_pb, ImportOptions};
 use kiln_ir::tensor::Tensor;
 use kiln_passes::manager::{optimize, OptLevel, Pass, Pipeline};
+use kiln_test_support::example_model_dirs;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `KILN_PYTHON`, else the repo's `.venv`, else the shared probe venv.
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_PYTHON").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.exists(),
-            "KILN_PYTHON is set to {} but that does not exist",
-            p.display()
-        );
-        return Some(p);
-    }
-    [
-        repo_root().join(".venv/bin/python"),
-        PathBuf::from("/tmp/probe-venv/bin/python"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-}
 
 /// The example model directories, generated into the test's temporary
 /// directory when `make models` has not been run; `None` without Python.
 fn example_models() -> Option<Vec<PathBuf>> {
-    let mut gen = repo_root().join("examples/models/gen");
-    if !gen.join("gpt2_fused/model.onnx").exists() {
-        let python = python()?;
-        gen = Path::new(env!("CARGO_TARGET_TMPDIR")).join("passes-example-models");
-        if !gen.join("gpt2_fused/model.onnx").exists() {
-            let status = Command::new(python)
-                .arg(repo_root().join("examples/models/make_models.py"))
-                .arg("--out")
-                .arg(&gen)
-                .status()
-                .expect("start make_models.py");
-            assert!(status.success(), "make_models.py failed ({status})");
-        }
-    }
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&gen)
-        .expect("example model directory")
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.join("model.onnx").exists())
-        .collect();
-    dirs.sort();
+    let dirs = example_model_dirs(Path::new(env!("CARGO_TARGET_TMPDIR")))?;
     assert!(
         dirs.len() >= 6,
         "expected the six example models, found {dirs:?}"
