@@ -52,6 +52,21 @@ pub(crate) fn eval(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> KR
             *reduction,
             *ignore_index,
         )?)]),
+        Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss } => {
+            let (loss, log_prob) = cross_entropy(
+                required(inputs, 0, "logits")?,
+                required(inputs, 1, "labels")?,
+                optional(inputs, 2),
+                CrossEntropyParams {
+                    reduction: *reduction,
+                    ignore_index: *ignore_index,
+                    label_smoothing: *label_smoothing as f64,
+                    z_loss: *z_loss as f64,
+                },
+                num_outputs > 1,
+            )?;
+            Ok(vec![Some(loss), log_prob])
+        }
         other => Err(format!("{} is not a neural-network op", other.name())),
     }
 }
@@ -570,6 +585,89 @@ fn nll(
     })
 }
 
+/// The attributes of `kiln::CrossEntropy` in the precision the kernel
+/// works in.
+struct CrossEntropyParams {
+    reduction: LossReduction,
+    ignore_index: Option<i64>,
+    label_smoothing: f64,
+    z_loss: f64,
+}
+
+/// `kiln::CrossEntropy` (spec in [`crate::op`]): per sample, one max pass
+/// and one exp-sum pass over the classes in f64, then the loss straight
+/// from the logits and the log-sum-exp. `log_prob` is only materialized
+/// when asked for, since the whole point of the op is not to need it.
+fn cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    weight: Option<&Tensor>,
+    p: CrossEntropyParams,
+    with_log_prob: bool,
+) -> KResult<(Tensor, Option<Tensor>)> {
+    let x = to_f64_array(logits, "logits")?;
+    if x.ndim() < 2 {
+        return Err(format!("logits must be [N, C, ...], found shape {:?}", x.shape()));
+    }
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let inner: usize = x.shape()[2..].iter().product();
+    let expected: Vec<usize> = [n].into_iter().chain(x.shape()[2..].iter().copied()).collect();
+    if labels.shape() != expected.as_slice() {
+        return Err(format!("labels must have shape {expected:?}, found {:?}", labels.shape()));
+    }
+    let label_values = int_values(labels, "labels")?;
+    let weights = weight.map(|w| w.to_f64s());
+    if let Some(w) = &weights {
+        if w.len() != c {
+            return Err(format!("weight must have C = {c} elements, found {}", w.len()));
+        }
+    }
+    let xs = x.as_slice().expect("a fresh array is contiguous");
+    let class_weight = |k: usize| weights.as_ref().map_or(1.0, |w| w[k]);
+    let mut losses = vec![0.0; label_values.len()];
+    let mut log_prob = with_log_prob.then(|| vec![0.0; xs.len()]);
+    let mut total_weight = 0.0;
+    for i in 0..n {
+        for d in 0..inner {
+            let at = i * inner + d;
+            let logit = |k: usize| xs[(i * c + k) * inner + d];
+            let max = (0..c).map(logit).fold(f64::NEG_INFINITY, f64::max);
+            // An all -inf row has no finite max to subtract; its sum is then 0
+            // and the lse -inf, as the plain formula gives.
+            let shift = if max.is_finite() { max } else { 0.0 };
+            let lse = shift + (0..c).map(|k| (logit(k) - shift).exp()).sum::<f64>().ln();
+            if let Some(lp) = log_prob.as_mut() {
+                for k in 0..c {
+                    lp[(i * c + k) * inner + d] = logit(k) - lse;
+                }
+            }
+            let label = label_values[at];
+            if Some(label) == p.ignore_index {
+                continue;
+            }
+            let class = usize::try_from(label)
+                .ok()
+                .filter(|&l| l < c)
+                .ok_or_else(|| format!("label {label} is outside the {c} classes"))?;
+            let w = class_weight(class);
+            let mut loss = w * ((1.0 - p.label_smoothing) * (lse - logit(class)) + p.z_loss * lse * lse);
+            if p.label_smoothing != 0.0 {
+                let smooth: f64 = (0..c).map(|k| class_weight(k) * (lse - logit(k))).sum();
+                loss += p.label_smoothing / c as f64 * smooth;
+            }
+            losses[at] = loss;
+            total_weight += w;
+        }
+    }
+    let dtype = logits.dtype();
+    let loss = match p.reduction {
+        LossReduction::None => Tensor::from_f64s(dtype, labels.shape(), &losses),
+        LossReduction::Sum => Tensor::from_f64s(dtype, &[], &[losses.iter().sum()]),
+        LossReduction::Mean => Tensor::from_f64s(dtype, &[], &[losses.iter().sum::<f64>() / total_weight]),
+    };
+    Ok((loss, log_prob.map(|lp| Tensor::from_f64s(dtype, logits.shape(), &lp))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,5 +705,133 @@ mod tests {
         assert_eq!(r.to_f64s(), vec![1.0]);
         let bad = Tensor::from_i64s(DType::I64, &[3], &[0, 2, 1]);
         assert!(nll(&lp, &bad, None, LossReduction::Sum, None).is_err());
+    }
+
+    /// Deterministic pseudo-random values in [-scale, scale) (an LCG, so the
+    /// test needs no RNG state shared with other tests).
+    fn noise(seed: u64, len: usize, scale: f64) -> Vec<f64> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn labels(seed: u64, shape: &[usize], classes: usize, ignore: Option<i64>) -> Tensor {
+        let len: usize = shape.iter().product();
+        let v: Vec<i64> = noise(seed, len, 1.0)
+            .iter()
+            .enumerate()
+            .map(|(k, r)| match ignore {
+                // Every third sample is ignored, so ignore_index always matters.
+                Some(ig) if k % 3 == 1 => ig,
+                _ => (((r + 1.0) / 2.0 * classes as f64) as i64).min(classes as i64 - 1),
+            })
+            .collect();
+        Tensor::from_i64s(DType::I64, shape, &v)
+    }
+
+    fn rel_close(a: &[f64], b: &[f64], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * y.abs().max(1e-6), "{what}: {x} vs {y}");
+        }
+    }
+
+    fn plain(reduction: LossReduction, ignore_index: Option<i64>) -> CrossEntropyParams {
+        CrossEntropyParams { reduction, ignore_index, label_smoothing: 0.0, z_loss: 0.0 }
+    }
+
+    #[test]
+    fn cross_entropy_equals_softmax_cross_entropy_loss() {
+        let shapes: [&[usize]; 3] = [&[5, 7], &[3, 4, 2], &[2, 6, 3, 2]];
+        for (si, shape) in shapes.into_iter().enumerate() {
+            let c = shape[1];
+            let x = f32s(shape, &noise(si as u64, shape.iter().product(), 8.0));
+            let label_shape: Vec<usize> = [shape[0]].into_iter().chain(shape[2..].iter().copied()).collect();
+            let w = f32s(&[c], &noise(100 + si as u64, c, 1.0).iter().map(|v| v + 1.5).collect::<Vec<_>>());
+            for reduction in [LossReduction::None, LossReduction::Sum, LossReduction::Mean] {
+                for ignore_index in [None, Some(-100), Some(1)] {
+                    let y = labels(7 + si as u64, &label_shape, c, ignore_index);
+                    for weight in [None, Some(&w)] {
+                        let what = format!("{shape:?} {reduction:?} {ignore_index:?} weighted={}", weight.is_some());
+                        let sce = Op::SoftmaxCrossEntropyLoss { reduction, ignore_index };
+                        let inputs = [Some(x.clone()), Some(y.clone()), weight.cloned()];
+                        let want = eval(&sce, &inputs, 2).unwrap();
+                        let ce = Op::CrossEntropy { reduction, ignore_index, label_smoothing: 0.0, z_loss: 0.0 };
+                        let got = eval(&ce, &inputs, 2).unwrap();
+                        for k in 0..2 {
+                            let (g, w) = (got[k].as_ref().unwrap(), want[k].as_ref().unwrap());
+                            assert_eq!(g.shape(), w.shape(), "{what}");
+                            assert_eq!(g.dtype(), w.dtype(), "{what}");
+                            rel_close(&g.to_f64s(), &w.to_f64s(), &what);
+                        }
+                        let (loss_only, lp) = cross_entropy(&x, &y, weight, plain(reduction, ignore_index), false).unwrap();
+                        assert!(lp.is_none());
+                        rel_close(&loss_only.to_f64s(), &want[0].as_ref().unwrap().to_f64s(), &what);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The spec's formula written directly, with the softmax formed
+    /// explicitly (fine at these magnitudes).
+    fn direct(x: &[f64], y: &[i64], w: Option<&[f64]>, n: usize, c: usize, eps: f64, zeta: f64) -> (Vec<f64>, f64) {
+        let wt = |k: usize| w.map_or(1.0, |w| w[k]);
+        let mut losses = Vec::new();
+        let mut total = 0.0;
+        for i in 0..n {
+            let row = &x[i * c..(i + 1) * c];
+            let z: f64 = row.iter().map(|v| v.exp()).sum();
+            let log_p: Vec<f64> = row.iter().map(|v| (v.exp() / z).ln()).collect();
+            let t = y[i] as usize;
+            let smooth: f64 = (0..c).map(|k| -wt(k) * log_p[k]).sum::<f64>() / c as f64;
+            losses.push(wt(t) * ((1.0 - eps) * -log_p[t] + zeta * z.ln() * z.ln()) + eps * smooth);
+            total += wt(t);
+        }
+        (losses, total)
+    }
+
+    #[test]
+    fn label_smoothing_and_z_loss_follow_the_formula() {
+        let (n, c) = (6, 5);
+        let xv = noise(3, n * c, 4.0);
+        let x = f32s(&[n, c], &xv);
+        // Compare against the f32-rounded logits the kernel sees.
+        let xv = x.to_f64s();
+        let y = labels(4, &[n], c, None);
+        let yv = int_values(&y, "labels").unwrap();
+        let wv: Vec<f64> = noise(5, c, 0.5).iter().map(|v| v + 1.0).collect();
+        let w = f32s(&[c], &wv);
+        let wv = w.to_f64s();
+        for (eps, zeta) in [(0.1, 0.0), (0.0, 1e-2), (0.2, 3e-3)] {
+            for weight in [None, Some(&w)] {
+                let (losses, total) = direct(&xv, &yv, weight.map(|_| wv.as_slice()), n, c, eps, zeta);
+                let what = format!("ε={eps} ζ={zeta} weighted={}", weight.is_some());
+                let run = |reduction| {
+                    let p = CrossEntropyParams { reduction, ignore_index: None, label_smoothing: eps, z_loss: zeta };
+                    cross_entropy(&x, &y, weight, p, false).unwrap().0.to_f64s()
+                };
+                rel_close(&run(LossReduction::None), &losses, &what);
+                rel_close(&run(LossReduction::Sum), &[losses.iter().sum()], &what);
+                rel_close(&run(LossReduction::Mean), &[losses.iter().sum::<f64>() / total], &what);
+            }
+        }
+    }
+
+    #[test]
+    fn cross_entropy_is_stable_on_huge_logits() {
+        let x = f32s(&[2, 3], &[1e30, 0.0, -1e30, 5e3, 5e3, 0.0]);
+        let y = Tensor::from_i64s(DType::I64, &[2], &[0, 1]);
+        let (loss, lp) = cross_entropy(&x, &y, None, plain(LossReduction::None, None), true).unwrap();
+        let loss = loss.to_f64s();
+        assert_eq!(loss[0], 0.0);
+        assert!((loss[1] - 2f64.ln()).abs() < 1e-6, "{loss:?}");
+        assert!(lp.unwrap().to_f64s().iter().all(|v| !v.is_nan()));
+        let bad = Tensor::from_i64s(DType::I64, &[2], &[0, 3]);
+        assert!(cross_entropy(&x, &bad, None, plain(LossReduction::Sum, None), false).is_err());
     }
 }

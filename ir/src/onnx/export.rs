@@ -253,6 +253,8 @@ fn op_min_opset(op: &Op) -> i64 {
         Op::Dropout { .. } => 7,
         Op::OneHot { .. } | Op::NonZero => 9,
         Op::SoftmaxCrossEntropyLoss { .. } | Op::NegativeLogLikelihoodLoss { .. } => 12,
+        // kiln-domain ops carry no default-domain requirement of their own.
+        Op::CrossEntropy { .. } => 1,
         Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => 10,
         Op::DynamicQuantizeLinear => 11,
     }
