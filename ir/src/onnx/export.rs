@@ -746,4 +746,49 @@ mod tests {
         let e = model_to_bytes(&g).unwrap_err().to_string();
         assert!(e.contains("`y`") && e.contains("type inference"), "{e}");
     }
+
+    #[test]
+    fn cross_entropy_round_trips_in_the_kiln_domain() {
+        use crate::op::{LossReduction, KILN_DOMAIN};
+        let mut g = Graph::new("g");
+        let x = g.add_input("logits", TensorType::fixed(DType::F32, &[4, 5])).unwrap();
+        let y = g.add_input("labels", TensorType::fixed(DType::I64, &[4])).unwrap();
+        let w = g.add_input("weight", TensorType::fixed(DType::F32, &[5])).unwrap();
+        let op =
+            Op::CrossEntropy { reduction: LossReduction::Sum, ignore_index: Some(-100), label_smoothing: 0.1, z_loss: 1e-4 };
+        let n = g.add_node("ce", op.clone(), vec![Some(x), Some(y), Some(w)], &["loss", "log_prob"]).unwrap();
+        for v in g.node(n).outputs.clone().into_iter().flatten() {
+            g.add_output(v);
+        }
+        crate::infer::infer_types(&mut g).unwrap();
+        let bytes = model_to_bytes(&g).unwrap();
+        let m = proto::ModelProto::decode(bytes.as_slice()).unwrap();
+        let kiln = m.opset_import.iter().find(|o| o.domain.as_deref() == Some(KILN_DOMAIN));
+        assert_eq!(kiln.and_then(|o| o.version), Some(1));
+        let graph = m.graph.unwrap();
+        assert_eq!(graph.node[0].domain.as_deref(), Some(KILN_DOMAIN));
+        assert_eq!(graph.node[0].op_type.as_deref(), Some("CrossEntropy"));
+        let back = import_model_bytes(&bytes, None, ImportOptions::default()).unwrap();
+        assert_eq!(back.node(back.node_by_name("ce").unwrap()).op, op);
+        assert_eq!(back.opset_imports.get(KILN_DOMAIN), Some(&1));
+
+        let text = crate::text::print_graph(&g);
+        assert!(text.contains("kiln::CrossEntropy"), "{text}");
+        let reparsed = crate::text::parse_graph(&text).unwrap();
+        assert_eq!(reparsed.node(reparsed.node_by_name("ce").unwrap()).op, op);
+        assert_eq!(crate::text::print_graph(&reparsed), text);
+
+        let logits: Vec<f64> = (0..20).map(|v| v as f64 * 0.3).collect();
+        let inputs = vec![
+            ("logits".to_string(), Tensor::from_f64s(DType::F32, &[4, 5], &logits)),
+            ("labels".to_string(), Tensor::from_i64s(DType::I64, &[4], &[0, -100, 4, 2])),
+            ("weight".to_string(), Tensor::from_f64s(DType::F32, &[5], &[1.0, 2.0, 0.5, 1.0, 1.5])),
+        ];
+        let want = crate::interp::run(&g, &inputs).unwrap();
+        let got = crate::interp::run(&back, &inputs).unwrap();
+        for ((want_name, want_t), (got_name, got_t)) in want.iter().zip(&got) {
+            assert_eq!(want_name, got_name);
+            assert!(want_t.bitwise_eq(got_t), "{want_name}");
+        }
+    }
 }
