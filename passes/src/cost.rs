@@ -247,6 +247,9 @@ impl CostModel {
             Op::Reduce { .. } | Op::ArgReduce { .. } | Op::CumSum { .. } => in_elems,
             Op::TopK { .. } => 2.0 * in_elems,
             Op::SoftmaxCrossEntropyLoss { .. } => 12.0 * in_elems,
+            // One log-sum-exp pass (max, subtract, exp, sum); unlike
+            // SoftmaxCrossEntropyLoss it never normalizes the whole row.
+            Op::CrossEntropy { .. } => 9.0 * in_elems,
             Op::NegativeLogLikelihoodLoss { .. } => per_out(1.0),
             Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DynamicQuantizeLinear => {
                 4.0 * in_elems
