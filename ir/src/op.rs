@@ -41,6 +41,24 @@
 //!   The smoothing term follows PyTorch's `cross_entropy(label_smoothing=ε)`;
 //!   the z-loss term is PaLM's `ζ·log²Z`, so with `ε = ζ = 0` the op equals
 //!   ONNX `SoftmaxCrossEntropyLoss`.
+//!
+//! ## `kiln::LinearCrossEntropy`
+//!
+//! An LM head fused with `CrossEntropy`: the logits `x = h·Wᵀ + b` (or
+//! `h·W + b`) are never formed whole. Implementations work in vocabulary
+//! chunks with an online log-sum-exp, so memory is `N × chunk_size`, not
+//! `N × V`.
+//!
+//! - Inputs: `hidden` `[N, d]`, `weight` `[V, d]` (with `transpose_weight`,
+//!   the default, as `nn.Linear` and tied embeddings store it) or `[d, V]`,
+//!   `labels` `[N]` (i32 or i64), optional `bias` `[V]`, optional class
+//!   `weight` `[V]` (the float inputs share one dtype).
+//! - Outputs: `loss` (`[N]` for reduction `none`, else a scalar).
+//! - Attributes: those of `CrossEntropy` (`reduction`, `ignore_index`,
+//!   `label_smoothing`, `z_loss`), plus `transpose_weight` (int 0/1, default
+//!   1) and `chunk_size` (int ≥ 1, default 4096; it changes memory and
+//!   rounding order, never the value beyond rounding).
+//! - Formula: `CrossEntropy(x, labels, class weight)` with `x` as above.
 
 use crate::attr::{Attr, AttrBag, AttrError};
 use crate::dtype::DType;
@@ -274,6 +292,10 @@ impl ReduceKind {
         }
     }
 }
+
+/// Default vocabulary chunk of [`Op::LinearCrossEntropy`]: 4096 entries
+/// keep a chunk of logits for 4096 rows at 64 MiB in f32.
+pub const DEFAULT_CHUNK_SIZE: i64 = 4096;
 
 /// How a loss op combines per-element losses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -632,6 +654,22 @@ pub enum Op {
         /// Weight of the PaLM z-loss term `log²Z` per sample.
         z_loss: f32,
     },
+    /// kiln's LM head fused with [`Op::CrossEntropy`], computed in
+    /// vocabulary chunks; see the module docs ("kiln domain ops").
+    LinearCrossEntropy {
+        /// Combination of the per-sample losses.
+        reduction: LossReduction,
+        /// Label value to skip.
+        ignore_index: Option<i64>,
+        /// Weight ε of the uniform target mixed into the one-hot one.
+        label_smoothing: f32,
+        /// Weight of the PaLM z-loss term `log²Z` per sample.
+        z_loss: f32,
+        /// The head weight is `[V, d]` (true) rather than `[d, V]`.
+        transpose_weight: bool,
+        /// Vocabulary entries per chunk.
+        chunk_size: i64,
+    },
 
     // ---- quantization ----
     /// `saturate(round(x / scale) + zero_point)`, per tensor, axis or block.
@@ -722,6 +760,7 @@ impl Op {
             Op::SoftmaxCrossEntropyLoss { .. } => "SoftmaxCrossEntropyLoss",
             Op::NegativeLogLikelihoodLoss { .. } => "NegativeLogLikelihoodLoss",
             Op::CrossEntropy { .. } => "CrossEntropy",
+            Op::LinearCrossEntropy { .. } => "LinearCrossEntropy",
             Op::QuantizeLinear { .. } => "QuantizeLinear",
             Op::DequantizeLinear { .. } => "DequantizeLinear",
             Op::DynamicQuantizeLinear => "DynamicQuantizeLinear",
@@ -731,7 +770,7 @@ impl Op {
     /// The domain: [`ONNX_DOMAIN`] or [`KILN_DOMAIN`].
     pub fn domain(&self) -> &'static str {
         match self {
-            Op::CrossEntropy { .. } => KILN_DOMAIN,
+            Op::CrossEntropy { .. } | Op::LinearCrossEntropy { .. } => KILN_DOMAIN,
             _ => ONNX_DOMAIN,
         }
     }
@@ -977,6 +1016,28 @@ impl Op {
                     a.push(("ignore_index", Attr::Int(*i)));
                 }
             }
+            Op::LinearCrossEntropy {
+                reduction,
+                ignore_index,
+                label_smoothing,
+                z_loss,
+                transpose_weight,
+                chunk_size,
+            } => {
+                let loss = Op::CrossEntropy {
+                    reduction: *reduction,
+                    ignore_index: *ignore_index,
+                    label_smoothing: *label_smoothing,
+                    z_loss: *z_loss,
+                };
+                a = loss.attrs();
+                if !transpose_weight {
+                    a.push(("transpose_weight", flag(false)));
+                }
+                if *chunk_size != DEFAULT_CHUNK_SIZE {
+                    a.push(("chunk_size", Attr::Int(*chunk_size)));
+                }
+            }
             Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss } => {
                 if *reduction != LossReduction::Mean {
                     a.push(("reduction", Attr::String(reduction.name().into())));
@@ -1050,6 +1111,17 @@ impl Op {
                     ignore_index: b.opt_int("ignore_index")?,
                     label_smoothing: b.float("label_smoothing", 0.0)?,
                     z_loss: b.float("z_loss", 0.0)?,
+                },
+                "LinearCrossEntropy" => Op::LinearCrossEntropy {
+                    reduction: LossReduction::parse(b.opt_string("reduction")?.as_deref().unwrap_or("mean"))?,
+                    ignore_index: b.opt_int("ignore_index")?,
+                    label_smoothing: b.float("label_smoothing", 0.0)?,
+                    z_loss: b.float("z_loss", 0.0)?,
+                    transpose_weight: b.flag("transpose_weight", true)?,
+                    chunk_size: match b.int("chunk_size", DEFAULT_CHUNK_SIZE)? {
+                        c if c >= 1 => c,
+                        c => return Err(AttrError::Invalid(format!("chunk_size must be at least 1, found {c}"))),
+                    },
                 },
                 _ => return Err(AttrError::UnknownOp),
             };
@@ -1247,6 +1319,14 @@ mod tests {
                 z_loss: 1e-4,
             },
             Op::CrossEntropy { reduction: LossReduction::Mean, ignore_index: None, label_smoothing: 0.0, z_loss: 0.0 },
+            Op::LinearCrossEntropy {
+                reduction: LossReduction::Sum,
+                ignore_index: Some(-1),
+                label_smoothing: 0.05,
+                z_loss: 0.0,
+                transpose_weight: false,
+                chunk_size: 128,
+            },
             Op::Constant { value: Tensor::vec_i64(&[1, 2, 3]) },
             Op::Gelu { approximate: GeluApproximation::Tanh },
         ];

@@ -128,6 +128,7 @@ pub fn arity(op: &Op) -> (usize, usize, usize, usize) {
         Op::SoftmaxCrossEntropyLoss { .. } => (2, 3, 1, 2),
         Op::NegativeLogLikelihoodLoss { .. } => (2, 3, 1, 1),
         Op::CrossEntropy { .. } => (2, 3, 1, 2),
+        Op::LinearCrossEntropy { .. } => (3, 5, 1, 1),
         Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => (2, 3, 1, 1),
         Op::DynamicQuantizeLinear => (1, 1, 3, 3),
     }
@@ -642,6 +643,9 @@ fn rule(cx: &mut Ctx) -> Result<Vec<TensorType>> {
         Op::SoftmaxCrossEntropyLoss { reduction, .. } => nn::loss(cx, *reduction, true),
         Op::NegativeLogLikelihoodLoss { reduction, .. } => nn::loss(cx, *reduction, false),
         Op::CrossEntropy { reduction, .. } => nn::loss(cx, *reduction, true),
+        Op::LinearCrossEntropy { reduction, transpose_weight, .. } => {
+            nn::linear_cross_entropy(cx, *reduction, *transpose_weight)
+        }
         Op::QuantizeLinear { axis, block_size, output_dtype, .. } => {
             quant::quantize_linear(cx, *axis, *block_size, *output_dtype)
         }

@@ -248,7 +248,8 @@ pub fn eval_op(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> Result
         | Op::Attention(_)
         | Op::SoftmaxCrossEntropyLoss { .. }
         | Op::NegativeLogLikelihoodLoss { .. }
-        | Op::CrossEntropy { .. } => nn::eval(op, inputs, num_outputs)?,
+        | Op::CrossEntropy { .. }
+        | Op::LinearCrossEntropy { .. } => nn::eval(op, inputs, num_outputs)?,
         Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DynamicQuantizeLinear => quant::eval(op, inputs)?,
         Op::Transpose { .. }
         | Op::Reshape { .. }

@@ -67,6 +67,30 @@ pub(crate) fn eval(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> KR
             )?;
             Ok(vec![Some(loss), log_prob])
         }
+        Op::LinearCrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            transpose_weight,
+            chunk_size,
+        } => Ok(vec![Some(linear_cross_entropy(
+            LinearInputs {
+                hidden: required(inputs, 0, "hidden")?,
+                weight: required(inputs, 1, "weight")?,
+                labels: required(inputs, 2, "labels")?,
+                bias: optional(inputs, 3),
+                class_weight: optional(inputs, 4),
+            },
+            CrossEntropyParams {
+                reduction: *reduction,
+                ignore_index: *ignore_index,
+                label_smoothing: *label_smoothing as f64,
+                z_loss: *z_loss as f64,
+            },
+            *transpose_weight,
+            usize::try_from(*chunk_size).ok().filter(|&c| c >= 1).ok_or("chunk_size must be at least 1")?,
+        )?)]),
         other => Err(format!("{} is not a neural-network op", other.name())),
     }
 }
@@ -668,6 +692,142 @@ fn cross_entropy(
     Ok((loss, log_prob.map(|lp| Tensor::from_f64s(dtype, logits.shape(), &lp))))
 }
 
+/// The tensors of `kiln::LinearCrossEntropy`.
+struct LinearInputs<'a> {
+    hidden: &'a Tensor,
+    weight: &'a Tensor,
+    labels: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    class_weight: Option<&'a Tensor>,
+}
+
+/// Rows `v0..v1` of the head as `[v1 - v0, d]` f64, row-major, read
+/// straight from the weight so the whole head is never copied to f64.
+fn head_rows(weight: &Tensor, transpose_weight: bool, v0: usize, v1: usize) -> Vec<f64> {
+    use crate::tensor::Element;
+    crate::for_each_tensor!(weight, a => if transpose_weight {
+        a.slice(s![v0..v1, ..]).iter().map(|v| v.to_f64()).collect()
+    } else {
+        a.slice(s![.., v0..v1]).t().iter().map(|v| v.to_f64()).collect()
+    })
+}
+
+/// Per-row state of the online log-sum-exp over the vocabulary.
+#[derive(Clone, Copy)]
+struct RowState {
+    /// Largest logit so far.
+    max: f64,
+    /// Σ exp(x - max) over the logits so far.
+    sum: f64,
+    /// The label's logit, once its chunk was seen.
+    target: f64,
+    /// Σ_c w_c x_c, for label smoothing.
+    weighted_logits: f64,
+}
+
+/// `kiln::LinearCrossEntropy` (spec in [`crate::op`]): the vocabulary is
+/// visited in chunks of `chunk` entries; each chunk's logits exist for one
+/// row at a time and fold into that row's online log-sum-exp, so the extra
+/// memory is one chunk of the head in f64, one chunk of logits and a few
+/// numbers per row, never `N × V`.
+fn linear_cross_entropy(
+    t: LinearInputs,
+    p: CrossEntropyParams,
+    transpose_weight: bool,
+    chunk: usize,
+) -> KResult<Tensor> {
+    let (hs, ws) = (t.hidden.shape(), t.weight.shape());
+    if hs.len() != 2 || ws.len() != 2 {
+        return Err(format!("hidden and weight must be matrices, found shapes {hs:?} and {ws:?}"));
+    }
+    let (n, d) = (hs[0], hs[1]);
+    let (vocab, depth) = if transpose_weight { (ws[0], ws[1]) } else { (ws[1], ws[0]) };
+    if depth != d {
+        return Err(format!("weight of shape {ws:?} does not match hidden size {d}"));
+    }
+    if t.labels.shape() != [n] {
+        return Err(format!("labels must have shape [{n}], found {:?}", t.labels.shape()));
+    }
+    let labels = int_values(t.labels, "labels")?;
+    let per_vocab = |v: Option<&Tensor>, what: &str| -> KResult<Option<Vec<f64>>> {
+        match v {
+            Some(v) if v.shape() != [vocab] => Err(format!("{what} must have shape [{vocab}], found {:?}", v.shape())),
+            v => Ok(v.map(Tensor::to_f64s)),
+        }
+    };
+    let bias = per_vocab(t.bias, "bias")?;
+    let class_weight = per_vocab(t.class_weight, "class weight")?;
+    let wt = |k: usize| class_weight.as_ref().map_or(1.0, |w| w[k]);
+    let mut classes = Vec::with_capacity(n);
+    for &label in &labels {
+        classes.push(if Some(label) == p.ignore_index {
+            None
+        } else {
+            Some(
+                usize::try_from(label)
+                    .ok()
+                    .filter(|&l| l < vocab)
+                    .ok_or_else(|| format!("label {label} is outside the {vocab} classes"))?,
+            )
+        });
+    }
+    let hidden = t.hidden.to_f64s();
+    let start = RowState { max: f64::NEG_INFINITY, sum: 0.0, target: 0.0, weighted_logits: 0.0 };
+    let mut rows = vec![start; n];
+    let mut logits = vec![0.0; chunk.min(vocab)];
+    for v0 in (0..vocab).step_by(chunk) {
+        let v1 = (v0 + chunk).min(vocab);
+        let head = head_rows(t.weight, transpose_weight, v0, v1);
+        for (i, row) in rows.iter_mut().enumerate() {
+            let Some(class) = classes[i] else {
+                continue;
+            };
+            let h = &hidden[i * d..(i + 1) * d];
+            let logits = &mut logits[..v1 - v0];
+            for (k, x) in logits.iter_mut().enumerate() {
+                let dot: f64 = head[k * d..(k + 1) * d].iter().zip(h).map(|(a, b)| a * b).sum();
+                *x = dot + bias.as_ref().map_or(0.0, |b| b[v0 + k]);
+            }
+            let chunk_max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let max = row.max.max(chunk_max);
+            // Until some logit is finite there is nothing to rescale by.
+            if max.is_finite() {
+                let rescale = if row.sum == 0.0 { 0.0 } else { (row.max - max).exp() };
+                row.sum = row.sum * rescale + logits.iter().map(|x| (x - max).exp()).sum::<f64>();
+                row.max = max;
+            }
+            if (v0..v1).contains(&class) {
+                row.target = logits[class - v0];
+            }
+            if p.label_smoothing != 0.0 {
+                row.weighted_logits += logits.iter().enumerate().map(|(k, x)| wt(v0 + k) * x).sum::<f64>();
+            }
+        }
+    }
+    let total_class_weight: f64 = (0..vocab).map(wt).sum();
+    let mut losses = vec![0.0; n];
+    let mut total_weight = 0.0;
+    for (i, row) in rows.iter().enumerate() {
+        let Some(class) = classes[i] else {
+            continue;
+        };
+        let lse = if row.max.is_finite() { row.max + row.sum.ln() } else { row.max };
+        let w = wt(class);
+        let mut loss = w * ((1.0 - p.label_smoothing) * (lse - row.target) + p.z_loss * lse * lse);
+        if p.label_smoothing != 0.0 {
+            loss += p.label_smoothing / vocab as f64 * (lse * total_class_weight - row.weighted_logits);
+        }
+        losses[i] = loss;
+        total_weight += w;
+    }
+    let dtype = t.hidden.dtype();
+    Ok(match p.reduction {
+        LossReduction::None => Tensor::from_f64s(dtype, &[n], &losses),
+        LossReduction::Sum => Tensor::from_f64s(dtype, &[], &[losses.iter().sum()]),
+        LossReduction::Mean => Tensor::from_f64s(dtype, &[], &[losses.iter().sum::<f64>() / total_weight]),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,5 +993,55 @@ mod tests {
         assert!(lp.unwrap().to_f64s().iter().all(|v| !v.is_nan()));
         let bad = Tensor::from_i64s(DType::I64, &[2], &[0, 3]);
         assert!(cross_entropy(&x, &bad, None, plain(LossReduction::Sum, None), false).is_err());
+    }
+
+    #[test]
+    fn linear_cross_entropy_equals_matmul_then_cross_entropy() {
+        let (n, d, v) = (7, 4, 11);
+        let h = f32s(&[n, d], &noise(21, n * d, 1.5));
+        let w_vd = f32s(&[v, d], &noise(22, v * d, 1.5));
+        let bias = f32s(&[v], &noise(23, v, 0.5));
+        let cw = f32s(&[v], &noise(24, v, 0.5).iter().map(|x| x + 1.0).collect::<Vec<_>>());
+        // The [d, V] layout of the same head.
+        let wv = w_vd.to_f64s();
+        let w_dv: Vec<f64> = (0..d * v).map(|at| wv[(at % v) * d + at / v]).collect();
+        let w_dv = Tensor::from_f64s(DType::F32, &[d, v], &w_dv);
+        // Reference logits in f64, rounded to f32 once like a MatMul + Add.
+        let (hv, bv) = (h.to_f64s(), bias.to_f64s());
+        let logits: Vec<f64> = (0..n * v)
+            .map(|at| {
+                let (i, k) = (at / v, at % v);
+                (0..d).map(|j| hv[i * d + j] * wv[k * d + j]).sum::<f64>() + bv[k]
+            })
+            .collect();
+        let logits = Tensor::from_f64s(DType::F64, &[n, v], &logits);
+        for ignore_index in [None, Some(2)] {
+            let y = labels(25, &[n], v, ignore_index);
+            for (eps, zeta) in [(0.0, 0.0), (0.1, 1e-3)] {
+                for reduction in [LossReduction::None, LossReduction::Sum, LossReduction::Mean] {
+                    let params = || CrossEntropyParams { reduction, ignore_index, label_smoothing: eps, z_loss: zeta };
+                    let (want, _) = cross_entropy(&logits, &y, Some(&cw.cast(DType::F64)), params(), false).unwrap();
+                    for (weight, transpose) in [(&w_vd, true), (&w_dv, false)] {
+                        for chunk in [1, 3, 11, 64] {
+                            let got = linear_cross_entropy(
+                                LinearInputs {
+                                    hidden: &h,
+                                    weight,
+                                    labels: &y,
+                                    bias: Some(&bias),
+                                    class_weight: Some(&cw),
+                                },
+                                params(),
+                                transpose,
+                                chunk,
+                            )
+                            .unwrap();
+                            let what = format!("{reduction:?} {ignore_index:?} ε={eps} chunk={chunk} t={transpose}");
+                            rel_close(&got.to_f64s(), &want.to_f64s(), &what);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
