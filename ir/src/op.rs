@@ -10,6 +10,55 @@
 //! The semantics of every ONNX-domain op are those of the newest ONNX opset
 //! that kiln supports; the importer normalizes older forms (for example
 //! Reduce axes given as an attribute) into these.
+//!
+//! # kiln domain ops
+//!
+//! Fused ops that no ONNX op expresses live in the `kiln` domain
+//! ([`KILN_DOMAIN`], version 1); the exporter writes them with an opset
+//! import `kiln = 1` and the importer reads them back.
+//!
+//! ## `kiln::CrossEntropy`
+//!
+//! Softmax cross-entropy in log-sum-exp form, which never forms the
+//! probabilities, so it neither overflows on large logits nor takes the log
+//! of an underflowed zero.
+//!
+//! - Inputs: `logits` `[N, C]` or `[N, C, d1, ...]` (float, class axis 1),
+//!   `labels` `[N]` or `[N, d1, ...]` (i32 or i64), optional `weight` `[C]`
+//!   (the logits' dtype).
+//! - Outputs: `loss` (`[N, d1, ...]` for reduction `none`, else a scalar) and
+//!   optionally `log_prob` (the logits' shape).
+//! - Attributes: `reduction` (`none`, `sum`, `mean`; default `mean`),
+//!   `ignore_index` (int, optional), `label_smoothing` (float ε, default 0),
+//!   `z_loss` (float ζ, default 0).
+//! - Formula, per sample `i` (a row of the class axis) with label `y`:
+//!   `lse_i = log Σ_c exp(x_ic)`, computed as `m + log Σ_c exp(x_ic - m)`
+//!   with `m = max_c x_ic`; `log_prob_ic = x_ic - lse_i`;
+//!   `l_i = w_y·[(1-ε)(lse_i - x_iy) + ζ·lse_i²] + (ε/C)·Σ_c w_c (lse_i - x_ic)`,
+//!   where `w` is all ones without a weight input. A sample whose label is
+//!   `ignore_index` has `l_i = 0` and counts with weight 0. `sum` adds the
+//!   `l_i`; `mean` divides that sum by `Σ_i w_{y_i}` over the counted samples.
+//!   The smoothing term follows PyTorch's `cross_entropy(label_smoothing=ε)`;
+//!   the z-loss term is PaLM's `ζ·log²Z`, so with `ε = ζ = 0` the op equals
+//!   ONNX `SoftmaxCrossEntropyLoss`.
+//!
+//! ## `kiln::LinearCrossEntropy`
+//!
+//! An LM head fused with `CrossEntropy`: the logits `x = h·Wᵀ + b` (or
+//! `h·W + b`) are never formed whole. Implementations work in vocabulary
+//! chunks with an online log-sum-exp, so memory is `N × chunk_size`, not
+//! `N × V`.
+//!
+//! - Inputs: `hidden` `[N, d]`, `weight` `[V, d]` (with `transpose_weight`,
+//!   the default, as `nn.Linear` and tied embeddings store it) or `[d, V]`,
+//!   `labels` `[N]` (i32 or i64), optional `bias` `[V]`, optional class
+//!   `weight` `[V]` (the float inputs share one dtype).
+//! - Outputs: `loss` (`[N]` for reduction `none`, else a scalar).
+//! - Attributes: those of `CrossEntropy` (`reduction`, `ignore_index`,
+//!   `label_smoothing`, `z_loss`), plus `transpose_weight` (int 0/1, default
+//!   1) and `chunk_size` (int ≥ 1, default 4096; it changes memory and
+//!   rounding order, never the value beyond rounding).
+//! - Formula: `CrossEntropy(x, labels, class weight)` with `x` as above.
 
 use crate::attr::{Attr, AttrBag, AttrError};
 use crate::dtype::DType;
@@ -243,6 +292,10 @@ impl ReduceKind {
         }
     }
 }
+
+/// Default vocabulary chunk of [`Op::LinearCrossEntropy`]: 4096 entries
+/// keep a chunk of logits for 4096 rows at 64 MiB in f32.
+pub const DEFAULT_CHUNK_SIZE: i64 = 4096;
 
 /// How a loss op combines per-element losses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -589,6 +642,34 @@ pub enum Op {
         /// Label value to skip.
         ignore_index: Option<i64>,
     },
+    /// kiln's fused, numerically stable softmax cross-entropy; see the
+    /// module docs ("kiln domain ops") for its spec.
+    CrossEntropy {
+        /// Combination of the per-sample losses.
+        reduction: LossReduction,
+        /// Label value to skip.
+        ignore_index: Option<i64>,
+        /// Weight ε of the uniform target mixed into the one-hot one.
+        label_smoothing: f32,
+        /// Weight of the PaLM z-loss term `log²Z` per sample.
+        z_loss: f32,
+    },
+    /// kiln's LM head fused with [`Op::CrossEntropy`], computed in
+    /// vocabulary chunks; see the module docs ("kiln domain ops").
+    LinearCrossEntropy {
+        /// Combination of the per-sample losses.
+        reduction: LossReduction,
+        /// Label value to skip.
+        ignore_index: Option<i64>,
+        /// Weight ε of the uniform target mixed into the one-hot one.
+        label_smoothing: f32,
+        /// Weight of the PaLM z-loss term `log²Z` per sample.
+        z_loss: f32,
+        /// The head weight is `[V, d]` (true) rather than `[d, V]`.
+        transpose_weight: bool,
+        /// Vocabulary entries per chunk.
+        chunk_size: i64,
+    },
 
     // ---- quantization ----
     /// `saturate(round(x / scale) + zero_point)`, per tensor, axis or block.
@@ -678,6 +759,8 @@ impl Op {
             Op::NonZero => "NonZero",
             Op::SoftmaxCrossEntropyLoss { .. } => "SoftmaxCrossEntropyLoss",
             Op::NegativeLogLikelihoodLoss { .. } => "NegativeLogLikelihoodLoss",
+            Op::CrossEntropy { .. } => "CrossEntropy",
+            Op::LinearCrossEntropy { .. } => "LinearCrossEntropy",
             Op::QuantizeLinear { .. } => "QuantizeLinear",
             Op::DequantizeLinear { .. } => "DequantizeLinear",
             Op::DynamicQuantizeLinear => "DynamicQuantizeLinear",
@@ -686,7 +769,10 @@ impl Op {
 
     /// The domain: [`ONNX_DOMAIN`] or [`KILN_DOMAIN`].
     pub fn domain(&self) -> &'static str {
-        ONNX_DOMAIN
+        match self {
+            Op::CrossEntropy { .. } | Op::LinearCrossEntropy { .. } => KILN_DOMAIN,
+            _ => ONNX_DOMAIN,
+        }
     }
 
     /// The attributes that differ from their defaults, in a fixed order.
@@ -930,6 +1016,44 @@ impl Op {
                     a.push(("ignore_index", Attr::Int(*i)));
                 }
             }
+            Op::LinearCrossEntropy {
+                reduction,
+                ignore_index,
+                label_smoothing,
+                z_loss,
+                transpose_weight,
+                chunk_size,
+            } => {
+                let loss = Op::CrossEntropy {
+                    reduction: *reduction,
+                    ignore_index: *ignore_index,
+                    label_smoothing: *label_smoothing,
+                    z_loss: *z_loss,
+                };
+                a = loss.attrs();
+                if !transpose_weight {
+                    a.push(("transpose_weight", flag(false)));
+                }
+                if *chunk_size != DEFAULT_CHUNK_SIZE {
+                    a.push(("chunk_size", Attr::Int(*chunk_size)));
+                }
+            }
+            Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss } => {
+                if *reduction != LossReduction::Mean {
+                    a.push(("reduction", Attr::String(reduction.name().into())));
+                }
+                if let Some(i) = ignore_index {
+                    a.push(("ignore_index", Attr::Int(*i)));
+                }
+                // Bit comparison keeps -0.0 (and NaN) printed, so reparsing
+                // gives back the same bits.
+                if label_smoothing.to_bits() != 0 {
+                    a.push(("label_smoothing", Attr::Float(*label_smoothing)));
+                }
+                if z_loss.to_bits() != 0 {
+                    a.push(("z_loss", Attr::Float(*z_loss)));
+                }
+            }
             Op::QuantizeLinear { axis, block_size, saturate, output_dtype } => {
                 if *axis != 1 {
                     a.push(("axis", Attr::Int(*axis)));
@@ -980,6 +1104,30 @@ impl Op {
     /// Builds an op from its type, domain and attributes. Unknown attributes
     /// are an error; missing ones take the defaults of [`Op::attrs`].
     pub fn from_attrs(op_type: &str, domain: &str, mut b: AttrBag) -> Result<Op, AttrError> {
+        if domain == KILN_DOMAIN {
+            let op = match op_type {
+                "CrossEntropy" => Op::CrossEntropy {
+                    reduction: LossReduction::parse(b.opt_string("reduction")?.as_deref().unwrap_or("mean"))?,
+                    ignore_index: b.opt_int("ignore_index")?,
+                    label_smoothing: b.float("label_smoothing", 0.0)?,
+                    z_loss: b.float("z_loss", 0.0)?,
+                },
+                "LinearCrossEntropy" => Op::LinearCrossEntropy {
+                    reduction: LossReduction::parse(b.opt_string("reduction")?.as_deref().unwrap_or("mean"))?,
+                    ignore_index: b.opt_int("ignore_index")?,
+                    label_smoothing: b.float("label_smoothing", 0.0)?,
+                    z_loss: b.float("z_loss", 0.0)?,
+                    transpose_weight: b.flag("transpose_weight", true)?,
+                    chunk_size: match b.int("chunk_size", DEFAULT_CHUNK_SIZE)? {
+                        c if c >= 1 => c,
+                        c => return Err(AttrError::Invalid(format!("chunk_size must be at least 1, found {c}"))),
+                    },
+                },
+                _ => return Err(AttrError::UnknownOp),
+            };
+            b.finish()?;
+            return Ok(op);
+        }
         if !(domain.is_empty() || domain == "ai.onnx") {
             return Err(AttrError::UnknownOp);
         }
@@ -1164,6 +1312,21 @@ mod tests {
             Op::Reduce { kind: ReduceKind::LogSumExp, axes: Some(vec![-1]), keepdims: false, noop_with_empty_axes: true },
             Op::Cast { to: DType::BF16, saturate: true },
             Op::SoftmaxCrossEntropyLoss { reduction: LossReduction::Sum, ignore_index: Some(-100) },
+            Op::CrossEntropy {
+                reduction: LossReduction::None,
+                ignore_index: Some(-100),
+                label_smoothing: 0.1,
+                z_loss: 1e-4,
+            },
+            Op::CrossEntropy { reduction: LossReduction::Mean, ignore_index: None, label_smoothing: 0.0, z_loss: 0.0 },
+            Op::LinearCrossEntropy {
+                reduction: LossReduction::Sum,
+                ignore_index: Some(-1),
+                label_smoothing: 0.05,
+                z_loss: 0.0,
+                transpose_weight: false,
+                chunk_size: 128,
+            },
             Op::Constant { value: Tensor::vec_i64(&[1, 2, 3]) },
             Op::Gelu { approximate: GeluApproximation::Tanh },
         ];
@@ -1178,5 +1341,13 @@ mod tests {
         let err = Op::from_attrs("Softmax", "", bag).unwrap_err();
         assert!(err.to_string().contains("axiz"), "{err}");
         assert_eq!(Op::from_attrs("Conv9", "", AttrBag::default()), Err(AttrError::UnknownOp));
+    }
+
+    #[test]
+    fn cross_entropy_is_a_kiln_domain_op() {
+        let op = Op::from_attrs("CrossEntropy", KILN_DOMAIN, AttrBag::default()).unwrap();
+        assert_eq!(op.domain(), KILN_DOMAIN);
+        assert_eq!(Op::from_attrs("CrossEntropy", "", AttrBag::default()), Err(AttrError::UnknownOp));
+        assert_eq!(Op::from_attrs("Softmax", KILN_DOMAIN, AttrBag::default()), Err(AttrError::UnknownOp));
     }
 }

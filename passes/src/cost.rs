@@ -247,6 +247,22 @@ impl CostModel {
             Op::Reduce { .. } | Op::ArgReduce { .. } | Op::CumSum { .. } => in_elems,
             Op::TopK { .. } => 2.0 * in_elems,
             Op::SoftmaxCrossEntropyLoss { .. } => 12.0 * in_elems,
+            // One log-sum-exp pass (max, subtract, exp, sum); unlike
+            // SoftmaxCrossEntropyLoss it never normalizes the whole row.
+            Op::CrossEntropy { .. } => 9.0 * in_elems,
+            // The head's N×V dot products of length d (2·N·V·d, the weight
+            // holding V·d elements) plus the log-sum-exp over the N×V logits.
+            Op::LinearCrossEntropy { .. } => {
+                let head = inputs.get(1).copied().flatten().map_or(0.0, |t| self.elems(t));
+                let (rows, depth) = in0
+                    .map(|t| {
+                        let at = |i: usize| t.shape.get(i).map_or(1.0, |d| self.dim(d));
+                        (at(0), at(1))
+                    })
+                    .unwrap_or((1.0, 1.0));
+                let logits = rows * head / depth.max(1.0);
+                2.0 * rows * head + 9.0 * logits
+            }
             Op::NegativeLogLikelihoodLoss { .. } => per_out(1.0),
             Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DynamicQuantizeLinear => {
                 4.0 * in_elems

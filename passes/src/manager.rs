@@ -53,7 +53,7 @@ impl fmt::Debug for Pass {
 }
 
 /// The names of every pass, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["algebra"];
+pub const PASS_NAMES: &[&str] = &["algebra", "loss"];
 
 impl Pass {
     /// The pass with this name.
@@ -64,6 +64,11 @@ impl Pass {
                 description:
                     "transpose/reshape folding, Identity/Dropout/Cast elimination, constant folding",
                 rules: rules::algebra::rules(),
+            }),
+            "loss" => Some(Pass {
+                name: "loss",
+                description: "softmax/log-softmax + NLL and SoftmaxCrossEntropyLoss into kiln::CrossEntropy",
+                rules: rules::loss::rules(),
             }),
             _ => None,
         }
@@ -77,8 +82,8 @@ pub enum OptLevel {
     O0,
     /// Clean-up: the `algebra` pass.
     O1,
-    /// Everything. Today the same passes as `-O1`; the loss-fusion and
-    /// attention passes join here as they land.
+    /// Everything: `-O1` plus loss fusion; the attention passes join here
+    /// as they land.
     O2,
 }
 

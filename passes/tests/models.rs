@@ -171,3 +171,47 @@ fn optimizing_twice_gives_the_same_bytes() {
         assert_eq!(print(&c), print(&a), "{}: -O2 is idempotent", dir.display());
     }
 }
+
+#[test]
+fn o2_fuses_each_loss_into_one_cross_entropy() {
+    let Some(dirs) = example_models() else {
+        eprintln!("skipping: no example models and no Python to generate them (run `make models`)");
+        return;
+    };
+    let loss_models = ["gpt2_fused", "gpt2_unfused", "llama_fused"];
+    let mut seen = 0;
+    for dir in dirs {
+        let model = dir.file_name().unwrap().to_string_lossy().to_string();
+        if !loss_models.contains(&model.as_str()) {
+            continue;
+        }
+        seen += 1;
+        let g = load(&dir);
+        let (out, report) = optimize(&g, &Pipeline::level(OptLevel::O2)).expect("optimize");
+        kiln_ir::verify(&out).unwrap_or_else(|e| panic!("{model}: {e}"));
+        let count = |op: &str| {
+            out.node_ids()
+                .into_iter()
+                .filter(|&n| out.node(n).op.name() == op)
+                .count()
+        };
+        assert_eq!(count("CrossEntropy"), 1, "{model}:\n{report}");
+        for unfused in ["SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss", "LogSoftmax"] {
+            assert_eq!(count(unfused), 0, "{model}: {unfused} is left");
+        }
+        assert_eq!(
+            names(&out, out.outputs()),
+            names(&g, g.outputs()),
+            "{model}: outputs"
+        );
+        let inputs = reference_inputs(&dir, &g);
+        let want = run(&g, &inputs);
+        let got = run(&out, &inputs);
+        for ((n, a), (m, b)) in want.iter().zip(&got) {
+            assert_eq!(n, m);
+            let e = rel_error(a, b);
+            assert!(e <= 1e-5, "{model}: output `{n}` differs by {e}");
+        }
+    }
+    assert_eq!(seen, loss_models.len(), "every loss model was checked");
+}

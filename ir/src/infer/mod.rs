@@ -127,6 +127,8 @@ pub fn arity(op: &Op) -> (usize, usize, usize, usize) {
         Op::NonZero => (1, 1, 1, 1),
         Op::SoftmaxCrossEntropyLoss { .. } => (2, 3, 1, 2),
         Op::NegativeLogLikelihoodLoss { .. } => (2, 3, 1, 1),
+        Op::CrossEntropy { .. } => (2, 3, 1, 2),
+        Op::LinearCrossEntropy { .. } => (3, 5, 1, 1),
         Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => (2, 3, 1, 1),
         Op::DynamicQuantizeLinear => (1, 1, 3, 3),
     }
@@ -640,6 +642,10 @@ fn rule(cx: &mut Ctx) -> Result<Vec<TensorType>> {
         Op::NonZero => movement::non_zero(cx),
         Op::SoftmaxCrossEntropyLoss { reduction, .. } => nn::loss(cx, *reduction, true),
         Op::NegativeLogLikelihoodLoss { reduction, .. } => nn::loss(cx, *reduction, false),
+        Op::CrossEntropy { reduction, .. } => nn::loss(cx, *reduction, true),
+        Op::LinearCrossEntropy { reduction, transpose_weight, .. } => {
+            nn::linear_cross_entropy(cx, *reduction, *transpose_weight)
+        }
         Op::QuantizeLinear { axis, block_size, output_dtype, .. } => {
             quant::quantize_linear(cx, *axis, *block_size, *output_dtype)
         }

@@ -302,3 +302,44 @@ pub(crate) fn loss(cx: &mut Ctx, reduction: LossReduction, with_log_prob: bool) 
     }
     Ok(types)
 }
+
+/// `kiln::LinearCrossEntropy`: hidden `[N, d]`, weight `[V, d]` or `[d, V]`,
+/// labels `[N]`, optional bias and class weight `[V]`.
+pub(crate) fn linear_cross_entropy(
+    cx: &mut Ctx,
+    reduction: LossReduction,
+    transpose_weight: bool,
+) -> Result<Vec<TensorType>> {
+    let dtype = cx.dtype_in(0, is_float, "a float type")?;
+    let hidden = cx.rank_is(0, 2)?;
+    cx.same_dtype(0, 1)?;
+    let weight = cx.rank_is(1, 2)?;
+    let (vocab, depth) =
+        if transpose_weight { (&weight.shape[0], &weight.shape[1]) } else { (&weight.shape[1], &weight.shape[0]) };
+    if dims::conflict(depth, &hidden.shape[1]) {
+        return Err(cx.err(format!(
+            "{} has shape {weight}; its hidden size {depth} does not match {} ({})",
+            cx.desc(1),
+            cx.desc(0),
+            hidden.shape[1]
+        )));
+    }
+    cx.dtype_in(2, |d| matches!(d, DType::I32 | DType::I64), "i32 or i64 (labels)")?;
+    let labels = cx.rank_is(2, 1)?;
+    let rows = dims::unify(&labels.shape[0], &hidden.shape[0]).ok_or_else(|| {
+        cx.err(format!("{} has shape {labels}; expected one label per row of {} ({})", cx.desc(2), cx.desc(0), hidden.shape[0]))
+    })?;
+    for slot in [3, 4] {
+        if cx.has(slot) {
+            cx.same_dtype(0, slot)?;
+            let v = cx.rank_is(slot, 1)?;
+            if dims::conflict(&v.shape[0], vocab) {
+                return Err(cx.err(format!("{} has shape {v}; expected one entry per vocabulary entry ({vocab})", cx.desc(slot))));
+            }
+        }
+    }
+    Ok(vec![match reduction {
+        LossReduction::None => TensorType::new(dtype, vec![rows]),
+        LossReduction::Sum | LossReduction::Mean => TensorType::scalar(dtype),
+    }])
+}

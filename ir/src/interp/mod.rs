@@ -247,7 +247,9 @@ pub fn eval_op(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> Result
         | Op::RotaryEmbedding { .. }
         | Op::Attention(_)
         | Op::SoftmaxCrossEntropyLoss { .. }
-        | Op::NegativeLogLikelihoodLoss { .. } => nn::eval(op, inputs, num_outputs)?,
+        | Op::NegativeLogLikelihoodLoss { .. }
+        | Op::CrossEntropy { .. }
+        | Op::LinearCrossEntropy { .. } => nn::eval(op, inputs, num_outputs)?,
         Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DynamicQuantizeLinear => quant::eval(op, inputs)?,
         Op::Transpose { .. }
         | Op::Reshape { .. }

@@ -52,6 +52,45 @@ pub(crate) fn eval(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> KR
             *reduction,
             *ignore_index,
         )?)]),
+        Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss } => {
+            let (loss, log_prob) = cross_entropy(
+                required(inputs, 0, "logits")?,
+                required(inputs, 1, "labels")?,
+                optional(inputs, 2),
+                CrossEntropyParams {
+                    reduction: *reduction,
+                    ignore_index: *ignore_index,
+                    label_smoothing: *label_smoothing as f64,
+                    z_loss: *z_loss as f64,
+                },
+                num_outputs > 1,
+            )?;
+            Ok(vec![Some(loss), log_prob])
+        }
+        Op::LinearCrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            transpose_weight,
+            chunk_size,
+        } => Ok(vec![Some(linear_cross_entropy(
+            LinearInputs {
+                hidden: required(inputs, 0, "hidden")?,
+                weight: required(inputs, 1, "weight")?,
+                labels: required(inputs, 2, "labels")?,
+                bias: optional(inputs, 3),
+                class_weight: optional(inputs, 4),
+            },
+            CrossEntropyParams {
+                reduction: *reduction,
+                ignore_index: *ignore_index,
+                label_smoothing: *label_smoothing as f64,
+                z_loss: *z_loss as f64,
+            },
+            *transpose_weight,
+            usize::try_from(*chunk_size).ok().filter(|&c| c >= 1).ok_or("chunk_size must be at least 1")?,
+        )?)]),
         other => Err(format!("{} is not a neural-network op", other.name())),
     }
 }
@@ -570,6 +609,225 @@ fn nll(
     })
 }
 
+/// The attributes of `kiln::CrossEntropy` in the precision the kernel
+/// works in.
+struct CrossEntropyParams {
+    reduction: LossReduction,
+    ignore_index: Option<i64>,
+    label_smoothing: f64,
+    z_loss: f64,
+}
+
+/// `kiln::CrossEntropy` (spec in [`crate::op`]): per sample, one max pass
+/// and one exp-sum pass over the classes in f64, then the loss straight
+/// from the logits and the log-sum-exp. `log_prob` is only materialized
+/// when asked for, since the whole point of the op is not to need it.
+fn cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    weight: Option<&Tensor>,
+    p: CrossEntropyParams,
+    with_log_prob: bool,
+) -> KResult<(Tensor, Option<Tensor>)> {
+    let x = to_f64_array(logits, "logits")?;
+    if x.ndim() < 2 {
+        return Err(format!("logits must be [N, C, ...], found shape {:?}", x.shape()));
+    }
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let inner: usize = x.shape()[2..].iter().product();
+    let expected: Vec<usize> = [n].into_iter().chain(x.shape()[2..].iter().copied()).collect();
+    if labels.shape() != expected.as_slice() {
+        return Err(format!("labels must have shape {expected:?}, found {:?}", labels.shape()));
+    }
+    let label_values = int_values(labels, "labels")?;
+    let weights = weight.map(|w| w.to_f64s());
+    if let Some(w) = &weights {
+        if w.len() != c {
+            return Err(format!("weight must have C = {c} elements, found {}", w.len()));
+        }
+    }
+    let xs = x.as_slice().expect("a fresh array is contiguous");
+    let class_weight = |k: usize| weights.as_ref().map_or(1.0, |w| w[k]);
+    let mut losses = vec![0.0; label_values.len()];
+    let mut log_prob = with_log_prob.then(|| vec![0.0; xs.len()]);
+    let mut total_weight = 0.0;
+    for i in 0..n {
+        for d in 0..inner {
+            let at = i * inner + d;
+            let logit = |k: usize| xs[(i * c + k) * inner + d];
+            let max = (0..c).map(logit).fold(f64::NEG_INFINITY, f64::max);
+            // An all -inf row has no finite max to subtract; its sum is then 0
+            // and the lse -inf, as the plain formula gives.
+            let shift = if max.is_finite() { max } else { 0.0 };
+            let lse = shift + (0..c).map(|k| (logit(k) - shift).exp()).sum::<f64>().ln();
+            if let Some(lp) = log_prob.as_mut() {
+                for k in 0..c {
+                    lp[(i * c + k) * inner + d] = logit(k) - lse;
+                }
+            }
+            let label = label_values[at];
+            if Some(label) == p.ignore_index {
+                continue;
+            }
+            let class = usize::try_from(label)
+                .ok()
+                .filter(|&l| l < c)
+                .ok_or_else(|| format!("label {label} is outside the {c} classes"))?;
+            let w = class_weight(class);
+            let mut loss = w * ((1.0 - p.label_smoothing) * (lse - logit(class)) + p.z_loss * lse * lse);
+            if p.label_smoothing != 0.0 {
+                let smooth: f64 = (0..c).map(|k| class_weight(k) * (lse - logit(k))).sum();
+                loss += p.label_smoothing / c as f64 * smooth;
+            }
+            losses[at] = loss;
+            total_weight += w;
+        }
+    }
+    let dtype = logits.dtype();
+    let loss = match p.reduction {
+        LossReduction::None => Tensor::from_f64s(dtype, labels.shape(), &losses),
+        LossReduction::Sum => Tensor::from_f64s(dtype, &[], &[losses.iter().sum()]),
+        LossReduction::Mean => Tensor::from_f64s(dtype, &[], &[losses.iter().sum::<f64>() / total_weight]),
+    };
+    Ok((loss, log_prob.map(|lp| Tensor::from_f64s(dtype, logits.shape(), &lp))))
+}
+
+/// The tensors of `kiln::LinearCrossEntropy`.
+struct LinearInputs<'a> {
+    hidden: &'a Tensor,
+    weight: &'a Tensor,
+    labels: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    class_weight: Option<&'a Tensor>,
+}
+
+/// Rows `v0..v1` of the head as `[v1 - v0, d]` f64, row-major, read
+/// straight from the weight so the whole head is never copied to f64.
+fn head_rows(weight: &Tensor, transpose_weight: bool, v0: usize, v1: usize) -> Vec<f64> {
+    use crate::tensor::Element;
+    crate::for_each_tensor!(weight, a => if transpose_weight {
+        a.slice(s![v0..v1, ..]).iter().map(|v| v.to_f64()).collect()
+    } else {
+        a.slice(s![.., v0..v1]).t().iter().map(|v| v.to_f64()).collect()
+    })
+}
+
+/// Per-row state of the online log-sum-exp over the vocabulary.
+#[derive(Clone, Copy)]
+struct RowState {
+    /// Largest logit so far.
+    max: f64,
+    /// Σ exp(x - max) over the logits so far.
+    sum: f64,
+    /// The label's logit, once its chunk was seen.
+    target: f64,
+    /// Σ_c w_c x_c, for label smoothing.
+    weighted_logits: f64,
+}
+
+/// `kiln::LinearCrossEntropy` (spec in [`crate::op`]): the vocabulary is
+/// visited in chunks of `chunk` entries; each chunk's logits exist for one
+/// row at a time and fold into that row's online log-sum-exp, so the extra
+/// memory is one chunk of the head in f64, one chunk of logits and a few
+/// numbers per row, never `N × V`.
+fn linear_cross_entropy(
+    t: LinearInputs,
+    p: CrossEntropyParams,
+    transpose_weight: bool,
+    chunk: usize,
+) -> KResult<Tensor> {
+    let (hs, ws) = (t.hidden.shape(), t.weight.shape());
+    if hs.len() != 2 || ws.len() != 2 {
+        return Err(format!("hidden and weight must be matrices, found shapes {hs:?} and {ws:?}"));
+    }
+    let (n, d) = (hs[0], hs[1]);
+    let (vocab, depth) = if transpose_weight { (ws[0], ws[1]) } else { (ws[1], ws[0]) };
+    if depth != d {
+        return Err(format!("weight of shape {ws:?} does not match hidden size {d}"));
+    }
+    if t.labels.shape() != [n] {
+        return Err(format!("labels must have shape [{n}], found {:?}", t.labels.shape()));
+    }
+    let labels = int_values(t.labels, "labels")?;
+    let per_vocab = |v: Option<&Tensor>, what: &str| -> KResult<Option<Vec<f64>>> {
+        match v {
+            Some(v) if v.shape() != [vocab] => Err(format!("{what} must have shape [{vocab}], found {:?}", v.shape())),
+            v => Ok(v.map(Tensor::to_f64s)),
+        }
+    };
+    let bias = per_vocab(t.bias, "bias")?;
+    let class_weight = per_vocab(t.class_weight, "class weight")?;
+    let wt = |k: usize| class_weight.as_ref().map_or(1.0, |w| w[k]);
+    let mut classes = Vec::with_capacity(n);
+    for &label in &labels {
+        classes.push(if Some(label) == p.ignore_index {
+            None
+        } else {
+            Some(
+                usize::try_from(label)
+                    .ok()
+                    .filter(|&l| l < vocab)
+                    .ok_or_else(|| format!("label {label} is outside the {vocab} classes"))?,
+            )
+        });
+    }
+    let hidden = t.hidden.to_f64s();
+    let start = RowState { max: f64::NEG_INFINITY, sum: 0.0, target: 0.0, weighted_logits: 0.0 };
+    let mut rows = vec![start; n];
+    let mut logits = vec![0.0; chunk.min(vocab)];
+    for v0 in (0..vocab).step_by(chunk) {
+        let v1 = (v0 + chunk).min(vocab);
+        let head = head_rows(t.weight, transpose_weight, v0, v1);
+        for (i, row) in rows.iter_mut().enumerate() {
+            let Some(class) = classes[i] else {
+                continue;
+            };
+            let h = &hidden[i * d..(i + 1) * d];
+            let logits = &mut logits[..v1 - v0];
+            for (k, x) in logits.iter_mut().enumerate() {
+                let dot: f64 = head[k * d..(k + 1) * d].iter().zip(h).map(|(a, b)| a * b).sum();
+                *x = dot + bias.as_ref().map_or(0.0, |b| b[v0 + k]);
+            }
+            let chunk_max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let max = row.max.max(chunk_max);
+            // Until some logit is finite there is nothing to rescale by.
+            if max.is_finite() {
+                let rescale = if row.sum == 0.0 { 0.0 } else { (row.max - max).exp() };
+                row.sum = row.sum * rescale + logits.iter().map(|x| (x - max).exp()).sum::<f64>();
+                row.max = max;
+            }
+            if (v0..v1).contains(&class) {
+                row.target = logits[class - v0];
+            }
+            if p.label_smoothing != 0.0 {
+                row.weighted_logits += logits.iter().enumerate().map(|(k, x)| wt(v0 + k) * x).sum::<f64>();
+            }
+        }
+    }
+    let total_class_weight: f64 = (0..vocab).map(wt).sum();
+    let mut losses = vec![0.0; n];
+    let mut total_weight = 0.0;
+    for (i, row) in rows.iter().enumerate() {
+        let Some(class) = classes[i] else {
+            continue;
+        };
+        let lse = if row.max.is_finite() { row.max + row.sum.ln() } else { row.max };
+        let w = wt(class);
+        let mut loss = w * ((1.0 - p.label_smoothing) * (lse - row.target) + p.z_loss * lse * lse);
+        if p.label_smoothing != 0.0 {
+            loss += p.label_smoothing / vocab as f64 * (lse * total_class_weight - row.weighted_logits);
+        }
+        losses[i] = loss;
+        total_weight += w;
+    }
+    let dtype = t.hidden.dtype();
+    Ok(match p.reduction {
+        LossReduction::None => Tensor::from_f64s(dtype, &[n], &losses),
+        LossReduction::Sum => Tensor::from_f64s(dtype, &[], &[losses.iter().sum()]),
+        LossReduction::Mean => Tensor::from_f64s(dtype, &[], &[losses.iter().sum::<f64>() / total_weight]),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,5 +865,183 @@ mod tests {
         assert_eq!(r.to_f64s(), vec![1.0]);
         let bad = Tensor::from_i64s(DType::I64, &[3], &[0, 2, 1]);
         assert!(nll(&lp, &bad, None, LossReduction::Sum, None).is_err());
+    }
+
+    /// Deterministic pseudo-random values in [-scale, scale) (an LCG, so the
+    /// test needs no RNG state shared with other tests).
+    fn noise(seed: u64, len: usize, scale: f64) -> Vec<f64> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    fn labels(seed: u64, shape: &[usize], classes: usize, ignore: Option<i64>) -> Tensor {
+        let len: usize = shape.iter().product();
+        let v: Vec<i64> = noise(seed, len, 1.0)
+            .iter()
+            .enumerate()
+            .map(|(k, r)| match ignore {
+                // Every third sample is ignored, so ignore_index always matters.
+                Some(ig) if k % 3 == 1 => ig,
+                _ => (((r + 1.0) / 2.0 * classes as f64) as i64).min(classes as i64 - 1),
+            })
+            .collect();
+        Tensor::from_i64s(DType::I64, shape, &v)
+    }
+
+    fn rel_close(a: &[f64], b: &[f64], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * y.abs().max(1e-6), "{what}: {x} vs {y}");
+        }
+    }
+
+    fn plain(reduction: LossReduction, ignore_index: Option<i64>) -> CrossEntropyParams {
+        CrossEntropyParams { reduction, ignore_index, label_smoothing: 0.0, z_loss: 0.0 }
+    }
+
+    #[test]
+    fn cross_entropy_equals_softmax_cross_entropy_loss() {
+        let shapes: [&[usize]; 3] = [&[5, 7], &[3, 4, 2], &[2, 6, 3, 2]];
+        for (si, shape) in shapes.into_iter().enumerate() {
+            let c = shape[1];
+            let x = f32s(shape, &noise(si as u64, shape.iter().product(), 8.0));
+            let label_shape: Vec<usize> = [shape[0]].into_iter().chain(shape[2..].iter().copied()).collect();
+            let w = f32s(&[c], &noise(100 + si as u64, c, 1.0).iter().map(|v| v + 1.5).collect::<Vec<_>>());
+            for reduction in [LossReduction::None, LossReduction::Sum, LossReduction::Mean] {
+                for ignore_index in [None, Some(-100), Some(1)] {
+                    let y = labels(7 + si as u64, &label_shape, c, ignore_index);
+                    for weight in [None, Some(&w)] {
+                        let what = format!("{shape:?} {reduction:?} {ignore_index:?} weighted={}", weight.is_some());
+                        let sce = Op::SoftmaxCrossEntropyLoss { reduction, ignore_index };
+                        let inputs = [Some(x.clone()), Some(y.clone()), weight.cloned()];
+                        let want = eval(&sce, &inputs, 2).unwrap();
+                        let ce = Op::CrossEntropy { reduction, ignore_index, label_smoothing: 0.0, z_loss: 0.0 };
+                        let got = eval(&ce, &inputs, 2).unwrap();
+                        for k in 0..2 {
+                            let (g, w) = (got[k].as_ref().unwrap(), want[k].as_ref().unwrap());
+                            assert_eq!(g.shape(), w.shape(), "{what}");
+                            assert_eq!(g.dtype(), w.dtype(), "{what}");
+                            rel_close(&g.to_f64s(), &w.to_f64s(), &what);
+                        }
+                        let (loss_only, lp) = cross_entropy(&x, &y, weight, plain(reduction, ignore_index), false).unwrap();
+                        assert!(lp.is_none());
+                        rel_close(&loss_only.to_f64s(), &want[0].as_ref().unwrap().to_f64s(), &what);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The spec's formula written directly, with the softmax formed
+    /// explicitly (fine at these magnitudes).
+    fn direct(x: &[f64], y: &[i64], w: Option<&[f64]>, n: usize, c: usize, eps: f64, zeta: f64) -> (Vec<f64>, f64) {
+        let wt = |k: usize| w.map_or(1.0, |w| w[k]);
+        let mut losses = Vec::new();
+        let mut total = 0.0;
+        for i in 0..n {
+            let row = &x[i * c..(i + 1) * c];
+            let z: f64 = row.iter().map(|v| v.exp()).sum();
+            let log_p: Vec<f64> = row.iter().map(|v| (v.exp() / z).ln()).collect();
+            let t = y[i] as usize;
+            let smooth: f64 = (0..c).map(|k| -wt(k) * log_p[k]).sum::<f64>() / c as f64;
+            losses.push(wt(t) * ((1.0 - eps) * -log_p[t] + zeta * z.ln() * z.ln()) + eps * smooth);
+            total += wt(t);
+        }
+        (losses, total)
+    }
+
+    #[test]
+    fn label_smoothing_and_z_loss_follow_the_formula() {
+        let (n, c) = (6, 5);
+        let xv = noise(3, n * c, 4.0);
+        let x = f32s(&[n, c], &xv);
+        // Compare against the f32-rounded logits the kernel sees.
+        let xv = x.to_f64s();
+        let y = labels(4, &[n], c, None);
+        let yv = int_values(&y, "labels").unwrap();
+        let wv: Vec<f64> = noise(5, c, 0.5).iter().map(|v| v + 1.0).collect();
+        let w = f32s(&[c], &wv);
+        let wv = w.to_f64s();
+        for (eps, zeta) in [(0.1, 0.0), (0.0, 1e-2), (0.2, 3e-3)] {
+            for weight in [None, Some(&w)] {
+                let (losses, total) = direct(&xv, &yv, weight.map(|_| wv.as_slice()), n, c, eps, zeta);
+                let what = format!("ε={eps} ζ={zeta} weighted={}", weight.is_some());
+                let run = |reduction| {
+                    let p = CrossEntropyParams { reduction, ignore_index: None, label_smoothing: eps, z_loss: zeta };
+                    cross_entropy(&x, &y, weight, p, false).unwrap().0.to_f64s()
+                };
+                rel_close(&run(LossReduction::None), &losses, &what);
+                rel_close(&run(LossReduction::Sum), &[losses.iter().sum()], &what);
+                rel_close(&run(LossReduction::Mean), &[losses.iter().sum::<f64>() / total], &what);
+            }
+        }
+    }
+
+    #[test]
+    fn cross_entropy_is_stable_on_huge_logits() {
+        let x = f32s(&[2, 3], &[1e30, 0.0, -1e30, 5e3, 5e3, 0.0]);
+        let y = Tensor::from_i64s(DType::I64, &[2], &[0, 1]);
+        let (loss, lp) = cross_entropy(&x, &y, None, plain(LossReduction::None, None), true).unwrap();
+        let loss = loss.to_f64s();
+        assert_eq!(loss[0], 0.0);
+        assert!((loss[1] - 2f64.ln()).abs() < 1e-6, "{loss:?}");
+        assert!(lp.unwrap().to_f64s().iter().all(|v| !v.is_nan()));
+        let bad = Tensor::from_i64s(DType::I64, &[2], &[0, 3]);
+        assert!(cross_entropy(&x, &bad, None, plain(LossReduction::Sum, None), false).is_err());
+    }
+
+    #[test]
+    fn linear_cross_entropy_equals_matmul_then_cross_entropy() {
+        let (n, d, v) = (7, 4, 11);
+        let h = f32s(&[n, d], &noise(21, n * d, 1.5));
+        let w_vd = f32s(&[v, d], &noise(22, v * d, 1.5));
+        let bias = f32s(&[v], &noise(23, v, 0.5));
+        let cw = f32s(&[v], &noise(24, v, 0.5).iter().map(|x| x + 1.0).collect::<Vec<_>>());
+        // The [d, V] layout of the same head.
+        let wv = w_vd.to_f64s();
+        let w_dv: Vec<f64> = (0..d * v).map(|at| wv[(at % v) * d + at / v]).collect();
+        let w_dv = Tensor::from_f64s(DType::F32, &[d, v], &w_dv);
+        // Reference logits in f64, rounded to f32 once like a MatMul + Add.
+        let (hv, bv) = (h.to_f64s(), bias.to_f64s());
+        let logits: Vec<f64> = (0..n * v)
+            .map(|at| {
+                let (i, k) = (at / v, at % v);
+                (0..d).map(|j| hv[i * d + j] * wv[k * d + j]).sum::<f64>() + bv[k]
+            })
+            .collect();
+        let logits = Tensor::from_f64s(DType::F64, &[n, v], &logits);
+        for ignore_index in [None, Some(2)] {
+            let y = labels(25, &[n], v, ignore_index);
+            for (eps, zeta) in [(0.0, 0.0), (0.1, 1e-3)] {
+                for reduction in [LossReduction::None, LossReduction::Sum, LossReduction::Mean] {
+                    let params = || CrossEntropyParams { reduction, ignore_index, label_smoothing: eps, z_loss: zeta };
+                    let (want, _) = cross_entropy(&logits, &y, Some(&cw.cast(DType::F64)), params(), false).unwrap();
+                    for (weight, transpose) in [(&w_vd, true), (&w_dv, false)] {
+                        for chunk in [1, 3, 11, 64] {
+                            let got = linear_cross_entropy(
+                                LinearInputs {
+                                    hidden: &h,
+                                    weight,
+                                    labels: &y,
+                                    bias: Some(&bias),
+                                    class_weight: Some(&cw),
+                                },
+                                params(),
+                                transpose,
+                                chunk,
+                            )
+                            .unwrap();
+                            let what = format!("{reduction:?} {ignore_index:?} ε={eps} chunk={chunk} t={transpose}");
+                            rel_close(&got.to_f64s(), &want.to_f64s(), &what);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -253,6 +253,8 @@ fn op_min_opset(op: &Op) -> i64 {
         Op::Dropout { .. } => 7,
         Op::OneHot { .. } | Op::NonZero => 9,
         Op::SoftmaxCrossEntropyLoss { .. } | Op::NegativeLogLikelihoodLoss { .. } => 12,
+        // kiln-domain ops carry no default-domain requirement of their own.
+        Op::CrossEntropy { .. } | Op::LinearCrossEntropy { .. } => 1,
         Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } => 10,
         Op::DynamicQuantizeLinear => 11,
     }
@@ -743,5 +745,103 @@ mod tests {
         g.value_mut(y).ty = None;
         let e = model_to_bytes(&g).unwrap_err().to_string();
         assert!(e.contains("`y`") && e.contains("type inference"), "{e}");
+    }
+
+    #[test]
+    fn cross_entropy_round_trips_in_the_kiln_domain() {
+        use crate::op::{LossReduction, KILN_DOMAIN};
+        let mut g = Graph::new("g");
+        let x = g.add_input("logits", TensorType::fixed(DType::F32, &[4, 5])).unwrap();
+        let y = g.add_input("labels", TensorType::fixed(DType::I64, &[4])).unwrap();
+        let w = g.add_input("weight", TensorType::fixed(DType::F32, &[5])).unwrap();
+        let op =
+            Op::CrossEntropy { reduction: LossReduction::Sum, ignore_index: Some(-100), label_smoothing: 0.1, z_loss: 1e-4 };
+        let n = g.add_node("ce", op.clone(), vec![Some(x), Some(y), Some(w)], &["loss", "log_prob"]).unwrap();
+        for v in g.node(n).outputs.clone().into_iter().flatten() {
+            g.add_output(v);
+        }
+        crate::infer::infer_types(&mut g).unwrap();
+        let bytes = model_to_bytes(&g).unwrap();
+        let m = proto::ModelProto::decode(bytes.as_slice()).unwrap();
+        let kiln = m.opset_import.iter().find(|o| o.domain.as_deref() == Some(KILN_DOMAIN));
+        assert_eq!(kiln.and_then(|o| o.version), Some(1));
+        let graph = m.graph.unwrap();
+        assert_eq!(graph.node[0].domain.as_deref(), Some(KILN_DOMAIN));
+        assert_eq!(graph.node[0].op_type.as_deref(), Some("CrossEntropy"));
+        let back = import_model_bytes(&bytes, None, ImportOptions::default()).unwrap();
+        assert_eq!(back.node(back.node_by_name("ce").unwrap()).op, op);
+        assert_eq!(back.opset_imports.get(KILN_DOMAIN), Some(&1));
+
+        let text = crate::text::print_graph(&g);
+        assert!(text.contains("kiln::CrossEntropy"), "{text}");
+        let reparsed = crate::text::parse_graph(&text).unwrap();
+        assert_eq!(reparsed.node(reparsed.node_by_name("ce").unwrap()).op, op);
+        assert_eq!(crate::text::print_graph(&reparsed), text);
+
+        let logits: Vec<f64> = (0..20).map(|v| v as f64 * 0.3).collect();
+        let inputs = vec![
+            ("logits".to_string(), Tensor::from_f64s(DType::F32, &[4, 5], &logits)),
+            ("labels".to_string(), Tensor::from_i64s(DType::I64, &[4], &[0, -100, 4, 2])),
+            ("weight".to_string(), Tensor::from_f64s(DType::F32, &[5], &[1.0, 2.0, 0.5, 1.0, 1.5])),
+        ];
+        let want = crate::interp::run(&g, &inputs).unwrap();
+        let got = crate::interp::run(&back, &inputs).unwrap();
+        for ((want_name, want_t), (got_name, got_t)) in want.iter().zip(&got) {
+            assert_eq!(want_name, got_name);
+            assert!(want_t.bitwise_eq(got_t), "{want_name}");
+        }
+    }
+
+    #[test]
+    fn linear_cross_entropy_types_runs_and_round_trips() {
+        let fused = r#"graph "g" {
+  input %h: f32[5, 3]
+  input %w: f32[7, 3]
+  input %y: i64[5]
+  input %b: f32[7]
+  %loss = kiln::LinearCrossEntropy(%h, %w, %y, %b) {reduction = "none", chunk_size = 2} @lce
+  output %loss
+}"#;
+        let unfused = r#"graph "g" {
+  input %h: f32[5, 3]
+  input %w: f32[7, 3]
+  input %y: i64[5]
+  input %b: f32[7]
+  %wt = Transpose(%w) {perm = [1, 0]} @t
+  %mm = MatMul(%h, %wt) @mm
+  %x = Add(%mm, %b) @add
+  %loss = kiln::CrossEntropy(%x, %y) {reduction = "none"} @ce
+  output %loss
+}"#;
+        let mut g = crate::text::parse_graph(fused).unwrap();
+        crate::infer::infer_types(&mut g).unwrap();
+        let mut reference = crate::text::parse_graph(unfused).unwrap();
+        crate::infer::infer_types(&mut reference).unwrap();
+        let loss = g.value(g.outputs()[0]).ty.clone().unwrap();
+        assert_eq!(loss, TensorType::fixed(DType::F32, &[5]));
+
+        let bytes = model_to_bytes(&g).unwrap();
+        let back = import_model_bytes(&bytes, None, ImportOptions::default()).unwrap();
+        let lce = back.node_by_name("lce").unwrap();
+        assert_eq!(back.node(lce).op, g.node(g.node_by_name("lce").unwrap()).op);
+
+        let values = |n: usize, scale: f64| (0..n).map(|k| ((k * 7 % 11) as f64 - 5.0) * scale).collect::<Vec<_>>();
+        let inputs = vec![
+            ("h".to_string(), Tensor::from_f64s(DType::F32, &[5, 3], &values(15, 0.25))),
+            ("w".to_string(), Tensor::from_f64s(DType::F32, &[7, 3], &values(21, 0.125))),
+            ("y".to_string(), Tensor::from_i64s(DType::I64, &[5], &[0, 6, 3, 3, 1])),
+            ("b".to_string(), Tensor::from_f64s(DType::F32, &[7], &values(7, 0.5))),
+        ];
+        let want = crate::interp::run(&reference, &inputs).unwrap()[0].1.to_f64s();
+        for graph in [&g, &back] {
+            let got = crate::interp::run(graph, &inputs).unwrap()[0].1.to_f64s();
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1e-6), "{got:?} vs {want:?}");
+            }
+        }
+
+        let mut bad = crate::text::parse_graph(&fused.replace("f32[7, 3]", "f32[7, 4]")).unwrap();
+        let e = crate::infer::infer_types(&mut bad).unwrap_err().to_string();
+        assert!(e.contains("hidden size"), "{e}");
     }
 }

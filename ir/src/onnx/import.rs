@@ -37,7 +37,7 @@ use crate::onnx::forms::{self, MovedKind};
 use crate::onnx::proto::{
     self, attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_shape_proto::dimension, type_proto,
 };
-use crate::op::{Op, ONNX_DOMAIN};
+use crate::op::{Op, KILN_DOMAIN, ONNX_DOMAIN};
 use crate::tensor::Tensor;
 use crate::types::TensorType;
 use half::{bf16, f16};
@@ -367,6 +367,7 @@ struct Importer<'p> {
 fn known_domain(domain: &str) -> Option<&'static str> {
     match domain {
         "" | "ai.onnx" => Some(ONNX_DOMAIN),
+        KILN_DOMAIN => Some(KILN_DOMAIN),
         _ => None,
     }
 }

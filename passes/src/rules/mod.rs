@@ -18,6 +18,7 @@
 //! gain on these graphs).
 
 pub mod algebra;
+pub mod loss;
 
 use crate::analysis::KilnEGraph;
 use crate::lang::{Disc, KilnLang};
@@ -333,5 +334,7 @@ pub fn rewrites(
 
 /// Every rule kiln has, by topic, for listings (`kiln rules`).
 pub fn all_rules() -> Vec<Arc<dyn Rule>> {
-    algebra::rules()
+    let mut rules = algebra::rules();
+    rules.extend(loss::rules());
+    rules
 }
