@@ -213,3 +213,132 @@ fn not_for_a_transpose_that_is_not_a_swap_of_the_weight() {
     assert_eq!(count(&out, "Transpose"), 1);
     assert_same_outputs(&g, &out);
 }
+
+// ---- loss-linear-ce-flat ----
+
+const FLAT: &str = "loss-linear-ce-flat";
+
+fn flat_fires(text: &str) -> (Graph, Graph, String) {
+    let g = parse(text);
+    let (out, report) = optimize_with(&g, &[FLAT]);
+    assert!(report.fired(FLAT) > 0, "{FLAT} did not fire:\n{report}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let printed = print(&out);
+    (g, out, printed)
+}
+
+fn flat_does_not_fire(text: &str) {
+    let g = parse(text);
+    let (out, report) = optimize_with(&g, &[FLAT]);
+    assert_eq!(report.fired(FLAT), 0, "{FLAT} fired:\n{report}");
+    assert_eq!(print(&out), print(&g), "graph changed although {FLAT} did not fire");
+}
+
+/// The shifted loss of a Hugging Face causal LM with tied embeddings, the
+/// logits also a graph output.
+const SHIFTED_TIED: &str = r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %wte: f32[7, 4]
+  input %y: i64[2, 5]
+  input %cw: f32[7]
+  init %c0: i64[1] = [0]
+  init %c1: i64[1] = [-1]
+  init %c2: i64[1] = [1]
+  init %c3: i64[1] = [1]
+  init %c4: i64[1] = [9223372036854775807]
+  init %c5: i64[1] = [1]
+  init %c6: i64[2] = [-1, 7]
+  init %c7: i64[1] = [-1]
+  %w = Transpose(%wte) {perm = [1, 0]} @tied
+  %logits = MatMul(%h, %w) @head
+  %shift = Slice(%logits, %c0, %c1, %c2) @shift_logits
+  %yshift = Slice(%y, %c3, %c4, %c5) @shift_labels
+  %flat = Reshape(%shift, %c6) @flat_logits
+  %yflat = Reshape(%yshift, %c7) @flat_labels
+  %loss = kiln::CrossEntropy(%flat, %yflat, %cw) {reduction = "mean", ignore_index = 3} @ce
+  output %loss
+  output %logits
+}"#;
+
+#[test]
+fn flat_shifted_tied_head_snapshot_and_numbers() {
+    let (g, out, printed) = flat_fires(SHIFTED_TIED);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1);
+    assert_eq!(count(&out, "CrossEntropy"), 0);
+    assert_eq!(count(&out, "MatMul"), 1, "the logits output keeps its head");
+    insta::assert_snapshot!("loss_linear_flat_shifted_tied", printed);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn flat_unshifted_plain_head_numbers() {
+    let text = r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %w: f32[4, 7]
+  input %y: i64[10]
+  init %c0: i64[2] = [10, 7]
+  %logits = MatMul(%h, %w) @head
+  %flat = Reshape(%logits, %c0) @flat_logits
+  %loss = kiln::CrossEntropy(%flat, %y) {reduction = "sum"} @ce
+  output %loss
+}"#;
+    let (g, out, printed) = flat_fires(text);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1);
+    assert_eq!(count(&out, "MatMul"), 0);
+    insta::assert_snapshot!("loss_linear_flat_plain", printed);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn flat_not_for_a_slice_of_the_vocabulary_axis() {
+    flat_does_not_fire(
+        r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %w: f32[4, 7]
+  input %y: i64[10]
+  init %c0: i64[1] = [0]
+  init %c1: i64[1] = [6]
+  init %c2: i64[1] = [-1]
+  init %c3: i64[2] = [-1, 6]
+  %logits = MatMul(%h, %w) @head
+  %part = Slice(%logits, %c0, %c1, %c2) @vocab_slice
+  %flat = Reshape(%part, %c3) @flat_logits
+  %loss = kiln::CrossEntropy(%flat, %y) @ce
+  output %loss
+}"#,
+    );
+}
+
+#[test]
+fn flat_not_when_the_reshape_moves_the_class_axis() {
+    // [2, 5, 6] reshaped to [20, 3] splits the vocabulary axis: the loss's
+    // classes are not the head's.
+    flat_does_not_fire(
+        r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %w: f32[4, 6]
+  input %y: i64[20]
+  init %c0: i64[2] = [20, 3]
+  %logits = MatMul(%h, %w) @head
+  %flat = Reshape(%logits, %c0) @flat_logits
+  %loss = kiln::CrossEntropy(%flat, %y) @ce
+  output %loss
+}"#,
+    );
+}
+
+#[test]
+fn flat_not_for_a_batched_head_weight() {
+    flat_does_not_fire(
+        r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %w: f32[2, 4, 7]
+  input %y: i64[10]
+  init %c0: i64[2] = [-1, 7]
+  %logits = MatMul(%h, %w) @head
+  %flat = Reshape(%logits, %c0) @flat_logits
+  %loss = kiln::CrossEntropy(%flat, %y) @ce
+  output %loss
+}"#,
+    );
+}
