@@ -342,3 +342,40 @@ fn flat_not_for_a_batched_head_weight() {
 }"#,
     );
 }
+
+#[test]
+fn fused_head_is_cheaper_in_bytes_and_peak_memory() {
+    // With V well above d the N x V logits dominate what the unfused graph
+    // moves and holds; the fused op never forms them.
+    let text = r#"graph "g" {
+  input %h: f32[64, 8]
+  input %w: f32[8, 512]
+  input %y: i64[64]
+  %logits = MatMul(%h, %w) @head
+  %loss = kiln::CrossEntropy(%logits, %y) @ce
+  output %loss
+}"#;
+    let g = parse(text);
+    let (out, report) = optimize_with(&g, &[RULE]);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1, "extraction picks the fused op:\n{report}");
+    let logits_bytes = 64.0 * 512.0 * 4.0;
+    assert!(
+        report.cost_before.bytes - report.cost_after.bytes >= logits_bytes,
+        "bytes {} -> {}",
+        report.cost_before.bytes,
+        report.cost_after.bytes
+    );
+    assert!(
+        report.cost_before.peak_bytes - report.cost_after.peak_bytes >= logits_bytes,
+        "peak {} -> {}",
+        report.cost_before.peak_bytes,
+        report.cost_after.peak_bytes
+    );
+    assert!(
+        report.cost_after.flops <= report.cost_before.flops,
+        "flops {} -> {}",
+        report.cost_before.flops,
+        report.cost_after.flops
+    );
+    assert_same_outputs(&g, &out);
+}
