@@ -36,7 +36,10 @@ use std::sync::Arc;
 
 /// The rules of this module.
 pub fn rules() -> Vec<Arc<dyn Rule>> {
-    vec![Arc::new(LinearCrossEntropyFusion), Arc::new(FlattenedHeadFusion)]
+    vec![
+        Arc::new(LinearCrossEntropyFusion),
+        Arc::new(FlattenedHeadFusion),
+    ]
 }
 
 /// `CrossEntropy(head(h, W[, b]), y[, w]) -> LinearCrossEntropy(h, W, y, b, w)`.
@@ -59,7 +62,10 @@ fn is_2d_swap(op: &Op) -> bool {
 
 /// True when `class` holds only the omitted-input marker.
 fn is_absent(egraph: &KilnEGraph, class: Id) -> bool {
-    egraph[class].nodes.iter().any(|n| matches!(n, KilnLang::Absent))
+    egraph[class]
+        .nodes
+        .iter()
+        .any(|n| matches!(n, KilnLang::Absent))
 }
 
 impl LinearCrossEntropyFusion {
@@ -70,29 +76,49 @@ impl LinearCrossEntropyFusion {
             return out;
         };
         for n in egraph[x].nodes.iter() {
-            let KilnLang::Op { op, outputs: 1, children } = n else {
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = n
+            else {
                 continue;
             };
             match op.op() {
                 Op::MatMul if children.len() == 2 => {
                     let (h, w) = (children[0], children[1]);
-                    let (Some(hs), Some(ws)) = (shape_of(egraph, h, 2), shape_of(egraph, w, 2)) else {
+                    let (Some(hs), Some(ws)) = (shape_of(egraph, h, 2), shape_of(egraph, w, 2))
+                    else {
                         continue;
                     };
                     // h [N, d] · W [d, V] = logits [N, V].
                     if hs[1] != ws[0] || logits[0] != hs[0] || logits[1] != ws[1] {
                         continue;
                     }
-                    out.push(HeadMatch { head: n.clone(), tied: None });
+                    out.push(HeadMatch {
+                        head: n.clone(),
+                        tied: None,
+                    });
                     // Tied embeddings: W = Transpose(E), E [V, d].
                     for t in egraph[w].nodes.iter() {
-                        let KilnLang::Op { op: top, outputs: 1, children: tk } = t else {
+                        let KilnLang::Op {
+                            op: top,
+                            outputs: 1,
+                            children: tk,
+                        } = t
+                        else {
                             continue;
                         };
-                        if !is_2d_swap(top.op()) || tk.len() != 1 || shape_of(egraph, tk[0], 2).is_none() {
+                        if !is_2d_swap(top.op())
+                            || tk.len() != 1
+                            || shape_of(egraph, tk[0], 2).is_none()
+                        {
                             continue;
                         }
-                        out.push(HeadMatch { head: n.clone(), tied: Some(t.clone()) });
+                        out.push(HeadMatch {
+                            head: n.clone(),
+                            tied: Some(t.clone()),
+                        });
                     }
                 }
                 Op::Gemm(g) if children.len() >= 2 && children.len() <= 3 => {
@@ -100,7 +126,8 @@ impl LinearCrossEntropyFusion {
                         continue;
                     }
                     let (h, w) = (children[0], children[1]);
-                    let (Some(hs), Some(ws)) = (shape_of(egraph, h, 2), shape_of(egraph, w, 2)) else {
+                    let (Some(hs), Some(ws)) = (shape_of(egraph, h, 2), shape_of(egraph, w, 2))
+                    else {
                         continue;
                     };
                     // h [N, d] · W[V, d]ᵀ = logits [N, V].
@@ -117,7 +144,10 @@ impl LinearCrossEntropyFusion {
                             }
                         }
                     }
-                    out.push(HeadMatch { head: n.clone(), tied: None });
+                    out.push(HeadMatch {
+                        head: n.clone(),
+                        tied: None,
+                    });
                 }
                 _ => {}
             }
@@ -148,10 +178,18 @@ impl Rule for LinearCrossEntropyFusion {
 
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
         for root in egraph[class].nodes.iter() {
-            let KilnLang::Op { op, outputs: 1, children } = root else {
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = root
+            else {
                 continue;
             };
-            if !matches!(op.op(), Op::CrossEntropy { .. }) || children.len() < 2 || children.len() > 3 {
+            if !matches!(op.op(), Op::CrossEntropy { .. })
+                || children.len() < 2
+                || children.len() > 3
+            {
                 continue;
             }
             for hm in self.heads(egraph, children[0]) {
@@ -182,12 +220,23 @@ impl Rule for LinearCrossEntropyFusion {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
         let KilnLang::Op { op, children, .. } = root else {
             return None;
         };
-        let Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss } = op.op() else {
+        let Op::CrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+        } = op.op()
+        else {
             return None;
         };
         let head = node_at(&m.lhs, children[0])?;
@@ -248,7 +297,10 @@ fn slice_axes(egraph: &KilnEGraph, axes: Id, rank: usize) -> Option<Vec<usize>> 
         .into_iter()
         .map(|a| {
             let a = if a < 0 { a + rank } else { a };
-            (0..rank).contains(&a).then(|| usize::try_from(a).ok()).flatten()
+            (0..rank)
+                .contains(&a)
+                .then(|| usize::try_from(a).ok())
+                .flatten()
         })
         .collect()
 }
@@ -267,17 +319,28 @@ fn batched_heads(egraph: &KilnEGraph, x: Id) -> Vec<(KilnLang, Option<KilnLang>)
         return out;
     }
     for n in egraph[x].nodes.iter() {
-        let KilnLang::Op { op, outputs: 1, children } = n else {
+        let KilnLang::Op {
+            op,
+            outputs: 1,
+            children,
+        } = n
+        else {
             continue;
         };
         if !matches!(op.op(), Op::MatMul) || children.len() != 2 {
             continue;
         }
-        let (Some(hs), Some(ws)) = (shape_of(egraph, children[0], rank), shape_of(egraph, children[1], 2)) else {
+        let (Some(hs), Some(ws)) = (
+            shape_of(egraph, children[0], rank),
+            shape_of(egraph, children[1], 2),
+        ) else {
             continue;
         };
         // H [..., d] · W [d, V] = X [..., V], with H's leading axes X's.
-        if hs[rank - 1] != ws[0] || xt.shape[rank - 1] != ws[1] || hs[..rank - 1] != xt.shape[..rank - 1] {
+        if hs[rank - 1] != ws[0]
+            || xt.shape[rank - 1] != ws[1]
+            || hs[..rank - 1] != xt.shape[..rank - 1]
+        {
             continue;
         }
         if !matches!(hs[rank - 1], Dim::Fixed(_)) {
@@ -285,7 +348,12 @@ fn batched_heads(egraph: &KilnEGraph, x: Id) -> Vec<(KilnLang, Option<KilnLang>)
         }
         out.push((n.clone(), None));
         for t in egraph[children[1]].nodes.iter() {
-            let KilnLang::Op { op: top, outputs: 1, children: tk } = t else {
+            let KilnLang::Op {
+                op: top,
+                outputs: 1,
+                children: tk,
+            } = t
+            else {
                 continue;
             };
             if is_2d_swap(top.op()) && tk.len() == 1 && shape_of(egraph, tk[0], 2).is_some() {
@@ -330,17 +398,30 @@ impl Rule for FlattenedHeadFusion {
 
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
         for root in egraph[class].nodes.iter() {
-            let KilnLang::Op { op, outputs: 1, children } = root else {
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = root
+            else {
                 continue;
             };
-            if !matches!(op.op(), Op::CrossEntropy { .. }) || children.len() < 2 || children.len() > 3 {
+            if !matches!(op.op(), Op::CrossEntropy { .. })
+                || children.len() < 2
+                || children.len() > 3
+            {
                 continue;
             }
             let Some(flat) = shape_of(egraph, children[0], 2) else {
                 continue;
             };
             for reshape in egraph[children[0]].nodes.iter() {
-                let KilnLang::Op { op: rop, outputs: 1, children: rk } = reshape else {
+                let KilnLang::Op {
+                    op: rop,
+                    outputs: 1,
+                    children: rk,
+                } = reshape
+                else {
                     continue;
                 };
                 if !matches!(rop.op(), Op::Reshape { .. }) || rk.len() != 2 {
@@ -357,12 +438,18 @@ impl Rule for FlattenedHeadFusion {
                 }
                 let rank = xt.rank();
                 // Direct heads, and heads under a Slice of the leading axes.
-                let mut found: Vec<(Option<KilnLang>, KilnLang, Option<KilnLang>)> = batched_heads(egraph, x)
-                    .into_iter()
-                    .map(|(h, t)| (None, h, t))
-                    .collect();
+                let mut found: Vec<(Option<KilnLang>, KilnLang, Option<KilnLang>)> =
+                    batched_heads(egraph, x)
+                        .into_iter()
+                        .map(|(h, t)| (None, h, t))
+                        .collect();
                 for sl in egraph[x].nodes.iter() {
-                    let KilnLang::Op { op: sop, outputs: 1, children: sk } = sl else {
+                    let KilnLang::Op {
+                        op: sop,
+                        outputs: 1,
+                        children: sk,
+                    } = sl
+                    else {
                         continue;
                     };
                     if !matches!(sop.op(), Op::Slice) || sk.len() < 4 || is_absent(egraph, sk[3]) {
@@ -408,12 +495,23 @@ impl Rule for FlattenedHeadFusion {
         }
     }
 
-    fn rewrite(&self, egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
         let KilnLang::Op { op, children, .. } = root else {
             return None;
         };
-        let Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss } = op.op() else {
+        let Op::CrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+        } = op.op()
+        else {
             return None;
         };
         let reshape = node_at(&m.lhs, children[0])?;
@@ -429,7 +527,11 @@ impl Rule for FlattenedHeadFusion {
             Dim::Fixed(d) => i64::try_from(*d).ok()?,
             Dim::Sym(_) => return None,
         };
-        let shape = egraph.analysis.consts.intern(&Tensor::from_i64s(DType::I64, &[2], &[-1, depth]));
+        let shape =
+            egraph
+                .analysis
+                .consts
+                .intern(&Tensor::from_i64s(DType::I64, &[2], &[-1, depth]));
         let mut b = AstBuilder::continuing(&m.subst);
         let mut rows = b.var(h_var);
         if let Some(sl) = slice {
@@ -442,7 +544,10 @@ impl Rule for FlattenedHeadFusion {
             rows = b.node(sl);
         }
         let shape = b.node(KilnLang::Const(shape));
-        let flat = b.node(KilnLang::op(Op::Reshape { allowzero: false }, vec![rows, shape]));
+        let flat = b.node(KilnLang::op(
+            Op::Reshape { allowzero: false },
+            vec![rows, shape],
+        ));
         let (w, transpose_weight) = match &m.lhs[hk[1]] {
             ENodeOrVar::Var(v) => (b.var(*v), false),
             ENodeOrVar::ENode(t) => (b.var(var_at(&m.lhs, *t.children().first()?)?), true),
