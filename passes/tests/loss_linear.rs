@@ -381,3 +381,23 @@ fn fused_head_is_cheaper_in_bytes_and_peak_memory() {
     );
     assert_same_outputs(&g, &out);
 }
+
+#[test]
+fn flat_with_symbolic_batch_and_sequence() {
+    let text = r#"graph "g" {
+  input %h: f32[batch, seq, 4]
+  input %w: f32[4, 7]
+  input %y: i64[batch, seq]
+  init %rows: i64[2] = [-1, 7]
+  init %flat_y: i64[1] = [-1]
+  %logits = MatMul(%h, %w) @head
+  %flat = Reshape(%logits, %rows) @flat_logits
+  %yflat = Reshape(%y, %flat_y) @flat_labels
+  %loss = kiln::CrossEntropy(%flat, %yflat) {reduction = "mean"} @ce
+  output %loss
+}"#;
+    let (g, out, _) = flat_fires(text);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1);
+    assert_eq!(count(&out, "MatMul"), 0);
+    assert_same_outputs(&g, &out);
+}
