@@ -60,7 +60,7 @@ fn is_2d_swap(op: &Op) -> bool {
     }
 }
 
-/// True when `class` holds only the omitted-input marker.
+/// True when `class` is the omitted-input marker.
 fn is_absent(egraph: &KilnEGraph, class: Id) -> bool {
     egraph[class]
         .nodes
