@@ -22,12 +22,16 @@ use kiln_ir::op::{LossReduction, Op, UnaryOp};
 use std::sync::Arc;
 
 /// The rules of this module.
+/// The LM-head fusion of [`super::loss_linear`] runs in the same pass, so
+/// a loss fused into `CrossEntropy` can absorb its head matmul.
 pub fn rules() -> Vec<Arc<dyn Rule>> {
-    vec![
+    let mut rules: Vec<Arc<dyn Rule>> = vec![
         Arc::new(LossFusion { source: Source::SoftmaxCrossEntropy }),
         Arc::new(LossFusion { source: Source::LogSoftmax }),
         Arc::new(LossFusion { source: Source::SoftmaxLog }),
-    ]
+    ];
+    rules.extend(super::loss_linear::rules());
+    rules
 }
 
 /// Which unfused form a [`LossFusion`] rule matches.

@@ -19,6 +19,7 @@
 
 pub mod algebra;
 pub mod loss;
+pub mod loss_linear;
 
 use crate::analysis::KilnEGraph;
 use crate::lang::{Disc, KilnLang};
