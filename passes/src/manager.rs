@@ -67,7 +67,7 @@ impl Pass {
             }),
             "loss" => Some(Pass {
                 name: "loss",
-                description: "softmax/log-softmax + NLL and SoftmaxCrossEntropyLoss into kiln::CrossEntropy",
+                description: "softmax/log-softmax + NLL and SoftmaxCrossEntropyLoss into kiln::CrossEntropy; LM head + loss into kiln::LinearCrossEntropy",
                 rules: rules::loss::rules(),
             }),
             _ => None,
