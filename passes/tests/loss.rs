@@ -4,28 +4,7 @@
 
 mod common;
 
-use common::{assert_same_outputs, optimize_with, parse, print};
-use kiln_ir::graph::Graph;
-
-fn fires(rule: &str, text: &str) -> (Graph, Graph, String) {
-    let g = parse(text);
-    let (out, report) = optimize_with(&g, &[rule]);
-    assert!(report.fired(rule) > 0, "{rule} did not fire:\n{report}");
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let printed = print(&out);
-    (g, out, printed)
-}
-
-fn does_not_fire(rule: &str, text: &str) {
-    let g = parse(text);
-    let (out, report) = optimize_with(&g, &[rule]);
-    assert_eq!(report.fired(rule), 0, "{rule} fired:\n{report}");
-    assert_eq!(print(&out), print(&g), "graph changed although {rule} did not fire");
-}
-
-fn count(g: &Graph, op: &str) -> usize {
-    g.node_ids().into_iter().filter(|&n| g.node(n).op.name() == op).count()
-}
+use common::{assert_same_outputs, count, does_not_fire, fires, optimize_with, parse};
 
 // ---- loss-sce ----
 

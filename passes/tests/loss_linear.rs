@@ -4,29 +4,17 @@
 
 mod common;
 
-use common::{assert_same_outputs, optimize_with, parse, print};
+use common::{assert_same_outputs, count, optimize_with, parse};
 use kiln_ir::graph::Graph;
 
 const RULE: &str = "loss-linear-ce";
 
 fn fires(text: &str) -> (Graph, Graph, String) {
-    let g = parse(text);
-    let (out, report) = optimize_with(&g, &[RULE]);
-    assert!(report.fired(RULE) > 0, "{RULE} did not fire:\n{report}");
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let printed = print(&out);
-    (g, out, printed)
+    common::fires(RULE, text)
 }
 
 fn does_not_fire(text: &str) {
-    let g = parse(text);
-    let (out, report) = optimize_with(&g, &[RULE]);
-    assert_eq!(report.fired(RULE), 0, "{RULE} fired:\n{report}");
-    assert_eq!(print(&out), print(&g), "graph changed although {RULE} did not fire");
-}
-
-fn count(g: &Graph, op: &str) -> usize {
-    g.node_ids().into_iter().filter(|&n| g.node(n).op.name() == op).count()
+    common::does_not_fire(RULE, text)
 }
 
 const MATMUL_HEAD: &str = r#"graph "g" {
@@ -219,19 +207,11 @@ fn not_for_a_transpose_that_is_not_a_swap_of_the_weight() {
 const FLAT: &str = "loss-linear-ce-flat";
 
 fn flat_fires(text: &str) -> (Graph, Graph, String) {
-    let g = parse(text);
-    let (out, report) = optimize_with(&g, &[FLAT]);
-    assert!(report.fired(FLAT) > 0, "{FLAT} did not fire:\n{report}");
-    assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let printed = print(&out);
-    (g, out, printed)
+    common::fires(FLAT, text)
 }
 
 fn flat_does_not_fire(text: &str) {
-    let g = parse(text);
-    let (out, report) = optimize_with(&g, &[FLAT]);
-    assert_eq!(report.fired(FLAT), 0, "{FLAT} fired:\n{report}");
-    assert_eq!(print(&out), print(&g), "graph changed although {FLAT} did not fire");
+    common::does_not_fire(FLAT, text)
 }
 
 /// The shifted loss of a Hugging Face causal LM with tied embeddings, the

@@ -130,3 +130,28 @@ pub fn assert_same_outputs(before: &Graph, after: &Graph) -> f64 {
     }
     worst
 }
+
+/// Optimizes `text` with `rule` alone and checks it fired without errors;
+/// returns the input, the output and the output printed for a snapshot.
+pub fn fires(rule: &str, text: &str) -> (Graph, Graph, String) {
+    let g = parse(text);
+    let (out, report) = optimize_with(&g, &[rule]);
+    assert!(report.fired(rule) > 0, "{rule} did not fire:\n{report}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let printed = print(&out);
+    (g, out, printed)
+}
+
+/// Optimizes `text` with `rule` alone and checks it did not fire and the
+/// graph came back as it went in.
+pub fn does_not_fire(rule: &str, text: &str) {
+    let g = parse(text);
+    let (out, report) = optimize_with(&g, &[rule]);
+    assert_eq!(report.fired(rule), 0, "{rule} fired:\n{report}");
+    assert_eq!(print(&out), print(&g), "graph changed although {rule} did not fire");
+}
+
+/// How many nodes of `g` have op type `op`.
+pub fn count(g: &Graph, op: &str) -> usize {
+    g.node_ids().into_iter().filter(|&n| g.node(n).op.name() == op).count()
+}
