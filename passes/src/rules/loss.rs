@@ -157,11 +157,7 @@ impl Rule for LossFusion {
                         let mut l = ls.clone();
                         l.children_mut().copy_from_slice(&[xv]);
                         let lv = b.node(l);
-                        let rest: Vec<Id> = children[1..].iter().map(|&c| b.class(c)).collect();
-                        let mut n = root.clone();
-                        let kids: Vec<Id> = [lv].into_iter().chain(rest).collect();
-                        n.children_mut().copy_from_slice(&kids);
-                        b.node(n);
+                        b.node_with_first_child(root, lv);
                         out.push(b.finish());
                     }
                 }
@@ -184,11 +180,7 @@ impl Rule for LossFusion {
                             let mut l = log.clone();
                             l.children_mut().copy_from_slice(&[sv]);
                             let lv = b.node(l);
-                            let rest: Vec<Id> = children[1..].iter().map(|&c| b.class(c)).collect();
-                            let mut n = root.clone();
-                            let kids: Vec<Id> = [lv].into_iter().chain(rest).collect();
-                            n.children_mut().copy_from_slice(&kids);
-                            b.node(n);
+                            b.node_with_first_child(root, lv);
                             out.push(b.finish());
                         }
                     }

@@ -210,11 +210,7 @@ impl Rule for LinearCrossEntropyFusion {
                 }
                 head.children_mut().copy_from_slice(&new_kids);
                 let hv = b.node(head);
-                let rest: Vec<Id> = children[1..].iter().map(|&c| b.class(c)).collect();
-                let mut n = root.clone();
-                let kids: Vec<Id> = [hv].into_iter().chain(rest).collect();
-                n.children_mut().copy_from_slice(&kids);
-                b.node(n);
+                b.node_with_first_child(root, hv);
                 out.push(b.finish());
             }
         }
@@ -484,11 +480,7 @@ impl Rule for FlattenedHeadFusion {
                     let mut r = reshape.clone();
                     r.children_mut().copy_from_slice(&[xv, shape]);
                     let rv = b.node(r);
-                    let rest: Vec<Id> = children[1..].iter().map(|&c| b.class(c)).collect();
-                    let mut n = root.clone();
-                    let kids: Vec<Id> = [rv].into_iter().chain(rest).collect();
-                    n.children_mut().copy_from_slice(&kids);
-                    b.node(n);
+                    b.node_with_first_child(root, rv);
                     out.push(b.finish());
                 }
             }

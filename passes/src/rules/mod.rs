@@ -23,7 +23,7 @@ pub mod loss_linear;
 
 use crate::analysis::KilnEGraph;
 use crate::lang::{Disc, KilnLang};
-use egg::{ENodeOrVar, Id, PatternAst, SearchMatches, Subst, Symbol, Var};
+use egg::{ENodeOrVar, Id, Language, PatternAst, SearchMatches, Subst, Symbol, Var};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
@@ -77,6 +77,18 @@ impl AstBuilder {
     /// A node whose children are indices returned earlier.
     pub fn node(&mut self, n: KilnLang) -> Id {
         self.ast.add(ENodeOrVar::ENode(n))
+    }
+
+    /// Adds a copy of the e-node `node` whose first child is `first` (an
+    /// index returned earlier) and whose other children are leaves for the
+    /// classes `node` already points at: the usual root of a match that
+    /// looks through the root's first input only.
+    pub fn node_with_first_child(&mut self, node: &KilnLang, first: Id) -> Id {
+        let mut kids = vec![first];
+        kids.extend(node.children()[1..].iter().map(|&c| self.class(c)));
+        let mut n = node.clone();
+        n.children_mut().copy_from_slice(&kids);
+        self.node(n)
     }
 
     /// The finished match; the last node added is the root.
