@@ -212,6 +212,7 @@ pub fn to_egraph(
         })?;
         outputs.push((val.name.clone(), class));
     }
+    egraph.analysis.outputs = outputs.iter().map(|(_, c)| *c).collect();
     egraph.rebuild();
     if let Some(e) = egraph.analysis.errors.first() {
         return Err(IrError::Model(format!("e-graph conversion: {e}")));
