@@ -487,6 +487,15 @@ fn sliced_bias_buffer_is_causal() {
 }
 
 #[test]
+fn sliced_bias_buffer_above_the_fold_limit_is_causal() {
+    // 128 x 128 = 16384 elements, above the default fold limit (4096):
+    // bool buffers are tracked anyway.
+    let (g, out, _, _) = fires_with(&[CAUSAL], &[CAUSAL], &sliced_bias(128, true));
+    assert!(attention_attrs(&out).is_causal);
+    assert_same(&g, &out);
+}
+
+#[test]
 fn not_for_a_sliced_buffer_that_is_not_lower_triangular() {
     does_not_fire(CAUSAL, &sliced_bias(6, false));
     // Sliced from (0, 1): the diagonal moves.
@@ -897,4 +906,74 @@ fn o2_fuses_every_layer_of_every_example_model() {
             }
         }
     }
+}
+
+/// A GPT-2-small-shaped stack (d 768, 12 heads, seq symbolic) whose
+/// attention is masked the GPT-2 way, by `Where` over the 1024 x 1024
+/// causal `bias` buffer sliced to `[:, :, :S, :S]`.
+fn gpt2_small_with_bias(layers: usize) -> Graph {
+    let d = 768;
+    let mut s = String::from("graph \"gpt2\" {\n  input %x: f32[batch, seq, 768]\n  input %bias_in: bool[1, 1, 1024, 1024]\n");
+    s += "  init %heads: i64[4] = [0, 0, 12, 64]\n  init %merge: i64[3] = [0, 0, 768]\n  init %scale: f32[] = 8.0\n";
+    s += "  init %neg: f32[] = -3.4028235e38\n  init %starts: i64[2] = [0, 0]\n  init %axes: i64[2] = [2, 3]\n";
+    s += "  %shape = Shape(%x) {start = 1, end = 2} @shape\n  %ends = Concat(%shape, %shape) {axis = 0} @ends\n";
+    s += "  %mask = Slice(%bias_in, %starts, %ends, %axes) @causal_mask\n";
+    let mut cur = "x".to_string();
+    for l in 0..layers {
+        s += &format!("  input %w{l}_qkv: f32[{d}, {}]\n  input %w{l}_o: f32[{d}, {d}]\n  input %w{l}_fc: f32[{d}, 3072]\n  input %w{l}_pr: f32[3072, {d}]\n  input %g{l}: f32[{d}]\n", 3 * d);
+        s += &format!("  %l{l}_ln = LayerNormalization(%{cur}, %g{l}, %g{l}) @l{l}_ln\n  %l{l}_qkv = MatMul(%l{l}_ln, %w{l}_qkv) @l{l}_qkv\n");
+        s += &format!("  %l{l}_q, %l{l}_k, %l{l}_v = Split(%l{l}_qkv) {{axis = 2, num_outputs = 3}} @l{l}_split\n");
+        for (t, perm) in [
+            ("q", "[0, 2, 1, 3]"),
+            ("k", "[0, 2, 3, 1]"),
+            ("v", "[0, 2, 1, 3]"),
+        ] {
+            s += &format!("  %l{l}_{t}r = Reshape(%l{l}_{t}, %heads) @l{l}_{t}r\n  %l{l}_{t}t = Transpose(%l{l}_{t}r) {{perm = {perm}}} @l{l}_{t}t\n");
+        }
+        s += &format!("  %l{l}_s0 = MatMul(%l{l}_qt, %l{l}_kt) @l{l}_qk\n  %l{l}_s1 = Div(%l{l}_s0, %scale) @l{l}_div\n  %l{l}_s = Where(%mask, %l{l}_s1, %neg) @l{l}_mask\n");
+        s += &format!("  %l{l}_p = Softmax(%l{l}_s) @l{l}_sm\n  %l{l}_a = MatMul(%l{l}_p, %l{l}_vt) @l{l}_pv\n  %l{l}_at = Transpose(%l{l}_a) {{perm = [0, 2, 1, 3]}} @l{l}_at\n");
+        s += &format!("  %l{l}_am = Reshape(%l{l}_at, %merge) @l{l}_am\n  %l{l}_o = MatMul(%l{l}_am, %w{l}_o) @l{l}_o\n  %l{l}_r1 = Add(%{cur}, %l{l}_o) @l{l}_r1\n");
+        s += &format!("  %l{l}_ln2 = LayerNormalization(%l{l}_r1, %g{l}, %g{l}) @l{l}_ln2\n  %l{l}_f = MatMul(%l{l}_ln2, %w{l}_fc) @l{l}_fc\n  %l{l}_gl = Gelu(%l{l}_f) @l{l}_gelu\n");
+        s += &format!("  %l{l}_m = MatMul(%l{l}_gl, %w{l}_pr) @l{l}_pr\n  %l{l}_out = Add(%l{l}_r1, %l{l}_m) @l{l}_r2\n");
+        cur = format!("l{l}_out");
+    }
+    s += &format!("  output %{cur}\n}}\n");
+    let mut g = parse(&s);
+    // The buffer becomes an initializer (as in the exported model).
+    let tril: Vec<i64> = (0..1024 * 1024)
+        .map(|i| i64::from(i % 1024 <= i / 1024))
+        .collect();
+    let input = g.value_by_name("bias_in").expect("the bias input");
+    let buffer = g
+        .add_initializer(
+            "bias",
+            Tensor::from_i64s(DType::Bool, &[1, 1, 1024, 1024], &tril),
+        )
+        .expect("a fresh name");
+    g.replace_all_uses(input, buffer);
+    let inputs: Vec<_> = g.inputs().iter().copied().filter(|&v| v != input).collect();
+    g.set_inputs(inputs);
+    kiln_ir::infer_types(&mut g).expect("infers");
+    g
+}
+
+#[test]
+fn gpt2_small_with_a_causal_buffer_optimizes_within_two_seconds() {
+    let g = gpt2_small_with_bias(12);
+    let t = std::time::Instant::now();
+    let (out, report) = optimize(&g, &Pipeline::level(OptLevel::O2)).expect("optimizes");
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("12 layers with a 1024 x 1024 causal buffer: {secs:.3} s\n{report}");
+    assert!(!report.limit_hit(), "{report}");
+    assert_eq!(count(&out, "Attention"), 12);
+    assert_eq!(
+        count(&out, "Softmax") + count(&out, "Where") + count(&out, "Slice"),
+        0
+    );
+    for n in out.node_ids() {
+        if let Op::Attention(a) = &out.node(n).op {
+            assert!(a.is_causal, "{}", out.node(n).name);
+        }
+    }
+    assert!(secs <= 2.0, "took {secs:.2} s");
 }
