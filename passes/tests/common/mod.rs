@@ -92,8 +92,7 @@ pub fn random_inputs(g: &Graph, seed: u64, sizes: &BTreeMap<&str, i64>) -> Vec<(
 
 /// Runs a graph in the reference interpreter.
 pub fn run(g: &Graph, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    kiln_ir::interp::run(g, inputs)
-        .unwrap_or_else(|e| panic!("interpreter failed on `{}`: {e}", g.name))
+    kiln_ir::interp::run(g, inputs).unwrap_or_else(|e| panic!("interpreter failed on `{}`: {e}", g.name))
 }
 
 /// Largest relative error between two tensors: max |a - b| over
@@ -149,17 +148,10 @@ pub fn does_not_fire(rule: &str, text: &str) {
     let g = parse(text);
     let (out, report) = optimize_with(&g, &[rule]);
     assert_eq!(report.fired(rule), 0, "{rule} fired:\n{report}");
-    assert_eq!(
-        print(&out),
-        print(&g),
-        "graph changed although {rule} did not fire"
-    );
+    assert_eq!(print(&out), print(&g), "graph changed although {rule} did not fire");
 }
 
 /// How many nodes of `g` have op type `op`.
 pub fn count(g: &Graph, op: &str) -> usize {
-    g.node_ids()
-        .into_iter()
-        .filter(|&n| g.node(n).op.name() == op)
-        .count()
+    g.node_ids().into_iter().filter(|&n| g.node(n).op.name() == op).count()
 }
