@@ -277,8 +277,8 @@ fn masks(egraph: &KilnEGraph, s: Id) -> Vec<(Option<MaskNode<'_>>, Id)> {
     for (n, op, kids) in ops(egraph, s) {
         match op {
             Op::Binary(BinaryOp::Add) if kids.len() == 2 => {
-                for slot in 0..2 {
-                    out.push((Some(MaskNode::Add(n, slot)), kids[slot]));
+                for (slot, &under) in kids.iter().enumerate() {
+                    out.push((Some(MaskNode::Add(n, slot)), under));
                 }
             }
             Op::Where if kids.len() == 3 => {
@@ -897,8 +897,8 @@ fn has_pattern(egraph: &KilnEGraph, class: Id, want: Pattern, s: &Dim, depth: us
             };
             // tril(k=0) keeps j <= i; triu(k=1) keeps j > i.
             let made = match (upper, k) {
-                (false, k) if k == 0.0 => Tri::Lower,
-                (true, k) if k == 1.0 => Tri::Upper,
+                (false, 0.0) => Tri::Lower,
+                (true, 1.0) => Tri::Upper,
                 _ => return false,
             };
             let unit = matches!(want, Pattern::Indicator(_, true));
@@ -1100,12 +1100,12 @@ fn repeats(egraph: &KilnEGraph, class: Id) -> Vec<(Vec<&KilnLang>, Id)> {
     for (n, op, kids) in ops(egraph, class) {
         match op {
             // Multi-query: one head broadcast to all.
-            Op::Expand | Op::Tile if kids.len() == 2 => {
-                if ty(egraph, kids[0])
-                    .is_some_and(|k0| same_outer(k0) && k0.shape[1] == Dim::Fixed(1))
-                {
-                    out.push((vec![n], kids[0]));
-                }
+            Op::Expand | Op::Tile
+                if kids.len() == 2
+                    && ty(egraph, kids[0])
+                        .is_some_and(|k0| same_outer(k0) && k0.shape[1] == Dim::Fixed(1)) =>
+            {
+                out.push((vec![n], kids[0]));
             }
             // repeat_kv: [B, KV, S, D] -> [B, KV, 1, S, D] -> [B, KV, n, S, D] -> [B, KV*n, S, D].
             Op::Reshape { .. } if kids.len() == 2 => {
