@@ -447,6 +447,21 @@ fn strict_upper_trilu_dropped_by_not_is_causal() {
 }
 
 #[test]
+fn torch_equal_zero_where_form_is_causal() {
+    // torch.onnx's causal mask: Where(Equal(Trilu(ones), 0), -inf, 0).
+    let text = trilu_mask(0, None)
+        .replace(
+            "%m = Cast(%tri) {to = bool} @bool",
+            "%fut = Equal(%tri, %zerof) @future\n  %m = Where(%fut, %ninf, %zerof) @additive",
+        )
+        .replace("  init %zerof", "  init %ninf: f32[] = -inf\n  init %zerof");
+    let (g, out, printed, _) = fires_with(&[CAUSAL], &[CAUSAL], &text);
+    assert!(attention_attrs(&out).is_causal);
+    insta::assert_snapshot!("attention_causal_torch_equal", printed);
+    assert_same(&g, &out);
+}
+
+#[test]
 fn not_for_an_upper_triangular_keep_mask() {
     does_not_fire(CAUSAL, &trilu_mask(1, None));
 }

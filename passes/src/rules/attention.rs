@@ -22,8 +22,9 @@
 //!   provably the lower-triangular causal mask of that `S`: a constant
 //!   (for example a sliced GPT-2 `bias` buffer), `Trilu` of ones, or a
 //!   comparison of `Range(0, S, 1)` positions, through `Cast`, `Not`,
-//!   `Unsqueeze` of leading axes, `Slice` from the origin, and the additive
-//!   forms `Where(keep, 0, L)` and `Mul(Cast(drop), L)`.
+//!   `Equal(·, 0)`, `Unsqueeze` of leading axes, `Slice` from the origin,
+//!   and the additive forms `Where(keep, 0, L)`, `Where(drop, L, 0)` and
+//!   `Mul(Cast(drop), L)`.
 //! - `attention-gqa` gives `Attention` the unrepeated keys and values of
 //!   grouped-query attention: `Reshape(Expand|Tile(Unsqueeze(K0, 2)))`
 //!   that repeats each of `K0`'s heads `n` times in place (the `repeat_kv`
@@ -903,6 +904,19 @@ fn has_pattern(egraph: &KilnEGraph, class: Id, want: Pattern, s: &Dim, depth: us
             };
             let unit = matches!(want, Pattern::Indicator(_, true));
             made == tri && all_nonzero(egraph, kids[0], unit)
+        }
+        // torch.onnx's causal mask: Equal(Trilu(ones), 0) marks the future.
+        (Op::Binary(BinaryOp::Equal), Pattern::Bool(tri)) if kids.len() == 2 => {
+            (0..2).any(|slot| {
+                scalar(egraph, kids[1 - slot]) == Some(0.0)
+                    && has_pattern(
+                        egraph,
+                        kids[slot],
+                        Pattern::Indicator(tri.flip(), false),
+                        s,
+                        d,
+                    )
+            })
         }
         (Op::Binary(cmp), Pattern::Bool(tri)) if kids.len() == 2 => {
             let (Some(a), Some(b)) = (
