@@ -314,6 +314,38 @@ fn multi_query_broadcast_in_the_matmuls() {
     assert_same(&g, &out);
 }
 
+/// The rule never assumes which transpose produced `Kᵀ`: it composes the
+/// permutation it finds with the swap of the last two axes. Here the
+/// "keys" are transposed over the wrong axes (head size equals sequence
+/// length, so the graph types), and the fused graph still computes the
+/// same values, with `K = Transpose{0, 2, 3, 1}(k)`.
+#[test]
+fn a_transpose_of_the_wrong_axes_is_composed_exactly() {
+    let text = r#"graph "g" {
+  input %q: f32[2, 2, 4, 4]
+  input %k: f32[2, 4, 2, 4]
+  input %v: f32[2, 2, 4, 4]
+  %kt = Transpose(%k) {perm = [0, 2, 1, 3]} @not_a_swap
+  %s = MatMul(%q, %kt) @scores
+  %p = Softmax(%s) @softmax
+  %y = MatMul(%p, %v) @context
+  output %y
+}"#;
+    let (g, out, _, _) = fires_with(&[SDPA], &[SDPA], text);
+    let t = out
+        .node_ids()
+        .into_iter()
+        .find(|&n| out.node(n).op.name() == "Transpose")
+        .expect("K is a transpose of k");
+    assert_eq!(
+        out.node(t).op,
+        Op::Transpose {
+            perm: Some(vec![0, 2, 3, 1])
+        }
+    );
+    assert_same(&g, &out);
+}
+
 #[test]
 fn not_over_another_softmax_axis() {
     does_not_fire(SDPA, &DIV_SCORES.replace("{axis = -1}", "{axis = 2}"));
