@@ -106,7 +106,8 @@ pub struct TypeAnalysis {
     pub consts: ConstTable,
     /// Types of graph inputs, by name.
     pub inputs: BTreeMap<Name, TensorType>,
-    /// Types of initializers by name, and their interned value when small.
+    /// Types of initializers by name, and their interned value when small
+    /// (or a bool mask buffer, see [`crate::convert::MASK_BUFFER_LIMIT`]).
     pub weights: BTreeMap<Name, (TensorType, Option<ConstId>)>,
     /// Classes of the source graph's outputs, as the conversion added them
     /// (canonicalize with `find`): rules that fuse a value away check that
