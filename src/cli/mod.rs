@@ -4,6 +4,7 @@
 //! `error: <message>` followed by its causes, and the process exits with 1.
 //! Usage errors are clap's (exit code 2).
 
+mod bench;
 mod compare;
 mod convert;
 mod inputs;
@@ -37,6 +38,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Run(run::RunArgs),
     Convert(convert::ConvertArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into
@@ -47,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Run(args) => run::run(&args),
         Command::Convert(args) => convert::convert(&args),
+        Command::Bench(args) => bench::bench(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
