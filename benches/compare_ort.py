@@ -198,11 +198,11 @@ class Runner:
             p = subprocess.run([self.a.kiln, "optimize", model, "-o", out, "-O2"], capture_output=True, text=True)
             seconds = time.perf_counter() - start
             if p.returncode == 0 and os.path.exists(out):
-                self.optimized[model] = (out, "-O2", f"-O2: `kiln optimize -O2` output (optimizing {os.path.basename(model)} took {seconds:.2f} s)")
+                self.optimized[model] = (out, "-O2", f"-O2: `kiln optimize -O2` output (optimizing {os.path.relpath(model, os.path.dirname(os.path.dirname(model)))} took {seconds:.2f} s)")
             else:
                 why = (p.stderr.strip().splitlines() or ["no message"])[-1]
                 log(f"kiln optimize failed on {model}: {why}; benching the plain model")
-                self.optimized[model] = (model, "plain", f"plain: `kiln optimize -O2` failed on {os.path.basename(model)} ({why})")
+                self.optimized[model] = (model, "plain", f"plain: `kiln optimize -O2` failed on {os.path.relpath(model, os.path.dirname(os.path.dirname(model)))} ({why})")
         return self.optimized[model]
 
     def kiln(self, model, inputs, threads, optimize):

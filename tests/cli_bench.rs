@@ -151,7 +151,19 @@ fn random_inputs_follow_dims_and_index_ranges() {
     for name in ["gpt2_fused", "gpt2_unfused", "bert_fused"] {
         let model = model_dir(name).join("model.onnx");
         let report = bench_json(
-            &[&"bench", &model, &"--dim", &"batch=3", &"--dim", &"seq=5", &"--iterations", &"2", &"--threads", &"1", &"--json"],
+            &[
+                &"bench",
+                &model,
+                &"--dim",
+                &"batch=3",
+                &"--dim",
+                &"seq=5",
+                &"--iterations",
+                &"2",
+                &"--threads",
+                &"1",
+                &"--json",
+            ],
             name,
         );
         check_report(&report, "interp", 1, 1, 2, name);
@@ -181,13 +193,17 @@ fn random_inputs_follow_dims_and_index_ranges() {
 #[test]
 fn text_report() {
     let model = model_dir("llama_fused").join("model.onnx");
-    let o = kiln(&[&"bench", &model, &"--dim", &"batch=1", &"--dim", &"seq=4", &"--iterations", &"3", &"--threads", &"2"]);
+    let o =
+        kiln(&[&"bench", &model, &"--dim", &"batch=1", &"--dim", &"seq=4", &"--iterations", &"3", &"--threads", &"2"]);
     assert_ok(&o, "text report");
     let out = stdout(&o);
     for needle in ["with interp", "load", "compile", "median", "min", "max", "stddev", "after 1 warmup", "input_ids"] {
         assert!(out.contains(needle), "the report mentions `{needle}`:\n{out}");
     }
-    assert!(out.contains("--threads 2 is recorded, not used"), "the interpreter does not pretend to use threads:\n{out}");
+    assert!(
+        out.contains("--threads 2 is recorded, not used"),
+        "the interpreter does not pretend to use threads:\n{out}"
+    );
     if cfg!(target_os = "linux") {
         assert!(out.contains("peak RSS"), "{out}");
     }
@@ -202,13 +218,24 @@ fn npy_input_directory() {
         kiln::write_npy(tmp.path().join(format!("{name}.npy")), &t).unwrap();
     }
     let report = bench_json(
-        &[&"bench", &dir.join("model.onnx"), &"--inputs", &tmp.path(), &"--iterations", &"1", &"--warmup", &"0", &"--json"],
+        &[
+            &"bench",
+            &dir.join("model.onnx"),
+            &"--inputs",
+            &tmp.path(),
+            &"--iterations",
+            &"1",
+            &"--warmup",
+            &"0",
+            &"--json",
+        ],
         "npy dir",
     );
     let threads = report["threads"].as_u64().expect("threads");
     assert!(threads >= 1, "the default thread count is the available cores");
     check_report(&report, "interp", threads, 0, 1, "npy dir");
-    let sources: Vec<&str> = report["inputs"].as_array().unwrap().iter().map(|i| i["source"].as_str().unwrap()).collect();
+    let sources: Vec<&str> =
+        report["inputs"].as_array().unwrap().iter().map(|i| i["source"].as_str().unwrap()).collect();
     assert!(sources[0].ends_with("input_ids.npy") && sources[1].ends_with("labels.npy"), "{sources:?}");
 }
 
@@ -259,7 +286,11 @@ fn bad_input_directories() {
 
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    assert_user_error(&kiln(&[&"bench", &model, &"--inputs", &empty]), &["no input_K.pb or NAME.npy files"], "empty dir");
+    assert_user_error(
+        &kiln(&[&"bench", &model, &"--inputs", &empty]),
+        &["no input_K.pb or NAME.npy files"],
+        "empty dir",
+    );
 
     let misnamed = tmp.path().join("misnamed");
     std::fs::create_dir(&misnamed).unwrap();
@@ -283,7 +314,11 @@ fn bad_input_directories() {
     let one_missing = tmp.path().join("one_missing");
     std::fs::create_dir(&one_missing).unwrap();
     kiln::write_npy(one_missing.join("input_ids.npy"), &Tensor::zeros(DType::I64, &[1, 4])).unwrap();
-    assert_user_error(&kiln(&[&"bench", &model, &"--inputs", &one_missing]), &["missing input `labels`"], "one missing");
+    assert_user_error(
+        &kiln(&[&"bench", &model, &"--inputs", &one_missing]),
+        &["missing input `labels`"],
+        "one missing",
+    );
 
     let garbage = tmp.path().join("garbage");
     std::fs::create_dir(&garbage).unwrap();

@@ -143,7 +143,8 @@ struct PreparedInput {
 /// The inputs of `--inputs DIR`: the test-data layout when the directory
 /// has input_K.pb files, else its NAME.npy files by name.
 fn inputs_from_dir(graph: &Graph, dir: &Path) -> anyhow::Result<Vec<PreparedInput>> {
-    let listing = std::fs::read_dir(dir).with_context(|| format!("cannot read the inputs directory `{}`", dir.display()))?;
+    let listing =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read the inputs directory `{}`", dir.display()))?;
     let mut npy_files = Vec::new();
     let mut has_pb = false;
     for entry in listing {
@@ -211,7 +212,10 @@ fn check_dims(graph: &Graph, dims: &BTreeMap<String, u64>, files: Option<&[Prepa
             let known = if symbols.is_empty() {
                 "the model's inputs have no symbolic dims".to_string()
             } else {
-                format!("its symbolic dims are {}", symbols.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
+                format!(
+                    "its symbolic dims are {}",
+                    symbols.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                )
             };
             bail!("--dim {name}: no input of the model has a dim named `{name}`; {known}");
         }
@@ -254,7 +258,9 @@ fn concrete_shapes(graph: &Graph, dims: &BTreeMap<String, u64>) -> anyhow::Resul
         for (axis, dim) in ty.shape.iter().enumerate() {
             match dim.eval(&lookup) {
                 Some(n) if n >= 0 => shape.push(usize::try_from(n).context("dim too large for this machine")?),
-                Some(n) => bail!("input `{}` ({ty}): axis {axis} is `{dim}`, which the --dim sizes make {n}", value.name),
+                Some(n) => {
+                    bail!("input `{}` ({ty}): axis {axis} is `{dim}`, which the --dim sizes make {n}", value.name)
+                }
                 None => {
                     if let Dim::Sym(poly) = dim {
                         for s in poly.symbols() {
@@ -317,7 +323,9 @@ fn index_bound(graph: &Graph, input: ValueId) -> Option<(u64, String)> {
                 ty.shape.get(usize::try_from(axis).ok()?)?.fixed()
             };
             let found = match (&node.op, slot) {
-                (Op::Gather { axis }, 1) => operand_dim(0, *axis).map(|n| (n, format!("Gather `{}` axis {axis}", node.name))),
+                (Op::Gather { axis }, 1) => {
+                    operand_dim(0, *axis).map(|n| (n, format!("Gather `{}` axis {axis}", node.name)))
+                }
                 (
                     Op::SoftmaxCrossEntropyLoss { .. } | Op::NegativeLogLikelihoodLoss { .. } | Op::CrossEntropy { .. },
                     1,
@@ -376,9 +384,10 @@ fn random_inputs(graph: &Graph, dims: &BTreeMap<String, u64>, seed: u64) -> anyh
     for (position, (v, shape)) in shapes.into_iter().enumerate() {
         let value = graph.value(v);
         let dtype = value.ty.as_ref().expect("concrete_shapes refuses untyped inputs").dtype;
-        let len = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).with_context(|| {
-            format!("input `{}` of shape {} has too many elements", value.name, shape_text(&shape))
-        })?;
+        let len = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .with_context(|| format!("input `{}` of shape {} has too many elements", value.name, shape_text(&shape)))?;
         let mut rng = SplitMix64(seed ^ (position as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
         let (tensor, range) = if dtype.is_float() {
             let mut bytes = Vec::with_capacity(len * 4);
@@ -451,7 +460,11 @@ fn specialize(mut graph: Graph, inputs: &[(String, Tensor)]) -> anyhow::Result<G
     Ok(graph)
 }
 
-/// Compiles `graph` for `backend`. Each backend is one arm here.
+/// Compiles `graph` for `backend`, for the shapes of `inputs`, allowing it
+/// `threads` threads. Each backend is one arm here: wiring in backends/llvm
+/// means replacing the `Cpu` arm with its compile call, wrapped in an
+/// [`Executable`] whose `threads_used` is what it really runs on. The
+/// interpreter has no threads to set, hence the unused parameter for now.
 fn compile(
     backend: BenchBackend,
     graph: Graph,
@@ -460,9 +473,9 @@ fn compile(
 ) -> anyhow::Result<Box<dyn Executable>> {
     match backend {
         BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)? })),
-        BenchBackend::Cpu => bail!(
-            "the cpu backend (backends/llvm) is not available in this build of kiln yet; use --backend interp"
-        ),
+        BenchBackend::Cpu => {
+            bail!("the cpu backend (backends/llvm) is not available in this build of kiln yet; use --backend interp")
+        }
     }
 }
 
@@ -504,11 +517,8 @@ fn stats(runs_ms: &[f64]) -> Stats {
     let n = sorted.len();
     let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
     let mean = sorted.iter().sum::<f64>() / n as f64;
-    let stddev = if n > 1 {
-        (sorted.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-    } else {
-        0.0
-    };
+    let stddev =
+        if n > 1 { (sorted.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
     Stats { median, min: sorted[0], max: sorted[n - 1], mean, stddev }
 }
 
@@ -546,7 +556,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let input_rows: Vec<Vec<String>> = prepared
         .iter()
-        .map(|p| vec![p.name.clone(), format!("{}{}", p.tensor.dtype(), shape_text(p.tensor.shape())), p.origin.clone()])
+        .map(|p| {
+            vec![p.name.clone(), format!("{}{}", p.tensor.dtype(), shape_text(p.tensor.shape())), p.origin.clone()]
+        })
         .collect();
     let input_json: Vec<serde_json::Value> = prepared
         .iter()
@@ -645,8 +657,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         format!("{threads} thread{} allowed, {threads_used} used", if threads == 1 { "" } else { "s" })
     };
-    let mut report =
-        format!("benchmarked {} ({node_count} nodes) with {}, {threads_text}\n", args.model.display(), args.backend.name());
+    let mut report = format!(
+        "benchmarked {} ({node_count} nodes) with {}, {threads_text}\n",
+        args.model.display(),
+        args.backend.name()
+    );
     if !input_rows.is_empty() {
         report.push_str(&format!("\ninputs ({})\n", input_rows.len()));
         report.push_str(&table(&input_rows, 2));
