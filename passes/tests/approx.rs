@@ -13,6 +13,8 @@ use kiln_passes::approx::{
     substitute_attention, ApproxOptions, ApproxReport, AttentionKind, LinearForm,
 };
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
 
 fn substitute(g: &Graph, opts: &ApproxOptions) -> (Graph, ApproxReport) {
     substitute_attention(g, opts).unwrap_or_else(|e| panic!("substitution failed: {e}"))
@@ -878,4 +880,69 @@ fn fixed_sequence_length_is_retyped_at_8s() {
     let (before, after) = flop_growth(&report);
     assert!(before > after, "exact {before}, linear {after}");
     assert!((6.0..=10.0).contains(&after), "{after}");
+}
+
+// ---------------------------------------------------------------- onnxruntime
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kiln-approx-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+/// Runs `model.onnx` in `dir` on `in_<name>.npy` with onnxruntime, writing
+/// `out_<i>.npy`.
+const ORT_SCRIPT: &str = r#"
+import sys, os, numpy as np, onnxruntime as ort
+d = sys.argv[1]
+s = ort.InferenceSession(os.path.join(d, "model.onnx"), providers=["CPUExecutionProvider"])
+feeds = {i.name: np.load(os.path.join(d, "in_" + i.name + ".npy")) for i in s.get_inputs()}
+for i, o in enumerate(s.run(None, feeds)):
+    np.save(os.path.join(d, "out_%d.npy" % i), o)
+"#;
+
+#[test]
+fn substituted_graphs_run_in_onnxruntime() {
+    let Some(python) = kiln_test_support::python() else {
+        eprintln!("SKIPPED: no Python with onnxruntime (set KILN_PYTHON)");
+        return;
+    };
+    let cases: Vec<(&str, &str, ApproxOptions)> = vec![
+        ("linear", GQA_3D_CAUSAL, opts(AttentionKind::Linear)),
+        ("linear_op", GQA_3D_CAUSAL, {
+            let mut o = opts(AttentionKind::Linear);
+            o.linear_form = LinearForm::LinearAttentionOp;
+            o
+        }),
+        ("linear_mask", GQA_4D_KEY_MASK, opts(AttentionKind::Linear)),
+        ("sigmoid", CAUSAL_ROW_MASK, opts(AttentionKind::Sigmoid)),
+        ("softplus", GQA_3D_CAUSAL, opts(AttentionKind::Softplus)),
+        ("soft", GQA_4D_KEY_MASK, {
+            let mut o = opts(AttentionKind::Soft);
+            o.landmarks = 3;
+            o
+        }),
+    ];
+    for (name, text, o) in cases {
+        let g = parse(text);
+        let (out, report) = substitute(&g, &o);
+        assert_eq!(report.replaced.len(), 1, "{name}: {report}");
+        let dir = scratch(name);
+        kiln_ir::onnx::save_model(&out, &dir.join("model.onnx")).expect("export");
+        let inputs = with_first_key_kept(random_inputs(&g, 3, &BTreeMap::from([("seq", 6)])));
+        for (n, t) in &inputs {
+            kiln_ir::npy::write_npy(&dir.join(format!("in_{n}.npy")), t).expect("write input");
+        }
+        kiln_test_support::run_command(
+            Command::new(&python).arg("-c").arg(ORT_SCRIPT).arg(&dir),
+            &format!("onnxruntime on the {name} substitution"),
+        );
+        let ours = run(&out, &inputs);
+        let theirs = kiln_ir::npy::read_npy(&dir.join("out_0.npy")).expect("onnxruntime output");
+        let e = rel_error(&ours[0].1, &theirs);
+        assert!(e < 1e-4, "{name}: kiln and onnxruntime differ by {e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

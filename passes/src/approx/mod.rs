@@ -139,8 +139,8 @@ pub enum LinearForm {
     #[default]
     Decomposed,
     /// ONNX-27 `LinearAttention` where it fits (causal self-attention
-    /// without a mask), the decomposed form elsewhere. onnxruntime 1.32 has
-    /// no kernel for `LinearAttention`.
+    /// without a mask), the decomposed form elsewhere. Needs a runtime with
+    /// opset 27 (onnxruntime 1.32 runs it).
     LinearAttentionOp,
 }
 

@@ -79,7 +79,7 @@ impl<'g> Builder<'g> {
                 if i == 0 {
                     self.name(hint)
                 } else {
-                    self.name(&format!("{hint}.{i}"))
+                    self.name(&format!("{hint}.out{i}"))
                 }
             })
             .collect();
