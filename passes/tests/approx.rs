@@ -946,3 +946,113 @@ fn substituted_graphs_run_in_onnxruntime() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+// ---------------------------------------------------------------- figures
+
+/// One attention block `y = Attention(xWq, xWk, xWv)·Wo + x` with `d = 64`,
+/// 4 heads, seeded weights of scale `1/√d`, and a symbolic `seq`.
+fn attention_block(causal: bool) -> Graph {
+    use kiln_ir::dim::Dim;
+    use kiln_ir::op::{AttentionAttrs, BinaryOp, Op};
+    use kiln_ir::types::TensorType;
+    use kiln_ir::DType;
+    use rand::{Rng, SeedableRng};
+    let d = 64usize;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut g = Graph::new("block");
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![Dim::Fixed(1), Dim::sym("seq"), Dim::Fixed(d as u64)])).unwrap();
+    let mut weight = |g: &mut Graph, name: &str| {
+        let bound = 3f64.sqrt() / (d as f64).sqrt();
+        let w: Vec<f64> = (0..d * d).map(|_| rng.random_range(-bound..bound)).collect();
+        g.add_initializer(name, Tensor::from_f64s(DType::F32, &[d, d], &w)).unwrap()
+    };
+    let (wq, wk, wv, wo) = (weight(&mut g, "wq"), weight(&mut g, "wk"), weight(&mut g, "wv"), weight(&mut g, "wo"));
+    let mm = |g: &mut Graph, a, b, name: &str| {
+        let n = g.add_node(name, Op::MatMul, vec![Some(a), Some(b)], &[name]).unwrap();
+        g.node(n).output(0).unwrap()
+    };
+    let q = mm(&mut g, x, wq, "q");
+    let k = mm(&mut g, x, wk, "k");
+    let v = mm(&mut g, x, wv, "v");
+    let attrs = AttentionAttrs {
+        is_causal: causal,
+        q_num_heads: Some(4),
+        kv_num_heads: Some(4),
+        qk_matmul_output_mode: 0,
+        scale: None,
+        softcap: 0.0,
+        softmax_precision: None,
+    };
+    let a = g.add_node("attn", Op::Attention(attrs), vec![Some(q), Some(k), Some(v)], &["a"]).unwrap();
+    let a = g.node(a).output(0).unwrap();
+    let o = mm(&mut g, a, wo, "o");
+    let y = g.add_node("residual", Op::Binary(BinaryOp::Add), vec![Some(o), Some(x)], &["y"]).unwrap();
+    g.add_output(g.node(y).output(0).unwrap());
+    kiln_ir::infer_types(&mut g).unwrap();
+    g
+}
+
+/// Prints the report of every kind on a causal and a bidirectional block
+/// (error on two 128-token samples, cost at S = 512 and 8·S = 4096); the
+/// README's table comes from this output (`--nocapture`).
+#[test]
+fn figures_on_an_attention_block() {
+    for causal in [true, false] {
+        let g = attention_block(causal);
+        let samples: Vec<_> = (0..2).map(|s| random_inputs(&g, 100 + s, &BTreeMap::from([("seq", 128)]))).collect();
+        for kind in AttentionKind::ALL {
+            let mut o = opts(kind);
+            o.samples = samples.clone();
+            o.seq_len = Some(512);
+            let (_, report) = substitute(&g, &o);
+            println!("--- {} block, {kind}\n{report}", if causal { "causal" } else { "bidirectional" });
+            if causal && kind == AttentionKind::Soft {
+                assert_eq!(report.skipped.len(), 1);
+                continue;
+            }
+            assert_eq!(report.replaced.len(), 1, "{report}");
+            let e = report.error.as_ref().expect("measured");
+            assert!(e.rel_l2.is_finite() && e.rel_l2 > 0.0, "{report}");
+            let (before, after) = flop_growth(&report);
+            assert_eq!(kind.is_linear_in_length(), after < 12.0, "{kind}: {before} vs {after}");
+        }
+    }
+    let g = attention_block(true);
+    let mut o = opts(AttentionKind::Linear);
+    o.linear_form = LinearForm::LinearAttentionOp;
+    o.samples = vec![random_inputs(&g, 100, &BTreeMap::from([("seq", 128)]))];
+    o.seq_len = Some(512);
+    let (_, report) = substitute(&g, &o);
+    println!("--- causal block, linear as LinearAttention\n{report}");
+    let (_, after) = flop_growth(&report);
+    assert!((6.0..=10.0).contains(&after), "{report}");
+}
+
+#[test]
+fn unused_present_outputs_are_dropped_and_the_graph_exports() {
+    let text = r#"graph "g" {
+  input %q: f32[1, 2, 4, 3]
+  input %k: f32[1, 2, 4, 3]
+  input %v: f32[1, 2, 4, 2]
+  %y, %present_k, %present_v = Attention(%q, %k, %v) @attn
+  output %y
+}"#;
+    let g = parse(text);
+    let (out, report) = substitute(&g, &opts(AttentionKind::Sigmoid));
+    assert_eq!(report.replaced.len(), 1, "{report}");
+    kiln_ir::verify(&out).expect("verifies");
+    let printed = print(&out);
+    assert!(!printed.contains("present_k"), "{printed}");
+    let reparsed = kiln_ir::parse_graph(&printed).expect("reparses");
+    assert_eq!(print(&reparsed), printed);
+    let bytes = kiln_ir::onnx::model_to_bytes(&out).expect("exports");
+    let back = kiln_ir::onnx::import_model_bytes(&bytes, None, kiln_ir::onnx::ImportOptions::default()).expect("imports");
+    let inputs = random_inputs(&g, 1, &BTreeMap::new());
+    assert!(rel_error(&run(&out, &inputs)[0].1, &run(&back, &inputs)[0].1) < 1e-6);
+
+    // A used present output keeps the node exact.
+    let used = text.replace("output %y", "output %y\n  output %present_k");
+    let (out, report) = substitute(&parse(&used), &opts(AttentionKind::Sigmoid));
+    assert_eq!(count(&out, "Attention"), 1);
+    assert!(report.skipped[0].reason.contains("present_k"), "{report}");
+}
