@@ -524,7 +524,10 @@ fn linear_attention_op_snapshot() {
     let (out, report) = substitute(&parse(GQA_3D_CAUSAL), &o);
     assert_eq!(report.replaced[0].form, "LinearAttention");
     assert_eq!(count(&out, "LinearAttention"), 2);
-    insta::assert_snapshot!("approx_linear_attention_op", print(&out));
+    let printed = print(&out);
+    let reparsed = kiln_ir::parse_graph(&printed).expect("LinearAttention parses back");
+    assert_eq!(print(&reparsed), printed);
+    insta::assert_snapshot!("approx_linear_attention_op", printed);
 }
 
 // ---------------------------------------------------------------- numbers
@@ -960,15 +963,33 @@ fn attention_block(causal: bool) -> Graph {
     let d = 64usize;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut g = Graph::new("block");
-    let x = g.add_input("x", TensorType::new(DType::F32, vec![Dim::Fixed(1), Dim::sym("seq"), Dim::Fixed(d as u64)])).unwrap();
+    let x = g
+        .add_input(
+            "x",
+            TensorType::new(
+                DType::F32,
+                vec![Dim::Fixed(1), Dim::sym("seq"), Dim::Fixed(d as u64)],
+            ),
+        )
+        .unwrap();
     let mut weight = |g: &mut Graph, name: &str| {
         let bound = 3f64.sqrt() / (d as f64).sqrt();
-        let w: Vec<f64> = (0..d * d).map(|_| rng.random_range(-bound..bound)).collect();
-        g.add_initializer(name, Tensor::from_f64s(DType::F32, &[d, d], &w)).unwrap()
+        let w: Vec<f64> = (0..d * d)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        g.add_initializer(name, Tensor::from_f64s(DType::F32, &[d, d], &w))
+            .unwrap()
     };
-    let (wq, wk, wv, wo) = (weight(&mut g, "wq"), weight(&mut g, "wk"), weight(&mut g, "wv"), weight(&mut g, "wo"));
+    let (wq, wk, wv, wo) = (
+        weight(&mut g, "wq"),
+        weight(&mut g, "wk"),
+        weight(&mut g, "wv"),
+        weight(&mut g, "wo"),
+    );
     let mm = |g: &mut Graph, a, b, name: &str| {
-        let n = g.add_node(name, Op::MatMul, vec![Some(a), Some(b)], &[name]).unwrap();
+        let n = g
+            .add_node(name, Op::MatMul, vec![Some(a), Some(b)], &[name])
+            .unwrap();
         g.node(n).output(0).unwrap()
     };
     let q = mm(&mut g, x, wq, "q");
@@ -983,10 +1004,24 @@ fn attention_block(causal: bool) -> Graph {
         softcap: 0.0,
         softmax_precision: None,
     };
-    let a = g.add_node("attn", Op::Attention(attrs), vec![Some(q), Some(k), Some(v)], &["a"]).unwrap();
+    let a = g
+        .add_node(
+            "attn",
+            Op::Attention(attrs),
+            vec![Some(q), Some(k), Some(v)],
+            &["a"],
+        )
+        .unwrap();
     let a = g.node(a).output(0).unwrap();
     let o = mm(&mut g, a, wo, "o");
-    let y = g.add_node("residual", Op::Binary(BinaryOp::Add), vec![Some(o), Some(x)], &["y"]).unwrap();
+    let y = g
+        .add_node(
+            "residual",
+            Op::Binary(BinaryOp::Add),
+            vec![Some(o), Some(x)],
+            &["y"],
+        )
+        .unwrap();
     g.add_output(g.node(y).output(0).unwrap());
     kiln_ir::infer_types(&mut g).unwrap();
     g
@@ -999,13 +1034,18 @@ fn attention_block(causal: bool) -> Graph {
 fn figures_on_an_attention_block() {
     for causal in [true, false] {
         let g = attention_block(causal);
-        let samples: Vec<_> = (0..2).map(|s| random_inputs(&g, 100 + s, &BTreeMap::from([("seq", 128)]))).collect();
+        let samples: Vec<_> = (0..2)
+            .map(|s| random_inputs(&g, 100 + s, &BTreeMap::from([("seq", 128)])))
+            .collect();
         for kind in AttentionKind::ALL {
             let mut o = opts(kind);
             o.samples = samples.clone();
             o.seq_len = Some(512);
             let (_, report) = substitute(&g, &o);
-            println!("--- {} block, {kind}\n{report}", if causal { "causal" } else { "bidirectional" });
+            println!(
+                "--- {} block, {kind}\n{report}",
+                if causal { "causal" } else { "bidirectional" }
+            );
             if causal && kind == AttentionKind::Soft {
                 assert_eq!(report.skipped.len(), 1);
                 continue;
@@ -1014,7 +1054,11 @@ fn figures_on_an_attention_block() {
             let e = report.error.as_ref().expect("measured");
             assert!(e.rel_l2.is_finite() && e.rel_l2 > 0.0, "{report}");
             let (before, after) = flop_growth(&report);
-            assert_eq!(kind.is_linear_in_length(), after < 12.0, "{kind}: {before} vs {after}");
+            assert_eq!(
+                kind.is_linear_in_length(),
+                after < 12.0,
+                "{kind}: {before} vs {after}"
+            );
         }
     }
     let g = attention_block(true);
@@ -1046,7 +1090,9 @@ fn unused_present_outputs_are_dropped_and_the_graph_exports() {
     let reparsed = kiln_ir::parse_graph(&printed).expect("reparses");
     assert_eq!(print(&reparsed), printed);
     let bytes = kiln_ir::onnx::model_to_bytes(&out).expect("exports");
-    let back = kiln_ir::onnx::import_model_bytes(&bytes, None, kiln_ir::onnx::ImportOptions::default()).expect("imports");
+    let back =
+        kiln_ir::onnx::import_model_bytes(&bytes, None, kiln_ir::onnx::ImportOptions::default())
+            .expect("imports");
     let inputs = random_inputs(&g, 1, &BTreeMap::new());
     assert!(rel_error(&run(&out, &inputs)[0].1, &run(&back, &inputs)[0].1) < 1e-6);
 

@@ -18,9 +18,12 @@
 //! booleans give weights 1 and 0. A mask that differs between query rows
 //! has no linear form: such nodes are left exact (the report says so).
 //!
-//! [`emit_linear_attention_op`] writes the causal form with ONNX-27
-//! `LinearAttention` (update rule `linear`): one op for the numerator and
-//! one, over a value of ones, for the normalizer.
+//! With [`super::LinearForm::LinearAttentionOp`], causal self-attention
+//! without a mask is written with ONNX-27 `LinearAttention` (update rule
+//! `linear`): one op for the numerator and one, over a value of ones, for
+//! the normalizer. Its recurrent state is `[B, Hkv, D, Dv]` instead of the
+//! decomposed form's `[.., S, D, Dv]` prefix sums, so peak memory no longer
+//! grows with `S` for the state.
 
 use super::subgraph::{Builder, Heads, Site, Skip};
 use kiln_ir::op::{BinaryOp, LinearAttentionAttrs, Op, ReduceKind, UnaryOp};
