@@ -270,6 +270,9 @@ fn pack(y: &[f64], b: usize, h: usize, s: usize, d: usize) -> Vec<f64> {
     out
 }
 
+/// The additive mask at (b, h, i, j) from a sample's inputs.
+type MaskOf = dyn Fn(&[(String, Tensor)], usize, usize, usize, usize) -> f64;
+
 /// The reference problem for an Attention node's inputs. `mask_of` gives
 /// the additive mask at (b, h, i, j) from the sample.
 fn problem(
@@ -277,7 +280,7 @@ fn problem(
     three_d: Option<(usize, usize)>,
     causal: bool,
     scale: f64,
-    mask_of: &dyn Fn(&[(String, Tensor)], usize, usize, usize, usize) -> f64,
+    mask_of: &MaskOf,
 ) -> Problem {
     let get = |n: &str| {
         &inputs
@@ -387,7 +390,7 @@ fn check_against_reference(
     three_d: Option<(usize, usize)>,
     causal: bool,
     scale: f64,
-    mask_of: &dyn Fn(&[(String, Tensor)], usize, usize, usize, usize) -> f64,
+    mask_of: &MaskOf,
     reference: &dyn Fn(&Problem) -> Vec<f64>,
 ) -> f64 {
     let g = parse(text);

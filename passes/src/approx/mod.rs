@@ -424,7 +424,7 @@ pub fn substitute_attention(graph: &Graph, opts: &ApproxOptions) -> Result<(Grap
         ));
     }
     if let Some(bound) = opts.max_error {
-        if !(bound >= 0.0) {
+        if bound.is_nan() || bound < 0.0 {
             return Err(IrError::Model(format!(
                 "approximate attention: max error {bound} is not a non-negative number"
             )));
@@ -524,7 +524,7 @@ fn build(b: &mut Builder, site: &Site, opts: &ApproxOptions, seq_len: i64) -> Re
                     Some(n) => n as f64,
                     None => seq_len as f64,
                 });
-            if !(reference > 1.0) {
+            if reference.is_nan() || reference <= 1.0 {
                 return Err(IrError::Model(format!(
                     "approximate attention: the softplus reference length must exceed 1, found {reference}"
                 )));
