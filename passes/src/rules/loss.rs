@@ -26,9 +26,15 @@ use std::sync::Arc;
 /// a loss fused into `CrossEntropy` can absorb its head matmul.
 pub fn rules() -> Vec<Arc<dyn Rule>> {
     let mut rules: Vec<Arc<dyn Rule>> = vec![
-        Arc::new(LossFusion { source: Source::SoftmaxCrossEntropy }),
-        Arc::new(LossFusion { source: Source::LogSoftmax }),
-        Arc::new(LossFusion { source: Source::SoftmaxLog }),
+        Arc::new(LossFusion {
+            source: Source::SoftmaxCrossEntropy,
+        }),
+        Arc::new(LossFusion {
+            source: Source::LogSoftmax,
+        }),
+        Arc::new(LossFusion {
+            source: Source::SoftmaxLog,
+        }),
     ];
     rules.extend(super::loss_linear::rules());
     rules
@@ -53,7 +59,12 @@ struct LossFusion {
 
 /// The fused op for a loss with these attributes.
 fn cross_entropy(reduction: LossReduction, ignore_index: Option<i64>) -> Op {
-    Op::CrossEntropy { reduction, ignore_index, label_smoothing: 0.0, z_loss: 0.0 }
+    Op::CrossEntropy {
+        reduction,
+        ignore_index,
+        label_smoothing: 0.0,
+        z_loss: 0.0,
+    }
 }
 
 /// True when `axis` names axis 1 of a value of rank `rank` (the class axis
@@ -66,7 +77,11 @@ fn is_class_axis(axis: i64, rank: usize) -> bool {
 }
 
 /// The single-output nodes of `class` with ONNX op type `name`.
-fn onnx_nodes<'a>(egraph: &'a KilnEGraph, class: Id, name: &'static str) -> impl Iterator<Item = &'a KilnLang> + 'a {
+fn onnx_nodes<'a>(
+    egraph: &'a KilnEGraph,
+    class: Id,
+    name: &'static str,
+) -> impl Iterator<Item = &'a KilnLang> + 'a {
     egraph[class].nodes.iter().filter(move |n| {
         matches!(n, KilnLang::Op { op, outputs: 1, .. } if op.name() == name && op.domain().is_empty())
     })
@@ -124,7 +139,12 @@ impl Rule for LossFusion {
             Source::LogSoftmax | Source::SoftmaxLog => "NegativeLogLikelihoodLoss",
         };
         for root in egraph[class].nodes.iter() {
-            let KilnLang::Op { op, outputs, children } = root else {
+            let KilnLang::Op {
+                op,
+                outputs,
+                children,
+            } = root
+            else {
                 continue;
             };
             if op.name() != root_name || !op.domain().is_empty() || children.len() < 2 {
@@ -189,17 +209,33 @@ impl Rule for LossFusion {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layout: [x, (softmax nodes...), rest..., root]; x is entry 0
         // for every source, and the root's children after the first are the
         // labels and weight leaves.
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
-        let KilnLang::Op { op, outputs, children } = root else {
+        let KilnLang::Op {
+            op,
+            outputs,
+            children,
+        } = root
+        else {
             return None;
         };
         let (reduction, ignore_index) = match op.op() {
-            Op::SoftmaxCrossEntropyLoss { reduction, ignore_index }
-            | Op::NegativeLogLikelihoodLoss { reduction, ignore_index } => (*reduction, *ignore_index),
+            Op::SoftmaxCrossEntropyLoss {
+                reduction,
+                ignore_index,
+            }
+            | Op::NegativeLogLikelihoodLoss {
+                reduction,
+                ignore_index,
+            } => (*reduction, *ignore_index),
             _ => return None,
         };
         let mut b = AstBuilder::continuing(&m.subst);

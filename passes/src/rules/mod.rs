@@ -20,6 +20,7 @@
 pub mod algebra;
 pub mod loss;
 pub mod loss_linear;
+pub mod softmax;
 
 use crate::analysis::KilnEGraph;
 use crate::lang::{Disc, KilnLang};
@@ -134,6 +135,58 @@ pub fn root_of(ast: &PatternAst<KilnLang>) -> Id {
     Id::from(ast.as_ref().len() - 1)
 }
 
+/// The classes of each entry of a match's left-hand side, in AST order:
+/// variables through the subst, nodes by looking up their (canonical)
+/// instantiation. `None` for a node the e-graph does not hold, which cannot
+/// happen for a match found by [`Rule::search`] on the current e-graph.
+pub fn lhs_classes(egraph: &KilnEGraph, m: &Match) -> Vec<Option<Id>> {
+    let mut classes: Vec<Option<Id>> = Vec::with_capacity(m.lhs.as_ref().len());
+    for entry in m.lhs.as_ref() {
+        let class = match entry {
+            ENodeOrVar::Var(v) => m.subst.get(*v).map(|&c| egraph.find(c)),
+            ENodeOrVar::ENode(n) => {
+                let mut node = n.clone();
+                let mut known = true;
+                for c in node.children_mut() {
+                    match classes.get(usize::from(*c)).copied().flatten() {
+                        Some(id) => *c = id,
+                        None => known = false,
+                    }
+                }
+                if known {
+                    egraph.lookup(node)
+                } else {
+                    None
+                }
+            }
+        };
+        classes.push(class);
+    }
+    classes
+}
+
+/// What rules can know of the graph beyond the e-graph, for the notes they
+/// add to a report ([`Rule::notes`]).
+#[derive(Clone, Debug, Default)]
+pub struct RuleContext {
+    /// The graph outputs: name and class (as converted; compare through
+    /// [`egg::EGraph::find`]).
+    pub outputs: Vec<(String, Id)>,
+}
+
+impl RuleContext {
+    /// Names of the graph outputs whose value is class `class`, in output
+    /// order.
+    pub fn outputs_in(&self, egraph: &KilnEGraph, class: Id) -> Vec<&str> {
+        let class = egraph.find(class);
+        self.outputs
+            .iter()
+            .filter(|(_, c)| egraph.find(*c) == class)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
 /// A rewrite rule over kiln's e-graph.
 pub trait Rule: Send + Sync + 'static {
     /// Unique name, e.g. `transpose-fold`.
@@ -158,15 +211,30 @@ pub trait Rule: Send + Sync + 'static {
         eclass: Id,
         m: &Match,
     ) -> Option<PatternAst<KilnLang>>;
+    /// Notes for the report on a match that just fired in class `eclass`:
+    /// what a reader of the report should know that the rewrite alone does
+    /// not say (for example that a value it makes unnecessary is kept
+    /// because it is a graph output). None by default.
+    fn notes(
+        &self,
+        _egraph: &KilnEGraph,
+        _eclass: Id,
+        _m: &Match,
+        _ctx: &RuleContext,
+    ) -> Vec<String> {
+        Vec::new()
+    }
 }
 
-/// A rule that fired: its name and the class it rewrote.
+/// A rule that fired: its name, the class it rewrote and its notes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fired {
     /// The rule.
     pub rule: &'static str,
     /// The class of the left-hand side's root when it fired.
     pub class: Id,
+    /// What [`Rule::notes`] said about the match.
+    pub notes: Vec<String>,
 }
 
 /// Where fired rules are recorded, shared by the rewrites of one run.
@@ -177,6 +245,7 @@ pub type FireLog = Arc<Mutex<Vec<Fired>>>;
 struct Adapter {
     rule: Arc<dyn Rule>,
     log: FireLog,
+    ctx: Arc<RuleContext>,
 }
 
 impl Adapter {
@@ -267,6 +336,9 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
                     subst: subst.clone(),
                 };
                 egraph.analysis.current_rule = Some(self.rule.name().to_string());
+                // Notes read the e-graph as the match found it, before the
+                // union merges the right-hand side in.
+                let notes = self.rule.notes(egraph, mat.eclass, &m, &self.ctx);
                 let did = apply_one_match(egraph, mat.eclass, &m, self.rule.as_ref(), rule_name);
                 egraph.analysis.current_rule = None;
                 if did {
@@ -275,6 +347,7 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
                     log.push(Fired {
                         rule: self.rule.name(),
                         class: mat.eclass,
+                        notes,
                     });
                 }
             }
@@ -327,10 +400,12 @@ fn apply_one_match(
     }
 }
 
-/// Wraps rules as egg rewrites that record what fired in `log`.
+/// Wraps rules as egg rewrites that record what fired, with the rules'
+/// notes on it, in `log`.
 pub fn rewrites(
     rules: &[Arc<dyn Rule>],
     log: &FireLog,
+    ctx: &Arc<RuleContext>,
 ) -> Vec<egg::Rewrite<KilnLang, crate::analysis::TypeAnalysis>> {
     rules
         .iter()
@@ -338,6 +413,7 @@ pub fn rewrites(
             let a = Adapter {
                 rule: r.clone(),
                 log: log.clone(),
+                ctx: ctx.clone(),
             };
             egg::Rewrite::new(r.name(), a.clone(), a)
                 .expect("adapters bind no pattern variables, so every rewrite is well formed")
