@@ -13,17 +13,38 @@
 //! the NLL would read a distribution over some other axis. When the
 //! (Log)Softmax has other consumers, the e-graph keeps it for them: the
 //! rules add an equal form of the loss and never remove anything.
+//!
+//! - `loss-zloss-fold`: PaLM's auxiliary z-loss added to a `CrossEntropy`
+//!   becomes the op's `z_loss` attribute. The graph computes
+//!   `CE(x, y) + c · R(lse²)` (either operand order; `c ·` on either side,
+//!   or absent for `c = 1`), where `lse` is `ReduceLogSumExp(x)` or
+//!   `Log(ReduceSum(Exp(x)))` over the class axis 1 of the *same* logits
+//!   `x`, the square is `Pow(lse, 2)` or `Mul(lse, lse)`, and `R` matches
+//!   the loss's reduction: `ReduceMean` over every axis for `mean`,
+//!   `ReduceSum` over every axis for `sum`, nothing for `none`. The sum
+//!   must have the loss's type (no broadcasting). By the op's spec the
+//!   z-term of sample `i` is `w_{y_i}·ζ·lse_i²` and `mean` divides by
+//!   `Σ w_{y_i}` over the samples not ignored, so the fold is exact only
+//!   without a class weight input and without `ignore_index` (with either,
+//!   the graph's plain mean of `lse²` over every sample is a different
+//!   number); the rule requires both absent. `c` must be a one-element
+//!   constant that an `f32` holds exactly; it is added to the op's existing
+//!   `z_loss`. Not matched: a coefficient computed at run time, `lse` in
+//!   the max-shifted form `m + log Σ exp(x - m)`, and a coefficient inside
+//!   the mean (`mean(c · lse²)`).
 
-use super::{node_at, root_of, var_at, AstBuilder, Match, Rule};
+use super::{node_at, reduce_axes, root_of, var_at, AstBuilder, Match, Rule};
 use crate::analysis::KilnEGraph;
-use crate::lang::{Disc, KilnLang};
+use crate::lang::{Disc, KilnLang, OpKey};
 use egg::{Id, Language, PatternAst};
-use kiln_ir::op::{LossReduction, Op, UnaryOp};
+use kiln_ir::op::{BinaryOp, LossReduction, Op, ReduceKind, UnaryOp, KILN_DOMAIN};
 use std::sync::Arc;
 
 /// The rules of this module.
+///
 /// The LM-head fusion of [`super::loss_linear`] runs in the same pass, so
-/// a loss fused into `CrossEntropy` can absorb its head matmul.
+/// a loss fused into `CrossEntropy` (and its z-loss) can absorb its
+/// head matmul; the softmax rules of [`super::softmax`] run there too.
 pub fn rules() -> Vec<Arc<dyn Rule>> {
     let mut rules: Vec<Arc<dyn Rule>> = vec![
         Arc::new(LossFusion {
@@ -36,7 +57,9 @@ pub fn rules() -> Vec<Arc<dyn Rule>> {
             source: Source::SoftmaxLog,
         }),
     ];
+    rules.push(Arc::new(ZLossFold));
     rules.extend(super::loss_linear::rules());
+    rules.extend(super::softmax::rules());
     rules
 }
 
@@ -248,6 +271,283 @@ impl Rule for LossFusion {
             op: crate::lang::OpKey::new(cross_entropy(reduction, ignore_index)),
             outputs: *outputs,
             children: kids,
+        });
+        Some(b.into_ast())
+    }
+}
+
+/// `CE(x, y) + c · R(lse(x)²)` -> `CE{z_loss += c}(x, y)`; see the module
+/// docs for the accepted forms and why class weights and `ignore_index`
+/// rule it out.
+struct ZLossFold;
+
+/// A one-element constant class and its value.
+fn scalar_constant(egraph: &KilnEGraph, class: Id) -> Option<f64> {
+    let t = egraph.analysis.constant(&egraph[class].data)?;
+    let v = t.to_f64s();
+    (v.len() == 1).then(|| v[0])
+}
+
+/// The single-output op nodes of `class` with their op and children.
+fn op_nodes(egraph: &KilnEGraph, class: Id) -> impl Iterator<Item = (&KilnLang, &Op, &[Id])> + '_ {
+    egraph[class].nodes.iter().filter_map(|n| match n {
+        KilnLang::Op {
+            op,
+            outputs: 1,
+            children,
+        } => Some((n, op.op(), children.as_slice())),
+        _ => None,
+    })
+}
+
+/// Adds `node` to `b` with `first` as its first child and fresh class
+/// leaves for the others.
+fn with_first(b: &mut AstBuilder, node: &KilnLang, first: Id) -> Id {
+    b.node_with_first_child(node, first)
+}
+
+impl ZLossFold {
+    /// Appends to `out` the ways class `lse` is the log-sum-exp of `x`
+    /// over axis 1, each as a function that adds it to a builder given the
+    /// index of `x`.
+    fn lse_forms<'a>(egraph: &'a KilnEGraph, lse: Id, x: Id) -> Vec<Vec<&'a KilnLang>> {
+        let x = egraph.find(x);
+        let Some(rank) = egraph[x].data.tensor().map(|t| t.rank()) else {
+            return Vec::new();
+        };
+        let class_axis =
+            |op: &Op, kids: &[Id]| reduce_axes(egraph, op, kids, rank).as_deref() == Some(&[1][..]);
+        let mut out = Vec::new();
+        for (n, op, kids) in op_nodes(egraph, lse) {
+            match op {
+                Op::Reduce {
+                    kind: ReduceKind::LogSumExp,
+                    ..
+                } if egraph.find(kids[0]) == x && class_axis(op, kids) => {
+                    out.push(vec![n]);
+                }
+                Op::Unary(UnaryOp::Log) => {
+                    for (sum, sop, sk) in op_nodes(egraph, kids[0]) {
+                        if !matches!(
+                            sop,
+                            Op::Reduce {
+                                kind: ReduceKind::Sum,
+                                ..
+                            }
+                        ) || !class_axis(sop, sk)
+                        {
+                            continue;
+                        }
+                        for (exp, eop, ek) in op_nodes(egraph, sk[0]) {
+                            if *eop == Op::Unary(UnaryOp::Exp) && egraph.find(ek[0]) == x {
+                                out.push(vec![exp, sum, n]);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+impl Rule for ZLossFold {
+    fn name(&self) -> &'static str {
+        "loss-zloss-fold"
+    }
+
+    fn description(&self) -> &'static str {
+        "CrossEntropy(x, y) + c * mean|sum(logsumexp(x, class axis)^2) -> kiln::CrossEntropy{z_loss = c}(x, y)"
+    }
+
+    fn roots(&self) -> Option<Vec<Disc>> {
+        Some(vec![Disc::onnx("Add")])
+    }
+
+    fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
+        let Some(total_ty) = egraph[class].data.tensor() else {
+            return;
+        };
+        for (add, aop, ak) in op_nodes(egraph, class) {
+            if *aop != Op::Binary(BinaryOp::Add) || ak.len() != 2 {
+                continue;
+            }
+            for slot in 0..2 {
+                let (loss, term) = (ak[slot], ak[1 - slot]);
+                if egraph[loss].data.tensor() != Some(total_ty) {
+                    continue;
+                }
+                for (ce, cop, ck) in op_nodes(egraph, loss) {
+                    let Op::CrossEntropy {
+                        reduction,
+                        ignore_index: None,
+                        ..
+                    } = cop
+                    else {
+                        continue;
+                    };
+                    if ck.len() != 2 || cop.domain() != KILN_DOMAIN {
+                        continue;
+                    }
+                    let x = ck[0];
+                    // The coefficient: Mul(c, Z), Mul(Z, c), or Z alone.
+                    let mut scaled: Vec<(Option<(&KilnLang, usize)>, Id)> = Vec::new();
+                    if egraph[term].data.tensor() == Some(total_ty) {
+                        scaled.push((None, term));
+                    }
+                    for (mul, mop, mk) in op_nodes(egraph, term) {
+                        if *mop != Op::Binary(BinaryOp::Mul) || mk.len() != 2 {
+                            continue;
+                        }
+                        for cslot in 0..2 {
+                            if scalar_constant(egraph, mk[cslot])
+                                .is_some_and(|c| (c as f32) as f64 == c)
+                                && egraph[mk[1 - cslot]].data.tensor() == Some(total_ty)
+                            {
+                                scaled.push((Some((mul, cslot)), mk[1 - cslot]));
+                            }
+                        }
+                    }
+                    for (mul, z) in scaled {
+                        // The reduction of the squares, matching the loss's.
+                        let mut reduced: Vec<(Option<&KilnLang>, Id)> = Vec::new();
+                        match reduction {
+                            LossReduction::None => reduced.push((None, z)),
+                            LossReduction::Mean | LossReduction::Sum => {
+                                let kind = if *reduction == LossReduction::Mean {
+                                    ReduceKind::Mean
+                                } else {
+                                    ReduceKind::Sum
+                                };
+                                for (r, rop, rk) in op_nodes(egraph, z) {
+                                    let Op::Reduce { kind: k, .. } = rop else {
+                                        continue;
+                                    };
+                                    let Some(rank) = egraph[rk[0]].data.tensor().map(|t| t.rank())
+                                    else {
+                                        continue;
+                                    };
+                                    if *k == kind
+                                        && reduce_axes(egraph, rop, rk, rank)
+                                            == Some((0..rank).collect())
+                                    {
+                                        reduced.push((Some(r), rk[0]));
+                                    }
+                                }
+                            }
+                        }
+                        for (reduce, sq) in reduced {
+                            if egraph[sq].data.tensor().is_none() {
+                                continue;
+                            }
+                            for (square, sqop, sqk) in op_nodes(egraph, sq) {
+                                let lse = sqk[0];
+                                let is_square = match sqop {
+                                    Op::Binary(BinaryOp::Mul) => {
+                                        egraph.find(sqk[1]) == egraph.find(lse)
+                                    }
+                                    Op::Binary(BinaryOp::Pow) => {
+                                        scalar_constant(egraph, sqk[1]) == Some(2.0)
+                                    }
+                                    _ => false,
+                                };
+                                if !is_square {
+                                    continue;
+                                }
+                                for lse_chain in Self::lse_forms(egraph, lse, x) {
+                                    let mut b = AstBuilder::new();
+                                    let xv = b.class(x);
+                                    let yv = b.class(ck[1]);
+                                    let mut ce_node = ce.clone();
+                                    ce_node.children_mut().copy_from_slice(&[xv, yv]);
+                                    let cev = b.node(ce_node);
+                                    let mut at = xv;
+                                    for n in &lse_chain {
+                                        at = with_first(&mut b, n, at);
+                                    }
+                                    let lv = at;
+                                    let mut sq_node = square.clone();
+                                    let second = match sqop {
+                                        Op::Binary(BinaryOp::Mul) => lv,
+                                        _ => b.class(sqk[1]),
+                                    };
+                                    sq_node.children_mut().copy_from_slice(&[lv, second]);
+                                    let mut zv = b.node(sq_node);
+                                    if let Some(r) = reduce {
+                                        zv = with_first(&mut b, r, zv);
+                                    }
+                                    let tv = match mul {
+                                        None => zv,
+                                        Some((m, cslot)) => {
+                                            let cv = b.class(m.children()[cslot]);
+                                            let mut kids = [cv, cv];
+                                            kids[1 - cslot] = zv;
+                                            let mut m = m.clone();
+                                            m.children_mut().copy_from_slice(&kids);
+                                            b.node(m)
+                                        }
+                                    };
+                                    let mut kids = [cev, cev];
+                                    kids[1 - slot] = tv;
+                                    let mut a = add.clone();
+                                    a.children_mut().copy_from_slice(&kids);
+                                    b.node(a);
+                                    out.push(b.finish());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
+        // LHS layout: [x, y, CE(x, y), lse..., square, R?, Mul?, Add].
+        let add = node_at(&m.lhs, root_of(&m.lhs))?;
+        let ce_index = Id::from(2);
+        let Some(Op::CrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+        }) = node_at(&m.lhs, ce_index)?.as_op()
+        else {
+            return None;
+        };
+        let term = add.children().iter().copied().find(|&c| c != ce_index)?;
+        // A coefficient Mul has the constant as a leaf; a term without one
+        // (c = 1) is the square or its reduction, whose children are nodes
+        // (or, for Pow, a leaf under the square, not here).
+        let term_node = node_at(&m.lhs, term)?;
+        let coefficient_leaf = match term_node.as_op() {
+            Some(Op::Binary(BinaryOp::Mul)) => {
+                term_node.children().iter().find_map(|&c| var_at(&m.lhs, c))
+            }
+            _ => None,
+        };
+        let coefficient = match coefficient_leaf {
+            Some(c) => scalar_constant(egraph, *m.subst.get(c)?)? as f32,
+            None => 1.0,
+        };
+        let mut b = AstBuilder::continuing(&m.subst);
+        let x = b.var(var_at(&m.lhs, Id::from(0))?);
+        let y = b.var(var_at(&m.lhs, Id::from(1))?);
+        b.node(KilnLang::Op {
+            op: OpKey::new(Op::CrossEntropy {
+                reduction: *reduction,
+                ignore_index: *ignore_index,
+                label_smoothing: *label_smoothing,
+                z_loss: z_loss + coefficient,
+            }),
+            outputs: 1,
+            children: vec![x, y],
         });
         Some(b.into_ast())
     }

@@ -22,7 +22,8 @@ pub mod loss;
 pub mod loss_linear;
 pub mod softmax;
 
-use crate::analysis::KilnEGraph;
+use crate::analysis::{ClassType, KilnEGraph};
+use kiln_ir::op::Op;
 use crate::lang::{Disc, KilnLang};
 use egg::{ENodeOrVar, Id, Language, PatternAst, SearchMatches, Subst, Symbol, Var};
 use std::borrow::Cow;
@@ -163,6 +164,40 @@ pub fn lhs_classes(egraph: &KilnEGraph, m: &Match) -> Vec<Option<Id>> {
         classes.push(class);
     }
     classes
+}
+
+/// The axes a `Reduce` node with these children reduces over a value of
+/// rank `rank`, normalized, sorted and deduplicated: from the `axes`
+/// attribute, else from a constant second input, else every axis. `None`
+/// when the axes are not known constants, are out of range, or the node is
+/// the identity (no axes with `noop_with_empty_axes`).
+pub fn reduce_axes(egraph: &KilnEGraph, op: &Op, children: &[Id], rank: usize) -> Option<Vec<usize>> {
+    let Op::Reduce { axes, noop_with_empty_axes, .. } = op else {
+        return None;
+    };
+    let given: Option<Vec<i64>> = match (axes, children.get(1)) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(&c)) if !matches!(egraph[c].data.ty, ClassType::Absent) => {
+            Some(egraph.analysis.constant(&egraph[c].data)?.to_i64s())
+        }
+        (None, _) => None,
+    };
+    let signed_rank = i64::try_from(rank).ok()?;
+    let mut out: Vec<usize> = match given {
+        Some(a) if a.is_empty() && *noop_with_empty_axes => return None,
+        Some(a) if !a.is_empty() => a
+            .into_iter()
+            .map(|x| {
+                let x = if x < 0 { x + signed_rank } else { x };
+                usize::try_from(x).ok().filter(|&x| x < rank)
+            })
+            .collect::<Option<_>>()?,
+        _ if *noop_with_empty_axes => return None,
+        _ => (0..rank).collect(),
+    };
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
 }
 
 /// What rules can know of the graph beyond the e-graph, for the notes they
