@@ -62,12 +62,12 @@ impl Pass {
             "algebra" => Some(Pass {
                 name: "algebra",
                 description:
-                    "transpose/reshape folding, Identity/Dropout/Cast elimination, constant folding",
+                    "transpose/reshape folding, Identity/Dropout/Cast elimination, constant folding, scale into weight, matmul reassociation",
                 rules: rules::algebra::rules(),
             }),
             "loss" => Some(Pass {
                 name: "loss",
-                description: "softmax/log-softmax + NLL and SoftmaxCrossEntropyLoss into kiln::CrossEntropy; LM head + loss into kiln::LinearCrossEntropy",
+                description: "softmax/log-softmax + NLL and SoftmaxCrossEntropyLoss into kiln::CrossEntropy, z-loss into its z_loss; LM head + loss into kiln::LinearCrossEntropy; ArgMax/TopK over softmax",
                 rules: rules::loss::rules(),
             }),
             _ => None,

@@ -23,9 +23,9 @@ pub mod loss_linear;
 pub mod softmax;
 
 use crate::analysis::{ClassType, KilnEGraph};
-use kiln_ir::op::Op;
 use crate::lang::{Disc, KilnLang};
 use egg::{ENodeOrVar, Id, Language, PatternAst, SearchMatches, Subst, Symbol, Var};
+use kiln_ir::op::Op;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
@@ -171,8 +171,18 @@ pub fn lhs_classes(egraph: &KilnEGraph, m: &Match) -> Vec<Option<Id>> {
 /// attribute, else from a constant second input, else every axis. `None`
 /// when the axes are not known constants, are out of range, or the node is
 /// the identity (no axes with `noop_with_empty_axes`).
-pub fn reduce_axes(egraph: &KilnEGraph, op: &Op, children: &[Id], rank: usize) -> Option<Vec<usize>> {
-    let Op::Reduce { axes, noop_with_empty_axes, .. } = op else {
+pub fn reduce_axes(
+    egraph: &KilnEGraph,
+    op: &Op,
+    children: &[Id],
+    rank: usize,
+) -> Option<Vec<usize>> {
+    let Op::Reduce {
+        axes,
+        noop_with_empty_axes,
+        ..
+    } = op
+    else {
         return None;
     };
     let given: Option<Vec<i64>> = match (axes, children.get(1)) {
@@ -246,6 +256,13 @@ pub trait Rule: Send + Sync + 'static {
         eclass: Id,
         m: &Match,
     ) -> Option<PatternAst<KilnLang>>;
+    /// A last look at a match before it is applied, with what the e-graph
+    /// alone does not say (the graph outputs): false skips it. True by
+    /// default; a rule that must not fire where some value has another
+    /// use checks the graph outputs here.
+    fn check(&self, _egraph: &KilnEGraph, _eclass: Id, _m: &Match, _ctx: &RuleContext) -> bool {
+        true
+    }
     /// Notes for the report on a match that just fired in class `eclass`:
     /// what a reader of the report should know that the rewrite alone does
     /// not say (for example that a value it makes unnecessary is kept
@@ -374,7 +391,14 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
                 // Notes read the e-graph as the match found it, before the
                 // union merges the right-hand side in.
                 let notes = self.rule.notes(egraph, mat.eclass, &m, &self.ctx);
-                let did = apply_one_match(egraph, mat.eclass, &m, self.rule.as_ref(), rule_name);
+                let did = apply_one_match(
+                    egraph,
+                    mat.eclass,
+                    &m,
+                    self.rule.as_ref(),
+                    &self.ctx,
+                    rule_name,
+                );
                 egraph.analysis.current_rule = None;
                 if did {
                     changed.push(mat.eclass);
@@ -405,7 +429,7 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
             lhs: lhs.clone(),
             subst: subst.clone(),
         };
-        if apply_one_match(egraph, eclass, &m, self.rule.as_ref(), rule_name) {
+        if apply_one_match(egraph, eclass, &m, self.rule.as_ref(), &self.ctx, rule_name) {
             vec![eclass]
         } else {
             Vec::new()
@@ -413,15 +437,19 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
     }
 }
 
-/// Adds the right-hand side and unions it with the match's class; true when
-/// that changed the e-graph.
+/// Adds the right-hand side and unions it with the match's class, if the
+/// rule's [`Rule::check`] passes; true when that changed the e-graph.
 fn apply_one_match(
     egraph: &mut KilnEGraph,
     eclass: Id,
     m: &Match,
     rule: &dyn Rule,
+    ctx: &RuleContext,
     rule_name: Symbol,
 ) -> bool {
+    if !rule.check(egraph, eclass, m, ctx) {
+        return false;
+    }
     let Some(rhs) = rule.rewrite(egraph, eclass, m) else {
         return false;
     };
