@@ -361,3 +361,47 @@ fn zloss_not_for_a_cube() {
         &ZLOSS_MEAN.replace("init %two: f32[] = 2", "init %two: f32[] = 3"),
     );
 }
+
+#[test]
+fn zloss_on_a_shifted_tied_head_becomes_one_linear_cross_entropy() {
+    // A Hugging Face causal LM's shifted loss with PaLM's z-loss on the
+    // same flattened logits; the logits are also an output.
+    let text = r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %wte: f32[7, 4]
+  input %y: i64[2, 5]
+  init %c0: i64[1] = [0]
+  init %c1: i64[1] = [-1]
+  init %c2: i64[1] = [1]
+  init %c3: i64[1] = [1]
+  init %c4: i64[1] = [9223372036854775807]
+  init %c6: i64[2] = [-1, 7]
+  init %c7: i64[1] = [-1]
+  init %coef: f32[] = 0.001
+  %w = Transpose(%wte) {perm = [1, 0]} @tied
+  %logits = MatMul(%h, %w) @head
+  %shift = Slice(%logits, %c0, %c1, %c2) @shift_logits
+  %yshift = Slice(%y, %c3, %c4, %c2) @shift_labels
+  %flat = Reshape(%shift, %c6) @flat_logits
+  %yflat = Reshape(%yshift, %c7) @flat_labels
+  %lp = LogSoftmax(%flat) {axis = 1} @log_softmax
+  %ce = NegativeLogLikelihoodLoss(%lp, %yflat) @nll
+  %lse = ReduceLogSumExp(%flat) {axes = [-1], keepdims = 0} @lse
+  %sq = Mul(%lse, %lse) @square
+  %z = ReduceMean(%sq) {keepdims = 0} @zmean
+  %term = Mul(%coef, %z) @scale
+  %loss = Add(%ce, %term) @total
+  output %loss
+  output %logits
+}"#;
+    let g = parse(text);
+    let pipeline = kiln_passes::Pipeline::from_names(&["loss"]).expect("loss pass exists");
+    let (out, report) = kiln_passes::optimize(&g, &pipeline).expect("optimizes");
+    let printed = common::print(&out);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1, "{report}\n{printed}");
+    assert_eq!(count(&out, "ReduceLogSumExp"), 0, "{printed}");
+    assert_eq!(count(&out, "MatMul"), 1, "the logits output keeps its head");
+    assert!(printed.contains("z_loss = 0.001"), "{printed}");
+    assert!(!report.notes.is_empty(), "{report}");
+    assert_same_outputs(&g, &out);
+}
