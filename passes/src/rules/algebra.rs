@@ -630,7 +630,8 @@ impl ScaleIntoWeight {
         }
         let columns = out_ty.shape.last();
         let per_column = ct.rank() == 1 && ct.shape.first() == columns;
-        if !(values.len() == 1 && ct.rank() <= out_ty.rank()) && !per_column {
+        let scalar = values.len() == 1 && ct.rank() <= out_ty.rank();
+        if !(scalar || per_column) {
             return false;
         }
         let w = p.matmul.children()[1];

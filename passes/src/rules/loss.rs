@@ -37,7 +37,8 @@ use super::{node_at, reduce_axes, root_of, var_at, AstBuilder, Match, Rule};
 use crate::analysis::KilnEGraph;
 use crate::lang::{Disc, KilnLang, OpKey};
 use egg::{Id, Language, PatternAst};
-use kiln_ir::op::{BinaryOp, LossReduction, Op, ReduceKind, UnaryOp, KILN_DOMAIN};
+use kiln_ir::op::{BinaryOp, LossReduction, Op, ReduceKind, UnaryOp};
+use kiln_ir::types::TensorType;
 use std::sync::Arc;
 
 /// The rules of this module.
@@ -300,56 +301,169 @@ fn op_nodes(egraph: &KilnEGraph, class: Id) -> impl Iterator<Item = (&KilnLang, 
     })
 }
 
-/// Adds `node` to `b` with `first` as its first child and fresh class
-/// leaves for the others.
-fn with_first(b: &mut AstBuilder, node: &KilnLang, first: Id) -> Id {
-    b.node_with_first_child(node, first)
+/// The coefficient forms of a z-term class: `Mul(c, Z)` or `Mul(Z, c)`
+/// with the Mul node and the constant's slot, or `Z` itself (`c = 1`),
+/// each with the class of `Z`, which must have the loss's type `ty`.
+fn coefficient_forms<'a>(
+    egraph: &'a KilnEGraph,
+    term: Id,
+    ty: &TensorType,
+) -> Vec<(Option<(&'a KilnLang, usize)>, Id)> {
+    let mut out = Vec::new();
+    if egraph[term].data.tensor() == Some(ty) {
+        out.push((None, term));
+    }
+    for (mul, op, kids) in op_nodes(egraph, term) {
+        if *op != Op::Binary(BinaryOp::Mul) || kids.len() != 2 {
+            continue;
+        }
+        for slot in 0..2 {
+            let exact_in_f32 =
+                scalar_constant(egraph, kids[slot]).is_some_and(|c| (c as f32) as f64 == c);
+            if exact_in_f32 && egraph[kids[1 - slot]].data.tensor() == Some(ty) {
+                out.push((Some((mul, slot)), kids[1 - slot]));
+            }
+        }
+    }
+    out
 }
 
-impl ZLossFold {
-    /// Appends to `out` the ways class `lse` is the log-sum-exp of `x`
-    /// over axis 1, each as a function that adds it to a builder given the
-    /// index of `x`.
-    fn lse_forms<'a>(egraph: &'a KilnEGraph, lse: Id, x: Id) -> Vec<Vec<&'a KilnLang>> {
-        let x = egraph.find(x);
-        let Some(rank) = egraph[x].data.tensor().map(|t| t.rank()) else {
-            return Vec::new();
+/// The reductions of the squares in class `z` that match the loss's
+/// `reduction` (`ReduceMean` or `ReduceSum` over every axis, or none),
+/// each with the class of the squares.
+fn reduction_forms(
+    egraph: &KilnEGraph,
+    z: Id,
+    reduction: LossReduction,
+) -> Vec<(Option<&KilnLang>, Id)> {
+    let kind = match reduction {
+        LossReduction::None => return vec![(None, z)],
+        LossReduction::Mean => ReduceKind::Mean,
+        LossReduction::Sum => ReduceKind::Sum,
+    };
+    let mut out = Vec::new();
+    for (r, op, kids) in op_nodes(egraph, z) {
+        if !matches!(op, Op::Reduce { kind: k, .. } if *k == kind) {
+            continue;
+        }
+        let Some(rank) = egraph[kids[0]].data.tensor().map(|t| t.rank()) else {
+            continue;
         };
-        let class_axis =
-            |op: &Op, kids: &[Id]| reduce_axes(egraph, op, kids, rank).as_deref() == Some(&[1][..]);
-        let mut out = Vec::new();
-        for (n, op, kids) in op_nodes(egraph, lse) {
-            match op {
-                Op::Reduce {
-                    kind: ReduceKind::LogSumExp,
-                    ..
-                } if egraph.find(kids[0]) == x && class_axis(op, kids) => {
-                    out.push(vec![n]);
-                }
-                Op::Unary(UnaryOp::Log) => {
-                    for (sum, sop, sk) in op_nodes(egraph, kids[0]) {
-                        if !matches!(
-                            sop,
-                            Op::Reduce {
-                                kind: ReduceKind::Sum,
-                                ..
-                            }
-                        ) || !class_axis(sop, sk)
-                        {
-                            continue;
+        if reduce_axes(egraph, op, kids, rank) == Some((0..rank).collect()) {
+            out.push((Some(r), kids[0]));
+        }
+    }
+    out
+}
+
+/// The squares in class `sq`, `Pow(l, 2)` or `Mul(l, l)`, each with the
+/// class of `l`.
+fn square_forms(egraph: &KilnEGraph, sq: Id) -> Vec<(&KilnLang, Id)> {
+    op_nodes(egraph, sq)
+        .filter(|(_, op, kids)| match op {
+            Op::Binary(BinaryOp::Mul) => egraph.find(kids[1]) == egraph.find(kids[0]),
+            Op::Binary(BinaryOp::Pow) => scalar_constant(egraph, kids[1]) == Some(2.0),
+            _ => false,
+        })
+        .map(|(n, _, kids)| (n, kids[0]))
+        .collect()
+}
+
+/// The ways class `lse` is the log-sum-exp of `x` over axis 1, each as
+/// the chain of nodes from `x` up (`[ReduceLogSumExp]` or
+/// `[Exp, ReduceSum, Log]`), every node reading the one before it.
+fn lse_forms(egraph: &KilnEGraph, lse: Id, x: Id) -> Vec<Vec<&KilnLang>> {
+    let x = egraph.find(x);
+    let Some(rank) = egraph[x].data.tensor().map(|t| t.rank()) else {
+        return Vec::new();
+    };
+    let class_axis =
+        |op: &Op, kids: &[Id]| reduce_axes(egraph, op, kids, rank).as_deref() == Some(&[1][..]);
+    let mut out = Vec::new();
+    for (n, op, kids) in op_nodes(egraph, lse) {
+        match op {
+            Op::Reduce {
+                kind: ReduceKind::LogSumExp,
+                ..
+            } if egraph.find(kids[0]) == x && class_axis(op, kids) => {
+                out.push(vec![n]);
+            }
+            Op::Unary(UnaryOp::Log) => {
+                for (sum, sop, sk) in op_nodes(egraph, kids[0]) {
+                    if !matches!(
+                        sop,
+                        Op::Reduce {
+                            kind: ReduceKind::Sum,
+                            ..
                         }
-                        for (exp, eop, ek) in op_nodes(egraph, sk[0]) {
-                            if *eop == Op::Unary(UnaryOp::Exp) && egraph.find(ek[0]) == x {
-                                out.push(vec![exp, sum, n]);
-                            }
+                    ) || !class_axis(sop, sk)
+                    {
+                        continue;
+                    }
+                    for (exp, eop, ek) in op_nodes(egraph, sk[0]) {
+                        if *eop == Op::Unary(UnaryOp::Exp) && egraph.find(ek[0]) == x {
+                            out.push(vec![exp, sum, n]);
                         }
                     }
                 }
-                _ => {}
             }
+            _ => {}
         }
-        out
     }
+    out
+}
+
+/// The pieces of one z-loss match, from the root down.
+struct ZLossParts<'a> {
+    add: &'a KilnLang,
+    /// The slot of the loss in the Add.
+    loss_slot: usize,
+    ce: &'a KilnLang,
+    mul: Option<(&'a KilnLang, usize)>,
+    reduce: Option<&'a KilnLang>,
+    square: &'a KilnLang,
+    lse: Vec<&'a KilnLang>,
+}
+
+impl ZLossParts<'_> {
+    /// The match's left-hand side, laid out as [`ZLossFold`]'s rewrite
+    /// reads it: `[x, y, CE(x, y), lse..., square, R?, Mul?, Add]`.
+    fn build(&self) -> Match {
+        let mut b = AstBuilder::new();
+        let ck = self.ce.children();
+        let xv = b.class(ck[0]);
+        let yv = b.class(ck[1]);
+        let cev = b.node(with_children(self.ce, &[xv, yv]));
+        let mut at = xv;
+        for n in &self.lse {
+            at = b.node_with_first_child(n, at);
+        }
+        let second = match self.square.as_op() {
+            Some(Op::Binary(BinaryOp::Mul)) => at,
+            _ => b.class(self.square.children()[1]),
+        };
+        let mut zv = b.node(with_children(self.square, &[at, second]));
+        if let Some(r) = self.reduce {
+            zv = b.node_with_first_child(r, zv);
+        }
+        if let Some((m, cslot)) = self.mul {
+            let cv = b.class(m.children()[cslot]);
+            let mut kids = [cv, cv];
+            kids[1 - cslot] = zv;
+            zv = b.node(with_children(m, &kids));
+        }
+        let mut kids = [cev, cev];
+        kids[1 - self.loss_slot] = zv;
+        b.node(with_children(self.add, &kids));
+        b.finish()
+    }
+}
+
+/// `node` with its children replaced by AST indices.
+fn with_children(node: &KilnLang, kids: &[Id]) -> KilnLang {
+    let mut n = node.clone();
+    n.children_mut().copy_from_slice(kids);
+    n
 }
 
 impl Rule for ZLossFold {
@@ -373,12 +487,13 @@ impl Rule for ZLossFold {
             if *aop != Op::Binary(BinaryOp::Add) || ak.len() != 2 {
                 continue;
             }
-            for slot in 0..2 {
-                let (loss, term) = (ak[slot], ak[1 - slot]);
+            for loss_slot in 0..2 {
+                let (loss, term) = (ak[loss_slot], ak[1 - loss_slot]);
                 if egraph[loss].data.tensor() != Some(total_ty) {
                     continue;
                 }
                 for (ce, cop, ck) in op_nodes(egraph, loss) {
+                    // No class weight and no ignore_index: see the module docs.
                     let Op::CrossEntropy {
                         reduction,
                         ignore_index: None,
@@ -387,113 +502,23 @@ impl Rule for ZLossFold {
                     else {
                         continue;
                     };
-                    if ck.len() != 2 || cop.domain() != KILN_DOMAIN {
+                    if ck.len() != 2 {
                         continue;
                     }
-                    let x = ck[0];
-                    // The coefficient: Mul(c, Z), Mul(Z, c), or Z alone.
-                    let mut scaled: Vec<(Option<(&KilnLang, usize)>, Id)> = Vec::new();
-                    if egraph[term].data.tensor() == Some(total_ty) {
-                        scaled.push((None, term));
-                    }
-                    for (mul, mop, mk) in op_nodes(egraph, term) {
-                        if *mop != Op::Binary(BinaryOp::Mul) || mk.len() != 2 {
-                            continue;
-                        }
-                        for cslot in 0..2 {
-                            if scalar_constant(egraph, mk[cslot])
-                                .is_some_and(|c| (c as f32) as f64 == c)
-                                && egraph[mk[1 - cslot]].data.tensor() == Some(total_ty)
-                            {
-                                scaled.push((Some((mul, cslot)), mk[1 - cslot]));
-                            }
-                        }
-                    }
-                    for (mul, z) in scaled {
-                        // The reduction of the squares, matching the loss's.
-                        let mut reduced: Vec<(Option<&KilnLang>, Id)> = Vec::new();
-                        match reduction {
-                            LossReduction::None => reduced.push((None, z)),
-                            LossReduction::Mean | LossReduction::Sum => {
-                                let kind = if *reduction == LossReduction::Mean {
-                                    ReduceKind::Mean
-                                } else {
-                                    ReduceKind::Sum
-                                };
-                                for (r, rop, rk) in op_nodes(egraph, z) {
-                                    let Op::Reduce { kind: k, .. } = rop else {
-                                        continue;
+                    for (mul, z) in coefficient_forms(egraph, term, total_ty) {
+                        for (reduce, sq) in reduction_forms(egraph, z, *reduction) {
+                            for (square, l) in square_forms(egraph, sq) {
+                                for lse in lse_forms(egraph, l, ck[0]) {
+                                    let parts = ZLossParts {
+                                        add,
+                                        loss_slot,
+                                        ce,
+                                        mul,
+                                        reduce,
+                                        square,
+                                        lse,
                                     };
-                                    let Some(rank) = egraph[rk[0]].data.tensor().map(|t| t.rank())
-                                    else {
-                                        continue;
-                                    };
-                                    if *k == kind
-                                        && reduce_axes(egraph, rop, rk, rank)
-                                            == Some((0..rank).collect())
-                                    {
-                                        reduced.push((Some(r), rk[0]));
-                                    }
-                                }
-                            }
-                        }
-                        for (reduce, sq) in reduced {
-                            if egraph[sq].data.tensor().is_none() {
-                                continue;
-                            }
-                            for (square, sqop, sqk) in op_nodes(egraph, sq) {
-                                let lse = sqk[0];
-                                let is_square = match sqop {
-                                    Op::Binary(BinaryOp::Mul) => {
-                                        egraph.find(sqk[1]) == egraph.find(lse)
-                                    }
-                                    Op::Binary(BinaryOp::Pow) => {
-                                        scalar_constant(egraph, sqk[1]) == Some(2.0)
-                                    }
-                                    _ => false,
-                                };
-                                if !is_square {
-                                    continue;
-                                }
-                                for lse_chain in Self::lse_forms(egraph, lse, x) {
-                                    let mut b = AstBuilder::new();
-                                    let xv = b.class(x);
-                                    let yv = b.class(ck[1]);
-                                    let mut ce_node = ce.clone();
-                                    ce_node.children_mut().copy_from_slice(&[xv, yv]);
-                                    let cev = b.node(ce_node);
-                                    let mut at = xv;
-                                    for n in &lse_chain {
-                                        at = with_first(&mut b, n, at);
-                                    }
-                                    let lv = at;
-                                    let mut sq_node = square.clone();
-                                    let second = match sqop {
-                                        Op::Binary(BinaryOp::Mul) => lv,
-                                        _ => b.class(sqk[1]),
-                                    };
-                                    sq_node.children_mut().copy_from_slice(&[lv, second]);
-                                    let mut zv = b.node(sq_node);
-                                    if let Some(r) = reduce {
-                                        zv = with_first(&mut b, r, zv);
-                                    }
-                                    let tv = match mul {
-                                        None => zv,
-                                        Some((m, cslot)) => {
-                                            let cv = b.class(m.children()[cslot]);
-                                            let mut kids = [cv, cv];
-                                            kids[1 - cslot] = zv;
-                                            let mut m = m.clone();
-                                            m.children_mut().copy_from_slice(&kids);
-                                            b.node(m)
-                                        }
-                                    };
-                                    let mut kids = [cev, cev];
-                                    kids[1 - slot] = tv;
-                                    let mut a = add.clone();
-                                    a.children_mut().copy_from_slice(&kids);
-                                    b.node(a);
-                                    out.push(b.finish());
+                                    out.push(parts.build());
                                 }
                             }
                         }
