@@ -169,3 +169,20 @@ fn topk_not_when_the_softmax_runs_along_another_axis() {
     does_not_fire(RENORM, &text);
     does_not_fire(INDICES, &text);
 }
+
+#[test]
+fn topk_renorm_with_the_sum_axes_as_an_input_numbers() {
+    // ReduceSum as opset 13+ writes it: the axes are a constant input.
+    let text = GATING
+        .replace(
+            "init %k: i64[1] = [2]",
+            "init %k: i64[1] = [2]\n  init %axes: i64[1] = [1]",
+        )
+        .replace(
+            "ReduceSum(%top) {axes = [-1], keepdims = 1}",
+            "ReduceSum(%top, %axes) {keepdims = 1}",
+        );
+    let (g, out, _) = fires(RENORM, &text);
+    assert_eq!(count(&out, "ReduceSum"), 0);
+    assert_same_outputs(&g, &out);
+}

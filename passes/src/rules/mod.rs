@@ -210,8 +210,9 @@ pub fn reduce_axes(
     Some(out)
 }
 
-/// What rules can know of the graph beyond the e-graph, for the notes they
-/// add to a report ([`Rule::notes`]).
+/// What rules can know of the graph beyond the e-graph, for their last
+/// check of a match ([`Rule::check`]) and the notes they add to a report
+/// ([`Rule::notes`]).
 #[derive(Clone, Debug, Default)]
 pub struct RuleContext {
     /// The graph outputs: name and class (as converted; compare through
