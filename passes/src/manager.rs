@@ -53,7 +53,7 @@ impl fmt::Debug for Pass {
 }
 
 /// The names of every pass, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["algebra", "loss"];
+pub const PASS_NAMES: &[&str] = &["algebra", "loss", "attention"];
 
 impl Pass {
     /// The pass with this name.
@@ -70,6 +70,11 @@ impl Pass {
                 description: "softmax/log-softmax + NLL and SoftmaxCrossEntropyLoss into kiln::CrossEntropy, z-loss into its z_loss; LM head + loss into kiln::LinearCrossEntropy; ArgMax/TopK over softmax",
                 rules: rules::loss::rules(),
             }),
+            "attention" => Some(Pass {
+                name: "attention",
+                description: "scaled dot-product attention (scale, mask, causal mask, grouped-/multi-query) into Attention",
+                rules: rules::attention::rules(),
+            }),
             _ => None,
         }
     }
@@ -82,8 +87,7 @@ pub enum OptLevel {
     O0,
     /// Clean-up: the `algebra` pass.
     O1,
-    /// Everything: `-O1` plus loss fusion; the attention passes join here
-    /// as they land.
+    /// Everything: `-O1` plus loss and attention fusion.
     O2,
 }
 

@@ -18,6 +18,7 @@
 //! gain on these graphs).
 
 pub mod algebra;
+pub mod attention;
 pub mod loss;
 pub mod loss_linear;
 pub mod softmax;
@@ -489,5 +490,6 @@ pub fn rewrites(
 pub fn all_rules() -> Vec<Arc<dyn Rule>> {
     let mut rules = algebra::rules();
     rules.extend(loss::rules());
+    rules.extend(attention::rules());
     rules
 }
