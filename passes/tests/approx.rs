@@ -1105,3 +1105,55 @@ fn unused_present_outputs_are_dropped_and_the_graph_exports() {
     assert_eq!(count(&out, "Attention"), 1);
     assert!(report.skipped[0].reason.contains("present_k"), "{report}");
 }
+
+// ---------------------------------------------------------------- example models
+
+/// The reference inputs of `dir/test_data_set_0`, by graph input name.
+fn example_inputs(dir: &std::path::Path, g: &Graph) -> Vec<(String, Tensor)> {
+    let data = dir.join("test_data_set_0");
+    let free: Vec<_> = g.inputs().iter().filter(|&&v| g.value(v).initializer.is_none()).collect();
+    free.iter()
+        .enumerate()
+        .map(|(i, &&v)| {
+            let (name, t) = kiln_ir::onnx::read_tensor_pb(&data.join(format!("input_{i}.pb"))).expect("input reads");
+            (if name.is_empty() { g.value(v).name.clone() } else { name }, t)
+        })
+        .collect()
+}
+
+/// `-O2` fuses the example models' attention into `Attention` nodes; every
+/// kind then replaces all of them (SOFT leaves causal ones exact) and
+/// reports a finite error on the model's own test inputs.
+#[test]
+fn example_models_after_o2() {
+    use kiln_passes::manager::{optimize, OptLevel, Pipeline};
+    let scratch = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let Some(dirs) = kiln_test_support::example_model_dirs(scratch) else {
+        eprintln!("SKIPPED: no example models and no Python to make them");
+        return;
+    };
+    for dir in dirs {
+        let mut g = kiln_ir::onnx::load_model(&dir.join("model.onnx"), kiln_ir::onnx::ImportOptions::default())
+            .expect("example model imports");
+        kiln_ir::infer_types(&mut g).expect("example model infers");
+        let (fused, _) = optimize(&g, &Pipeline::level(OptLevel::O2)).expect("optimizes");
+        let attention = count(&fused, "Attention");
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        assert!(attention > 0, "{name}: -O2 fused no attention");
+        let inputs = example_inputs(&dir, &g);
+        for kind in AttentionKind::ALL {
+            let mut o = opts(kind);
+            o.samples = vec![inputs.clone()];
+            let (out, report) = substitute(&fused, &o);
+            println!("--- {name}, {kind}\n{report}");
+            assert_eq!(report.replaced.len() + report.skipped.len(), attention, "{name} {kind}: {report}");
+            assert_eq!(count(&out, "Attention"), report.skipped.len());
+            if kind != AttentionKind::Soft {
+                assert!(report.skipped.is_empty(), "{name} {kind}: {report}");
+            }
+            if let Some(e) = &report.error {
+                assert!(e.rel_l2.is_finite() && e.cosine.is_finite(), "{name} {kind}: {report}");
+            }
+        }
+    }
+}
