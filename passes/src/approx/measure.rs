@@ -20,13 +20,9 @@
 //!   (it is scaled too, and inference usually rejects the result), and a
 //!   sequence length baked into constants (a Reshape to `[1, 128, ...]`),
 //!   which makes inference fail at `factor·S`.
-//!
-//! The cost model has no formula for ONNX-27 `LinearAttention`; its FLOPs
-//! are added here: per token, `2·Dk·Dv` per key/value head for the state
-//! update and `2·Dk·Dv` per query head for the read-out.
 
 use super::{ApproxOptions, ApproxReport, CostPoints, ErrorFigures, ReplacedNode, SkippedNode};
-use crate::cost::{CostModel, GraphCost, DEFAULT_SYMBOL_SIZE};
+use crate::cost::{CostModel, DEFAULT_SYMBOL_SIZE};
 use kiln_ir::dim::Dim;
 use kiln_ir::dtype::DType;
 use kiln_ir::graph::Graph;
@@ -359,7 +355,7 @@ fn random_inputs(g: &Graph, seed: u64, seq: Option<&Sequence>) -> Result<Vec<(St
 /// Cost at `S` and at `factor·S`, with the reason when the second is missing.
 fn costs(g: &Graph, opts: &ApproxOptions, seq: Option<&Sequence>) -> (CostPoints, Option<String>) {
     let Some(seq) = seq else {
-        let at_s = cost_of(g, &CostModel::new(opts.target));
+        let at_s = CostModel::new(opts.target).graph_cost(g);
         return (
             CostPoints {
                 at_s,
@@ -370,7 +366,7 @@ fn costs(g: &Graph, opts: &ApproxOptions, seq: Option<&Sequence>) -> (CostPoints
     };
     let scaled_len = seq.len.saturating_mul(opts.length_factor);
     if !seq.fixed {
-        let at = |len: i64| cost_of(g, &CostModel::new(opts.target).bind(&seq.symbol, len));
+        let at = |len: i64| CostModel::new(opts.target).bind(&seq.symbol, len).graph_cost(g);
         return (
             CostPoints {
                 at_s: at(seq.len),
@@ -379,13 +375,12 @@ fn costs(g: &Graph, opts: &ApproxOptions, seq: Option<&Sequence>) -> (CostPoints
             None,
         );
     }
-    let at_s = cost_of(g, &CostModel::new(opts.target));
+    let at_s = CostModel::new(opts.target).graph_cost(g);
     match retype(g, seq) {
         Ok(sym) => {
-            let at_scaled = cost_of(
-                &sym,
-                &CostModel::new(opts.target).bind(&seq.symbol, scaled_len),
-            );
+            let at_scaled = CostModel::new(opts.target)
+                .bind(&seq.symbol, scaled_len)
+                .graph_cost(&sym);
             (
                 CostPoints {
                     at_s,
@@ -435,24 +430,3 @@ fn retype(g: &Graph, seq: &Sequence) -> std::result::Result<Graph, String> {
     Ok(out)
 }
 
-/// The cost model's figures plus the `LinearAttention` FLOPs it lacks.
-fn cost_of(g: &Graph, model: &CostModel) -> GraphCost {
-    let mut cost = model.graph_cost(g);
-    for id in g.node_ids() {
-        let node = g.node(id);
-        let Op::LinearAttention(a) = &node.op else {
-            continue;
-        };
-        let ty = |slot: usize| node.input(slot).and_then(|v| g.value(v).ty.as_ref());
-        let (Some(q), Some(v)) = (ty(0), ty(2)) else {
-            continue;
-        };
-        let last = |t: &kiln_ir::TensorType| t.shape.last().map_or(1.0, |d| model.dim(d));
-        let dk = last(q) / a.q_num_heads.max(1) as f64;
-        let dv = last(v) / a.kv_num_heads.max(1) as f64;
-        let flops = 2.0 * model.elems(v) * dk + 2.0 * model.elems(q) * dv;
-        cost.flops += flops;
-        cost.time_ns += flops * model.target.ns_per_flop;
-    }
-    cost
-}
