@@ -55,6 +55,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+# No __pycache__ beside the sources for the workloads import.
+sys.dont_write_bytecode = True
 
 import workloads  # noqa: E402  (benches/workloads.py, next to this file)
 
