@@ -36,8 +36,8 @@ use kiln_ir::op::{BinaryOp, GemmAttrs, LossReduction, Op, ReduceKind, UnaryOp, K
 use kiln_ir::tensor::Tensor;
 
 /// A copy of `graph` with every kiln-domain op lowered into standard ONNX
-/// ops (see the module docs); the `kiln` opset import is dropped. Types are
-/// inferred for the new values and the result is verified. Errors: a
+/// ops (see the module docs); the `kiln` opset import is dropped. The new
+/// values are typed by inference and the result is verified. Errors: a
 /// kiln-domain op with no lowering, and inputs whose types do not allow one
 /// (names the node).
 pub fn to_portable(graph: &Graph) -> Result<Graph> {
@@ -137,7 +137,11 @@ impl Builder<'_> {
         let name = self.g.fresh_node_name(&format!("{}/{what}", self.base));
         let value = self.g.fresh_value_name(&format!("{}/{what}", self.base));
         let id = self.g.add_node(name, op, inputs, &[value.as_str()])?;
-        Ok(self.g.node(id).output(0).expect("the node was given one output"))
+        let out = self.g.node(id).output(0).expect("the node was given one output");
+        // Typed as it is made: later steps read the types of what came before.
+        let ty = kiln_ir::infer_node(self.g, id)?.into_iter().next().flatten();
+        self.g.value_mut(out).ty = ty;
+        Ok(out)
     }
 
     /// A node writing `out` when given (a value of the replaced node, which
@@ -312,6 +316,7 @@ mod tests {
         let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 3])).unwrap();
         let n = g.add_node("r", Op::Unary(UnaryOp::Relu), vec![Some(x)], &["y"]).unwrap();
         g.add_output(g.node(n).output(0).unwrap());
+        kiln_ir::infer_types(&mut g).unwrap();
         let p = to_portable(&g).unwrap();
         assert_eq!(kiln_ir::print_graph(&p), kiln_ir::print_graph(&g));
     }
