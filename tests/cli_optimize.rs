@@ -288,7 +288,11 @@ fn optimize_usage_errors_are_clear() {
         &["unknown pass `fusion`", "algebra", "loss"],
         "bad pass name",
     );
-    assert_user_error(&kiln(&[&"optimize", &work.join("missing.onnx"), &"-o", &out]), &["missing.onnx"], "missing file");
+    assert_user_error(
+        &kiln(&[&"optimize", &work.join("missing.onnx"), &"-o", &out]),
+        &["missing.onnx"],
+        "missing file",
+    );
     assert_user_error(&kiln(&[&"optimize", &model, &"-o", &work.join("out.txt")]), &["out.txt"], "bad extension");
     assert_user_error(
         &kiln(&[&"optimize", &model, &"-o", &work.join("no/such/dir/out.onnx")]),

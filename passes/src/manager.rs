@@ -604,8 +604,12 @@ pub fn explain_node(graph: &Graph, pipeline: &Pipeline, node: &str) -> Result<No
     let mut steps = Vec::new();
     let mut seen = std::collections::HashSet::new();
     collect_steps(trees, &mut seen, &mut steps);
-    let first = trees.first().map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, false));
-    let last = trees.last().map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, true));
+    let first = trees
+        .first()
+        .map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, false));
+    let last = trees
+        .last()
+        .map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, true));
     Ok(NodeExplanation {
         node: node.to_string(),
         value,

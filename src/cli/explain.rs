@@ -100,7 +100,9 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     }
     out.push_str(&format!("  original:  {}\n", e.original));
     if !e.live {
-        out.push_str("the optimized graph no longer computes this value: a fused op absorbed it (explain its readers)\n");
+        out.push_str(
+            "the optimized graph no longer computes this value: a fused op absorbed it (explain its readers)\n",
+        );
     }
     if !e.rewritten {
         out.push_str(&format!("node {} was not rewritten\n", e.node));

@@ -474,7 +474,12 @@ fn same_graph(a: &Graph, b: &Graph) -> anyhow::Result<bool> {
 
 fn check_writable(path: &Path, what: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        anyhow::ensure!(parent.is_dir(), "cannot write the {what} `{}`: `{}` is not a directory", path.display(), parent.display());
+        anyhow::ensure!(
+            parent.is_dir(),
+            "cannot write the {what} `{}`: `{}` is not a directory",
+            path.display(),
+            parent.display()
+        );
     }
     Ok(())
 }

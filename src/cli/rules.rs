@@ -94,17 +94,10 @@ pub fn rules(args: &RulesArgs) -> anyhow::Result<()> {
     } else {
         let mut rows = vec![vec!["RULE".to_string(), "PASS".into(), "KIND".into(), "DESCRIPTION".into()]];
         rows.extend(
-            listing
-                .iter()
-                .map(|r| vec![r.name.clone(), r.pass.clone(), r.kind.to_string(), r.description.clone()]),
+            listing.iter().map(|r| vec![r.name.clone(), r.pass.clone(), r.kind.to_string(), r.description.clone()]),
         );
         let exact = listing.iter().filter(|r| r.kind == "exact").count();
-        format!(
-            "{}\n{} rules: {exact} exact, {} approximate\n",
-            table(&rows, 0),
-            listing.len(),
-            listing.len() - exact
-        )
+        format!("{}\n{} rules: {exact} exact, {} approximate\n", table(&rows, 0), listing.len(), listing.len() - exact)
     };
     write_stdout(&text);
     Ok(())
