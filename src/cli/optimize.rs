@@ -223,6 +223,14 @@ fn change(before: f64, after: f64) -> String {
     format!("{:+.1}%", 100.0 * (after - before) / before)
 }
 
+/// Where a rewrite happened, in summary order: layers by number, then the
+/// rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Place {
+    Layer(u64),
+    Outside,
+}
+
 /// The rewrites as summary lines, grouped by layer (layers in order, then
 /// nodes outside any layer): the rules that fired at a node, what the node
 /// became in the written graph when its op changed, and the nodes where
@@ -242,11 +250,10 @@ fn rewrite_lines(o: &Outcome) -> Vec<String> {
             }
         }
     }
-    // (layer, rules, result) -> nodes; `(0, l)` sorts layer l before the
-    // nodes outside layers, `(1, 0)`.
-    let mut groups: BTreeMap<((u8, u64), String, String), Vec<&str>> = BTreeMap::new();
+    // (place, rules, result) -> nodes.
+    let mut groups: BTreeMap<(Place, String, String), Vec<&str>> = BTreeMap::new();
     for (n, rules) in &by_node {
-        let layer = layer_of(n).map_or((1, 0), |l| (0, l));
+        let layer = layer_of(n).map_or(Place::Outside, Place::Layer);
         let before = o.input.node_by_name(n).map(|id| op_type(&o.input.node(id).op));
         let result = match o.written.node_by_name(n) {
             Some(id) if before.as_deref() != Some(op_type(&o.written.node(id).op).as_str()) => {
@@ -259,14 +266,17 @@ fn rewrite_lines(o: &Outcome) -> Vec<String> {
     // Rules that fired where no source node is known (on new nodes only).
     for r in &o.report.rewrites {
         if r.nodes.is_empty() {
-            groups.entry(((1, 0), r.rule.clone(), String::new())).or_default();
+            groups.entry((Place::Outside, r.rule.clone(), String::new())).or_default();
         }
     }
     const SHOWN: usize = 3;
     let rows: Vec<Vec<String>> = groups
         .into_iter()
-        .map(|(((outside, layer), rules, result), nodes)| {
-            let place = if outside == 0 { format!("layer {layer}:") } else { "outside layers:".to_string() };
+        .map(|((place, rules, result), nodes)| {
+            let place = match place {
+                Place::Layer(l) => format!("layer {l}:"),
+                Place::Outside => "outside layers:".to_string(),
+            };
             let mut at = nodes.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
             if nodes.len() > SHOWN {
                 at.push_str(&format!(" (+{} more)", nodes.len() - SHOWN));
