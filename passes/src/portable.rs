@@ -3,8 +3,9 @@
 //!
 //! [`to_portable`] replaces every `kiln::CrossEntropy` and
 //! `kiln::LinearCrossEntropy` node (specs in [`kiln_ir::op`]) by ONNX ops
-//! that compute the same values; everything else, ONNX-23 `Attention`
-//! included, is copied unchanged. The lowered forms:
+//! that compute the same values; everything else is copied unchanged but
+//! for one onnxruntime adjustment of `Attention` masks (below). The lowered
+//! forms:
 //!
 //! - `CrossEntropy` without label smoothing and z-loss is exactly ONNX
 //!   `SoftmaxCrossEntropyLoss` with the same reduction, ignore_index, class
@@ -23,12 +24,18 @@
 //!   logits: standard ONNX has no chunked loss, and that memory is the price
 //!   of portability.
 //!
+//! `Attention` stays as it is, with one adjustment for onnxruntime, whose
+//! `Attention` does not broadcast a mask along the query axis: a mask with
+//! size 1 there (a padding mask `[B, 1, 1, S]`) is expanded to the query
+//! length first.
+//!
 //! New nodes are named after the node they replace (`loss/ReduceMax`, ...)
 //! and the last one takes its name; the replaced node's output values keep
 //! their names and types. Rows whose logits are all `-inf` give NaN here
 //! where the kiln op gives `-inf` (the max cannot be subtracted); no real
 //! model has them.
 
+use kiln_ir::dim::Dim;
 use kiln_ir::dtype::DType;
 use kiln_ir::error::{IrError, Result};
 use kiln_ir::graph::{Graph, NodeId, ValueId};
@@ -36,7 +43,8 @@ use kiln_ir::op::{BinaryOp, GemmAttrs, LossReduction, Op, ReduceKind, UnaryOp, K
 use kiln_ir::tensor::Tensor;
 
 /// A copy of `graph` with every kiln-domain op lowered into standard ONNX
-/// ops (see the module docs); the `kiln` opset import is dropped. The new
+/// ops and `Attention` masks made fit for onnxruntime (see the module
+/// docs); the `kiln` opset import is dropped. The new
 /// values are typed by inference and the result is verified. Errors: a
 /// kiln-domain op with no lowering, and inputs whose types do not allow one
 /// (names the node).
@@ -117,6 +125,14 @@ pub fn to_portable(graph: &Graph) -> Result<Graph> {
             }
         }
     }
+    let attention: Vec<NodeId> = g
+        .topo_order()?
+        .into_iter()
+        .filter(|&id| matches!(g.node(id).op, Op::Attention(_)))
+        .collect();
+    for id in attention {
+        expand_attention_mask(&mut g, id)?;
+    }
     if !g.dag().node_weights().any(|n| n.op.domain() == KILN_DOMAIN) {
         g.opset_imports.remove(KILN_DOMAIN);
     }
@@ -124,6 +140,67 @@ pub fn to_portable(graph: &Graph) -> Result<Graph> {
     kiln_ir::infer_types(&mut g)?;
     kiln_ir::verify(&g)?;
     Ok(g)
+}
+
+/// Gives an `Attention` node's mask its query axis in full when it has
+/// size 1 there (a padding mask `[B, 1, 1, S]`) and the query is longer:
+/// ONNX broadcasts such a mask, but onnxruntime's `Attention` requires the
+/// mask's second-to-last dim to be the query length. The mask becomes
+/// `Expand(mask, shape(mask)[:-2] ++ [q_len] ++ shape(mask)[-1:])`, which
+/// holds the same values wherever the broadcast would have read them.
+fn expand_attention_mask(g: &mut Graph, id: NodeId) -> Result<()> {
+    let node = g.node(id).clone();
+    let (Some(q), Some(mask)) = (node.input(0), node.input(3)) else {
+        return Ok(());
+    };
+    let (q_ty, mask_ty) = (g.ty(q)?.clone(), g.ty(mask)?.clone());
+    // Q is [B, H, S, D] or [B, S, H*D].
+    let q_axis = match q_ty.rank() {
+        4 => 2,
+        3 => 1,
+        _ => return Ok(()),
+    };
+    let rank = mask_ty.rank();
+    if rank < 2 || mask_ty.shape[rank - 2] != Dim::Fixed(1) || q_ty.shape[q_axis] == Dim::Fixed(1) {
+        return Ok(());
+    }
+    let mut b = Builder {
+        g,
+        base: node.name.clone(),
+        op_name: node.op.name(),
+    };
+    let lead = b.node(
+        Op::Shape {
+            start: 0,
+            end: Some(-2),
+        },
+        vec![Some(mask)],
+        "mask_lead_dims",
+    )?;
+    let q_len = b.node(
+        Op::Shape {
+            start: q_axis as i64,
+            end: Some(q_axis as i64 + 1),
+        },
+        vec![Some(q)],
+        "q_len",
+    )?;
+    let kv_len = b.node(
+        Op::Shape {
+            start: -1,
+            end: None,
+        },
+        vec![Some(mask)],
+        "mask_kv_len",
+    )?;
+    let shape = b.node(
+        Op::Concat { axis: 0 },
+        vec![Some(lead), Some(q_len), Some(kv_len)],
+        "mask_shape",
+    )?;
+    let expanded = b.node(Op::Expand, vec![Some(mask), Some(shape)], "attn_mask")?;
+    g.set_input(id, 3, Some(expanded));
+    Ok(())
 }
 
 /// The loss attributes shared by both kiln ops.

@@ -324,3 +324,93 @@ fn attention_and_onnx_ops_stay_as_they_are() {
     let p = to_portable(&g).unwrap();
     assert_eq!(kiln_ir::print_graph(&p), kiln_ir::print_graph(&g));
 }
+
+/// Q, K, V `[2, 2, 4, 8]` and a boolean padding mask `[2, 1, 1, 4]` that
+/// hides the last key of the second batch, with random values.
+fn padded_attention() -> (Graph, Vec<(String, Tensor)>) {
+    let mut g = Graph::new("padded_attention");
+    g.opset_imports.insert(String::new(), 23);
+    let ty = TensorType::fixed(DType::F32, &[2, 2, 4, 8]);
+    let q = g.add_input("q", ty.clone()).unwrap();
+    let k = g.add_input("k", ty.clone()).unwrap();
+    let v = g.add_input("v", ty).unwrap();
+    let mask = g
+        .add_input("mask", TensorType::fixed(DType::Bool, &[2, 1, 1, 4]))
+        .unwrap();
+    let attrs = AttentionAttrs {
+        is_causal: false,
+        q_num_heads: None,
+        kv_num_heads: None,
+        qk_matmul_output_mode: 0,
+        scale: None,
+        softcap: 0.0,
+        softmax_precision: None,
+    };
+    let n = g
+        .add_node(
+            "attention",
+            Op::Attention(attrs),
+            vec![Some(q), Some(k), Some(v), Some(mask)],
+            &["y"],
+        )
+        .unwrap();
+    g.add_output(g.node(n).output(0).unwrap());
+    kiln_ir::infer_types(&mut g).unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let inputs = vec![
+        ("q".to_string(), uniform(&mut rng, &[2, 2, 4, 8], -1.0, 1.0)),
+        ("k".to_string(), uniform(&mut rng, &[2, 2, 4, 8], -1.0, 1.0)),
+        ("v".to_string(), uniform(&mut rng, &[2, 2, 4, 8], -1.0, 1.0)),
+        (
+            "mask".to_string(),
+            Tensor::from_i64s(DType::Bool, &[2, 1, 1, 4], &[1, 1, 1, 1, 1, 1, 1, 0]),
+        ),
+    ];
+    (g, inputs)
+}
+
+#[test]
+fn padding_masks_are_expanded_to_the_query_length_for_onnxruntime() {
+    let (g, inputs) = padded_attention();
+    let p = to_portable(&g).unwrap();
+    let expands = p
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(p.node(id).op, Op::Expand))
+        .count();
+    assert_eq!(expands, 1, "{}", kiln_ir::print_graph(&p));
+    let attention = p.node(p.node_by_name("attention").unwrap());
+    let mask = attention.input(3).unwrap();
+    assert_eq!(
+        p.ty(mask).unwrap(),
+        &TensorType::fixed(DType::Bool, &[2, 1, 4, 4])
+    );
+    let want = run(&g, &inputs);
+    let got = run(&p, &inputs);
+    assert!(rel_error(&got[0].1, &want[0].1) <= 1e-6);
+
+    let Some(python) = kiln_test_support::python() else {
+        println!("SKIPPED (onnxruntime part): no Python with onnxruntime (set KILN_PYTHON)");
+        return;
+    };
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portable-attention");
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("case");
+    std::fs::create_dir_all(&dir).unwrap();
+    kiln_ir::onnx::export::save_model(&p, &dir.join("model.onnx")).unwrap();
+    for (i, (name, t)) in inputs.iter().enumerate() {
+        kiln_ir::onnx::export::write_tensor_pb(&dir.join(format!("input_{i}.pb")), name, t)
+            .unwrap();
+    }
+    let script = kiln_test_support::repo_root().join("tests/support/ort_run_cases.py");
+    kiln_test_support::run_command(
+        std::process::Command::new(&python).arg(&script).arg(&root),
+        "onnxruntime on the expanded mask",
+    );
+    let ort = kiln_ir::npy::read_npy(&dir.join("ort_output_0.npy")).unwrap();
+    let e = rel_error(&ort, &want[0].1);
+    assert!(
+        e <= 1e-5,
+        "onnxruntime's attention differs by {e} (relative)"
+    );
+}

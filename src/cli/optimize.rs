@@ -45,7 +45,7 @@ pub struct OptimizeArgs {
     /// "nodes", "layers"}], "ops_before"/"ops_after" {op: count}, "cost_before"/"cost_after"
     /// {"nodes", "flops", "bytes", "peak_bytes", "weight_bytes", "time_ns"}, "passes" [{"name",
     /// "iterations", "egraph_nodes", "egraph_classes", "stop", "stop_detail", "limit_hit",
-    /// "seconds"}], "limit_hit", "deterministic", "errors", "notes", "seconds".
+    /// "seconds"}], "limit_hit", "deterministic", "errors", "notes" [{"rule", "node", "message"}], "seconds".
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
     /// Write only standard ONNX ops: kiln-domain ops are lowered (the LM-head loss then forms its logits).
@@ -172,8 +172,17 @@ struct JsonReport {
     limit_hit: bool,
     deterministic: bool,
     errors: Vec<String>,
-    notes: Vec<String>,
+    notes: Vec<JsonNote>,
     seconds: f64,
+}
+
+/// Something a rule wants the user to know (a kept logits path, ...).
+#[derive(Serialize)]
+struct JsonNote {
+    rule: String,
+    /// The source node it concerns; empty when none computes that value.
+    node: String,
+    message: String,
 }
 
 fn stop_key(stop: &Stop) -> &'static str {
@@ -184,14 +193,6 @@ fn stop_key(stop: &Stop) -> &'static str {
         Stop::TimeLimit(_) => "time_limit",
         Stop::Other(_) => "other",
     }
-}
-
-/// The notes the optimizer left for the user (kept logits paths, ...).
-// NOTE(lead): `Report.notes` is being added to kiln-passes on another branch
-// and is not on main yet. When it lands, return `report.notes.clone()` here;
-// the summary and the JSON report already print whatever this returns.
-fn report_notes(_report: &Report) -> Vec<String> {
-    Vec::new()
 }
 
 /// What `kiln optimize` did, for the summary and the JSON report.
@@ -392,9 +393,9 @@ fn render_summary(o: &Outcome) -> String {
     if !changed.is_empty() {
         out.push_str(&format!("\nops changed: {}\n", changed.join(", ")));
     }
-    let notes = report_notes(r);
-    for n in &notes {
-        out.push_str(&format!("note: {n}\n"));
+    for n in &r.notes {
+        let at = if n.node.is_empty() { String::new() } else { format!(" at {}", n.node) };
+        out.push_str(&format!("note: {}{at}: {}\n", n.rule, n.message));
     }
     out
 }
@@ -438,7 +439,11 @@ fn json_report(o: &Outcome) -> JsonReport {
         limit_hit: r.limit_hit(),
         deterministic: r.deterministic(),
         errors: r.errors.clone(),
-        notes: report_notes(r),
+        notes: r
+            .notes
+            .iter()
+            .map(|n| JsonNote { rule: n.rule.clone(), node: n.node.clone(), message: n.message.clone() })
+            .collect(),
         seconds: o.seconds,
     }
 }
