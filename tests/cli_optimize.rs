@@ -357,8 +357,9 @@ fn rules_lists_exact_and_approximate_rules() {
     assert_ok(&o, "rules --json");
     let json: Json = serde_json::from_str(&stdout(&o)).expect("rules --json prints JSON");
     let rules = json.as_array().expect("a list");
-    assert_eq!(rules.len(), kiln::passes::rules::all_rules().len() + 4, "library rules plus 4 attention substitutions");
-    for kind in ["linear", "sigmoid", "softplus", "soft"] {
+    let kinds = kiln::passes::approx::AttentionKind::ALL;
+    assert_eq!(rules.len(), kiln::passes::rules::all_rules().len() + kinds.len(), "rules plus substitutions");
+    for kind in kinds {
         let name = format!("attention-{kind}");
         let entry = rules.iter().find(|r| r["name"] == name.as_str()).unwrap_or_else(|| panic!("{name} listed"));
         assert_eq!(entry["kind"], "approximate");

@@ -4,6 +4,7 @@
 use super::output::write_stdout;
 use super::summary::table;
 use clap::Args;
+use kiln::passes::approx::AttentionKind;
 use kiln::passes::manager::{Pass, PASS_NAMES};
 use serde::Serialize;
 
@@ -33,30 +34,25 @@ pub struct RuleInfo {
     pub description: String,
 }
 
-/// The approximate attention substitutions of the design, listed
-/// here until the substitution library lists its own: name, `--attention`
-/// kind and description.
-const APPROXIMATE: [(&str, &str, &str); 4] = [
-    (
-        "attention-linear",
-        "linear",
-        "softmax attention -> kernelized linear attention (elu+1 features, Q(KᵀV) with a normalizer; prefix sums when causal)",
-    ),
-    ("attention-sigmoid", "sigmoid", "softmax attention -> sigmoid attention with bias b = -log(n)"),
-    (
-        "attention-softplus",
-        "softplus",
-        "softmax attention -> softplus attention with l1 normalization and a length-dependent scale",
-    ),
-    (
-        "attention-soft",
-        "soft",
-        "softmax attention -> SOFT Gaussian-kernel attention (Nyström landmarks, Newton-Schulz pseudo-inverse)",
-    ),
-];
+/// One line on what an approximate substitution does; the match is
+/// exhaustive, so a new kind in the library needs its line here.
+fn approximate_description(kind: AttentionKind) -> &'static str {
+    match kind {
+        AttentionKind::Linear => {
+            "softmax attention -> kernelized linear attention (elu+1 features, Q(KᵀV) with a normalizer; prefix sums when causal)"
+        }
+        AttentionKind::Sigmoid => "softmax attention -> sigmoid attention with bias b = -log(n)",
+        AttentionKind::Softplus => {
+            "softmax attention -> softplus attention with l1 normalization and a length-dependent scale"
+        }
+        AttentionKind::Soft => {
+            "softmax attention -> SOFT Gaussian-kernel attention (Nyström landmarks, Newton-Schulz pseudo-inverse)"
+        }
+    }
+}
 
 /// Every rule: the library's, each under the first pass that runs it, then
-/// the approximate substitutions not already among them.
+/// the approximate attention substitutions of `kiln_passes::approx`.
 pub fn rule_listing() -> Vec<RuleInfo> {
     let passes: Vec<Pass> = PASS_NAMES.iter().filter_map(|n| Pass::named(n)).collect();
     let mut rules: Vec<RuleInfo> = kiln::passes::rules::all_rules()
@@ -71,15 +67,15 @@ pub fn rule_listing() -> Vec<RuleInfo> {
             description: r.description().to_string(),
         })
         .collect();
-    for (name, kind, description) in APPROXIMATE {
-        if !rules.iter().any(|r| r.name == name) {
-            rules.push(RuleInfo {
-                name: name.to_string(),
-                pass: format!("--attention {kind}"),
-                kind: "approximate",
-                description: description.to_string(),
-            });
-        }
+    // The substitution library (kiln_passes::approx) runs after
+    // saturation, one kind per --attention value, never as a rule.
+    for kind in AttentionKind::ALL {
+        rules.push(RuleInfo {
+            name: format!("attention-{kind}"),
+            pass: format!("--attention {kind}"),
+            kind: "approximate",
+            description: approximate_description(kind).to_string(),
+        });
     }
     rules
 }
