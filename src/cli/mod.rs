@@ -7,10 +7,14 @@
 mod bench;
 mod compare;
 mod convert;
+mod explain;
 mod inputs;
 mod inspect;
+mod optimize;
 mod output;
+mod pipeline;
 mod progress;
+mod rules;
 mod run;
 mod summary;
 
@@ -38,6 +42,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Run(run::RunArgs),
     Convert(convert::ConvertArgs),
+    Optimize(optimize::OptimizeArgs),
+    Explain(explain::ExplainArgs),
+    Rules(rules::RulesArgs),
     Bench(bench::BenchArgs),
 }
 
@@ -49,6 +56,9 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Run(args) => run::run(&args),
         Command::Convert(args) => convert::convert(&args),
+        Command::Optimize(args) => optimize::optimize(&args),
+        Command::Explain(args) => explain::explain(&args),
+        Command::Rules(args) => rules::rules(&args),
         Command::Bench(args) => bench::bench(&args),
     };
     match outcome {
