@@ -3,8 +3,10 @@
 //! On every example model (examples/models/gen, see tests/cli.rs), the
 //! optimized model must compute what the original computes in kiln's
 //! interpreter, and its `--portable` form must run in onnxruntime with the
-//! reference outputs. Which fusions fire is asserted by the rule tests in
-//! kiln-passes, not here.
+//! reference outputs. Per model, every layer's attention must become one
+//! `Attention` and, where the model has a loss, the loss one
+//! `kiln.LinearCrossEntropy` (issue 3's acceptance); the forms each rule
+//! matches are tested in kiln-passes.
 
 use kiln::ir::onnx::import::read_tensor_pb;
 use kiln::ir::op::{Op, UnaryOp};
@@ -143,6 +145,18 @@ fn optimized_models_compute_the_same_outputs() {
         // input keeps the logits path when the loss fuses, and says so.
         let graph = kiln::load(&model).expect("the model loads");
         let outputs: Vec<&str> = graph.outputs().iter().map(|&v| graph.value(v).name.as_str()).collect();
+        // Every layer's attention (one Softmax each in these models) is one
+        // Attention now, and the loss one LinearCrossEntropy.
+        let layers = json["ops_before"]["Softmax"].as_u64().expect("the models' attention has a Softmax per layer");
+        assert_eq!(json["ops_after"]["Attention"].as_u64(), Some(layers), "{name}: one Attention per layer:\n{json:#}");
+        assert!(json["ops_after"].get("Softmax").is_none(), "{name}: no Softmax left:\n{json:#}");
+        if outputs.contains(&"loss") {
+            assert_eq!(
+                json["ops_after"]["kiln.LinearCrossEntropy"].as_u64(),
+                Some(1),
+                "{name}: the LM head and loss fuse into one LinearCrossEntropy:\n{json:#}"
+            );
+        }
         let fused_loss = json["ops_after"].get("kiln.LinearCrossEntropy").is_some();
         if fused_loss && outputs.contains(&"logits") {
             assert!(!json["notes"].as_array().expect("a list").is_empty(), "{name}: a note:\n{json:#}");
@@ -406,4 +420,50 @@ fn explain_shows_the_rewrite_chain_of_a_fused_loss() {
     // An unknown name lists near ones.
     let typo = &node[..node.len() - 1];
     assert_user_error(&kiln(&[&"explain", &model, &"--node", &typo]), &["no node named", &node], "typo");
+}
+
+#[test]
+fn approximate_attention_is_measured_reported_and_refused_above_max_error() {
+    let dir = model_dirs().into_iter().find(|d| d.ends_with("bert_fused")).expect("the bert_fused example");
+    let name = "bert_fused";
+    let work = scratch("approx");
+    let model = dir.join("model.onnx");
+    let layers = {
+        let o = kiln(&[&"optimize", &model, &"-o", &work.join("exact.onnx")]);
+        assert_ok(&o, "exact optimize");
+        ops_of(&work.join("exact.onnx"))["Attention"].as_u64().expect("Attention nodes after -O2")
+    };
+    for kind in ["linear", "sigmoid", "softplus", "soft"] {
+        let out = work.join(format!("{kind}.onnx"));
+        let report = work.join(format!("{kind}.json"));
+        let o = kiln(&[&"optimize", &model, &"-o", &out, &"--attention", &kind, &"--report", &report]);
+        assert_ok(&o, &format!("--attention {kind}"));
+        let summary = stdout(&o);
+        assert!(summary.contains(&format!("attention → {kind}")), "{name} {kind}: the substitution in the summary:\n{summary}");
+        assert!(summary.contains("relative L2"), "{name} {kind}: the error in the summary:\n{summary}");
+        let json = read_json(&report);
+        let a = &json["approximation"];
+        assert_eq!(a["kind"], kind);
+        assert_eq!(a["replaced"].as_array().map(Vec::len), Some(layers as usize), "{kind}: every layer replaced:\n{a:#}");
+        let error = &a["error"];
+        let rel = error["rel_l2"].as_f64().expect("a relative L2 error");
+        assert!(rel.is_finite() && rel > 0.0, "{kind}: a measured, non-zero error: {error}");
+        assert!(error["cosine"].as_f64().is_some_and(|c| c > 0.9 && c <= 1.0 + 1e-9), "{kind}: cosine {error}");
+        assert!(a["samples"].as_u64().is_some_and(|n| n >= 1), "{kind}: measured on the model's test data");
+        assert!(a["cost_before_at_scaled"]["flops"].as_f64().is_some(), "{kind}: cost at 8S:\n{a:#}");
+        assert!(json["ops_after"].get("Attention").is_none(), "{kind}: no exact Attention left:\n{json:#}");
+        // The substituted model runs (kiln run compares with nothing here:
+        // the reference outputs are the exact model's).
+        let run = kiln(&[&"run", &out, &"--inputs", &dir.join("test_data_set_0"), &"--out", &work.join(format!("{kind}-out"))]);
+        assert!(!stderr(&run).contains("panicked"), "{kind}: kiln run does not panic:\n{}", stderr(&run));
+        assert!(work.join(format!("{kind}-out")).read_dir().is_ok_and(|mut d| d.next().is_some()), "{kind}: outputs written");
+    }
+    // Above --max-error: exit 1, the measured error named, nothing written.
+    let refused = work.join("refused.onnx");
+    let o = kiln(&[&"optimize", &model, &"-o", &refused, &"--attention", &"sigmoid", &"--max-error", &"1e-9"]);
+    assert_user_error(&o, &["refused --attention sigmoid", "relative L2 output error", "exceeds --max-error"], "max-error refusal");
+    assert!(!refused.exists(), "a refused substitution writes nothing");
+    // --max-error without --attention is a usage error.
+    let o = kiln(&[&"optimize", &model, &"-o", &refused, &"--max-error", &"0.1"]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error:\n{}", stderr(&o));
 }

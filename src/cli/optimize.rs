@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use kiln::ir::io::ModelFormat;
 use kiln::ir::{Graph, Op};
+use kiln::passes::approx::{ApproxOptions, ApproxReport, LinearForm};
 use kiln::passes::manager::{Report, Stop};
 use kiln::passes::GraphCost;
 use serde::Serialize;
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Optimize a model: fuse losses (and, as the rules land, attention) and clean up.
+/// Optimize a model: fuse attention and losses, clean up, optionally approximate attention.
 #[derive(Args, Debug)]
 #[command(
     long_about = "Optimize a model with kiln's e-graph passes and write the result.\n\n\
@@ -51,6 +52,25 @@ pub struct OptimizeArgs {
     /// Write only standard ONNX ops: kiln-domain ops are lowered (the LM-head loss then forms its logits).
     #[arg(long)]
     portable: bool,
+    /// Replace softmax attention by an approximation: linear, sigmoid, softplus or soft.
+    ///
+    /// Applied after the exact passes, to every fused Attention node it fits (the others stay exact
+    /// and the summary says why). The output error against the exact graph is measured on the
+    /// --samples input sets (by default every test_data_set_N directory beside the model, else two
+    /// random input sets) and reported with FLOPs and bytes at the model's sequence length and at 8x it.
+    #[arg(long, value_name = "KIND")]
+    attention: Option<kiln::passes::approx::AttentionKind>,
+    /// Refuse the --attention substitution when its relative L2 output error exceeds E: nothing is
+    /// written and kiln exits non-zero with the measured error.
+    #[arg(long, value_name = "E", requires = "attention")]
+    max_error: Option<f64>,
+    /// An ONNX test-data directory (input_K.pb files) to measure the --attention error on; repeatable.
+    #[arg(long = "samples", value_name = "DIR", requires = "attention")]
+    samples: Vec<PathBuf>,
+    /// Write causal linear attention as ONNX-27 LinearAttention where it fits, instead of standard
+    /// ops of older opsets.
+    #[arg(long, requires = "attention")]
+    linear_attention_op: bool,
 }
 
 /// Op-type histogram, `domain.Op` for ops outside the ONNX domain.
@@ -173,7 +193,73 @@ struct JsonReport {
     deterministic: bool,
     errors: Vec<String>,
     notes: Vec<JsonNote>,
+    /// The --attention substitution, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approximation: Option<JsonApproximation>,
     seconds: f64,
+}
+
+/// The `--attention` part of the report.
+#[derive(Serialize)]
+struct JsonApproximation {
+    kind: String,
+    replaced: Vec<String>,
+    skipped: Vec<JsonSkipped>,
+    samples: usize,
+    /// Over all outputs together; absent when nothing was replaced.
+    error: Option<JsonError>,
+    output_errors: Vec<JsonError>,
+    max_error: Option<f64>,
+    refused: bool,
+    seq_len: i64,
+    length_factor: i64,
+    cost_before_at_s: JsonCost,
+    cost_after_at_s: JsonCost,
+    cost_before_at_scaled: Option<JsonCost>,
+    cost_after_at_scaled: Option<JsonCost>,
+    scaling_note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsonSkipped {
+    node: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct JsonError {
+    output: String,
+    max_abs: f64,
+    rel_l2: f64,
+    cosine: f64,
+}
+
+impl From<&kiln::passes::approx::ErrorFigures> for JsonError {
+    fn from(e: &kiln::passes::approx::ErrorFigures) -> JsonError {
+        JsonError { output: e.output.clone(), max_abs: e.max_abs, rel_l2: e.rel_l2, cosine: e.cosine }
+    }
+}
+
+impl From<&ApproxReport> for JsonApproximation {
+    fn from(a: &ApproxReport) -> JsonApproximation {
+        JsonApproximation {
+            kind: a.kind.to_string(),
+            replaced: a.replaced.iter().map(|r| r.node.clone()).collect(),
+            skipped: a.skipped.iter().map(|s| JsonSkipped { node: s.node.clone(), reason: s.reason.clone() }).collect(),
+            samples: a.samples,
+            error: a.error.as_ref().map(JsonError::from),
+            output_errors: a.output_errors.iter().map(JsonError::from).collect(),
+            max_error: a.max_error,
+            refused: a.refused,
+            seq_len: a.seq_len,
+            length_factor: a.length_factor,
+            cost_before_at_s: (&a.before.at_s).into(),
+            cost_after_at_s: (&a.after.at_s).into(),
+            cost_before_at_scaled: a.before.at_scaled.as_ref().map(JsonCost::from),
+            cost_after_at_scaled: a.after.at_scaled.as_ref().map(JsonCost::from),
+            scaling_note: a.scaling_note.clone(),
+        }
+    }
 }
 
 /// Something a rule wants the user to know (a kept logits path, ...).
@@ -201,6 +287,7 @@ struct Outcome<'a> {
     input: &'a Graph,
     written: &'a Graph,
     report: &'a Report,
+    approximation: Option<&'a ApproxReport>,
     cost_after: GraphCost,
     unchanged: bool,
     lowered: usize,
@@ -397,6 +484,9 @@ fn render_summary(o: &Outcome) -> String {
         let at = if n.node.is_empty() { String::new() } else { format!(" at {}", n.node) };
         out.push_str(&format!("note: {}{at}: {}\n", n.rule, n.message));
     }
+    if let Some(a) = o.approximation {
+        out.push_str(&format!("\n{a}"));
+    }
     out
 }
 
@@ -444,6 +534,7 @@ fn json_report(o: &Outcome) -> JsonReport {
             .iter()
             .map(|n| JsonNote { rule: n.rule.clone(), node: n.node.clone(), message: n.message.clone() })
             .collect(),
+        approximation: o.approximation.map(JsonApproximation::from),
         seconds: o.seconds,
     }
 }
@@ -499,6 +590,44 @@ fn check_writable(path: &Path, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The substitution options: the kind, the bound, and the input sets to
+/// measure on (the --samples directories, else every `test_data_set_N`
+/// beside the model, else the library's random inputs).
+fn approx_options(
+    args: &OptimizeArgs,
+    kind: kiln::passes::approx::AttentionKind,
+    graph: &Graph,
+) -> anyhow::Result<ApproxOptions> {
+    let mut opts = ApproxOptions::new(kind);
+    opts.max_error = args.max_error;
+    if args.linear_attention_op {
+        opts.linear_form = LinearForm::LinearAttentionOp;
+    }
+    let dirs = if args.samples.is_empty() {
+        let beside = args.input.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut found: Vec<PathBuf> = std::fs::read_dir(if beside.as_os_str().is_empty() { Path::new(".") } else { &beside })
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("test_data_set_")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+    } else {
+        args.samples.clone()
+    };
+    for dir in dirs {
+        let data = super::inputs::read_test_data(&dir)?;
+        let assigned = super::inputs::assign_inputs(graph, data.inputs, &[])
+            .with_context(|| format!("the samples in `{}` do not fit the model", dir.display()))?;
+        opts.samples.push(assigned.into_iter().map(|a| (a.name, a.tensor)).collect());
+    }
+    Ok(opts)
+}
+
 /// Runs `kiln optimize`.
 pub fn optimize(args: &OptimizeArgs) -> anyhow::Result<()> {
     // Usage mistakes first, so that they do not cost a long load.
@@ -518,6 +647,28 @@ pub fn optimize(args: &OptimizeArgs) -> anyhow::Result<()> {
     // Nothing applied and nothing moved: write the input itself, so that the
     // file is the input's byte for byte.
     let optimized = if unchanged { graph.clone() } else { optimized };
+    let approximation = match args.attention {
+        Some(kind) => {
+            let opts = approx_options(args, kind, &optimized)?;
+            let (approximated, approx_report) = kiln::passes::approx::substitute_attention(&optimized, &opts)
+                .with_context(|| format!("substituting {kind} attention failed"))?;
+            if approx_report.exceeds_max_error() {
+                write_stdout(&format!("{approx_report}"));
+                let measured = approx_report.error.as_ref().map_or(f64::NAN, |e| e.rel_l2);
+                anyhow::bail!(
+                    "refused --attention {kind}: relative L2 output error {measured:.3e} exceeds --max-error {:e}; nothing written",
+                    args.max_error.unwrap_or(f64::NAN)
+                );
+            }
+            Some((approximated, approx_report))
+        }
+        None => None,
+    };
+    let (optimized, approximation) = match approximation {
+        Some((g, r)) => (g, Some(r)),
+        None => (optimized, None),
+    };
+    let unchanged = unchanged && approximation.as_ref().is_none_or(|a| a.replaced.is_empty());
     let lowered = if args.portable { kiln_op_count(&optimized) } else { 0 };
     let written = if args.portable {
         kiln::passes::portable::to_portable(&optimized).context("lowering to standard ONNX ops (--portable) failed")?
@@ -532,6 +683,7 @@ pub fn optimize(args: &OptimizeArgs) -> anyhow::Result<()> {
         input: &graph,
         written: &written,
         report: &report,
+        approximation: approximation.as_ref(),
         cost_after: pipeline.cost.graph_cost(&written),
         unchanged: unchanged && !(args.portable && lowered > 0),
         lowered,
