@@ -164,17 +164,12 @@ fn grad(
     grad_loss: &Tensor,
     options: &LceGradOptions,
 ) -> KResult<LinearCrossEntropyGrad> {
-    let &Op::LinearCrossEntropy { reduction, ignore_index, label_smoothing, z_loss, transpose_weight, chunk_size } =
-        op
+    let &Op::LinearCrossEntropy { reduction, ignore_index, label_smoothing, z_loss, transpose_weight, chunk_size } = op
     else {
         return Err(format!("expected a LinearCrossEntropy op, found {}", op.name()));
     };
-    let p = CrossEntropyParams {
-        reduction,
-        ignore_index,
-        label_smoothing: label_smoothing as f64,
-        z_loss: z_loss as f64,
-    };
+    let p =
+        CrossEntropyParams { reduction, ignore_index, label_smoothing: label_smoothing as f64, z_loss: z_loss as f64 };
     let t = LinearInputs {
         hidden: required(inputs, 0, "hidden")?,
         weight: required(inputs, 1, "weight")?,
