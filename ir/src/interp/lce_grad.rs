@@ -91,7 +91,8 @@ pub struct LceGradOptions {
     /// a tile is skipped only when all its rows are below the threshold.
     pub row_block: usize,
     /// Skip a tile when every `|∂l_i/∂x_ik|` in it is below this (see the
-    /// module docs); 0 computes the exact gradient. Must be finite and
+    /// [module docs](crate::interp::lce_grad)); 0 computes the exact
+    /// gradient. Must be finite and
     /// non-negative.
     pub skip_threshold: f32,
 }
@@ -134,8 +135,9 @@ pub struct LinearCrossEntropyGrad {
     pub stats: LceGradStats,
 }
 
-/// The loss and gradients of `kiln::LinearCrossEntropy` (see the module
-/// docs for the formulas, the tiling and the filtering).
+/// The loss and gradients of `kiln::LinearCrossEntropy` (see the
+/// [module docs](crate::interp::lce_grad) for the formulas, the tiling and
+/// the filtering).
 ///
 /// `op` must be an [`Op::LinearCrossEntropy`]; `inputs` are the op's inputs
 /// in its order: `hidden` `[N, d]`, `weight` `[V, d]` or `[d, V]` (as

@@ -14,7 +14,7 @@
 //! disagreeing with the graph is reported, not passed on.
 
 mod elementwise;
-mod lce_grad;
+pub mod lce_grad;
 mod linalg;
 mod movement;
 mod nn;
