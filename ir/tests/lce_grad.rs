@@ -562,6 +562,9 @@ fn mean_over_no_counted_rows_has_zero_gradient() {
 
 // ---------------------------------------------------------------- (d) bad inputs
 
+/// What is wrong, then the call's op, inputs, upstream gradient and options.
+type BadCase = (&'static str, Op, Vec<Option<Tensor>>, Tensor, LceGradOptions);
+
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let pb = Problem::new(Case { bias: true, class_weight: true, ..Case::small() }, 4);
@@ -592,7 +595,7 @@ fn bad_inputs_are_errors_not_panics() {
         transpose_weight: true,
         chunk_size: 0,
     };
-    let bad: Vec<(&str, Op, Vec<Option<Tensor>>, Tensor, LceGradOptions)> = vec![
+    let bad: Vec<BadCase> = vec![
         ("another op", Op::MatMul, good.clone(), scalar.clone(), exact.clone()),
         ("missing weight", op.clone(), with(1, None), scalar.clone(), exact.clone()),
         ("missing inputs", op.clone(), vec![], scalar.clone(), exact.clone()),
