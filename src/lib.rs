@@ -38,6 +38,9 @@ pub use kiln_ir as ir;
 pub use kiln_passes as passes;
 
 pub use kiln_ir::{DType, Dim, Graph, IrError, Result, Tensor, TensorType};
+// The reference backward of `kiln::LinearCrossEntropy` (see
+// `ir::interp::linear_cross_entropy_grad`), for training-side callers.
+pub use kiln_ir::interp::{linear_cross_entropy_grad, LceGradOptions, LceGradStats, LinearCrossEntropyGrad};
 
 /// Reads a graph from a `.onnx` or `.kiln` file, infers every value's type
 /// and verifies it. See [`ir::io::load`].

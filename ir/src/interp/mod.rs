@@ -14,12 +14,18 @@
 //! disagreeing with the graph is reported, not passed on.
 
 mod elementwise;
+pub mod lce_grad;
 mod linalg;
 mod movement;
 mod nn;
 mod quant;
 mod reduce;
 mod util;
+
+pub use lce_grad::{
+    linear_cross_entropy_grad, LceGradOptions, LceGradStats, LinearCrossEntropyGrad, DEFAULT_ROW_BLOCK,
+    DEFAULT_SKIP_THRESHOLD,
+};
 
 use crate::dim::Dim;
 use crate::error::{IrError, Result};

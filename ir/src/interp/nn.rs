@@ -724,11 +724,11 @@ fn nll(
 
 /// The attributes of `kiln::CrossEntropy` in the precision the kernel
 /// works in.
-struct CrossEntropyParams {
-    reduction: LossReduction,
-    ignore_index: Option<i64>,
-    label_smoothing: f64,
-    z_loss: f64,
+pub(super) struct CrossEntropyParams {
+    pub(super) reduction: LossReduction,
+    pub(super) ignore_index: Option<i64>,
+    pub(super) label_smoothing: f64,
+    pub(super) z_loss: f64,
 }
 
 /// `kiln::CrossEntropy` (spec in [`crate::op`]): per sample, one max pass
@@ -806,17 +806,17 @@ fn cross_entropy(
 }
 
 /// The tensors of `kiln::LinearCrossEntropy`.
-struct LinearInputs<'a> {
-    hidden: &'a Tensor,
-    weight: &'a Tensor,
-    labels: &'a Tensor,
-    bias: Option<&'a Tensor>,
-    class_weight: Option<&'a Tensor>,
+pub(super) struct LinearInputs<'a> {
+    pub(super) hidden: &'a Tensor,
+    pub(super) weight: &'a Tensor,
+    pub(super) labels: &'a Tensor,
+    pub(super) bias: Option<&'a Tensor>,
+    pub(super) class_weight: Option<&'a Tensor>,
 }
 
 /// Rows `v0..v1` of the head as `[v1 - v0, d]` f64, row-major, read
 /// straight from the weight so the whole head is never copied to f64.
-fn head_rows(weight: &Tensor, transpose_weight: bool, v0: usize, v1: usize) -> Vec<f64> {
+pub(super) fn head_rows(weight: &Tensor, transpose_weight: bool, v0: usize, v1: usize) -> Vec<f64> {
     use crate::tensor::Element;
     crate::for_each_tensor!(weight, a => if transpose_weight {
         a.slice(s![v0..v1, ..]).iter().map(|v| v.to_f64()).collect()
@@ -827,7 +827,7 @@ fn head_rows(weight: &Tensor, transpose_weight: bool, v0: usize, v1: usize) -> V
 
 /// Per-row state of the online log-sum-exp over the vocabulary.
 #[derive(Clone, Copy)]
-struct RowState {
+pub(super) struct RowState {
     /// Largest logit so far.
     max: f64,
     /// Σ exp(x - max) over the logits so far.
@@ -836,6 +836,175 @@ struct RowState {
     target: f64,
     /// Σ_c w_c x_c, for label smoothing.
     weighted_logits: f64,
+}
+
+impl RowState {
+    /// `log Σ_c exp(x_c)` of the logits folded in so far.
+    pub(super) fn lse(&self) -> f64 {
+        if self.max.is_finite() {
+            self.max + self.sum.ln()
+        } else {
+            self.max
+        }
+    }
+}
+
+/// The checked, f64 form of `kiln::LinearCrossEntropy`'s inputs, shared by
+/// the forward kernel and its gradient ([`super::lce_grad`]).
+pub(super) struct LinearProblem {
+    /// Rows of `hidden` (samples).
+    pub(super) n: usize,
+    /// Hidden size.
+    pub(super) d: usize,
+    /// Vocabulary size.
+    pub(super) vocab: usize,
+    /// Each row's label, `None` for a row whose label is `ignore_index`.
+    pub(super) classes: Vec<Option<usize>>,
+    /// `hidden` in f64, row-major `[n, d]`.
+    pub(super) hidden: Vec<f64>,
+    /// The bias `[vocab]`, when given.
+    pub(super) bias: Option<Vec<f64>>,
+    /// The class weights `[vocab]`, when given.
+    pub(super) class_weight: Option<Vec<f64>>,
+}
+
+impl LinearProblem {
+    /// Checks the shapes and labels of `t` (spec in [`crate::op`]) and
+    /// converts what is small enough to f64; the head stays in its tensor
+    /// and is read a chunk at a time with [`head_rows`].
+    pub(super) fn new(t: &LinearInputs, ignore_index: Option<i64>, transpose_weight: bool) -> KResult<LinearProblem> {
+        let (hs, ws) = (t.hidden.shape(), t.weight.shape());
+        if hs.len() != 2 || ws.len() != 2 {
+            return Err(format!("hidden and weight must be matrices, found shapes {hs:?} and {ws:?}"));
+        }
+        let (n, d) = (hs[0], hs[1]);
+        let (vocab, depth) = if transpose_weight { (ws[0], ws[1]) } else { (ws[1], ws[0]) };
+        if depth != d {
+            return Err(format!("weight of shape {ws:?} does not match hidden size {d}"));
+        }
+        if t.labels.shape() != [n] {
+            return Err(format!("labels must have shape [{n}], found {:?}", t.labels.shape()));
+        }
+        let labels = int_values(t.labels, "labels")?;
+        let per_vocab = |v: Option<&Tensor>, what: &str| -> KResult<Option<Vec<f64>>> {
+            match v {
+                Some(v) if v.shape() != [vocab] => {
+                    Err(format!("{what} must have shape [{vocab}], found {:?}", v.shape()))
+                }
+                v => Ok(v.map(Tensor::to_f64s)),
+            }
+        };
+        let bias = per_vocab(t.bias, "bias")?;
+        let class_weight = per_vocab(t.class_weight, "class weight")?;
+        let mut classes = Vec::with_capacity(n);
+        for &label in &labels {
+            classes.push(if Some(label) == ignore_index {
+                None
+            } else {
+                Some(
+                    usize::try_from(label)
+                        .ok()
+                        .filter(|&l| l < vocab)
+                        .ok_or_else(|| format!("label {label} is outside the {vocab} classes"))?,
+                )
+            });
+        }
+        Ok(LinearProblem { n, d, vocab, classes, hidden: t.hidden.to_f64s(), bias, class_weight })
+    }
+
+    /// The class weight of vocabulary entry `k` (1 without class weights).
+    pub(super) fn class_weight(&self, k: usize) -> f64 {
+        self.class_weight.as_ref().map_or(1.0, |w| w[k])
+    }
+
+    /// Row `i` of `hidden`.
+    pub(super) fn hidden_row(&self, i: usize) -> &[f64] {
+        &self.hidden[i * self.d..(i + 1) * self.d]
+    }
+
+    /// The logits `x_ik` of row `i` for the vocabulary entries `v0..v0 +
+    /// logits.len()`, from those entries' head rows `head` (as
+    /// [`head_rows`] gives them) and the bias.
+    pub(super) fn logits_into(&self, head: &[f64], i: usize, v0: usize, logits: &mut [f64]) {
+        let (d, h) = (self.d, self.hidden_row(i));
+        for (k, x) in logits.iter_mut().enumerate() {
+            let dot: f64 = head[k * d..(k + 1) * d].iter().zip(h).map(|(a, b)| a * b).sum();
+            *x = dot + self.bias.as_ref().map_or(0.0, |b| b[v0 + k]);
+        }
+    }
+
+    /// The forward pass over the vocabulary in chunks of `chunk` entries:
+    /// each chunk's logits exist for one row at a time and fold into that
+    /// row's online log-sum-exp. Ignored rows keep their start state.
+    pub(super) fn row_states(
+        &self,
+        weight: &Tensor,
+        transpose_weight: bool,
+        chunk: usize,
+        label_smoothing: f64,
+    ) -> Vec<RowState> {
+        let start = RowState { max: f64::NEG_INFINITY, sum: 0.0, target: 0.0, weighted_logits: 0.0 };
+        let mut rows = vec![start; self.n];
+        let mut logits = vec![0.0; chunk.min(self.vocab)];
+        for v0 in (0..self.vocab).step_by(chunk) {
+            let v1 = (v0 + chunk).min(self.vocab);
+            let head = head_rows(weight, transpose_weight, v0, v1);
+            for (i, row) in rows.iter_mut().enumerate() {
+                let Some(class) = self.classes[i] else {
+                    continue;
+                };
+                let logits = &mut logits[..v1 - v0];
+                self.logits_into(&head, i, v0, logits);
+                let chunk_max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let max = row.max.max(chunk_max);
+                // Until some logit is finite there is nothing to rescale by.
+                if max.is_finite() {
+                    let rescale = if row.sum == 0.0 { 0.0 } else { (row.max - max).exp() };
+                    row.sum = row.sum * rescale + logits.iter().map(|x| (x - max).exp()).sum::<f64>();
+                    row.max = max;
+                }
+                if (v0..v1).contains(&class) {
+                    row.target = logits[class - v0];
+                }
+                if label_smoothing != 0.0 {
+                    row.weighted_logits +=
+                        logits.iter().enumerate().map(|(k, x)| self.class_weight(v0 + k) * x).sum::<f64>();
+                }
+            }
+        }
+        rows
+    }
+
+    /// Each row's loss `l_i` (0 for ignored rows) and the mean's divisor
+    /// `Σ_i w_{y_i}` over the counted rows.
+    pub(super) fn losses(&self, rows: &[RowState], p: &CrossEntropyParams) -> (Vec<f64>, f64) {
+        let total_class_weight: f64 = (0..self.vocab).map(|k| self.class_weight(k)).sum();
+        let mut losses = vec![0.0; self.n];
+        let mut total_weight = 0.0;
+        for (i, row) in rows.iter().enumerate() {
+            let Some(class) = self.classes[i] else {
+                continue;
+            };
+            let lse = row.lse();
+            let w = self.class_weight(class);
+            let mut loss = w * ((1.0 - p.label_smoothing) * (lse - row.target) + p.z_loss * lse * lse);
+            if p.label_smoothing != 0.0 {
+                loss += p.label_smoothing / self.vocab as f64 * (lse * total_class_weight - row.weighted_logits);
+            }
+            losses[i] = loss;
+            total_weight += w;
+        }
+        (losses, total_weight)
+    }
+}
+
+/// The loss output of `kiln::LinearCrossEntropy` from the per-row losses.
+pub(super) fn reduce_losses(dtype: DType, reduction: LossReduction, losses: &[f64], total_weight: f64) -> Tensor {
+    match reduction {
+        LossReduction::None => Tensor::from_f64s(dtype, &[losses.len()], losses),
+        LossReduction::Sum => Tensor::from_f64s(dtype, &[], &[losses.iter().sum()]),
+        LossReduction::Mean => Tensor::from_f64s(dtype, &[], &[losses.iter().sum::<f64>() / total_weight]),
+    }
 }
 
 /// `kiln::LinearCrossEntropy` (spec in [`crate::op`]): the vocabulary is
@@ -849,96 +1018,10 @@ fn linear_cross_entropy(
     transpose_weight: bool,
     chunk: usize,
 ) -> KResult<Tensor> {
-    let (hs, ws) = (t.hidden.shape(), t.weight.shape());
-    if hs.len() != 2 || ws.len() != 2 {
-        return Err(format!("hidden and weight must be matrices, found shapes {hs:?} and {ws:?}"));
-    }
-    let (n, d) = (hs[0], hs[1]);
-    let (vocab, depth) = if transpose_weight { (ws[0], ws[1]) } else { (ws[1], ws[0]) };
-    if depth != d {
-        return Err(format!("weight of shape {ws:?} does not match hidden size {d}"));
-    }
-    if t.labels.shape() != [n] {
-        return Err(format!("labels must have shape [{n}], found {:?}", t.labels.shape()));
-    }
-    let labels = int_values(t.labels, "labels")?;
-    let per_vocab = |v: Option<&Tensor>, what: &str| -> KResult<Option<Vec<f64>>> {
-        match v {
-            Some(v) if v.shape() != [vocab] => Err(format!("{what} must have shape [{vocab}], found {:?}", v.shape())),
-            v => Ok(v.map(Tensor::to_f64s)),
-        }
-    };
-    let bias = per_vocab(t.bias, "bias")?;
-    let class_weight = per_vocab(t.class_weight, "class weight")?;
-    let wt = |k: usize| class_weight.as_ref().map_or(1.0, |w| w[k]);
-    let mut classes = Vec::with_capacity(n);
-    for &label in &labels {
-        classes.push(if Some(label) == p.ignore_index {
-            None
-        } else {
-            Some(
-                usize::try_from(label)
-                    .ok()
-                    .filter(|&l| l < vocab)
-                    .ok_or_else(|| format!("label {label} is outside the {vocab} classes"))?,
-            )
-        });
-    }
-    let hidden = t.hidden.to_f64s();
-    let start = RowState { max: f64::NEG_INFINITY, sum: 0.0, target: 0.0, weighted_logits: 0.0 };
-    let mut rows = vec![start; n];
-    let mut logits = vec![0.0; chunk.min(vocab)];
-    for v0 in (0..vocab).step_by(chunk) {
-        let v1 = (v0 + chunk).min(vocab);
-        let head = head_rows(t.weight, transpose_weight, v0, v1);
-        for (i, row) in rows.iter_mut().enumerate() {
-            let Some(class) = classes[i] else {
-                continue;
-            };
-            let h = &hidden[i * d..(i + 1) * d];
-            let logits = &mut logits[..v1 - v0];
-            for (k, x) in logits.iter_mut().enumerate() {
-                let dot: f64 = head[k * d..(k + 1) * d].iter().zip(h).map(|(a, b)| a * b).sum();
-                *x = dot + bias.as_ref().map_or(0.0, |b| b[v0 + k]);
-            }
-            let chunk_max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let max = row.max.max(chunk_max);
-            // Until some logit is finite there is nothing to rescale by.
-            if max.is_finite() {
-                let rescale = if row.sum == 0.0 { 0.0 } else { (row.max - max).exp() };
-                row.sum = row.sum * rescale + logits.iter().map(|x| (x - max).exp()).sum::<f64>();
-                row.max = max;
-            }
-            if (v0..v1).contains(&class) {
-                row.target = logits[class - v0];
-            }
-            if p.label_smoothing != 0.0 {
-                row.weighted_logits += logits.iter().enumerate().map(|(k, x)| wt(v0 + k) * x).sum::<f64>();
-            }
-        }
-    }
-    let total_class_weight: f64 = (0..vocab).map(wt).sum();
-    let mut losses = vec![0.0; n];
-    let mut total_weight = 0.0;
-    for (i, row) in rows.iter().enumerate() {
-        let Some(class) = classes[i] else {
-            continue;
-        };
-        let lse = if row.max.is_finite() { row.max + row.sum.ln() } else { row.max };
-        let w = wt(class);
-        let mut loss = w * ((1.0 - p.label_smoothing) * (lse - row.target) + p.z_loss * lse * lse);
-        if p.label_smoothing != 0.0 {
-            loss += p.label_smoothing / vocab as f64 * (lse * total_class_weight - row.weighted_logits);
-        }
-        losses[i] = loss;
-        total_weight += w;
-    }
-    let dtype = t.hidden.dtype();
-    Ok(match p.reduction {
-        LossReduction::None => Tensor::from_f64s(dtype, &[n], &losses),
-        LossReduction::Sum => Tensor::from_f64s(dtype, &[], &[losses.iter().sum()]),
-        LossReduction::Mean => Tensor::from_f64s(dtype, &[], &[losses.iter().sum::<f64>() / total_weight]),
-    })
+    let problem = LinearProblem::new(&t, p.ignore_index, transpose_weight)?;
+    let rows = problem.row_states(t.weight, transpose_weight, chunk, p.label_smoothing);
+    let (losses, total_weight) = problem.losses(&rows, &p);
+    Ok(reduce_losses(t.hidden.dtype(), p.reduction, &losses, total_weight))
 }
 
 #[cfg(test)]
