@@ -1,0 +1,568 @@
+//! Kernels of single nodes: MatMul/Gemm, Softmax/LogSoftmax, Reduce*,
+//! Transpose, and the copy into a graph output.
+
+use super::elementwise::{broadcast_strides, collapse, contiguous_strides};
+use super::Cg;
+use crate::error::{BackendError, Result};
+use crate::plan::{elem_bytes, Loc, Plan};
+use crate::SoftmaxAlgorithm;
+use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::FloatPredicate;
+use kiln_ir::dtype::DType;
+use kiln_ir::graph::{NodeId, ValueId};
+use kiln_ir::op::{GemmAttrs, Op, ReduceKind};
+
+type BV<'ctx> = BasicValueEnum<'ctx>;
+type Kernel<'ctx> = (FunctionValue<'ctx>, Vec<Loc>);
+
+/// Columns of C per block of the MatMul kernel: a 1 KiB row segment of C
+/// stays in L1 while a block of B rows streams through.
+const MATMUL_NB: i64 = 256;
+/// Rows of B per block: with `MATMUL_NB`, a 128 KiB tile of B that stays in L2
+/// while every row of A passes over it.
+const MATMUL_KB: i64 = 128;
+
+/// Emits the kernel of one node.
+pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeId) -> Result<Kernel<'ctx>> {
+    let node = plan.graph.node(id);
+    let unsupported = |m: String| BackendError::unsupported(&node.name, node.op.name(), m);
+    let input = |slot: usize| node.input(slot).ok_or_else(|| BackendError::node(&node.name, node.op.name(), format!("input {slot} is missing")));
+    let output = node.output(0).ok_or_else(|| BackendError::node(&node.name, node.op.name(), "output 0 is missing"))?;
+    let dtype = plan.ty(output).dtype;
+    match &node.op {
+        Op::MatMul | Op::Gemm(_) => {
+            if !matches!(dtype, DType::F32 | DType::F64) {
+                return Err(unsupported(format!("{} on {dtype}", node.op.name())));
+            }
+            let gemm = match &node.op {
+                Op::Gemm(g) => *g,
+                _ => GemmAttrs { alpha: 1.0, beta: 0.0, trans_a: false, trans_b: false },
+            };
+            let c_in = if matches!(node.op, Op::Gemm(_)) { node.input(2) } else { None };
+            matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm)
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            if !matches!(dtype, DType::F32 | DType::F64) {
+                return Err(unsupported(format!("{} on {dtype}", node.op.name())));
+            }
+            let log = matches!(node.op, Op::LogSoftmax { .. });
+            softmax(cg, plan, step, input(0)?, output, *axis, log)
+        }
+        Op::Reduce { kind, axes, keepdims: _, noop_with_empty_axes } => {
+            let x = input(0)?;
+            if !matches!(plan.ty(x).dtype, DType::F32 | DType::F64) {
+                return Err(unsupported(format!("{} on {}", node.op.name(), plan.ty(x).dtype)));
+            }
+            let rank = plan.ty(x).shape.len() as i64;
+            let axes: Option<Vec<i64>> = match (axes, node.input(1)) {
+                (Some(a), _) => Some(a.clone()),
+                (None, Some(v)) => match plan.known(v) {
+                    Some(t) => Some(t.to_i64s()),
+                    None => return Err(unsupported("axes that are not known at compile time".into())),
+                },
+                (None, None) => None,
+            };
+            let mut reduced = vec![false; rank as usize];
+            match axes {
+                Some(a) if !a.is_empty() => {
+                    for ax in a {
+                        let ax = if ax < 0 { ax + rank } else { ax };
+                        if !(0..rank).contains(&ax) {
+                            return Err(BackendError::node(&node.name, node.op.name(), format!("axis {ax} out of range for rank {rank}")));
+                        }
+                        reduced[ax as usize] = true;
+                    }
+                }
+                _ if *noop_with_empty_axes => {}
+                _ => reduced.iter_mut().for_each(|r| *r = true),
+            }
+            reduce(cg, plan, step, *kind, x, output, &reduced)
+        }
+        Op::Transpose { perm } => {
+            let x = input(0)?;
+            let rank = plan.ty(x).shape.len();
+            let perm: Vec<usize> = match perm {
+                Some(p) => p.iter().map(|&a| if a < 0 { (a + rank as i64) as usize } else { a as usize }).collect(),
+                None => (0..rank).rev().collect(),
+            };
+            transpose(cg, plan, step, x, output, &perm)
+        }
+        other => Err(unsupported(format!("{} has no CPU kernel yet", other.name()))),
+    }
+}
+
+/// Copies a value into graph output `output`.
+pub(crate) fn emit_copy<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, from: ValueId, output: usize) -> Result<Kernel<'ctx>> {
+    let f = cg.kernel_fn(&format!("k{step}_copy"), 2);
+    let bytes = plan.ty(from).bytes();
+    if bytes > 0 {
+        cg.b.build_memcpy(cg.param(f, 0), 1, cg.param(f, 1), 1, cg.i64c(bytes as i64))?;
+    }
+    cg.b.build_return(None)?;
+    let out_loc = Loc { slot: crate::plan::Slot::Output(output), offset: 0 };
+    Ok((f, vec![out_loc, plan.loc(from)]))
+}
+
+/// Emits nested loops over `sizes`, carrying one offset per operand (each
+/// with its strides), and calls `body` with the offsets at each point.
+fn nest<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    sizes: &[usize],
+    strides: &[Vec<i64>],
+    offsets: Vec<IntValue<'ctx>>,
+    body: &mut dyn FnMut(&[IntValue<'ctx>]) -> Result<()>,
+) -> Result<()> {
+    let Some((&n, rest)) = sizes.split_first() else { return body(&offsets) };
+    let level = strides.first().map_or(0, |s| s.len() - sizes.len());
+    cg.for_n(f, n, &mut |i| {
+        let next: Vec<IntValue> =
+            offsets.iter().zip(strides).map(|(&o, s)| cg.affine(i, s[level], o)).collect::<Result<_>>()?;
+        nest(cg, f, rest, strides, next, body)
+    })
+}
+
+// ---------------------------------------------------------------- MatMul / Gemm
+
+#[allow(clippy::too_many_arguments)]
+fn matmul<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    name: &str,
+    a: ValueId,
+    b: ValueId,
+    c_in: Option<ValueId>,
+    out: ValueId,
+    gemm: GemmAttrs,
+) -> Result<Kernel<'ctx>> {
+    let dtype = plan.ty(out).dtype;
+    let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
+    let err = |m: &str| BackendError::node(name, "MatMul", m);
+    if ash.is_empty() || bsh.is_empty() {
+        return Err(err("MatMul of a scalar"));
+    }
+    // 1-D operands become matrices: [K] → [1, K] for A, [K, 1] for B.
+    let a2: Vec<usize> = if ash.len() == 1 { vec![1, ash[0]] } else { ash.clone() };
+    let b2: Vec<usize> = if bsh.len() == 1 { vec![bsh[0], 1] } else { bsh.clone() };
+    let (ar, br) = (a2.len(), b2.len());
+    let (m, k) = if gemm.trans_a { (a2[ar - 1], a2[ar - 2]) } else { (a2[ar - 2], a2[ar - 1]) };
+    let (kb, n) = if gemm.trans_b { (b2[br - 1], b2[br - 2]) } else { (b2[br - 2], b2[br - 1]) };
+    if k != kb {
+        return Err(err(&format!("inner dimensions differ: {ash:?} and {bsh:?}")));
+    }
+    let (a_batch, b_batch) = (&a2[..ar - 2], &b2[..br - 2]);
+    let batch_rank = a_batch.len().max(b_batch.len());
+    let mut out_batch = vec![1usize; batch_rank];
+    for (i, d) in out_batch.iter_mut().enumerate() {
+        let da = if i + a_batch.len() >= batch_rank { a_batch[i + a_batch.len() - batch_rank] } else { 1 };
+        let db = if i + b_batch.len() >= batch_rank { b_batch[i + b_batch.len() - batch_rank] } else { 1 };
+        *d = da.max(db);
+    }
+    let scale = |s: Vec<i64>, by: usize| s.into_iter().map(|x| x * by as i64).collect::<Vec<_>>();
+    let strides = vec![
+        scale(contiguous_strides(&out_batch), m * n),
+        scale(broadcast_strides(a_batch, &out_batch), m * k),
+        scale(broadcast_strides(b_batch, &out_batch), k * n),
+    ];
+    let (sizes, strides) = collapse(&out_batch, &strides);
+
+    let mut values = vec![out, a, b];
+    let has_c = c_in.is_some() && gemm.beta != 0.0;
+    if let (true, Some(c)) = (has_c, c_in) {
+        values.push(c);
+    }
+    let f = cg.kernel_fn(&format!("k{step}_matmul"), values.len());
+    let (cp, ap, bp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    // Element strides of A(i, k) and B(k, j) within one matrix.
+    let (sa_i, sa_k) = if gemm.trans_a { (1, m as i64) } else { (k as i64, 1) };
+    let (sb_k, sb_j) = if gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
+    let zero = cg.i64c(0);
+    let elem_ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
+    let fzero = cg.fconst(elem_ty.into_float_type().const_float(0.0).into(), 0.0);
+    if m * n > 0 {
+        nest(cg, f, &sizes, &strides, vec![zero; 3], &mut |off| {
+            let (co, ao, bo) = (off[0], off[1], off[2]);
+            if sb_j == 1 {
+                // i-k-j order, blocked over j and k: the innermost loop runs
+                // along rows of B and C, which the loop vectorizer widens.
+                let nblocks = (n as i64 + MATMUL_NB - 1) / MATMUL_NB;
+                cg.for_n(f, nblocks as usize, &mut |jb| {
+                    let j0 = cg.mul(jb, MATMUL_NB)?;
+                    let nb = min_const(cg, MATMUL_NB, n as i64, j0)?;
+                    cg.for_n(f, m, &mut |i| {
+                        let row = cg.add(cg.affine(i, n as i64, co)?, j0)?;
+                        cg.for_range(f, nb, &mut |j| cg.store(cp, dtype, cg.add(row, j)?, fzero))
+                    })?;
+                    let kblocks = (k as i64 + MATMUL_KB - 1) / MATMUL_KB;
+                    cg.for_n(f, kblocks as usize, &mut |kblk| {
+                        let k0 = cg.mul(kblk, MATMUL_KB)?;
+                        let kn = min_const(cg, MATMUL_KB, k as i64, k0)?;
+                        cg.for_n(f, m, &mut |i| {
+                            let crow = cg.add(cg.affine(i, n as i64, co)?, j0)?;
+                            let arow = cg.affine(i, sa_i, ao)?;
+                            cg.for_range(f, kn, &mut |kk| {
+                                let kidx = cg.add(k0, kk)?;
+                                let av = cg.load(ap, dtype, cg.affine(kidx, sa_k, arow)?)?;
+                                let brow = cg.add(cg.affine(kidx, sb_k, bo)?, j0)?;
+                                cg.for_range(f, nb, &mut |j| {
+                                    let ci = cg.add(crow, j)?;
+                                    let prod = cg.fmul(av, cg.load(bp, dtype, cg.add(brow, j)?)?)?;
+                                    let sum = cg.fadd_reassoc(cg.load(cp, dtype, ci)?, prod)?;
+                                    cg.store(cp, dtype, ci, sum)
+                                })
+                            })
+                        })
+                    })
+                })
+            } else {
+                // B is transposed: a dot product along k per output element.
+                let acc = cg.entry_alloca(f, elem_ty, "acc")?;
+                cg.for_n(f, m, &mut |i| {
+                    let arow = cg.affine(i, sa_i, ao)?;
+                    cg.for_n(f, n, &mut |j| {
+                        let bcol = cg.affine(j, sb_j, bo)?;
+                        cg.b.build_store(acc, fzero)?;
+                        cg.for_n(f, k, &mut |kk| {
+                            let av = cg.load(ap, dtype, cg.affine(kk, sa_k, arow)?)?;
+                            let bv = cg.load(bp, dtype, cg.affine(kk, sb_k, bcol)?)?;
+                            let cur = cg.b.build_load(elem_ty, acc, "acc")?;
+                            cg.b.build_store(acc, cg.fadd_reassoc(cur, cg.fmul(av, bv)?)?)?;
+                            Ok(())
+                        })?;
+                        let v = cg.b.build_load(elem_ty, acc, "acc")?;
+                        cg.store(cp, dtype, cg.affine(i, n as i64, cg.affine(j, 1, co)?)?, v)
+                    })
+                })
+            }
+        })?;
+        // Gemm's epilogue: C = alpha·AB + beta·C_in.
+        if gemm.alpha != 1.0 || has_c {
+            let cstrides = if has_c {
+                let csh = plan.ty(values[3]).shape.clone();
+                broadcast_strides(&csh, &[m, n])
+            } else {
+                vec![0, 0]
+            };
+            let cinp = if has_c { Some(cg.param(f, 3)) } else { None };
+            cg.for_n(f, m, &mut |i| {
+                cg.for_n(f, n, &mut |j| {
+                    let idx = cg.affine(i, n as i64, j)?;
+                    let mut v = cg.fmul(cg.load(cp, dtype, idx)?, cg.fconst(fzero, gemm.alpha as f64))?;
+                    if let Some(cinp) = cinp {
+                        let cidx = cg.add(cg.mul(i, cstrides[0])?, cg.mul(j, cstrides[1])?)?;
+                        let cv = cg.load(cinp, plan.ty(values[3]).dtype, cidx)?;
+                        v = cg.fadd(v, cg.fmul(cv, cg.fconst(fzero, gemm.beta as f64))?)?;
+                    }
+                    cg.store(cp, dtype, idx, v)
+                })
+            })?;
+        }
+    }
+    cg.b.build_return(None)?;
+    Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+}
+
+/// `min(block, total - start)` as an i64 value.
+fn min_const<'ctx>(cg: &Cg<'ctx>, block: i64, total: i64, start: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+    if total <= block {
+        return Ok(cg.i64c(total));
+    }
+    let left = cg.b.build_int_nsw_sub(cg.i64c(total), start, "left")?;
+    let small = cg.b.build_int_compare(inkwell::IntPredicate::SLT, left, cg.i64c(block), "tail")?;
+    Ok(cg.b.build_select(small, left, cg.i64c(block), "nb")?.into_int_value())
+}
+
+// ---------------------------------------------------------------- Softmax
+
+/// Softmax or LogSoftmax along `axis`, as rows of length `len` with
+/// `stride` between elements.
+fn softmax<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    out: ValueId,
+    axis: i64,
+    log: bool,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let dtype = plan.ty(x).dtype;
+    let rank = shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    let f = cg.kernel_fn(&format!("k{step}_{}", if log { "logsoftmax" } else { "softmax" }), 2);
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    if rank == 0 || !(0..rank).contains(&axis) {
+        // A scalar is its own row of one element.
+        if rank == 0 {
+            let one = if log { 0.0 } else { 1.0 };
+            let t = cg.compute_type(dtype).map_err(BackendError::Llvm)?.into_float_type().const_float(one);
+            cg.store(yp, dtype, cg.i64c(0), t.into())?;
+            cg.b.build_return(None)?;
+            return Ok((f, vec![plan.loc(out), plan.loc(x)]));
+        }
+        return Err(BackendError::node("", "Softmax", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let outer: usize = shape[..axis].iter().product();
+    let len = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let two_pass = cg.softmax == SoftmaxAlgorithm::TwoPass && dtype == DType::F32;
+    if outer * len * inner > 0 {
+        cg.for_n(f, outer, &mut |o| {
+            cg.for_n(f, inner, &mut |c| {
+                let base = cg.affine(o, (len * inner) as i64, c)?;
+                let row = Row { base, stride: inner as i64, len, dtype };
+                let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, yp, &row, log)? };
+                // The last pass: y = exp(x - lse) or x - lse.
+                cg.for_n(f, len, &mut |j| {
+                    let idx = cg.affine(j, row.stride, row.base)?;
+                    let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
+                    let y = if log { d } else { cg.exp(d)? };
+                    cg.store(yp, dtype, idx, y)
+                })
+            })
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+/// One softmax row.
+struct Row<'ctx> {
+    base: IntValue<'ctx>,
+    stride: i64,
+    len: usize,
+    dtype: DType,
+}
+
+/// The three-pass baseline's first two passes: the row maximum, then the
+/// sum of `exp(x - max)`. Returns `lse = max + log(sum)`.
+fn lse_three_pass<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    xp: PointerValue<'ctx>,
+    _yp: PointerValue<'ctx>,
+    row: &Row<'ctx>,
+    _log: bool,
+) -> Result<BV<'ctx>> {
+    let ty = cg.compute_type(row.dtype).map_err(BackendError::Llvm)?;
+    let like: BV = ty.into_float_type().const_float(0.0).into();
+    let m = cg.entry_alloca(f, ty, "max")?;
+    let s = cg.entry_alloca(f, ty, "sum")?;
+    cg.b.build_store(m, cg.fconst(like, f64::NEG_INFINITY))?;
+    cg.for_n(f, row.len, &mut |j| {
+        let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, row.base)?)?;
+        let cur = cg.b.build_load(ty, m, "m")?;
+        cg.b.build_store(m, cg.fmaxnum(cur, v)?)?;
+        Ok(())
+    })?;
+    let mv = cg.b.build_load(ty, m, "m")?;
+    cg.b.build_store(s, cg.fconst(like, 0.0))?;
+    cg.for_n(f, row.len, &mut |j| {
+        let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, row.base)?)?;
+        let e = cg.exp(cg.fsub(v, mv)?)?;
+        let cur = cg.b.build_load(ty, s, "s")?;
+        cg.b.build_store(s, cg.fadd_reassoc(cur, e)?)?;
+        Ok(())
+    })?;
+    let sv = cg.b.build_load(ty, s, "s")?;
+    cg.fadd(mv, cg.intrinsic("llvm.log", &[sv])?)
+}
+
+/// The two-pass algorithm's first pass (f32): one read of the row keeps,
+/// per SIMD lane, the sum of `exp(x)` as a pair (`n`, `s`) meaning
+/// `s · 2^n`. Each element's `exp(x) = p · 2^k` comes from the range
+/// reduction alone (no final scaling), and adding it rescales by powers of
+/// two: `n' = max(n, k)`, `s' = s · 2^(n - n') + p · 2^(k - n')`. Nothing
+/// overflows, whatever the logits. Returns `lse = n·ln2 + log(s)` after
+/// combining the lanes.
+fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: PointerValue<'ctx>, row: &Row<'ctx>) -> Result<BV<'ctx>> {
+    let lanes = if row.stride == 1 { cg.lanes.max(1) as usize } else { 1 };
+    let f32t = cg.f32t();
+    let vty = f32t.vec_type(lanes as u32);
+    let splat = |v: f64| -> BV { cg.fconst(vty.const_zero().into(), v) };
+    let scalar = |v: f64| -> BV { f32t.const_float(v).into() };
+    let floor_x = -1.0e4;
+    // Inputs below -1e4 contribute exp(x) = 0 either way; clamping keeps
+    // the range reduction finite. NaN passes (the compare is false).
+    let clamp = |x: BV<'ctx>, lo: BV<'ctx>| -> Result<BV<'ctx>> {
+        let below = cg.fcmp(FloatPredicate::OLT, x, lo)?;
+        cg.select(below, lo, x)
+    };
+    let update = |n: BV<'ctx>, s: BV<'ctx>, x: BV<'ctx>, lo: BV<'ctx>| -> Result<(BV<'ctx>, BV<'ctx>)> {
+        let (k, p) = cg.exp_split(clamp(x, lo)?)?;
+        let n2 = cg.fmaxnum(n, k)?;
+        let s_old = cg.scale_pow2_nonpos(s, cg.fsub(n, n2)?)?;
+        let s_new = cg.scale_pow2_nonpos(p, cg.fsub(k, n2)?)?;
+        Ok((n2, cg.fadd(s_old, s_new)?))
+    };
+
+    let chunks = row.len / lanes;
+    let nv = cg.entry_alloca(f, vty.into(), "n")?;
+    let sv = cg.entry_alloca(f, vty.into(), "s")?;
+    cg.b.build_store(nv, splat(f64::NEG_INFINITY))?;
+    cg.b.build_store(sv, splat(0.0))?;
+    cg.for_n(f, chunks, &mut |c| {
+        let idx = cg.affine(c, lanes as i64 * row.stride, row.base)?;
+        let p = cg.elem_ptr(xp, DType::F32, idx)?;
+        let x = cg.b.build_load(vty, p, "xv")?;
+        if let Some(inst) = x.as_instruction_value() {
+            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        }
+        let (n, s) = (cg.b.build_load(vty, nv, "n")?, cg.b.build_load(vty, sv, "s")?);
+        let (n2, s2) = update(n, s, x, splat(floor_x))?;
+        cg.b.build_store(nv, n2)?;
+        cg.b.build_store(sv, s2)?;
+        Ok(())
+    })?;
+    // The tail, one element at a time, into scalar accumulators.
+    let nt = cg.entry_alloca(f, f32t.into(), "nt")?;
+    let st = cg.entry_alloca(f, f32t.into(), "st")?;
+    cg.b.build_store(nt, scalar(f64::NEG_INFINITY))?;
+    cg.b.build_store(st, scalar(0.0))?;
+    cg.for_n(f, row.len - chunks * lanes, &mut |t| {
+        let j = cg.add(t, cg.i64c((chunks * lanes) as i64))?;
+        let x = cg.load(xp, DType::F32, cg.affine(j, row.stride, row.base)?)?;
+        let (n, s) = (cg.b.build_load(f32t, nt, "n")?, cg.b.build_load(f32t, st, "s")?);
+        let (n2, s2) = update(n, s, x, scalar(floor_x))?;
+        cg.b.build_store(nt, n2)?;
+        cg.b.build_store(st, s2)?;
+        Ok(())
+    })?;
+    // Combine the lanes and the tail: n = max n_l, s = Σ s_l · 2^(n_l - n).
+    let nvec = cg.b.build_load(vty, nv, "n")?.into_vector_value();
+    let svec = cg.b.build_load(vty, sv, "s")?.into_vector_value();
+    let mut parts: Vec<(BV, BV)> = Vec::with_capacity(lanes + 1);
+    for l in 0..lanes {
+        let li = cg.ctx.i32_type().const_int(l as u64, false);
+        parts.push((cg.b.build_extract_element(nvec, li, "nl")?, cg.b.build_extract_element(svec, li, "sl")?));
+    }
+    parts.push((cg.b.build_load(f32t, nt, "n")?, cg.b.build_load(f32t, st, "s")?));
+    let mut n_all = parts[0].0;
+    for (n, _) in &parts[1..] {
+        n_all = cg.fmaxnum(n_all, *n)?;
+    }
+    let mut s_all = scalar(0.0);
+    for (n, s) in &parts {
+        s_all = cg.fadd(s_all, cg.scale_pow2_nonpos(*s, cg.fsub(*n, n_all)?)?)?;
+    }
+    let n_ln2 = cg.fmul(n_all, scalar(std::f64::consts::LN_2))?;
+    cg.fadd(n_ln2, cg.intrinsic("llvm.log", &[s_all])?)
+}
+
+// ---------------------------------------------------------------- Reduce
+
+fn reduce<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    kind: ReduceKind,
+    x: ValueId,
+    out: ValueId,
+    reduced: &[bool],
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let dtype = plan.ty(x).dtype;
+    let in_strides = contiguous_strides(&shape);
+    let kept_sizes: Vec<usize> = shape.iter().zip(reduced).filter(|(_, &r)| !r).map(|(&d, _)| d).collect();
+    let kept_in: Vec<i64> = in_strides.iter().zip(reduced).filter(|(_, &r)| !r).map(|(&s, _)| s).collect();
+    let red_sizes: Vec<usize> = shape.iter().zip(reduced).filter(|(_, &r)| r).map(|(&d, _)| d).collect();
+    let red_in: Vec<i64> = in_strides.iter().zip(reduced).filter(|(_, &r)| r).map(|(&s, _)| s).collect();
+    let count: usize = red_sizes.iter().product();
+    let (ksizes, kstrides) = collapse(&kept_sizes, &[contiguous_strides(&kept_sizes), kept_in]);
+    let (rsizes, rstrides) = collapse(&red_sizes, &[red_in]);
+
+    let f = cg.kernel_fn(&format!("k{step}_{}", kind.name()), 2);
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    let ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
+    let like: BV = ty.into_float_type().const_float(0.0).into();
+    let acc = cg.entry_alloca(f, ty, "acc")?;
+    let mx = cg.entry_alloca(f, ty, "mx")?;
+    let init = match kind {
+        ReduceKind::Max | ReduceKind::LogSumExp => f64::NEG_INFINITY,
+        ReduceKind::Min => f64::INFINITY,
+        ReduceKind::Prod => 1.0,
+        _ => 0.0,
+    };
+    let total: usize = plan.ty(out).len();
+    if total > 0 {
+        nest(cg, f, &ksizes, &kstrides, vec![cg.i64c(0); 2], &mut |koff| {
+            let (yo, xo) = (koff[0], koff[1]);
+            // LogSumExp subtracts the maximum first so exp cannot overflow.
+            let shift = if kind == ReduceKind::LogSumExp {
+                cg.b.build_store(mx, cg.fconst(like, f64::NEG_INFINITY))?;
+                nest(cg, f, &rsizes, &rstrides, vec![xo], &mut |r| {
+                    let v = cg.load(xp, dtype, r[0])?;
+                    let cur = cg.b.build_load(ty, mx, "m")?;
+                    cg.b.build_store(mx, cg.intrinsic("llvm.maximum", &[cur, v])?)?;
+                    Ok(())
+                })?;
+                let m = cg.b.build_load(ty, mx, "m")?;
+                // An all -inf row has no finite maximum; shift by 0 instead.
+                let finite = cg.fcmp(FloatPredicate::ONE, m, cg.fconst(like, f64::NEG_INFINITY))?;
+                Some(cg.select(finite, m, cg.fconst(like, 0.0))?)
+            } else {
+                None
+            };
+            cg.b.build_store(acc, cg.fconst(like, init))?;
+            nest(cg, f, &rsizes, &rstrides, vec![xo], &mut |r| {
+                let v = cg.load(xp, dtype, r[0])?;
+                let cur = cg.b.build_load(ty, acc, "acc")?;
+                let next = match kind {
+                    ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => cg.fadd_reassoc(cur, v)?,
+                    ReduceKind::Max => cg.intrinsic("llvm.maximum", &[cur, v])?,
+                    ReduceKind::Min => cg.intrinsic("llvm.minimum", &[cur, v])?,
+                    ReduceKind::Prod => cg.fmul(cur, v)?,
+                    ReduceKind::SumSquare | ReduceKind::L2 => cg.fadd_reassoc(cur, cg.fmul(v, v)?)?,
+                    ReduceKind::L1 => cg.fadd_reassoc(cur, cg.intrinsic("llvm.fabs", &[v])?)?,
+                    ReduceKind::LogSumExp => {
+                        let m = shift.expect("LogSumExp computes its shift first");
+                        cg.fadd_reassoc(cur, cg.exp(cg.fsub(v, m)?)?)?
+                    }
+                };
+                cg.b.build_store(acc, next)?;
+                Ok(())
+            })?;
+            let a = cg.b.build_load(ty, acc, "acc")?;
+            let y = match kind {
+                ReduceKind::Mean => cg.fdiv(a, cg.fconst(like, count as f64))?,
+                ReduceKind::L2 => cg.intrinsic("llvm.sqrt", &[a])?,
+                ReduceKind::LogSum => cg.intrinsic("llvm.log", &[a])?,
+                ReduceKind::LogSumExp => {
+                    cg.fadd(shift.expect("computed above"), cg.intrinsic("llvm.log", &[a])?)?
+                }
+                _ => a,
+            };
+            cg.store(yp, dtype, yo, y)
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+// ---------------------------------------------------------------- Transpose
+
+fn transpose<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, x: ValueId, out: ValueId, perm: &[usize]) -> Result<Kernel<'ctx>> {
+    let in_shape = plan.ty(x).shape.clone();
+    let out_shape = plan.ty(out).shape.clone();
+    let in_strides = contiguous_strides(&in_shape);
+    let src: Vec<i64> = perm.iter().map(|&p| in_strides.get(p).copied().unwrap_or(0)).collect();
+    let (sizes, strides) = collapse(&out_shape, &[contiguous_strides(&out_shape), src]);
+    let dtype = plan.ty(x).dtype;
+    let f = cg.kernel_fn(&format!("k{step}_transpose"), 2);
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    if plan.ty(out).len() > 0 {
+        // Copy the raw bits: the element type does not matter.
+        let bits = cg.ctx.custom_width_int_type(std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte")).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        nest(cg, f, &sizes, &strides, vec![cg.i64c(0); 2], &mut |off| {
+            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
+            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };
+            let v = cg.b.build_load(bits, src, "v")?;
+            cg.b.build_store(dst, v)?;
+            Ok(())
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
