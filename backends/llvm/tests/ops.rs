@@ -244,11 +244,16 @@ fn softmax_two_pass_and_three_pass_match_the_interpreter() {
 
 #[test]
 fn softmax_does_not_overflow_on_huge_logits() {
-    let v: Vec<f64> = (0..50).map(|i| 1e30 + i as f64 * 1e28).chain((0..20).map(|i| -1e30 - i as f64)).collect();
-    let x = Tensor::from_f64s(DType::F32, &[1, v.len()], &v);
+    // Row 0: huge positive logits; row 1: all far below -1e4 but 1 apart;
+    // row 2: in range, with -inf entries.
+    let huge: Vec<f64> = (0..50).map(|i| 1e30 + i as f64 * 1e28).chain((0..20).map(|i| -1e30 - i as f64)).collect();
+    let tiny: Vec<f64> = (0..70).map(|i| -1e5 + (i % 3) as f64).collect();
+    let normal: Vec<f64> = (0..70).map(|i| if i % 7 == 0 { f64::NEG_INFINITY } else { (i as f64).sin() * 30.0 }).collect();
+    let v: Vec<f64> = huge.into_iter().chain(tiny).chain(normal).collect();
+    let x = Tensor::from_f64s(DType::F32, &[3, 70], &v);
     for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
         let mut g = Graph::new("softmax");
-        let xv = input(&mut g, "x", &[1, v.len()]);
+        let xv = input(&mut g, "x", &[3, 70]);
         let y = node(&mut g, "sm", Op::Softmax { axis: -1 }, &[xv]);
         g.add_output(y);
         check_with(g, &[("x".into(), x.clone())], &CompileOptions { softmax: algo, ..Default::default() }, &format!("{algo:?}"));

@@ -313,7 +313,7 @@ fn softmax<'ctx>(
             cg.for_n(f, inner, &mut |c| {
                 let base = cg.affine(o, (len * inner) as i64, c)?;
                 let row = Row { base, stride: inner as i64, len, dtype };
-                let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, yp, &row, log)? };
+                let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
                 // The last pass: y = exp(x - lse) or x - lse.
                 cg.for_n(f, len, &mut |j| {
                     let idx = cg.affine(j, row.stride, row.base)?;
@@ -342,9 +342,7 @@ fn lse_three_pass<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
     xp: PointerValue<'ctx>,
-    _yp: PointerValue<'ctx>,
     row: &Row<'ctx>,
-    _log: bool,
 ) -> Result<BV<'ctx>> {
     let ty = cg.compute_type(row.dtype).map_err(BackendError::Llvm)?;
     let like: BV = ty.into_float_type().const_float(0.0).into();
@@ -370,12 +368,23 @@ fn lse_three_pass<'ctx>(
     cg.fadd(mv, cg.intrinsic("llvm.log", &[sv])?)
 }
 
+/// Inputs whose magnitude the two-pass range reduction handles exactly:
+/// `n = rint(x·log2 e)` stays below 2^15, so `n·LN2_HI` is exact.
+const TWO_PASS_LIMIT: f64 = 2.0e4;
+/// Rows whose maximum lies within ±this use the two-pass result; others
+/// (astronomically large or small logits) take the three-pass path, which
+/// subtracts the maximum first. Elements below -`TWO_PASS_LIMIT` are then
+/// at least 1e4 below the maximum and contribute nothing in f32.
+const TWO_PASS_ROW_MAX: f64 = 1.0e4;
+
 /// The two-pass algorithm's first pass (f32): one read of the row keeps,
 /// per SIMD lane, the sum of `exp(x)` as a pair (`n`, `s`) meaning
 /// `s · 2^n`. Each element's `exp(x) = p · 2^k` comes from the range
 /// reduction alone (no final scaling), and adding it rescales by powers of
-/// two: `n' = max(n, k)`, `s' = s · 2^(n - n') + p · 2^(k - n')`. Nothing
-/// overflows, whatever the logits. Returns `lse = n·ln2 + log(s)` after
+/// two: `n' = max(n, k)`, `s' = s · 2^(n - n') + p · 2^(k - n')`, so no
+/// intermediate overflows. The same pass keeps the row maximum; a row whose
+/// maximum is outside ±1e4 (beyond the exact range of the reduction) is
+/// redone by the three-pass path. Returns `lse = n·ln2 + log(s)` after
 /// combining the lanes.
 fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: PointerValue<'ctx>, row: &Row<'ctx>) -> Result<BV<'ctx>> {
     let lanes = if row.stride == 1 { cg.lanes.max(1) as usize } else { 1 };
@@ -383,26 +392,26 @@ fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: PointerValue<'c
     let vty = f32t.vec_type(lanes as u32);
     let splat = |v: f64| -> BV { cg.fconst(vty.const_zero().into(), v) };
     let scalar = |v: f64| -> BV { f32t.const_float(v).into() };
-    let floor_x = -1.0e4;
-    // Inputs below -1e4 contribute exp(x) = 0 either way; clamping keeps
-    // the range reduction finite. NaN passes (the compare is false).
+    // Inputs below the limit contribute nothing next to an in-range maximum;
+    // clamping keeps the range reduction finite for -inf. NaN passes (the
+    // compare is false) and poisons the sum, as it should.
     let clamp = |x: BV<'ctx>, lo: BV<'ctx>| -> Result<BV<'ctx>> {
         let below = cg.fcmp(FloatPredicate::OLT, x, lo)?;
         cg.select(below, lo, x)
     };
-    let update = |n: BV<'ctx>, s: BV<'ctx>, x: BV<'ctx>, lo: BV<'ctx>| -> Result<(BV<'ctx>, BV<'ctx>)> {
+    let update = |n: BV<'ctx>, s: BV<'ctx>, m: BV<'ctx>, x: BV<'ctx>, lo: BV<'ctx>| -> Result<[BV<'ctx>; 3]> {
         let (k, p) = cg.exp_split(clamp(x, lo)?)?;
         let n2 = cg.fmaxnum(n, k)?;
         let s_old = cg.scale_pow2_nonpos(s, cg.fsub(n, n2)?)?;
         let s_new = cg.scale_pow2_nonpos(p, cg.fsub(k, n2)?)?;
-        Ok((n2, cg.fadd(s_old, s_new)?))
+        Ok([n2, cg.fadd(s_old, s_new)?, cg.fmaxnum(m, x)?])
     };
 
     let chunks = row.len / lanes;
-    let nv = cg.entry_alloca(f, vty.into(), "n")?;
-    let sv = cg.entry_alloca(f, vty.into(), "s")?;
-    cg.b.build_store(nv, splat(f64::NEG_INFINITY))?;
-    cg.b.build_store(sv, splat(0.0))?;
+    let vacc: Vec<PointerValue> = ["n", "s", "m"].iter().map(|name| cg.entry_alloca(f, vty.into(), name)).collect::<Result<_>>()?;
+    for (slot, init) in vacc.iter().zip([f64::NEG_INFINITY, 0.0, f64::NEG_INFINITY]) {
+        cg.b.build_store(*slot, splat(init))?;
+    }
     cg.for_n(f, chunks, &mut |c| {
         let idx = cg.affine(c, lanes as i64 * row.stride, row.base)?;
         let p = cg.elem_ptr(xp, DType::F32, idx)?;
@@ -410,45 +419,71 @@ fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: PointerValue<'c
         if let Some(inst) = x.as_instruction_value() {
             inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
         }
-        let (n, s) = (cg.b.build_load(vty, nv, "n")?, cg.b.build_load(vty, sv, "s")?);
-        let (n2, s2) = update(n, s, x, splat(floor_x))?;
-        cg.b.build_store(nv, n2)?;
-        cg.b.build_store(sv, s2)?;
+        let cur: Vec<BV> = vacc.iter().map(|&a| cg.b.build_load(vty, a, "acc")).collect::<Result<_, _>>()?;
+        let next = update(cur[0], cur[1], cur[2], x, splat(-TWO_PASS_LIMIT))?;
+        for (slot, v) in vacc.iter().zip(next) {
+            cg.b.build_store(*slot, v)?;
+        }
         Ok(())
     })?;
     // The tail, one element at a time, into scalar accumulators.
-    let nt = cg.entry_alloca(f, f32t.into(), "nt")?;
-    let st = cg.entry_alloca(f, f32t.into(), "st")?;
-    cg.b.build_store(nt, scalar(f64::NEG_INFINITY))?;
-    cg.b.build_store(st, scalar(0.0))?;
+    let sacc: Vec<PointerValue> = ["nt", "st", "mt"].iter().map(|name| cg.entry_alloca(f, f32t.into(), name)).collect::<Result<_>>()?;
+    for (slot, init) in sacc.iter().zip([f64::NEG_INFINITY, 0.0, f64::NEG_INFINITY]) {
+        cg.b.build_store(*slot, scalar(init))?;
+    }
     cg.for_n(f, row.len - chunks * lanes, &mut |t| {
         let j = cg.add(t, cg.i64c((chunks * lanes) as i64))?;
         let x = cg.load(xp, DType::F32, cg.affine(j, row.stride, row.base)?)?;
-        let (n, s) = (cg.b.build_load(f32t, nt, "n")?, cg.b.build_load(f32t, st, "s")?);
-        let (n2, s2) = update(n, s, x, scalar(floor_x))?;
-        cg.b.build_store(nt, n2)?;
-        cg.b.build_store(st, s2)?;
+        let cur: Vec<BV> = sacc.iter().map(|&a| cg.b.build_load(f32t, a, "acc")).collect::<Result<_, _>>()?;
+        let next = update(cur[0], cur[1], cur[2], x, scalar(-TWO_PASS_LIMIT))?;
+        for (slot, v) in sacc.iter().zip(next) {
+            cg.b.build_store(*slot, v)?;
+        }
         Ok(())
     })?;
     // Combine the lanes and the tail: n = max n_l, s = Σ s_l · 2^(n_l - n).
-    let nvec = cg.b.build_load(vty, nv, "n")?.into_vector_value();
-    let svec = cg.b.build_load(vty, sv, "s")?.into_vector_value();
-    let mut parts: Vec<(BV, BV)> = Vec::with_capacity(lanes + 1);
+    let vecs: Vec<_> = vacc.iter().map(|&a| cg.b.build_load(vty, a, "acc").map(|v| v.into_vector_value())).collect::<Result<_, _>>()?;
+    let mut parts: Vec<[BV; 3]> = Vec::with_capacity(lanes + 1);
     for l in 0..lanes {
         let li = cg.ctx.i32_type().const_int(l as u64, false);
-        parts.push((cg.b.build_extract_element(nvec, li, "nl")?, cg.b.build_extract_element(svec, li, "sl")?));
+        let mut part = [scalar(0.0); 3];
+        for (p, v) in part.iter_mut().zip(&vecs) {
+            *p = cg.b.build_extract_element(*v, li, "lane")?;
+        }
+        parts.push(part);
     }
-    parts.push((cg.b.build_load(f32t, nt, "n")?, cg.b.build_load(f32t, st, "s")?));
-    let mut n_all = parts[0].0;
-    for (n, _) in &parts[1..] {
-        n_all = cg.fmaxnum(n_all, *n)?;
+    let mut tail = [scalar(0.0); 3];
+    for (p, a) in tail.iter_mut().zip(&sacc) {
+        *p = cg.b.build_load(f32t, *a, "acc")?;
+    }
+    parts.push(tail);
+    let (mut n_all, mut m_all) = (parts[0][0], parts[0][2]);
+    for part in &parts[1..] {
+        n_all = cg.fmaxnum(n_all, part[0])?;
+        m_all = cg.fmaxnum(m_all, part[2])?;
     }
     let mut s_all = scalar(0.0);
-    for (n, s) in &parts {
-        s_all = cg.fadd(s_all, cg.scale_pow2_nonpos(*s, cg.fsub(*n, n_all)?)?)?;
+    for part in &parts {
+        s_all = cg.fadd(s_all, cg.scale_pow2_nonpos(part[1], cg.fsub(part[0], n_all)?)?)?;
     }
     let n_ln2 = cg.fmul(n_all, scalar(std::f64::consts::LN_2))?;
-    cg.fadd(n_ln2, cg.intrinsic("llvm.log", &[s_all])?)
+    let fast = cg.fadd(n_ln2, cg.intrinsic("llvm.log", &[s_all])?)?;
+
+    // Out-of-range rows (rare) take the three-pass path.
+    let lse = cg.entry_alloca(f, f32t.into(), "lse")?;
+    cg.b.build_store(lse, fast)?;
+    let above = cg.fcmp(FloatPredicate::OGT, m_all, scalar(TWO_PASS_ROW_MAX))?;
+    let below = cg.fcmp(FloatPredicate::OLT, m_all, scalar(-TWO_PASS_ROW_MAX))?;
+    let out_of_range = cg.b.build_or(above.into_int_value(), below.into_int_value(), "out_of_range")?;
+    let slow = cg.ctx.append_basic_block(f, "lse.slow");
+    let done = cg.ctx.append_basic_block(f, "lse.done");
+    cg.b.build_conditional_branch(out_of_range, slow, done)?;
+    cg.b.position_at_end(slow);
+    let exact = lse_three_pass(cg, f, xp, row)?;
+    cg.b.build_store(lse, exact)?;
+    cg.b.build_unconditional_branch(done)?;
+    cg.b.position_at_end(done);
+    Ok(cg.b.build_load(f32t, lse, "lse")?)
 }
 
 // ---------------------------------------------------------------- Reduce
@@ -480,7 +515,7 @@ fn reduce<'ctx>(
     let acc = cg.entry_alloca(f, ty, "acc")?;
     let mx = cg.entry_alloca(f, ty, "mx")?;
     let init = match kind {
-        ReduceKind::Max | ReduceKind::LogSumExp => f64::NEG_INFINITY,
+        ReduceKind::Max => f64::NEG_INFINITY,
         ReduceKind::Min => f64::INFINITY,
         ReduceKind::Prod => 1.0,
         _ => 0.0,
