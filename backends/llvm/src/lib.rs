@@ -163,8 +163,14 @@ pub struct CompiledGraph {
     graph: Graph,
     opts: CompileOptions,
     target: TargetInfo,
-    cache: RefCell<BTreeMap<Vec<(DType, Vec<usize>)>, Rc<Compiled>>>,
+    /// Per graph input: read only as a shape or axes, so specialized by value.
+    shape_inputs: Vec<bool>,
+    cache: RefCell<BTreeMap<Vec<InputKey>, Rc<Compiled>>>,
 }
+
+/// What a specialization depends on, per graph input: dtype, shape, and the
+/// value of a shape input.
+type InputKey = (DType, Vec<usize>, Option<Vec<i64>>);
 
 /// Checks that `graph` (typed, e.g. by [`kiln_ir::infer_types`]) can be
 /// lowered and picks the target; compiles it right away when every graph
@@ -172,11 +178,24 @@ pub struct CompiledGraph {
 pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
     plan::check_lowerable(graph)?;
     let target = jit::target_info(opts)?;
-    let compiled = CompiledGraph { graph: graph.clone(), opts: opts.clone(), target, cache: RefCell::new(BTreeMap::new()) };
-    let static_inputs: Option<Vec<(DType, Vec<usize>)>> = graph
+    let shape_inputs = plan::shape_inputs(graph);
+    let compiled = CompiledGraph {
+        graph: graph.clone(),
+        opts: opts.clone(),
+        target,
+        shape_inputs: shape_inputs.clone(),
+        cache: RefCell::new(BTreeMap::new()),
+    };
+    let static_inputs: Option<Vec<InputKey>> = graph
         .inputs()
         .iter()
-        .map(|&v| graph.value(v).ty.as_ref().and_then(|t| t.fixed_shape().map(|s| (t.dtype, s))))
+        .zip(&shape_inputs)
+        .map(|(&v, &by_value)| {
+            if by_value {
+                return None;
+            }
+            graph.value(v).ty.as_ref().and_then(|t| t.fixed_shape().map(|s| (t.dtype, s, None)))
+        })
         .collect();
     if let Some(key) = static_inputs {
         compiled.specialization(key)?;
@@ -198,24 +217,36 @@ impl CompiledGraph {
     /// [`BackendError::Value`] errors.
     pub fn run(&self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
         let ordered = self.bind_inputs(inputs)?;
-        let key: Vec<(DType, Vec<usize>)> = ordered.iter().map(|t| (t.dtype(), t.shape().to_vec())).collect();
-        let compiled = self.specialization(key)?;
-        execute(&compiled, &ordered)
+        let compiled = self.specialization(self.key(&ordered))?;
+        let runtime: Vec<Tensor> =
+            ordered.into_iter().zip(&self.shape_inputs).filter(|(_, &by_value)| !by_value).map(|(t, _)| t).collect();
+        execute(&compiled, &runtime)
     }
 
     /// What the graph compiles to for these inputs (compiling it if needed).
     pub fn specialization_for(&self, inputs: &[(String, Tensor)]) -> Result<Rc<Specialization>> {
         let ordered = self.bind_inputs(inputs)?;
-        let key: Vec<(DType, Vec<usize>)> = ordered.iter().map(|t| (t.dtype(), t.shape().to_vec())).collect();
-        Ok(self.specialization(key)?.info.clone())
+        Ok(self.specialization(self.key(&ordered))?.info.clone())
     }
 
-    fn specialization(&self, key: Vec<(DType, Vec<usize>)>) -> Result<Rc<Compiled>> {
+    fn key(&self, ordered: &[Tensor]) -> Vec<InputKey> {
+        ordered
+            .iter()
+            .zip(&self.shape_inputs)
+            .map(|(t, &by_value)| (t.dtype(), t.shape().to_vec(), by_value.then(|| t.to_i64s())))
+            .collect()
+    }
+
+    fn specialization(&self, key: Vec<InputKey>) -> Result<Rc<Compiled>> {
         if let Some(c) = self.cache.borrow().get(&key) {
             return Ok(c.clone());
         }
-        let types: Vec<Shaped> = key.iter().map(|(d, s)| Shaped { dtype: *d, shape: s.clone() }).collect();
-        let specialized = plan::specialize(&self.graph, &types)?;
+        let types: Vec<Shaped> = key.iter().map(|(d, s, _)| Shaped { dtype: *d, shape: s.clone() }).collect();
+        let values: Vec<Option<Tensor>> = key
+            .iter()
+            .map(|(d, s, v)| v.as_ref().map(|v| Tensor::from_i64s(*d, s, v)))
+            .collect();
+        let specialized = plan::specialize(&self.graph, &types, &values)?;
         let mut plan = plan::plan(specialized)?;
         for t in &mut plan.consts {
             *t = standard_layout(t);

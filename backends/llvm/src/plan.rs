@@ -203,6 +203,27 @@ pub(crate) fn foldable_nodes(graph: &Graph) -> Result<BTreeMap<NodeId, bool>> {
     Ok(out)
 }
 
+/// Flags the graph inputs that are read as shapes or axes (Reshape's
+/// shape, Squeeze/Unsqueeze/Reduce axes): code is specialized to their
+/// values as well as to the input shapes, the way it is to shapes.
+pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
+    graph
+        .inputs()
+        .iter()
+        .map(|&v| {
+            let uses = graph.value(v).uses();
+            !uses.is_empty()
+                && uses.iter().all(|&(n, slot)| {
+                    slot == 1
+                        && matches!(
+                            graph.node(n).op,
+                            Op::Reshape { .. } | Op::Squeeze | Op::Unsqueeze | Op::Reduce { .. }
+                        )
+                })
+        })
+        .collect()
+}
+
 /// Checks that every node that is not folded at compile time has a
 /// lowering, naming the first one that has none.
 pub(crate) fn check_lowerable(graph: &Graph) -> Result<()> {
@@ -218,13 +239,19 @@ pub(crate) fn check_lowerable(graph: &Graph) -> Result<()> {
 
 /// Rebuilds `graph` for concrete input types (one per graph input, in
 /// order), folding what is known at compile time, and infers every type.
-pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped]) -> Result<Graph> {
+/// Inputs given a value in `input_values` (shape inputs, see
+/// [`shape_inputs`]) become constants of the rebuilt graph rather than
+/// inputs.
+pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped], input_values: &[Option<Tensor>]) -> Result<Graph> {
     let mut g = Graph::new(&graph.name);
     g.opset_imports = graph.opset_imports.clone();
     let mut map: BTreeMap<ValueId, ValueId> = BTreeMap::new();
-    for (&v, ty) in graph.inputs().iter().zip(input_types) {
+    for ((&v, ty), value) in graph.inputs().iter().zip(input_types).zip(input_values) {
         let val = graph.value(v);
-        let nv = g.add_input(&val.name, TensorType::fixed(ty.dtype, &ty.shape))?;
+        let nv = match value {
+            Some(t) => g.add_initializer(&val.name, t.clone())?,
+            None => g.add_input(&val.name, TensorType::fixed(ty.dtype, &ty.shape))?,
+        };
         map.insert(v, nv);
     }
     for (v, t) in graph.initializers() {
@@ -265,6 +292,13 @@ pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped]) -> Result<Graph>
             node.outputs.iter().map(|o| o.map(|v| graph.value(v).name.clone()).unwrap_or_default()).collect();
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let nid = g.add_node(&node.name, node.op.clone(), inputs, &name_refs)?;
+        // Type the results now: a later `Shape` of them folds from these.
+        let inferred = kiln_ir::infer_node(&g, nid)?;
+        for (slot, ty) in inferred.into_iter().enumerate() {
+            if let (Some(v), Some(ty)) = (g.node(nid).output(slot), ty) {
+                g.value_mut(v).ty = Some(ty);
+            }
+        }
         for (slot, v) in node.outputs.iter().enumerate() {
             if let (Some(v), Some(nv)) = (v, g.node(nid).output(slot)) {
                 map.insert(*v, nv);
@@ -327,6 +361,15 @@ pub(crate) fn plan(graph: Graph) -> Result<Plan> {
     for &id in &order {
         let node = graph.node(id);
         for v in node.inputs.iter().chain(&node.outputs).flatten() {
+            if let Some(t) = &types[v.index()] {
+                if matches!(t.dtype, DType::I4 | DType::U4) {
+                    return Err(BackendError::unsupported(
+                        &node.name,
+                        node.op.name(),
+                        format!("{} tensors (value `{}`)", t.dtype, graph.value(*v).name),
+                    ));
+                }
+            }
             if types[v.index()].is_none() {
                 let ty = graph.value(*v).ty.as_ref().map_or_else(|| "unknown".to_string(), |t| t.to_string());
                 return Err(BackendError::node(

@@ -525,9 +525,13 @@ fn cast<'ctx>(cg: &Cg<'ctx>, x: Val<'ctx>, to: DType) -> Result<BV<'ctx>, OpErro
     }
     if from.is_float() {
         if to.is_float() {
-            if matches!(to, DType::F16 | DType::BF16) {
-                // Round to the narrow type now, as the interpreter does, so
-                // later ops in the group see the rounded value.
+            if to == DType::BF16 {
+                // Round now, as the interpreter does, so later ops in the
+                // group see the rounded value.
+                let bits = cg.f32_to_bf16(v.into_float_value())?;
+                return Ok(cg.bf16_to_f32(bits)?);
+            }
+            if to == DType::F16 {
                 let st = cg.storage_type(to).map_err(OpError::Unsupported)?.into_float_type();
                 let narrow = cg.b.build_float_cast(v.into_float_value(), st, "narrow")?;
                 return Ok(cg.b.build_float_ext(narrow, cg.f32t(), "wide")?.into());

@@ -96,7 +96,9 @@ impl<'ctx> Cg<'ctx> {
             DType::F32 => self.ctx.f32_type().into(),
             DType::F64 => self.ctx.f64_type().into(),
             DType::F16 => self.ctx.f16_type().into(),
-            DType::BF16 => self.ctx.bf16_type().into(),
+            // bf16 is converted by hand (see `bf16_to_f32`): LLVM lowers
+            // float <-> bfloat to libcalls the JIT cannot always resolve.
+            DType::BF16 => self.ctx.i16_type().into(),
             DType::I8 | DType::U8 | DType::Bool => self.ctx.i8_type().into(),
             DType::I16 => self.ctx.i16_type().into(),
             DType::I32 => self.ctx.i32_type().into(),
@@ -258,7 +260,8 @@ impl<'ctx> Cg<'ctx> {
         let ty = self.storage_type(dtype).map_err(BackendError::Llvm)?;
         let raw = self.b.build_load(ty, p, "v")?;
         Ok(match dtype {
-            DType::F16 | DType::BF16 => self.b.build_float_ext(raw.into_float_value(), self.f32t(), "wide")?.into(),
+            DType::F16 => self.b.build_float_ext(raw.into_float_value(), self.f32t(), "wide")?.into(),
+            DType::BF16 => self.bf16_to_f32(raw.into_int_value())?,
             DType::Bool => self
                 .b
                 .build_int_compare(inkwell::IntPredicate::NE, raw.into_int_value(), self.ctx.i8_type().const_zero(), "b")?
@@ -272,12 +275,35 @@ impl<'ctx> Cg<'ctx> {
         let p = self.elem_ptr(base, dtype, idx)?;
         let stored: BasicValueEnum = match dtype {
             DType::F16 => self.b.build_float_trunc(v.into_float_value(), self.ctx.f16_type(), "narrow")?.into(),
-            DType::BF16 => self.b.build_float_trunc(v.into_float_value(), self.ctx.bf16_type(), "narrow")?.into(),
+            DType::BF16 => self.f32_to_bf16(v.into_float_value())?.into(),
             DType::Bool => self.b.build_int_z_extend(v.into_int_value(), self.ctx.i8_type(), "byte")?.into(),
             _ => v,
         };
         self.b.build_store(p, stored)?;
         Ok(())
+    }
+
+    /// Widens bf16 bits to f32 (exact: bf16 is the top half of an f32).
+    pub(crate) fn bf16_to_f32(&self, bits: IntValue<'ctx>) -> Result<BasicValueEnum<'ctx>> {
+        let i32t = self.ctx.i32_type();
+        let wide = self.b.build_int_z_extend(bits, i32t, "bf16")?;
+        let shifted = self.b.build_left_shift(wide, i32t.const_int(16, false), "bits")?;
+        Ok(self.b.build_bit_cast(shifted, self.f32t(), "wide")?)
+    }
+
+    /// Rounds f32 to bf16 bits, to nearest with ties to even; NaN stays a
+    /// (quiet) NaN.
+    pub(crate) fn f32_to_bf16(&self, v: inkwell::values::FloatValue<'ctx>) -> Result<IntValue<'ctx>> {
+        let i32t = self.ctx.i32_type();
+        let bits = self.b.build_bit_cast(v, i32t, "bits")?.into_int_value();
+        let c = |k: u64| i32t.const_int(k, false);
+        let lsb = self.b.build_and(self.b.build_right_shift(bits, c(16), false, "hi")?, c(1), "lsb")?;
+        let bias = self.b.build_int_add(c(0x7fff), lsb, "bias")?;
+        let rounded = self.b.build_right_shift(self.b.build_int_add(bits, bias, "r")?, c(16), false, "r")?;
+        let quiet = self.b.build_or(self.b.build_right_shift(bits, c(16), false, "q")?, c(0x40), "qnan")?;
+        let nan = self.b.build_float_compare(inkwell::FloatPredicate::UNO, v, v, "nan")?;
+        let r = self.b.build_select(nan, quiet, rounded, "bf16")?.into_int_value();
+        Ok(self.b.build_int_truncate(r, self.ctx.i16_type(), "bf16")?)
     }
 
     /// Calls an (overloaded) LLVM intrinsic on values of one type.
