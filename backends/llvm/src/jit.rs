@@ -74,7 +74,7 @@ fn cpu_implies(cpu: &str, what: &str) -> bool {
 /// A JIT-compiled plan. Field order matters: the engine (which owns the
 /// module and its machine code) is dropped before the context it lives in.
 pub(crate) struct Jitted {
-    entry: unsafe extern "C" fn(*const *mut u8),
+    entry: unsafe extern "C" fn(*const *mut u8) -> i32,
     /// LLVM IR as generated, before optimization.
     pub ir_unoptimized: String,
     /// LLVM IR after the `default<O3>` pipeline.
@@ -89,7 +89,8 @@ impl Jitted {
     /// # Safety
     /// `buffers` must hold one valid pointer per buffer of the plan, each
     /// to at least as many bytes as the plan's types say.
-    pub(crate) unsafe fn call(&self, buffers: &[*mut u8]) {
+    /// Returns 0, or 1 + the index of the step whose data check failed.
+    pub(crate) unsafe fn call(&self, buffers: &[*mut u8]) -> i32 {
         unsafe { (self.entry)(buffers.as_ptr()) }
     }
 }
@@ -127,7 +128,7 @@ pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptio
         .get_function_address(ENTRY)
         .map_err(|e| BackendError::Llvm(format!("the JIT did not produce `{ENTRY}`: {e}")))?;
     // SAFETY: `kiln_entry` is generated with exactly this signature.
-    let entry: unsafe extern "C" fn(*const *mut u8) = unsafe { std::mem::transmute(address) };
+    let entry: unsafe extern "C" fn(*const *mut u8) -> i32 = unsafe { std::mem::transmute(address) };
     drop(cg);
     Ok(Jitted { entry, ir_unoptimized, ir_optimized, _engine: engine, _context: context })
 }

@@ -398,7 +398,15 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
     // (inputs were checked against the specialization's shapes, outputs and
     // the arena were allocated from the plan); kernels write only outputs
     // and the arena.
-    unsafe { c.jit.call(&buffers) };
+    let status = unsafe { c.jit.call(&buffers) };
     drop(arena);
+    if status != 0 {
+        let step = &plan.steps[status as usize - 1];
+        let (node, op) = match step {
+            plan::Step::Node(id) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
+            _ => (String::new(), "kernel"),
+        };
+        return Err(BackendError::node(node, op, "a label is outside the classes (and is not the ignore_index)"));
+    }
     Ok(graph.outputs().iter().zip(outputs).map(|(&o, t)| (graph.value(o).name.clone(), t)).collect())
 }

@@ -171,7 +171,8 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::Reduce { .. }
             | Op::Transpose { .. }
             | Op::CrossEntropy { .. }
-            | Op::LinearCrossEntropy { .. }
+            | Op::SoftmaxCrossEntropyLoss { .. }
+            | Op::NegativeLogLikelihoodLoss { .. }
     )
 }
 

@@ -364,3 +364,65 @@ fn bad_inputs_at_run_time_are_errors() {
         assert!(err.to_string().contains(words), "`{err}` does not say `{words}`");
     }
 }
+
+fn labels(rng: &mut StdRng, shape: &[usize], classes: i64, ignore: Option<i64>) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<i64> = (0..n).map(|k| if k % 4 == 1 { ignore.unwrap_or(0) } else { rng.random_range(0..classes) }).collect();
+    Tensor::from_i64s(DType::I64, shape, &v)
+}
+
+#[test]
+fn cross_entropy_losses_match_the_interpreter() {
+    use kiln_ir::op::LossReduction;
+    let mut rng = StdRng::seed_from_u64(10);
+    for reduction in [LossReduction::None, LossReduction::Sum, LossReduction::Mean] {
+        for (ignore_index, eps, zeta, weighted) in [(None, 0.0, 0.0, false), (Some(-100), 0.1, 1e-3, true), (Some(2), 0.0, 0.0, true)] {
+            for (shape, label_shape) in [(vec![6, 37], vec![6]), (vec![3, 5, 4], vec![3, 4])] {
+                let c = shape[1];
+                let x = random(&mut rng, &shape, -4.0, 4.0);
+                let y = labels(&mut rng, &label_shape, c as i64, ignore_index);
+                let w = random(&mut rng, &[c], 0.2, 2.0);
+                for op in [
+                    Op::CrossEntropy { reduction, ignore_index, label_smoothing: eps, z_loss: zeta },
+                    Op::SoftmaxCrossEntropyLoss { reduction, ignore_index },
+                    Op::NegativeLogLikelihoodLoss { reduction, ignore_index },
+                ] {
+                    let mut g = Graph::new("ce");
+                    let xv = input(&mut g, "x", &shape);
+                    let yv = g.add_input("y", TensorType::fixed(DType::I64, &label_shape)).unwrap();
+                    let mut ins = vec![Some(xv), Some(yv)];
+                    let mut feed = vec![("x".to_string(), x.clone()), ("y".to_string(), y.clone())];
+                    if weighted {
+                        ins.push(Some(input(&mut g, "w", &[c])));
+                        feed.push(("w".into(), w.clone()));
+                    }
+                    let with_log_prob = !matches!(op, Op::NegativeLogLikelihoodLoss { .. });
+                    let outs: &[&str] = if with_log_prob { &["loss", "log_prob"] } else { &["loss"] };
+                    let id = g.add_node("loss", op.clone(), ins, outs).unwrap();
+                    for slot in 0..outs.len() {
+                        g.add_output(g.node(id).output(slot).unwrap());
+                    }
+                    check(g, &feed, &format!("{op:?} {shape:?} weighted {weighted}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_label_outside_the_classes_is_an_error() {
+    let mut g = Graph::new("ce");
+    let xv = input(&mut g, "x", &[2, 3]);
+    let yv = g.add_input("y", TensorType::fixed(DType::I64, &[2])).unwrap();
+    let op = Op::CrossEntropy { reduction: kiln_ir::op::LossReduction::Mean, ignore_index: None, label_smoothing: 0.0, z_loss: 0.0 };
+    let loss = node(&mut g, "the_loss", op, &[xv, yv]);
+    g.add_output(loss);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions::default()).unwrap();
+    let x = Tensor::zeros(DType::F32, &[2, 3]);
+    for bad in [3, -1] {
+        let y = Tensor::from_i64s(DType::I64, &[2], &[0, bad]);
+        let err = compiled.run(&[("x".into(), x.clone()), ("y".into(), y)]).err().expect("label out of range");
+        assert!(err.to_string().contains("the_loss") && err.to_string().contains("label"), "{err}");
+    }
+}

@@ -87,6 +87,9 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             };
             transpose(cg, plan, step, x, output, &perm)
         }
+        Op::CrossEntropy { .. } | Op::SoftmaxCrossEntropyLoss { .. } | Op::NegativeLogLikelihoodLoss { .. } => {
+            super::loss::cross_entropy(cg, plan, step, id)
+        }
         other => Err(unsupported(format!("{} has no CPU kernel yet", other.name()))),
     }
 }
@@ -329,16 +332,16 @@ fn softmax<'ctx>(
 }
 
 /// One softmax row.
-struct Row<'ctx> {
-    base: IntValue<'ctx>,
-    stride: i64,
-    len: usize,
-    dtype: DType,
+pub(crate) struct Row<'ctx> {
+    pub base: IntValue<'ctx>,
+    pub stride: i64,
+    pub len: usize,
+    pub dtype: DType,
 }
 
 /// The three-pass baseline's first two passes: the row maximum, then the
 /// sum of `exp(x - max)`. Returns `lse = max + log(sum)`.
-fn lse_three_pass<'ctx>(
+pub(crate) fn lse_three_pass<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
     xp: PointerValue<'ctx>,
@@ -386,7 +389,7 @@ const TWO_PASS_ROW_MAX: f64 = 1.0e4;
 /// maximum is outside ±1e4 (beyond the exact range of the reduction) is
 /// redone by the three-pass path. Returns `lse = n·ln2 + log(s)` after
 /// combining the lanes.
-fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: PointerValue<'ctx>, row: &Row<'ctx>) -> Result<BV<'ctx>> {
+pub(crate) fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: PointerValue<'ctx>, row: &Row<'ctx>) -> Result<BV<'ctx>> {
     let lanes = if row.stride == 1 { cg.lanes.max(1) as usize } else { 1 };
     let f32t = cg.f32t();
     let vty = f32t.vec_type(lanes as u32);

@@ -18,6 +18,7 @@
 
 mod elementwise;
 mod kernels;
+mod loss;
 mod math;
 
 use crate::error::{BackendError, Result};
@@ -143,6 +144,31 @@ impl<'ctx> Cg<'ctx> {
         let entry = self.ctx.append_basic_block(f, "entry");
         self.b.position_at_end(entry);
         f
+    }
+
+    /// Like [`Cg::kernel_fn`], for a kernel that can fail on its data: it
+    /// returns an `i32`, 0 on success (see [`Cg::kernel_return`]).
+    pub(crate) fn checked_kernel_fn(&self, name: &str, params: usize) -> FunctionValue<'ctx> {
+        let ptr = self.ctx.ptr_type(AddressSpace::default());
+        let args: Vec<_> = (0..params).map(|_| ptr.into()).collect();
+        let f = self.module.add_function(name, self.ctx.i32_type().fn_type(&args, false), Some(Linkage::Internal));
+        self.add_target_attrs(f);
+        for i in 0..params as u32 {
+            f.add_attribute(AttributeLoc::Param(i), self.enum_attr("noalias"));
+        }
+        let entry = self.ctx.append_basic_block(f, "entry");
+        self.b.position_at_end(entry);
+        f
+    }
+
+    /// Returns from a kernel: `ret void`, or `ret i32 0` from a checked one.
+    pub(crate) fn kernel_return(&self, f: FunctionValue<'ctx>) -> Result<()> {
+        if f.get_type().get_return_type().is_some() {
+            self.b.build_return(Some(&self.ctx.i32_type().const_zero()))?;
+        } else {
+            self.b.build_return(None)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn param(&self, f: FunctionValue<'ctx>, i: u32) -> PointerValue<'ctx> {
@@ -349,9 +375,11 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
         };
         kernels.push((f, args));
     }
-    // The entry function: resolve each kernel's buffers and call it.
+    // The entry function: resolve each kernel's buffers and call it. It
+    // returns 0, or 1 + the index of a step whose data check failed.
     let ptr = cg.ctx.ptr_type(AddressSpace::default());
-    let entry = cg.module.add_function(ENTRY, cg.ctx.void_type().fn_type(&[ptr.into()], false), None);
+    let i32t = cg.ctx.i32_type();
+    let entry = cg.module.add_function(ENTRY, i32t.fn_type(&[ptr.into()], false), None);
     cg.add_target_attrs(entry);
     let block = cg.ctx.append_basic_block(entry, "entry");
     cg.b.position_at_end(block);
@@ -363,7 +391,7 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
         Slot::Const(i) => n_in + n_out + i,
         Slot::Arena => n_in + n_out + n_const,
     };
-    for (f, args) in kernels {
+    for (step, (f, args)) in kernels.into_iter().enumerate() {
         let mut call_args: Vec<BasicMetadataValueEnum> = Vec::with_capacity(args.len());
         for loc in args {
             let Loc { slot, offset } = loc;
@@ -376,9 +404,19 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
             };
             call_args.push(p.into());
         }
-        cg.b.build_call(f, &call_args, "")?;
+        let call = cg.b.build_call(f, &call_args, "")?;
+        if f.get_type().get_return_type().is_some() {
+            let status = call.try_as_basic_value().basic().expect("checked kernels return i32").into_int_value();
+            let failed = cg.b.build_int_compare(inkwell::IntPredicate::NE, status, i32t.const_zero(), "failed")?;
+            let bail = cg.ctx.append_basic_block(entry, "fail");
+            let next = cg.ctx.append_basic_block(entry, "next");
+            cg.b.build_conditional_branch(failed, bail, next)?;
+            cg.b.position_at_end(bail);
+            cg.b.build_return(Some(&i32t.const_int(step as u64 + 1, false)))?;
+            cg.b.position_at_end(next);
+        }
     }
-    cg.b.build_return(None)?;
+    cg.b.build_return(Some(&i32t.const_zero()))?;
     Ok(())
 }
 
