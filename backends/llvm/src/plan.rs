@@ -113,6 +113,9 @@ pub(crate) struct Plan {
     pub consts: Vec<Tensor>,
     /// Arena size in bytes.
     pub arena_bytes: usize,
+    /// Per step, the arena offset of its private scratch space, if it needs
+    /// any (see [`scratch_bytes`]); live only during the step.
+    pub scratch: Vec<Option<usize>>,
 }
 
 impl Plan {
@@ -173,7 +176,29 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::CrossEntropy { .. }
             | Op::SoftmaxCrossEntropyLoss { .. }
             | Op::NegativeLogLikelihoodLoss { .. }
+            | Op::LinearCrossEntropy { .. }
     )
+}
+
+/// Vocabulary entries per tile of the LinearCrossEntropy kernel (at most
+/// the op's `chunk_size`): a tile of a 768-wide f32 head is 768 KiB, which
+/// stays in L2 while every row passes over it.
+pub(crate) const LCE_TILE: usize = 256;
+
+/// Bytes of scratch a step's kernel needs beside its inputs and outputs:
+/// LinearCrossEntropy keeps four f32 numbers per row (running max, running
+/// sum, target logit, weighted logit sum) and one tile of logits.
+pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step) -> usize {
+    let Step::Node(id) = step else { return 0 };
+    let node = graph.node(*id);
+    match &node.op {
+        Op::LinearCrossEntropy { chunk_size, .. } => {
+            let rows = node.input(0).and_then(|h| types[h.index()].as_ref()).map_or(0, |t| t.shape.first().copied().unwrap_or(0));
+            let tile = LCE_TILE.min((*chunk_size).max(1) as usize);
+            (4 * rows + tile) * 8
+        }
+        _ => 0,
+    }
 }
 
 /// Ops that are evaluated at compile time once their inputs are known, and
@@ -404,7 +429,8 @@ pub(crate) fn plan(graph: Graph) -> Result<Plan> {
     }
 
     let steps = form_steps(&graph, &order, &types, &is_output)?;
-    let mut plan = Plan { graph, types, steps, loc: vec![None; count], consts: Vec::new(), arena_bytes: 0 };
+    let mut plan =
+        Plan { graph, types, steps, loc: vec![None; count], consts: Vec::new(), arena_bytes: 0, scratch: Vec::new() };
     plan_memory(&mut plan, &root)?;
     Ok(plan)
 }
@@ -573,8 +599,13 @@ fn plan_memory(plan: &mut Plan, root: &[ValueId]) -> Result<()> {
     }
     let mut arena = Arena::default();
     let mut placed: Vec<Option<(usize, usize)>> = vec![None; count];
+    let mut scratch = vec![None; plan.steps.len()];
     for (s, step) in plan.steps.iter().enumerate() {
         let (_, writes) = step_io(graph, step);
+        let scratch_need = scratch_bytes(graph, &plan.types, step);
+        if scratch_need > 0 {
+            scratch[s] = Some(arena.alloc(scratch_need));
+        }
         for v in &writes {
             let r = root[v.index()];
             if loc[r.index()].is_some() || placed[r.index()].is_some() {
@@ -597,7 +628,11 @@ fn plan_memory(plan: &mut Plan, root: &[ValueId]) -> Result<()> {
                 }
             }
         }
+        if let Some(offset) = scratch[s] {
+            arena.free(offset, scratch_need);
+        }
     }
+    plan.scratch = scratch;
     for v in 0..count {
         if loc[v].is_none() && root[v] != ValueId(v as u32) {
             loc[v] = loc[root[v].index()];

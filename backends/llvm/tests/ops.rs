@@ -426,3 +426,45 @@ fn a_label_outside_the_classes_is_an_error() {
         assert!(err.to_string().contains("the_loss") && err.to_string().contains("label"), "{err}");
     }
 }
+
+#[test]
+fn linear_cross_entropy_matches_the_interpreter() {
+    use kiln_ir::op::LossReduction;
+    let mut rng = StdRng::seed_from_u64(11);
+    let (n, d, v) = (7, 16, 300);
+    for (reduction, ignore_index, eps, zeta, transpose_weight, chunk_size, with_bias, with_class_w) in [
+        (LossReduction::Mean, None, 0.0, 0.0, true, 4096, false, false),
+        (LossReduction::None, Some(-100), 0.1, 1e-3, true, 64, true, true),
+        (LossReduction::Sum, Some(5), 0.05, 0.0, false, 100, true, false),
+        (LossReduction::Mean, Some(-1), 0.0, 1e-2, false, 7, false, true),
+    ] {
+        let mut g = Graph::new("lce");
+        let h = input(&mut g, "h", &[n, d]);
+        let wshape = if transpose_weight { [v, d] } else { [d, v] };
+        let w = input(&mut g, "w", &wshape);
+        let y = g.add_input("y", TensorType::fixed(DType::I64, &[n])).unwrap();
+        let mut feed = vec![
+            ("h".to_string(), random(&mut rng, &[n, d], -1.0, 1.0)),
+            ("w".to_string(), random(&mut rng, &wshape, -1.0, 1.0)),
+            ("y".to_string(), labels(&mut rng, &[n], v as i64, ignore_index)),
+        ];
+        let mut ins = vec![Some(h), Some(w), Some(y), None, None];
+        if with_bias {
+            ins[3] = Some(input(&mut g, "b", &[v]));
+            feed.push(("b".into(), random(&mut rng, &[v], -1.0, 1.0)));
+        }
+        if with_class_w {
+            ins[4] = Some(input(&mut g, "cw", &[v]));
+            feed.push(("cw".into(), random(&mut rng, &[v], 0.2, 2.0)));
+        }
+        while ins.last() == Some(&None) {
+            ins.pop();
+        }
+        let op = Op::LinearCrossEntropy { reduction, ignore_index, label_smoothing: eps, z_loss: zeta, transpose_weight, chunk_size };
+        let id = g.add_node("lce", op.clone(), ins, &["loss"]).unwrap();
+        g.add_output(g.node(id).output(0).unwrap());
+        let spec = check(g, &feed, &format!("{op:?}"));
+        // The kernel's memory is its per-row state and one tile, never N × V.
+        assert!(spec.arena_bytes < n * v * 4, "arena {} B for N×V = {} B of logits", spec.arena_bytes, n * v * 4);
+    }
+}

@@ -90,6 +90,7 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
         Op::CrossEntropy { .. } | Op::SoftmaxCrossEntropyLoss { .. } | Op::NegativeLogLikelihoodLoss { .. } => {
             super::loss::cross_entropy(cg, plan, step, id)
         }
+        Op::LinearCrossEntropy { .. } => super::loss::linear_cross_entropy(cg, plan, step, id),
         other => Err(unsupported(format!("{} has no CPU kernel yet", other.name()))),
     }
 }
