@@ -173,8 +173,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         bail!("--target-cpu needs --backend cpu");
     }
     let start = Instant::now();
-    let (outputs, compile_time) = evaluate(&graph, &inputs, args)
-        .with_context(|| format!("running `{}` failed", args.model.display()))?;
+    let (outputs, compile_time) =
+        evaluate(&graph, &inputs, args).with_context(|| format!("running `{}` failed", args.model.display()))?;
     let elapsed = start.elapsed() - compile_time.unwrap_or_default();
 
     let mut report = format!(

@@ -31,10 +31,7 @@ pub(crate) fn target_info(opts: &CompileOptions) -> Result<TargetInfo> {
     let triple = TargetMachine::get_default_triple();
     let (cpu, mut features) = match &opts.target_cpu {
         Some(cpu) => (cpu.clone(), String::new()),
-        None => (
-            TargetMachine::get_host_cpu_name().to_string(),
-            TargetMachine::get_host_cpu_features().to_string(),
-        ),
+        None => (TargetMachine::get_host_cpu_name().to_string(), TargetMachine::get_host_cpu_features().to_string()),
     };
     if let Some(extra) = &opts.target_features {
         if !features.is_empty() {
@@ -44,7 +41,14 @@ pub(crate) fn target_info(opts: &CompileOptions) -> Result<TargetInfo> {
     }
     let target = Target::from_triple(&triple).map_err(|e| BackendError::Target(format!("{}: {e}", triple)))?;
     let machine = target
-        .create_target_machine(&triple, &cpu, &features, OptimizationLevel::Aggressive, RelocMode::Default, CodeModel::JITDefault)
+        .create_target_machine(
+            &triple,
+            &cpu,
+            &features,
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::JITDefault,
+        )
         .ok_or_else(|| BackendError::Target(format!("LLVM cannot create a target machine for {} / `{cpu}`", triple)))?;
     let has = |f: &str| {
         let fs = machine.get_feature_string().to_string_lossy().into_owned();
@@ -63,8 +67,31 @@ pub(crate) fn target_info(opts: &CompileOptions) -> Result<TargetInfo> {
 
 /// Rough check for a named CPU without an explicit feature string.
 fn cpu_implies(cpu: &str, what: &str) -> bool {
-    let avx512 = ["skylake-avx512", "cascadelake", "cooperlake", "icelake", "tigerlake", "sapphirerapids", "znver4", "znver5", "graniterapids", "emeraldrapids"];
-    let avx = ["sandybridge", "ivybridge", "haswell", "broadwell", "skylake", "alderlake", "raptorlake", "znver1", "znver2", "znver3", "x86-64-v3"];
+    let avx512 = [
+        "skylake-avx512",
+        "cascadelake",
+        "cooperlake",
+        "icelake",
+        "tigerlake",
+        "sapphirerapids",
+        "znver4",
+        "znver5",
+        "graniterapids",
+        "emeraldrapids",
+    ];
+    let avx = [
+        "sandybridge",
+        "ivybridge",
+        "haswell",
+        "broadwell",
+        "skylake",
+        "alderlake",
+        "raptorlake",
+        "znver1",
+        "znver2",
+        "znver3",
+        "x86-64-v3",
+    ];
     match what {
         "avx512" => avx512.iter().any(|c| cpu.starts_with(c)) || cpu == "x86-64-v4",
         _ => avx.iter().any(|c| cpu.starts_with(c)) || cpu_implies(cpu, "avx512"),
@@ -110,7 +137,14 @@ pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptio
     let triple = TargetMachine::get_default_triple();
     let llvm_target = Target::from_triple(&triple).map_err(|e| BackendError::Target(e.to_string()))?;
     let machine = llvm_target
-        .create_target_machine(&triple, &target.cpu, &target.features, OptimizationLevel::Aggressive, RelocMode::Default, CodeModel::JITDefault)
+        .create_target_machine(
+            &triple,
+            &target.cpu,
+            &target.features,
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::JITDefault,
+        )
         .ok_or_else(|| BackendError::Target(format!("LLVM cannot create a target machine for `{}`", target.cpu)))?;
     cg.module.set_triple(&triple);
     cg.module.set_data_layout(&machine.get_target_data().get_data_layout());

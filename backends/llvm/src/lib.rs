@@ -242,10 +242,8 @@ impl CompiledGraph {
             return Ok(c.clone());
         }
         let types: Vec<Shaped> = key.iter().map(|(d, s, _)| Shaped { dtype: *d, shape: s.clone() }).collect();
-        let values: Vec<Option<Tensor>> = key
-            .iter()
-            .map(|(d, s, v)| v.as_ref().map(|v| Tensor::from_i64s(*d, s, v)))
-            .collect();
+        let values: Vec<Option<Tensor>> =
+            key.iter().map(|(d, s, v)| v.as_ref().map(|v| Tensor::from_i64s(*d, s, v))).collect();
         let specialized = plan::specialize(&self.graph, &types, &values)?;
         let mut plan = plan::plan(specialized)?;
         for t in &mut plan.consts {
@@ -388,7 +386,7 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
         buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_ptr() as *mut u8));
     }
     for t in outputs.iter_mut() {
-        buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_mut_ptr() as *mut u8));
+        buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_mut_ptr().cast::<u8>()));
     }
     for t in &plan.consts {
         buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_ptr() as *mut u8));

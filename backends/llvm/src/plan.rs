@@ -193,7 +193,10 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
     let node = graph.node(*id);
     match &node.op {
         Op::LinearCrossEntropy { chunk_size, .. } => {
-            let rows = node.input(0).and_then(|h| types[h.index()].as_ref()).map_or(0, |t| t.shape.first().copied().unwrap_or(0));
+            let rows = node
+                .input(0)
+                .and_then(|h| types[h.index()].as_ref())
+                .map_or(0, |t| t.shape.first().copied().unwrap_or(0));
             let tile = LCE_TILE.min((*chunk_size).max(1) as usize);
             (4 * rows + tile) * 8
         }
@@ -256,7 +259,7 @@ pub(crate) fn check_lowerable(graph: &Graph) -> Result<()> {
     let foldable = foldable_nodes(graph)?;
     for (id, folds) in foldable {
         let node = graph.node(id);
-        if !folds && !(is_view(&node.op) || is_elementwise(&node.op) || has_kernel(&node.op)) {
+        if !(folds || is_view(&node.op) || is_elementwise(&node.op) || has_kernel(&node.op)) {
             return Err(BackendError::unsupported(&node.name, node.op.name(), "the op has no CPU kernel yet"));
         }
     }
@@ -281,9 +284,8 @@ pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped], input_values: &[
         map.insert(v, nv);
     }
     for (v, t) in graph.initializers() {
-        if !map.contains_key(&v) {
-            let nv = g.add_initializer(&graph.value(v).name, t.clone())?;
-            map.insert(v, nv);
+        if let std::collections::btree_map::Entry::Vacant(slot) = map.entry(v) {
+            slot.insert(g.add_initializer(&graph.value(v).name, t.clone())?);
         }
     }
     let foldable = foldable_nodes(graph)?;
@@ -332,9 +334,10 @@ pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped], input_values: &[
         }
     }
     for &o in graph.outputs() {
-        let nv = map.get(&o).copied().ok_or_else(|| {
-            BackendError::value(&graph.value(o).name, "graph output is not computed by any node")
-        })?;
+        let nv = map
+            .get(&o)
+            .copied()
+            .ok_or_else(|| BackendError::value(&graph.value(o).name, "graph output is not computed by any node"))?;
         g.add_output(nv);
     }
     kiln_ir::infer_types(&mut g)?;
@@ -401,7 +404,10 @@ pub(crate) fn plan(graph: Graph) -> Result<Plan> {
                 return Err(BackendError::node(
                     &node.name,
                     node.op.name(),
-                    format!("value `{}` has type {ty}, which is not static for these input shapes", graph.value(*v).name),
+                    format!(
+                        "value `{}` has type {ty}, which is not static for these input shapes",
+                        graph.value(*v).name
+                    ),
                 ));
             }
         }

@@ -31,7 +31,12 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
 
 /// Types the graph, runs it on the CPU backend and the interpreter, and
 /// compares every output. Returns what it compiled to.
-fn check_with(mut g: Graph, inputs: &[(String, Tensor)], opts: &CompileOptions, what: &str) -> std::rc::Rc<Specialization> {
+fn check_with(
+    mut g: Graph,
+    inputs: &[(String, Tensor)],
+    opts: &CompileOptions,
+    what: &str,
+) -> std::rc::Rc<Specialization> {
     kiln_ir::infer_types(&mut g).unwrap_or_else(|e| panic!("{what}: inference: {e}"));
     let compiled = compile(&g, opts).unwrap_or_else(|e| panic!("{what}: compile: {e}"));
     let got = compiled.run(inputs).unwrap_or_else(|e| panic!("{what}: run: {e}"));
@@ -75,7 +80,8 @@ fn unary_ops_match_the_interpreter() {
 
 #[test]
 fn exp_is_accurate_over_the_whole_f32_range() {
-    let v: Vec<f64> = (-1000..=1000).map(|i| i as f64 * 0.09).chain([-200.0, 200.0, f64::INFINITY, f64::NEG_INFINITY]).collect();
+    let v: Vec<f64> =
+        (-1000..=1000).map(|i| i as f64 * 0.09).chain([-200.0, 200.0, f64::INFINITY, f64::NEG_INFINITY]).collect();
     let x = Tensor::from_f64s(DType::F32, &[v.len()], &v);
     let mut g = Graph::new("exp");
     let xv = input(&mut g, "x", &[v.len()]);
@@ -87,7 +93,8 @@ fn exp_is_accurate_over_the_whole_f32_range() {
 #[test]
 fn binary_ops_broadcast_like_numpy() {
     let mut rng = StdRng::seed_from_u64(2);
-    let cases: [(&[usize], &[usize]); 4] = [(&[4, 5], &[4, 5]), (&[2, 3, 5], &[5]), (&[4, 1, 5], &[3, 1]), (&[1], &[6, 2])];
+    let cases: [(&[usize], &[usize]); 4] =
+        [(&[4, 5], &[4, 5]), (&[2, 3, 5], &[5]), (&[4, 1, 5], &[3, 1]), (&[1], &[6, 2])];
     for op in BinaryOp::ALL {
         if op.is_logical() {
             continue;
@@ -172,7 +179,11 @@ fn an_elementwise_chain_is_one_loop_without_intermediates() {
     let spec = check_with(g, &[("x".into(), x), ("z".into(), z)], &opts, "chain");
     assert_eq!(spec.kernels.len(), 1, "five elementwise ops fuse into one kernel: {:?}", spec.kernels);
     assert_eq!(spec.arena_bytes, 0, "a fused chain needs no intermediate buffer");
-    let loops = spec.ir_unoptimized.lines().filter(|l| l.starts_with("loop") && l.contains(':') && !l.contains(".exit")).count();
+    let loops = spec
+        .ir_unoptimized
+        .lines()
+        .filter(|l| l.starts_with("loop") && l.contains(':') && !l.contains(".exit"))
+        .count();
     assert_eq!(loops, 1, "the [16, 64] chain collapses to a single loop:\n{}", spec.ir_unoptimized);
 }
 
@@ -218,7 +229,8 @@ fn matmul_and_gemm_match_the_interpreter() {
         let attrs = GemmAttrs { alpha: 0.5, beta: 2.0, trans_a, trans_b };
         let y = node(&mut g, "gemm", Op::Gemm(attrs), &[av, bv, cv]);
         g.add_output(y);
-        let (a, b, c) = (random(&mut rng, &sa, -1.0, 1.0), random(&mut rng, &sb, -1.0, 1.0), random(&mut rng, &[n], -1.0, 1.0));
+        let (a, b, c) =
+            (random(&mut rng, &sa, -1.0, 1.0), random(&mut rng, &sb, -1.0, 1.0), random(&mut rng, &[n], -1.0, 1.0));
         check(g, &[("a".into(), a), ("b".into(), b), ("c".into(), c)], &format!("Gemm {trans_a} {trans_b}"));
     }
 }
@@ -226,7 +238,9 @@ fn matmul_and_gemm_match_the_interpreter() {
 #[test]
 fn softmax_two_pass_and_three_pass_match_the_interpreter() {
     let mut rng = StdRng::seed_from_u64(6);
-    for (shape, axis, scale) in [(vec![3, 4, 37], -1i64, 5.0), (vec![3, 4, 37], 1, 5.0), (vec![2, 1000], -1, 300.0), (vec![5], 0, 1.0)] {
+    for (shape, axis, scale) in
+        [(vec![3, 4, 37], -1i64, 5.0), (vec![3, 4, 37], 1, 5.0), (vec![2, 1000], -1, 300.0), (vec![5], 0, 1.0)]
+    {
         let x = random(&mut rng, &shape, -scale, scale);
         for log in [false, true] {
             for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
@@ -248,7 +262,8 @@ fn softmax_does_not_overflow_on_huge_logits() {
     // row 2: in range, with -inf entries.
     let huge: Vec<f64> = (0..50).map(|i| 1e30 + i as f64 * 1e28).chain((0..20).map(|i| -1e30 - i as f64)).collect();
     let tiny: Vec<f64> = (0..70).map(|i| -1e5 + (i % 3) as f64).collect();
-    let normal: Vec<f64> = (0..70).map(|i| if i % 7 == 0 { f64::NEG_INFINITY } else { (i as f64).sin() * 30.0 }).collect();
+    let normal: Vec<f64> =
+        (0..70).map(|i| if i % 7 == 0 { f64::NEG_INFINITY } else { (i as f64).sin() * 30.0 }).collect();
     let v: Vec<f64> = huge.into_iter().chain(tiny).chain(normal).collect();
     let x = Tensor::from_f64s(DType::F32, &[3, 70], &v);
     for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
@@ -256,7 +271,12 @@ fn softmax_does_not_overflow_on_huge_logits() {
         let xv = input(&mut g, "x", &[3, 70]);
         let y = node(&mut g, "sm", Op::Softmax { axis: -1 }, &[xv]);
         g.add_output(y);
-        check_with(g, &[("x".into(), x.clone())], &CompileOptions { softmax: algo, ..Default::default() }, &format!("{algo:?}"));
+        check_with(
+            g,
+            &[("x".into(), x.clone())],
+            &CompileOptions { softmax: algo, ..Default::default() },
+            &format!("{algo:?}"),
+        );
     }
 }
 
@@ -265,7 +285,9 @@ fn reductions_match_the_interpreter() {
     let mut rng = StdRng::seed_from_u64(7);
     let x = random(&mut rng, &[3, 5, 7], 0.1, 2.0);
     for kind in ReduceKind::ALL {
-        for (axes, keepdims) in [(Some(vec![-1]), true), (Some(vec![0, 2]), false), (None, false), (Some(vec![1]), false)] {
+        for (axes, keepdims) in
+            [(Some(vec![-1]), true), (Some(vec![0, 2]), false), (None, false), (Some(vec![1]), false)]
+        {
             let mut g = Graph::new("reduce");
             let xv = input(&mut g, "x", &[3, 5, 7]);
             let op = Op::Reduce { kind, axes: axes.clone(), keepdims, noop_with_empty_axes: false };
@@ -337,17 +359,21 @@ fn an_op_without_a_lowering_is_an_error_naming_node_and_op() {
 #[test]
 fn bad_inputs_at_run_time_are_errors() {
     let mut g = Graph::new("g");
-    let x = g.add_input("x", TensorType::new(DType::F32, vec![kiln_ir::Dim::sym("batch"), kiln_ir::Dim::from(3u64)])).unwrap();
+    let x = g
+        .add_input("x", TensorType::new(DType::F32, vec![kiln_ir::Dim::sym("batch"), kiln_ir::Dim::from(3u64)]))
+        .unwrap();
     let z = g.add_input("z", TensorType::new(DType::F32, vec![kiln_ir::Dim::sym("batch")])).unwrap();
     let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[x]);
     g.add_output(e);
     g.add_output(z);
     kiln_ir::infer_types(&mut g).unwrap();
     let compiled = compile(&g, &CompileOptions::default()).unwrap();
-    let ok = compiled.run(&[("x".into(), Tensor::zeros(DType::F32, &[2, 3])), ("z".into(), Tensor::zeros(DType::F32, &[2]))]);
+    let ok = compiled
+        .run(&[("x".into(), Tensor::zeros(DType::F32, &[2, 3])), ("z".into(), Tensor::zeros(DType::F32, &[2]))]);
     assert!(ok.is_ok(), "{ok:?}");
     // A second batch size compiles a second specialization.
-    let ok = compiled.run(&[("x".into(), Tensor::zeros(DType::F32, &[5, 3])), ("z".into(), Tensor::zeros(DType::F32, &[5]))]);
+    let ok = compiled
+        .run(&[("x".into(), Tensor::zeros(DType::F32, &[5, 3])), ("z".into(), Tensor::zeros(DType::F32, &[5]))]);
     assert_eq!(ok.unwrap()[0].1.shape(), &[5, 3]);
     let bad = [
         (vec![("x", Tensor::zeros(DType::F32, &[2, 4])), ("z", Tensor::zeros(DType::F32, &[2]))], "differs"),
@@ -359,7 +385,7 @@ fn bad_inputs_at_run_time_are_errors() {
     ];
     for (inputs, words) in bad {
         let named: Vec<(String, Tensor)> = inputs.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
-        let err = compiled.run(&named).err().expect("bad inputs are rejected");
+        let err = compiled.run(&named).expect_err("bad inputs are rejected");
         assert!(matches!(err, BackendError::Value { .. }), "{err:?}");
         assert!(err.to_string().contains(words), "`{err}` does not say `{words}`");
     }
@@ -367,7 +393,8 @@ fn bad_inputs_at_run_time_are_errors() {
 
 fn labels(rng: &mut StdRng, shape: &[usize], classes: i64, ignore: Option<i64>) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<i64> = (0..n).map(|k| if k % 4 == 1 { ignore.unwrap_or(0) } else { rng.random_range(0..classes) }).collect();
+    let v: Vec<i64> =
+        (0..n).map(|k| if k % 4 == 1 { ignore.unwrap_or(0) } else { rng.random_range(0..classes) }).collect();
     Tensor::from_i64s(DType::I64, shape, &v)
 }
 
@@ -376,7 +403,9 @@ fn cross_entropy_losses_match_the_interpreter() {
     use kiln_ir::op::LossReduction;
     let mut rng = StdRng::seed_from_u64(10);
     for reduction in [LossReduction::None, LossReduction::Sum, LossReduction::Mean] {
-        for (ignore_index, eps, zeta, weighted) in [(None, 0.0, 0.0, false), (Some(-100), 0.1, 1e-3, true), (Some(2), 0.0, 0.0, true)] {
+        for (ignore_index, eps, zeta, weighted) in
+            [(None, 0.0, 0.0, false), (Some(-100), 0.1, 1e-3, true), (Some(2), 0.0, 0.0, true)]
+        {
             for (shape, label_shape) in [(vec![6, 37], vec![6]), (vec![3, 5, 4], vec![3, 4])] {
                 let c = shape[1];
                 let x = random(&mut rng, &shape, -4.0, 4.0);
@@ -414,7 +443,12 @@ fn a_label_outside_the_classes_is_an_error() {
     let mut g = Graph::new("ce");
     let xv = input(&mut g, "x", &[2, 3]);
     let yv = g.add_input("y", TensorType::fixed(DType::I64, &[2])).unwrap();
-    let op = Op::CrossEntropy { reduction: kiln_ir::op::LossReduction::Mean, ignore_index: None, label_smoothing: 0.0, z_loss: 0.0 };
+    let op = Op::CrossEntropy {
+        reduction: kiln_ir::op::LossReduction::Mean,
+        ignore_index: None,
+        label_smoothing: 0.0,
+        z_loss: 0.0,
+    };
     let loss = node(&mut g, "the_loss", op, &[xv, yv]);
     g.add_output(loss);
     kiln_ir::infer_types(&mut g).unwrap();
@@ -422,7 +456,7 @@ fn a_label_outside_the_classes_is_an_error() {
     let x = Tensor::zeros(DType::F32, &[2, 3]);
     for bad in [3, -1] {
         let y = Tensor::from_i64s(DType::I64, &[2], &[0, bad]);
-        let err = compiled.run(&[("x".into(), x.clone()), ("y".into(), y)]).err().expect("label out of range");
+        let err = compiled.run(&[("x".into(), x.clone()), ("y".into(), y)]).expect_err("label out of range");
         assert!(err.to_string().contains("the_loss") && err.to_string().contains("label"), "{err}");
     }
 }
@@ -460,7 +494,14 @@ fn linear_cross_entropy_matches_the_interpreter() {
         while ins.last() == Some(&None) {
             ins.pop();
         }
-        let op = Op::LinearCrossEntropy { reduction, ignore_index, label_smoothing: eps, z_loss: zeta, transpose_weight, chunk_size };
+        let op = Op::LinearCrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing: eps,
+            z_loss: zeta,
+            transpose_weight,
+            chunk_size,
+        };
         let id = g.add_node("lce", op.clone(), ins, &["loss"]).unwrap();
         g.add_output(g.node(id).output(0).unwrap());
         let spec = check(g, &feed, &format!("{op:?}"));

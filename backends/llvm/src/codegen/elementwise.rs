@@ -43,9 +43,7 @@ pub(crate) fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
 pub(crate) fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<i64> {
     let own = contiguous_strides(shape);
     let lead = out.len() - shape.len();
-    (0..out.len())
-        .map(|i| if i < lead || shape[i - lead] == 1 { 0 } else { own[i - lead] })
-        .collect()
+    (0..out.len()).map(|i| if i < lead || shape[i - lead] == 1 { 0 } else { own[i - lead] }).collect()
 }
 
 /// Drops size-1 axes and merges adjacent axes contiguous for every operand.
@@ -182,11 +180,8 @@ fn emit_level<'ctx>(
         return cg.store(out_ptr, plan.ty(out).dtype, offsets[0], v);
     }
     cg.for_n(f, sizes[level], &mut |i| {
-        let next: Vec<IntValue> = offsets
-            .iter()
-            .zip(strides)
-            .map(|(&o, s)| cg.affine(i, s[level], o))
-            .collect::<Result<_>>()?;
+        let next: Vec<IntValue> =
+            offsets.iter().zip(strides).map(|(&o, s)| cg.affine(i, s[level], o)).collect::<Result<_>>()?;
         emit_level(cg, plan, f, nodes, out, out_ptr, sizes, strides, leaves, buffered, level + 1, next)
     })
 }
@@ -216,7 +211,12 @@ fn unsupported<T>(m: impl Into<String>) -> Result<T, OpError> {
 }
 
 /// Emits one elementwise op on register values; `out` is its result dtype.
-pub(crate) fn emit_op<'ctx>(cg: &Cg<'ctx>, op: &Op, args: &[Option<Val<'ctx>>], out: DType) -> Result<BV<'ctx>, OpError> {
+pub(crate) fn emit_op<'ctx>(
+    cg: &Cg<'ctx>,
+    op: &Op,
+    args: &[Option<Val<'ctx>>],
+    out: DType,
+) -> Result<BV<'ctx>, OpError> {
     let arg = |i: usize| -> Result<Val<'ctx>, OpError> {
         args.get(i).copied().flatten().ok_or_else(|| OpError::Unsupported(format!("input {i} is missing")))
     };

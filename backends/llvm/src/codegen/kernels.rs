@@ -26,7 +26,10 @@ const MATMUL_KB: i64 = 128;
 pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeId) -> Result<Kernel<'ctx>> {
     let node = plan.graph.node(id);
     let unsupported = |m: String| BackendError::unsupported(&node.name, node.op.name(), m);
-    let input = |slot: usize| node.input(slot).ok_or_else(|| BackendError::node(&node.name, node.op.name(), format!("input {slot} is missing")));
+    let input = |slot: usize| {
+        node.input(slot)
+            .ok_or_else(|| BackendError::node(&node.name, node.op.name(), format!("input {slot} is missing")))
+    };
     let output = node.output(0).ok_or_else(|| BackendError::node(&node.name, node.op.name(), "output 0 is missing"))?;
     let dtype = plan.ty(output).dtype;
     match &node.op {
@@ -68,7 +71,11 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
                     for ax in a {
                         let ax = if ax < 0 { ax + rank } else { ax };
                         if !(0..rank).contains(&ax) {
-                            return Err(BackendError::node(&node.name, node.op.name(), format!("axis {ax} out of range for rank {rank}")));
+                            return Err(BackendError::node(
+                                &node.name,
+                                node.op.name(),
+                                format!("axis {ax} out of range for rank {rank}"),
+                            ));
                         }
                         reduced[ax as usize] = true;
                     }
@@ -96,7 +103,13 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
 }
 
 /// Copies a value into graph output `output`.
-pub(crate) fn emit_copy<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, from: ValueId, output: usize) -> Result<Kernel<'ctx>> {
+pub(crate) fn emit_copy<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    from: ValueId,
+    output: usize,
+) -> Result<Kernel<'ctx>> {
     let f = cg.kernel_fn(&format!("k{step}_copy"), 2);
     let bytes = plan.ty(from).bytes();
     if bytes > 0 {
@@ -390,7 +403,12 @@ const TWO_PASS_ROW_MAX: f64 = 1.0e4;
 /// maximum is outside ±1e4 (beyond the exact range of the reduction) is
 /// redone by the three-pass path. Returns `lse = n·ln2 + log(s)` after
 /// combining the lanes.
-pub(crate) fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: PointerValue<'ctx>, row: &Row<'ctx>) -> Result<BV<'ctx>> {
+pub(crate) fn lse_two_pass<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    xp: PointerValue<'ctx>,
+    row: &Row<'ctx>,
+) -> Result<BV<'ctx>> {
     let lanes = if row.stride == 1 { cg.lanes.max(1) as usize } else { 1 };
     let f32t = cg.f32t();
     let vty = f32t.vec_type(lanes as u32);
@@ -412,7 +430,8 @@ pub(crate) fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: Poin
     };
 
     let chunks = row.len / lanes;
-    let vacc: Vec<PointerValue> = ["n", "s", "m"].iter().map(|name| cg.entry_alloca(f, vty.into(), name)).collect::<Result<_>>()?;
+    let vacc: Vec<PointerValue> =
+        ["n", "s", "m"].iter().map(|name| cg.entry_alloca(f, vty.into(), name)).collect::<Result<_>>()?;
     for (slot, init) in vacc.iter().zip([f64::NEG_INFINITY, 0.0, f64::NEG_INFINITY]) {
         cg.b.build_store(*slot, splat(init))?;
     }
@@ -431,7 +450,8 @@ pub(crate) fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: Poin
         Ok(())
     })?;
     // The tail, one element at a time, into scalar accumulators.
-    let sacc: Vec<PointerValue> = ["nt", "st", "mt"].iter().map(|name| cg.entry_alloca(f, f32t.into(), name)).collect::<Result<_>>()?;
+    let sacc: Vec<PointerValue> =
+        ["nt", "st", "mt"].iter().map(|name| cg.entry_alloca(f, f32t.into(), name)).collect::<Result<_>>()?;
     for (slot, init) in sacc.iter().zip([f64::NEG_INFINITY, 0.0, f64::NEG_INFINITY]) {
         cg.b.build_store(*slot, scalar(init))?;
     }
@@ -446,7 +466,10 @@ pub(crate) fn lse_two_pass<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, xp: Poin
         Ok(())
     })?;
     // Combine the lanes and the tail: n = max n_l, s = Σ s_l · 2^(n_l - n).
-    let vecs: Vec<_> = vacc.iter().map(|&a| cg.b.build_load(vty, a, "acc").map(|v| v.into_vector_value())).collect::<Result<_, _>>()?;
+    let vecs: Vec<_> = vacc
+        .iter()
+        .map(|&a| cg.b.build_load(vty, a, "acc").map(|v| v.into_vector_value()))
+        .collect::<Result<_, _>>()?;
     let mut parts: Vec<[BV; 3]> = Vec::with_capacity(lanes + 1);
     for l in 0..lanes {
         let li = cg.ctx.i32_type().const_int(l as u64, false);
@@ -568,9 +591,7 @@ fn reduce<'ctx>(
                 ReduceKind::Mean => cg.fdiv(a, cg.fconst(like, count as f64))?,
                 ReduceKind::L2 => cg.intrinsic("llvm.sqrt", &[a])?,
                 ReduceKind::LogSum => cg.intrinsic("llvm.log", &[a])?,
-                ReduceKind::LogSumExp => {
-                    cg.fadd(shift.expect("computed above"), cg.intrinsic("llvm.log", &[a])?)?
-                }
+                ReduceKind::LogSumExp => cg.fadd(shift.expect("computed above"), cg.intrinsic("llvm.log", &[a])?)?,
                 _ => a,
             };
             cg.store(yp, dtype, yo, y)
@@ -582,7 +603,14 @@ fn reduce<'ctx>(
 
 // ---------------------------------------------------------------- Transpose
 
-fn transpose<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, x: ValueId, out: ValueId, perm: &[usize]) -> Result<Kernel<'ctx>> {
+fn transpose<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    out: ValueId,
+    perm: &[usize],
+) -> Result<Kernel<'ctx>> {
     let in_shape = plan.ty(x).shape.clone();
     let out_shape = plan.ty(out).shape.clone();
     let in_strides = contiguous_strides(&in_shape);
@@ -593,7 +621,12 @@ fn transpose<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, x: ValueId, out: Val
     let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
     if plan.ty(out).len() > 0 {
         // Copy the raw bits: the element type does not matter.
-        let bits = cg.ctx.custom_width_int_type(std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte")).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        let bits = cg
+            .ctx
+            .custom_width_int_type(
+                std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte"),
+            )
+            .map_err(|e| BackendError::Llvm(e.to_string()))?;
         nest(cg, f, &sizes, &strides, vec![cg.i64c(0); 2], &mut |off| {
             let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
             let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };

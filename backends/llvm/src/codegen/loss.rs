@@ -178,7 +178,11 @@ pub(crate) fn cross_entropy<'ctx>(
     if reduction != LossReduction::None {
         let t = cg.b.build_load(f64t, total, "t")?;
         let r = if reduction == LossReduction::Mean { cg.fdiv(t, cg.b.build_load(f64t, total_w, "tw")?)? } else { t };
-        let r = if dtype == DType::F64 { r } else { cg.b.build_float_trunc(r.into_float_value(), cg.f32t(), "loss")?.into() };
+        let r = if dtype == DType::F64 {
+            r
+        } else {
+            cg.b.build_float_trunc(r.into_float_value(), cg.f32t(), "loss")?.into()
+        };
         cg.store(lossp, dtype, cg.i64c(0), r)?;
     }
     cg.kernel_return(f)?;
@@ -211,7 +215,8 @@ pub(crate) fn linear_cross_entropy<'ctx>(
         return Err(err("not a LinearCrossEntropy node".into()));
     };
     let (eps, zeta) = (label_smoothing as f64, z_loss as f64);
-    let input = |slot: usize, what: &str| node.input(slot).ok_or_else(|| err(format!("input {slot} ({what}) is missing")));
+    let input =
+        |slot: usize, what: &str| node.input(slot).ok_or_else(|| err(format!("input {slot} ({what}) is missing")));
     let (h, w, labels) = (input(0, "hidden")?, input(1, "weight")?, input(2, "labels")?);
     let (bias, class_w) = (node.input(3), node.input(4));
     let loss = node.output(0).ok_or_else(|| err("output 0 is missing".into()))?;
@@ -230,7 +235,10 @@ pub(crate) fn linear_cross_entropy<'ctx>(
     let (n, d) = (hs[0], hs[1]);
     let (vocab, depth) = if transpose_weight { (ws[0], ws[1]) } else { (ws[1], ws[0]) };
     if depth != d || plan.ty(labels).len() != n {
-        return Err(err(format!("shapes do not agree: hidden {hs:?}, weight {ws:?}, labels {:?}", plan.ty(labels).shape)));
+        return Err(err(format!(
+            "shapes do not agree: hidden {hs:?}, weight {ws:?}, labels {:?}",
+            plan.ty(labels).shape
+        )));
     }
     for v in [bias, class_w].into_iter().flatten() {
         if plan.ty(v).len() != vocab || plan.ty(v).dtype != dtype {
@@ -281,22 +289,23 @@ pub(crate) fn linear_cross_entropy<'ctx>(
         Ok(r)
     };
     // Runs `body` for the rows whose label is not the ignore_index.
-    let counted_rows = |body: &mut dyn FnMut(inkwell::values::IntValue<'ctx>, inkwell::values::IntValue<'ctx>) -> Result<()>| {
-        cg.for_n(f, n, &mut |i| {
-            let raw = cg.load(lp, label_dtype, i)?.into_int_value();
-            let label = cg.b.build_int_s_extend_or_bit_cast(raw, cg.i64t(), "label")?;
-            let Some(ig) = ignore_index else { return body(i, label) };
-            let go = cg.ctx.append_basic_block(f, "row");
-            let skip = cg.ctx.append_basic_block(f, "row.done");
-            let ignored = cg.b.build_int_compare(IntPredicate::EQ, label, cg.i64c(ig), "ignored")?;
-            cg.b.build_conditional_branch(ignored, skip, go)?;
-            cg.b.position_at_end(go);
-            body(i, label)?;
-            cg.b.build_unconditional_branch(skip)?;
-            cg.b.position_at_end(skip);
-            Ok(())
-        })
-    };
+    let counted_rows =
+        |body: &mut dyn FnMut(inkwell::values::IntValue<'ctx>, inkwell::values::IntValue<'ctx>) -> Result<()>| {
+            cg.for_n(f, n, &mut |i| {
+                let raw = cg.load(lp, label_dtype, i)?.into_int_value();
+                let label = cg.b.build_int_s_extend_or_bit_cast(raw, cg.i64t(), "label")?;
+                let Some(ig) = ignore_index else { return body(i, label) };
+                let go = cg.ctx.append_basic_block(f, "row");
+                let skip = cg.ctx.append_basic_block(f, "row.done");
+                let ignored = cg.b.build_int_compare(IntPredicate::EQ, label, cg.i64c(ig), "ignored")?;
+                cg.b.build_conditional_branch(ignored, skip, go)?;
+                cg.b.position_at_end(go);
+                body(i, label)?;
+                cg.b.build_unconditional_branch(skip)?;
+                cg.b.position_at_end(skip);
+                Ok(())
+            })
+        };
 
     // Check the labels, take the target logits, reset the row state.
     counted_rows(&mut |i, label| {
@@ -416,7 +425,11 @@ pub(crate) fn linear_cross_entropy<'ctx>(
     if reduction != LossReduction::None {
         let t = cg.b.build_load(f64t, total, "t")?;
         let r = if reduction == LossReduction::Mean { cg.fdiv(t, cg.b.build_load(f64t, total_w, "tw")?)? } else { t };
-        let r = if dtype == DType::F64 { r } else { cg.b.build_float_trunc(r.into_float_value(), cg.f32t(), "loss")?.into() };
+        let r = if dtype == DType::F64 {
+            r
+        } else {
+            cg.b.build_float_trunc(r.into_float_value(), cg.f32t(), "loss")?.into()
+        };
         cg.store(lossp, dtype, cg.i64c(0), r)?;
     }
     cg.kernel_return(f)?;

@@ -24,8 +24,14 @@ const LN2_HI: f64 = 0.693_359_375;
 const LN2_LO: f64 = -2.121_944_400_546_905_8e-4;
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 /// Cephes `expf` polynomial for exp(r) - 1 - r, highest degree first.
-const EXP_POLY: [f64; 6] =
-    [1.987_569_150_0e-4, 1.398_199_950_7e-3, 8.333_451_907_3e-3, 4.166_579_589_4e-2, 1.666_666_545_9e-1, 5.000_000_120_1e-1];
+const EXP_POLY: [f64; 6] = [
+    1.987_569_150_0e-4,
+    1.398_199_950_7e-3,
+    8.333_451_907_3e-3,
+    4.166_579_589_4e-2,
+    1.666_666_545_9e-1,
+    5.000_000_120_1e-1,
+];
 
 impl<'ctx> Cg<'ctx> {
     /// True when `v` (a float or float vector) has f32 elements.

@@ -122,7 +122,10 @@ impl<'ctx> Cg<'ctx> {
     fn add_target_attrs(&self, f: FunctionValue<'ctx>) {
         f.add_attribute(AttributeLoc::Function, self.ctx.create_string_attribute("target-cpu", &self.cpu));
         if !self.features.is_empty() {
-            f.add_attribute(AttributeLoc::Function, self.ctx.create_string_attribute("target-features", &self.features));
+            f.add_attribute(
+                AttributeLoc::Function,
+                self.ctx.create_string_attribute("target-features", &self.features),
+            );
         }
         f.add_attribute(AttributeLoc::Function, self.enum_attr("nounwind"));
     }
@@ -176,7 +179,12 @@ impl<'ctx> Cg<'ctx> {
     }
 
     /// A stack slot in the function's entry block (so `mem2reg` promotes it).
-    pub(crate) fn entry_alloca(&self, f: FunctionValue<'ctx>, ty: BasicTypeEnum<'ctx>, name: &str) -> Result<PointerValue<'ctx>> {
+    pub(crate) fn entry_alloca(
+        &self,
+        f: FunctionValue<'ctx>,
+        ty: BasicTypeEnum<'ctx>,
+        name: &str,
+    ) -> Result<PointerValue<'ctx>> {
         let entry = f.get_first_basic_block().expect("kernel functions have an entry block");
         let here = self.b.get_insert_block();
         match entry.get_first_instruction() {
@@ -274,14 +282,24 @@ impl<'ctx> Cg<'ctx> {
     }
 
     /// Address of element `idx` of a `dtype` buffer.
-    pub(crate) fn elem_ptr(&self, base: PointerValue<'ctx>, dtype: DType, idx: IntValue<'ctx>) -> Result<PointerValue<'ctx>> {
+    pub(crate) fn elem_ptr(
+        &self,
+        base: PointerValue<'ctx>,
+        dtype: DType,
+        idx: IntValue<'ctx>,
+    ) -> Result<PointerValue<'ctx>> {
         let ty = self.storage_type(dtype).map_err(BackendError::Llvm)?;
         // In bounds: every index a kernel computes lies inside its buffer.
         Ok(unsafe { self.b.build_in_bounds_gep(ty, base, &[idx], "p")? })
     }
 
     /// Loads element `idx` and widens it to its compute type.
-    pub(crate) fn load(&self, base: PointerValue<'ctx>, dtype: DType, idx: IntValue<'ctx>) -> Result<BasicValueEnum<'ctx>> {
+    pub(crate) fn load(
+        &self,
+        base: PointerValue<'ctx>,
+        dtype: DType,
+        idx: IntValue<'ctx>,
+    ) -> Result<BasicValueEnum<'ctx>> {
         let p = self.elem_ptr(base, dtype, idx)?;
         let ty = self.storage_type(dtype).map_err(BackendError::Llvm)?;
         let raw = self.b.build_load(ty, p, "v")?;
@@ -290,14 +308,25 @@ impl<'ctx> Cg<'ctx> {
             DType::BF16 => self.bf16_to_f32(raw.into_int_value())?,
             DType::Bool => self
                 .b
-                .build_int_compare(inkwell::IntPredicate::NE, raw.into_int_value(), self.ctx.i8_type().const_zero(), "b")?
+                .build_int_compare(
+                    inkwell::IntPredicate::NE,
+                    raw.into_int_value(),
+                    self.ctx.i8_type().const_zero(),
+                    "b",
+                )?
                 .into(),
             _ => raw,
         })
     }
 
     /// Narrows a computed value to its storage type and stores it.
-    pub(crate) fn store(&self, base: PointerValue<'ctx>, dtype: DType, idx: IntValue<'ctx>, v: BasicValueEnum<'ctx>) -> Result<()> {
+    pub(crate) fn store(
+        &self,
+        base: PointerValue<'ctx>,
+        dtype: DType,
+        idx: IntValue<'ctx>,
+        v: BasicValueEnum<'ctx>,
+    ) -> Result<()> {
         let p = self.elem_ptr(base, dtype, idx)?;
         let stored: BasicValueEnum = match dtype {
             DType::F16 => self.b.build_float_trunc(v.into_float_value(), self.ctx.f16_type(), "narrow")?.into(),
