@@ -202,3 +202,47 @@ fn onnx_node_tests_on_the_cpu_backend() {
         failures.join("\n")
     );
 }
+
+/// `kiln run --backend cpu` on node tests: a lowered one matches its
+/// reference outputs (the CLI compares them and exits 0), an unsupported
+/// one fails naming the node and op, and `--target-cpu` needs the cpu
+/// backend.
+#[test]
+fn kiln_run_with_the_cpu_backend() {
+    let Some(python) = python() else {
+        eprintln!("node_conformance_cpu: no Python with onnx found (set KILN_PYTHON); skipping");
+        return;
+    };
+    let node_dir = onnx_node_test_dir(&python);
+    let kiln = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().expect("kiln runs")
+    };
+    for test in ["test_softmax_axis_1", "test_gemm_all_attributes", "test_matmul_4d"] {
+        let dir = node_dir.join(test);
+        let o = kiln(&[
+            "run".as_ref(),
+            dir.join("model.onnx").as_os_str(),
+            "--backend".as_ref(),
+            "cpu".as_ref(),
+            "--inputs".as_ref(),
+            dir.join("test_data_set_0").as_os_str(),
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{test}: {out}\n{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains("with cpu") && out.contains("compiling") && out.contains("ok"), "{test}: {out}");
+    }
+    let dir = node_dir.join("test_concat_1d_axis_0");
+    let o = kiln(&[
+        "run".as_ref(),
+        dir.join("model.onnx").as_os_str(),
+        "--backend".as_ref(),
+        "cpu".as_ref(),
+        "--inputs".as_ref(),
+        dir.join("test_data_set_0").as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no CPU lowering") && err.contains("Concat"), "{err}");
+    let o = kiln(&["run".as_ref(), dir.join("model.onnx").as_os_str(), "--target-cpu".as_ref(), "x86-64".as_ref()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--target-cpu needs --backend cpu"));
+}

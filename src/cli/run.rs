@@ -135,6 +135,9 @@ fn evaluate(
 
 /// Runs `kiln run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if args.target_cpu.is_some() && args.backend != Backend::Cpu {
+        bail!("--target-cpu needs --backend cpu");
+    }
     if let Some(out) = &args.out {
         // Fail before the (possibly long) run if the results cannot be written.
         std::fs::create_dir_all(out)
@@ -169,9 +172,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         inputs.push((input.name, input.tensor));
     }
 
-    if args.target_cpu.is_some() && args.backend != Backend::Cpu {
-        bail!("--target-cpu needs --backend cpu");
-    }
     let start = Instant::now();
     let (outputs, compile_time) =
         evaluate(&graph, &inputs, args).with_context(|| format!("running `{}` failed", args.model.display()))?;

@@ -363,6 +363,16 @@ fn standard_layout(t: &Tensor) -> Tensor {
         .expect("a tensor's own raw bytes match its dtype and shape")
 }
 
+/// A zero tensor from a zeroed allocation (`calloc`): the kernels overwrite
+/// every element, so filling the memory element by element first would
+/// only cost time.
+fn zeroed(dtype: DType, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    kiln_ir::tensor_of_dtype!(dtype, T => ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vec![T::default(); n])
+        .expect("the element count matches the shape")
+        .into_shared())
+}
+
 /// Runs a compiled specialization on inputs in graph order.
 fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
     let plan = &c.plan;
@@ -372,7 +382,7 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
         .iter()
         .map(|&o| {
             let ty = plan.ty(o);
-            Tensor::zeros(ty.dtype, &ty.shape)
+            zeroed(ty.dtype, &ty.shape)
         })
         .collect();
     let mut arena = vec![0u8; plan.arena_bytes + ALIGN];
