@@ -24,7 +24,8 @@
 //!   Where, Clip and the activations) fuse into one loop nest without
 //!   intermediate buffers; views (`Reshape`, `Flatten`, `Squeeze`,
 //!   `Unsqueeze`, `Identity`, inference `Dropout`) cost nothing; MatMul/Gemm,
-//!   Softmax/LogSoftmax, Reduce* and Transpose have kernels of their own.
+//!   Softmax/LogSoftmax, Reduce*, Transpose, the cross-entropy losses and
+//!   kiln's fused LinearCrossEntropy have kernels of their own.
 //!   See [`lowered_ops`] for the list.
 //! - **Memory.** One generated function takes an array of buffer pointers:
 //!   the inputs, the outputs, the constants and one scratch arena in which
@@ -100,7 +101,7 @@ impl Default for CompileOptions {
 /// compile time, like `Shape` and `Constant`, are not listed). Some are
 /// lowered only for some dtypes; the error says so.
 pub fn lowered_ops() -> Vec<&'static str> {
-    use kiln_ir::op::{BinaryOp, Op, UnaryOp, VariadicOp};
+    use kiln_ir::op::{BinaryOp, LossReduction, Op, UnaryOp, VariadicOp};
     let mut ops: Vec<&'static str> = Vec::new();
     ops.extend(UnaryOp::ALL.iter().map(|u| u.name()));
     ops.extend(BinaryOp::ALL.iter().map(|b| b.name()));
@@ -109,6 +110,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
     for op in [
         Op::Clip,
         Op::Where,
+        Op::Expand,
         Op::MatMul,
         Op::Squeeze,
         Op::Unsqueeze,
@@ -127,6 +129,17 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::HardSigmoid { alpha: 0.2, beta: 0.5 },
         Op::IsInf { detect_negative: true, detect_positive: true },
         Op::Gemm(kiln_ir::op::GemmAttrs { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false }),
+        Op::SoftmaxCrossEntropyLoss { reduction: LossReduction::Mean, ignore_index: None },
+        Op::NegativeLogLikelihoodLoss { reduction: LossReduction::Mean, ignore_index: None },
+        Op::CrossEntropy { reduction: LossReduction::Mean, ignore_index: None, label_smoothing: 0.0, z_loss: 0.0 },
+        Op::LinearCrossEntropy {
+            reduction: LossReduction::Mean,
+            ignore_index: None,
+            label_smoothing: 0.0,
+            z_loss: 0.0,
+            transpose_weight: true,
+            chunk_size: kiln_ir::op::DEFAULT_CHUNK_SIZE,
+        },
     ] {
         ops.push(op.name());
     }

@@ -160,6 +160,7 @@ pub(crate) fn is_elementwise(op: &Op) -> bool {
             | Op::IsInf { .. }
             | Op::Cast { .. }
             | Op::CastLike { .. }
+            | Op::Expand
     )
 }
 
@@ -232,8 +233,8 @@ pub(crate) fn foldable_nodes(graph: &Graph) -> Result<BTreeMap<NodeId, bool>> {
     Ok(out)
 }
 
-/// Flags the graph inputs that are read as shapes or axes (Reshape's
-/// shape, Squeeze/Unsqueeze/Reduce axes): code is specialized to their
+/// Flags the graph inputs that are read as shapes or axes (Reshape's and
+/// Expand's shape, Squeeze/Unsqueeze/Reduce axes): code is specialized to their
 /// values as well as to the input shapes, the way it is to shapes.
 pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
     graph
@@ -246,7 +247,7 @@ pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
                     slot == 1
                         && matches!(
                             graph.node(n).op,
-                            Op::Reshape { .. } | Op::Squeeze | Op::Unsqueeze | Op::Reduce { .. }
+                            Op::Reshape { .. } | Op::Squeeze | Op::Unsqueeze | Op::Reduce { .. } | Op::Expand
                         )
                 })
         })
@@ -534,6 +535,15 @@ fn form_steps(graph: &Graph, order: &[NodeId], types: &[Option<Shaped>], is_outp
     Ok(steps)
 }
 
+/// The inputs an elementwise node computes on: all of them, except for
+/// Expand, whose second input is the target shape (a compile-time constant).
+pub(crate) fn data_inputs(node: &kiln_ir::graph::Node) -> &[Option<ValueId>] {
+    match node.op {
+        Op::Expand => &node.inputs[..node.inputs.len().min(1)],
+        _ => &node.inputs,
+    }
+}
+
 /// The values a step reads and writes.
 pub(crate) fn step_io(graph: &Graph, step: &Step) -> (Vec<ValueId>, Vec<ValueId>) {
     match step {
@@ -541,7 +551,7 @@ pub(crate) fn step_io(graph: &Graph, step: &Step) -> (Vec<ValueId>, Vec<ValueId>
             let produced: BTreeSet<ValueId> = nodes.iter().filter_map(|&n| graph.node(n).output(0)).collect();
             let mut reads: Vec<ValueId> = Vec::new();
             for &n in nodes {
-                for v in graph.node(n).inputs.iter().flatten() {
+                for v in data_inputs(graph.node(n)).iter().flatten() {
                     if !produced.contains(v) && !reads.contains(v) {
                         reads.push(*v);
                     }

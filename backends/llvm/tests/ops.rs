@@ -509,3 +509,24 @@ fn linear_cross_entropy_matches_the_interpreter() {
         assert!(spec.arena_bytes < n * v * 4, "arena {} B for N×V = {} B of logits", spec.arena_bytes, n * v * 4);
     }
 }
+
+#[test]
+fn expand_broadcasts_inside_a_fused_loop() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut g = Graph::new("expand");
+    let x = input(&mut g, "x", &[3, 1]);
+    let z = input(&mut g, "z", &[2, 3, 4]);
+    let shape = g.add_initializer("shape", Tensor::vec_i64(&[2, 1, 4])).unwrap();
+    let e = node(&mut g, "expand", Op::Expand, &[x, shape]);
+    let y = node(&mut g, "mul", Op::Binary(BinaryOp::Mul), &[e, z]);
+    g.add_output(y);
+    let feed = [("x".to_string(), random(&mut rng, &[3, 1], -1.0, 1.0)), ("z".to_string(), random(&mut rng, &[2, 3, 4], -1.0, 1.0))];
+    let spec = check(g, &feed, "expand");
+    assert_eq!(spec.kernels.len(), 1, "{:?}", spec.kernels);
+    let mut g = Graph::new("expand_out");
+    let x = input(&mut g, "x", &[3, 1]);
+    let shape = g.add_initializer("shape", Tensor::vec_i64(&[2, 3, 5])).unwrap();
+    let e = node(&mut g, "expand", Op::Expand, &[x, shape]);
+    g.add_output(e);
+    check(g, &[("x".to_string(), random(&mut rng, &[3, 1], -1.0, 1.0))], "expand as output");
+}

@@ -167,7 +167,8 @@ fn emit_level<'ctx>(
         }
         for &n in nodes {
             let node = plan.graph.node(n);
-            let args: Vec<Option<Val>> = node.inputs.iter().map(|v| v.and_then(|v| vals.get(&v).copied())).collect();
+            let args: Vec<Option<Val>> =
+                crate::plan::data_inputs(node).iter().map(|v| v.and_then(|v| vals.get(&v).copied())).collect();
             let o = node.output(0).expect("elementwise nodes have an output");
             let dtype = plan.ty(o).dtype;
             let r = emit_op(cg, &node.op, &args, dtype).map_err(|e| match e {
@@ -254,6 +255,8 @@ pub(crate) fn emit_op<'ctx>(
             Ok(r)
         }
         Op::Where => Ok(cg.select(arg(0)?.0, arg(1)?.0, arg(2)?.0)?),
+        // The broadcast is in the loop nest's strides.
+        Op::Expand => Ok(arg(0)?.0),
         Op::Cast { to, .. } => cast(cg, arg(0)?, *to),
         Op::CastLike { .. } => cast(cg, arg(0)?, out),
         Op::Gelu { approximate } => {
