@@ -231,7 +231,7 @@ fn kiln_run_with_the_cpu_backend() {
         assert!(o.status.success(), "{test}: {out}\n{}", String::from_utf8_lossy(&o.stderr));
         assert!(out.contains("with cpu") && out.contains("compiling") && out.contains("ok"), "{test}: {out}");
     }
-    let dir = node_dir.join("test_concat_1d_axis_0");
+    let dir = node_dir.join("test_argmax_default_axis_example");
     let o = kiln(&[
         "run".as_ref(),
         dir.join("model.onnx").as_os_str(),
@@ -242,7 +242,7 @@ fn kiln_run_with_the_cpu_backend() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("no CPU lowering") && err.contains("Concat"), "{err}");
+    assert!(err.contains("no CPU lowering") && err.contains("ArgMax"), "{err}");
     let o = kiln(&["run".as_ref(), dir.join("model.onnx").as_os_str(), "--target-cpu".as_ref(), "x86-64".as_ref()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--target-cpu needs --backend cpu"));
 }

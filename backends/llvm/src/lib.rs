@@ -111,6 +111,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::Clip,
         Op::Where,
         Op::Expand,
+        Op::Concat { axis: 0 },
         Op::MatMul,
         Op::Squeeze,
         Op::Unsqueeze,

@@ -174,6 +174,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::LogSoftmax { .. }
             | Op::Reduce { .. }
             | Op::Transpose { .. }
+            | Op::Concat { .. }
             | Op::CrossEntropy { .. }
             | Op::SoftmaxCrossEntropyLoss { .. }
             | Op::NegativeLogLikelihoodLoss { .. }

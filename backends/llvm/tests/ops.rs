@@ -345,15 +345,40 @@ fn the_memory_planner_reuses_buffers() {
 
 #[test]
 fn an_op_without_a_lowering_is_an_error_naming_node_and_op() {
-    let mut g = Graph::new("concat");
-    let (a, b) = (input(&mut g, "a", &[2]), input(&mut g, "b", &[3]));
-    let y = node(&mut g, "join_them", Op::Concat { axis: 0 }, &[a, b]);
-    g.add_output(y);
-    kiln_ir::infer_types(&mut g).unwrap();
-    let err = compile(&g, &CompileOptions::default()).err().expect("Concat has no lowering");
+    let mut g = Graph::new("topk");
+    let x = input(&mut g, "x", &[2, 5]);
+    let k = g.add_input("k", TensorType::fixed(DType::I64, &[1])).unwrap();
+    let id = g
+        .add_node("pick_them", Op::TopK { axis: -1, largest: true, sorted: true }, vec![Some(x), Some(k)], &["v", "i"])
+        .unwrap();
+    g.add_output(g.node(id).output(0).unwrap());
+    let err = compile(&g, &CompileOptions::default()).err().expect("TopK has no lowering");
     assert!(matches!(err, BackendError::Unsupported { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("join_them") && text.contains("Concat"), "{text}");
+    assert!(text.contains("pick_them") && text.contains("TopK"), "{text}");
+}
+
+#[test]
+fn concat_matches_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for axis in [0i64, 1, -1] {
+        let shapes: [&[usize]; 3] = match axis {
+            0 => [&[1, 3, 4], &[2, 3, 4], &[0, 3, 4]],
+            1 => [&[2, 1, 4], &[2, 3, 4], &[2, 2, 4]],
+            _ => [&[2, 3, 1], &[2, 3, 5], &[2, 3, 2]],
+        };
+        let mut g = Graph::new("concat");
+        let mut ins = Vec::new();
+        let mut feed = Vec::new();
+        for (i, s) in shapes.iter().enumerate() {
+            ins.push(input(&mut g, &format!("x{i}"), s));
+            feed.push((format!("x{i}"), random(&mut rng, s, -1.0, 1.0)));
+        }
+        let y = node(&mut g, "cat", Op::Concat { axis }, &ins);
+        let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[y]);
+        g.add_output(e);
+        check(g, &feed, &format!("concat axis {axis}"));
+    }
 }
 
 #[test]

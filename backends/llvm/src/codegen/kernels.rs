@@ -98,6 +98,10 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             super::loss::cross_entropy(cg, plan, step, id)
         }
         Op::LinearCrossEntropy { .. } => super::loss::linear_cross_entropy(cg, plan, step, id),
+        Op::Concat { axis } => {
+            let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
+            concat(cg, plan, step, &inputs, output, *axis)
+        }
         other => Err(unsupported(format!("{} has no CPU kernel yet", other.name()))),
     }
 }
@@ -599,6 +603,53 @@ fn reduce<'ctx>(
     }
     cg.b.build_return(None)?;
     Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+// ---------------------------------------------------------------- Concat
+
+/// Concat along `axis`: seen as `[outer, len·inner]` blocks, each input
+/// block is one contiguous copy into its place in the output row.
+fn concat<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    inputs: &[ValueId],
+    out: ValueId,
+    axis: i64,
+) -> Result<Kernel<'ctx>> {
+    let out_shape = plan.ty(out).shape.clone();
+    let rank = out_shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if !(0..rank).contains(&axis) {
+        return Err(BackendError::node("", "Concat", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let esize = elem_bytes(plan.ty(out).dtype) as i64;
+    let outer: usize = out_shape[..axis].iter().product();
+    let inner: i64 = out_shape[axis + 1..].iter().product::<usize>() as i64;
+    let out_row = out_shape[axis] as i64 * inner * esize;
+    let f = cg.kernel_fn(&format!("k{step}_concat"), 1 + inputs.len());
+    let yp = cg.param(f, 0);
+    let mut at = 0i64;
+    for (j, &x) in inputs.iter().enumerate() {
+        let in_row = plan.ty(x).shape.get(axis).copied().unwrap_or(0) as i64 * inner * esize;
+        if in_row > 0 {
+            let xp = cg.param(f, 1 + j as u32);
+            let offset = at;
+            cg.for_n(f, outer, &mut |o| {
+                let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[cg.mul(o, in_row)?], "src")? };
+                let dst_at = cg.affine(o, out_row, cg.i64c(offset))?;
+                let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[dst_at], "dst")? };
+                cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(in_row))?;
+                Ok(())
+            })?;
+        }
+        at += in_row;
+    }
+    cg.b.build_return(None)?;
+    let mut locs = vec![plan.loc(out)];
+    locs.extend(inputs.iter().map(|&v| plan.loc(v)));
+    Ok((f, locs))
 }
 
 // ---------------------------------------------------------------- Transpose
