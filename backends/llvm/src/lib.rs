@@ -112,6 +112,8 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::Where,
         Op::Expand,
         Op::Concat { axis: 0 },
+        Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
+        Op::RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::MatMul,
         Op::Squeeze,
         Op::Unsqueeze,

@@ -175,6 +175,8 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::Reduce { .. }
             | Op::Transpose { .. }
             | Op::Concat { .. }
+            | Op::LayerNormalization { .. }
+            | Op::RMSNormalization { .. }
             | Op::CrossEntropy { .. }
             | Op::SoftmaxCrossEntropyLoss { .. }
             | Op::NegativeLogLikelihoodLoss { .. }

@@ -555,3 +555,33 @@ fn expand_broadcasts_inside_a_fused_loop() {
     g.add_output(e);
     check(g, &[("x".to_string(), random(&mut rng, &[3, 1], -1.0, 1.0))], "expand as output");
 }
+
+#[test]
+fn layer_and_rms_normalization_match_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(14);
+    let shape = [2, 3, 8];
+    for (axis, pshape) in [(-1i64, vec![8]), (1, vec![3, 8]), (1, vec![8])] {
+        for rms in [false, true] {
+            let mut g = Graph::new("norm");
+            let x = input(&mut g, "x", &shape);
+            let s = input(&mut g, "s", &pshape);
+            let mut feed = vec![
+                ("x".to_string(), random(&mut rng, &shape, -2.0, 3.0)),
+                ("s".to_string(), random(&mut rng, &pshape, 0.5, 1.5)),
+            ];
+            let (op, ins, outs): (Op, Vec<Option<ValueId>>, &[&str]) = if rms {
+                (Op::RMSNormalization { axis, epsilon: 1e-5, stash_type: DType::F32 }, vec![Some(x), Some(s)], &["y"])
+            } else {
+                let b = input(&mut g, "b", &pshape);
+                feed.push(("b".to_string(), random(&mut rng, &pshape, -1.0, 1.0)));
+                let op = Op::LayerNormalization { axis, epsilon: 1e-5, stash_type: DType::F32 };
+                (op, vec![Some(x), Some(s), Some(b)], &["y", "mean", "inv_std"])
+            };
+            let id = g.add_node("norm", op.clone(), ins, outs).unwrap();
+            for slot in 0..outs.len() {
+                g.add_output(g.node(id).output(slot).unwrap());
+            }
+            check(g, &feed, &format!("{op:?} scale {pshape:?}"));
+        }
+    }
+}

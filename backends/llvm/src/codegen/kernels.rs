@@ -98,6 +98,22 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             super::loss::cross_entropy(cg, plan, step, id)
         }
         Op::LinearCrossEntropy { .. } => super::loss::linear_cross_entropy(cg, plan, step, id),
+        Op::LayerNormalization { axis, epsilon, stash_type } | Op::RMSNormalization { axis, epsilon, stash_type } => {
+            if !dtype.is_float() {
+                return Err(unsupported(format!("{} on {dtype}", node.op.name())));
+            }
+            let rms = matches!(node.op, Op::RMSNormalization { .. });
+            let bias = if rms { None } else { node.input(2) };
+            let stats = if rms { (None, None) } else { (node.output(1), node.output(2)) };
+            for s in [stats.0, stats.1].into_iter().flatten() {
+                let sd = plan.ty(s).dtype;
+                if cg.compute_type(sd).ok() != cg.compute_type(dtype).ok() || sd != *stash_type && sd != dtype {
+                    return Err(unsupported(format!("statistics in {sd} for {dtype} inputs")));
+                }
+            }
+            let norm = Norm { axis: *axis, epsilon: *epsilon as f64, rms };
+            normalize(cg, plan, step, input(0)?, input(1)?, bias, output, stats, norm)
+        }
         Op::Concat { axis } => {
             let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
             concat(cg, plan, step, &inputs, output, *axis)
@@ -603,6 +619,116 @@ fn reduce<'ctx>(
     }
     cg.b.build_return(None)?;
     Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+// ---------------------------------------------------------------- LayerNorm / RMSNorm
+
+/// What [`normalize`] computes.
+struct Norm {
+    axis: i64,
+    epsilon: f64,
+    /// RMSNormalization (`x / sqrt(mean(x²) + ε) · scale`) rather than
+    /// LayerNormalization (`(x - mean) / sqrt(var + ε) · scale + bias`).
+    rms: bool,
+}
+
+/// Normalization over the trailing axes from `axis`, one row at a time:
+/// the mean, then the variance around it (two passes, as the interpreter
+/// computes it, which is stabler than E[x²] - E[x]²), then the output.
+/// Scale and bias broadcast against the whole input.
+#[allow(clippy::too_many_arguments)]
+fn normalize<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    scale: ValueId,
+    bias: Option<ValueId>,
+    out: ValueId,
+    stats: (Option<ValueId>, Option<ValueId>),
+    norm: Norm,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let dtype = plan.ty(x).dtype;
+    let rank = shape.len() as i64;
+    let axis = if norm.axis < 0 { norm.axis + rank } else { norm.axis };
+    if !(0..rank).contains(&axis) {
+        return Err(BackendError::node("", "LayerNormalization", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let cols: usize = shape[axis..].iter().product();
+    let xs = contiguous_strides(&shape);
+    let ss = broadcast_strides(&plan.ty(scale).shape, &shape);
+    let bs = bias.map_or_else(|| vec![0; shape.len()], |b| broadcast_strides(&plan.ty(b).shape, &shape));
+    let split = |v: &[i64]| (v[..axis].to_vec(), v[axis..].to_vec());
+    let ((xo, xi), (so, si), (bo, bi)) = (split(&xs), split(&ss), split(&bs));
+    let (osizes, ostrides) = collapse(&shape[..axis], &[xo, so, bo, contiguous_strides(&shape[..axis])]);
+    let (isizes, istrides) = collapse(&shape[axis..], &[xi, si, bi]);
+
+    let mut values = vec![out, x, scale];
+    values.extend(bias);
+    let (mean_out, inv_out) = stats;
+    values.extend(mean_out);
+    values.extend(inv_out);
+    let f = cg.kernel_fn(&format!("k{step}_{}", if norm.rms { "rmsnorm" } else { "layernorm" }), values.len());
+    let (yp, xp, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    let mut next = 3;
+    let mut take = |present: bool| {
+        present.then(|| {
+            next += 1;
+            cg.param(f, next - 1)
+        })
+    };
+    let bp = take(bias.is_some());
+    let mp = take(mean_out.is_some());
+    let ip = take(inv_out.is_some());
+    let (sdt, bdt) = (plan.ty(scale).dtype, bias.map(|b| plan.ty(b).dtype));
+    let ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
+    let like: BV = ty.into_float_type().const_float(0.0).into();
+    let c = |v: f64| cg.fconst(like, v);
+    let acc = cg.entry_alloca(f, ty, "acc")?;
+    if plan.ty(x).len() > 0 {
+        nest(cg, f, &osizes, &ostrides, vec![cg.i64c(0); 4], &mut |o| {
+            let (x0, s0, b0, r) = (o[0], o[1], o[2], o[3]);
+            let sum_over = |term: &dyn Fn(BV<'ctx>) -> Result<BV<'ctx>>| -> Result<BV<'ctx>> {
+                cg.b.build_store(acc, c(0.0))?;
+                nest(cg, f, &isizes, &istrides, vec![x0, s0, b0], &mut |i| {
+                    let v = term(cg.load(xp, dtype, i[0])?)?;
+                    let cur = cg.b.build_load(ty, acc, "acc")?;
+                    cg.b.build_store(acc, cg.fadd_reassoc(cur, v)?)?;
+                    Ok(())
+                })?;
+                Ok(cg.b.build_load(ty, acc, "acc")?)
+            };
+            let inv_n = c(1.0 / cols as f64);
+            let mean = if norm.rms { c(0.0) } else { cg.fmul(sum_over(&|v| Ok(v))?, inv_n)? };
+            let var = cg.fmul(
+                sum_over(&|v| {
+                    let d = cg.fsub(v, mean)?;
+                    cg.fmul(d, d)
+                })?,
+                inv_n,
+            )?;
+            let inv = cg.fdiv(c(1.0), cg.intrinsic("llvm.sqrt", &[cg.fadd(var, c(norm.epsilon))?])?)?;
+            nest(cg, f, &isizes, &istrides, vec![x0, s0, b0], &mut |i| {
+                let d = cg.fsub(cg.load(xp, dtype, i[0])?, mean)?;
+                let mut y = cg.fmul(cg.fmul(d, inv)?, cg.load(sp, sdt, i[1])?)?;
+                if let (Some(bp), Some(bdt)) = (bp, bdt) {
+                    y = cg.fadd(y, cg.load(bp, bdt, i[2])?)?;
+                }
+                cg.store(yp, dtype, i[0], y)
+            })?;
+            if let (Some(mp), Some(m)) = (mp, mean_out) {
+                cg.store(mp, plan.ty(m).dtype, r, mean)?;
+            }
+            if let (Some(ip), Some(v)) = (ip, inv_out) {
+                cg.store(ip, plan.ty(v).dtype, r, inv)?;
+            }
+            Ok(())
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
 }
 
 // ---------------------------------------------------------------- Concat
