@@ -112,6 +112,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::Where,
         Op::Expand,
         Op::Concat { axis: 0 },
+        Op::Gather { axis: 0 },
         Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::MatMul,
@@ -430,7 +431,12 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
             plan::Step::Node(id) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
             _ => (String::new(), "kernel"),
         };
-        return Err(BackendError::node(node, op, "a label is outside the classes (and is not the ignore_index)"));
+        let what = if op == "Gather" {
+            "an index is outside the gathered axis"
+        } else {
+            "a label is outside the classes (and is not the ignore_index)"
+        };
+        return Err(BackendError::node(node, op, what));
     }
     Ok(graph.outputs().iter().zip(outputs).map(|(&o, t)| (graph.value(o).name.clone(), t)).collect())
 }

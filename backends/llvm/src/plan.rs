@@ -175,6 +175,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::Reduce { .. }
             | Op::Transpose { .. }
             | Op::Concat { .. }
+            | Op::Gather { .. }
             | Op::LayerNormalization { .. }
             | Op::RMSNormalization { .. }
             | Op::CrossEntropy { .. }

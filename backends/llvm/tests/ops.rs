@@ -585,3 +585,34 @@ fn layer_and_rms_normalization_match_the_interpreter() {
         }
     }
 }
+
+#[test]
+fn gather_matches_the_interpreter_and_checks_indices() {
+    let mut rng = StdRng::seed_from_u64(15);
+    for (axis, ishape) in [(0i64, vec![2, 3]), (1, vec![4]), (-1, vec![])] {
+        let mut g = Graph::new("gather");
+        let x = input(&mut g, "x", &[5, 6, 7]);
+        let i = g.add_input("i", TensorType::fixed(DType::I64, &ishape)).unwrap();
+        let y = node(&mut g, "embed", Op::Gather { axis }, &[x, i]);
+        g.add_output(y);
+        let n: usize = ishape.iter().product();
+        let idx: Vec<i64> = (0..n).map(|k| if k % 2 == 0 { k as i64 % 5 } else { -1 - (k as i64 % 4) }).collect();
+        let feed = [
+            ("x".to_string(), random(&mut rng, &[5, 6, 7], -1.0, 1.0)),
+            ("i".to_string(), Tensor::from_i64s(DType::I64, &ishape, &idx)),
+        ];
+        check(g, &feed, &format!("gather axis {axis}"));
+    }
+    let mut g = Graph::new("gather");
+    let x = input(&mut g, "x", &[5, 2]);
+    let i = g.add_input("i", TensorType::fixed(DType::I64, &[2])).unwrap();
+    let y = node(&mut g, "embed", Op::Gather { axis: 0 }, &[x, i]);
+    g.add_output(y);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions::default()).unwrap();
+    for bad in [5, -6] {
+        let feed = [("x".to_string(), Tensor::zeros(DType::F32, &[5, 2])), ("i".to_string(), Tensor::vec_i64(&[0, bad]))];
+        let err = compiled.run(&feed).expect_err("index out of range");
+        assert!(err.to_string().contains("embed") && err.to_string().contains("index"), "{err}");
+    }
+}

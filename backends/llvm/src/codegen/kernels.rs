@@ -114,6 +114,7 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             let norm = Norm { axis: *axis, epsilon: *epsilon as f64, rms };
             normalize(cg, plan, step, input(0)?, input(1)?, bias, output, stats, norm)
         }
+        Op::Gather { axis } => gather(cg, plan, step, input(0)?, input(1)?, output, *axis),
         Op::Concat { axis } => {
             let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
             concat(cg, plan, step, &inputs, output, *axis)
@@ -729,6 +730,70 @@ fn normalize<'ctx>(
     }
     cg.b.build_return(None)?;
     Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+}
+
+// ---------------------------------------------------------------- Gather
+
+/// Gather along `axis`: for each index, one contiguous copy of the slice
+/// behind it. Negative indices count from the end; an index outside the
+/// axis makes the kernel fail (a checked kernel) instead of reading out of
+/// bounds.
+fn gather<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    data: ValueId,
+    indices: ValueId,
+    out: ValueId,
+    axis: i64,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(data).shape.clone();
+    let rank = shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if !(0..rank).contains(&axis) {
+        return Err(BackendError::node("", "Gather", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let idt = plan.ty(indices).dtype;
+    if !matches!(idt, DType::I32 | DType::I64) {
+        return Err(BackendError::unsupported("", "Gather", format!("{idt} indices")));
+    }
+    let esize = elem_bytes(plan.ty(data).dtype) as i64;
+    let outer: usize = shape[..axis].iter().product();
+    let dim = shape[axis] as i64;
+    let block = shape[axis + 1..].iter().product::<usize>() as i64 * esize;
+    let count = plan.ty(indices).len();
+    let f = cg.checked_kernel_fn(&format!("k{step}_gather"), 3);
+    let (yp, xp, ip) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    if plan.ty(out).len() > 0 || dim == 0 {
+        cg.for_n(f, count, &mut |j| {
+            let raw = cg.load(ip, idt, j)?.into_int_value();
+            let idx = cg.b.build_int_s_extend_or_bit_cast(raw, cg.i64t(), "idx")?;
+            let negative = cg.b.build_int_compare(inkwell::IntPredicate::SLT, idx, cg.i64c(0), "neg")?;
+            let wrapped = cg.b.build_int_add(idx, cg.i64c(dim), "wrapped")?;
+            let idx = cg.b.build_select(negative, wrapped, idx, "idx")?.into_int_value();
+            let ok = cg.b.build_int_compare(inkwell::IntPredicate::ULT, idx, cg.i64c(dim), "in_range")?;
+            let bad = cg.ctx.append_basic_block(f, "bad_index");
+            let good = cg.ctx.append_basic_block(f, "good_index");
+            cg.b.build_conditional_branch(ok, good, bad)?;
+            cg.b.position_at_end(bad);
+            cg.b.build_return(Some(&cg.ctx.i32_type().const_int(1, false)))?;
+            cg.b.position_at_end(good);
+            if block > 0 {
+                cg.for_n(f, outer, &mut |o| {
+                    let src_at = cg.affine(o, dim * block, cg.mul(idx, block)?)?;
+                    let dst_at = cg.affine(o, count as i64 * block, cg.mul(j, block)?)?;
+                    let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[src_at], "src")? };
+                    let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[dst_at], "dst")? };
+                    cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(block))?;
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })?;
+    }
+    cg.kernel_return(f)?;
+    Ok((f, vec![plan.loc(out), plan.loc(data), plan.loc(indices)]))
 }
 
 // ---------------------------------------------------------------- Concat
