@@ -1,7 +1,9 @@
 //! A first, rough speed check of the CPU backend against kiln's
 //! interpreter on a few single-op graphs (not a benchmark: one process,
 //! single-threaded, best of a few runs). Run with
-//! `cargo run --release -p kiln-backend-llvm --example speed`.
+//! `cargo run --release -p kiln-backend-llvm --example speed`; with a
+//! directory argument (holding `model.onnx` and `test_data_set_0/`), it
+//! times that model instead.
 
 use kiln_backend_llvm::{compile, CompileOptions, SoftmaxAlgorithm};
 use kiln_ir::dtype::DType;
@@ -62,7 +64,47 @@ fn report(name: &str, mut g: Graph, inputs: Vec<(String, Tensor)>) {
     println!("{line}");
 }
 
+/// Times a model directory in the ONNX test layout.
+fn model(dir: &std::path::Path) {
+    let graph = kiln_ir::load(dir.join("model.onnx")).expect("the model loads");
+    let names: Vec<String> =
+        kiln_ir::interp::required_inputs(&graph).iter().map(|&v| graph.value(v).name.clone()).collect();
+    let inputs: Vec<(String, Tensor)> = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let path = dir.join("test_data_set_0").join(format!("input_{i}.pb"));
+            (n, kiln_ir::onnx::read_tensor_pb(&path).expect("input tensor reads").1)
+        })
+        .collect();
+    let interp = best(5, || {
+        kiln_ir::interp::run(&graph, &inputs).expect("interpreter runs");
+    });
+    let t0 = Instant::now();
+    let compiled = compile(&graph, &CompileOptions::default()).expect("compiles");
+    let spec = compiled.specialization_for(&inputs).expect("specializes");
+    let compile_time = t0.elapsed();
+    let cpu = best(20, || {
+        compiled.run(&inputs).expect("runs");
+    });
+    println!(
+        "{}: interp {:.2} ms, cpu {:.2} ms ({:.1}x), compile {:.0} ms, {} kernels, arena {} KiB (intermediates {} KiB)",
+        dir.display(),
+        interp.as_secs_f64() * 1e3,
+        cpu.as_secs_f64() * 1e3,
+        interp.as_secs_f64() / cpu.as_secs_f64(),
+        compile_time.as_secs_f64() * 1e3,
+        spec.kernels.len(),
+        spec.arena_bytes / 1024,
+        spec.intermediate_bytes / 1024
+    );
+}
+
 fn main() {
+    if let Some(dir) = std::env::args_os().nth(1) {
+        model(std::path::Path::new(&dir));
+        return;
+    }
     let target = compile(&Graph::new("empty"), &CompileOptions::default()).expect("empty graph compiles");
     println!("target: {:?}", target.target());
 
