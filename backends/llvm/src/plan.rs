@@ -175,6 +175,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::Reduce { .. }
             | Op::Transpose { .. }
             | Op::Concat { .. }
+            | Op::Split { .. }
             | Op::Gather { .. }
             | Op::LayerNormalization { .. }
             | Op::RMSNormalization { .. }
@@ -237,8 +238,8 @@ pub(crate) fn foldable_nodes(graph: &Graph) -> Result<BTreeMap<NodeId, bool>> {
     Ok(out)
 }
 
-/// Flags the graph inputs that are read as shapes or axes (Reshape's and
-/// Expand's shape, Squeeze/Unsqueeze/Reduce axes): code is specialized to their
+/// Flags the graph inputs that are read as shapes, sizes or axes (Reshape's
+/// and Expand's shape, Split's sizes, Squeeze/Unsqueeze/Reduce axes): code is specialized to their
 /// values as well as to the input shapes, the way it is to shapes.
 pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
     graph
@@ -251,7 +252,12 @@ pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
                     slot == 1
                         && matches!(
                             graph.node(n).op,
-                            Op::Reshape { .. } | Op::Squeeze | Op::Unsqueeze | Op::Reduce { .. } | Op::Expand
+                            Op::Reshape { .. }
+                                | Op::Squeeze
+                                | Op::Unsqueeze
+                                | Op::Reduce { .. }
+                                | Op::Expand
+                                | Op::Split { .. }
                         )
                 })
         })

@@ -616,3 +616,20 @@ fn gather_matches_the_interpreter_and_checks_indices() {
         assert!(err.to_string().contains("embed") && err.to_string().contains("index"), "{err}");
     }
 }
+
+#[test]
+fn split_matches_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(16);
+    for (axis, sizes) in [(1i64, vec![2, 3, 1]), (-1, vec![4, 3]), (0, vec![1, 1])] {
+        let mut g = Graph::new("split");
+        let x = input(&mut g, "x", &[2, 6, 7]);
+        let s = g.add_initializer("sizes", Tensor::vec_i64(&sizes)).unwrap();
+        let names: Vec<String> = (0..sizes.len()).map(|i| format!("y{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let id = g.add_node("split", Op::Split { axis, num_outputs: None }, vec![Some(x), Some(s)], &refs).unwrap();
+        for slot in 0..sizes.len() {
+            g.add_output(g.node(id).output(slot).unwrap());
+        }
+        check(g, &[("x".to_string(), random(&mut rng, &[2, 6, 7], -1.0, 1.0))], &format!("split {axis} {sizes:?}"));
+    }
+}

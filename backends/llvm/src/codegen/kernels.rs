@@ -114,6 +114,10 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             let norm = Norm { axis: *axis, epsilon: *epsilon as f64, rms };
             normalize(cg, plan, step, input(0)?, input(1)?, bias, output, stats, norm)
         }
+        Op::Split { axis, .. } => {
+            let outputs: Vec<Option<ValueId>> = node.outputs.clone();
+            split(cg, plan, step, input(0)?, &outputs, *axis)
+        }
         Op::Gather { axis } => gather(cg, plan, step, input(0)?, input(1)?, output, *axis),
         Op::Concat { axis } => {
             let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
@@ -730,6 +734,65 @@ fn normalize<'ctx>(
     }
     cg.b.build_return(None)?;
     Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+}
+
+// ---------------------------------------------------------------- Split
+
+/// Split along `axis` into the outputs' sizes (inference has already
+/// resolved them from the sizes input or `num_outputs`): one contiguous
+/// copy per output per outer index.
+fn split<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    outputs: &[Option<ValueId>],
+    axis: i64,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let rank = shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if !(0..rank).contains(&axis) {
+        return Err(BackendError::node("", "Split", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let esize = elem_bytes(plan.ty(x).dtype) as i64;
+    let outer: usize = shape[..axis].iter().product();
+    let inner: i64 = shape[axis + 1..].iter().product::<usize>() as i64 * esize;
+    let in_row = shape[axis] as i64 * inner;
+    let present: Vec<ValueId> = outputs.iter().flatten().copied().collect();
+    if outputs.iter().skip_while(|o| o.is_some()).any(Option::is_some) {
+        return Err(BackendError::unsupported("", "Split", "an omitted output before a present one"));
+    }
+    let f = cg.kernel_fn(&format!("k{step}_split"), 1 + present.len());
+    let xp = cg.param(f, 0);
+    let mut at = 0i64;
+    let mut param = 1;
+    for o in outputs {
+        // Omitted outputs come last (checked above): nothing follows them.
+        let Some(v) = o else { break };
+        let out_row = plan.ty(*v).shape.get(axis).copied().unwrap_or(0) as i64 * inner;
+        let yp = cg.param(f, param);
+        param += 1;
+        if out_row > 0 {
+            let offset = at;
+            cg.for_n(f, outer, &mut |i| {
+                let src_at = cg.affine(i, in_row, cg.i64c(offset))?;
+                let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[src_at], "src")? };
+                let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[cg.mul(i, out_row)?], "dst")? };
+                cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(out_row))?;
+                Ok(())
+            })?;
+        }
+        at += out_row;
+    }
+    if at > in_row {
+        return Err(BackendError::node("", "Split", "outputs are larger than the input along the axis"));
+    }
+    cg.b.build_return(None)?;
+    let mut locs = vec![plan.loc(x)];
+    locs.extend(present.iter().map(|&v| plan.loc(v)));
+    Ok((f, locs))
 }
 
 // ---------------------------------------------------------------- Gather
