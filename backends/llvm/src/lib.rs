@@ -114,6 +114,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::Concat { axis: 0 },
         Op::Gather { axis: 0 },
         Op::Split { axis: 0, num_outputs: None },
+        Op::Slice,
         Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::MatMul,

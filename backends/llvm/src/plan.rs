@@ -176,6 +176,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::Transpose { .. }
             | Op::Concat { .. }
             | Op::Split { .. }
+            | Op::Slice
             | Op::Gather { .. }
             | Op::LayerNormalization { .. }
             | Op::RMSNormalization { .. }
@@ -239,7 +240,8 @@ pub(crate) fn foldable_nodes(graph: &Graph) -> Result<BTreeMap<NodeId, bool>> {
 }
 
 /// Flags the graph inputs that are read as shapes, sizes or axes (Reshape's
-/// and Expand's shape, Split's sizes, Squeeze/Unsqueeze/Reduce axes): code is specialized to their
+/// and Expand's shape, Split's sizes, Slice's starts/ends/axes/steps,
+/// Squeeze/Unsqueeze/Reduce axes): code is specialized to their
 /// values as well as to the input shapes, the way it is to shapes.
 pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
     graph
@@ -248,17 +250,15 @@ pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
         .map(|&v| {
             let uses = graph.value(v).uses();
             !uses.is_empty()
-                && uses.iter().all(|&(n, slot)| {
-                    slot == 1
-                        && matches!(
-                            graph.node(n).op,
-                            Op::Reshape { .. }
-                                | Op::Squeeze
-                                | Op::Unsqueeze
-                                | Op::Reduce { .. }
-                                | Op::Expand
-                                | Op::Split { .. }
-                        )
+                && uses.iter().all(|&(n, slot)| match graph.node(n).op {
+                    Op::Reshape { .. }
+                    | Op::Squeeze
+                    | Op::Unsqueeze
+                    | Op::Reduce { .. }
+                    | Op::Expand
+                    | Op::Split { .. } => slot == 1,
+                    Op::Slice => (1..=4).contains(&slot),
+                    _ => false,
                 })
         })
         .collect()

@@ -633,3 +633,34 @@ fn split_matches_the_interpreter() {
         check(g, &[("x".to_string(), random(&mut rng, &[2, 6, 7], -1.0, 1.0))], &format!("split {axis} {sizes:?}"));
     }
 }
+
+#[test]
+fn slice_matches_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let cases: [(&[i64], &[i64], Option<&[i64]>, Option<&[i64]>); 4] = [
+        (&[0, 1], &[2, 5], None, None),
+        (&[-1], &[-1000], Some(&[2]), Some(&[-2])),
+        (&[1, 0], &[1000, -1], Some(&[0, 1]), Some(&[2, 3])),
+        (&[3], &[1], Some(&[-1]), None),
+    ];
+    for (starts, ends, axes, steps) in cases {
+        let mut g = Graph::new("slice");
+        let x = input(&mut g, "x", &[4, 6, 7]);
+        let s = g.add_initializer("starts", Tensor::vec_i64(starts)).unwrap();
+        let e = g.add_initializer("ends", Tensor::vec_i64(ends)).unwrap();
+        let mut ins = vec![Some(x), Some(s), Some(e)];
+        if let Some(a) = axes {
+            ins.push(Some(g.add_initializer("axes", Tensor::vec_i64(a)).unwrap()));
+        }
+        if let Some(st) = steps {
+            if ins.len() == 3 {
+                ins.push(None);
+            }
+            ins.push(Some(g.add_initializer("steps", Tensor::vec_i64(st)).unwrap()));
+        }
+        let id = g.add_node("slice", Op::Slice, ins, &["y"]).unwrap();
+        g.add_output(g.node(id).output(0).unwrap());
+        let what = format!("slice {starts:?} {ends:?} {axes:?} {steps:?}");
+        check(g, &[("x".to_string(), random(&mut rng, &[4, 6, 7], -1.0, 1.0))], &what);
+    }
+}

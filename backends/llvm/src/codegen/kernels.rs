@@ -118,6 +118,25 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             let outputs: Vec<Option<ValueId>> = node.outputs.clone();
             split(cg, plan, step, input(0)?, &outputs, *axis)
         }
+        Op::Slice => {
+            let param = |slot: usize| -> Result<Option<Vec<i64>>> {
+                match node.input(slot) {
+                    None => Ok(None),
+                    Some(v) => match plan.known(v) {
+                        Some(t) => Ok(Some(t.to_i64s())),
+                        None => Err(unsupported(format!("input {slot} is not known at compile time"))),
+                    },
+                }
+            };
+            let starts = param(1)?.ok_or_else(|| BackendError::node(&node.name, "Slice", "starts are missing"))?;
+            let ends = param(2)?.ok_or_else(|| BackendError::node(&node.name, "Slice", "ends are missing"))?;
+            let (axes, steps) = (param(3)?, param(4)?);
+            slice(cg, plan, step, input(0)?, output, &starts, &ends, axes.as_deref(), steps.as_deref())
+                .map_err(|e| match e {
+                    BackendError::Node { message, .. } => BackendError::node(&node.name, "Slice", message),
+                    other => other,
+                })
+        }
         Op::Gather { axis } => gather(cg, plan, step, input(0)?, input(1)?, output, *axis),
         Op::Concat { axis } => {
             let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
@@ -734,6 +753,84 @@ fn normalize<'ctx>(
     }
     cg.b.build_return(None)?;
     Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+}
+
+// ---------------------------------------------------------------- Slice
+
+/// Slice with compile-time starts, ends, axes and steps (ONNX clamping),
+/// as a strided copy: output axis `a` reads input index `start_a + i·step_a`.
+#[allow(clippy::too_many_arguments)]
+fn slice<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    out: ValueId,
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let rank = shape.len() as i64;
+    let err = |m: String| BackendError::node("", "Slice", m);
+    let default_axes: Vec<i64> = (0..starts.len() as i64).collect();
+    let axes = axes.unwrap_or(&default_axes);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.is_some_and(|s| s.len() != starts.len()) {
+        return Err(err("starts, ends, axes and steps differ in length".into()));
+    }
+    let mut first = vec![0i64; shape.len()];
+    let mut stride_mul = vec![1i64; shape.len()];
+    let mut lens: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    for (k, &a) in axes.iter().enumerate() {
+        let a = if a < 0 { a + rank } else { a };
+        if !(0..rank).contains(&a) {
+            return Err(err(format!("axis {a} out of range for rank {rank}")));
+        }
+        let (a, d) = (a as usize, shape[a as usize] as i64);
+        let st = steps.map_or(1, |s| s[k]);
+        if st == 0 {
+            return Err(err("a step is 0".into()));
+        }
+        let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+        let (s, e) = if st > 0 {
+            (norm(starts[k]).clamp(0, d), norm(ends[k]).clamp(0, d))
+        } else {
+            (norm(starts[k]).clamp(0, d - 1), norm(ends[k]).clamp(-1, d - 1))
+        };
+        let len = if st > 0 { (e - s + st - 1).div_euclid(st) } else { (s - e + (-st) - 1).div_euclid(-st) };
+        first[a] = s;
+        stride_mul[a] = st;
+        lens[a] = len.max(0);
+    }
+    let out_shape = plan.ty(out).shape.clone();
+    if lens.iter().map(|&l| l as usize).ne(out_shape.iter().copied()) {
+        return Err(err(format!("computed shape {lens:?} differs from the inferred {out_shape:?}")));
+    }
+    let in_strides = contiguous_strides(&shape);
+    let src: Vec<i64> = in_strides.iter().zip(&stride_mul).map(|(s, m)| s * m).collect();
+    let base: i64 = in_strides.iter().zip(&first).map(|(s, f)| s * f).sum();
+    let (sizes, strides) = collapse(&out_shape, &[contiguous_strides(&out_shape), src]);
+    let dtype = plan.ty(x).dtype;
+    let f = cg.kernel_fn(&format!("k{step}_slice"), 2);
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    if plan.ty(out).len() > 0 {
+        let bits = cg
+            .ctx
+            .custom_width_int_type(
+                std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte"),
+            )
+            .map_err(|e| BackendError::Llvm(e.to_string()))?;
+        nest(cg, f, &sizes, &strides, vec![cg.i64c(0), cg.i64c(base)], &mut |off| {
+            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
+            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };
+            let v = cg.b.build_load(bits, src, "v")?;
+            cg.b.build_store(dst, v)?;
+            Ok(())
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
 }
 
 // ---------------------------------------------------------------- Split
