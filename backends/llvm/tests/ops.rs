@@ -545,7 +545,10 @@ fn expand_broadcasts_inside_a_fused_loop() {
     let e = node(&mut g, "expand", Op::Expand, &[x, shape]);
     let y = node(&mut g, "mul", Op::Binary(BinaryOp::Mul), &[e, z]);
     g.add_output(y);
-    let feed = [("x".to_string(), random(&mut rng, &[3, 1], -1.0, 1.0)), ("z".to_string(), random(&mut rng, &[2, 3, 4], -1.0, 1.0))];
+    let feed = [
+        ("x".to_string(), random(&mut rng, &[3, 1], -1.0, 1.0)),
+        ("z".to_string(), random(&mut rng, &[2, 3, 4], -1.0, 1.0)),
+    ];
     let spec = check(g, &feed, "expand");
     assert_eq!(spec.kernels.len(), 1, "{:?}", spec.kernels);
     let mut g = Graph::new("expand_out");
@@ -611,7 +614,8 @@ fn gather_matches_the_interpreter_and_checks_indices() {
     kiln_ir::infer_types(&mut g).unwrap();
     let compiled = compile(&g, &CompileOptions::default()).unwrap();
     for bad in [5, -6] {
-        let feed = [("x".to_string(), Tensor::zeros(DType::F32, &[5, 2])), ("i".to_string(), Tensor::vec_i64(&[0, bad]))];
+        let feed =
+            [("x".to_string(), Tensor::zeros(DType::F32, &[5, 2])), ("i".to_string(), Tensor::vec_i64(&[0, bad]))];
         let err = compiled.run(&feed).expect_err("index out of range");
         assert!(err.to_string().contains("embed") && err.to_string().contains("index"), "{err}");
     }

@@ -131,11 +131,12 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             let starts = param(1)?.ok_or_else(|| BackendError::node(&node.name, "Slice", "starts are missing"))?;
             let ends = param(2)?.ok_or_else(|| BackendError::node(&node.name, "Slice", "ends are missing"))?;
             let (axes, steps) = (param(3)?, param(4)?);
-            slice(cg, plan, step, input(0)?, output, &starts, &ends, axes.as_deref(), steps.as_deref())
-                .map_err(|e| match e {
+            slice(cg, plan, step, input(0)?, output, &starts, &ends, axes.as_deref(), steps.as_deref()).map_err(|e| {
+                match e {
                     BackendError::Node { message, .. } => BackendError::node(&node.name, "Slice", message),
                     other => other,
-                })
+                }
+            })
         }
         Op::Gather { axis } => gather(cg, plan, step, input(0)?, input(1)?, output, *axis),
         Op::Concat { axis } => {
