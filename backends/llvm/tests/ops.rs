@@ -641,7 +641,8 @@ fn split_matches_the_interpreter() {
 #[test]
 fn slice_matches_the_interpreter() {
     let mut rng = StdRng::seed_from_u64(17);
-    let cases: [(&[i64], &[i64], Option<&[i64]>, Option<&[i64]>); 4] = [
+    type Case<'a> = (&'a [i64], &'a [i64], Option<&'a [i64]>, Option<&'a [i64]>);
+    let cases: [Case; 4] = [
         (&[0, 1], &[2, 5], None, None),
         (&[-1], &[-1000], Some(&[2]), Some(&[-2])),
         (&[1, 0], &[1000, -1], Some(&[0, 1]), Some(&[2, 3])),

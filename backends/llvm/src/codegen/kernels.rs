@@ -865,13 +865,11 @@ fn split<'ctx>(
     let f = cg.kernel_fn(&format!("k{step}_split"), 1 + present.len());
     let xp = cg.param(f, 0);
     let mut at = 0i64;
-    let mut param = 1;
-    for o in outputs {
-        // Omitted outputs come last (checked above): nothing follows them.
-        let Some(v) = o else { break };
+    // Omitted outputs come last (checked above), so the present ones are
+    // parameters 1, 2, ... in order.
+    for (param, v) in (1u32..).zip(&present) {
         let out_row = plan.ty(*v).shape.get(axis).copied().unwrap_or(0) as i64 * inner;
         let yp = cg.param(f, param);
-        param += 1;
         if out_row > 0 {
             let offset = at;
             cg.for_n(f, outer, &mut |i| {
