@@ -19,6 +19,9 @@ pub enum Backend {
     /// kiln's reference interpreter: slow but the oracle everything else is
     /// checked against.
     Interp,
+    /// Native code for this CPU, generated through LLVM and JIT-compiled
+    /// (kiln-backend-llvm).
+    Cpu,
 }
 
 /// Run a model and write (and check) its outputs.
@@ -42,6 +45,10 @@ pub struct RunArgs {
     /// The backend that evaluates the model.
     #[arg(long, value_enum, default_value_t = Backend::Interp)]
     backend: Backend,
+    /// With --backend cpu: the LLVM CPU name to generate code for (e.g. x86-64-v3, skylake-avx512);
+    /// the host CPU by default.
+    #[arg(long, value_name = "CPU")]
+    target_cpu: Option<String>,
     /// Feed graph input NAME from FILE (.npy or .pb); repeatable.
     #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input_arg)]
     input: Vec<InputArg>,
@@ -97,21 +104,40 @@ fn output_file_names(names: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn evaluate(graph: &Graph, inputs: &[(String, Tensor)], backend: Backend) -> anyhow::Result<Vec<(String, Tensor)>> {
-    match backend {
+/// Evaluates the graph; for the cpu backend also returns the compile time
+/// (code generation and JIT), which is not part of the run time.
+fn evaluate(
+    graph: &Graph,
+    inputs: &[(String, Tensor)],
+    args: &RunArgs,
+) -> anyhow::Result<(Vec<(String, Tensor)>, Option<std::time::Duration>)> {
+    match args.backend {
+        Backend::Cpu => {
+            let start = Instant::now();
+            let opts = kiln_backend_llvm::CompileOptions { target_cpu: args.target_cpu.clone(), ..Default::default() };
+            let compiled = kiln_backend_llvm::compile(graph, &opts)?;
+            // Specializes to the input shapes and JIT-compiles, so the run
+            // below measures execution only.
+            compiled.specialization_for(inputs)?;
+            let compile_time = start.elapsed();
+            Ok((compiled.run(inputs)?, Some(compile_time)))
+        }
         Backend::Interp => {
             let bar = Progress::new("running", "nodes");
             let report = |done: usize, total: usize| bar.update(done as u64, total as u64);
             let opts = kiln::ir::interp::RunOptions { progress: Some(&report), ..Default::default() };
             let outputs = kiln::ir::interp::run_with(graph, inputs, &opts)?;
             bar.finish();
-            Ok(outputs)
+            Ok((outputs, None))
         }
     }
 }
 
 /// Runs `kiln run`.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if args.target_cpu.is_some() && args.backend != Backend::Cpu {
+        bail!("--target-cpu needs --backend cpu");
+    }
     if let Some(out) = &args.out {
         // Fail before the (possibly long) run if the results cannot be written.
         std::fs::create_dir_all(out)
@@ -147,16 +173,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 
     let start = Instant::now();
-    let outputs = evaluate(&graph, &inputs, args.backend)
-        .with_context(|| format!("running `{}` failed", args.model.display()))?;
-    let elapsed = start.elapsed();
+    let (outputs, compile_time) =
+        evaluate(&graph, &inputs, args).with_context(|| format!("running `{}` failed", args.model.display()))?;
+    let elapsed = start.elapsed() - compile_time.unwrap_or_default();
 
     let mut report = format!(
-        "ran {} ({} nodes) with {} in {}\n",
+        "ran {} ({} nodes) with {} in {}{}\n",
         args.model.display(),
         thousands(graph.node_count() as u64),
         args.backend.to_possible_value().expect("no variant is skipped").get_name(),
-        duration_text(elapsed)
+        duration_text(elapsed),
+        compile_time.map_or_else(String::new, |c| format!(" (after {} compiling)", duration_text(c)))
     );
     if !input_rows.is_empty() {
         report.push_str(&format!("\ninputs ({})\n", input_rows.len()));

@@ -1,3 +1,444 @@
-//! Kiln's llvm backend. It is empty on purpose: code generation is a later
-//! milestone, and this crate exists so the workspace layout is final. It
-//! exports nothing, so nothing can mistake it for a working backend.
+//! Kiln's CPU backend: lowers a kiln graph to LLVM IR, optimizes it for
+//! the host CPU (or `--target-cpu`) and runs it through LLVM's JIT.
+//!
+//! ```no_run
+//! # fn demo(graph: &kiln_ir::Graph, inputs: &[(String, kiln_ir::Tensor)]) -> kiln_backend_llvm::Result<()> {
+//! let compiled = kiln_backend_llvm::compile(graph, &kiln_backend_llvm::CompileOptions::default())?;
+//! let outputs = compiled.run(inputs)?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Design
+//!
+//! - **Specialization per shape.** Code is generated for concrete shapes:
+//!   [`compile`] checks that every op can be lowered, and each distinct set
+//!   of input shapes seen by [`CompiledGraph::run`] is planned, generated
+//!   and JIT-compiled once, then cached. Static graphs are compiled by
+//!   [`compile`] itself. With every shape a compile-time constant, loop
+//!   bounds and strides are constants and LLVM optimizes each kernel for its
+//!   exact size.
+//! - **Compile-time folding.** `Shape`, `Size`, `Constant` and every node
+//!   whose inputs are all known are evaluated once by kiln's interpreter
+//!   while specializing, so shape computations cost nothing at run time.
+//! - **Kernels.** Chains of elementwise ops (with numpy broadcasting, Cast,
+//!   Where, Clip and the activations) fuse into one loop nest without
+//!   intermediate buffers; views (`Reshape`, `Flatten`, `Squeeze`,
+//!   `Unsqueeze`, `Identity`, inference `Dropout`) cost nothing; MatMul/Gemm,
+//!   Softmax/LogSoftmax, Reduce*, Transpose, the cross-entropy losses and
+//!   kiln's fused LinearCrossEntropy have kernels of their own.
+//!   See [`lowered_ops`] for the list.
+//! - **Memory.** One generated function takes an array of buffer pointers:
+//!   the inputs, the outputs, the constants and one scratch arena in which
+//!   a liveness-based planner reuses ranges between intermediates.
+//! - **Vectorization.** Kernels are written as unit-stride counted loops
+//!   with `noalias` buffers, exp/erf/tanh as branch-free polynomials, and
+//!   reassociable reductions, and LLVM's `default<O3>` pipeline vectorizes
+//!   them for the target machine (host CPU name and features by default).
+//!   The two-pass softmax keeps per-lane state and is written with explicit
+//!   vector types of the target's width.
+//!
+//! Kernels are single-threaded for now: intra-op parallelism is future work.
+//! An op without a lowering is a [`BackendError::Unsupported`] naming the
+//! node and op; a run-time input of the wrong dtype or shape is a
+//! [`BackendError::Value`].
+
+#![warn(missing_docs)]
+
+mod codegen;
+pub mod error;
+mod jit;
+mod plan;
+
+pub use error::{BackendError, Result};
+pub use jit::TargetInfo;
+
+use kiln_ir::dim::Dim;
+use kiln_ir::dtype::DType;
+use kiln_ir::graph::Graph;
+use kiln_ir::tensor::Tensor;
+use plan::{Shaped, Slot, ALIGN};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// Which softmax kernel Softmax and LogSoftmax use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SoftmaxAlgorithm {
+    /// Two reads of each row (Dukhan & Ablavatski, "The Two-Pass Softmax
+    /// Algorithm"): the first computes the log-sum-exp with per-lane
+    /// (mantissa, exponent) accumulators, the second writes the result.
+    /// Used for f32; f64 falls back to the three-pass kernel.
+    #[default]
+    TwoPass,
+    /// The classic baseline: a pass for the maximum, one for the sum of
+    /// exponentials, one to write the result.
+    ThreePass,
+}
+
+/// Options for [`compile`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// LLVM CPU name to generate code for (`skylake-avx512`, `znver3`,
+    /// `x86-64-v3`, ...); the host CPU and its features when `None`. Code
+    /// for a CPU the host cannot execute faults when run.
+    pub target_cpu: Option<String>,
+    /// Extra LLVM target features (`+avx2,-avx512f`), added to the CPU's.
+    pub target_features: Option<String>,
+    /// The softmax kernel.
+    pub softmax: SoftmaxAlgorithm,
+    /// Run LLVM's `default<O3>` pipeline (on by default; off only to look
+    /// at or test unoptimized code).
+    pub optimize: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { target_cpu: None, target_features: None, softmax: SoftmaxAlgorithm::TwoPass, optimize: true }
+    }
+}
+
+/// The ONNX and kiln op types this backend lowers (ops it only folds at
+/// compile time, like `Shape` and `Constant`, are not listed). Some are
+/// lowered only for some dtypes; the error says so.
+pub fn lowered_ops() -> Vec<&'static str> {
+    use kiln_ir::op::{BinaryOp, LossReduction, Op, UnaryOp, VariadicOp};
+    let mut ops: Vec<&'static str> = Vec::new();
+    ops.extend(UnaryOp::ALL.iter().map(|u| u.name()));
+    ops.extend(BinaryOp::ALL.iter().map(|b| b.name()));
+    ops.extend(VariadicOp::ALL.iter().map(|v| v.name()));
+    ops.extend(kiln_ir::op::ReduceKind::ALL.iter().map(|k| k.name()));
+    for op in [
+        Op::Clip,
+        Op::Where,
+        Op::Expand,
+        Op::Concat { axis: 0 },
+        Op::Gather { axis: 0 },
+        Op::Split { axis: 0, num_outputs: None },
+        Op::Slice,
+        Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
+        Op::RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
+        Op::MatMul,
+        Op::Squeeze,
+        Op::Unsqueeze,
+        Op::Identity,
+        Op::Softmax { axis: -1 },
+        Op::LogSoftmax { axis: -1 },
+        Op::Transpose { perm: None },
+        Op::Reshape { allowzero: false },
+        Op::Flatten { axis: 1 },
+        Op::Dropout { seed: None },
+        Op::Cast { to: DType::F32, saturate: true },
+        Op::CastLike { saturate: true },
+        Op::Gelu { approximate: kiln_ir::op::GeluApproximation::None },
+        Op::LeakyRelu { alpha: 0.01 },
+        Op::Elu { alpha: 1.0 },
+        Op::HardSigmoid { alpha: 0.2, beta: 0.5 },
+        Op::IsInf { detect_negative: true, detect_positive: true },
+        Op::Gemm(kiln_ir::op::GemmAttrs { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false }),
+        Op::SoftmaxCrossEntropyLoss { reduction: LossReduction::Mean, ignore_index: None },
+        Op::NegativeLogLikelihoodLoss { reduction: LossReduction::Mean, ignore_index: None },
+        Op::CrossEntropy { reduction: LossReduction::Mean, ignore_index: None, label_smoothing: 0.0, z_loss: 0.0 },
+        Op::LinearCrossEntropy {
+            reduction: LossReduction::Mean,
+            ignore_index: None,
+            label_smoothing: 0.0,
+            z_loss: 0.0,
+            transpose_weight: true,
+            chunk_size: kiln_ir::op::DEFAULT_CHUNK_SIZE,
+        },
+    ] {
+        ops.push(op.name());
+    }
+    ops.sort_unstable();
+    ops
+}
+
+/// What one specialization compiled to, for tests and diagnostics.
+#[derive(Clone, Debug)]
+pub struct Specialization {
+    /// Kernel functions in execution order (names `k<step>_<what>`).
+    pub kernels: Vec<String>,
+    /// Bytes of the scratch arena shared by all intermediates.
+    pub arena_bytes: usize,
+    /// Sum of the sizes of all intermediates, which the arena would need
+    /// without reuse.
+    pub intermediate_bytes: usize,
+    /// The generated LLVM IR before optimization.
+    pub ir_unoptimized: String,
+    /// The LLVM IR after `default<O3>` (equal to the above without it).
+    pub ir_optimized: String,
+}
+
+struct Compiled {
+    plan: plan::Plan,
+    jit: jit::Jitted,
+    info: Rc<Specialization>,
+}
+
+/// A graph ready to run on the CPU: its lowering checked, and its code
+/// generated per set of input shapes (cached). Not `Send`: LLVM's context
+/// stays on the thread that made it.
+pub struct CompiledGraph {
+    graph: Graph,
+    opts: CompileOptions,
+    target: TargetInfo,
+    /// Per graph input: read only as a shape or axes, so specialized by value.
+    shape_inputs: Vec<bool>,
+    cache: RefCell<BTreeMap<Vec<InputKey>, Rc<Compiled>>>,
+}
+
+/// What a specialization depends on, per graph input: dtype, shape, and the
+/// value of a shape input.
+type InputKey = (DType, Vec<usize>, Option<Vec<i64>>);
+
+/// Checks that `graph` (typed, e.g. by [`kiln_ir::infer_types`]) can be
+/// lowered and picks the target; compiles it right away when every graph
+/// input has a static shape.
+pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
+    plan::check_lowerable(graph)?;
+    let target = jit::target_info(opts)?;
+    let shape_inputs = plan::shape_inputs(graph);
+    let compiled = CompiledGraph {
+        graph: graph.clone(),
+        opts: opts.clone(),
+        target,
+        shape_inputs: shape_inputs.clone(),
+        cache: RefCell::new(BTreeMap::new()),
+    };
+    let static_inputs: Option<Vec<InputKey>> = graph
+        .inputs()
+        .iter()
+        .zip(&shape_inputs)
+        .map(|(&v, &by_value)| {
+            if by_value {
+                return None;
+            }
+            graph.value(v).ty.as_ref().and_then(|t| t.fixed_shape().map(|s| (t.dtype, s, None)))
+        })
+        .collect();
+    if let Some(key) = static_inputs {
+        compiled.specialization(key)?;
+    }
+    Ok(compiled)
+}
+
+impl CompiledGraph {
+    /// The target code is generated for.
+    pub fn target(&self) -> &TargetInfo {
+        &self.target
+    }
+
+    /// Runs the graph on named inputs and returns the graph outputs in
+    /// order, named as the graph names them. Inputs with an initializer
+    /// may be omitted. Unknown or repeated names, missing inputs, and
+    /// tensors whose dtype, rank or dims contradict the declared input
+    /// types (a symbolic dim must take one size across inputs) are
+    /// [`BackendError::Value`] errors.
+    pub fn run(&self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        let ordered = self.bind_inputs(inputs)?;
+        let compiled = self.specialization(self.key(&ordered))?;
+        let runtime: Vec<Tensor> =
+            ordered.into_iter().zip(&self.shape_inputs).filter(|(_, &by_value)| !by_value).map(|(t, _)| t).collect();
+        execute(&compiled, &runtime)
+    }
+
+    /// What the graph compiles to for these inputs (compiling it if needed).
+    pub fn specialization_for(&self, inputs: &[(String, Tensor)]) -> Result<Rc<Specialization>> {
+        let ordered = self.bind_inputs(inputs)?;
+        Ok(self.specialization(self.key(&ordered))?.info.clone())
+    }
+
+    fn key(&self, ordered: &[Tensor]) -> Vec<InputKey> {
+        ordered
+            .iter()
+            .zip(&self.shape_inputs)
+            .map(|(t, &by_value)| (t.dtype(), t.shape().to_vec(), by_value.then(|| t.to_i64s())))
+            .collect()
+    }
+
+    fn specialization(&self, key: Vec<InputKey>) -> Result<Rc<Compiled>> {
+        if let Some(c) = self.cache.borrow().get(&key) {
+            return Ok(c.clone());
+        }
+        let types: Vec<Shaped> = key.iter().map(|(d, s, _)| Shaped { dtype: *d, shape: s.clone() }).collect();
+        let values: Vec<Option<Tensor>> =
+            key.iter().map(|(d, s, v)| v.as_ref().map(|v| Tensor::from_i64s(*d, s, v))).collect();
+        let specialized = plan::specialize(&self.graph, &types, &values)?;
+        let mut plan = plan::plan(specialized)?;
+        for t in &mut plan.consts {
+            *t = standard_layout(t);
+        }
+        let jit = jit::compile_plan(&plan, &self.target, &self.opts)?;
+        let intermediate_bytes = plan
+            .loc
+            .iter()
+            .enumerate()
+            .filter(|(i, l)| {
+                l.is_some_and(|l| l.slot == Slot::Arena)
+                    && plan.graph.value(kiln_ir::graph::ValueId(*i as u32)).producer().is_some()
+            })
+            .map(|(i, _)| plan.types[i].as_ref().map_or(0, Shaped::bytes))
+            .sum();
+        let kernels = kernel_names(&jit.ir_unoptimized);
+        let info = Rc::new(Specialization {
+            kernels,
+            arena_bytes: plan.arena_bytes,
+            intermediate_bytes,
+            ir_unoptimized: jit.ir_unoptimized.clone(),
+            ir_optimized: jit.ir_optimized.clone(),
+        });
+        let compiled = Rc::new(Compiled { plan, jit, info });
+        self.cache.borrow_mut().insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// The tensors for every graph input, in graph order, after checking
+    /// them against the declared types.
+    fn bind_inputs(&self, inputs: &[(String, Tensor)]) -> Result<Vec<Tensor>> {
+        let graph = &self.graph;
+        let mut given: Vec<Option<Tensor>> = vec![None; graph.inputs().len()];
+        for (name, t) in inputs {
+            let pos = graph
+                .inputs()
+                .iter()
+                .position(|&v| graph.value(v).name == *name)
+                .ok_or_else(|| BackendError::value(name, "is not an input of the graph"))?;
+            if given[pos].replace(t.clone()).is_some() {
+                return Err(BackendError::value(name, "is given more than once"));
+            }
+        }
+        let mut bindings: BTreeMap<String, i64> = BTreeMap::new();
+        let mut out = Vec::with_capacity(given.len());
+        for (slot, &v) in graph.inputs().iter().enumerate() {
+            let val = graph.value(v);
+            let t = match given[slot].take().or_else(|| val.initializer.clone()) {
+                Some(t) => t,
+                None => return Err(BackendError::value(&val.name, "graph input is missing")),
+            };
+            if matches!(t.dtype(), DType::I4 | DType::U4) {
+                return Err(BackendError::value(&val.name, format!("{} inputs are not supported", t.dtype())));
+            }
+            if let Some(ty) = &val.ty {
+                if t.dtype() != ty.dtype || t.shape().len() != ty.rank() {
+                    return Err(BackendError::value(
+                        &val.name,
+                        format!("got {}{:?}, but {ty} is declared", t.dtype(), t.shape()),
+                    ));
+                }
+                for (i, (d, &n)) in ty.shape.iter().zip(t.shape()).enumerate() {
+                    if let Dim::Sym(p) = d {
+                        if let [name] = p.symbols().as_slice() {
+                            if *d == Dim::sym(name) {
+                                let bound = *bindings.entry(name.to_string()).or_insert(n as i64);
+                                if bound != n as i64 {
+                                    return Err(BackendError::value(
+                                        &val.name,
+                                        format!("dim {i} is {n}, but `{name}` is {bound} in another input"),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            out.push(standard_layout(&t));
+        }
+        // Dims like `seq+1` are checked once every symbol is bound.
+        for (&v, t) in graph.inputs().iter().zip(&out) {
+            if let Some(ty) = &graph.value(v).ty {
+                let lookup = |s: &str| bindings.get(s).copied();
+                for (i, (d, &n)) in ty.shape.iter().zip(t.shape()).enumerate() {
+                    if let Some(want) = d.eval(&lookup) {
+                        if want != n as i64 {
+                            return Err(BackendError::value(
+                                &graph.value(v).name,
+                                format!("shape {:?} differs from the declared {ty} at dim {i}", t.shape()),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The kernel functions of a module, in definition order.
+fn kernel_names(ir: &str) -> Vec<String> {
+    ir.lines()
+        .filter(|l| l.starts_with("define internal"))
+        .filter_map(|l| l.split('@').nth(1).and_then(|r| r.split('(').next()).map(str::to_string))
+        .collect()
+}
+
+/// `t` with its elements contiguous in row-major order (a copy only when
+/// they are not).
+fn standard_layout(t: &Tensor) -> Tensor {
+    if kiln_ir::for_each_tensor!(t, a => a.is_standard_layout()) {
+        return t.clone();
+    }
+    // Raw bytes come out in logical (row-major) order.
+    Tensor::from_raw_le(t.dtype(), t.shape(), &t.to_raw_le())
+        .expect("a tensor's own raw bytes match its dtype and shape")
+}
+
+/// A zero tensor from a zeroed allocation (`calloc`): the kernels overwrite
+/// every element, so filling the memory element by element first would
+/// only cost time.
+fn zeroed(dtype: DType, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    kiln_ir::tensor_of_dtype!(dtype, T => ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), vec![T::default(); n])
+        .expect("the element count matches the shape")
+        .into_shared())
+}
+
+/// Runs a compiled specialization on inputs in graph order.
+fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
+    let plan = &c.plan;
+    let graph = &plan.graph;
+    let mut outputs: Vec<Tensor> = graph
+        .outputs()
+        .iter()
+        .map(|&o| {
+            let ty = plan.ty(o);
+            zeroed(ty.dtype, &ty.shape)
+        })
+        .collect();
+    let mut arena = vec![0u8; plan.arena_bytes + ALIGN];
+    let arena_ptr = {
+        let p = arena.as_mut_ptr();
+        // SAFETY: the offset is below ALIGN and the vector has ALIGN spare bytes.
+        unsafe { p.add(p.align_offset(ALIGN)) }
+    };
+    let mut buffers: Vec<*mut u8> = Vec::with_capacity(codegen::buffer_count(plan));
+    for t in inputs {
+        buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_ptr() as *mut u8));
+    }
+    for t in outputs.iter_mut() {
+        buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_mut_ptr().cast::<u8>()));
+    }
+    for t in &plan.consts {
+        buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_ptr() as *mut u8));
+    }
+    buffers.push(arena_ptr);
+    // SAFETY: every buffer is contiguous and as large as the plan's types
+    // (inputs were checked against the specialization's shapes, outputs and
+    // the arena were allocated from the plan); kernels write only outputs
+    // and the arena.
+    let status = unsafe { c.jit.call(&buffers) };
+    drop(arena);
+    if status != 0 {
+        let step = &plan.steps[status as usize - 1];
+        let (node, op) = match step {
+            plan::Step::Node(id) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
+            _ => (String::new(), "kernel"),
+        };
+        let what = if op == "Gather" {
+            "an index is outside the gathered axis"
+        } else {
+            "a label is outside the classes (and is not the ignore_index)"
+        };
+        return Err(BackendError::node(node, op, what));
+    }
+    Ok(graph.outputs().iter().zip(outputs).map(|(&o, t)| (graph.value(o).name.clone(), t)).collect())
+}

@@ -1,0 +1,1041 @@
+//! Kernels of single nodes: MatMul/Gemm, Softmax/LogSoftmax, Reduce*,
+//! Transpose, and the copy into a graph output.
+
+use super::elementwise::{broadcast_strides, collapse, contiguous_strides};
+use super::Cg;
+use crate::error::{BackendError, Result};
+use crate::plan::{elem_bytes, Loc, Plan};
+use crate::SoftmaxAlgorithm;
+use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::FloatPredicate;
+use kiln_ir::dtype::DType;
+use kiln_ir::graph::{NodeId, ValueId};
+use kiln_ir::op::{GemmAttrs, Op, ReduceKind};
+
+type BV<'ctx> = BasicValueEnum<'ctx>;
+type Kernel<'ctx> = (FunctionValue<'ctx>, Vec<Loc>);
+
+/// Columns of C per block of the MatMul kernel: a 1 KiB row segment of C
+/// stays in L1 while a block of B rows streams through.
+const MATMUL_NB: i64 = 256;
+/// Rows of B per block: with `MATMUL_NB`, a 128 KiB tile of B that stays in L2
+/// while every row of A passes over it.
+const MATMUL_KB: i64 = 128;
+
+/// Emits the kernel of one node.
+pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeId) -> Result<Kernel<'ctx>> {
+    let node = plan.graph.node(id);
+    let unsupported = |m: String| BackendError::unsupported(&node.name, node.op.name(), m);
+    let input = |slot: usize| {
+        node.input(slot)
+            .ok_or_else(|| BackendError::node(&node.name, node.op.name(), format!("input {slot} is missing")))
+    };
+    let output = node.output(0).ok_or_else(|| BackendError::node(&node.name, node.op.name(), "output 0 is missing"))?;
+    let dtype = plan.ty(output).dtype;
+    match &node.op {
+        Op::MatMul | Op::Gemm(_) => {
+            if !matches!(dtype, DType::F32 | DType::F64) {
+                return Err(unsupported(format!("{} on {dtype}", node.op.name())));
+            }
+            let gemm = match &node.op {
+                Op::Gemm(g) => *g,
+                _ => GemmAttrs { alpha: 1.0, beta: 0.0, trans_a: false, trans_b: false },
+            };
+            let c_in = if matches!(node.op, Op::Gemm(_)) { node.input(2) } else { None };
+            matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm)
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            if !matches!(dtype, DType::F32 | DType::F64) {
+                return Err(unsupported(format!("{} on {dtype}", node.op.name())));
+            }
+            let log = matches!(node.op, Op::LogSoftmax { .. });
+            softmax(cg, plan, step, input(0)?, output, *axis, log)
+        }
+        Op::Reduce { kind, axes, keepdims: _, noop_with_empty_axes } => {
+            let x = input(0)?;
+            if !matches!(plan.ty(x).dtype, DType::F32 | DType::F64) {
+                return Err(unsupported(format!("{} on {}", node.op.name(), plan.ty(x).dtype)));
+            }
+            let rank = plan.ty(x).shape.len() as i64;
+            let axes: Option<Vec<i64>> = match (axes, node.input(1)) {
+                (Some(a), _) => Some(a.clone()),
+                (None, Some(v)) => match plan.known(v) {
+                    Some(t) => Some(t.to_i64s()),
+                    None => return Err(unsupported("axes that are not known at compile time".into())),
+                },
+                (None, None) => None,
+            };
+            let mut reduced = vec![false; rank as usize];
+            match axes {
+                Some(a) if !a.is_empty() => {
+                    for ax in a {
+                        let ax = if ax < 0 { ax + rank } else { ax };
+                        if !(0..rank).contains(&ax) {
+                            return Err(BackendError::node(
+                                &node.name,
+                                node.op.name(),
+                                format!("axis {ax} out of range for rank {rank}"),
+                            ));
+                        }
+                        reduced[ax as usize] = true;
+                    }
+                }
+                _ if *noop_with_empty_axes => {}
+                _ => reduced.iter_mut().for_each(|r| *r = true),
+            }
+            reduce(cg, plan, step, *kind, x, output, &reduced)
+        }
+        Op::Transpose { perm } => {
+            let x = input(0)?;
+            let rank = plan.ty(x).shape.len();
+            let perm: Vec<usize> = match perm {
+                Some(p) => p.iter().map(|&a| if a < 0 { (a + rank as i64) as usize } else { a as usize }).collect(),
+                None => (0..rank).rev().collect(),
+            };
+            transpose(cg, plan, step, x, output, &perm)
+        }
+        Op::CrossEntropy { .. } | Op::SoftmaxCrossEntropyLoss { .. } | Op::NegativeLogLikelihoodLoss { .. } => {
+            super::loss::cross_entropy(cg, plan, step, id)
+        }
+        Op::LinearCrossEntropy { .. } => super::loss::linear_cross_entropy(cg, plan, step, id),
+        Op::LayerNormalization { axis, epsilon, stash_type } | Op::RMSNormalization { axis, epsilon, stash_type } => {
+            if !dtype.is_float() {
+                return Err(unsupported(format!("{} on {dtype}", node.op.name())));
+            }
+            let rms = matches!(node.op, Op::RMSNormalization { .. });
+            let bias = if rms { None } else { node.input(2) };
+            let stats = if rms { (None, None) } else { (node.output(1), node.output(2)) };
+            for s in [stats.0, stats.1].into_iter().flatten() {
+                let sd = plan.ty(s).dtype;
+                if cg.compute_type(sd).ok() != cg.compute_type(dtype).ok() || sd != *stash_type && sd != dtype {
+                    return Err(unsupported(format!("statistics in {sd} for {dtype} inputs")));
+                }
+            }
+            let norm = Norm { axis: *axis, epsilon: *epsilon as f64, rms };
+            normalize(cg, plan, step, input(0)?, input(1)?, bias, output, stats, norm)
+        }
+        Op::Split { axis, .. } => {
+            let outputs: Vec<Option<ValueId>> = node.outputs.clone();
+            split(cg, plan, step, input(0)?, &outputs, *axis)
+        }
+        Op::Slice => {
+            let param = |slot: usize| -> Result<Option<Vec<i64>>> {
+                match node.input(slot) {
+                    None => Ok(None),
+                    Some(v) => match plan.known(v) {
+                        Some(t) => Ok(Some(t.to_i64s())),
+                        None => Err(unsupported(format!("input {slot} is not known at compile time"))),
+                    },
+                }
+            };
+            let starts = param(1)?.ok_or_else(|| BackendError::node(&node.name, "Slice", "starts are missing"))?;
+            let ends = param(2)?.ok_or_else(|| BackendError::node(&node.name, "Slice", "ends are missing"))?;
+            let (axes, steps) = (param(3)?, param(4)?);
+            slice(cg, plan, step, input(0)?, output, &starts, &ends, axes.as_deref(), steps.as_deref()).map_err(|e| {
+                match e {
+                    BackendError::Node { message, .. } => BackendError::node(&node.name, "Slice", message),
+                    other => other,
+                }
+            })
+        }
+        Op::Gather { axis } => gather(cg, plan, step, input(0)?, input(1)?, output, *axis),
+        Op::Concat { axis } => {
+            let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
+            concat(cg, plan, step, &inputs, output, *axis)
+        }
+        other => Err(unsupported(format!("{} has no CPU kernel yet", other.name()))),
+    }
+}
+
+/// Copies a value into graph output `output`.
+pub(crate) fn emit_copy<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    from: ValueId,
+    output: usize,
+) -> Result<Kernel<'ctx>> {
+    let f = cg.kernel_fn(&format!("k{step}_copy"), 2);
+    let bytes = plan.ty(from).bytes();
+    if bytes > 0 {
+        cg.b.build_memcpy(cg.param(f, 0), 1, cg.param(f, 1), 1, cg.i64c(bytes as i64))?;
+    }
+    cg.b.build_return(None)?;
+    let out_loc = Loc { slot: crate::plan::Slot::Output(output), offset: 0 };
+    Ok((f, vec![out_loc, plan.loc(from)]))
+}
+
+/// Emits nested loops over `sizes`, carrying one offset per operand (each
+/// with its strides), and calls `body` with the offsets at each point.
+fn nest<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    sizes: &[usize],
+    strides: &[Vec<i64>],
+    offsets: Vec<IntValue<'ctx>>,
+    body: &mut dyn FnMut(&[IntValue<'ctx>]) -> Result<()>,
+) -> Result<()> {
+    let Some((&n, rest)) = sizes.split_first() else { return body(&offsets) };
+    let level = strides.first().map_or(0, |s| s.len() - sizes.len());
+    cg.for_n(f, n, &mut |i| {
+        let next: Vec<IntValue> =
+            offsets.iter().zip(strides).map(|(&o, s)| cg.affine(i, s[level], o)).collect::<Result<_>>()?;
+        nest(cg, f, rest, strides, next, body)
+    })
+}
+
+// ---------------------------------------------------------------- MatMul / Gemm
+
+#[allow(clippy::too_many_arguments)]
+fn matmul<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    name: &str,
+    a: ValueId,
+    b: ValueId,
+    c_in: Option<ValueId>,
+    out: ValueId,
+    gemm: GemmAttrs,
+) -> Result<Kernel<'ctx>> {
+    let dtype = plan.ty(out).dtype;
+    let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
+    let err = |m: &str| BackendError::node(name, "MatMul", m);
+    if ash.is_empty() || bsh.is_empty() {
+        return Err(err("MatMul of a scalar"));
+    }
+    // 1-D operands become matrices: [K] → [1, K] for A, [K, 1] for B.
+    let a2: Vec<usize> = if ash.len() == 1 { vec![1, ash[0]] } else { ash.clone() };
+    let b2: Vec<usize> = if bsh.len() == 1 { vec![bsh[0], 1] } else { bsh.clone() };
+    let (ar, br) = (a2.len(), b2.len());
+    let (m, k) = if gemm.trans_a { (a2[ar - 1], a2[ar - 2]) } else { (a2[ar - 2], a2[ar - 1]) };
+    let (kb, n) = if gemm.trans_b { (b2[br - 1], b2[br - 2]) } else { (b2[br - 2], b2[br - 1]) };
+    if k != kb {
+        return Err(err(&format!("inner dimensions differ: {ash:?} and {bsh:?}")));
+    }
+    let (a_batch, b_batch) = (&a2[..ar - 2], &b2[..br - 2]);
+    let batch_rank = a_batch.len().max(b_batch.len());
+    let mut out_batch = vec![1usize; batch_rank];
+    for (i, d) in out_batch.iter_mut().enumerate() {
+        let da = if i + a_batch.len() >= batch_rank { a_batch[i + a_batch.len() - batch_rank] } else { 1 };
+        let db = if i + b_batch.len() >= batch_rank { b_batch[i + b_batch.len() - batch_rank] } else { 1 };
+        *d = da.max(db);
+    }
+    let scale = |s: Vec<i64>, by: usize| s.into_iter().map(|x| x * by as i64).collect::<Vec<_>>();
+    let strides = vec![
+        scale(contiguous_strides(&out_batch), m * n),
+        scale(broadcast_strides(a_batch, &out_batch), m * k),
+        scale(broadcast_strides(b_batch, &out_batch), k * n),
+    ];
+    let (sizes, strides) = collapse(&out_batch, &strides);
+
+    let mut values = vec![out, a, b];
+    let has_c = c_in.is_some() && gemm.beta != 0.0;
+    if let (true, Some(c)) = (has_c, c_in) {
+        values.push(c);
+    }
+    let f = cg.kernel_fn(&format!("k{step}_matmul"), values.len());
+    let (cp, ap, bp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    // Element strides of A(i, k) and B(k, j) within one matrix.
+    let (sa_i, sa_k) = if gemm.trans_a { (1, m as i64) } else { (k as i64, 1) };
+    let (sb_k, sb_j) = if gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
+    let zero = cg.i64c(0);
+    let elem_ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
+    let fzero = cg.fconst(elem_ty.into_float_type().const_float(0.0).into(), 0.0);
+    if m * n > 0 {
+        nest(cg, f, &sizes, &strides, vec![zero; 3], &mut |off| {
+            let (co, ao, bo) = (off[0], off[1], off[2]);
+            if sb_j == 1 {
+                // i-k-j order, blocked over j and k: the innermost loop runs
+                // along rows of B and C, which the loop vectorizer widens.
+                let nblocks = (n as i64 + MATMUL_NB - 1) / MATMUL_NB;
+                cg.for_n(f, nblocks as usize, &mut |jb| {
+                    let j0 = cg.mul(jb, MATMUL_NB)?;
+                    let nb = min_const(cg, MATMUL_NB, n as i64, j0)?;
+                    cg.for_n(f, m, &mut |i| {
+                        let row = cg.add(cg.affine(i, n as i64, co)?, j0)?;
+                        cg.for_range(f, nb, &mut |j| cg.store(cp, dtype, cg.add(row, j)?, fzero))
+                    })?;
+                    let kblocks = (k as i64 + MATMUL_KB - 1) / MATMUL_KB;
+                    cg.for_n(f, kblocks as usize, &mut |kblk| {
+                        let k0 = cg.mul(kblk, MATMUL_KB)?;
+                        let kn = min_const(cg, MATMUL_KB, k as i64, k0)?;
+                        cg.for_n(f, m, &mut |i| {
+                            let crow = cg.add(cg.affine(i, n as i64, co)?, j0)?;
+                            let arow = cg.affine(i, sa_i, ao)?;
+                            cg.for_range(f, kn, &mut |kk| {
+                                let kidx = cg.add(k0, kk)?;
+                                let av = cg.load(ap, dtype, cg.affine(kidx, sa_k, arow)?)?;
+                                let brow = cg.add(cg.affine(kidx, sb_k, bo)?, j0)?;
+                                cg.for_range(f, nb, &mut |j| {
+                                    let ci = cg.add(crow, j)?;
+                                    let prod = cg.fmul(av, cg.load(bp, dtype, cg.add(brow, j)?)?)?;
+                                    let sum = cg.fadd_reassoc(cg.load(cp, dtype, ci)?, prod)?;
+                                    cg.store(cp, dtype, ci, sum)
+                                })
+                            })
+                        })
+                    })
+                })
+            } else {
+                // B is transposed: a dot product along k per output element.
+                let acc = cg.entry_alloca(f, elem_ty, "acc")?;
+                cg.for_n(f, m, &mut |i| {
+                    let arow = cg.affine(i, sa_i, ao)?;
+                    cg.for_n(f, n, &mut |j| {
+                        let bcol = cg.affine(j, sb_j, bo)?;
+                        cg.b.build_store(acc, fzero)?;
+                        cg.for_n(f, k, &mut |kk| {
+                            let av = cg.load(ap, dtype, cg.affine(kk, sa_k, arow)?)?;
+                            let bv = cg.load(bp, dtype, cg.affine(kk, sb_k, bcol)?)?;
+                            let cur = cg.b.build_load(elem_ty, acc, "acc")?;
+                            cg.b.build_store(acc, cg.fadd_reassoc(cur, cg.fmul(av, bv)?)?)?;
+                            Ok(())
+                        })?;
+                        let v = cg.b.build_load(elem_ty, acc, "acc")?;
+                        cg.store(cp, dtype, cg.affine(i, n as i64, cg.affine(j, 1, co)?)?, v)
+                    })
+                })
+            }
+        })?;
+        // Gemm's epilogue: C = alpha·AB + beta·C_in.
+        if gemm.alpha != 1.0 || has_c {
+            let cstrides = if has_c {
+                let csh = plan.ty(values[3]).shape.clone();
+                broadcast_strides(&csh, &[m, n])
+            } else {
+                vec![0, 0]
+            };
+            let cinp = if has_c { Some(cg.param(f, 3)) } else { None };
+            cg.for_n(f, m, &mut |i| {
+                cg.for_n(f, n, &mut |j| {
+                    let idx = cg.affine(i, n as i64, j)?;
+                    let mut v = cg.fmul(cg.load(cp, dtype, idx)?, cg.fconst(fzero, gemm.alpha as f64))?;
+                    if let Some(cinp) = cinp {
+                        let cidx = cg.add(cg.mul(i, cstrides[0])?, cg.mul(j, cstrides[1])?)?;
+                        let cv = cg.load(cinp, plan.ty(values[3]).dtype, cidx)?;
+                        v = cg.fadd(v, cg.fmul(cv, cg.fconst(fzero, gemm.beta as f64))?)?;
+                    }
+                    cg.store(cp, dtype, idx, v)
+                })
+            })?;
+        }
+    }
+    cg.b.build_return(None)?;
+    Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+}
+
+/// `min(block, total - start)` as an i64 value.
+fn min_const<'ctx>(cg: &Cg<'ctx>, block: i64, total: i64, start: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+    if total <= block {
+        return Ok(cg.i64c(total));
+    }
+    let left = cg.b.build_int_nsw_sub(cg.i64c(total), start, "left")?;
+    let small = cg.b.build_int_compare(inkwell::IntPredicate::SLT, left, cg.i64c(block), "tail")?;
+    Ok(cg.b.build_select(small, left, cg.i64c(block), "nb")?.into_int_value())
+}
+
+// ---------------------------------------------------------------- Softmax
+
+/// Softmax or LogSoftmax along `axis`, as rows of length `len` with
+/// `stride` between elements.
+fn softmax<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    out: ValueId,
+    axis: i64,
+    log: bool,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let dtype = plan.ty(x).dtype;
+    let rank = shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    let f = cg.kernel_fn(&format!("k{step}_{}", if log { "logsoftmax" } else { "softmax" }), 2);
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    if rank == 0 || !(0..rank).contains(&axis) {
+        // A scalar is its own row of one element.
+        if rank == 0 {
+            let one = if log { 0.0 } else { 1.0 };
+            let t = cg.compute_type(dtype).map_err(BackendError::Llvm)?.into_float_type().const_float(one);
+            cg.store(yp, dtype, cg.i64c(0), t.into())?;
+            cg.b.build_return(None)?;
+            return Ok((f, vec![plan.loc(out), plan.loc(x)]));
+        }
+        return Err(BackendError::node("", "Softmax", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let outer: usize = shape[..axis].iter().product();
+    let len = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let two_pass = cg.softmax == SoftmaxAlgorithm::TwoPass && dtype == DType::F32;
+    if outer * len * inner > 0 {
+        cg.for_n(f, outer, &mut |o| {
+            cg.for_n(f, inner, &mut |c| {
+                let base = cg.affine(o, (len * inner) as i64, c)?;
+                let row = Row { base, stride: inner as i64, len, dtype };
+                let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
+                // The last pass: y = exp(x - lse) or x - lse.
+                cg.for_n(f, len, &mut |j| {
+                    let idx = cg.affine(j, row.stride, row.base)?;
+                    let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
+                    let y = if log { d } else { cg.exp(d)? };
+                    cg.store(yp, dtype, idx, y)
+                })
+            })
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+/// One softmax row.
+pub(crate) struct Row<'ctx> {
+    pub base: IntValue<'ctx>,
+    pub stride: i64,
+    pub len: usize,
+    pub dtype: DType,
+}
+
+/// The three-pass baseline's first two passes: the row maximum, then the
+/// sum of `exp(x - max)`. Returns `lse = max + log(sum)`.
+pub(crate) fn lse_three_pass<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    xp: PointerValue<'ctx>,
+    row: &Row<'ctx>,
+) -> Result<BV<'ctx>> {
+    let ty = cg.compute_type(row.dtype).map_err(BackendError::Llvm)?;
+    let like: BV = ty.into_float_type().const_float(0.0).into();
+    let m = cg.entry_alloca(f, ty, "max")?;
+    let s = cg.entry_alloca(f, ty, "sum")?;
+    cg.b.build_store(m, cg.fconst(like, f64::NEG_INFINITY))?;
+    cg.for_n(f, row.len, &mut |j| {
+        let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, row.base)?)?;
+        let cur = cg.b.build_load(ty, m, "m")?;
+        cg.b.build_store(m, cg.fmaxnum(cur, v)?)?;
+        Ok(())
+    })?;
+    let mv = cg.b.build_load(ty, m, "m")?;
+    cg.b.build_store(s, cg.fconst(like, 0.0))?;
+    cg.for_n(f, row.len, &mut |j| {
+        let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, row.base)?)?;
+        let e = cg.exp(cg.fsub(v, mv)?)?;
+        let cur = cg.b.build_load(ty, s, "s")?;
+        cg.b.build_store(s, cg.fadd_reassoc(cur, e)?)?;
+        Ok(())
+    })?;
+    let sv = cg.b.build_load(ty, s, "s")?;
+    cg.fadd(mv, cg.intrinsic("llvm.log", &[sv])?)
+}
+
+/// Inputs whose magnitude the two-pass range reduction handles exactly:
+/// `n = rint(x·log2 e)` stays below 2^15, so `n·LN2_HI` is exact.
+const TWO_PASS_LIMIT: f64 = 2.0e4;
+/// Rows whose maximum lies within ±this use the two-pass result; others
+/// (astronomically large or small logits) take the three-pass path, which
+/// subtracts the maximum first. Elements below -`TWO_PASS_LIMIT` are then
+/// at least 1e4 below the maximum and contribute nothing in f32.
+const TWO_PASS_ROW_MAX: f64 = 1.0e4;
+
+/// The two-pass algorithm's first pass (f32): one read of the row keeps,
+/// per SIMD lane, the sum of `exp(x)` as a pair (`n`, `s`) meaning
+/// `s · 2^n`. Each element's `exp(x) = p · 2^k` comes from the range
+/// reduction alone (no final scaling), and adding it rescales by powers of
+/// two: `n' = max(n, k)`, `s' = s · 2^(n - n') + p · 2^(k - n')`, so no
+/// intermediate overflows. The same pass keeps the row maximum; a row whose
+/// maximum is outside ±1e4 (beyond the exact range of the reduction) is
+/// redone by the three-pass path. Returns `lse = n·ln2 + log(s)` after
+/// combining the lanes.
+pub(crate) fn lse_two_pass<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    xp: PointerValue<'ctx>,
+    row: &Row<'ctx>,
+) -> Result<BV<'ctx>> {
+    let lanes = if row.stride == 1 { cg.lanes.max(1) as usize } else { 1 };
+    let f32t = cg.f32t();
+    let vty = f32t.vec_type(lanes as u32);
+    let splat = |v: f64| -> BV { cg.fconst(vty.const_zero().into(), v) };
+    let scalar = |v: f64| -> BV { f32t.const_float(v).into() };
+    // Inputs below the limit contribute nothing next to an in-range maximum;
+    // clamping keeps the range reduction finite for -inf. NaN passes (the
+    // compare is false) and poisons the sum, as it should.
+    let clamp = |x: BV<'ctx>, lo: BV<'ctx>| -> Result<BV<'ctx>> {
+        let below = cg.fcmp(FloatPredicate::OLT, x, lo)?;
+        cg.select(below, lo, x)
+    };
+    let update = |n: BV<'ctx>, s: BV<'ctx>, m: BV<'ctx>, x: BV<'ctx>, lo: BV<'ctx>| -> Result<[BV<'ctx>; 3]> {
+        let (k, p) = cg.exp_split(clamp(x, lo)?)?;
+        let n2 = cg.fmaxnum(n, k)?;
+        let s_old = cg.scale_pow2_nonpos(s, cg.fsub(n, n2)?)?;
+        let s_new = cg.scale_pow2_nonpos(p, cg.fsub(k, n2)?)?;
+        Ok([n2, cg.fadd(s_old, s_new)?, cg.fmaxnum(m, x)?])
+    };
+
+    let chunks = row.len / lanes;
+    let vacc: Vec<PointerValue> =
+        ["n", "s", "m"].iter().map(|name| cg.entry_alloca(f, vty.into(), name)).collect::<Result<_>>()?;
+    for (slot, init) in vacc.iter().zip([f64::NEG_INFINITY, 0.0, f64::NEG_INFINITY]) {
+        cg.b.build_store(*slot, splat(init))?;
+    }
+    cg.for_n(f, chunks, &mut |c| {
+        let idx = cg.affine(c, lanes as i64 * row.stride, row.base)?;
+        let p = cg.elem_ptr(xp, DType::F32, idx)?;
+        let x = cg.b.build_load(vty, p, "xv")?;
+        if let Some(inst) = x.as_instruction_value() {
+            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        }
+        let cur: Vec<BV> = vacc.iter().map(|&a| cg.b.build_load(vty, a, "acc")).collect::<Result<_, _>>()?;
+        let next = update(cur[0], cur[1], cur[2], x, splat(-TWO_PASS_LIMIT))?;
+        for (slot, v) in vacc.iter().zip(next) {
+            cg.b.build_store(*slot, v)?;
+        }
+        Ok(())
+    })?;
+    // The tail, one element at a time, into scalar accumulators.
+    let sacc: Vec<PointerValue> =
+        ["nt", "st", "mt"].iter().map(|name| cg.entry_alloca(f, f32t.into(), name)).collect::<Result<_>>()?;
+    for (slot, init) in sacc.iter().zip([f64::NEG_INFINITY, 0.0, f64::NEG_INFINITY]) {
+        cg.b.build_store(*slot, scalar(init))?;
+    }
+    cg.for_n(f, row.len - chunks * lanes, &mut |t| {
+        let j = cg.add(t, cg.i64c((chunks * lanes) as i64))?;
+        let x = cg.load(xp, DType::F32, cg.affine(j, row.stride, row.base)?)?;
+        let cur: Vec<BV> = sacc.iter().map(|&a| cg.b.build_load(f32t, a, "acc")).collect::<Result<_, _>>()?;
+        let next = update(cur[0], cur[1], cur[2], x, scalar(-TWO_PASS_LIMIT))?;
+        for (slot, v) in sacc.iter().zip(next) {
+            cg.b.build_store(*slot, v)?;
+        }
+        Ok(())
+    })?;
+    // Combine the lanes and the tail: n = max n_l, s = Σ s_l · 2^(n_l - n).
+    let vecs: Vec<_> = vacc
+        .iter()
+        .map(|&a| cg.b.build_load(vty, a, "acc").map(|v| v.into_vector_value()))
+        .collect::<Result<_, _>>()?;
+    let mut parts: Vec<[BV; 3]> = Vec::with_capacity(lanes + 1);
+    for l in 0..lanes {
+        let li = cg.ctx.i32_type().const_int(l as u64, false);
+        let mut part = [scalar(0.0); 3];
+        for (p, v) in part.iter_mut().zip(&vecs) {
+            *p = cg.b.build_extract_element(*v, li, "lane")?;
+        }
+        parts.push(part);
+    }
+    let mut tail = [scalar(0.0); 3];
+    for (p, a) in tail.iter_mut().zip(&sacc) {
+        *p = cg.b.build_load(f32t, *a, "acc")?;
+    }
+    parts.push(tail);
+    let (mut n_all, mut m_all) = (parts[0][0], parts[0][2]);
+    for part in &parts[1..] {
+        n_all = cg.fmaxnum(n_all, part[0])?;
+        m_all = cg.fmaxnum(m_all, part[2])?;
+    }
+    let mut s_all = scalar(0.0);
+    for part in &parts {
+        s_all = cg.fadd(s_all, cg.scale_pow2_nonpos(part[1], cg.fsub(part[0], n_all)?)?)?;
+    }
+    let n_ln2 = cg.fmul(n_all, scalar(std::f64::consts::LN_2))?;
+    let fast = cg.fadd(n_ln2, cg.intrinsic("llvm.log", &[s_all])?)?;
+
+    // Out-of-range rows (rare) take the three-pass path.
+    let lse = cg.entry_alloca(f, f32t.into(), "lse")?;
+    cg.b.build_store(lse, fast)?;
+    let above = cg.fcmp(FloatPredicate::OGT, m_all, scalar(TWO_PASS_ROW_MAX))?;
+    let below = cg.fcmp(FloatPredicate::OLT, m_all, scalar(-TWO_PASS_ROW_MAX))?;
+    let out_of_range = cg.b.build_or(above.into_int_value(), below.into_int_value(), "out_of_range")?;
+    let slow = cg.ctx.append_basic_block(f, "lse.slow");
+    let done = cg.ctx.append_basic_block(f, "lse.done");
+    cg.b.build_conditional_branch(out_of_range, slow, done)?;
+    cg.b.position_at_end(slow);
+    let exact = lse_three_pass(cg, f, xp, row)?;
+    cg.b.build_store(lse, exact)?;
+    cg.b.build_unconditional_branch(done)?;
+    cg.b.position_at_end(done);
+    Ok(cg.b.build_load(f32t, lse, "lse")?)
+}
+
+// ---------------------------------------------------------------- Reduce
+
+fn reduce<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    kind: ReduceKind,
+    x: ValueId,
+    out: ValueId,
+    reduced: &[bool],
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let dtype = plan.ty(x).dtype;
+    let in_strides = contiguous_strides(&shape);
+    let kept_sizes: Vec<usize> = shape.iter().zip(reduced).filter(|(_, &r)| !r).map(|(&d, _)| d).collect();
+    let kept_in: Vec<i64> = in_strides.iter().zip(reduced).filter(|(_, &r)| !r).map(|(&s, _)| s).collect();
+    let red_sizes: Vec<usize> = shape.iter().zip(reduced).filter(|(_, &r)| r).map(|(&d, _)| d).collect();
+    let red_in: Vec<i64> = in_strides.iter().zip(reduced).filter(|(_, &r)| r).map(|(&s, _)| s).collect();
+    let count: usize = red_sizes.iter().product();
+    let (ksizes, kstrides) = collapse(&kept_sizes, &[contiguous_strides(&kept_sizes), kept_in]);
+    let (rsizes, rstrides) = collapse(&red_sizes, &[red_in]);
+
+    let f = cg.kernel_fn(&format!("k{step}_{}", kind.name()), 2);
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    let ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
+    let like: BV = ty.into_float_type().const_float(0.0).into();
+    let acc = cg.entry_alloca(f, ty, "acc")?;
+    let mx = cg.entry_alloca(f, ty, "mx")?;
+    let init = match kind {
+        ReduceKind::Max => f64::NEG_INFINITY,
+        ReduceKind::Min => f64::INFINITY,
+        ReduceKind::Prod => 1.0,
+        _ => 0.0,
+    };
+    let total: usize = plan.ty(out).len();
+    if total > 0 {
+        nest(cg, f, &ksizes, &kstrides, vec![cg.i64c(0); 2], &mut |koff| {
+            let (yo, xo) = (koff[0], koff[1]);
+            // LogSumExp subtracts the maximum first so exp cannot overflow.
+            let shift = if kind == ReduceKind::LogSumExp {
+                cg.b.build_store(mx, cg.fconst(like, f64::NEG_INFINITY))?;
+                nest(cg, f, &rsizes, &rstrides, vec![xo], &mut |r| {
+                    let v = cg.load(xp, dtype, r[0])?;
+                    let cur = cg.b.build_load(ty, mx, "m")?;
+                    cg.b.build_store(mx, cg.intrinsic("llvm.maximum", &[cur, v])?)?;
+                    Ok(())
+                })?;
+                let m = cg.b.build_load(ty, mx, "m")?;
+                // An all -inf row has no finite maximum; shift by 0 instead.
+                let finite = cg.fcmp(FloatPredicate::ONE, m, cg.fconst(like, f64::NEG_INFINITY))?;
+                Some(cg.select(finite, m, cg.fconst(like, 0.0))?)
+            } else {
+                None
+            };
+            cg.b.build_store(acc, cg.fconst(like, init))?;
+            nest(cg, f, &rsizes, &rstrides, vec![xo], &mut |r| {
+                let v = cg.load(xp, dtype, r[0])?;
+                let cur = cg.b.build_load(ty, acc, "acc")?;
+                let next = match kind {
+                    ReduceKind::Sum | ReduceKind::Mean | ReduceKind::LogSum => cg.fadd_reassoc(cur, v)?,
+                    ReduceKind::Max => cg.intrinsic("llvm.maximum", &[cur, v])?,
+                    ReduceKind::Min => cg.intrinsic("llvm.minimum", &[cur, v])?,
+                    ReduceKind::Prod => cg.fmul(cur, v)?,
+                    ReduceKind::SumSquare | ReduceKind::L2 => cg.fadd_reassoc(cur, cg.fmul(v, v)?)?,
+                    ReduceKind::L1 => cg.fadd_reassoc(cur, cg.intrinsic("llvm.fabs", &[v])?)?,
+                    ReduceKind::LogSumExp => {
+                        let m = shift.expect("LogSumExp computes its shift first");
+                        cg.fadd_reassoc(cur, cg.exp(cg.fsub(v, m)?)?)?
+                    }
+                };
+                cg.b.build_store(acc, next)?;
+                Ok(())
+            })?;
+            let a = cg.b.build_load(ty, acc, "acc")?;
+            let y = match kind {
+                ReduceKind::Mean => cg.fdiv(a, cg.fconst(like, count as f64))?,
+                ReduceKind::L2 => cg.intrinsic("llvm.sqrt", &[a])?,
+                ReduceKind::LogSum => cg.intrinsic("llvm.log", &[a])?,
+                ReduceKind::LogSumExp => cg.fadd(shift.expect("computed above"), cg.intrinsic("llvm.log", &[a])?)?,
+                _ => a,
+            };
+            cg.store(yp, dtype, yo, y)
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+// ---------------------------------------------------------------- LayerNorm / RMSNorm
+
+/// What [`normalize`] computes.
+struct Norm {
+    axis: i64,
+    epsilon: f64,
+    /// RMSNormalization (`x / sqrt(mean(x²) + ε) · scale`) rather than
+    /// LayerNormalization (`(x - mean) / sqrt(var + ε) · scale + bias`).
+    rms: bool,
+}
+
+/// Normalization over the trailing axes from `axis`, one row at a time:
+/// the mean, then the variance around it (two passes, as the interpreter
+/// computes it, which is stabler than E[x²] - E[x]²), then the output.
+/// Scale and bias broadcast against the whole input.
+#[allow(clippy::too_many_arguments)]
+fn normalize<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    scale: ValueId,
+    bias: Option<ValueId>,
+    out: ValueId,
+    stats: (Option<ValueId>, Option<ValueId>),
+    norm: Norm,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let dtype = plan.ty(x).dtype;
+    let rank = shape.len() as i64;
+    let axis = if norm.axis < 0 { norm.axis + rank } else { norm.axis };
+    if !(0..rank).contains(&axis) {
+        return Err(BackendError::node("", "LayerNormalization", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let cols: usize = shape[axis..].iter().product();
+    let xs = contiguous_strides(&shape);
+    let ss = broadcast_strides(&plan.ty(scale).shape, &shape);
+    let bs = bias.map_or_else(|| vec![0; shape.len()], |b| broadcast_strides(&plan.ty(b).shape, &shape));
+    let split = |v: &[i64]| (v[..axis].to_vec(), v[axis..].to_vec());
+    let ((xo, xi), (so, si), (bo, bi)) = (split(&xs), split(&ss), split(&bs));
+    let (osizes, ostrides) = collapse(&shape[..axis], &[xo, so, bo, contiguous_strides(&shape[..axis])]);
+    let (isizes, istrides) = collapse(&shape[axis..], &[xi, si, bi]);
+
+    let mut values = vec![out, x, scale];
+    values.extend(bias);
+    let (mean_out, inv_out) = stats;
+    values.extend(mean_out);
+    values.extend(inv_out);
+    let f = cg.kernel_fn(&format!("k{step}_{}", if norm.rms { "rmsnorm" } else { "layernorm" }), values.len());
+    let (yp, xp, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    let mut next = 3;
+    let mut take = |present: bool| {
+        present.then(|| {
+            next += 1;
+            cg.param(f, next - 1)
+        })
+    };
+    let bp = take(bias.is_some());
+    let mp = take(mean_out.is_some());
+    let ip = take(inv_out.is_some());
+    let (sdt, bdt) = (plan.ty(scale).dtype, bias.map(|b| plan.ty(b).dtype));
+    let ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
+    let like: BV = ty.into_float_type().const_float(0.0).into();
+    let c = |v: f64| cg.fconst(like, v);
+    let acc = cg.entry_alloca(f, ty, "acc")?;
+    if plan.ty(x).len() > 0 {
+        nest(cg, f, &osizes, &ostrides, vec![cg.i64c(0); 4], &mut |o| {
+            let (x0, s0, b0, r) = (o[0], o[1], o[2], o[3]);
+            let sum_over = |term: &dyn Fn(BV<'ctx>) -> Result<BV<'ctx>>| -> Result<BV<'ctx>> {
+                cg.b.build_store(acc, c(0.0))?;
+                nest(cg, f, &isizes, &istrides, vec![x0, s0, b0], &mut |i| {
+                    let v = term(cg.load(xp, dtype, i[0])?)?;
+                    let cur = cg.b.build_load(ty, acc, "acc")?;
+                    cg.b.build_store(acc, cg.fadd_reassoc(cur, v)?)?;
+                    Ok(())
+                })?;
+                Ok(cg.b.build_load(ty, acc, "acc")?)
+            };
+            let inv_n = c(1.0 / cols as f64);
+            let mean = if norm.rms { c(0.0) } else { cg.fmul(sum_over(&|v| Ok(v))?, inv_n)? };
+            let var = cg.fmul(
+                sum_over(&|v| {
+                    let d = cg.fsub(v, mean)?;
+                    cg.fmul(d, d)
+                })?,
+                inv_n,
+            )?;
+            let inv = cg.fdiv(c(1.0), cg.intrinsic("llvm.sqrt", &[cg.fadd(var, c(norm.epsilon))?])?)?;
+            nest(cg, f, &isizes, &istrides, vec![x0, s0, b0], &mut |i| {
+                let d = cg.fsub(cg.load(xp, dtype, i[0])?, mean)?;
+                let mut y = cg.fmul(cg.fmul(d, inv)?, cg.load(sp, sdt, i[1])?)?;
+                if let (Some(bp), Some(bdt)) = (bp, bdt) {
+                    y = cg.fadd(y, cg.load(bp, bdt, i[2])?)?;
+                }
+                cg.store(yp, dtype, i[0], y)
+            })?;
+            if let (Some(mp), Some(m)) = (mp, mean_out) {
+                cg.store(mp, plan.ty(m).dtype, r, mean)?;
+            }
+            if let (Some(ip), Some(v)) = (ip, inv_out) {
+                cg.store(ip, plan.ty(v).dtype, r, inv)?;
+            }
+            Ok(())
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+}
+
+// ---------------------------------------------------------------- Slice
+
+/// Slice with compile-time starts, ends, axes and steps (ONNX clamping),
+/// as a strided copy: output axis `a` reads input index `start_a + i·step_a`.
+#[allow(clippy::too_many_arguments)]
+fn slice<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    out: ValueId,
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let rank = shape.len() as i64;
+    let err = |m: String| BackendError::node("", "Slice", m);
+    let default_axes: Vec<i64> = (0..starts.len() as i64).collect();
+    let axes = axes.unwrap_or(&default_axes);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.is_some_and(|s| s.len() != starts.len()) {
+        return Err(err("starts, ends, axes and steps differ in length".into()));
+    }
+    let mut first = vec![0i64; shape.len()];
+    let mut stride_mul = vec![1i64; shape.len()];
+    let mut lens: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    for (k, &a) in axes.iter().enumerate() {
+        let a = if a < 0 { a + rank } else { a };
+        if !(0..rank).contains(&a) {
+            return Err(err(format!("axis {a} out of range for rank {rank}")));
+        }
+        let (a, d) = (a as usize, shape[a as usize] as i64);
+        let st = steps.map_or(1, |s| s[k]);
+        if st == 0 {
+            return Err(err("a step is 0".into()));
+        }
+        let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+        let (s, e) = if st > 0 {
+            (norm(starts[k]).clamp(0, d), norm(ends[k]).clamp(0, d))
+        } else {
+            (norm(starts[k]).clamp(0, d - 1), norm(ends[k]).clamp(-1, d - 1))
+        };
+        let len = if st > 0 { (e - s + st - 1).div_euclid(st) } else { (s - e + (-st) - 1).div_euclid(-st) };
+        first[a] = s;
+        stride_mul[a] = st;
+        lens[a] = len.max(0);
+    }
+    let out_shape = plan.ty(out).shape.clone();
+    if lens.iter().map(|&l| l as usize).ne(out_shape.iter().copied()) {
+        return Err(err(format!("computed shape {lens:?} differs from the inferred {out_shape:?}")));
+    }
+    let in_strides = contiguous_strides(&shape);
+    let src: Vec<i64> = in_strides.iter().zip(&stride_mul).map(|(s, m)| s * m).collect();
+    let base: i64 = in_strides.iter().zip(&first).map(|(s, f)| s * f).sum();
+    let (sizes, strides) = collapse(&out_shape, &[contiguous_strides(&out_shape), src]);
+    let dtype = plan.ty(x).dtype;
+    let f = cg.kernel_fn(&format!("k{step}_slice"), 2);
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    if plan.ty(out).len() > 0 {
+        let bits = cg
+            .ctx
+            .custom_width_int_type(
+                std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte"),
+            )
+            .map_err(|e| BackendError::Llvm(e.to_string()))?;
+        nest(cg, f, &sizes, &strides, vec![cg.i64c(0), cg.i64c(base)], &mut |off| {
+            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
+            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };
+            let v = cg.b.build_load(bits, src, "v")?;
+            cg.b.build_store(dst, v)?;
+            Ok(())
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+// ---------------------------------------------------------------- Split
+
+/// Split along `axis` into the outputs' sizes (inference has already
+/// resolved them from the sizes input or `num_outputs`): one contiguous
+/// copy per output per outer index.
+fn split<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    outputs: &[Option<ValueId>],
+    axis: i64,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(x).shape.clone();
+    let rank = shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if !(0..rank).contains(&axis) {
+        return Err(BackendError::node("", "Split", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let esize = elem_bytes(plan.ty(x).dtype) as i64;
+    let outer: usize = shape[..axis].iter().product();
+    let inner: i64 = shape[axis + 1..].iter().product::<usize>() as i64 * esize;
+    let in_row = shape[axis] as i64 * inner;
+    let present: Vec<ValueId> = outputs.iter().flatten().copied().collect();
+    if outputs.iter().skip_while(|o| o.is_some()).any(Option::is_some) {
+        return Err(BackendError::unsupported("", "Split", "an omitted output before a present one"));
+    }
+    let f = cg.kernel_fn(&format!("k{step}_split"), 1 + present.len());
+    let xp = cg.param(f, 0);
+    let mut at = 0i64;
+    // Omitted outputs come last (checked above), so the present ones are
+    // parameters 1, 2, ... in order.
+    for (param, v) in (1u32..).zip(&present) {
+        let out_row = plan.ty(*v).shape.get(axis).copied().unwrap_or(0) as i64 * inner;
+        let yp = cg.param(f, param);
+        if out_row > 0 {
+            let offset = at;
+            cg.for_n(f, outer, &mut |i| {
+                let src_at = cg.affine(i, in_row, cg.i64c(offset))?;
+                let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[src_at], "src")? };
+                let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[cg.mul(i, out_row)?], "dst")? };
+                cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(out_row))?;
+                Ok(())
+            })?;
+        }
+        at += out_row;
+    }
+    if at > in_row {
+        return Err(BackendError::node("", "Split", "outputs are larger than the input along the axis"));
+    }
+    cg.b.build_return(None)?;
+    let mut locs = vec![plan.loc(x)];
+    locs.extend(present.iter().map(|&v| plan.loc(v)));
+    Ok((f, locs))
+}
+
+// ---------------------------------------------------------------- Gather
+
+/// Gather along `axis`: for each index, one contiguous copy of the slice
+/// behind it. Negative indices count from the end; an index outside the
+/// axis makes the kernel fail (a checked kernel) instead of reading out of
+/// bounds.
+fn gather<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    data: ValueId,
+    indices: ValueId,
+    out: ValueId,
+    axis: i64,
+) -> Result<Kernel<'ctx>> {
+    let shape = plan.ty(data).shape.clone();
+    let rank = shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if !(0..rank).contains(&axis) {
+        return Err(BackendError::node("", "Gather", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let idt = plan.ty(indices).dtype;
+    if !matches!(idt, DType::I32 | DType::I64) {
+        return Err(BackendError::unsupported("", "Gather", format!("{idt} indices")));
+    }
+    let esize = elem_bytes(plan.ty(data).dtype) as i64;
+    let outer: usize = shape[..axis].iter().product();
+    let dim = shape[axis] as i64;
+    let block = shape[axis + 1..].iter().product::<usize>() as i64 * esize;
+    let count = plan.ty(indices).len();
+    let f = cg.checked_kernel_fn(&format!("k{step}_gather"), 3);
+    let (yp, xp, ip) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    if plan.ty(out).len() > 0 || dim == 0 {
+        cg.for_n(f, count, &mut |j| {
+            let raw = cg.load(ip, idt, j)?.into_int_value();
+            let idx = cg.b.build_int_s_extend_or_bit_cast(raw, cg.i64t(), "idx")?;
+            let negative = cg.b.build_int_compare(inkwell::IntPredicate::SLT, idx, cg.i64c(0), "neg")?;
+            let wrapped = cg.b.build_int_add(idx, cg.i64c(dim), "wrapped")?;
+            let idx = cg.b.build_select(negative, wrapped, idx, "idx")?.into_int_value();
+            let ok = cg.b.build_int_compare(inkwell::IntPredicate::ULT, idx, cg.i64c(dim), "in_range")?;
+            let bad = cg.ctx.append_basic_block(f, "bad_index");
+            let good = cg.ctx.append_basic_block(f, "good_index");
+            cg.b.build_conditional_branch(ok, good, bad)?;
+            cg.b.position_at_end(bad);
+            cg.b.build_return(Some(&cg.ctx.i32_type().const_int(1, false)))?;
+            cg.b.position_at_end(good);
+            if block > 0 {
+                cg.for_n(f, outer, &mut |o| {
+                    let src_at = cg.affine(o, dim * block, cg.mul(idx, block)?)?;
+                    let dst_at = cg.affine(o, count as i64 * block, cg.mul(j, block)?)?;
+                    let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[src_at], "src")? };
+                    let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[dst_at], "dst")? };
+                    cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(block))?;
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })?;
+    }
+    cg.kernel_return(f)?;
+    Ok((f, vec![plan.loc(out), plan.loc(data), plan.loc(indices)]))
+}
+
+// ---------------------------------------------------------------- Concat
+
+/// Concat along `axis`: seen as `[outer, len·inner]` blocks, each input
+/// block is one contiguous copy into its place in the output row.
+fn concat<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    inputs: &[ValueId],
+    out: ValueId,
+    axis: i64,
+) -> Result<Kernel<'ctx>> {
+    let out_shape = plan.ty(out).shape.clone();
+    let rank = out_shape.len() as i64;
+    let axis = if axis < 0 { axis + rank } else { axis };
+    if !(0..rank).contains(&axis) {
+        return Err(BackendError::node("", "Concat", format!("axis {axis} out of range for rank {rank}")));
+    }
+    let axis = axis as usize;
+    let esize = elem_bytes(plan.ty(out).dtype) as i64;
+    let outer: usize = out_shape[..axis].iter().product();
+    let inner: i64 = out_shape[axis + 1..].iter().product::<usize>() as i64;
+    let out_row = out_shape[axis] as i64 * inner * esize;
+    let f = cg.kernel_fn(&format!("k{step}_concat"), 1 + inputs.len());
+    let yp = cg.param(f, 0);
+    let mut at = 0i64;
+    for (j, &x) in inputs.iter().enumerate() {
+        let in_row = plan.ty(x).shape.get(axis).copied().unwrap_or(0) as i64 * inner * esize;
+        if in_row > 0 {
+            let xp = cg.param(f, 1 + j as u32);
+            let offset = at;
+            cg.for_n(f, outer, &mut |o| {
+                let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[cg.mul(o, in_row)?], "src")? };
+                let dst_at = cg.affine(o, out_row, cg.i64c(offset))?;
+                let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[dst_at], "dst")? };
+                cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(in_row))?;
+                Ok(())
+            })?;
+        }
+        at += in_row;
+    }
+    cg.b.build_return(None)?;
+    let mut locs = vec![plan.loc(out)];
+    locs.extend(inputs.iter().map(|&v| plan.loc(v)));
+    Ok((f, locs))
+}
+
+// ---------------------------------------------------------------- Transpose
+
+fn transpose<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    x: ValueId,
+    out: ValueId,
+    perm: &[usize],
+) -> Result<Kernel<'ctx>> {
+    let in_shape = plan.ty(x).shape.clone();
+    let out_shape = plan.ty(out).shape.clone();
+    let in_strides = contiguous_strides(&in_shape);
+    let src: Vec<i64> = perm.iter().map(|&p| in_strides.get(p).copied().unwrap_or(0)).collect();
+    let (sizes, strides) = collapse(&out_shape, &[contiguous_strides(&out_shape), src]);
+    let dtype = plan.ty(x).dtype;
+    let f = cg.kernel_fn(&format!("k{step}_transpose"), 2);
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    if plan.ty(out).len() > 0 {
+        // Copy the raw bits: the element type does not matter.
+        let bits = cg
+            .ctx
+            .custom_width_int_type(
+                std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte"),
+            )
+            .map_err(|e| BackendError::Llvm(e.to_string()))?;
+        nest(cg, f, &sizes, &strides, vec![cg.i64c(0); 2], &mut |off| {
+            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
+            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };
+            let v = cg.b.build_load(bits, src, "v")?;
+            cg.b.build_store(dst, v)?;
+            Ok(())
+        })?;
+    }
+    cg.b.build_return(None)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}

@@ -1,0 +1,253 @@
+//! Float math on scalars or vectors, and the vectorizable f32 functions.
+//!
+//! The helpers take `BasicValueEnum`s that are either a float or a vector
+//! of floats, so the same code serves the scalar loops that LLVM's loop
+//! vectorizer widens and the explicit-vector softmax kernels.
+//!
+//! `exp` for f32 does not call libm: a libm call cannot be vectorized, and
+//! exp dominates softmax and the activations. It uses the classic range
+//! reduction `x = n·ln2 + r` with `|r| ≤ ln2/2` (ln2 split into a short
+//! head and a tail so `n·ln2_hi` is exact), a degree-6 polynomial for
+//! `exp(r)` (Cephes `expf` coefficients, ~1 ulp), and `2^n` built from its
+//! exponent bits. f64 uses LLVM's intrinsics (libm).
+
+use super::Cg;
+use crate::error::Result;
+use inkwell::types::{BasicTypeEnum, VectorType};
+use inkwell::values::{BasicValue, BasicValueEnum};
+use inkwell::FloatPredicate;
+
+type BV<'ctx> = BasicValueEnum<'ctx>;
+
+/// ln 2 split: `LN2_HI` has few mantissa bits so `n * LN2_HI` is exact.
+const LN2_HI: f64 = 0.693_359_375;
+const LN2_LO: f64 = -2.121_944_400_546_905_8e-4;
+const LOG2E: f64 = std::f64::consts::LOG2_E;
+/// Cephes `expf` polynomial for exp(r) - 1 - r, highest degree first.
+const EXP_POLY: [f64; 6] = [
+    1.987_569_150_0e-4,
+    1.398_199_950_7e-3,
+    8.333_451_907_3e-3,
+    4.166_579_589_4e-2,
+    1.666_666_545_9e-1,
+    5.000_000_120_1e-1,
+];
+
+impl<'ctx> Cg<'ctx> {
+    /// True when `v` (a float or float vector) has f32 elements.
+    pub(crate) fn is_f32(&self, v: BV<'ctx>) -> bool {
+        match v {
+            BV::FloatValue(f) => f.get_type() == self.f32t(),
+            BV::VectorValue(x) => x.get_type().get_element_type() == self.f32t().into(),
+            _ => false,
+        }
+    }
+
+    /// A constant of `like`'s type (splat for vectors).
+    pub(crate) fn fconst(&self, like: BV<'ctx>, v: f64) -> BV<'ctx> {
+        match like.get_type() {
+            BasicTypeEnum::FloatType(t) => t.const_float(v).into(),
+            BasicTypeEnum::VectorType(t) => {
+                let e = t.get_element_type().into_float_type().const_float(v);
+                VectorType::const_vector(&vec![e; t.get_size() as usize]).into()
+            }
+            other => panic!("fconst on a non-float type {other:?}: emitters only pass floats here"),
+        }
+    }
+
+    /// An integer constant of `like`'s type (splat for vectors).
+    pub(crate) fn iconst(&self, like: BasicTypeEnum<'ctx>, v: i64) -> BV<'ctx> {
+        match like {
+            BasicTypeEnum::IntType(t) => t.const_int(v as u64, true).into(),
+            BasicTypeEnum::VectorType(t) => {
+                let e = t.get_element_type().into_int_type().const_int(v as u64, true);
+                VectorType::const_vector(&vec![e; t.get_size() as usize]).into()
+            }
+            other => panic!("iconst on a non-integer type {other:?}: emitters only pass integers here"),
+        }
+    }
+
+    /// The i32 (vector) type matching an f32 (vector) value.
+    fn int_like(&self, v: BV<'ctx>) -> BasicTypeEnum<'ctx> {
+        match v {
+            BV::VectorValue(x) => self.ctx.i32_type().vec_type(x.get_type().get_size()).into(),
+            _ => self.ctx.i32_type().into(),
+        }
+    }
+
+    pub(crate) fn fadd(&self, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => self.b.build_float_add(x, y, "add")?.into(),
+            _ => self.b.build_float_add(a.into_float_value(), b.into_float_value(), "add")?.into(),
+        })
+    }
+
+    pub(crate) fn fsub(&self, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => self.b.build_float_sub(x, y, "sub")?.into(),
+            _ => self.b.build_float_sub(a.into_float_value(), b.into_float_value(), "sub")?.into(),
+        })
+    }
+
+    pub(crate) fn fmul(&self, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => self.b.build_float_mul(x, y, "mul")?.into(),
+            _ => self.b.build_float_mul(a.into_float_value(), b.into_float_value(), "mul")?.into(),
+        })
+    }
+
+    pub(crate) fn fdiv(&self, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => self.b.build_float_div(x, y, "div")?.into(),
+            _ => self.b.build_float_div(a.into_float_value(), b.into_float_value(), "div")?.into(),
+        })
+    }
+
+    pub(crate) fn fneg(&self, a: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match a {
+            BV::VectorValue(x) => self.b.build_float_neg(x, "neg")?.into(),
+            _ => self.b.build_float_neg(a.into_float_value(), "neg")?.into(),
+        })
+    }
+
+    /// `a + b` that may be reassociated, so reductions vectorize.
+    pub(crate) fn fadd_reassoc(&self, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        let r = self.fadd(a, b)?;
+        if let Some(inst) = r.as_instruction_value() {
+            // Constant-folded results are not instructions and need no flag.
+            let _ = inst.set_fast_math_flags(
+                inkwell::values::FastMathFlags::AllowReassoc | inkwell::values::FastMathFlags::AllowContract,
+            );
+        }
+        Ok(r)
+    }
+
+    pub(crate) fn fcmp(&self, p: FloatPredicate, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => self.b.build_float_compare(p, x, y, "cmp")?.into(),
+            _ => self.b.build_float_compare(p, a.into_float_value(), b.into_float_value(), "cmp")?.into(),
+        })
+    }
+
+    pub(crate) fn select(&self, c: BV<'ctx>, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match c {
+            BV::VectorValue(m) => self.b.build_select(m, a, b, "sel")?,
+            _ => self.b.build_select(c.into_int_value(), a, b, "sel")?,
+        })
+    }
+
+    /// `max(a, b)` ignoring NaN in one operand (IEEE maxNum).
+    pub(crate) fn fmaxnum(&self, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        self.intrinsic("llvm.maxnum", &[a, b])
+    }
+
+    /// `2^k` for an integer-valued f32 (vector) `k` in [-126, 127].
+    fn pow2i(&self, k: BV<'ctx>) -> Result<BV<'ctx>> {
+        let ity = self.int_like(k);
+        let ki = match k {
+            BV::VectorValue(x) => self.b.build_float_to_signed_int(x, ity.into_vector_type(), "k")?.into(),
+            _ => BV::from(self.b.build_float_to_signed_int(k.into_float_value(), ity.into_int_type(), "k")?),
+        };
+        let biased = self.iadd(ki, self.iconst(ity, 127))?;
+        let bits = self.ishl(biased, self.iconst(ity, 23))?;
+        Ok(self.b.build_bit_cast(bits, k.get_type(), "pow2")?)
+    }
+
+    fn iadd(&self, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => self.b.build_int_add(x, y, "iadd")?.into(),
+            _ => self.b.build_int_add(a.into_int_value(), b.into_int_value(), "iadd")?.into(),
+        })
+    }
+
+    fn ishl(&self, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => self.b.build_left_shift(x, y, "shl")?.into(),
+            _ => self.b.build_left_shift(a.into_int_value(), b.into_int_value(), "shl")?.into(),
+        })
+    }
+
+    /// Splits f32 `x` into `(n, p)` with `exp(x) = p · 2^n`, `n` integral
+    /// and `p = exp(r)` in [√½, √2]. `x` must be finite and not below -1e4
+    /// (callers clamp); `n` is returned as a float.
+    pub(crate) fn exp_split(&self, x: BV<'ctx>) -> Result<(BV<'ctx>, BV<'ctx>)> {
+        let n = self.intrinsic("llvm.rint", &[self.fmul(x, self.fconst(x, LOG2E))?])?;
+        let r = self.fsub(x, self.fmul(n, self.fconst(x, LN2_HI))?)?;
+        let r = self.fsub(r, self.fmul(n, self.fconst(x, LN2_LO))?)?;
+        let mut p = self.fconst(x, EXP_POLY[0]);
+        for &c in &EXP_POLY[1..] {
+            p = self.fadd(self.fmul(p, r)?, self.fconst(x, c))?;
+        }
+        let r2 = self.fmul(r, r)?;
+        let p = self.fadd(self.fadd(self.fmul(p, r2)?, r)?, self.fconst(x, 1.0))?;
+        Ok((n, p))
+    }
+
+    /// `p · 2^d` for integral f32 `d ≤ 0`; 0 where `d < -126`.
+    pub(crate) fn scale_pow2_nonpos(&self, p: BV<'ctx>, d: BV<'ctx>) -> Result<BV<'ctx>> {
+        let lo = self.fconst(d, -126.0);
+        let clamped = self.fmaxnum(d, lo)?;
+        let scaled = self.fmul(p, self.pow2i(clamped)?)?;
+        let tiny = self.fcmp(FloatPredicate::OLT, d, lo)?;
+        self.select(tiny, self.fconst(p, 0.0), scaled)
+    }
+
+    /// exp for f32 (vectorizable) or f64 (intrinsic).
+    pub(crate) fn exp(&self, x: BV<'ctx>) -> Result<BV<'ctx>> {
+        if !self.is_f32(x) {
+            return self.intrinsic("llvm.exp", &[x]);
+        }
+        // Below -87.3 the result is under f32's normal range: return 0
+        // (between -87.3 and -86 the clamp returns exp(-86) ≈ 4e-38).
+        // Above 88.8 it overflows: the clamp keeps 2^n representable and
+        // the final multiply by 2 gives +inf.
+        let lo = self.fconst(x, -86.0);
+        let hi = self.fconst(x, 88.8);
+        let xc = self.fmaxnum(self.intrinsic("llvm.minnum", &[x, hi])?, lo)?;
+        let (n, p) = self.exp_split(xc)?;
+        // 2^n = 2^(n-1) · 2 keeps the exponent bits in range for n = 128.
+        let half = self.fmul(p, self.pow2i(self.fsub(n, self.fconst(x, 1.0))?)?)?;
+        let y = self.fmul(half, self.fconst(x, 2.0))?;
+        let under = self.fcmp(FloatPredicate::OLT, x, self.fconst(x, -87.336_54))?;
+        let y = self.select(under, self.fconst(x, 0.0), y)?;
+        let nan = self.fcmp(FloatPredicate::UNO, x, x)?;
+        self.select(nan, x, y)
+    }
+
+    /// The logistic function `1 / (1 + exp(-x))`.
+    pub(crate) fn sigmoid(&self, x: BV<'ctx>) -> Result<BV<'ctx>> {
+        let e = self.exp(self.fneg(x)?)?;
+        self.fdiv(self.fconst(x, 1.0), self.fadd(self.fconst(x, 1.0), e)?)
+    }
+
+    /// tanh: `sign(x) · (1 - 2 / (exp(2|x|) + 1))` for f32, libm for f64.
+    pub(crate) fn tanh(&self, x: BV<'ctx>) -> Result<BV<'ctx>> {
+        if !self.is_f32(x) {
+            return self.libcall("tanh", &[x]);
+        }
+        let ax = self.intrinsic("llvm.fabs", &[x])?;
+        let e = self.exp(self.fmul(ax, self.fconst(x, 2.0))?)?;
+        let t = self.fsub(self.fconst(x, 1.0), self.fdiv(self.fconst(x, 2.0), self.fadd(e, self.fconst(x, 1.0))?)?)?;
+        self.intrinsic("llvm.copysign", &[t, x])
+    }
+
+    /// erf: Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7) for
+    /// f32, libm for f64.
+    pub(crate) fn erf(&self, x: BV<'ctx>) -> Result<BV<'ctx>> {
+        if !self.is_f32(x) {
+            return self.libcall("erf", &[x]);
+        }
+        const P: f64 = 0.327_591_1;
+        const A: [f64; 5] = [1.061_405_429, -1.453_152_027, 1.421_413_741, -0.284_496_736, 0.254_829_592];
+        let ax = self.intrinsic("llvm.fabs", &[x])?;
+        let t = self.fdiv(self.fconst(x, 1.0), self.fadd(self.fconst(x, 1.0), self.fmul(ax, self.fconst(x, P))?)?)?;
+        let mut poly = self.fconst(x, A[0]);
+        for &a in &A[1..] {
+            poly = self.fadd(self.fmul(poly, t)?, self.fconst(x, a))?;
+        }
+        poly = self.fmul(poly, t)?;
+        let e = self.exp(self.fneg(self.fmul(ax, ax)?)?)?;
+        let y = self.fsub(self.fconst(x, 1.0), self.fmul(poly, e)?)?;
+        self.intrinsic("llvm.copysign", &[y, x])
+    }
+}

@@ -1,0 +1,741 @@
+//! From a graph and concrete input shapes to an execution plan: shape
+//! specialization, compile-time folding, kernel formation (elementwise
+//! fusion, views) and the memory plan.
+//!
+//! 1. **Specialization.** The graph is rebuilt with every graph input typed
+//!    by the shape it is run with. Nodes whose inputs are all known at
+//!    compile time (initializers, `Constant`, and `Shape`/`Size`, which only
+//!    need static shapes) are evaluated once with kiln's interpreter and
+//!    their results become initializers of the rebuilt graph, so shape
+//!    arithmetic (`Shape → Gather → Concat → Reshape`) costs nothing at run
+//!    time. Type inference on the rebuilt graph then gives every remaining
+//!    value a static shape.
+//! 2. **Kernels.** Each remaining node becomes a [`Step`], except views
+//!    (`Reshape`, `Flatten`, `Squeeze`, `Unsqueeze`, `Identity`, inference
+//!    `Dropout`), which alias their input's storage, and elementwise nodes
+//!    fused into a consumer: an elementwise producer joins its consumer's
+//!    group when every reader of its result is in that group, the result has
+//!    the group's output shape and is not a graph output. A group computes
+//!    its whole expression per element in one loop nest and writes only the
+//!    root's result.
+//! 3. **Memory.** Graph inputs, outputs and constants live in buffers the
+//!    caller passes; every other result gets a range of one scratch arena.
+//!    Ranges are reused by liveness: walking the steps in order, a step's
+//!    results are placed first (best fit among free ranges, else at the end
+//!    of the arena), then every buffer whose last reader was this step is
+//!    released. A result is never placed over a buffer its own step reads,
+//!    so kernels may assume their output aliases none of their inputs.
+
+use crate::error::{BackendError, Result};
+use kiln_ir::dtype::DType;
+use kiln_ir::graph::{Graph, NodeId, ValueId};
+use kiln_ir::op::Op;
+use kiln_ir::tensor::Tensor;
+use kiln_ir::types::TensorType;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Byte alignment of arena ranges: a cache line, which also covers any
+/// SIMD register width.
+pub(crate) const ALIGN: usize = 64;
+
+/// Which caller-provided buffer holds a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// The i-th graph input.
+    Input(usize),
+    /// The i-th graph output.
+    Output(usize),
+    /// The i-th constant of [`Plan::consts`].
+    Const(usize),
+    /// The scratch arena.
+    Arena,
+}
+
+/// Where a value's elements are: a buffer and a byte offset into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Loc {
+    /// The buffer.
+    pub slot: Slot,
+    /// Byte offset of the first element.
+    pub offset: usize,
+}
+
+/// One kernel of the plan, in execution order.
+#[derive(Clone, Debug)]
+pub(crate) enum Step {
+    /// A fused elementwise group: `nodes` in topological order, the last one
+    /// the root whose result `out` is written.
+    Fused { nodes: Vec<NodeId>, out: ValueId },
+    /// One node with its own kernel.
+    Node(NodeId),
+    /// Copies a value into graph output `output` (a graph output that is a
+    /// graph input, a constant, another output, or a view of one of those).
+    Copy { from: ValueId, output: usize },
+}
+
+/// The static type of a value after specialization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Shaped {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl Shaped {
+    pub(crate) fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.len() * elem_bytes(self.dtype)
+    }
+}
+
+/// Bytes per element in memory (4-bit types are never lowered).
+pub(crate) fn elem_bytes(dtype: DType) -> usize {
+    match dtype {
+        DType::I4 | DType::U4 => 1,
+        d => d.bit_width() / 8,
+    }
+}
+
+/// A graph specialized to concrete input shapes, with its kernels and
+/// memory plan.
+pub(crate) struct Plan {
+    /// The rebuilt graph: folded values are initializers, every value typed.
+    pub graph: Graph,
+    /// Static types, indexed by value id of `graph`.
+    pub types: Vec<Option<Shaped>>,
+    /// Kernels in execution order.
+    pub steps: Vec<Step>,
+    /// Storage of each value (views share their source's storage).
+    pub loc: Vec<Option<Loc>>,
+    /// Data of the [`Slot::Const`] buffers.
+    pub consts: Vec<Tensor>,
+    /// Arena size in bytes.
+    pub arena_bytes: usize,
+    /// Per step, the arena offset of its private scratch space, if it needs
+    /// any (see [`scratch_bytes`]); live only during the step.
+    pub scratch: Vec<Option<usize>>,
+}
+
+impl Plan {
+    /// The static type of a value.
+    pub(crate) fn ty(&self, v: ValueId) -> &Shaped {
+        self.types[v.index()].as_ref().expect("every value of a plan is typed (checked by `specialize`)")
+    }
+
+    /// A value's data when it is known at compile time (initializers and
+    /// folded results), for inlining small constants into code.
+    pub(crate) fn known(&self, v: ValueId) -> Option<&Tensor> {
+        self.graph.value(v).initializer.as_ref()
+    }
+
+    /// The storage of a value.
+    pub(crate) fn loc(&self, v: ValueId) -> Loc {
+        self.loc[v.index()].expect("every value a kernel touches has storage (assigned by `plan_memory`)")
+    }
+}
+
+/// The ops whose results alias their first input's storage.
+pub(crate) fn is_view(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze | Op::Unsqueeze | Op::Identity | Op::Dropout { .. }
+    )
+}
+
+/// The ops that can join a fused elementwise loop.
+pub(crate) fn is_elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Variadic(_)
+            | Op::Clip
+            | Op::Where
+            | Op::Gelu { .. }
+            | Op::LeakyRelu { .. }
+            | Op::Elu { .. }
+            | Op::HardSigmoid { .. }
+            | Op::IsInf { .. }
+            | Op::Cast { .. }
+            | Op::CastLike { .. }
+            | Op::Expand
+    )
+}
+
+/// The ops with a kernel of their own.
+pub(crate) fn has_kernel(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MatMul
+            | Op::Gemm(_)
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::Reduce { .. }
+            | Op::Transpose { .. }
+            | Op::Concat { .. }
+            | Op::Split { .. }
+            | Op::Slice
+            | Op::Gather { .. }
+            | Op::LayerNormalization { .. }
+            | Op::RMSNormalization { .. }
+            | Op::CrossEntropy { .. }
+            | Op::SoftmaxCrossEntropyLoss { .. }
+            | Op::NegativeLogLikelihoodLoss { .. }
+            | Op::LinearCrossEntropy { .. }
+    )
+}
+
+/// Vocabulary entries per tile of the LinearCrossEntropy kernel (at most
+/// the op's `chunk_size`): a tile of a 768-wide f32 head is 768 KiB, which
+/// stays in L2 while every row passes over it.
+pub(crate) const LCE_TILE: usize = 256;
+
+/// Bytes of scratch a step's kernel needs beside its inputs and outputs:
+/// LinearCrossEntropy keeps four f32 numbers per row (running max, running
+/// sum, target logit, weighted logit sum) and one tile of logits.
+pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step) -> usize {
+    let Step::Node(id) = step else { return 0 };
+    let node = graph.node(*id);
+    match &node.op {
+        Op::LinearCrossEntropy { chunk_size, .. } => {
+            let rows = node
+                .input(0)
+                .and_then(|h| types[h.index()].as_ref())
+                .map_or(0, |t| t.shape.first().copied().unwrap_or(0));
+            let tile = LCE_TILE.min((*chunk_size).max(1) as usize);
+            (4 * rows + tile) * 8
+        }
+        _ => 0,
+    }
+}
+
+/// Ops that are evaluated at compile time once their inputs are known, and
+/// have no run-time lowering otherwise.
+fn folds_from_shapes(op: &Op) -> bool {
+    matches!(op, Op::Shape { .. } | Op::Size)
+}
+
+/// Which values of `graph` are known at compile time for any input shapes:
+/// initializers that are not graph inputs, results of `Shape`/`Size`, and
+/// results of nodes whose inputs are all known. Returns one flag per node.
+pub(crate) fn foldable_nodes(graph: &Graph) -> Result<BTreeMap<NodeId, bool>> {
+    let mut known = vec![false; graph.value_ids().count()];
+    for (v, _) in graph.initializers() {
+        known[v.index()] = !graph.inputs().contains(&v);
+    }
+    let mut out = BTreeMap::new();
+    for id in graph.topo_order()? {
+        let node = graph.node(id);
+        let foldable = folds_from_shapes(&node.op) || node.inputs.iter().flatten().all(|v| known[v.index()]);
+        if foldable {
+            for v in node.outputs.iter().flatten() {
+                known[v.index()] = true;
+            }
+        }
+        out.insert(id, foldable);
+    }
+    Ok(out)
+}
+
+/// Flags the graph inputs that are read as shapes, sizes or axes (Reshape's
+/// and Expand's shape, Split's sizes, Slice's starts/ends/axes/steps,
+/// Squeeze/Unsqueeze/Reduce axes): code is specialized to their
+/// values as well as to the input shapes, the way it is to shapes.
+pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
+    graph
+        .inputs()
+        .iter()
+        .map(|&v| {
+            let uses = graph.value(v).uses();
+            !uses.is_empty()
+                && uses.iter().all(|&(n, slot)| match graph.node(n).op {
+                    Op::Reshape { .. }
+                    | Op::Squeeze
+                    | Op::Unsqueeze
+                    | Op::Reduce { .. }
+                    | Op::Expand
+                    | Op::Split { .. } => slot == 1,
+                    Op::Slice => (1..=4).contains(&slot),
+                    _ => false,
+                })
+        })
+        .collect()
+}
+
+/// Checks that every node that is not folded at compile time has a
+/// lowering, naming the first one that has none.
+pub(crate) fn check_lowerable(graph: &Graph) -> Result<()> {
+    let foldable = foldable_nodes(graph)?;
+    for (id, folds) in foldable {
+        let node = graph.node(id);
+        if !(folds || is_view(&node.op) || is_elementwise(&node.op) || has_kernel(&node.op)) {
+            return Err(BackendError::unsupported(&node.name, node.op.name(), "the op has no CPU kernel yet"));
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds `graph` for concrete input types (one per graph input, in
+/// order), folding what is known at compile time, and infers every type.
+/// Inputs given a value in `input_values` (shape inputs, see
+/// [`shape_inputs`]) become constants of the rebuilt graph rather than
+/// inputs.
+pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped], input_values: &[Option<Tensor>]) -> Result<Graph> {
+    let mut g = Graph::new(&graph.name);
+    g.opset_imports = graph.opset_imports.clone();
+    let mut map: BTreeMap<ValueId, ValueId> = BTreeMap::new();
+    for ((&v, ty), value) in graph.inputs().iter().zip(input_types).zip(input_values) {
+        let val = graph.value(v);
+        let nv = match value {
+            Some(t) => g.add_initializer(&val.name, t.clone())?,
+            None => g.add_input(&val.name, TensorType::fixed(ty.dtype, &ty.shape))?,
+        };
+        map.insert(v, nv);
+    }
+    for (v, t) in graph.initializers() {
+        if let std::collections::btree_map::Entry::Vacant(slot) = map.entry(v) {
+            slot.insert(g.add_initializer(&graph.value(v).name, t.clone())?);
+        }
+    }
+    let foldable = foldable_nodes(graph)?;
+    for id in graph.topo_order()? {
+        let node = graph.node(id);
+        if foldable[&id] {
+            let results = fold(graph, &g, &map, id)?;
+            for (slot, t) in results.into_iter().enumerate() {
+                let (Some(v), Some(t)) = (node.output(slot), t) else { continue };
+                let nv = g.add_initializer(&graph.value(v).name, t)?;
+                map.insert(v, nv);
+            }
+            continue;
+        }
+        let inputs: Vec<Option<ValueId>> = node
+            .inputs
+            .iter()
+            .map(|v| {
+                v.map(|v| {
+                    map.get(&v).copied().ok_or_else(|| {
+                        BackendError::node(
+                            &node.name,
+                            node.op.name(),
+                            format!("input `{}` has no producer, initializer or graph input", graph.value(v).name),
+                        )
+                    })
+                })
+                .transpose()
+            })
+            .collect::<Result<_>>()?;
+        let names: Vec<String> =
+            node.outputs.iter().map(|o| o.map(|v| graph.value(v).name.clone()).unwrap_or_default()).collect();
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let nid = g.add_node(&node.name, node.op.clone(), inputs, &name_refs)?;
+        // Type the results now: a later `Shape` of them folds from these.
+        let inferred = kiln_ir::infer_node(&g, nid)?;
+        for (slot, ty) in inferred.into_iter().enumerate() {
+            if let (Some(v), Some(ty)) = (g.node(nid).output(slot), ty) {
+                g.value_mut(v).ty = Some(ty);
+            }
+        }
+        for (slot, v) in node.outputs.iter().enumerate() {
+            if let (Some(v), Some(nv)) = (v, g.node(nid).output(slot)) {
+                map.insert(*v, nv);
+            }
+        }
+    }
+    for &o in graph.outputs() {
+        let nv = map
+            .get(&o)
+            .copied()
+            .ok_or_else(|| BackendError::value(&graph.value(o).name, "graph output is not computed by any node"))?;
+        g.add_output(nv);
+    }
+    kiln_ir::infer_types(&mut g)?;
+    Ok(g)
+}
+
+/// Evaluates a foldable node of `graph` whose inputs are in `g` (the graph
+/// being rebuilt) as initializers or typed graph inputs.
+fn fold(graph: &Graph, g: &Graph, map: &BTreeMap<ValueId, ValueId>, id: NodeId) -> Result<Vec<Option<Tensor>>> {
+    let node = graph.node(id);
+    let err = |m: String| BackendError::node(&node.name, node.op.name(), m);
+    let input_ty = |slot: usize| -> Result<Vec<usize>> {
+        let v = node.input(slot).ok_or_else(|| err("input 0 is missing".into()))?;
+        let nv = map.get(&v).ok_or_else(|| err(format!("input `{}` is not defined", graph.value(v).name)))?;
+        g.ty(*nv)?.fixed_shape().ok_or_else(|| err(format!("input `{}` has no static shape", graph.value(v).name)))
+    };
+    match &node.op {
+        Op::Shape { start, end } => {
+            let shape = input_ty(0)?;
+            let rank = shape.len() as i64;
+            let clamp = |i: i64| if i < 0 { (i + rank).clamp(0, rank) } else { i.min(rank) } as usize;
+            let (s, e) = (clamp(*start), clamp(end.unwrap_or(rank)));
+            let dims: Vec<i64> = shape[s..e.max(s)].iter().map(|&d| d as i64).collect();
+            Ok(vec![Some(Tensor::vec_i64(&dims))])
+        }
+        Op::Size => Ok(vec![Some(Tensor::scalar_i64(input_ty(0)?.iter().product::<usize>() as i64))]),
+        op => {
+            let args: Vec<Option<Tensor>> = node
+                .inputs
+                .iter()
+                .map(|v| v.and_then(|v| map.get(&v)).and_then(|nv| g.value(*nv).initializer.clone()))
+                .collect();
+            kiln_ir::interp::eval_op(op, &args, node.outputs.len()).map_err(err)
+        }
+    }
+}
+
+/// Plans kernels and memory for a specialized graph.
+pub(crate) fn plan(graph: Graph) -> Result<Plan> {
+    let count = graph.value_ids().count();
+    let mut types: Vec<Option<Shaped>> = vec![None; count];
+    for v in graph.value_ids() {
+        if let Some(ty) = &graph.value(v).ty {
+            if let Some(shape) = ty.fixed_shape() {
+                types[v.index()] = Some(Shaped { dtype: ty.dtype, shape });
+            }
+        }
+    }
+    let order = graph.topo_order()?;
+    for &id in &order {
+        let node = graph.node(id);
+        for v in node.inputs.iter().chain(&node.outputs).flatten() {
+            if let Some(t) = &types[v.index()] {
+                if matches!(t.dtype, DType::I4 | DType::U4) {
+                    return Err(BackendError::unsupported(
+                        &node.name,
+                        node.op.name(),
+                        format!("{} tensors (value `{}`)", t.dtype, graph.value(*v).name),
+                    ));
+                }
+            }
+            if types[v.index()].is_none() {
+                let ty = graph.value(*v).ty.as_ref().map_or_else(|| "unknown".to_string(), |t| t.to_string());
+                return Err(BackendError::node(
+                    &node.name,
+                    node.op.name(),
+                    format!(
+                        "value `{}` has type {ty}, which is not static for these input shapes",
+                        graph.value(*v).name
+                    ),
+                ));
+            }
+        }
+    }
+    for &o in graph.outputs() {
+        if types[o.index()].is_none() {
+            return Err(BackendError::value(&graph.value(o).name, "graph output has no static type"));
+        }
+    }
+
+    // Views alias the storage of their source.
+    let mut root: Vec<ValueId> = graph.value_ids().collect();
+    let mut is_output = vec![false; count];
+    for &o in graph.outputs() {
+        is_output[o.index()] = true;
+    }
+    for &id in &order {
+        let node = graph.node(id);
+        if is_view(&node.op) {
+            check_view(&graph, id)?;
+            if let (Some(src), Some(dst)) = (node.input(0), node.output(0)) {
+                root[dst.index()] = root[src.index()];
+            }
+        }
+    }
+
+    let steps = form_steps(&graph, &order, &types, &is_output)?;
+    let mut plan =
+        Plan { graph, types, steps, loc: vec![None; count], consts: Vec::new(), arena_bytes: 0, scratch: Vec::new() };
+    plan_memory(&mut plan, &root)?;
+    Ok(plan)
+}
+
+/// Rejects view nodes that do more than alias (training-mode Dropout, or
+/// a Dropout whose mask is read).
+fn check_view(graph: &Graph, id: NodeId) -> Result<()> {
+    let node = graph.node(id);
+    if let Op::Dropout { .. } = node.op {
+        let training = node.input(2).and_then(|v| graph.value(v).initializer.as_ref()).map(|t| t.to_i64s());
+        match (node.input(2), training) {
+            (None, _) => {}
+            (Some(_), Some(t)) if t.iter().all(|&x| x == 0) => {}
+            _ => {
+                return Err(BackendError::unsupported(
+                    &node.name,
+                    "Dropout",
+                    "training mode (or a training_mode not known at compile time)",
+                ))
+            }
+        }
+        if let Some(mask) = node.output(1) {
+            if !graph.value(mask).uses().is_empty() || graph.outputs().contains(&mask) {
+                return Err(BackendError::unsupported(&node.name, "Dropout", "the mask output is used"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Groups elementwise nodes and lists the kernels in execution order.
+fn form_steps(graph: &Graph, order: &[NodeId], types: &[Option<Shaped>], is_output: &[bool]) -> Result<Vec<Step>> {
+    let position: BTreeMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut group_of: BTreeMap<NodeId, NodeId> = BTreeMap::new();
+    // Roots are chosen consumers-first, so each group grows backwards from
+    // the node that materializes its result.
+    for &root in order.iter().rev() {
+        let node = graph.node(root);
+        if !is_elementwise(&node.op) || group_of.contains_key(&root) {
+            continue;
+        }
+        let Some(root_out) = node.output(0) else { continue };
+        let root_shape = types[root_out.index()].as_ref().map(|t| t.shape.clone());
+        group_of.insert(root, root);
+        let mut members: BTreeSet<NodeId> = BTreeSet::from([root]);
+        // Joining one producer can make another eligible (a diamond), so
+        // repeat until nothing joins.
+        loop {
+            let mut joined = false;
+            for m in members.clone() {
+                for v in graph.node(m).inputs.iter().flatten() {
+                    let Some((p, _)) = graph.value(*v).producer() else { continue };
+                    if members.contains(&p) || group_of.contains_key(&p) {
+                        continue;
+                    }
+                    let pnode = graph.node(p);
+                    let single_output = pnode.outputs.iter().flatten().count() == 1 && pnode.output(0) == Some(*v);
+                    let eligible = is_elementwise(&pnode.op)
+                        && single_output
+                        && !is_output[v.index()]
+                        && types[v.index()].as_ref().map(|t| t.shape.clone()) == root_shape
+                        && graph.value(*v).uses().iter().all(|(reader, _)| members.contains(reader));
+                    if eligible {
+                        members.insert(p);
+                        group_of.insert(p, root);
+                        joined = true;
+                    }
+                }
+            }
+            if !joined {
+                break;
+            }
+        }
+    }
+    let mut steps = Vec::new();
+    for &id in order {
+        let node = graph.node(id);
+        if is_view(&node.op) {
+            continue;
+        }
+        if is_elementwise(&node.op) {
+            if group_of.get(&id) != Some(&id) {
+                continue;
+            }
+            let mut nodes: Vec<NodeId> = group_of.iter().filter(|(_, &r)| r == id).map(|(&n, _)| n).collect();
+            nodes.sort_by_key(|n| position[n]);
+            let out = node.output(0).expect("a group root has an output (checked when forming groups)");
+            steps.push(Step::Fused { nodes, out });
+        } else if has_kernel(&node.op) {
+            steps.push(Step::Node(id));
+        } else {
+            return Err(BackendError::unsupported(&node.name, node.op.name(), "the op has no CPU kernel yet"));
+        }
+    }
+    Ok(steps)
+}
+
+/// The inputs an elementwise node computes on: all of them, except for
+/// Expand, whose second input is the target shape (a compile-time constant).
+pub(crate) fn data_inputs(node: &kiln_ir::graph::Node) -> &[Option<ValueId>] {
+    match node.op {
+        Op::Expand => &node.inputs[..node.inputs.len().min(1)],
+        _ => &node.inputs,
+    }
+}
+
+/// The values a step reads and writes.
+pub(crate) fn step_io(graph: &Graph, step: &Step) -> (Vec<ValueId>, Vec<ValueId>) {
+    match step {
+        Step::Fused { nodes, out } => {
+            let produced: BTreeSet<ValueId> = nodes.iter().filter_map(|&n| graph.node(n).output(0)).collect();
+            let mut reads: Vec<ValueId> = Vec::new();
+            for &n in nodes {
+                for v in data_inputs(graph.node(n)).iter().flatten() {
+                    if !produced.contains(v) && !reads.contains(v) {
+                        reads.push(*v);
+                    }
+                }
+            }
+            (reads, vec![*out])
+        }
+        Step::Node(id) => {
+            let node = graph.node(*id);
+            (node.inputs.iter().flatten().copied().collect(), node.outputs.iter().flatten().copied().collect())
+        }
+        Step::Copy { from, .. } => (vec![*from], Vec::new()),
+    }
+}
+
+/// Assigns storage to every value: inputs, constants, outputs, and arena
+/// ranges reused by liveness.
+fn plan_memory(plan: &mut Plan, root: &[ValueId]) -> Result<()> {
+    let graph = &plan.graph;
+    let count = root.len();
+    let mut loc: Vec<Option<Loc>> = vec![None; count];
+    for (i, &v) in graph.inputs().iter().enumerate() {
+        loc[v.index()] = Some(Loc { slot: Slot::Input(i), offset: 0 });
+    }
+    // Constants that some step reads, or that a graph output shows.
+    let mut consts = Vec::new();
+    let mut const_needed = vec![false; count];
+    for step in &plan.steps {
+        for v in step_io(graph, step).0 {
+            const_needed[root[v.index()].index()] = true;
+        }
+    }
+    for &o in graph.outputs() {
+        const_needed[root[o.index()].index()] = true;
+    }
+    for (v, t) in graph.initializers() {
+        if loc[v.index()].is_none() && const_needed[v.index()] {
+            loc[v.index()] = Some(Loc { slot: Slot::Const(consts.len()), offset: 0 });
+            consts.push(t.clone());
+        }
+    }
+    // Graph outputs: the producing kernel writes straight into the output
+    // buffer when it can; otherwise a copy step fills it.
+    let mut copies = Vec::new();
+    for (i, &o) in graph.outputs().iter().enumerate() {
+        let r = root[o.index()];
+        if loc[r.index()].is_none() {
+            loc[r.index()] = Some(Loc { slot: Slot::Output(i), offset: 0 });
+        } else {
+            copies.push(Step::Copy { from: o, output: i });
+        }
+    }
+    plan.steps.extend(copies);
+
+    // Liveness of arena buffers, by root.
+    let mut last_use: Vec<Option<usize>> = vec![None; count];
+    for (s, step) in plan.steps.iter().enumerate() {
+        for v in step_io(graph, step).0 {
+            last_use[root[v.index()].index()] = Some(s);
+        }
+    }
+    let mut arena = Arena::default();
+    let mut placed: Vec<Option<(usize, usize)>> = vec![None; count];
+    let mut scratch = vec![None; plan.steps.len()];
+    for (s, step) in plan.steps.iter().enumerate() {
+        let (_, writes) = step_io(graph, step);
+        let scratch_need = scratch_bytes(graph, &plan.types, step);
+        if scratch_need > 0 {
+            scratch[s] = Some(arena.alloc(scratch_need));
+        }
+        for v in &writes {
+            let r = root[v.index()];
+            if loc[r.index()].is_some() || placed[r.index()].is_some() {
+                continue;
+            }
+            let bytes = plan.types[r.index()].as_ref().map_or(0, Shaped::bytes);
+            let offset = arena.alloc(bytes);
+            placed[r.index()] = Some((offset, bytes));
+            loc[r.index()] = Some(Loc { slot: Slot::Arena, offset });
+        }
+        for r in 0..count {
+            if let Some((offset, bytes)) = placed[r] {
+                let dead = match last_use[r] {
+                    Some(last) => last == s,
+                    // Written but never read: free right after its step.
+                    None => writes.iter().any(|w| root[w.index()].index() == r),
+                };
+                if dead {
+                    arena.free(offset, bytes);
+                }
+            }
+        }
+        if let Some(offset) = scratch[s] {
+            arena.free(offset, scratch_need);
+        }
+    }
+    plan.scratch = scratch;
+    for v in 0..count {
+        if loc[v].is_none() && root[v] != ValueId(v as u32) {
+            loc[v] = loc[root[v].index()];
+        }
+    }
+    plan.loc = loc;
+    plan.consts = consts;
+    plan.arena_bytes = arena.size;
+    Ok(())
+}
+
+/// A first-fit-by-size allocator over byte ranges of one arena.
+#[derive(Default)]
+struct Arena {
+    size: usize,
+    /// Free ranges (offset → bytes), coalesced.
+    free: BTreeMap<usize, usize>,
+}
+
+impl Arena {
+    fn alloc(&mut self, bytes: usize) -> usize {
+        let need = bytes.div_ceil(ALIGN).max(1) * ALIGN;
+        let best = self.free.iter().filter(|(_, &len)| len >= need).min_by_key(|(&off, &len)| (len, off));
+        if let Some((&off, &len)) = best {
+            self.free.remove(&off);
+            if len > need {
+                self.free.insert(off + need, len - need);
+            }
+            return off;
+        }
+        // Grow, absorbing a free range that ends the arena.
+        if let Some((&off, &len)) = self.free.iter().next_back() {
+            if off + len == self.size {
+                self.free.remove(&off);
+                self.size = off + need;
+                return off;
+            }
+        }
+        let off = self.size;
+        self.size += need;
+        off
+    }
+
+    fn free(&mut self, offset: usize, bytes: usize) {
+        let mut off = offset;
+        let mut len = bytes.div_ceil(ALIGN).max(1) * ALIGN;
+        if let Some((&prev, &plen)) = self.free.range(..off).next_back() {
+            if prev + plen == off {
+                self.free.remove(&prev);
+                off = prev;
+                len += plen;
+            }
+        }
+        if let Some(&next_len) = self.free.get(&(off + len)) {
+            self.free.remove(&(off + len));
+            len += next_len;
+        }
+        self.free.insert(off, len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_reuses_and_coalesces_freed_ranges() {
+        let mut a = Arena::default();
+        let x = a.alloc(100);
+        let y = a.alloc(64);
+        assert_eq!((x, y), (0, 128));
+        a.free(x, 100);
+        let z = a.alloc(60);
+        assert_eq!(z, 0, "a freed range is reused");
+        a.free(z, 60);
+        a.free(y, 64);
+        assert_eq!(a.alloc(192), 0, "adjacent free ranges coalesce");
+        assert_eq!(a.size, 192);
+    }
+}

@@ -1,0 +1,671 @@
+//! Each lowered op against kiln's interpreter on random inputs (rtol 1e-4,
+//! atol 1e-5), elementwise fusion, the two softmax algorithms, the memory
+//! planner, and the errors for unsupported ops and bad inputs.
+
+use kiln_backend_llvm::{compile, BackendError, CompileOptions, SoftmaxAlgorithm, Specialization};
+use kiln_ir::dtype::DType;
+use kiln_ir::graph::{Graph, ValueId};
+use kiln_ir::op::{BinaryOp, GemmAttrs, Op, ReduceKind, UnaryOp, VariadicOp};
+use kiln_ir::tensor::Tensor;
+use kiln_ir::types::TensorType;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const RTOL: f64 = 1e-4;
+const ATOL: f64 = 1e-5;
+
+fn random(rng: &mut StdRng, shape: &[usize], lo: f64, hi: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_f64s(DType::F32, shape, &v)
+}
+
+fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    for (i, (a, b)) in got.to_f64s().iter().zip(want.to_f64s()).enumerate() {
+        let ok = (a.is_nan() && b.is_nan()) || a == &b || (a - b).abs() <= ATOL + RTOL * b.abs();
+        assert!(ok, "{what}: element {i} is {a}, interpreter says {b}");
+    }
+}
+
+/// Types the graph, runs it on the CPU backend and the interpreter, and
+/// compares every output. Returns what it compiled to.
+fn check_with(
+    mut g: Graph,
+    inputs: &[(String, Tensor)],
+    opts: &CompileOptions,
+    what: &str,
+) -> std::rc::Rc<Specialization> {
+    kiln_ir::infer_types(&mut g).unwrap_or_else(|e| panic!("{what}: inference: {e}"));
+    let compiled = compile(&g, opts).unwrap_or_else(|e| panic!("{what}: compile: {e}"));
+    let got = compiled.run(inputs).unwrap_or_else(|e| panic!("{what}: run: {e}"));
+    let want = kiln_ir::interp::run(&g, inputs).unwrap_or_else(|e| panic!("{what}: interpreter: {e}"));
+    assert_eq!(got.len(), want.len());
+    for ((name, a), (_, b)) in got.iter().zip(&want) {
+        assert_close(a, b, &format!("{what} / {name}"));
+    }
+    compiled.specialization_for(inputs).expect("compiled above")
+}
+
+fn check(g: Graph, inputs: &[(String, Tensor)], what: &str) -> std::rc::Rc<Specialization> {
+    check_with(g, inputs, &CompileOptions::default(), what)
+}
+
+fn input(g: &mut Graph, name: &str, shape: &[usize]) -> ValueId {
+    g.add_input(name, TensorType::fixed(DType::F32, shape)).unwrap()
+}
+
+fn node(g: &mut Graph, name: &str, op: Op, inputs: &[ValueId]) -> ValueId {
+    let id = g.add_node(name, op, inputs.iter().map(|&v| Some(v)).collect(), &[&format!("{name}.out")]).unwrap();
+    g.node(id).output(0).unwrap()
+}
+
+#[test]
+fn unary_ops_match_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for u in UnaryOp::ALL {
+        if u == UnaryOp::Not {
+            continue;
+        }
+        let positive = matches!(u, UnaryOp::Sqrt | UnaryOp::Log);
+        let x = if positive { random(&mut rng, &[3, 37], 0.05, 5.0) } else { random(&mut rng, &[3, 37], -4.0, 4.0) };
+        let mut g = Graph::new("unary");
+        let xv = input(&mut g, "x", &[3, 37]);
+        let y = node(&mut g, "op", Op::Unary(u), &[xv]);
+        g.add_output(y);
+        check(g, &[("x".into(), x)], u.name());
+    }
+}
+
+#[test]
+fn exp_is_accurate_over_the_whole_f32_range() {
+    let v: Vec<f64> =
+        (-1000..=1000).map(|i| i as f64 * 0.09).chain([-200.0, 200.0, f64::INFINITY, f64::NEG_INFINITY]).collect();
+    let x = Tensor::from_f64s(DType::F32, &[v.len()], &v);
+    let mut g = Graph::new("exp");
+    let xv = input(&mut g, "x", &[v.len()]);
+    let y = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[xv]);
+    g.add_output(y);
+    check(g, &[("x".into(), x)], "exp range");
+}
+
+#[test]
+fn binary_ops_broadcast_like_numpy() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let cases: [(&[usize], &[usize]); 4] =
+        [(&[4, 5], &[4, 5]), (&[2, 3, 5], &[5]), (&[4, 1, 5], &[3, 1]), (&[1], &[6, 2])];
+    for op in BinaryOp::ALL {
+        if op.is_logical() {
+            continue;
+        }
+        for (sa, sb) in cases {
+            let (lo, hi) = if op == BinaryOp::Pow { (0.1, 3.0) } else { (-3.0, 3.0) };
+            let a = random(&mut rng, sa, lo, hi);
+            let b = if op == BinaryOp::Div { random(&mut rng, sb, 0.5, 3.0) } else { random(&mut rng, sb, -2.0, 2.0) };
+            let mut g = Graph::new("binary");
+            let av = input(&mut g, "a", sa);
+            let bv = input(&mut g, "b", sb);
+            let y = node(&mut g, "op", Op::Binary(op), &[av, bv]);
+            g.add_output(y);
+            check(g, &[("a".into(), a), ("b".into(), b)], &format!("{} {sa:?} {sb:?}", op.name()));
+        }
+    }
+}
+
+#[test]
+fn variadic_where_clip_cast_and_activations() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = random(&mut rng, &[5, 8], -3.0, 3.0);
+    let y = random(&mut rng, &[8], -3.0, 3.0);
+    let ops = [
+        Op::Variadic(VariadicOp::Max),
+        Op::Variadic(VariadicOp::Min),
+        Op::Variadic(VariadicOp::Sum),
+        Op::Variadic(VariadicOp::Mean),
+    ];
+    for op in ops {
+        let mut g = Graph::new("variadic");
+        let (xv, yv) = (input(&mut g, "x", &[5, 8]), input(&mut g, "y", &[8]));
+        let out = node(&mut g, "op", op.clone(), &[xv, yv]);
+        g.add_output(out);
+        check(g, &[("x".into(), x.clone()), ("y".into(), y.clone())], op.name());
+    }
+    let unary_like = [
+        Op::Gelu { approximate: kiln_ir::op::GeluApproximation::None },
+        Op::Gelu { approximate: kiln_ir::op::GeluApproximation::Tanh },
+        Op::LeakyRelu { alpha: 0.1 },
+        Op::Elu { alpha: 0.7 },
+        Op::HardSigmoid { alpha: 0.3, beta: 0.4 },
+        Op::Cast { to: DType::I32, saturate: true },
+        Op::Cast { to: DType::F64, saturate: true },
+        Op::Cast { to: DType::F16, saturate: true },
+        Op::Cast { to: DType::Bool, saturate: true },
+    ];
+    for op in unary_like {
+        let mut g = Graph::new("act");
+        let xv = input(&mut g, "x", &[5, 8]);
+        let out = node(&mut g, "op", op.clone(), &[xv]);
+        g.add_output(out);
+        check(g, &[("x".into(), x.clone())], &format!("{op:?}"));
+    }
+    // Where(x > y, x, y) and Clip(x, -1, 0.5) with constant bounds.
+    let mut g = Graph::new("where_clip");
+    let (xv, yv) = (input(&mut g, "x", &[5, 8]), input(&mut g, "y", &[8]));
+    let gt = node(&mut g, "gt", Op::Binary(BinaryOp::Greater), &[xv, yv]);
+    let w = node(&mut g, "where", Op::Where, &[gt, xv, yv]);
+    let lo = g.add_initializer("lo", Tensor::scalar_f32(-1.0)).unwrap();
+    let hi = g.add_initializer("hi", Tensor::scalar_f32(0.5)).unwrap();
+    let c = node(&mut g, "clip", Op::Clip, &[w, lo, hi]);
+    g.add_output(c);
+    check(g, &[("x".into(), x), ("y".into(), y)], "where+clip");
+}
+
+#[test]
+fn an_elementwise_chain_is_one_loop_without_intermediates() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let x = random(&mut rng, &[16, 64], -3.0, 3.0);
+    let z = random(&mut rng, &[16, 64], -3.0, 3.0);
+    let mut g = Graph::new("chain");
+    let (xv, zv) = (input(&mut g, "x", &[16, 64]), input(&mut g, "z", &[16, 64]));
+    let t = node(&mut g, "tanh", Op::Unary(UnaryOp::Tanh), &[xv]);
+    let s = node(&mut g, "sigmoid", Op::Unary(UnaryOp::Sigmoid), &[zv]);
+    let m = node(&mut g, "mul", Op::Binary(BinaryOp::Mul), &[t, s]);
+    let half = g.add_initializer("half", Tensor::scalar_f32(0.5)).unwrap();
+    let h = node(&mut g, "scale", Op::Binary(BinaryOp::Mul), &[m, half]);
+    let y = node(&mut g, "add", Op::Binary(BinaryOp::Add), &[h, xv]);
+    g.add_output(y);
+    let opts = CompileOptions { optimize: false, ..CompileOptions::default() };
+    let spec = check_with(g, &[("x".into(), x), ("z".into(), z)], &opts, "chain");
+    assert_eq!(spec.kernels.len(), 1, "five elementwise ops fuse into one kernel: {:?}", spec.kernels);
+    assert_eq!(spec.arena_bytes, 0, "a fused chain needs no intermediate buffer");
+    let loops = spec
+        .ir_unoptimized
+        .lines()
+        .filter(|l| l.starts_with("loop") && l.contains(':') && !l.contains(".exit"))
+        .count();
+    assert_eq!(loops, 1, "the [16, 64] chain collapses to a single loop:\n{}", spec.ir_unoptimized);
+}
+
+#[test]
+fn the_optimized_elementwise_loop_is_vectorized() {
+    let mut g = Graph::new("vec");
+    let (xv, zv) = (input(&mut g, "x", &[4096]), input(&mut g, "z", &[4096]));
+    let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[xv]);
+    let y = node(&mut g, "add", Op::Binary(BinaryOp::Add), &[e, zv]);
+    g.add_output(y);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions::default()).unwrap();
+    let zeros = Tensor::zeros(DType::F32, &[4096]);
+    let spec = compiled.specialization_for(&[("x".into(), zeros.clone()), ("z".into(), zeros)]).unwrap();
+    assert!(spec.ir_optimized.contains("x float>"), "no vector type in the optimized IR:\n{}", spec.ir_optimized);
+}
+
+#[test]
+fn matmul_and_gemm_match_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let cases: [(&[usize], &[usize]); 6] = [
+        (&[7, 9], &[9, 5]),
+        (&[2, 3, 17, 33], &[33, 45]),
+        (&[2, 1, 5, 7], &[3, 7, 4]),
+        (&[9], &[9, 4]),
+        (&[3, 9], &[9]),
+        (&[5, 300], &[300, 260]),
+    ];
+    for (sa, sb) in cases {
+        let mut g = Graph::new("matmul");
+        let (av, bv) = (input(&mut g, "a", sa), input(&mut g, "b", sb));
+        let y = node(&mut g, "mm", Op::MatMul, &[av, bv]);
+        g.add_output(y);
+        let (a, b) = (random(&mut rng, sa, -1.0, 1.0), random(&mut rng, sb, -1.0, 1.0));
+        check(g, &[("a".into(), a), ("b".into(), b)], &format!("MatMul {sa:?} {sb:?}"));
+    }
+    for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+        let (m, k, n) = (6, 11, 13);
+        let sa: Vec<usize> = if trans_a { vec![k, m] } else { vec![m, k] };
+        let sb: Vec<usize> = if trans_b { vec![n, k] } else { vec![k, n] };
+        let mut g = Graph::new("gemm");
+        let (av, bv, cv) = (input(&mut g, "a", &sa), input(&mut g, "b", &sb), input(&mut g, "c", &[n]));
+        let attrs = GemmAttrs { alpha: 0.5, beta: 2.0, trans_a, trans_b };
+        let y = node(&mut g, "gemm", Op::Gemm(attrs), &[av, bv, cv]);
+        g.add_output(y);
+        let (a, b, c) =
+            (random(&mut rng, &sa, -1.0, 1.0), random(&mut rng, &sb, -1.0, 1.0), random(&mut rng, &[n], -1.0, 1.0));
+        check(g, &[("a".into(), a), ("b".into(), b), ("c".into(), c)], &format!("Gemm {trans_a} {trans_b}"));
+    }
+}
+
+#[test]
+fn softmax_two_pass_and_three_pass_match_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for (shape, axis, scale) in
+        [(vec![3, 4, 37], -1i64, 5.0), (vec![3, 4, 37], 1, 5.0), (vec![2, 1000], -1, 300.0), (vec![5], 0, 1.0)]
+    {
+        let x = random(&mut rng, &shape, -scale, scale);
+        for log in [false, true] {
+            for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
+                let mut g = Graph::new("softmax");
+                let xv = input(&mut g, "x", &shape);
+                let op = if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };
+                let y = node(&mut g, "sm", op, &[xv]);
+                g.add_output(y);
+                let opts = CompileOptions { softmax: algo, ..CompileOptions::default() };
+                check_with(g, &[("x".into(), x.clone())], &opts, &format!("{shape:?} axis {axis} log {log} {algo:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_does_not_overflow_on_huge_logits() {
+    // Row 0: huge positive logits; row 1: all far below -1e4 but 1 apart;
+    // row 2: in range, with -inf entries.
+    let huge: Vec<f64> = (0..50).map(|i| 1e30 + i as f64 * 1e28).chain((0..20).map(|i| -1e30 - i as f64)).collect();
+    let tiny: Vec<f64> = (0..70).map(|i| -1e5 + (i % 3) as f64).collect();
+    let normal: Vec<f64> =
+        (0..70).map(|i| if i % 7 == 0 { f64::NEG_INFINITY } else { (i as f64).sin() * 30.0 }).collect();
+    let v: Vec<f64> = huge.into_iter().chain(tiny).chain(normal).collect();
+    let x = Tensor::from_f64s(DType::F32, &[3, 70], &v);
+    for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
+        let mut g = Graph::new("softmax");
+        let xv = input(&mut g, "x", &[3, 70]);
+        let y = node(&mut g, "sm", Op::Softmax { axis: -1 }, &[xv]);
+        g.add_output(y);
+        check_with(
+            g,
+            &[("x".into(), x.clone())],
+            &CompileOptions { softmax: algo, ..Default::default() },
+            &format!("{algo:?}"),
+        );
+    }
+}
+
+#[test]
+fn reductions_match_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let x = random(&mut rng, &[3, 5, 7], 0.1, 2.0);
+    for kind in ReduceKind::ALL {
+        for (axes, keepdims) in
+            [(Some(vec![-1]), true), (Some(vec![0, 2]), false), (None, false), (Some(vec![1]), false)]
+        {
+            let mut g = Graph::new("reduce");
+            let xv = input(&mut g, "x", &[3, 5, 7]);
+            let op = Op::Reduce { kind, axes: axes.clone(), keepdims, noop_with_empty_axes: false };
+            let y = node(&mut g, "r", op, &[xv]);
+            g.add_output(y);
+            check(g, &[("x".into(), x.clone())], &format!("{} {axes:?} {keepdims}", kind.name()));
+        }
+    }
+}
+
+#[test]
+fn views_and_transpose() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let x = random(&mut rng, &[2, 3, 4], -1.0, 1.0);
+    let mut g = Graph::new("views");
+    let xv = input(&mut g, "x", &[2, 3, 4]);
+    let shape = g.add_initializer("shape", Tensor::vec_i64(&[6, 4])).unwrap();
+    let r = node(&mut g, "reshape", Op::Reshape { allowzero: false }, &[xv, shape]);
+    let t = node(&mut g, "transpose", Op::Transpose { perm: Some(vec![1, 0]) }, &[r]);
+    let axes = g.add_initializer("axes", Tensor::vec_i64(&[0])).unwrap();
+    let u = node(&mut g, "unsqueeze", Op::Unsqueeze, &[t, axes]);
+    let s = node(&mut g, "squeeze", Op::Squeeze, &[u, axes]);
+    let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[s]);
+    let f = node(&mut g, "flatten", Op::Flatten { axis: 0 }, &[e]);
+    let t3 = node(&mut g, "transpose3", Op::Transpose { perm: Some(vec![2, 0, 1]) }, &[xv]);
+    g.add_output(f);
+    g.add_output(r);
+    g.add_output(t3);
+    g.add_output(xv);
+    check(g, &[("x".into(), x)], "views");
+}
+
+#[test]
+fn the_memory_planner_reuses_buffers() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut g = Graph::new("mlp");
+    let mut h = input(&mut g, "x", &[8, 32]);
+    let mut inputs = vec![("x".to_string(), random(&mut rng, &[8, 32], -1.0, 1.0))];
+    for layer in 0..4 {
+        let w = input(&mut g, &format!("w{layer}"), &[32, 32]);
+        inputs.push((format!("w{layer}"), random(&mut rng, &[32, 32], -0.3, 0.3)));
+        let mm = node(&mut g, &format!("mm{layer}"), Op::MatMul, &[h, w]);
+        h = node(&mut g, &format!("relu{layer}"), Op::Unary(UnaryOp::Relu), &[mm]);
+    }
+    g.add_output(h);
+    let spec = check(g, &inputs, "mlp");
+    assert!(spec.intermediate_bytes > 0);
+    assert!(
+        spec.arena_bytes < spec.intermediate_bytes,
+        "arena {} B is not smaller than the {} B of intermediates",
+        spec.arena_bytes,
+        spec.intermediate_bytes
+    );
+}
+
+#[test]
+fn an_op_without_a_lowering_is_an_error_naming_node_and_op() {
+    let mut g = Graph::new("topk");
+    let x = input(&mut g, "x", &[2, 5]);
+    let k = g.add_input("k", TensorType::fixed(DType::I64, &[1])).unwrap();
+    let id = g
+        .add_node("pick_them", Op::TopK { axis: -1, largest: true, sorted: true }, vec![Some(x), Some(k)], &["v", "i"])
+        .unwrap();
+    g.add_output(g.node(id).output(0).unwrap());
+    let err = compile(&g, &CompileOptions::default()).err().expect("TopK has no lowering");
+    assert!(matches!(err, BackendError::Unsupported { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("pick_them") && text.contains("TopK"), "{text}");
+}
+
+#[test]
+fn concat_matches_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for axis in [0i64, 1, -1] {
+        let shapes: [&[usize]; 3] = match axis {
+            0 => [&[1, 3, 4], &[2, 3, 4], &[0, 3, 4]],
+            1 => [&[2, 1, 4], &[2, 3, 4], &[2, 2, 4]],
+            _ => [&[2, 3, 1], &[2, 3, 5], &[2, 3, 2]],
+        };
+        let mut g = Graph::new("concat");
+        let mut ins = Vec::new();
+        let mut feed = Vec::new();
+        for (i, s) in shapes.iter().enumerate() {
+            ins.push(input(&mut g, &format!("x{i}"), s));
+            feed.push((format!("x{i}"), random(&mut rng, s, -1.0, 1.0)));
+        }
+        let y = node(&mut g, "cat", Op::Concat { axis }, &ins);
+        let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[y]);
+        g.add_output(e);
+        check(g, &feed, &format!("concat axis {axis}"));
+    }
+}
+
+#[test]
+fn bad_inputs_at_run_time_are_errors() {
+    let mut g = Graph::new("g");
+    let x = g
+        .add_input("x", TensorType::new(DType::F32, vec![kiln_ir::Dim::sym("batch"), kiln_ir::Dim::from(3u64)]))
+        .unwrap();
+    let z = g.add_input("z", TensorType::new(DType::F32, vec![kiln_ir::Dim::sym("batch")])).unwrap();
+    let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[x]);
+    g.add_output(e);
+    g.add_output(z);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions::default()).unwrap();
+    let ok = compiled
+        .run(&[("x".into(), Tensor::zeros(DType::F32, &[2, 3])), ("z".into(), Tensor::zeros(DType::F32, &[2]))]);
+    assert!(ok.is_ok(), "{ok:?}");
+    // A second batch size compiles a second specialization.
+    let ok = compiled
+        .run(&[("x".into(), Tensor::zeros(DType::F32, &[5, 3])), ("z".into(), Tensor::zeros(DType::F32, &[5]))]);
+    assert_eq!(ok.unwrap()[0].1.shape(), &[5, 3]);
+    let bad = [
+        (vec![("x", Tensor::zeros(DType::F32, &[2, 4])), ("z", Tensor::zeros(DType::F32, &[2]))], "differs"),
+        (vec![("x", Tensor::zeros(DType::F32, &[2, 3])), ("z", Tensor::zeros(DType::F32, &[3]))], "batch"),
+        (vec![("x", Tensor::zeros(DType::F64, &[2, 3])), ("z", Tensor::zeros(DType::F32, &[2]))], "declared"),
+        (vec![("x", Tensor::zeros(DType::F32, &[2, 3, 1])), ("z", Tensor::zeros(DType::F32, &[2]))], "declared"),
+        (vec![("x", Tensor::zeros(DType::F32, &[2, 3]))], "missing"),
+        (vec![("x", Tensor::zeros(DType::F32, &[2, 3])), ("y", Tensor::zeros(DType::F32, &[2]))], "not an input"),
+    ];
+    for (inputs, words) in bad {
+        let named: Vec<(String, Tensor)> = inputs.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+        let err = compiled.run(&named).expect_err("bad inputs are rejected");
+        assert!(matches!(err, BackendError::Value { .. }), "{err:?}");
+        assert!(err.to_string().contains(words), "`{err}` does not say `{words}`");
+    }
+}
+
+fn labels(rng: &mut StdRng, shape: &[usize], classes: i64, ignore: Option<i64>) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<i64> =
+        (0..n).map(|k| if k % 4 == 1 { ignore.unwrap_or(0) } else { rng.random_range(0..classes) }).collect();
+    Tensor::from_i64s(DType::I64, shape, &v)
+}
+
+#[test]
+fn cross_entropy_losses_match_the_interpreter() {
+    use kiln_ir::op::LossReduction;
+    let mut rng = StdRng::seed_from_u64(10);
+    for reduction in [LossReduction::None, LossReduction::Sum, LossReduction::Mean] {
+        for (ignore_index, eps, zeta, weighted) in
+            [(None, 0.0, 0.0, false), (Some(-100), 0.1, 1e-3, true), (Some(2), 0.0, 0.0, true)]
+        {
+            for (shape, label_shape) in [(vec![6, 37], vec![6]), (vec![3, 5, 4], vec![3, 4])] {
+                let c = shape[1];
+                let x = random(&mut rng, &shape, -4.0, 4.0);
+                let y = labels(&mut rng, &label_shape, c as i64, ignore_index);
+                let w = random(&mut rng, &[c], 0.2, 2.0);
+                for op in [
+                    Op::CrossEntropy { reduction, ignore_index, label_smoothing: eps, z_loss: zeta },
+                    Op::SoftmaxCrossEntropyLoss { reduction, ignore_index },
+                    Op::NegativeLogLikelihoodLoss { reduction, ignore_index },
+                ] {
+                    let mut g = Graph::new("ce");
+                    let xv = input(&mut g, "x", &shape);
+                    let yv = g.add_input("y", TensorType::fixed(DType::I64, &label_shape)).unwrap();
+                    let mut ins = vec![Some(xv), Some(yv)];
+                    let mut feed = vec![("x".to_string(), x.clone()), ("y".to_string(), y.clone())];
+                    if weighted {
+                        ins.push(Some(input(&mut g, "w", &[c])));
+                        feed.push(("w".into(), w.clone()));
+                    }
+                    let with_log_prob = !matches!(op, Op::NegativeLogLikelihoodLoss { .. });
+                    let outs: &[&str] = if with_log_prob { &["loss", "log_prob"] } else { &["loss"] };
+                    let id = g.add_node("loss", op.clone(), ins, outs).unwrap();
+                    for slot in 0..outs.len() {
+                        g.add_output(g.node(id).output(slot).unwrap());
+                    }
+                    check(g, &feed, &format!("{op:?} {shape:?} weighted {weighted}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_label_outside_the_classes_is_an_error() {
+    let mut g = Graph::new("ce");
+    let xv = input(&mut g, "x", &[2, 3]);
+    let yv = g.add_input("y", TensorType::fixed(DType::I64, &[2])).unwrap();
+    let op = Op::CrossEntropy {
+        reduction: kiln_ir::op::LossReduction::Mean,
+        ignore_index: None,
+        label_smoothing: 0.0,
+        z_loss: 0.0,
+    };
+    let loss = node(&mut g, "the_loss", op, &[xv, yv]);
+    g.add_output(loss);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions::default()).unwrap();
+    let x = Tensor::zeros(DType::F32, &[2, 3]);
+    for bad in [3, -1] {
+        let y = Tensor::from_i64s(DType::I64, &[2], &[0, bad]);
+        let err = compiled.run(&[("x".into(), x.clone()), ("y".into(), y)]).expect_err("label out of range");
+        assert!(err.to_string().contains("the_loss") && err.to_string().contains("label"), "{err}");
+    }
+}
+
+#[test]
+fn linear_cross_entropy_matches_the_interpreter() {
+    use kiln_ir::op::LossReduction;
+    let mut rng = StdRng::seed_from_u64(11);
+    let (n, d, v) = (7, 16, 300);
+    for (reduction, ignore_index, eps, zeta, transpose_weight, chunk_size, with_bias, with_class_w) in [
+        (LossReduction::Mean, None, 0.0, 0.0, true, 4096, false, false),
+        (LossReduction::None, Some(-100), 0.1, 1e-3, true, 64, true, true),
+        (LossReduction::Sum, Some(5), 0.05, 0.0, false, 100, true, false),
+        (LossReduction::Mean, Some(-1), 0.0, 1e-2, false, 7, false, true),
+    ] {
+        let mut g = Graph::new("lce");
+        let h = input(&mut g, "h", &[n, d]);
+        let wshape = if transpose_weight { [v, d] } else { [d, v] };
+        let w = input(&mut g, "w", &wshape);
+        let y = g.add_input("y", TensorType::fixed(DType::I64, &[n])).unwrap();
+        let mut feed = vec![
+            ("h".to_string(), random(&mut rng, &[n, d], -1.0, 1.0)),
+            ("w".to_string(), random(&mut rng, &wshape, -1.0, 1.0)),
+            ("y".to_string(), labels(&mut rng, &[n], v as i64, ignore_index)),
+        ];
+        let mut ins = vec![Some(h), Some(w), Some(y), None, None];
+        if with_bias {
+            ins[3] = Some(input(&mut g, "b", &[v]));
+            feed.push(("b".into(), random(&mut rng, &[v], -1.0, 1.0)));
+        }
+        if with_class_w {
+            ins[4] = Some(input(&mut g, "cw", &[v]));
+            feed.push(("cw".into(), random(&mut rng, &[v], 0.2, 2.0)));
+        }
+        while ins.last() == Some(&None) {
+            ins.pop();
+        }
+        let op = Op::LinearCrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing: eps,
+            z_loss: zeta,
+            transpose_weight,
+            chunk_size,
+        };
+        let id = g.add_node("lce", op.clone(), ins, &["loss"]).unwrap();
+        g.add_output(g.node(id).output(0).unwrap());
+        let spec = check(g, &feed, &format!("{op:?}"));
+        // The kernel's memory is its per-row state and one tile, never N × V.
+        assert!(spec.arena_bytes < n * v * 4, "arena {} B for N×V = {} B of logits", spec.arena_bytes, n * v * 4);
+    }
+}
+
+#[test]
+fn expand_broadcasts_inside_a_fused_loop() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut g = Graph::new("expand");
+    let x = input(&mut g, "x", &[3, 1]);
+    let z = input(&mut g, "z", &[2, 3, 4]);
+    let shape = g.add_initializer("shape", Tensor::vec_i64(&[2, 1, 4])).unwrap();
+    let e = node(&mut g, "expand", Op::Expand, &[x, shape]);
+    let y = node(&mut g, "mul", Op::Binary(BinaryOp::Mul), &[e, z]);
+    g.add_output(y);
+    let feed = [
+        ("x".to_string(), random(&mut rng, &[3, 1], -1.0, 1.0)),
+        ("z".to_string(), random(&mut rng, &[2, 3, 4], -1.0, 1.0)),
+    ];
+    let spec = check(g, &feed, "expand");
+    assert_eq!(spec.kernels.len(), 1, "{:?}", spec.kernels);
+    let mut g = Graph::new("expand_out");
+    let x = input(&mut g, "x", &[3, 1]);
+    let shape = g.add_initializer("shape", Tensor::vec_i64(&[2, 3, 5])).unwrap();
+    let e = node(&mut g, "expand", Op::Expand, &[x, shape]);
+    g.add_output(e);
+    check(g, &[("x".to_string(), random(&mut rng, &[3, 1], -1.0, 1.0))], "expand as output");
+}
+
+#[test]
+fn layer_and_rms_normalization_match_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(14);
+    let shape = [2, 3, 8];
+    for (axis, pshape) in [(-1i64, vec![8]), (1, vec![3, 8]), (1, vec![8])] {
+        for rms in [false, true] {
+            let mut g = Graph::new("norm");
+            let x = input(&mut g, "x", &shape);
+            let s = input(&mut g, "s", &pshape);
+            let mut feed = vec![
+                ("x".to_string(), random(&mut rng, &shape, -2.0, 3.0)),
+                ("s".to_string(), random(&mut rng, &pshape, 0.5, 1.5)),
+            ];
+            let (op, ins, outs): (Op, Vec<Option<ValueId>>, &[&str]) = if rms {
+                (Op::RMSNormalization { axis, epsilon: 1e-5, stash_type: DType::F32 }, vec![Some(x), Some(s)], &["y"])
+            } else {
+                let b = input(&mut g, "b", &pshape);
+                feed.push(("b".to_string(), random(&mut rng, &pshape, -1.0, 1.0)));
+                let op = Op::LayerNormalization { axis, epsilon: 1e-5, stash_type: DType::F32 };
+                (op, vec![Some(x), Some(s), Some(b)], &["y", "mean", "inv_std"])
+            };
+            let id = g.add_node("norm", op.clone(), ins, outs).unwrap();
+            for slot in 0..outs.len() {
+                g.add_output(g.node(id).output(slot).unwrap());
+            }
+            check(g, &feed, &format!("{op:?} scale {pshape:?}"));
+        }
+    }
+}
+
+#[test]
+fn gather_matches_the_interpreter_and_checks_indices() {
+    let mut rng = StdRng::seed_from_u64(15);
+    for (axis, ishape) in [(0i64, vec![2, 3]), (1, vec![4]), (-1, vec![])] {
+        let mut g = Graph::new("gather");
+        let x = input(&mut g, "x", &[5, 6, 7]);
+        let i = g.add_input("i", TensorType::fixed(DType::I64, &ishape)).unwrap();
+        let y = node(&mut g, "embed", Op::Gather { axis }, &[x, i]);
+        g.add_output(y);
+        let n: usize = ishape.iter().product();
+        let idx: Vec<i64> = (0..n).map(|k| if k % 2 == 0 { k as i64 % 5 } else { -1 - (k as i64 % 4) }).collect();
+        let feed = [
+            ("x".to_string(), random(&mut rng, &[5, 6, 7], -1.0, 1.0)),
+            ("i".to_string(), Tensor::from_i64s(DType::I64, &ishape, &idx)),
+        ];
+        check(g, &feed, &format!("gather axis {axis}"));
+    }
+    let mut g = Graph::new("gather");
+    let x = input(&mut g, "x", &[5, 2]);
+    let i = g.add_input("i", TensorType::fixed(DType::I64, &[2])).unwrap();
+    let y = node(&mut g, "embed", Op::Gather { axis: 0 }, &[x, i]);
+    g.add_output(y);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions::default()).unwrap();
+    for bad in [5, -6] {
+        let feed =
+            [("x".to_string(), Tensor::zeros(DType::F32, &[5, 2])), ("i".to_string(), Tensor::vec_i64(&[0, bad]))];
+        let err = compiled.run(&feed).expect_err("index out of range");
+        assert!(err.to_string().contains("embed") && err.to_string().contains("index"), "{err}");
+    }
+}
+
+#[test]
+fn split_matches_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(16);
+    for (axis, sizes) in [(1i64, vec![2, 3, 1]), (-1, vec![4, 3]), (0, vec![1, 1])] {
+        let mut g = Graph::new("split");
+        let x = input(&mut g, "x", &[2, 6, 7]);
+        let s = g.add_initializer("sizes", Tensor::vec_i64(&sizes)).unwrap();
+        let names: Vec<String> = (0..sizes.len()).map(|i| format!("y{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let id = g.add_node("split", Op::Split { axis, num_outputs: None }, vec![Some(x), Some(s)], &refs).unwrap();
+        for slot in 0..sizes.len() {
+            g.add_output(g.node(id).output(slot).unwrap());
+        }
+        check(g, &[("x".to_string(), random(&mut rng, &[2, 6, 7], -1.0, 1.0))], &format!("split {axis} {sizes:?}"));
+    }
+}
+
+#[test]
+fn slice_matches_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(17);
+    type Case<'a> = (&'a [i64], &'a [i64], Option<&'a [i64]>, Option<&'a [i64]>);
+    let cases: [Case; 4] = [
+        (&[0, 1], &[2, 5], None, None),
+        (&[-1], &[-1000], Some(&[2]), Some(&[-2])),
+        (&[1, 0], &[1000, -1], Some(&[0, 1]), Some(&[2, 3])),
+        (&[3], &[1], Some(&[-1]), None),
+    ];
+    for (starts, ends, axes, steps) in cases {
+        let mut g = Graph::new("slice");
+        let x = input(&mut g, "x", &[4, 6, 7]);
+        let s = g.add_initializer("starts", Tensor::vec_i64(starts)).unwrap();
+        let e = g.add_initializer("ends", Tensor::vec_i64(ends)).unwrap();
+        let mut ins = vec![Some(x), Some(s), Some(e)];
+        if let Some(a) = axes {
+            ins.push(Some(g.add_initializer("axes", Tensor::vec_i64(a)).unwrap()));
+        }
+        if let Some(st) = steps {
+            if ins.len() == 3 {
+                ins.push(None);
+            }
+            ins.push(Some(g.add_initializer("steps", Tensor::vec_i64(st)).unwrap()));
+        }
+        let id = g.add_node("slice", Op::Slice, ins, &["y"]).unwrap();
+        g.add_output(g.node(id).output(0).unwrap());
+        let what = format!("slice {starts:?} {ends:?} {axes:?} {steps:?}");
+        check(g, &[("x".to_string(), random(&mut rng, &[4, 6, 7], -1.0, 1.0))], &what);
+    }
+}
