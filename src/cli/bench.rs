@@ -461,10 +461,9 @@ fn specialize(mut graph: Graph, inputs: &[(String, Tensor)]) -> anyhow::Result<G
 }
 
 /// Compiles `graph` for `backend`, for the shapes of `inputs`, allowing it
-/// `threads` threads. Each backend is one arm here: wiring in backends/llvm
-/// means replacing the `Cpu` arm with its compile call, wrapped in an
-/// [`Executable`] whose `threads_used` is what it really runs on. The
-/// interpreter has no threads to set, hence the unused parameter for now.
+/// `threads` threads. Each backend is one arm here, wrapped in an
+/// [`Executable`] whose `threads_used` is what it really runs on. Neither
+/// backend runs kernels on several threads yet, hence the unused parameter.
 fn compile(
     backend: BenchBackend,
     graph: Graph,
@@ -474,8 +473,32 @@ fn compile(
     match backend {
         BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)? })),
         BenchBackend::Cpu => {
-            bail!("the cpu backend (backends/llvm) is not available in this build of kiln yet; use --backend interp")
+            let compiled = kiln_backend_llvm::compile(&graph, &kiln_backend_llvm::CompileOptions::default())?;
+            // Compile the specialization for these shapes now, so that the
+            // timed runs only run.
+            compiled.specialization_for(inputs)?;
+            Ok(Box::new(Jitted { compiled }))
         }
+    }
+}
+
+/// The LLVM CPU backend's JIT-compiled code, specialized to the inputs'
+/// shapes. Its kernels are single-threaded so far.
+struct Jitted {
+    compiled: kiln_backend_llvm::CompiledGraph,
+}
+
+impl Executable for Jitted {
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<Vec<(String, Tensor)>> {
+        Ok(self.compiled.run(inputs)?)
+    }
+
+    fn threads_used(&self) -> usize {
+        1
+    }
+
+    fn compile_summary(&self) -> &str {
+        "lowered to LLVM IR, optimized at O3 for the host CPU, JIT-compiled for the input shapes"
     }
 }
 
