@@ -141,8 +141,11 @@ struct Row {
     median_s: f64,
     /// Median wall time of `optimize`.
     wall_s: f64,
-    /// Wall time of saturation, extraction (with the rebuild of the graph)
-    /// and the rest (conversion, costs, verification) in the median run.
+    /// Wall time of the run the phases below come from.
+    phases_wall_s: f64,
+    /// Wall time of saturation and of extraction (with the rebuild of the
+    /// graph) in the median run; the rest of that run is conversion, costs
+    /// and verification.
     saturate_s: f64,
     extract_s: f64,
     enodes: usize,
@@ -151,34 +154,45 @@ struct Row {
     fused: String,
 }
 
-/// The run of median CPU time (its CPU seconds and report) and the median
-/// wall time over all runs.
-fn median_run(graph: &Graph, runs: usize) -> Result<(f64, f64, Report), String> {
+/// The median-CPU run of `optimize`.
+struct Median {
+    cpu_s: f64,
+    /// That run's wall time.
+    run_wall_s: f64,
+    report: Report,
+    /// The median wall time over all runs.
+    wall_s: f64,
+}
+
+/// Runs `-O2` `runs` times; the run of median CPU time, with the median
+/// wall time of all runs.
+fn median_run(graph: &Graph, runs: usize) -> Result<Median, String> {
     let pipeline = Pipeline::level(OptLevel::O2);
-    let mut timed: Vec<(f64, Report)> = Vec::with_capacity(runs);
+    let mut timed: Vec<(f64, f64, Report)> = Vec::with_capacity(runs);
     let mut walls = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
         let cpu_start = thread_cpu_seconds();
         let (out, report) = optimize(graph, &pipeline).map_err(|e| format!("-O2 failed: {e}"))?;
         let cpu = thread_cpu_seconds() - cpu_start;
-        walls.push(start.elapsed().as_secs_f64());
+        let wall = start.elapsed().as_secs_f64();
+        walls.push(wall);
         // The optimized graph is dropped outside the timed region on purpose:
         // freeing it is not optimization.
         drop(out);
-        timed.push((cpu, report));
+        timed.push((cpu, wall, report));
     }
     timed.sort_by(|a, b| a.0.total_cmp(&b.0));
     walls.sort_by(f64::total_cmp);
-    let (cpu, report) = timed.swap_remove(runs / 2);
-    Ok((cpu, walls[runs / 2], report))
+    let (cpu_s, run_wall_s, report) = timed.swap_remove(runs / 2);
+    Ok(Median { cpu_s, run_wall_s, report, wall_s: walls[runs / 2] })
 }
 
 fn measure(path: &Path, layers: usize, runs: usize) -> Result<Row, String> {
     let start = Instant::now();
     let graph = kiln_ir::io::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let load_s = start.elapsed().as_secs_f64();
-    let (median_s, wall_s, report) = median_run(&graph, runs)?;
+    let Median { cpu_s: median_s, run_wall_s, report, wall_s } = median_run(&graph, runs)?;
     let limit = report
         .passes
         .iter()
@@ -195,6 +209,7 @@ fn measure(path: &Path, layers: usize, runs: usize) -> Result<Row, String> {
         load_s,
         median_s,
         wall_s,
+        phases_wall_s: run_wall_s,
         saturate_s: report.passes.iter().map(|p| p.seconds).sum(),
         extract_s: report.extract_seconds,
         enodes: report.passes.last().map_or(0, |p| p.egraph_nodes),
@@ -267,11 +282,12 @@ fn report_style(style: &str, rows: &[Row], runs: usize) {
     println!();
     println!("### GPT-2-small-shaped (d 768, 12 heads, V 50257), `gpt2_{style}` export, `-O2`, median of {runs} run(s)");
     println!();
-    println!("| layers | graph nodes | e-nodes | iterations | load (s) | optimize CPU (ms) | per layer (ms) | wall (ms) | saturation (ms) | extraction (ms) | other (ms) | limit hit |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("| layers | graph nodes | e-nodes | iterations | load (s) | optimize CPU (ms) | per layer (ms) | wall (ms) | saturation / extraction / other (% of wall) | limit hit |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
+        let share = |part: f64| part / r.phases_wall_s.max(1e-12) * 100.0;
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.1} | {:.0} / {:.0} / {:.0} | {} |",
             r.layers,
             r.nodes,
             r.enodes,
@@ -280,9 +296,9 @@ fn report_style(style: &str, rows: &[Row], runs: usize) {
             r.median_s * 1e3,
             r.median_s / r.layers as f64 * 1e3,
             r.wall_s * 1e3,
-            r.saturate_s * 1e3,
-            r.extract_s * 1e3,
-            (r.wall_s - r.saturate_s - r.extract_s).max(0.0) * 1e3,
+            share(r.saturate_s),
+            share(r.extract_s),
+            share((r.phases_wall_s - r.saturate_s - r.extract_s).max(0.0)),
             r.limit.as_deref().unwrap_or("no")
         );
     }
@@ -292,7 +308,12 @@ fn report_style(style: &str, rows: &[Row], runs: usize) {
     }
     let (slope, intercept) = fit(rows);
     println!();
-    println!("fitted line: t = {:.1} ms/layer x layers + {:.1} ms", slope * 1e3, intercept * 1e3);
+    println!(
+        "fitted line (least squares, CPU time): t = {:.2} ms/layer x layers {} {:.1} ms",
+        slope * 1e3,
+        if intercept < 0.0 { "-" } else { "+" },
+        intercept.abs() * 1e3
+    );
     let at = |l: usize| rows.iter().find(|r| r.layers == l).map(|r| r.median_s);
     if let (Some(t12), Some(t48)) = (at(12), at(48)) {
         println!("time(48) / time(12) = {:.2} (4.00 if linear)", t48 / t12);
