@@ -12,9 +12,10 @@
 //! LayerNormalization, Gemm and SoftmaxCrossEntropyLoss). They are written
 //! once under `target/bench-models/` (override with `KILN_BENCH_MODELS`)
 //! and regenerated only when the generator or its flags change; all depths
-//! and both styles take about 7.6 GB of disk, the 48-layer models about
-//! 1.5 GB each. Generation needs the Python of `KILN_PYTHON` (or
-//! `.venv/bin/python`) with `onnx` and NumPy.
+//! and both styles take about 7.2 GB of disk (the 48-layer models 1.5 GB
+//! each) and about 8 minutes to write on a busy machine. Generation needs
+//! the Python of `KILN_PYTHON` (or `.venv/bin/python`) with `onnx` and
+//! NumPy.
 //!
 //! Per model it loads the file once (ONNX import, type inference and
 //! verification, timed separately) and then runs
@@ -22,12 +23,15 @@
 //! `--runs` times (default 5), reporting the median of the thread's CPU
 //! time (`CLOCK_THREAD_CPUTIME_ID`), which is what "on one core" means and
 //! what a busy shared machine distorts least; the median wall time is shown
-//! beside it. The targets, the fitted line and the curve use CPU time.
-//! Whatever `-O2` holds
-//! when the bench is built is what it measures; a pass stopped by a
-//! saturation limit is flagged in the table, since its time then says
-//! little about the rules. The whole bench is single-threaded (kiln-ir,
-//! kiln-passes and egg start no threads).
+//! beside it. The targets, the fitted line and the curve use CPU time. The
+//! phase columns (saturation, extraction with the graph rebuild, the rest)
+//! come from the report's wall timings, the fastest run of each.
+//!
+//! Whatever `-O2` holds when the bench is built is what it measures; the
+//! bench lists the op types it introduced per depth, and a pass stopped by a
+//! saturation limit is flagged, since its time then says little about the
+//! rules. The whole bench is single-threaded (kiln-ir, kiln-passes and egg
+//! start no threads).
 //!
 //! Run: `cargo bench --bench opt_time`. Options after `--`:
 //! `--depths 1,2,4,6,12,24,48`, `--runs 5`, `--styles unfused,fused`.
@@ -92,7 +96,8 @@ fn generator_flags(layers: usize) -> Vec<String> {
 fn ensure_models(layers: usize) -> Result<PathBuf, String> {
     let dir = models_root().join(format!("gpt2-L{layers}"));
     let script = repo_root().join("examples/models/make_models.py");
-    let source = std::fs::read(&script).map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    let source =
+        std::fs::read(&script).map_err(|e| format!("cannot read {}: {e}", script.display()))?;
     let flags = generator_flags(layers);
     let mut h = DefaultHasher::new();
     source.hash(&mut h);
@@ -106,7 +111,10 @@ fn ensure_models(layers: usize) -> Result<PathBuf, String> {
     // A half-written set must not pass for a finished one.
     let _ = std::fs::remove_file(&stamp);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    eprintln!("generating the {layers}-layer models in {} (once) ...", dir.display());
+    eprintln!(
+        "generating the {layers}-layer models in {} (once) ...",
+        dir.display()
+    );
     let start = Instant::now();
     let status = Command::new(&python)
         .arg(&script)
@@ -116,16 +124,22 @@ fn ensure_models(layers: usize) -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !status.success() {
-        return Err(format!("make_models.py failed for {layers} layers ({status})"));
+        return Err(format!(
+            "make_models.py failed for {layers} layers ({status})"
+        ));
     }
-    std::fs::write(&stamp, stamp_text).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    std::fs::write(&stamp, stamp_text)
+        .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
     eprintln!("  done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(dir)
 }
 
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec for the call's duration.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is available on Linux");
@@ -141,81 +155,126 @@ struct Row {
     median_s: f64,
     /// Median wall time of `optimize`.
     wall_s: f64,
-    /// Wall time of the run the phases below come from.
-    phases_wall_s: f64,
-    /// Wall time of saturation and of extraction (with the rebuild of the
-    /// graph) in the median run; the rest of that run is conversion, costs
-    /// and verification.
-    saturate_s: f64,
-    extract_s: f64,
+    /// Fastest wall time over the runs of each phase: saturation,
+    /// extraction (with the rebuild of the graph), and the rest
+    /// (conversion, costs, verification). The fastest run of a phase is the
+    /// one least disturbed by other processes.
+    phases: Phases,
     enodes: usize,
     iterations: usize,
     limit: Option<String>,
     fused: String,
 }
 
-/// The median-CPU run of `optimize`.
-struct Median {
-    cpu_s: f64,
-    /// That run's wall time.
-    run_wall_s: f64,
-    report: Report,
-    /// The median wall time over all runs.
-    wall_s: f64,
+/// Wall seconds per phase of one `optimize` call.
+#[derive(Clone, Copy)]
+struct Phases {
+    saturate: f64,
+    extract: f64,
+    other: f64,
 }
 
-/// Runs `-O2` `runs` times; the run of median CPU time, with the median
-/// wall time of all runs.
-fn median_run(graph: &Graph, runs: usize) -> Result<Median, String> {
+impl Phases {
+    fn of(report: &Report, wall: f64) -> Phases {
+        let saturate: f64 = report.passes.iter().map(|p| p.seconds).sum();
+        let extract = report.extract_seconds;
+        Phases {
+            saturate,
+            extract,
+            other: (wall - saturate - extract).max(0.0),
+        }
+    }
+
+    fn min(self, o: Phases) -> Phases {
+        Phases {
+            saturate: self.saturate.min(o.saturate),
+            extract: self.extract.min(o.extract),
+            other: self.other.min(o.other),
+        }
+    }
+}
+
+/// What `--runs` calls of `optimize` measured.
+struct Runs {
+    /// Median CPU time.
+    cpu_s: f64,
+    /// Median wall time.
+    wall_s: f64,
+    /// Fastest wall time of each phase.
+    phases: Phases,
+    /// The report of the median-CPU run (they all agree but for timings).
+    report: Report,
+}
+
+/// Runs `-O2` `runs` times.
+fn time_runs(graph: &Graph, runs: usize) -> Result<Runs, String> {
     let pipeline = Pipeline::level(OptLevel::O2);
-    let mut timed: Vec<(f64, f64, Report)> = Vec::with_capacity(runs);
+    let mut timed: Vec<(f64, Report)> = Vec::with_capacity(runs);
     let mut walls = Vec::with_capacity(runs);
+    let mut phases: Option<Phases> = None;
     for _ in 0..runs {
         let start = Instant::now();
         let cpu_start = thread_cpu_seconds();
         let (out, report) = optimize(graph, &pipeline).map_err(|e| format!("-O2 failed: {e}"))?;
         let cpu = thread_cpu_seconds() - cpu_start;
         let wall = start.elapsed().as_secs_f64();
-        walls.push(wall);
         // The optimized graph is dropped outside the timed region on purpose:
         // freeing it is not optimization.
         drop(out);
-        timed.push((cpu, wall, report));
+        walls.push(wall);
+        let this = Phases::of(&report, wall);
+        phases = Some(phases.map_or(this, |p| p.min(this)));
+        timed.push((cpu, report));
     }
     timed.sort_by(|a, b| a.0.total_cmp(&b.0));
     walls.sort_by(f64::total_cmp);
-    let (cpu_s, run_wall_s, report) = timed.swap_remove(runs / 2);
-    Ok(Median { cpu_s, run_wall_s, report, wall_s: walls[runs / 2] })
+    let (cpu_s, report) = timed.swap_remove(runs / 2);
+    Ok(Runs {
+        cpu_s,
+        wall_s: walls[runs / 2],
+        phases: phases.expect("at least one run"),
+        report,
+    })
 }
 
 fn measure(path: &Path, layers: usize, runs: usize) -> Result<Row, String> {
     let start = Instant::now();
     let graph = kiln_ir::io::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let load_s = start.elapsed().as_secs_f64();
-    let Median { cpu_s: median_s, run_wall_s, report, wall_s } = median_run(&graph, runs)?;
+    let Runs {
+        cpu_s,
+        wall_s,
+        phases,
+        report,
+    } = time_runs(&graph, runs)?;
     let limit = report
         .passes
         .iter()
         .filter(|p| p.stop.is_limit())
         .map(|p| format!("{}: {}", p.name, p.stop))
         .collect::<Vec<_>>();
-    let fused = ["Attention", "kiln.LinearCrossEntropy", "kiln.CrossEntropy"]
+    // Op types that -O2 introduced, whatever rules it has by now.
+    let fused = report
+        .ops_after
         .iter()
-        .filter_map(|op| report.ops_after.get(*op).map(|n| format!("{op} x{n}")))
+        .filter(|(op, _)| !report.ops_before.contains_key(*op))
+        .map(|(op, n)| format!("{op} x{n}"))
         .collect::<Vec<_>>();
     Ok(Row {
         layers,
         nodes: graph.node_count(),
         load_s,
-        median_s,
+        median_s: cpu_s,
         wall_s,
-        phases_wall_s: run_wall_s,
-        saturate_s: report.passes.iter().map(|p| p.seconds).sum(),
-        extract_s: report.extract_seconds,
+        phases,
         enodes: report.passes.last().map_or(0, |p| p.egraph_nodes),
         iterations: report.passes.iter().map(|p| p.iterations).sum(),
         limit: (!limit.is_empty()).then(|| limit.join("; ")),
-        fused: if fused.is_empty() { "none".into() } else { fused.join(", ") },
+        fused: if fused.is_empty() {
+            "none".into()
+        } else {
+            fused.join(", ")
+        },
     })
 }
 
@@ -225,7 +284,10 @@ fn fit(rows: &[Row]) -> (f64, f64) {
     let mx = rows.iter().map(|r| r.layers as f64).sum::<f64>() / n;
     let my = rows.iter().map(|r| r.median_s).sum::<f64>() / n;
     let sxx: f64 = rows.iter().map(|r| (r.layers as f64 - mx).powi(2)).sum();
-    let sxy: f64 = rows.iter().map(|r| (r.layers as f64 - mx) * (r.median_s - my)).sum();
+    let sxy: f64 = rows
+        .iter()
+        .map(|r| (r.layers as f64 - mx) * (r.median_s - my))
+        .sum();
     let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
     (slope, my - slope * mx)
 }
@@ -235,7 +297,12 @@ fn ascii_curve(rows: &[Row], slope: f64, intercept: f64) -> String {
     const W: usize = 60;
     const H: usize = 16;
     let max_x = rows.iter().map(|r| r.layers).max().unwrap_or(1).max(1) as f64;
-    let max_y = rows.iter().map(|r| r.median_s).fold(0.0, f64::max).max(intercept + slope * max_x).max(1e-9);
+    let max_y = rows
+        .iter()
+        .map(|r| r.median_s)
+        .fold(0.0, f64::max)
+        .max(intercept + slope * max_x)
+        .max(1e-9);
     let mut grid = vec![vec![' '; W + 1]; H + 1];
     let cell = |x: f64, y: f64| -> (usize, usize) {
         let col = ((x / max_x) * W as f64).round().clamp(0.0, W as f64) as usize;
@@ -265,29 +332,37 @@ fn ascii_curve(rows: &[Row], slope: f64, intercept: f64) -> String {
         out.push('\n');
     }
     out.push_str(&format!("          +{}\n", "-".repeat(W + 1)));
-    out.push_str(&format!("           0{:>w$}\n", format!("{} layers", max_x as usize), w = W));
+    out.push_str(&format!(
+        "           0{:>w$}\n",
+        format!("{} layers", max_x as usize),
+        w = W
+    ));
     out
 }
 
 /// The value after `flag` on the command line.
 fn arg_value(args: &[String], flag: &str) -> Option<String> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn parse_list(s: &str) -> Option<Vec<usize>> {
-    s.split(',').map(|x| x.trim().parse().ok().filter(|&n: &usize| n >= 1)).collect()
+    s.split(',')
+        .map(|x| x.trim().parse().ok().filter(|&n: &usize| n >= 1))
+        .collect()
 }
 
 fn report_style(style: &str, rows: &[Row], runs: usize) {
     println!();
     println!("### GPT-2-small-shaped (d 768, 12 heads, V 50257), `gpt2_{style}` export, `-O2`, median of {runs} run(s)");
     println!();
-    println!("| layers | graph nodes | e-nodes | iterations | load (s) | optimize CPU (ms) | per layer (ms) | wall (ms) | saturation / extraction / other (% of wall) | limit hit |");
+    println!("| layers | graph nodes | e-nodes | iterations | load (s) | optimize CPU (ms) | per layer (ms) | wall (ms) | saturation / extraction / other, fastest (ms) | limit hit |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
-        let share = |part: f64| part / r.phases_wall_s.max(1e-12) * 100.0;
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.1} | {:.0} / {:.0} / {:.0} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.1} | {:.1} / {:.1} / {:.1} | {} |",
             r.layers,
             r.nodes,
             r.enodes,
@@ -296,15 +371,15 @@ fn report_style(style: &str, rows: &[Row], runs: usize) {
             r.median_s * 1e3,
             r.median_s / r.layers as f64 * 1e3,
             r.wall_s * 1e3,
-            share(r.saturate_s),
-            share(r.extract_s),
-            share((r.phases_wall_s - r.saturate_s - r.extract_s).max(0.0)),
+            r.phases.saturate * 1e3,
+            r.phases.extract * 1e3,
+            r.phases.other * 1e3,
             r.limit.as_deref().unwrap_or("no")
         );
     }
     println!();
     for r in rows {
-        println!("{} layers: fused ops after -O2: {}", r.layers, r.fused);
+        println!("{} layers: op types -O2 introduced: {}", r.layers, r.fused);
     }
     let (slope, intercept) = fit(rows);
     println!();
@@ -336,7 +411,9 @@ fn report_style(style: &str, rows: &[Row], runs: usize) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let depths = match parse_list(&arg_value(&args, "--depths").unwrap_or_else(|| "1,2,4,6,12,24,48".into())) {
+    let depths = match parse_list(
+        &arg_value(&args, "--depths").unwrap_or_else(|| "1,2,4,6,12,24,48".into()),
+    ) {
         Some(d) if !d.is_empty() => d,
         _ => {
             eprintln!("--depths takes a comma-separated list of positive layer counts");
