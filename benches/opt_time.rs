@@ -20,7 +20,7 @@
 //! Per model it loads the file once (ONNX import, type inference and
 //! verification, timed separately) and then runs
 //! `kiln_passes::manager::optimize` with `Pipeline::level(OptLevel::O2)`
-//! `--runs` times (default 5), reporting the median of the thread's CPU
+//! `--runs` times (default 9), reporting the median of the thread's CPU
 //! time (`CLOCK_THREAD_CPUTIME_ID`), which is what "on one core" means and
 //! what a busy shared machine distorts least; the median wall time is shown
 //! beside it. The targets, the fitted line and the curve use CPU time. The
@@ -34,7 +34,7 @@
 //! start no threads).
 //!
 //! Run: `cargo bench --bench opt_time`. Options after `--`:
-//! `--depths 1,2,4,6,12,24,48`, `--runs 5`, `--styles unfused,fused`.
+//! `--depths 1,2,4,6,12,24,48`, `--runs 9`, `--styles unfused,fused`.
 
 use kiln_ir::graph::Graph;
 use kiln_passes::manager::{optimize, OptLevel, Pipeline, Report};
@@ -421,7 +421,7 @@ fn main() -> ExitCode {
         }
     };
     let runs = match arg_value(&args, "--runs").map(|r| r.parse::<usize>()) {
-        None => 5,
+        None => 9,
         Some(Ok(r)) if r >= 1 => r,
         Some(_) => {
             eprintln!("--runs takes a positive number");
