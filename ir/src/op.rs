@@ -369,6 +369,68 @@ pub struct AttentionAttrs {
     pub softmax_precision: Option<DType>,
 }
 
+/// Default `chunk_size` of [`Op::LinearAttention`] (ONNX's).
+pub const DEFAULT_LINEAR_ATTENTION_CHUNK: i64 = 64;
+
+/// The recurrence of ONNX-27 `LinearAttention`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LinearUpdateRule {
+    /// `S_t = S_{t-1} + k_t ⊗ v_t`.
+    Linear,
+    /// `S_t = exp(g_t) ⊙ S_{t-1} + k_t ⊗ v_t`.
+    Gated,
+    /// `S_t = S_{t-1} + β_t k_t ⊗ (v_t − S_{t-1}ᵀ k_t)`.
+    Delta,
+    /// `S_t = exp(g_t) S_{t-1} + β_t k_t ⊗ (v_t − exp(g_t) S_{t-1}ᵀ k_t)`.
+    GatedDelta,
+}
+
+impl LinearUpdateRule {
+    /// The ONNX attribute value.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinearUpdateRule::Linear => "linear",
+            LinearUpdateRule::Gated => "gated",
+            LinearUpdateRule::Delta => "delta",
+            LinearUpdateRule::GatedDelta => "gated_delta",
+        }
+    }
+
+    fn parse(s: &str) -> Result<LinearUpdateRule, AttrError> {
+        [LinearUpdateRule::Linear, LinearUpdateRule::Gated, LinearUpdateRule::Delta, LinearUpdateRule::GatedDelta]
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                AttrError::Invalid(format!("update_rule must be linear, gated, delta or gated_delta, found `{s}`"))
+            })
+    }
+
+    /// The rule reads the `decay` input.
+    pub fn is_gated(self) -> bool {
+        matches!(self, LinearUpdateRule::Gated | LinearUpdateRule::GatedDelta)
+    }
+
+    /// The rule reads the `beta` input.
+    pub fn is_delta(self) -> bool {
+        matches!(self, LinearUpdateRule::Delta | LinearUpdateRule::GatedDelta)
+    }
+}
+
+/// Attributes of ONNX-27 `LinearAttention`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearAttentionAttrs {
+    /// Query heads packed in the last axis of `query`.
+    pub q_num_heads: i64,
+    /// Key/value heads packed in the last axis of `key` and `value`.
+    pub kv_num_heads: i64,
+    /// Output scale; `1/sqrt(d_k)` when absent (ONNX writes 0 for that).
+    pub scale: Option<f32>,
+    /// The recurrence.
+    pub update_rule: LinearUpdateRule,
+    /// Chunk size of chunk-parallel implementations; never changes the value.
+    pub chunk_size: i64,
+}
+
 /// A tensor operator with its attributes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -468,6 +530,10 @@ pub enum Op {
     },
     /// Scaled dot-product attention (ONNX 23).
     Attention(AttentionAttrs),
+    /// Recurrent linear attention (ONNX 27): `query`, `key`, `value`
+    /// packed `[B, T, H·D]`, optional `past_state [B, Hkv, Dk, Dv]`, `decay`
+    /// and `beta`; outputs the packed output and `present_state`.
+    LinearAttention(LinearAttentionAttrs),
 
     // ---- reductions ----
     /// A Reduce* op. Axes come from the attribute when set, else from the
@@ -725,6 +791,7 @@ impl Op {
             Op::RMSNormalization { .. } => "RMSNormalization",
             Op::RotaryEmbedding { .. } => "RotaryEmbedding",
             Op::Attention(_) => "Attention",
+            Op::LinearAttention(_) => "LinearAttention",
             Op::Reduce { kind, .. } => kind.name(),
             Op::ArgReduce { max: true, .. } => "ArgMax",
             Op::ArgReduce { max: false, .. } => "ArgMin",
@@ -880,6 +947,19 @@ impl Op {
                 }
                 if let Some(p) = at.softmax_precision {
                     a.push(("softmax_precision", Attr::DType(p)));
+                }
+            }
+            Op::LinearAttention(la) => {
+                a.push(("q_num_heads", Attr::Int(la.q_num_heads)));
+                a.push(("kv_num_heads", Attr::Int(la.kv_num_heads)));
+                if let Some(s) = la.scale {
+                    a.push(("scale", Attr::Float(s)));
+                }
+                if la.update_rule != LinearUpdateRule::GatedDelta {
+                    a.push(("update_rule", Attr::String(la.update_rule.name().into())));
+                }
+                if la.chunk_size != DEFAULT_LINEAR_ATTENTION_CHUNK {
+                    a.push(("chunk_size", Attr::Int(la.chunk_size)));
                 }
             }
             Op::Reduce { axes, keepdims, noop_with_empty_axes, .. } => {
@@ -1202,6 +1282,25 @@ impl Op {
                     softcap: b.float("softcap", 0.0)?,
                     softmax_precision: b.opt_dtype("softmax_precision")?,
                 }),
+                "LinearAttention" => {
+                    let required = |b: &mut AttrBag, name: &str| -> Result<i64, AttrError> {
+                        match b.opt_int(name)? {
+                            Some(n) if n >= 1 => Ok(n),
+                            Some(n) => Err(AttrError::Invalid(format!("attribute `{name}` must be positive, found {n}"))),
+                            None => Err(AttrError::Invalid(format!("attribute `{name}` is required"))),
+                        }
+                    };
+                    Op::LinearAttention(LinearAttentionAttrs {
+                        q_num_heads: required(&mut b, "q_num_heads")?,
+                        kv_num_heads: required(&mut b, "kv_num_heads")?,
+                        // ONNX's default 0.0 means "derive from the head size".
+                        scale: b.opt_float("scale")?.filter(|&s| s != 0.0),
+                        update_rule: LinearUpdateRule::parse(
+                            b.opt_string("update_rule")?.as_deref().unwrap_or("gated_delta"),
+                        )?,
+                        chunk_size: b.int("chunk_size", DEFAULT_LINEAR_ATTENTION_CHUNK)?,
+                    })
+                }
                 "ArgMax" | "ArgMin" => Op::ArgReduce {
                     max: op_type == "ArgMax",
                     axis: b.int("axis", 0)?,
@@ -1329,6 +1428,20 @@ mod tests {
             },
             Op::Constant { value: Tensor::vec_i64(&[1, 2, 3]) },
             Op::Gelu { approximate: GeluApproximation::Tanh },
+            Op::LinearAttention(LinearAttentionAttrs {
+                q_num_heads: 4,
+                kv_num_heads: 2,
+                scale: Some(0.5),
+                update_rule: LinearUpdateRule::Linear,
+                chunk_size: 16,
+            }),
+            Op::LinearAttention(LinearAttentionAttrs {
+                q_num_heads: 1,
+                kv_num_heads: 1,
+                scale: None,
+                update_rule: LinearUpdateRule::GatedDelta,
+                chunk_size: DEFAULT_LINEAR_ATTENTION_CHUNK,
+            }),
         ];
         for op in ops {
             assert_eq!(op.reparse().as_ref(), Ok(&op), "{}", op.name());

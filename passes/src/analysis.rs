@@ -106,8 +106,13 @@ pub struct TypeAnalysis {
     pub consts: ConstTable,
     /// Types of graph inputs, by name.
     pub inputs: BTreeMap<Name, TensorType>,
-    /// Types of initializers by name, and their interned value when small.
+    /// Types of initializers by name, and their interned value when small
+    /// (or a bool mask buffer, see [`crate::convert::MASK_BUFFER_LIMIT`]).
     pub weights: BTreeMap<Name, (TensorType, Option<ConstId>)>,
+    /// Classes of the source graph's outputs, as the conversion added them
+    /// (canonicalize with `find`): rules that fuse a value away check that
+    /// no output reads it.
+    pub outputs: Vec<Id>,
     /// Fresh-symbol counter for inferred types.
     pub fresh: FreshSymbols,
     /// Constants up to this many elements are tracked and folded.
@@ -129,6 +134,7 @@ impl Default for TypeAnalysis {
             consts: ConstTable::new(),
             inputs: BTreeMap::new(),
             weights: BTreeMap::new(),
+            outputs: Vec::new(),
             fresh: FreshSymbols::default(),
             fold_limit: DEFAULT_FOLD_LIMIT,
             strict: cfg!(debug_assertions),

@@ -93,6 +93,10 @@ pub struct Converted {
     pub source: SourceInfo,
 }
 
+/// Bool initializers up to this many elements (a 4096 x 4096 mask) are
+/// tracked as constants whatever the fold limit.
+pub const MASK_BUFFER_LIMIT: usize = 1 << 24;
+
 /// Converts a typed graph (every value used has a type; run
 /// [`kiln_ir::infer_types`] first) into an e-graph with the given analysis
 /// settings. Explanations are recorded when `explanations` is set.
@@ -122,7 +126,11 @@ pub fn to_egraph(
         }
         let name: Name = graph.value(v).name.as_str().into();
         let ty = TensorType::fixed(t.dtype(), t.shape());
-        let small = (t.len() <= analysis.fold_limit).then(|| analysis.consts.intern(t));
+        // Bool buffers are masks, not weights: the attention rules read
+        // them (GPT-2's causal `bias` is 1024 x 1024), and folding never
+        // materializes a large result from them (it checks the output size).
+        let mask = t.dtype() == kiln_ir::dtype::DType::Bool && t.len() <= MASK_BUFFER_LIMIT;
+        let small = (t.len() <= analysis.fold_limit || mask).then(|| analysis.consts.intern(t));
         analysis.weights.insert(name.clone(), (ty, small));
         initializers.push((name, t.clone()));
     }
@@ -212,6 +220,7 @@ pub fn to_egraph(
         })?;
         outputs.push((val.name.clone(), class));
     }
+    egraph.analysis.outputs = outputs.iter().map(|(_, c)| *c).collect();
     egraph.rebuild();
     if let Some(e) = egraph.analysis.errors.first() {
         return Err(IrError::Model(format!("e-graph conversion: {e}")));

@@ -240,6 +240,7 @@ impl CostModel {
             Op::RMSNormalization { .. } => 6.0 * in_elems,
             Op::RotaryEmbedding { .. } => 4.0 * in_elems,
             Op::Attention(a) => self.attention_flops(a, inputs, outputs),
+            Op::LinearAttention(a) => self.linear_attention_flops(a, inputs),
             Op::Reduce {
                 kind: ReduceKind::LogSumExp | ReduceKind::LogSum,
                 ..
@@ -311,6 +312,23 @@ impl CostModel {
         let scores = rows * kv_len;
         let v_head_dim = self.elems(y) / rows.max(1.0);
         2.0 * scores * head_dim + 2.0 * scores * v_head_dim + 12.0 * scores
+    }
+
+    /// ONNX-27 `LinearAttention` over `[batch, seq, heads*dim]` inputs: per
+    /// token, a `Dk×Dv` state update per key/value head and a read-out of
+    /// that state per query head, each `2·Dk·Dv`; nothing grows with S².
+    fn linear_attention_flops(
+        &self,
+        a: &kiln_ir::op::LinearAttentionAttrs,
+        inputs: &[Option<&TensorType>],
+    ) -> f64 {
+        let (Some(Some(q)), Some(Some(v))) = (inputs.first(), inputs.get(2)) else {
+            return 0.0;
+        };
+        let last = |t: &TensorType| t.shape.last().map_or(1.0, |d| self.dim(d));
+        let key_dim = last(q) / a.q_num_heads.max(1) as f64;
+        let value_dim = last(v) / a.kv_num_heads.max(1) as f64;
+        2.0 * self.elems(v) * key_dim + 2.0 * self.elems(q) * value_dim
     }
 
     /// Nanoseconds for a node cost on the target.

@@ -56,17 +56,18 @@
 //!
 //! Everything run inside saturation is an exact equality (up to floating
 //! point reassociation the rule's docs state): a class only ever holds
-//! values that are equal. Approximate substitutions (linear or sigmoid
-//! attention instead of softmax attention) are not equalities and will not
-//! be rules: they will be separate, opt-in graph transformations applied
-//! after extraction, each measured against the exact graph and refused when
-//! its error exceeds the caller's bound.
+//! values that are equal. Approximate substitutions (linear, sigmoid,
+//! softplus or SOFT attention instead of softmax attention) are not
+//! equalities and are not rules: [`approx`] applies them as separate,
+//! opt-in graph transformations after extraction, each measured against
+//! the exact graph and refused when its error exceeds the caller's bound.
 //!
 //! The crate depends only on `kiln-ir`, never on LLVM or MLIR.
 
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod approx;
 pub mod consts;
 pub mod convert;
 pub mod cost;

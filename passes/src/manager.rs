@@ -23,7 +23,7 @@ use crate::analysis::{TypeAnalysis, DEFAULT_FOLD_LIMIT};
 use crate::convert::{to_egraph, to_graph};
 use crate::cost::{CostModel, GraphCost};
 use crate::extract::extract_dag;
-use crate::rules::{self, FireLog, Rule};
+use crate::rules::{self, FireLog, Rule, RuleContext};
 use kiln_ir::error::{IrError, Result};
 use kiln_ir::graph::Graph;
 use std::collections::BTreeMap;
@@ -53,7 +53,7 @@ impl fmt::Debug for Pass {
 }
 
 /// The names of every pass, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["algebra", "loss"];
+pub const PASS_NAMES: &[&str] = &["algebra", "loss", "attention"];
 
 impl Pass {
     /// The pass with this name.
@@ -62,13 +62,18 @@ impl Pass {
             "algebra" => Some(Pass {
                 name: "algebra",
                 description:
-                    "transpose/reshape folding, Identity/Dropout/Cast elimination, constant folding",
+                    "transpose/reshape folding, Identity/Dropout/Cast elimination, constant folding, scale into weight, matmul reassociation",
                 rules: rules::algebra::rules(),
             }),
             "loss" => Some(Pass {
                 name: "loss",
-                description: "softmax/log-softmax + NLL and SoftmaxCrossEntropyLoss into kiln::CrossEntropy; LM head + loss into kiln::LinearCrossEntropy",
+                description: "softmax/log-softmax + NLL and SoftmaxCrossEntropyLoss into kiln::CrossEntropy, z-loss into its z_loss; LM head + loss into kiln::LinearCrossEntropy; ArgMax/TopK over softmax",
                 rules: rules::loss::rules(),
+            }),
+            "attention" => Some(Pass {
+                name: "attention",
+                description: "scaled dot-product attention (scale, mask, causal mask, grouped-/multi-query) into Attention",
+                rules: rules::attention::rules(),
             }),
             _ => None,
         }
@@ -82,8 +87,7 @@ pub enum OptLevel {
     O0,
     /// Clean-up: the `algebra` pass.
     O1,
-    /// Everything: `-O1` plus loss fusion; the attention passes join here
-    /// as they land.
+    /// Everything: `-O1` plus loss and attention fusion.
     O2,
 }
 
@@ -239,6 +243,19 @@ pub struct RewriteRecord {
     pub nodes: Vec<String>,
 }
 
+/// Something a rule wants the reader of a report to know about one of its
+/// rewrites (see [`Rule::notes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    /// The rule.
+    pub rule: String,
+    /// The source node whose value it rewrote (the first in source order;
+    /// empty when no source node computes that value).
+    pub node: String,
+    /// What happened.
+    pub message: String,
+}
+
 /// What an optimization did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
@@ -248,6 +265,8 @@ pub struct Report {
     pub passes: Vec<PassReport>,
     /// Rules that fired, in the order they first fired.
     pub rewrites: Vec<RewriteRecord>,
+    /// Notes of the rules on their rewrites, in firing order, each once.
+    pub notes: Vec<Note>,
     /// Op-type histogram of the input.
     pub ops_before: BTreeMap<String, usize>,
     /// Op-type histogram of the output.
@@ -321,6 +340,9 @@ impl fmt::Display for Report {
         for r in &self.rewrites {
             writeln!(f, "  {} x{}: {}", r.rule, r.count, r.nodes.join(", "))?;
         }
+        for n in &self.notes {
+            writeln!(f, "  note: {} at {}: {}", n.rule, n.node, n.message)?;
+        }
         for e in &self.errors {
             writeln!(f, "  error: {e}")?;
         }
@@ -363,6 +385,7 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
         pipeline: pipeline.name.clone(),
         passes: Vec::new(),
         rewrites: Vec::new(),
+        notes: Vec::new(),
         ops_before: histogram(&input),
         ops_after: BTreeMap::new(),
         cost_before: pipeline.cost.graph_cost(&input),
@@ -385,9 +408,17 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
     let source = converted.source;
     let mut egraph = converted.egraph;
     let log: FireLog = Arc::new(Mutex::new(Vec::new()));
+    let ctx = Arc::new(RuleContext {
+        outputs: input
+            .outputs()
+            .iter()
+            .map(|&v| input.value(v).name.clone())
+            .zip(source.roots())
+            .collect(),
+    });
     let start = Instant::now();
     for pass in &pipeline.passes {
-        let rewrites = rules::rewrites(&pass.rules, &log);
+        let rewrites = rules::rewrites(&pass.rules, &log, &ctx);
         let remaining = pipeline.limits.time.saturating_sub(start.elapsed());
         let pass_start = Instant::now();
         let runner = egg::Runner::<_, _, ()>::new(TypeAnalysis::default())
@@ -430,6 +461,16 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
             }
         };
         rec.count += 1;
+        for message in f.notes {
+            let note = Note {
+                rule: f.rule.to_string(),
+                node: names.first().cloned().unwrap_or_default(),
+                message,
+            };
+            if !report.notes.contains(&note) {
+                report.notes.push(note);
+            }
+        }
         for n in names {
             if !rec.nodes.contains(&n) {
                 rec.nodes.push(n);

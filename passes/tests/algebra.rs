@@ -299,3 +299,268 @@ fn constant_fold_not_for_a_symbolic_shape() {
 }"#,
     );
 }
+
+// ---- scale-into-weight ----
+
+const SCALE: &str = "scale-into-weight";
+
+/// A query projection with bias whose 1/√d (d = 4) is applied as a Div.
+const SCALED_PROJECTION: &str = r#"graph "g" {
+  input %x: f32[2, 3, 4]
+  init %w: f32[4, 3] = [[0.5, -1.0, 0.25], [2.0, 0.75, -0.5], [1.5, -2.0, 0.125], [-0.25, 1.0, 0.5]]
+  init %b: f32[3] = [0.1, -0.2, 0.3]
+  init %sqrt_d: f32[] = 2.0
+  %p = MatMul(%x, %w) @q_proj
+  %q = Add(%p, %b) @q_bias
+  %s = Div(%q, %sqrt_d) @q_scale
+  %y = Tanh(%s) @act
+  output %y
+}"#;
+
+#[test]
+fn scale_into_weight_snapshot_and_numbers() {
+    let (g, out, printed) = {
+        let g = parse(SCALED_PROJECTION);
+        let (out, report) = optimize_with(&g, &[SCALE, "constant-fold"]);
+        assert_eq!(report.fired(SCALE), 1, "{report}");
+        let printed = print(&out);
+        (g, out, printed)
+    };
+    assert_eq!(count(&out, "Div"), 0, "{printed}");
+    assert_eq!(count(&out, "MatMul"), 1);
+    assert!(
+        printed.contains(
+            "[[0.25, -0.5, 0.125], [1.0, 0.375, -0.25], [0.75, -1.0, 0.0625], [-0.125, 0.5, 0.25]]"
+        ),
+        "the folded weight is W/2: {printed}"
+    );
+    insta::assert_snapshot!("scale_into_weight", printed);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn scale_into_weight_per_column_mul_numbers() {
+    let text = r#"graph "g" {
+  input %x: f32[5, 4]
+  init %w: f32[4, 3] = [[0.5, -1.0, 0.25], [2.0, 0.75, -0.5], [1.5, -2.0, 0.125], [-0.25, 1.0, 0.5]]
+  init %c: f32[3] = [0.5, 3.0, -1.5]
+  %p = MatMul(%x, %w) @proj
+  %y = Mul(%c, %p) @scale
+  output %y
+}"#;
+    let g = parse(text);
+    let (out, report) = optimize_with(&g, &[SCALE, "constant-fold"]);
+    assert_eq!(report.fired(SCALE), 1, "{report}");
+    assert_eq!(count(&out, "Mul"), 0, "{}", print(&out));
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn scale_into_weight_not_when_the_unscaled_value_is_also_used() {
+    // As a graph output, and inside the graph.
+    does_not_fire(
+        SCALE,
+        &SCALED_PROJECTION.replace("output %y", "output %y\n  output %q"),
+    );
+    let text = SCALED_PROJECTION.replace(
+        "%y = Tanh(%s) @act",
+        "%t = Tanh(%s) @act\n  %y = Add(%t, %p) @residual",
+    );
+    does_not_fire(SCALE, &text);
+}
+
+#[test]
+fn scale_into_weight_not_for_a_weight_known_only_at_run_time() {
+    let text = SCALED_PROJECTION
+        .replace("init %w: f32[4, 3] = [[0.5, -1.0, 0.25], [2.0, 0.75, -0.5], [1.5, -2.0, 0.125], [-0.25, 1.0, 0.5]]", "input %w: f32[4, 3]");
+    does_not_fire(SCALE, &text);
+}
+
+#[test]
+fn scale_into_weight_not_for_a_scale_known_only_at_run_time() {
+    does_not_fire(
+        SCALE,
+        &SCALED_PROJECTION.replace("init %sqrt_d: f32[] = 2.0", "input %sqrt_d: f32[]"),
+    );
+}
+
+#[test]
+fn scale_into_weight_not_for_a_division_by_zero() {
+    does_not_fire(
+        SCALE,
+        &SCALED_PROJECTION.replace("%sqrt_d: f32[] = 2.0", "%sqrt_d: f32[] = 0.0"),
+    );
+}
+
+#[test]
+fn scale_into_weight_not_for_a_scale_that_varies_by_row() {
+    // c [2, 3, 1] scales rows, which W cannot absorb.
+    let text = SCALED_PROJECTION.replace(
+        "init %sqrt_d: f32[] = 2.0",
+        "init %sqrt_d: f32[2, 3, 1] = [[[1.0], [2.0], [3.0]], [[4.0], [5.0], [6.0]]]",
+    );
+    does_not_fire(SCALE, &text);
+}
+
+#[test]
+fn scale_into_weight_not_when_an_unfolded_weight_is_bigger_than_the_product() {
+    // With folding off the scaled weight would be a Mul over 12 elements
+    // replacing one over the product's 3.
+    let text = r#"graph "g" {
+  input %x: f32[1, 4]
+  init %w: f32[4, 3] = [[0.5, -1.0, 0.25], [2.0, 0.75, -0.5], [1.5, -2.0, 0.125], [-0.25, 1.0, 0.5]]
+  init %c: f32[] = 0.5
+  %p = MatMul(%x, %w) @proj
+  %y = Mul(%p, %c) @scale
+  output %y
+}"#;
+    let g = parse(text);
+    let mut pipeline = common::pipeline_of(&[SCALE]);
+    pipeline.fold_limit = 1;
+    let (out, report) = kiln_passes::optimize(&g, &pipeline).expect("optimizes");
+    assert_eq!(report.fired(SCALE), 0, "{report}");
+    assert_eq!(print(&out), print(&g));
+    // The same graph with the product bigger than the weight does fire.
+    let wide = text.replace("input %x: f32[1, 4]", "input %x: f32[6, 4]");
+    let g = parse(&wide);
+    let (out, report) = kiln_passes::optimize(&g, &pipeline).expect("optimizes");
+    assert_eq!(report.fired(SCALE), 1, "{report}");
+    assert_same_outputs(&g, &out);
+}
+
+// ---- matmul-reassoc ----
+
+const REASSOC: &str = "matmul-reassoc";
+
+#[test]
+fn matmul_reassoc_low_rank_chain_snapshot_and_numbers() {
+    // x·(A·B) with a rank-2 update: (x·A)·B does 2·16·2·(16+16) = 2048
+    // FLOPs instead of 2·16·2·16 + 2·16·16·16 = 9216.
+    let text = r#"graph "g" {
+  input %x: f32[16, 16]
+  input %a: f32[16, 2]
+  input %b: f32[2, 16]
+  %ab = MatMul(%a, %b) @delta
+  %y = MatMul(%x, %ab) @apply
+  output %y
+}"#;
+    let (g, out, printed) = fires(REASSOC, text);
+    assert!(printed.contains("MatMul(%x, %a)"), "{printed}");
+    insta::assert_snapshot!("matmul_reassoc", printed);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn matmul_reassoc_left_to_right_with_batch_numbers() {
+    // (A·B)·C with A [2, 64, 4], B [4, 64], C [64, 4]: the [64, 64]
+    // intermediate costs far more than B·C [4, 4].
+    let text = r#"graph "g" {
+  input %a: f32[2, 64, 4]
+  input %b: f32[4, 64]
+  input %c: f32[64, 4]
+  %ab = MatMul(%a, %b) @first
+  %y = MatMul(%ab, %c) @second
+  output %y
+}"#;
+    let (g, out, printed) = fires(REASSOC, text);
+    assert!(printed.contains("MatMul(%b, %c)"), "{printed}");
+    let (_, report) = optimize_with(&g, &[REASSOC]);
+    assert!(
+        report.cost_after.flops < report.cost_before.flops / 4.0,
+        "{report}"
+    );
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn matmul_reassoc_not_when_it_saves_nothing() {
+    // 2·M·N·(K+P) = 2·K·P·(M+N) with M = N = K = P.
+    does_not_fire(
+        REASSOC,
+        r#"graph "g" {
+  input %a: f32[8, 8]
+  input %b: f32[8, 8]
+  input %c: f32[8, 8]
+  %ab = MatMul(%a, %b) @first
+  %y = MatMul(%ab, %c) @second
+  output %y
+}"#,
+    );
+}
+
+#[test]
+fn matmul_reassoc_not_for_symbolic_shapes() {
+    does_not_fire(
+        REASSOC,
+        r#"graph "g" {
+  input %a: f32[n, 4]
+  input %b: f32[4, 64]
+  input %c: f32[64, 4]
+  %ab = MatMul(%a, %b) @first
+  %y = MatMul(%ab, %c) @second
+  output %y
+}"#,
+    );
+}
+
+#[test]
+fn matmul_reassoc_not_for_a_batched_right_operand() {
+    does_not_fire(
+        REASSOC,
+        r#"graph "g" {
+  input %a: f32[64, 4]
+  input %b: f32[2, 4, 64]
+  input %c: f32[64, 4]
+  %ab = MatMul(%a, %b) @first
+  %y = MatMul(%ab, %c) @second
+  output %y
+}"#,
+    );
+}
+
+// ---- CSE and DCE (conversion and extraction, no rule) ----
+
+#[test]
+fn duplicated_subgraphs_are_merged() {
+    let text = r#"graph "g" {
+  input %x: f32[3, 4]
+  init %w: f32[4, 2] = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
+  %a1 = MatMul(%x, %w) @m1
+  %r1 = Relu(%a1) @relu1
+  %a2 = MatMul(%x, %w) @m2
+  %r2 = Relu(%a2) @relu2
+  %y = Add(%r1, %r2) @sum
+  output %y
+}"#;
+    let g = parse(text);
+    let (out, report) = optimize_with(&g, &[]);
+    assert_eq!(count(&out, "MatMul"), 1, "{}", print(&out));
+    assert_eq!(count(&out, "Relu"), 1, "{}", print(&out));
+    assert!(print(&out).contains("Add(%r1, %r1)"), "{}", print(&out));
+    assert!(report.cost_after.flops < report.cost_before.flops);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn dead_nodes_are_removed() {
+    let text = r#"graph "g" {
+  input %x: f32[3, 4]
+  input %unused: f32[2]
+  init %w: f32[4, 2] = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
+  %dead = Exp(%x) @dead
+  %dead2 = Neg(%dead) @dead_consumer
+  %y = MatMul(%x, %w) @live
+  output %y
+}"#;
+    let g = parse(text);
+    let (out, _) = optimize_with(&g, &[]);
+    assert_eq!(out.node_count(), 1, "{}", print(&out));
+    assert!(out.node_by_name("dead").is_none() && out.node_by_name("dead_consumer").is_none());
+    // The interface stays: the unused graph input is still an input.
+    assert!(
+        print(&out).contains("input %unused: f32[2]"),
+        "{}",
+        print(&out)
+    );
+    assert_same_outputs(&g, &out);
+}

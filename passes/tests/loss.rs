@@ -204,3 +204,204 @@ fn loss_softmax_log_nll_not_over_another_axis() {
 }"#,
     );
 }
+
+// ---- loss-zloss-fold ----
+
+const ZLOSS: &str = "loss-zloss-fold";
+
+/// PaLM's z-loss on a mean cross-entropy: `CE + c * mean(logsumexp(x)^2)`.
+const ZLOSS_MEAN: &str = r#"graph "g" {
+  input %x: f32[6, 5]
+  input %y: i64[6]
+  init %coef: f32[] = 0.25
+  init %two: f32[] = 2
+  %ce = kiln::CrossEntropy(%x, %y) {label_smoothing = 0.1} @ce
+  %lse = ReduceLogSumExp(%x) {axes = [1], keepdims = 0} @lse
+  %sq = Pow(%lse, %two) @square
+  %z = ReduceMean(%sq) {keepdims = 0} @zmean
+  %term = Mul(%coef, %z) @scale
+  %loss = Add(%ce, %term) @total
+  output %loss
+}"#;
+
+#[test]
+fn zloss_mean_snapshot_and_numbers() {
+    let (g, out, printed) = fires(ZLOSS, ZLOSS_MEAN);
+    assert_eq!(count(&out, "CrossEntropy"), 1);
+    assert_eq!(count(&out, "ReduceLogSumExp"), 0);
+    assert_eq!(count(&out, "Add"), 0);
+    insta::assert_snapshot!("loss_zloss_mean", printed);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn zloss_sum_with_log_sum_exp_spelled_out_numbers() {
+    let text = r#"graph "g" {
+  input %x: f32[2, 5, 3]
+  input %y: i64[2, 3]
+  init %coef: f32[1] = [0.5]
+  %ce = kiln::CrossEntropy(%x, %y) {reduction = "sum"} @ce
+  %e = Exp(%x) @exp
+  %s = ReduceSum(%e) {axes = [-2], keepdims = 1} @sum
+  %lse = Log(%s) @log
+  %sq = Mul(%lse, %lse) @square
+  %z = ReduceSum(%sq) {axes = [0, 1, 2], keepdims = 0} @zsum
+  %term = Mul(%z, %coef) @scale
+  %loss = Add(%term, %ce) @total
+  output %loss
+}"#;
+    // The [1]-shaped coefficient would broadcast the scalar sum to [1];
+    // the sum is then not the loss's type, so the rule must not fire here.
+    common::does_not_fire(ZLOSS, text);
+    let scalar = text.replace("init %coef: f32[1] = [0.5]", "init %coef: f32[] = 0.5");
+    let (g, out, _) = fires(ZLOSS, &scalar);
+    assert_eq!(count(&out, "CrossEntropy"), 1);
+    assert_eq!(count(&out, "Exp"), 0);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn zloss_per_sample_without_coefficient_numbers() {
+    let text = r#"graph "g" {
+  input %x: f32[6, 5]
+  input %y: i64[6]
+  %ce = kiln::CrossEntropy(%x, %y) {reduction = "none"} @ce
+  %lse = ReduceLogSumExp(%x) {axes = [1], keepdims = 0} @lse
+  %sq = Mul(%lse, %lse) @square
+  %loss = Add(%ce, %sq) @total
+  output %loss
+}"#;
+    let (g, out, printed) = fires(ZLOSS, text);
+    assert!(printed.contains("z_loss = 1.0"), "{printed}");
+    assert_eq!(count(&out, "Mul"), 0);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn zloss_with_sce_and_lm_head_becomes_one_linear_cross_entropy() {
+    let text = r#"graph "g" {
+  input %h: f32[6, 4]
+  input %w: f32[4, 5]
+  input %y: i64[6]
+  init %coef: f32[] = 0.0001
+  init %two: f32[] = 2
+  %logits = MatMul(%h, %w) @head
+  %ce = SoftmaxCrossEntropyLoss(%logits, %y) @sce
+  %lse = ReduceLogSumExp(%logits) {axes = [1], keepdims = 0} @lse
+  %sq = Pow(%lse, %two) @square
+  %z = ReduceMean(%sq) {keepdims = 0} @zmean
+  %term = Mul(%z, %coef) @scale
+  %loss = Add(%ce, %term) @total
+  output %loss
+}"#;
+    let g = parse(text);
+    let pipeline = kiln_passes::Pipeline::from_names(&["loss"]).expect("loss pass exists");
+    let (out, report) = kiln_passes::optimize(&g, &pipeline).expect("optimizes");
+    assert_eq!(report.fired(ZLOSS), 1, "{report}");
+    assert_eq!(out.node_count(), 1, "{report}\n{}", common::print(&out));
+    assert!(common::print(&out)
+        .contains("kiln::LinearCrossEntropy(%h, %w, %y) {z_loss = 0.0001, transpose_weight = 0}"));
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn zloss_not_with_ignore_index() {
+    // Ignored samples have no z-term in the op, but the graph's mean
+    // counts them.
+    does_not_fire(
+        ZLOSS,
+        &ZLOSS_MEAN.replace("{label_smoothing = 0.1}", "{ignore_index = 1}"),
+    );
+}
+
+#[test]
+fn zloss_not_with_class_weights() {
+    let text = ZLOSS_MEAN
+        .replace("input %y: i64[6]", "input %y: i64[6]\n  input %cw: f32[5]")
+        .replace("CrossEntropy(%x, %y)", "CrossEntropy(%x, %y, %cw)");
+    does_not_fire(ZLOSS, &text);
+}
+
+#[test]
+fn zloss_not_when_the_reduction_differs_from_the_loss() {
+    does_not_fire(
+        ZLOSS,
+        &ZLOSS_MEAN.replace("ReduceMean(%sq)", "ReduceSum(%sq)"),
+    );
+}
+
+#[test]
+fn zloss_not_over_another_axis() {
+    does_not_fire(ZLOSS, &ZLOSS_MEAN.replace("axes = [1]", "axes = [0]"));
+}
+
+#[test]
+fn zloss_not_for_a_coefficient_known_only_at_run_time() {
+    does_not_fire(
+        ZLOSS,
+        &ZLOSS_MEAN.replace("init %coef: f32[] = 0.25", "input %coef: f32[]"),
+    );
+}
+
+#[test]
+fn zloss_not_for_the_log_sum_exp_of_other_logits() {
+    let text = ZLOSS_MEAN
+        .replace(
+            "input %y: i64[6]",
+            "input %y: i64[6]\n  input %x2: f32[6, 5]",
+        )
+        .replace("ReduceLogSumExp(%x)", "ReduceLogSumExp(%x2)");
+    does_not_fire(ZLOSS, &text);
+}
+
+#[test]
+fn zloss_not_for_a_cube() {
+    does_not_fire(
+        ZLOSS,
+        &ZLOSS_MEAN.replace("init %two: f32[] = 2", "init %two: f32[] = 3"),
+    );
+}
+
+#[test]
+fn zloss_on_a_shifted_tied_head_becomes_one_linear_cross_entropy() {
+    // A Hugging Face causal LM's shifted loss with PaLM's z-loss on the
+    // same flattened logits; the logits are also an output.
+    let text = r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %wte: f32[7, 4]
+  input %y: i64[2, 5]
+  init %c0: i64[1] = [0]
+  init %c1: i64[1] = [-1]
+  init %c2: i64[1] = [1]
+  init %c3: i64[1] = [1]
+  init %c4: i64[1] = [9223372036854775807]
+  init %c6: i64[2] = [-1, 7]
+  init %c7: i64[1] = [-1]
+  init %coef: f32[] = 0.001
+  %w = Transpose(%wte) {perm = [1, 0]} @tied
+  %logits = MatMul(%h, %w) @head
+  %shift = Slice(%logits, %c0, %c1, %c2) @shift_logits
+  %yshift = Slice(%y, %c3, %c4, %c2) @shift_labels
+  %flat = Reshape(%shift, %c6) @flat_logits
+  %yflat = Reshape(%yshift, %c7) @flat_labels
+  %lp = LogSoftmax(%flat) {axis = 1} @log_softmax
+  %ce = NegativeLogLikelihoodLoss(%lp, %yflat) @nll
+  %lse = ReduceLogSumExp(%flat) {axes = [-1], keepdims = 0} @lse
+  %sq = Mul(%lse, %lse) @square
+  %z = ReduceMean(%sq) {keepdims = 0} @zmean
+  %term = Mul(%coef, %z) @scale
+  %loss = Add(%ce, %term) @total
+  output %loss
+  output %logits
+}"#;
+    let g = parse(text);
+    let pipeline = kiln_passes::Pipeline::from_names(&["loss"]).expect("loss pass exists");
+    let (out, report) = kiln_passes::optimize(&g, &pipeline).expect("optimizes");
+    let printed = common::print(&out);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1, "{report}\n{printed}");
+    assert_eq!(count(&out, "ReduceLogSumExp"), 0, "{printed}");
+    assert_eq!(count(&out, "MatMul"), 1, "the logits output keeps its head");
+    assert!(printed.contains("z_loss = 0.001"), "{printed}");
+    assert!(!report.notes.is_empty(), "{report}");
+    assert_same_outputs(&g, &out);
+}

@@ -337,7 +337,11 @@ fn fused_head_is_cheaper_in_bytes_and_peak_memory() {
 }"#;
     let g = parse(text);
     let (out, report) = optimize_with(&g, &[RULE]);
-    assert_eq!(count(&out, "LinearCrossEntropy"), 1, "extraction picks the fused op:\n{report}");
+    assert_eq!(
+        count(&out, "LinearCrossEntropy"),
+        1,
+        "extraction picks the fused op:\n{report}"
+    );
     let logits_bytes = 64.0 * 512.0 * 4.0;
     assert!(
         report.cost_before.bytes - report.cost_after.bytes >= logits_bytes,
@@ -348,7 +352,8 @@ fn fused_head_is_cheaper_in_bytes_and_peak_memory() {
     // Before, the logits are live at once; after, the whole peak (inputs
     // included) is below their size.
     assert!(
-        report.cost_before.peak_bytes >= logits_bytes && report.cost_after.peak_bytes < logits_bytes,
+        report.cost_before.peak_bytes >= logits_bytes
+            && report.cost_after.peak_bytes < logits_bytes,
         "peak {} -> {}",
         report.cost_before.peak_bytes,
         report.cost_after.peak_bytes
@@ -380,4 +385,223 @@ fn flat_with_symbolic_batch_and_sequence() {
     assert_eq!(count(&out, "LinearCrossEntropy"), 1);
     assert_eq!(count(&out, "MatMul"), 0);
     assert_same_outputs(&g, &out);
+}
+
+// ---- notes, biased MatMul heads, Gemm heads under the shift ----
+
+#[test]
+fn report_notes_that_the_logits_output_keeps_its_head() {
+    let text = r#"graph "g" {
+  input %h: f32[6, 4]
+  input %w: f32[4, 5]
+  input %y: i64[6]
+  %logits = MatMul(%h, %w) @head
+  %loss = kiln::CrossEntropy(%logits, %y) @ce
+  output %loss
+  output %logits
+}"#;
+    let g = parse(text);
+    let (_, report) = optimize_with(&g, &[RULE]);
+    assert_eq!(report.notes.len(), 1, "{report}");
+    let note = &report.notes[0];
+    assert_eq!(note.rule, RULE);
+    assert_eq!(note.node, "ce");
+    assert_eq!(
+        note.message,
+        "logits `logits` are a graph output: kept the MatMul path beside LinearCrossEntropy"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("note: loss-linear-ce at ce: logits `logits`"),
+        "{report}"
+    );
+}
+
+#[test]
+fn no_note_when_the_logits_are_not_an_output() {
+    let g = parse(MATMUL_HEAD);
+    let (_, report) = optimize_with(&g, &[RULE]);
+    assert_eq!(report.fired(RULE), 1);
+    assert!(report.notes.is_empty(), "{report}");
+}
+
+#[test]
+fn flat_report_notes_the_unshifted_logits_output() {
+    let g = parse(SHIFTED_TIED);
+    let (_, report) = optimize_with(&g, &[FLAT]);
+    let messages: Vec<&str> = report.notes.iter().map(|n| n.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        ["logits `logits` are a graph output: kept the MatMul path beside LinearCrossEntropy"],
+        "{report}"
+    );
+}
+
+const BIASED_HEAD: &str = r#"graph "g" {
+  input %h: f32[6, 4]
+  input %w: f32[4, 5]
+  input %b: f32[5]
+  input %y: i64[6]
+  input %cw: f32[5]
+  %prod = MatMul(%h, %w) @head
+  %logits = Add(%b, %prod) @bias
+  %loss = kiln::CrossEntropy(%logits, %y, %cw) {reduction = "mean", label_smoothing = 0.05} @ce
+  output %loss
+}"#;
+
+#[test]
+fn matmul_plus_bias_head_snapshot_and_numbers() {
+    let (g, out, printed) = fires(BIASED_HEAD);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1);
+    assert_eq!(count(&out, "MatMul"), 0);
+    assert_eq!(count(&out, "Add"), 0);
+    insta::assert_snapshot!("loss_linear_matmul_bias", printed);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn tied_head_plus_bias_numbers() {
+    let text = r#"graph "g" {
+  input %h: f32[6, 4]
+  input %wte: f32[5, 4]
+  input %b: f32[5]
+  input %y: i64[6]
+  %w = Transpose(%wte) {perm = [1, 0]} @tied
+  %prod = MatMul(%h, %w) @head
+  %logits = Add(%prod, %b) @bias
+  %loss = kiln::CrossEntropy(%logits, %y) {reduction = "sum"} @ce
+  output %loss
+}"#;
+    let (g, out, _) = fires(text);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1);
+    assert_eq!(count(&out, "Transpose"), 0);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn not_for_a_bias_that_broadcasts_over_classes() {
+    // b [6, 1] is a per-row offset (it cancels in the loss, but it is not
+    // the fused op's per-class bias).
+    does_not_fire(
+        r#"graph "g" {
+  input %h: f32[6, 4]
+  input %w: f32[4, 5]
+  input %b: f32[6, 1]
+  input %y: i64[6]
+  %prod = MatMul(%h, %w) @head
+  %logits = Add(%prod, %b) @bias
+  %loss = kiln::CrossEntropy(%logits, %y) @ce
+  output %loss
+}"#,
+    );
+}
+
+#[test]
+fn not_for_a_bias_that_widens_the_product() {
+    // b [2, 6, 5] broadcasts the [6, 5] product to 3-D logits.
+    does_not_fire(
+        r#"graph "g" {
+  input %h: f32[6, 4]
+  input %w: f32[4, 5]
+  input %b: f32[2, 6, 5]
+  input %y: i64[2, 5]
+  %prod = MatMul(%h, %w) @head
+  %logits = Add(%prod, %b) @bias
+  %loss = kiln::CrossEntropy(%logits, %y) @ce
+  output %loss
+}"#,
+    );
+}
+
+/// A Linear-with-bias head exported as Gemm on flattened rows, unflattened
+/// back, shifted and flattened again for the loss, its logits an output.
+const SHIFTED_GEMM: &str = r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %w: f32[7, 4]
+  input %b: f32[7]
+  input %y: i64[2, 5]
+  init %rows_shape: i64[2] = [10, 4]
+  init %logits_shape: i64[3] = [2, 5, 7]
+  init %c0: i64[1] = [0]
+  init %c1: i64[1] = [-1]
+  init %c2: i64[1] = [1]
+  init %c3: i64[1] = [1]
+  init %c4: i64[1] = [9223372036854775807]
+  init %c5: i64[1] = [1]
+  init %c6: i64[2] = [-1, 7]
+  init %c7: i64[1] = [-1]
+  %rows = Reshape(%h, %rows_shape) @flat_hidden
+  %flat_logits0 = Gemm(%rows, %w, %b) {transB = 1} @head
+  %logits = Reshape(%flat_logits0, %logits_shape) @unflatten
+  %shift = Slice(%logits, %c0, %c1, %c2) @shift_logits
+  %yshift = Slice(%y, %c3, %c4, %c5) @shift_labels
+  %flat = Reshape(%shift, %c6) @flat_logits
+  %yflat = Reshape(%yshift, %c7) @flat_labels
+  %loss = kiln::CrossEntropy(%flat, %yflat) {reduction = "mean"} @ce
+  output %loss
+  output %logits
+}"#;
+
+#[test]
+fn flat_gemm_head_under_the_shift_snapshot_and_numbers() {
+    let (g, out, printed) = flat_fires(SHIFTED_GEMM);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1);
+    assert_eq!(count(&out, "CrossEntropy"), 0);
+    assert_eq!(count(&out, "Gemm"), 1, "the logits output keeps its head");
+    insta::assert_snapshot!("loss_linear_flat_shifted_gemm", printed);
+    assert_same_outputs(&g, &out);
+    let (_, report) = optimize_with(&g, &[FLAT]);
+    assert!(
+        report.notes.iter().any(|n| n.message
+            == "logits `logits` are a graph output: kept the Gemm path beside LinearCrossEntropy"),
+        "{report}"
+    );
+}
+
+#[test]
+fn flat_biased_matmul_head_numbers() {
+    let text = r#"graph "g" {
+  input %h: f32[2, 5, 4]
+  input %w: f32[4, 7]
+  input %b: f32[7]
+  input %y: i64[10]
+  init %c0: i64[2] = [-1, 7]
+  %prod = MatMul(%h, %w) @head
+  %logits = Add(%prod, %b) @bias
+  %flat = Reshape(%logits, %c0) @flat_logits
+  %loss = kiln::CrossEntropy(%flat, %y) {reduction = "none"} @ce
+  output %loss
+}"#;
+    let (g, out, _) = flat_fires(text);
+    assert_eq!(count(&out, "LinearCrossEntropy"), 1);
+    assert_eq!(count(&out, "Add"), 0);
+    assert_same_outputs(&g, &out);
+}
+
+#[test]
+fn flat_not_for_a_gemm_whose_rows_are_not_the_logits_rows() {
+    // The inner Reshape reads H [5, 2, 4] while the logits are unflattened
+    // to [2, 5, 7]: the same rows in memory order, but the slice of the
+    // leading axes would pick different rows of H.
+    flat_does_not_fire(
+        r#"graph "g" {
+  input %h: f32[5, 2, 4]
+  input %w: f32[7, 4]
+  input %y: i64[8]
+  init %rows_shape: i64[2] = [10, 4]
+  init %logits_shape: i64[3] = [2, 5, 7]
+  init %c0: i64[1] = [0]
+  init %c1: i64[1] = [-1]
+  init %c2: i64[1] = [1]
+  init %c6: i64[2] = [-1, 7]
+  %rows = Reshape(%h, %rows_shape) @flat_hidden
+  %flat_logits0 = Gemm(%rows, %w) {transB = 1} @head
+  %logits = Reshape(%flat_logits0, %logits_shape) @unflatten
+  %shift = Slice(%logits, %c0, %c1, %c2) @shift_logits
+  %flat = Reshape(%shift, %c6) @flat_logits
+  %loss = kiln::CrossEntropy(%flat, %y) @ce
+  output %loss
+}"#,
+    );
 }

@@ -98,6 +98,7 @@ pub fn arity(op: &Op) -> (usize, usize, usize, usize) {
         Op::RMSNormalization { .. } => (2, 2, 1, 1),
         Op::RotaryEmbedding { .. } => (3, 4, 1, 1),
         Op::Attention(_) => (3, 7, 1, 4),
+        Op::LinearAttention(_) => (3, 6, 1, 2),
         Op::Reduce { .. } => (1, 2, 1, 1),
         Op::ArgReduce { .. } => (1, 1, 1, 1),
         Op::TopK { .. } => (2, 2, 2, 2),
@@ -607,6 +608,7 @@ fn rule(cx: &mut Ctx) -> Result<Vec<TensorType>> {
             nn::rotary_embedding(cx, *num_heads, *rotary_embedding_dim)
         }
         Op::Attention(attrs) => nn::attention(cx, attrs),
+        Op::LinearAttention(attrs) => nn::linear_attention(cx, attrs),
         Op::Reduce { axes, keepdims, noop_with_empty_axes, kind } => {
             reduce::reduce(cx, *kind, axes.as_deref(), *keepdims, *noop_with_empty_axes)
         }

@@ -5,7 +5,7 @@ use super::{dims, Ctx};
 use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::op::{AttentionAttrs, LossReduction};
+use crate::op::{AttentionAttrs, LinearAttentionAttrs, LossReduction};
 use crate::types::TensorType;
 
 fn is_float(d: DType) -> bool {
@@ -152,6 +152,59 @@ pub(crate) fn rotary_embedding(
 fn agree(cx: &Ctx, what: &str, a: (usize, &Dim), b: (usize, &Dim)) -> Result<Dim> {
     dims::unify(a.1, b.1)
         .ok_or_else(|| cx.err(format!("{what}: {} has {} but {} has {}", cx.desc(b.0), b.1, cx.desc(a.0), a.1)))
+}
+
+/// ONNX-27 `LinearAttention`: packed `[B, T, H·D]` query, key and value;
+/// the state `[B, Hkv, Dk, Dv]` takes past_state's type, else the query's.
+pub(crate) fn linear_attention(cx: &mut Ctx, attrs: &LinearAttentionAttrs) -> Result<Vec<TensorType>> {
+    let t = cx.dtype_in(0, is_float, "a float type")?;
+    cx.same_dtype(0, 1)?;
+    cx.same_dtype(0, 2)?;
+    let q = cx.rank_is(0, 3)?;
+    let k = cx.rank_is(1, 3)?;
+    let v = cx.rank_is(2, 3)?;
+    if attrs.q_num_heads % attrs.kv_num_heads != 0 {
+        return Err(cx.err(format!(
+            "q_num_heads {} is not a multiple of kv_num_heads {}",
+            attrs.q_num_heads, attrs.kv_num_heads
+        )));
+    }
+    let batch = agree(cx, "batch size", (0, &q.shape[0]), (1, &k.shape[0]))?;
+    let batch = agree(cx, "batch size", (0, &batch), (2, &v.shape[0]))?;
+    let seq = agree(cx, "sequence length", (0, &q.shape[1]), (1, &k.shape[1]))?;
+    let seq = agree(cx, "sequence length", (0, &seq), (2, &v.shape[1]))?;
+    let dk = per_head(cx, &q.shape[2], attrs.q_num_heads, "q_num_heads", 0)?;
+    let kdk = per_head(cx, &k.shape[2], attrs.kv_num_heads, "kv_num_heads", 1)?;
+    let dk = agree(cx, "key head size", (0, &dk), (1, &kdk))?;
+    let dv = per_head(cx, &v.shape[2], attrs.kv_num_heads, "kv_num_heads", 2)?;
+    let kv_heads = Dim::Fixed(attrs.kv_num_heads as u64);
+    let state = vec![batch.clone(), kv_heads, dk, dv.clone()];
+    let state_type = match cx.opt_ty(3)? {
+        Some(p) => {
+            cx.dtype_in(3, is_float, "a float type")?;
+            if p.rank() != 4 || p.shape.iter().zip(&state).any(|(a, b)| dims::conflict(a, b)) {
+                return Err(cx.err(format!("{} has shape {p}; expected {}", cx.desc(3), dims::fmt_shape(&state))));
+            }
+            p.dtype
+        }
+        None => t,
+    };
+    for slot in [4, 5] {
+        if let Some(g) = cx.opt_ty(slot)? {
+            cx.same_dtype(0, slot)?;
+            if g.rank() != 3 {
+                return Err(cx.err(format!("{} has shape {g}; expected rank 3", cx.desc(slot))));
+            }
+        }
+    }
+    if attrs.update_rule.is_gated() && !cx.has(4) {
+        return Err(cx.err(format!("update_rule {} needs the decay input", attrs.update_rule.name())));
+    }
+    if attrs.update_rule.is_delta() && !cx.has(5) {
+        return Err(cx.err(format!("update_rule {} needs the beta input", attrs.update_rule.name())));
+    }
+    let hidden = dims::mul(&Dim::Fixed(attrs.q_num_heads as u64), &dv).ok_or_else(|| cx.err("output size overflows"))?;
+    Ok(vec![TensorType::new(t, vec![batch, seq, hidden]), TensorType::new(state_type, state)])
 }
 
 pub(crate) fn attention(cx: &mut Ctx, attrs: &AttentionAttrs) -> Result<Vec<TensorType>> {

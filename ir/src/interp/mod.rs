@@ -246,6 +246,7 @@ pub fn eval_op(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> Result
         | Op::RMSNormalization { .. }
         | Op::RotaryEmbedding { .. }
         | Op::Attention(_)
+        | Op::LinearAttention(_)
         | Op::SoftmaxCrossEntropyLoss { .. }
         | Op::NegativeLogLikelihoodLoss { .. }
         | Op::CrossEntropy { .. }

@@ -1,5 +1,6 @@
 //! Neural-network kernels: Softmax and LogSoftmax, LayerNormalization and
-//! RMSNormalization, RotaryEmbedding, Attention, and the two losses.
+//! RMSNormalization, RotaryEmbedding, Attention, LinearAttention, and the
+//! losses.
 //!
 //! These compute in f64 whatever the input precision and round once to the
 //! output dtype: the statistics (means, variances, softmax sums) are where
@@ -10,7 +11,7 @@
 
 use super::util::{int_values, map_lanes, normalize_axis, optional, required, KResult};
 use crate::dtype::DType;
-use crate::op::{AttentionAttrs, LossReduction, Op};
+use crate::op::{AttentionAttrs, LinearAttentionAttrs, LossReduction, Op};
 use crate::tensor::Tensor;
 use ndarray::{s, Array4, ArrayD, Axis, IxDyn};
 
@@ -39,6 +40,7 @@ pub(crate) fn eval(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> KR
             *rotary_embedding_dim,
         )?)]),
         Op::Attention(attrs) => attention(attrs, inputs, num_outputs),
+        Op::LinearAttention(attrs) => linear_attention(attrs, inputs),
         Op::SoftmaxCrossEntropyLoss { reduction, ignore_index } => {
             let x = required(inputs, 0, "scores")?;
             let log_prob = softmax(x, 1, true)?;
@@ -501,6 +503,117 @@ fn attention(attrs: &AttentionAttrs, inputs: &[Option<Tensor>], num_outputs: usi
         out.push(Some(from_f64_array(dtype, &qk_out.into_dyn())));
     }
     Ok(out)
+}
+
+/// ONNX-27 `LinearAttention`: the recurrence of the op's spec run token by
+/// token, in f64. Query head `h` reads the state of key/value head
+/// `h / (q_num_heads / kv_num_heads)`.
+fn linear_attention(attrs: &LinearAttentionAttrs, inputs: &[Option<Tensor>]) -> KResult<Vec<Option<Tensor>>> {
+    let q_t = required(inputs, 0, "query")?;
+    let k_t = required(inputs, 1, "key")?;
+    let v_t = required(inputs, 2, "value")?;
+    let (q, k, v) = (to_f64_array(q_t, "query")?, to_f64_array(k_t, "key")?, to_f64_array(v_t, "value")?);
+    if q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3 {
+        return Err(format!(
+            "query, key and value must be rank 3 (B, T, H*D), found {:?}, {:?} and {:?}",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        ));
+    }
+    let (hq, hkv) = (attrs.q_num_heads, attrs.kv_num_heads);
+    if hq <= 0 || hkv <= 0 || hq % hkv != 0 {
+        return Err(format!("q_num_heads {hq} must be a positive multiple of kv_num_heads {hkv}"));
+    }
+    let (hq, hkv) = (hq as usize, hkv as usize);
+    let (batch, steps) = (q.shape()[0], q.shape()[1]);
+    if q.shape()[2] % hq != 0 || k.shape()[2] % hkv != 0 || v.shape()[2] % hkv != 0 {
+        return Err(format!(
+            "packed sizes {}, {} and {} do not split into {hq}, {hkv} and {hkv} heads",
+            q.shape()[2],
+            k.shape()[2],
+            v.shape()[2]
+        ));
+    }
+    let (dk, dv) = (q.shape()[2] / hq, v.shape()[2] / hkv);
+    if k.shape() != [batch, steps, hkv * dk] || v.shape()[..2] != [batch, steps] {
+        return Err(format!("key {:?} and value {:?} do not match query {:?}", k.shape(), v.shape(), q.shape()));
+    }
+    let rule = attrs.update_rule;
+    let decay = optional(inputs, 4).map(|t| to_f64_array(t, "decay")).transpose()?;
+    let beta = optional(inputs, 5).map(|t| to_f64_array(t, "beta")).transpose()?;
+    if rule.is_gated() != decay.is_some() {
+        return Err(format!("update_rule {} {} the decay input", rule.name(), if rule.is_gated() { "needs" } else { "forbids" }));
+    }
+    if rule.is_delta() != beta.is_some() {
+        return Err(format!("update_rule {} {} the beta input", rule.name(), if rule.is_delta() { "needs" } else { "forbids" }));
+    }
+    // Decay per key dim (last axis Hkv*dk) or per head (Hkv); beta per head or shared (1).
+    let decay_per_dim = match &decay {
+        Some(d) if d.ndim() == 3 && d.shape()[..2] == [batch, steps] && d.shape()[2] == hkv * dk => true,
+        Some(d) if d.ndim() == 3 && d.shape()[..2] == [batch, steps] && d.shape()[2] == hkv => false,
+        Some(d) => return Err(format!("decay has shape {:?}; expected [{batch}, {steps}, {hkv} or {}]", d.shape(), hkv * dk)),
+        None => false,
+    };
+    let beta_per_head = match &beta {
+        Some(b) if b.ndim() == 3 && b.shape()[..2] == [batch, steps] && b.shape()[2] == hkv => true,
+        Some(b) if b.ndim() == 3 && b.shape()[..2] == [batch, steps] && b.shape()[2] == 1 => false,
+        Some(b) => return Err(format!("beta has shape {:?}; expected [{batch}, {steps}, {hkv} or 1]", b.shape())),
+        None => false,
+    };
+    let mut state = match optional(inputs, 3) {
+        Some(p) => {
+            let p = to_f64_array(p, "past_state")?;
+            if p.shape() != [batch, hkv, dk, dv] {
+                return Err(format!("past_state has shape {:?}; expected {:?}", p.shape(), [batch, hkv, dk, dv]));
+            }
+            p.into_dimensionality::<ndarray::Ix4>().map_err(|e| e.to_string())?
+        }
+        None => Array4::<f64>::zeros((batch, hkv, dk, dv)),
+    };
+    let state_dtype = optional(inputs, 3).map_or(q_t.dtype(), |p| p.dtype());
+    let scale = attrs.scale.map_or(1.0 / (dk as f64).sqrt(), |s| s as f64);
+    let group = hq / hkv;
+    let mut out = ArrayD::<f64>::zeros(IxDyn(&[batch, steps, hq * dv]));
+    let mut vt = vec![0.0; dv];
+    for b in 0..batch {
+        for t in 0..steps {
+            for h in 0..hkv {
+                let kt = |i: usize| k[[b, t, h * dk + i]];
+                if let Some(d) = &decay {
+                    for i in 0..dk {
+                        let g = if decay_per_dim { d[[b, t, h * dk + i]] } else { d[[b, t, h]] };
+                        let factor = g.exp();
+                        state.slice_mut(s![b, h, i, ..]).mapv_inplace(|x| x * factor);
+                    }
+                }
+                for (m, x) in vt.iter_mut().enumerate() {
+                    *x = v[[b, t, h * dv + m]];
+                }
+                if let Some(be) = &beta {
+                    let rate = if beta_per_head { be[[b, t, h]] } else { be[[b, t, 0]] };
+                    for (m, x) in vt.iter_mut().enumerate() {
+                        let retrieved: f64 = (0..dk).map(|i| state[[b, h, i, m]] * kt(i)).sum();
+                        *x = rate * (*x - retrieved);
+                    }
+                }
+                for i in 0..dk {
+                    let ki = kt(i);
+                    for (m, &x) in vt.iter().enumerate() {
+                        state[[b, h, i, m]] += ki * x;
+                    }
+                }
+            }
+            for h in 0..hq {
+                let kh = h / group;
+                for m in 0..dv {
+                    let read: f64 = (0..dk).map(|i| q[[b, t, h * dk + i]] * state[[b, kh, i, m]]).sum();
+                    out[[b, t, h * dv + m]] = scale * read;
+                }
+            }
+        }
+    }
+    Ok(vec![Some(from_f64_array(q_t.dtype(), &out)), Some(from_f64_array(state_dtype, &state.into_dyn()))])
 }
 
 /// The additive bias `[batch, heads, q_len, kv_len]` from the optional mask

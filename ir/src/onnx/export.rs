@@ -232,6 +232,7 @@ fn op_min_opset(op: &Op) -> i64 {
         Op::Softmax { .. } | Op::LogSoftmax { .. } => 1,
         Op::LayerNormalization { .. } => 17,
         Op::RMSNormalization { .. } | Op::RotaryEmbedding { .. } | Op::Attention(_) => 23,
+        Op::LinearAttention(_) => 27,
         Op::Reduce { .. } | Op::ArgReduce { .. } | Op::TopK { .. } => 1,
         Op::CumSum { .. } => 11,
         Op::Transpose { .. } | Op::Reshape { .. } | Op::Flatten { .. } => 1,

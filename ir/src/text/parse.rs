@@ -975,6 +975,7 @@ const OTHER_OPS: &[&str] = &[
     "RMSNormalization",
     "RotaryEmbedding",
     "Attention",
+    "LinearAttention",
     "ArgMax",
     "ArgMin",
     "TopK",

@@ -1,17 +1,26 @@
 //! Algebraic clean-up rules, grouped by topic: data movement (transpose and
 //! reshape folding), pass-through elimination (Identity, inference-mode
-//! Dropout, same-type Cast) and constant folding.
+//! Dropout, same-type Cast), constant folding, and two targeted matmul
+//! rules: moving a constant scale into the weight (`scale-into-weight`)
+//! and reassociating a chain of three matmuls where that saves FLOPs
+//! (`matmul-reassoc`).
 //!
 //! Every right-hand side has no more nodes than its left-hand side and does
 //! no more work. CSE needs no rule (hash-consing merges equal nodes), and
 //! DCE none either (extraction starts from the graph outputs).
+//!
+//! There is no blanket associativity: `matmul-reassoc` fires only on fully
+//! known shapes and only in the direction that strictly lowers FLOPs, so
+//! it cannot undo itself and a chain of `n` matmuls does not grow every
+//! bracketing; extraction then weighs the result with the whole cost model
+//! (bytes and memory too) against the original, both being in the class.
 
-use super::{node_at, root_of, var_at, AstBuilder, Match, Rule};
+use super::{lhs_classes, node_at, root_of, var_at, AstBuilder, Match, Rule, RuleContext};
 use crate::analysis::KilnEGraph;
 use crate::lang::{Disc, KilnLang};
 use egg::{Id, Language, PatternAst};
 use kiln_ir::dim::Dim;
-use kiln_ir::op::Op;
+use kiln_ir::op::{BinaryOp, Op};
 use kiln_ir::types::TensorType;
 use std::sync::Arc;
 
@@ -26,6 +35,8 @@ pub fn rules() -> Vec<Arc<dyn Rule>> {
         Arc::new(DropoutElim),
         Arc::new(CastElim),
         Arc::new(ConstantFold),
+        Arc::new(ScaleIntoWeight),
+        Arc::new(MatMulReassoc),
     ]
 }
 
@@ -508,6 +519,381 @@ impl Rule for ConstantFold {
         let c = egraph[eclass].data.constant?;
         let mut b = AstBuilder::new();
         b.node(KilnLang::Const(c));
+        Some(b.into_ast())
+    }
+}
+
+// ---- matmul ----
+
+/// True when the class's value is known before the graph runs: a weight,
+/// an interned constant, or a value the analysis computed.
+fn is_constant(egraph: &KilnEGraph, class: Id) -> bool {
+    egraph[class].data.constant.is_some()
+        || egraph[class]
+            .nodes
+            .iter()
+            .any(|n| matches!(n, KilnLang::Weight(_) | KilnLang::Const(_)))
+}
+
+/// The element count of a fully static type.
+fn elements(t: &TensorType) -> Option<usize> {
+    t.fixed_len()
+}
+
+/// `Mul(MatMul(x, W) [+ b], c)` (either operand order) or
+/// `Div(MatMul(x, W) [+ b], c)` -> `MatMul(x, W ∘ c) [+ b ∘ c]` with `∘` the
+/// same Mul or Div, for a constant 2-D weight `W`, a constant bias `b` and
+/// a constant `c` that is one element or one per output column (`[N]`):
+/// `(x·W)·c = x·(W·c)` column by column, and `(x·W + b)·c = x·(W·c) + b·c`.
+/// `c` must be finite, and non-zero for Div. The scaled weight (and bias)
+/// is a node over constants only, which the analysis folds into the new
+/// weight when it is within the fold limit (`Pipeline::fold_limit`; then
+/// `constant-fold` replaces it); the rule fires only then, or when the
+/// scaling of `W` (and `b`) touches no more elements than the scaling of
+/// the product it replaces. It does not fire where the unscaled product
+/// (or, with a bias, the unscaled sum) has another use, in the graph or as
+/// a graph output: that use keeps the matmul, and a second matmul with the
+/// new weight would cost more than the scaling it saves (the greedy DAG
+/// extractor cannot see that sharing across classes, so the rule does not
+/// offer the choice). Exact up to the rounding of the scaled weights.
+struct ScaleIntoWeight;
+
+/// One way a scaled product is built: the MatMul node, the bias Add with
+/// the slot the MatMul is in, if any.
+struct ScaledProduct<'a> {
+    matmul: &'a KilnLang,
+    add: Option<(&'a KilnLang, usize)>,
+}
+
+impl ScaleIntoWeight {
+    /// The products in class `prod` whose weight (and bias) are constant.
+    fn products<'a>(egraph: &'a KilnEGraph, prod: Id) -> Vec<ScaledProduct<'a>> {
+        let mut out = Vec::new();
+        let matmuls = |class: Id| {
+            ops(egraph, class, "MatMul")
+                .filter(move |(_, _, c)| {
+                    c.len() == 2
+                        && is_constant(egraph, c[1])
+                        && ty(egraph, c[1]).is_some_and(|t| t.rank() == 2)
+                        && ty(egraph, c[0]).is_some_and(|t| t.rank() >= 2)
+                })
+                .map(|(n, _, _)| n)
+        };
+        for m in matmuls(prod) {
+            out.push(ScaledProduct {
+                matmul: m,
+                add: None,
+            });
+        }
+        let prod_ty = ty(egraph, prod);
+        for (add, op, kids) in ops(egraph, prod, "Add") {
+            if *op != Op::Binary(BinaryOp::Add) || kids.len() != 2 {
+                continue;
+            }
+            for slot in 0..2 {
+                let (mm, bias) = (kids[slot], kids[1 - slot]);
+                // The bias must not widen the product, or the scaled form
+                // would scale a broadcast copy of it.
+                if !is_constant(egraph, bias) || ty(egraph, mm) != prod_ty {
+                    continue;
+                }
+                for m in matmuls(mm) {
+                    out.push(ScaledProduct {
+                        matmul: m,
+                        add: Some((add, slot)),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// True when `c` is a finite constant (non-zero for Div) of one
+    /// element, or one per column of the product `out_ty`, and the whole
+    /// rewrite is worth it (see the rule's docs).
+    fn applies(
+        egraph: &KilnEGraph,
+        div: bool,
+        c: Id,
+        out_ty: &TensorType,
+        p: &ScaledProduct,
+    ) -> bool {
+        let Some(cv) = egraph.analysis.constant(&egraph[c].data) else {
+            return false;
+        };
+        let Some(ct) = ty(egraph, c) else {
+            return false;
+        };
+        let values = cv.to_f64s();
+        if values.iter().any(|v| !v.is_finite() || (div && *v == 0.0)) {
+            return false;
+        }
+        let columns = out_ty.shape.last();
+        let per_column = ct.rank() == 1 && ct.shape.first() == columns;
+        let scalar = values.len() == 1 && ct.rank() <= out_ty.rank();
+        if !(scalar || per_column) {
+            return false;
+        }
+        let w = p.matmul.children()[1];
+        let mut scaled = vec![w];
+        if let Some((add, slot)) = p.add {
+            scaled.push(add.children()[1 - slot]);
+        }
+        // Each scaled constant must keep its shape under the scaling.
+        if scaled.iter().any(|&k| {
+            ty(egraph, k)
+                .is_none_or(|t| t.rank() < ct.rank() || (per_column && t.shape.last() != columns))
+        }) {
+            return false;
+        }
+        let folds = scaled.iter().all(|&k| egraph[k].data.constant.is_some());
+        let small = scaled
+            .iter()
+            .map(|&k| ty(egraph, k).and_then(elements))
+            .sum::<Option<usize>>()
+            .zip(elements(out_ty))
+            .is_some_and(|(scaled, out)| scaled <= out);
+        folds || small
+    }
+}
+
+impl Rule for ScaleIntoWeight {
+    fn name(&self) -> &'static str {
+        "scale-into-weight"
+    }
+
+    fn description(&self) -> &'static str {
+        "Mul|Div(MatMul(x, W) [+ b], c) with W, b, c constant -> MatMul(x, W*c) [+ b*c] (the new weight folds)"
+    }
+
+    fn roots(&self) -> Option<Vec<Disc>> {
+        Some(vec![Disc::onnx("Mul"), Disc::onnx("Div")])
+    }
+
+    fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
+        let Some(out_ty) = ty(egraph, class) else {
+            return;
+        };
+        for root in &egraph[class].nodes {
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = root
+            else {
+                continue;
+            };
+            let div = match op.op() {
+                Op::Binary(BinaryOp::Mul) => false,
+                Op::Binary(BinaryOp::Div) => true,
+                _ => continue,
+            };
+            if children.len() != 2 || !out_ty.dtype.is_float() {
+                continue;
+            }
+            let slots: &[usize] = if div { &[0] } else { &[0, 1] };
+            for &slot in slots {
+                let (prod, c) = (children[slot], children[1 - slot]);
+                if ty(egraph, prod) != Some(out_ty) {
+                    continue;
+                }
+                for p in Self::products(egraph, prod) {
+                    if !Self::applies(egraph, div, c, out_ty, &p) {
+                        continue;
+                    }
+                    let mut b = AstBuilder::new();
+                    let mk: Vec<Id> = p.matmul.children().iter().map(|&k| b.class(k)).collect();
+                    let mut pv = b.node(with_children(p.matmul, &mk));
+                    if let Some((add, s)) = p.add {
+                        let bias = b.class(add.children()[1 - s]);
+                        let kids = if s == 0 { [pv, bias] } else { [bias, pv] };
+                        pv = b.node(with_children(add, &kids));
+                    }
+                    let cv = b.class(c);
+                    let kids = if slot == 0 { [pv, cv] } else { [cv, pv] };
+                    b.node(with_children(root, &kids));
+                    out.push(b.finish());
+                }
+            }
+        }
+    }
+
+    fn check(&self, egraph: &KilnEGraph, eclass: Id, m: &Match, ctx: &RuleContext) -> bool {
+        // The unscaled values: the product (entry 2) and, with a bias, the
+        // sum (entry 4); each may only feed the next step of the match.
+        let classes = lhs_classes(egraph, m);
+        let class_of = |i: usize| classes.get(i).copied().flatten();
+        let root = Some(egraph.find(eclass));
+        let biased = node_at(&m.lhs, Id::from(4))
+            .is_some_and(|n| n.as_op() == Some(&Op::Binary(BinaryOp::Add)));
+        // Each unscaled value with the one class allowed to read it.
+        let values = if biased {
+            vec![(class_of(2), class_of(4)), (class_of(4), root)]
+        } else {
+            vec![(class_of(2), root)]
+        };
+        for (value, user) in values {
+            let (Some(value), Some(user)) = (value, user) else {
+                return false;
+            };
+            if !ctx.outputs_in(egraph, value).is_empty()
+                || egraph[value].parents().any(|p| egraph.find(p) != user)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
+        // LHS layout: [x, W, MatMul, (b, Add)?, c, root].
+        let root = node_at(&m.lhs, root_of(&m.lhs))?;
+        let scale = KilnLang::op(root.as_op()?.clone(), vec![Id::from(0), Id::from(0)]);
+        let mut b = AstBuilder::continuing(&m.subst);
+        let x = b.var(var_at(&m.lhs, Id::from(0))?);
+        let w = b.var(var_at(&m.lhs, Id::from(1))?);
+        let c_index = root
+            .children()
+            .iter()
+            .copied()
+            .find(|&k| var_at(&m.lhs, k).is_some())?;
+        let c = b.var(var_at(&m.lhs, c_index)?);
+        let w2 = b.node(with_children(&scale, &[w, c]));
+        let matmul = node_at(&m.lhs, Id::from(2))?;
+        let product = b.node(with_children(matmul, &[x, w2]));
+        // With a bias the Add (entry 4) is the new root, over the scaled bias.
+        if let Some(add) =
+            node_at(&m.lhs, Id::from(4)).filter(|n| n.as_op() == Some(&Op::Binary(BinaryOp::Add)))
+        {
+            let bias = b.var(var_at(&m.lhs, Id::from(3))?);
+            let bias2 = b.node(with_children(&scale, &[bias, c]));
+            let kids = if add.children()[0] == Id::from(2) {
+                [product, bias2]
+            } else {
+                [bias2, product]
+            };
+            b.node(with_children(add, &kids));
+        }
+        Some(b.into_ast())
+    }
+}
+
+/// `MatMul(MatMul(A, B), C)` <-> `MatMul(A, MatMul(B, C))` with `B` and `C`
+/// 2-D and every shape fully known, in whichever direction has strictly
+/// fewer FLOPs (`A` `[..., M, K]`, `B` `[K, N]`, `C` `[N, P]`, batch `β`:
+/// `(AB)C` costs `2β·M·N·(K + P)`, `A(BC)` costs `2·K·N·P + 2β·M·K·P`).
+/// Exact up to the rounding of the reordered sums.
+struct MatMulReassoc;
+
+/// `(β, M, K)` of a static `[..., M, K]` type, and `(K, N)` of a static 2-D one.
+fn static_dims(t: &TensorType) -> Option<Vec<u64>> {
+    (t.rank() >= 2).then_some(())?;
+    t.shape.iter().map(|d| d.fixed()).collect()
+}
+
+/// FLOPs of `(AB)C` and of `A(BC)` for static `A`, `B`, `C`; `None` unless
+/// `B` and `C` are 2-D and the inner dims agree.
+fn chain_flops(a: &TensorType, b: &TensorType, c: &TensorType) -> Option<(u128, u128)> {
+    let (a, b, c) = (static_dims(a)?, static_dims(b)?, static_dims(c)?);
+    if b.len() != 2 || c.len() != 2 {
+        return None;
+    }
+    let (m, k) = (a[a.len() - 2] as u128, a[a.len() - 1] as u128);
+    let batch: u128 = a[..a.len() - 2].iter().map(|&d| d as u128).product();
+    let (n, p) = (b[1] as u128, c[1] as u128);
+    if b[0] as u128 != k || c[0] as u128 != n {
+        return None;
+    }
+    let left = 2 * batch * m * n * (k + p);
+    let right = 2 * k * n * p + 2 * batch * m * k * p;
+    Some((left, right))
+}
+
+impl Rule for MatMulReassoc {
+    fn name(&self) -> &'static str {
+        "matmul-reassoc"
+    }
+
+    fn description(&self) -> &'static str {
+        "MatMul(MatMul(A, B), C) <-> MatMul(A, MatMul(B, C)) for 2-D B, C and static shapes, only towards fewer FLOPs"
+    }
+
+    fn roots(&self) -> Option<Vec<Disc>> {
+        Some(vec![Disc::onnx("MatMul")])
+    }
+
+    fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
+        for (outer, _, oc) in ops(egraph, class, "MatMul") {
+            if oc.len() != 2 {
+                continue;
+            }
+            // (AB)C -> A(BC).
+            for (inner, _, ic) in ops(egraph, oc[0], "MatMul") {
+                let (Some(a), Some(bt), Some(c)) =
+                    (ty(egraph, ic[0]), ty(egraph, ic[1]), ty(egraph, oc[1]))
+                else {
+                    continue;
+                };
+                if chain_flops(a, bt, c).is_some_and(|(left, right)| right < left) {
+                    let mut b = AstBuilder::new();
+                    let (av, bv) = (b.class(ic[0]), b.class(ic[1]));
+                    let iv = b.node(with_children(inner, &[av, bv]));
+                    let cv = b.class(oc[1]);
+                    b.node(with_children(outer, &[iv, cv]));
+                    out.push(b.finish());
+                }
+            }
+            // A(BC) -> (AB)C.
+            for (inner, _, ic) in ops(egraph, oc[1], "MatMul") {
+                let (Some(a), Some(bt), Some(c)) =
+                    (ty(egraph, oc[0]), ty(egraph, ic[0]), ty(egraph, ic[1]))
+                else {
+                    continue;
+                };
+                if chain_flops(a, bt, c).is_some_and(|(left, right)| left < right) {
+                    let mut b = AstBuilder::new();
+                    let av = b.class(oc[0]);
+                    let (bv, cv) = (b.class(ic[0]), b.class(ic[1]));
+                    let iv = b.node(with_children(inner, &[bv, cv]));
+                    b.node(with_children(outer, &[av, iv]));
+                    out.push(b.finish());
+                }
+            }
+        }
+    }
+
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
+        // LHS layouts: [A, B, AB, C, (AB)C] or [A, B, C, BC, A(BC)].
+        let root = node_at(&m.lhs, root_of(&m.lhs))?;
+        let left_nested = node_at(&m.lhs, Id::from(2)).is_some();
+        let (a, bv, c) = if left_nested {
+            (Id::from(0), Id::from(1), Id::from(3))
+        } else {
+            (Id::from(0), Id::from(1), Id::from(2))
+        };
+        let mut b = AstBuilder::continuing(&m.subst);
+        let (a, bv, c) = (
+            b.var(var_at(&m.lhs, a)?),
+            b.var(var_at(&m.lhs, bv)?),
+            b.var(var_at(&m.lhs, c)?),
+        );
+        if left_nested {
+            let bc = b.node(with_children(root, &[bv, c]));
+            b.node(with_children(root, &[a, bc]));
+        } else {
+            let ab = b.node(with_children(root, &[a, bv]));
+            b.node(with_children(root, &[ab, c]));
+        }
         Some(b.into_ast())
     }
 }

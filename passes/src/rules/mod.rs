@@ -18,12 +18,15 @@
 //! gain on these graphs).
 
 pub mod algebra;
+pub mod attention;
 pub mod loss;
 pub mod loss_linear;
+pub mod softmax;
 
-use crate::analysis::KilnEGraph;
+use crate::analysis::{ClassType, KilnEGraph};
 use crate::lang::{Disc, KilnLang};
 use egg::{ENodeOrVar, Id, Language, PatternAst, SearchMatches, Subst, Symbol, Var};
+use kiln_ir::op::Op;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
@@ -134,6 +137,103 @@ pub fn root_of(ast: &PatternAst<KilnLang>) -> Id {
     Id::from(ast.as_ref().len() - 1)
 }
 
+/// The classes of each entry of a match's left-hand side, in AST order:
+/// variables through the subst, nodes by looking up their (canonical)
+/// instantiation. `None` for a node the e-graph does not hold, which cannot
+/// happen for a match found by [`Rule::search`] on the current e-graph.
+pub fn lhs_classes(egraph: &KilnEGraph, m: &Match) -> Vec<Option<Id>> {
+    let mut classes: Vec<Option<Id>> = Vec::with_capacity(m.lhs.as_ref().len());
+    for entry in m.lhs.as_ref() {
+        let class = match entry {
+            ENodeOrVar::Var(v) => m.subst.get(*v).map(|&c| egraph.find(c)),
+            ENodeOrVar::ENode(n) => {
+                let mut node = n.clone();
+                let mut known = true;
+                for c in node.children_mut() {
+                    match classes.get(usize::from(*c)).copied().flatten() {
+                        Some(id) => *c = id,
+                        None => known = false,
+                    }
+                }
+                if known {
+                    egraph.lookup(node)
+                } else {
+                    None
+                }
+            }
+        };
+        classes.push(class);
+    }
+    classes
+}
+
+/// The axes a `Reduce` node with these children reduces over a value of
+/// rank `rank`, normalized, sorted and deduplicated: from the `axes`
+/// attribute, else from a constant second input, else every axis. `None`
+/// when the axes are not known constants, are out of range, or the node is
+/// the identity (no axes with `noop_with_empty_axes`).
+pub fn reduce_axes(
+    egraph: &KilnEGraph,
+    op: &Op,
+    children: &[Id],
+    rank: usize,
+) -> Option<Vec<usize>> {
+    let Op::Reduce {
+        axes,
+        noop_with_empty_axes,
+        ..
+    } = op
+    else {
+        return None;
+    };
+    let given: Option<Vec<i64>> = match (axes, children.get(1)) {
+        (Some(a), _) => Some(a.clone()),
+        (None, Some(&c)) if !matches!(egraph[c].data.ty, ClassType::Absent) => {
+            Some(egraph.analysis.constant(&egraph[c].data)?.to_i64s())
+        }
+        (None, _) => None,
+    };
+    let signed_rank = i64::try_from(rank).ok()?;
+    let mut out: Vec<usize> = match given {
+        Some(a) if a.is_empty() && *noop_with_empty_axes => return None,
+        Some(a) if !a.is_empty() => a
+            .into_iter()
+            .map(|x| {
+                let x = if x < 0 { x + signed_rank } else { x };
+                usize::try_from(x).ok().filter(|&x| x < rank)
+            })
+            .collect::<Option<_>>()?,
+        _ if *noop_with_empty_axes => return None,
+        _ => (0..rank).collect(),
+    };
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+/// What rules can know of the graph beyond the e-graph, for their last
+/// check of a match ([`Rule::check`]) and the notes they add to a report
+/// ([`Rule::notes`]).
+#[derive(Clone, Debug, Default)]
+pub struct RuleContext {
+    /// The graph outputs: name and class (as converted; compare through
+    /// [`egg::EGraph::find`]).
+    pub outputs: Vec<(String, Id)>,
+}
+
+impl RuleContext {
+    /// Names of the graph outputs whose value is class `class`, in output
+    /// order.
+    pub fn outputs_in(&self, egraph: &KilnEGraph, class: Id) -> Vec<&str> {
+        let class = egraph.find(class);
+        self.outputs
+            .iter()
+            .filter(|(_, c)| egraph.find(*c) == class)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
 /// A rewrite rule over kiln's e-graph.
 pub trait Rule: Send + Sync + 'static {
     /// Unique name, e.g. `transpose-fold`.
@@ -158,15 +258,37 @@ pub trait Rule: Send + Sync + 'static {
         eclass: Id,
         m: &Match,
     ) -> Option<PatternAst<KilnLang>>;
+    /// A last look at a match before it is applied, with what the e-graph
+    /// alone does not say (the graph outputs): false skips it. True by
+    /// default; a rule that must not fire where some value has another
+    /// use checks the graph outputs here.
+    fn check(&self, _egraph: &KilnEGraph, _eclass: Id, _m: &Match, _ctx: &RuleContext) -> bool {
+        true
+    }
+    /// Notes for the report on a match that just fired in class `eclass`:
+    /// what a reader of the report should know that the rewrite alone does
+    /// not say (for example that a value it makes unnecessary is kept
+    /// because it is a graph output). None by default.
+    fn notes(
+        &self,
+        _egraph: &KilnEGraph,
+        _eclass: Id,
+        _m: &Match,
+        _ctx: &RuleContext,
+    ) -> Vec<String> {
+        Vec::new()
+    }
 }
 
-/// A rule that fired: its name and the class it rewrote.
+/// A rule that fired: its name, the class it rewrote and its notes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fired {
     /// The rule.
     pub rule: &'static str,
     /// The class of the left-hand side's root when it fired.
     pub class: Id,
+    /// What [`Rule::notes`] said about the match.
+    pub notes: Vec<String>,
 }
 
 /// Where fired rules are recorded, shared by the rewrites of one run.
@@ -177,6 +299,7 @@ pub type FireLog = Arc<Mutex<Vec<Fired>>>;
 struct Adapter {
     rule: Arc<dyn Rule>,
     log: FireLog,
+    ctx: Arc<RuleContext>,
 }
 
 impl Adapter {
@@ -267,7 +390,17 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
                     subst: subst.clone(),
                 };
                 egraph.analysis.current_rule = Some(self.rule.name().to_string());
-                let did = apply_one_match(egraph, mat.eclass, &m, self.rule.as_ref(), rule_name);
+                // Notes read the e-graph as the match found it, before the
+                // union merges the right-hand side in.
+                let notes = self.rule.notes(egraph, mat.eclass, &m, &self.ctx);
+                let did = apply_one_match(
+                    egraph,
+                    mat.eclass,
+                    &m,
+                    self.rule.as_ref(),
+                    &self.ctx,
+                    rule_name,
+                );
                 egraph.analysis.current_rule = None;
                 if did {
                     changed.push(mat.eclass);
@@ -275,6 +408,7 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
                     log.push(Fired {
                         rule: self.rule.name(),
                         class: mat.eclass,
+                        notes,
                     });
                 }
             }
@@ -297,7 +431,7 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
             lhs: lhs.clone(),
             subst: subst.clone(),
         };
-        if apply_one_match(egraph, eclass, &m, self.rule.as_ref(), rule_name) {
+        if apply_one_match(egraph, eclass, &m, self.rule.as_ref(), &self.ctx, rule_name) {
             vec![eclass]
         } else {
             Vec::new()
@@ -305,15 +439,19 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
     }
 }
 
-/// Adds the right-hand side and unions it with the match's class; true when
-/// that changed the e-graph.
+/// Adds the right-hand side and unions it with the match's class, if the
+/// rule's [`Rule::check`] passes; true when that changed the e-graph.
 fn apply_one_match(
     egraph: &mut KilnEGraph,
     eclass: Id,
     m: &Match,
     rule: &dyn Rule,
+    ctx: &RuleContext,
     rule_name: Symbol,
 ) -> bool {
+    if !rule.check(egraph, eclass, m, ctx) {
+        return false;
+    }
     let Some(rhs) = rule.rewrite(egraph, eclass, m) else {
         return false;
     };
@@ -327,10 +465,12 @@ fn apply_one_match(
     }
 }
 
-/// Wraps rules as egg rewrites that record what fired in `log`.
+/// Wraps rules as egg rewrites that record what fired, with the rules'
+/// notes on it, in `log`.
 pub fn rewrites(
     rules: &[Arc<dyn Rule>],
     log: &FireLog,
+    ctx: &Arc<RuleContext>,
 ) -> Vec<egg::Rewrite<KilnLang, crate::analysis::TypeAnalysis>> {
     rules
         .iter()
@@ -338,6 +478,7 @@ pub fn rewrites(
             let a = Adapter {
                 rule: r.clone(),
                 log: log.clone(),
+                ctx: ctx.clone(),
             };
             egg::Rewrite::new(r.name(), a.clone(), a)
                 .expect("adapters bind no pattern variables, so every rewrite is well formed")
@@ -349,5 +490,6 @@ pub fn rewrites(
 pub fn all_rules() -> Vec<Arc<dyn Rule>> {
     let mut rules = algebra::rules();
     rules.extend(loss::rules());
+    rules.extend(attention::rules());
     rules
 }
