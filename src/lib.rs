@@ -17,14 +17,18 @@
 //!     kiln::write_npy(format!("{name}.npy"), tensor)?;
 //! }
 //!
-//! // Write it back out in kiln's text format.
-//! kiln::save(&graph, "model.kiln")?;
+//! // Fuse and clean up with the e-graph passes (-O2), then write it back out
+//! // in kiln's text format.
+//! let (optimized, report) = kiln::optimize(&graph, kiln::passes::OptLevel::O2)?;
+//! println!("{report}");
+//! kiln::save(&optimized, "model.kiln")?;
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! The `kiln` binary wraps the same calls: `kiln inspect`, `kiln run` and
-//! `kiln convert`.
+//! The `kiln` binary wraps the same calls: `kiln inspect`, `kiln run`,
+//! `kiln convert` and `kiln optimize`, plus `kiln rules` (the rewrite rules)
+//! and `kiln explain` (the rewrites that produced a node).
 
 #![warn(missing_docs)]
 
@@ -52,6 +56,20 @@ pub fn save(graph: &Graph, path: impl AsRef<Path>) -> Result<()> {
 /// output, in order. See [`ir::interp::run`].
 pub fn run(graph: &Graph, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
     kiln_ir::interp::run(graph, inputs)
+}
+
+/// Optimizes a graph with the passes of an optimization level, default
+/// limits and the CPU cost model; the report says what fired where and
+/// what it cost. See [`passes::manager::optimize`] for pipelines of chosen
+/// passes and limits.
+pub fn optimize(graph: &Graph, level: passes::OptLevel) -> Result<(Graph, passes::Report)> {
+    kiln_passes::optimize(graph, &kiln_passes::Pipeline::level(level))
+}
+
+/// A copy of a graph with kiln-domain ops lowered into standard ONNX ops,
+/// so that other ONNX runtimes run it. See [`passes::portable`].
+pub fn to_portable(graph: &Graph) -> Result<Graph> {
+    kiln_passes::portable::to_portable(graph)
 }
 
 /// Reads a NumPy `.npy` file. See [`ir::npy`] for the supported dtypes.

@@ -1,4 +1,5 @@
-//! The `kiln` command-line tool: inspect, run and convert models.
+//! The `kiln` command-line tool: inspect, run, convert and optimize models,
+//! list the rewrite rules and explain what they did.
 
 mod cli;
 

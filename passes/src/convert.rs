@@ -56,6 +56,21 @@ impl SourceInfo {
         self.outputs.iter().map(|(_, id)| *id).collect()
     }
 
+    /// The outputs of source node `node` as `(value name, id)` in output
+    /// order, each id the e-node as conversion added it (not canonicalized,
+    /// so egg's explanations start from the source term); empty when there
+    /// is no such node.
+    pub fn node_outputs(&self, node: &str) -> Vec<(String, Id)> {
+        let Some(index) = self.nodes.iter().position(|(n, _)| n == node) else {
+            return Vec::new();
+        };
+        self.values
+            .iter()
+            .filter(|(_, _, i)| *i == index)
+            .map(|(name, id, _)| (name.clone(), *id))
+            .collect()
+    }
+
     /// Names of the source nodes whose outputs are in `class` (canonical
     /// ids compared through `egraph`), in source order: where a rewrite of
     /// that class happened, in the user's terms.

@@ -62,6 +62,12 @@
 //! opt-in graph transformations after extraction, each measured against
 //! the exact graph and refused when its error exceeds the caller's bound.
 //!
+//! # Portable export
+//!
+//! Fused ops live in the `kiln` ONNX domain; [`portable::to_portable`]
+//! lowers them back into standard ONNX ops so that onnxruntime (or any ONNX
+//! runtime) can run an optimized graph.
+//!
 //! The crate depends only on `kiln-ir`, never on LLVM or MLIR.
 
 #![warn(missing_docs)]
@@ -74,6 +80,7 @@ pub mod cost;
 pub mod extract;
 pub mod lang;
 pub mod manager;
+pub mod portable;
 pub mod rules;
 pub mod typing;
 

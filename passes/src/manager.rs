@@ -18,12 +18,18 @@
 //!
 //! If the analysis finds a bug (a rule merged classes of different types),
 //! the input graph is returned unchanged and the report lists the errors.
+//!
+//! [`explain_node`] answers "where did this node go": it runs a pipeline
+//! with egg's explanations on and reports the rule applications between a
+//! source node's term and the term extracted for its e-class.
 
-use crate::analysis::{TypeAnalysis, DEFAULT_FOLD_LIMIT};
-use crate::convert::{to_egraph, to_graph};
+use crate::analysis::{KilnEGraph, TypeAnalysis, DEFAULT_FOLD_LIMIT};
+use crate::convert::{to_egraph, to_graph, SourceInfo};
 use crate::cost::{CostModel, GraphCost};
 use crate::extract::extract_dag;
-use crate::rules::{self, FireLog, Rule, RuleContext};
+use crate::lang::KilnLang;
+use crate::rules::{self, FireLog, Fired, Rule, RuleContext};
+use egg::Language as _;
 use kiln_ir::error::{IrError, Result};
 use kiln_ir::graph::Graph;
 use std::collections::BTreeMap;
@@ -399,54 +405,11 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
         return Ok((input, report));
     }
 
-    let analysis = TypeAnalysis {
-        fold_limit: pipeline.fold_limit,
-        strict: pipeline.strict_analysis,
-        ..TypeAnalysis::default()
-    };
-    let converted = to_egraph(&input, analysis, pipeline.explanations)?;
-    let source = converted.source;
-    let mut egraph = converted.egraph;
-    let log: FireLog = Arc::new(Mutex::new(Vec::new()));
-    let ctx = Arc::new(RuleContext {
-        outputs: input
-            .outputs()
-            .iter()
-            .map(|&v| input.value(v).name.clone())
-            .zip(source.roots())
-            .collect(),
-    });
-    let start = Instant::now();
-    for pass in &pipeline.passes {
-        let rewrites = rules::rewrites(&pass.rules, &log, &ctx);
-        let remaining = pipeline.limits.time.saturating_sub(start.elapsed());
-        let pass_start = Instant::now();
-        let runner = egg::Runner::<_, _, ()>::new(TypeAnalysis::default())
-            .with_egraph(egraph)
-            .with_iter_limit(pipeline.limits.iterations)
-            .with_node_limit(pipeline.limits.nodes)
-            .with_time_limit(remaining)
-            .run(&rewrites);
-        let stop = match runner.stop_reason {
-            Some(egg::StopReason::Saturated) | None => Stop::Saturated,
-            Some(egg::StopReason::IterationLimit(n)) => Stop::IterationLimit(n),
-            Some(egg::StopReason::NodeLimit(n)) => Stop::NodeLimit(n),
-            Some(egg::StopReason::TimeLimit(s)) => Stop::TimeLimit(s),
-            Some(egg::StopReason::Other(m)) => Stop::Other(m),
-        };
-        egraph = runner.egraph;
-        report.passes.push(PassReport {
-            name: pass.name.to_string(),
-            iterations: runner.iterations.len(),
-            egraph_nodes: egraph.total_number_of_nodes(),
-            egraph_classes: egraph.number_of_classes(),
-            stop,
-            seconds: pass_start.elapsed().as_secs_f64(),
-        });
-    }
-    egraph.rebuild();
-
-    let fired = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    let Saturated {
+        egraph,
+        source,
+        fired,
+    } = saturate(&input, pipeline, &mut report.passes)?;
     for f in fired {
         let names = source.node_names_in(&egraph, f.class);
         let rec = match report.rewrites.iter_mut().position(|r| r.rule == f.rule) {
@@ -505,4 +468,248 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
     report.ops_after = histogram(&out);
     report.cost_after = pipeline.cost.graph_cost(&out);
     Ok((out, report))
+}
+
+/// The e-graph after a pipeline's passes, with what is needed to turn it
+/// back into a graph and to say what fired.
+struct Saturated {
+    egraph: KilnEGraph,
+    source: SourceInfo,
+    fired: Vec<Fired>,
+}
+
+/// Converts a typed graph into an e-graph and runs the pipeline's passes on
+/// it in order, appending one [`PassReport`] per pass to `passes`.
+fn saturate(input: &Graph, pipeline: &Pipeline, passes: &mut Vec<PassReport>) -> Result<Saturated> {
+    let analysis = TypeAnalysis {
+        fold_limit: pipeline.fold_limit,
+        strict: pipeline.strict_analysis,
+        ..TypeAnalysis::default()
+    };
+    let converted = to_egraph(input, analysis, pipeline.explanations)?;
+    let source = converted.source;
+    let mut egraph = converted.egraph;
+    let log: FireLog = Arc::new(Mutex::new(Vec::new()));
+    let ctx = Arc::new(RuleContext {
+        outputs: input
+            .outputs()
+            .iter()
+            .map(|&v| input.value(v).name.clone())
+            .zip(source.roots())
+            .collect(),
+    });
+    let start = Instant::now();
+    for pass in &pipeline.passes {
+        let rewrites = rules::rewrites(&pass.rules, &log, &ctx);
+        let remaining = pipeline.limits.time.saturating_sub(start.elapsed());
+        let pass_start = Instant::now();
+        let runner = egg::Runner::<_, _, ()>::new(TypeAnalysis::default())
+            .with_egraph(egraph)
+            .with_iter_limit(pipeline.limits.iterations)
+            .with_node_limit(pipeline.limits.nodes)
+            .with_time_limit(remaining)
+            .run(&rewrites);
+        let stop = match runner.stop_reason {
+            Some(egg::StopReason::Saturated) | None => Stop::Saturated,
+            Some(egg::StopReason::IterationLimit(n)) => Stop::IterationLimit(n),
+            Some(egg::StopReason::NodeLimit(n)) => Stop::NodeLimit(n),
+            Some(egg::StopReason::TimeLimit(s)) => Stop::TimeLimit(s),
+            Some(egg::StopReason::Other(m)) => Stop::Other(m),
+        };
+        egraph = runner.egraph;
+        passes.push(PassReport {
+            name: pass.name.to_string(),
+            iterations: runner.iterations.len(),
+            egraph_nodes: egraph.total_number_of_nodes(),
+            egraph_classes: egraph.number_of_classes(),
+            stop,
+            seconds: pass_start.elapsed().as_secs_f64(),
+        });
+    }
+    egraph.rebuild();
+    let fired = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Saturated {
+        egraph,
+        source,
+        fired,
+    })
+}
+
+/// One rule application on the way from a node's original term to the term
+/// extracted for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExplainStep {
+    /// The rule (or the reason egg recorded for the union).
+    pub rule: String,
+    /// True when the explanation uses the rule right to left: the term
+    /// before the step is the rule's right-hand side.
+    pub reverse: bool,
+    /// The rewritten subterm before the step, printed a few levels deep.
+    pub before: String,
+    /// The subterm after the step.
+    pub after: String,
+}
+
+/// Why one source node's value became what the optimized graph computes:
+/// the answer of [`explain_node`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeExplanation {
+    /// The source node.
+    pub node: String,
+    /// The node's output value that was explained (its first output).
+    pub value: String,
+    /// The node's term in the input graph, a few levels deep (e-graph
+    /// notation: `input:x`, `weight:w`, `const#3`).
+    pub original: String,
+    /// The term extraction chose for the same e-class.
+    pub result: String,
+    /// False when the extracted e-node is the node itself (same op and
+    /// attributes on equivalent inputs): the node was not rewritten, though
+    /// its inputs may have been.
+    pub rewritten: bool,
+    /// False when the optimized graph no longer computes this value (a
+    /// fused op absorbed it); `result` then is what extraction would pick
+    /// for it alone.
+    pub live: bool,
+    /// The rule applications, in order, each distinct one once.
+    pub steps: Vec<ExplainStep>,
+    /// The saturation statistics of the run that was explained.
+    pub passes: Vec<PassReport>,
+}
+
+/// How deep terms are printed in explanations: deeper terms of a
+/// transformer graph run to the whole model.
+const EXPLAIN_DEPTH: usize = 2;
+
+/// Optimizes `graph` with `pipeline` and explanations on, and explains how
+/// the value of source node `node` (its first output) came to be what
+/// extraction chose: egg's explanation between the node's original term
+/// and the extracted one, reduced to the rule applications it contains.
+/// Only that one class is explained, so the cost does not grow with the
+/// rest of the graph beyond saturation itself. Errors: no node of that
+/// name, a node without outputs, and what [`optimize`] reports.
+pub fn explain_node(graph: &Graph, pipeline: &Pipeline, node: &str) -> Result<NodeExplanation> {
+    let mut input = graph.clone();
+    if input.value_ids().any(|v| input.value(v).ty.is_none()) {
+        kiln_ir::infer_types(&mut input)?;
+    }
+    let id = input
+        .node_by_name(node)
+        .ok_or_else(|| IrError::Model(format!("the graph has no node named `{node}`")))?;
+    let source_node = input.node(id);
+    let err = |m: &str| IrError::node(&source_node.name, source_node.op.name(), m);
+    if source_node.outputs.iter().all(Option::is_none) {
+        return Err(err("the node has no outputs to explain"));
+    }
+    let mut pipeline = pipeline.clone();
+    pipeline.explanations = true;
+    let mut passes = Vec::new();
+    let Saturated { egraph, source, .. } = saturate(&input, &pipeline, &mut passes)?;
+    // egg's greedy shortening of explanations costs seconds on a small
+    // transformer for little gain here, where shared subproofs are printed
+    // once anyway.
+    let mut egraph = egraph.without_explanation_length_optimization();
+    let (value, original) = source
+        .node_outputs(node)
+        .into_iter()
+        .next()
+        .ok_or_else(|| err("the node's outputs are not in the e-graph"))?;
+    if let Some(e) = egraph.analysis.errors.first() {
+        return Err(IrError::Model(format!(
+            "the analysis found a rule bug, so nothing is explained: {e}"
+        )));
+    }
+
+    let class = egraph.find(original);
+    let cost = &pipeline.cost;
+    let cost_fn = |eg: &KilnEGraph, c: egg::Id, n: &KilnLang| cost.enode_cost(eg, c, n);
+    let whole = extract_dag(&egraph, &source.roots(), &cost_fn)?;
+    let (live, chosen) = match whole.choice(class) {
+        Some(n) => (true, n.clone()),
+        None => {
+            let alone = extract_dag(&egraph, &[class], &cost_fn)?;
+            let n = alone
+                .choice(class)
+                .ok_or_else(|| err("extraction chose nothing for the node's class"))?;
+            (false, n.clone())
+        }
+    };
+    let original_node = egraph.id_to_node(original).clone();
+    let canonical = |n: &KilnLang| n.clone().map_children(|c| egraph.find(c));
+    let rewritten = canonical(&original_node) != canonical(&chosen);
+    // The chosen node as its own (uncanonical) id, so the explanation ends
+    // exactly at the extracted node.
+    let chosen_id = egraph.add_uncanonical(chosen);
+    let explanation = egraph.explain_id_equivalence(original, chosen_id);
+    let trees = &explanation.explanation_trees;
+    let mut steps = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    collect_steps(trees, &mut seen, &mut steps);
+    let first = trees
+        .first()
+        .map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, false));
+    let last = trees
+        .last()
+        .map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, true));
+    Ok(NodeExplanation {
+        node: node.to_string(),
+        value,
+        original: first,
+        result: last,
+        rewritten,
+        live,
+        steps,
+        passes,
+    })
+}
+
+/// A term of an explanation printed `depth` levels deep (deeper children as
+/// `…`), with each child's first (`last == false`) or last form.
+fn term_text(t: &egg::TreeTerm<KilnLang>, depth: usize, last: bool) -> String {
+    let head = t.node.to_string();
+    if t.child_proofs.is_empty() {
+        return head;
+    }
+    if depth == 0 {
+        return format!("{head}(…)");
+    }
+    let args: Vec<String> = t
+        .child_proofs
+        .iter()
+        .map(|proof| {
+            let child = if last { proof.last() } else { proof.first() };
+            child.map_or_else(|| "?".to_string(), |c| term_text(c, depth - 1, last))
+        })
+        .collect();
+    format!("{head}({})", args.join(", "))
+}
+
+/// Appends the rule applications of a tree explanation in the order egg's
+/// flat explanation would show them: each term's rule first, then the
+/// rewrites inside its children. A subproof shared by several places is
+/// visited once, which keeps this linear in the proof's size rather than in
+/// the size of its tree expansion.
+fn collect_steps(
+    proof: &[std::rc::Rc<egg::TreeTerm<KilnLang>>],
+    seen: &mut std::collections::HashSet<*const egg::TreeTerm<KilnLang>>,
+    out: &mut Vec<ExplainStep>,
+) {
+    for (i, term) in proof.iter().enumerate() {
+        if i > 0 {
+            let rule = term.forward_rule.or(term.backward_rule);
+            if let Some(rule) = rule {
+                out.push(ExplainStep {
+                    rule: rule.to_string(),
+                    reverse: term.forward_rule.is_none(),
+                    before: term_text(&proof[i - 1], EXPLAIN_DEPTH, true),
+                    after: term_text(term, EXPLAIN_DEPTH, false),
+                });
+            }
+        }
+        if seen.insert(std::rc::Rc::as_ptr(term)) {
+            for child in &term.child_proofs {
+                collect_steps(child, seen, out);
+            }
+        }
+    }
 }

@@ -4,12 +4,17 @@
 //! `error: <message>` followed by its causes, and the process exits with 1.
 //! Usage errors are clap's (exit code 2).
 
+mod bench;
 mod compare;
 mod convert;
+mod explain;
 mod inputs;
 mod inspect;
+mod optimize;
 mod output;
+mod pipeline;
 mod progress;
+mod rules;
 mod run;
 mod summary;
 
@@ -37,6 +42,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Run(run::RunArgs),
     Convert(convert::ConvertArgs),
+    Optimize(optimize::OptimizeArgs),
+    Explain(explain::ExplainArgs),
+    Rules(rules::RulesArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into
@@ -47,6 +56,10 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Run(args) => run::run(&args),
         Command::Convert(args) => convert::convert(&args),
+        Command::Optimize(args) => optimize::optimize(&args),
+        Command::Explain(args) => explain::explain(&args),
+        Command::Rules(args) => rules::rules(&args),
+        Command::Bench(args) => bench::bench(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
