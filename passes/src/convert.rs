@@ -307,7 +307,10 @@ pub fn to_graph(
     }
 
     // Source node of each chosen node that is unchanged from the source.
-    let mut original: BTreeMap<KilnLang, usize> = BTreeMap::new();
+    // Hashed, not ordered: it is only looked up, never iterated, and an
+    // ordered map's comparisons of same-op nodes (op name, attributes,
+    // children) were a fifth of `-O2`'s time on a 48-layer GPT-2.
+    let mut original: HashMap<KilnLang, usize> = HashMap::new();
     for (i, (_, enode)) in source.nodes.iter().enumerate() {
         original
             .entry(enode.clone().map_children(find))
