@@ -12,15 +12,13 @@ use kiln::ir::op::{Op, UnaryOp};
 use kiln::ir::{DType, Dim, Graph, Tensor, TensorType};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+mod common;
+use common::*;
 
 const MODEL_NAMES: [&str; 6] =
     ["gpt2_fused", "gpt2_unfused", "bert_fused", "bert_unfused", "llama_fused", "llama_unfused"];
-
-fn models_dir() -> PathBuf {
-    kiln_test_support::example_models_dir(Path::new(env!("CARGO_TARGET_TMPDIR")))
-        .expect("no example models and no Python to generate them: run `make models`")
-}
 
 /// Every example model directory, after checking that all of
 /// make_models.py's models are there.
@@ -35,46 +33,6 @@ fn model_dirs() -> Vec<PathBuf> {
         );
     }
     dirs
-}
-
-fn model(name: &str) -> PathBuf {
-    let path = models_dir().join(name);
-    assert!(path.join("model.onnx").is_file(), "{} is missing; run `make models`", path.display());
-    path
-}
-
-fn kiln(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    for a in args {
-        cmd.arg(a);
-    }
-    cmd.output().expect("the kiln binary starts")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts success with a quiet stderr (no progress bars off a terminal).
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what}: exit {:?}\nstdout:\n{}\nstderr:\n{}", o.status.code(), stdout(o), stderr(o));
-    assert_eq!(stderr(o), "", "{what}: nothing on stderr when it is not a terminal");
-}
-
-/// Asserts a user error: exit code 1, `error:` on stderr mentioning every
-/// one of `needles`, and no panic.
-fn assert_user_error(o: &Output, needles: &[&str], what: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "{what}: exit status\nstdout:\n{}\nstderr:\n{err}", stdout(o));
-    assert!(err.starts_with("error: "), "{what}: stderr starts with `error: `:\n{err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{what}: no panic:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "{what}: stderr mentions `{n}`:\n{err}");
-    }
 }
 
 fn run_python(script: &str, args: &[&Path]) -> String {
@@ -112,16 +70,6 @@ fn inspect_json(model: &Path) -> Json {
 
 fn names(list: &Json) -> Vec<String> {
     list.as_array().expect("a list").iter().map(|v| v["name"].as_str().expect("a name").to_string()).collect()
-}
-
-/// The numpy.allclose test, with NaN matching NaN, on two tensors.
-fn assert_allclose(actual: &Tensor, expected: &Tensor, what: &str) {
-    assert_eq!(actual.dtype(), expected.dtype(), "{what}: dtype");
-    assert_eq!(actual.shape(), expected.shape(), "{what}: shape");
-    for (i, (a, e)) in actual.to_f64s().into_iter().zip(expected.to_f64s()).enumerate() {
-        let ok = a == e || (a.is_nan() && e.is_nan()) || (a - e).abs() <= 1e-5 + 1e-4 * e.abs();
-        assert!(ok, "{what}: element {i}: kiln {a}, onnxruntime {e}");
-    }
 }
 
 fn test_data(model_dir: &Path) -> PathBuf {
@@ -180,25 +128,25 @@ fn names_of(list: &Json) -> Vec<String> {
 
 #[test]
 fn inspect_reports_fused_ops_and_symbolic_shapes() {
-    let gpt2 = inspect_json(&model("gpt2_fused").join("model.onnx"));
+    let gpt2 = inspect_json(&model_dir("gpt2_fused").join("model.onnx"));
     for op in ["LayerNormalization", "Gelu", "Gemm", "SoftmaxCrossEntropyLoss", "MatMul"] {
         assert!(gpt2["ops"][op].as_u64().is_some_and(|n| n > 0), "gpt2_fused uses {op}: {}", gpt2["ops"]);
     }
     assert_eq!(gpt2["outputs"][1]["name"], "logits");
     assert_eq!(gpt2["outputs"][1]["shape"], serde_json::json!(["batch", "seq", 256]));
     assert_eq!(gpt2["outputs"][0]["shape"], serde_json::json!([]));
-    let llama = inspect_json(&model("llama_fused").join("model.onnx"));
+    let llama = inspect_json(&model_dir("llama_fused").join("model.onnx"));
     for op in ["RMSNormalization", "RotaryEmbedding"] {
         assert!(llama["ops"][op].as_u64().is_some(), "llama_fused uses {op}");
     }
-    let unfused = inspect_json(&model("gpt2_unfused").join("model.onnx"));
+    let unfused = inspect_json(&model_dir("gpt2_unfused").join("model.onnx"));
     assert!(unfused["ops"].get("LayerNormalization").is_none(), "unfused GPT-2 spells out layer norm");
     assert!(unfused["ops"]["ReduceMean"].as_u64().is_some());
 }
 
 #[test]
 fn inspect_text_output() {
-    let o = kiln(&[&"inspect", &model("gpt2_fused").join("model.onnx")]);
+    let o = kiln(&[&"inspect", &model_dir("gpt2_fused").join("model.onnx")]);
     assert_ok(&o, "inspect");
     let text = stdout(&o);
     for needle in ["graph", "parameters", "input_ids", "i64", "[batch, seq]", "logits", "[batch, seq, 256]", "ops ("] {
@@ -251,7 +199,7 @@ fn every_example_model_matches_onnxruntime() {
 
 #[test]
 fn numpy_reads_the_written_outputs() {
-    let dir = model("bert_fused");
+    let dir = model_dir("bert_fused");
     let out = tempfile::tempdir().unwrap();
     assert_ok(
         &kiln(&[&"run", &dir.join("model.onnx"), &"--inputs", &test_data(&dir), &"--out", &out.path()]),
@@ -316,7 +264,7 @@ np.save(f"{d}/empty.npy", np.zeros((0, 3), dtype=np.int32))
 
 #[test]
 fn perturbed_reference_fails_and_tolerances_apply() {
-    let dir = model("gpt2_fused");
+    let dir = model_dir("gpt2_fused");
     let data = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(test_data(&dir)).unwrap() {
         let entry = entry.unwrap();
@@ -347,7 +295,7 @@ fn perturbed_reference_fails_and_tolerances_apply() {
 
 #[test]
 fn inputs_from_npy_files() {
-    let dir = model("gpt2_fused");
+    let dir = model_dir("gpt2_fused");
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.npy");
     let labels = tmp.path().join("labels.npy");
@@ -400,7 +348,7 @@ fn output_names_that_are_not_file_names() {
 #[test]
 fn convert_round_trips_and_still_matches() {
     for name in ["gpt2_fused", "llama_unfused"] {
-        let dir = model(name);
+        let dir = model_dir(name);
         let tmp = tempfile::tempdir().unwrap();
         let text = tmp.path().join("model.kiln");
         let back = tmp.path().join("model.onnx");
@@ -452,14 +400,14 @@ fn model_file_errors() {
     assert_user_error(&kiln(&[&"inspect", &bad_text]), &["bad.kiln", "line"], "garbage kiln");
 
     let out = tmp.path().join("out.xyz");
-    let model_path = model("gpt2_fused").join("model.onnx");
+    let model_path = model_dir("gpt2_fused").join("model.onnx");
     assert_user_error(&kiln(&[&"convert", &model_path, &out]), &["out.xyz", "unknown model file extension"], "convert");
     assert!(!out.exists());
 }
 
 #[test]
 fn input_errors() {
-    let dir = model("gpt2_fused");
+    let dir = model_dir("gpt2_fused");
     let model_path = dir.join("model.onnx");
     let tmp = tempfile::tempdir().unwrap();
     let ids = tmp.path().join("ids.npy");
@@ -518,7 +466,7 @@ fn input_errors() {
 
 #[test]
 fn usage_errors_and_help() {
-    let model_path = model("gpt2_fused").join("model.onnx");
+    let model_path = model_dir("gpt2_fused").join("model.onnx");
     let o = kiln(&[&"run", &model_path, &"--backend", &"llvm"]);
     assert_eq!(o.status.code(), Some(2), "usage errors exit with 2");
     assert!(stderr(&o).contains("possible values: interp"), "{}", stderr(&o));

@@ -8,51 +8,10 @@ use kiln::ir::onnx::import::read_tensor_pb;
 use kiln::ir::op::Op;
 use kiln::ir::{DType, Tensor};
 use serde_json::Value as Json;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn models_dir() -> PathBuf {
-    kiln_test_support::example_models_dir(Path::new(env!("CARGO_TARGET_TMPDIR")))
-        .expect("no example models and no Python to generate them: run `make models`")
-}
-
-fn model_dir(name: &str) -> PathBuf {
-    let path = models_dir().join(name);
-    assert!(path.join("model.onnx").is_file(), "{} is missing; run `make models`", path.display());
-    path
-}
-
-fn kiln(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    for a in args {
-        cmd.arg(a);
-    }
-    cmd.output().expect("the kiln binary starts")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what}: exit {:?}\nstdout:\n{}\nstderr:\n{}", o.status.code(), stdout(o), stderr(o));
-    assert_eq!(stderr(o), "", "{what}: nothing on stderr when it is not a terminal");
-}
-
-/// Exit status 1, `error:` on stderr naming every needle, no panic.
-fn assert_user_error(o: &Output, needles: &[&str], what: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "{what}: exit status\nstdout:\n{}\nstderr:\n{err}", stdout(o));
-    assert!(err.starts_with("error: "), "{what}: stderr starts with `error: `:\n{err}");
-    assert!(!err.contains("panicked"), "{what}: no panic:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "{what}: stderr mentions `{n}`:\n{err}");
-    }
-}
+mod common;
+use common::*;
 
 fn bench_json(args: &[&dyn AsRef<std::ffi::OsStr>], what: &str) -> Json {
     let o = kiln(args);

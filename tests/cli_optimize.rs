@@ -13,7 +13,10 @@ use kiln::ir::op::{Op, UnaryOp};
 use kiln::ir::{DType, Graph, Tensor, TensorType};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
+
+mod common;
+use common::*;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-optimize").join(name);
@@ -27,48 +30,6 @@ fn model_dirs() -> Vec<PathBuf> {
         .expect("no example models and no Python to generate them: run `make models`");
     assert_eq!(dirs.len(), 6, "gpt2/bert/llama x fused/unfused: {dirs:?}");
     dirs
-}
-
-fn kiln(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    for a in args {
-        cmd.arg(a);
-    }
-    cmd.output().expect("the kiln binary starts")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what}: exit {:?}\nstdout:\n{}\nstderr:\n{}", o.status.code(), stdout(o), stderr(o));
-    assert_eq!(stderr(o), "", "{what}: nothing on stderr when it is not a terminal");
-}
-
-/// A user error: exit status 1, `error:` on stderr naming every needle, no panic.
-fn assert_user_error(o: &Output, needles: &[&str], what: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "{what}: exit status\nstdout:\n{}\nstderr:\n{err}", stdout(o));
-    assert!(err.starts_with("error: "), "{what}: stderr starts with `error: `:\n{err}");
-    assert!(!err.contains("panicked"), "{what}: no panic:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "{what}: stderr mentions `{n}`:\n{err}");
-    }
-}
-
-/// numpy.allclose(actual, expected, rtol=1e-4, atol=1e-5), NaN matching NaN.
-fn assert_allclose(actual: &Tensor, expected: &Tensor, what: &str) {
-    assert_eq!(actual.dtype(), expected.dtype(), "{what}: dtype");
-    assert_eq!(actual.shape(), expected.shape(), "{what}: shape");
-    for (i, (a, e)) in actual.to_f64s().into_iter().zip(expected.to_f64s()).enumerate() {
-        let ok = a == e || (a.is_nan() && e.is_nan()) || (a - e).abs() <= 1e-5 + 1e-4 * e.abs();
-        assert!(ok, "{what}: element {i}: got {a}, expected {e}");
-    }
 }
 
 fn read_json(path: &Path) -> Json {
