@@ -25,7 +25,7 @@ use kiln_ir::attr::{AttrBag, AttrError};
 use kiln_ir::dtype::DType;
 use kiln_ir::interp;
 use kiln_ir::onnx::proto::{type_proto, GraphProto, ModelProto, TypeProto};
-use kiln_ir::onnx::{load_model, read_tensor_pb, ImportOptions};
+use kiln_ir::onnx::{load_model, ImportOptions};
 use kiln_ir::op::Op;
 use kiln_ir::tensor::Tensor;
 use kiln_test_support::{model_dirs, onnx_node_test_dir, python};
@@ -34,6 +34,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+mod node_tests;
+use node_tests::{compare, numbered_tensors};
 
 /// Tests whose reference data we consider wrong, each with the reason. A
 /// listed test is reported but does not fail the run. Keep this empty
@@ -162,60 +165,6 @@ fn run_test(dir: &Path, model: &ModelProto) -> Result<(), String> {
         }
         for ((name, g), want) in got.iter().zip(&expected) {
             compare(g, want).map_err(|m| format!("{set_name}: output `{name}`: {m}"))?;
-        }
-    }
-    Ok(())
-}
-
-/// `<prefix>_0.pb`, `<prefix>_1.pb`, ... in order.
-fn numbered_tensors(dir: &Path, prefix: &str) -> Result<Vec<Tensor>, String> {
-    let mut out = Vec::new();
-    loop {
-        let path = dir.join(format!("{prefix}_{}.pb", out.len()));
-        if !path.exists() {
-            return Ok(out);
-        }
-        let (_, t) = read_tensor_pb(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        out.push(t);
-    }
-}
-
-/// Equal dtype and shape, and values within the dtype's tolerance.
-fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
-    if got.dtype() != want.dtype() {
-        return Err(format!("dtype {} but {} expected", got.dtype(), want.dtype()));
-    }
-    if got.shape() != want.shape() {
-        return Err(format!("shape {:?} but {:?} expected", got.shape(), want.shape()));
-    }
-    let (rtol, atol) = match want.dtype() {
-        DType::F32 | DType::F64 => (1e-3, 1e-5),
-        DType::F16 | DType::BF16 => (1e-2, 1e-2),
-        _ => {
-            let (g, w) = (got.to_i64s(), want.to_i64s());
-            return match g.iter().zip(&w).position(|(a, b)| a != b) {
-                None => Ok(()),
-                Some(i) => Err(format!("element {i} is {} but {} expected", g[i], w[i])),
-            };
-        }
-    };
-    let (g, w) = (got.to_f64s(), want.to_f64s());
-    for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
-        let ok = if b.is_nan() {
-            a.is_nan()
-        } else if b.is_infinite() {
-            a == b
-        } else {
-            (a - b).abs() <= atol + rtol * b.abs()
-        };
-        if !ok {
-            let worst = g
-                .iter()
-                .zip(&w)
-                .filter(|(a, b)| a.is_finite() && b.is_finite())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
-            return Err(format!("element {i} is {a} but {b} expected (max abs error {worst:.3e})"));
         }
     }
     Ok(())

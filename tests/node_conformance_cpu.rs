@@ -16,9 +16,8 @@
 //! one line per test to `target/node_conformance_cpu.txt`.
 
 use kiln_backend_llvm::{compile, BackendError, CompileOptions};
-use kiln_ir::dtype::DType;
 use kiln_ir::graph::Graph;
-use kiln_ir::onnx::{load_model, read_tensor_pb, ImportOptions};
+use kiln_ir::onnx::{load_model, ImportOptions};
 use kiln_ir::tensor::Tensor;
 use kiln_test_support::{model_dirs, onnx_node_test_dir, python};
 use std::collections::BTreeMap;
@@ -26,57 +25,13 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod node_tests;
+use node_tests::{compare, numbered_tensors};
+
 enum Outcome {
     Pass,
     Fail(String),
     Skip(String),
-}
-
-/// `<prefix>_0.pb`, `<prefix>_1.pb`, ... in order.
-fn numbered_tensors(dir: &Path, prefix: &str) -> Result<Vec<Tensor>, String> {
-    let mut out = Vec::new();
-    loop {
-        let path = dir.join(format!("{prefix}_{}.pb", out.len()));
-        if !path.exists() {
-            return Ok(out);
-        }
-        let (_, t) = read_tensor_pb(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        out.push(t);
-    }
-}
-
-/// Equal dtype and shape, and values within the dtype's tolerance.
-fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
-    if got.dtype() != want.dtype() {
-        return Err(format!("dtype {} but {} expected", got.dtype(), want.dtype()));
-    }
-    if got.shape() != want.shape() {
-        return Err(format!("shape {:?} but {:?} expected", got.shape(), want.shape()));
-    }
-    let (rtol, atol) = match want.dtype() {
-        DType::F32 | DType::F64 => (1e-3, 1e-5),
-        DType::F16 | DType::BF16 => (1e-2, 1e-2),
-        _ => {
-            let (g, w) = (got.to_i64s(), want.to_i64s());
-            return match g.iter().zip(&w).position(|(a, b)| a != b) {
-                None => Ok(()),
-                Some(i) => Err(format!("element {i} is {} but {} expected", g[i], w[i])),
-            };
-        }
-    };
-    for (i, (a, b)) in got.to_f64s().into_iter().zip(want.to_f64s()).enumerate() {
-        let ok = if b.is_nan() {
-            a.is_nan()
-        } else if b.is_infinite() {
-            a == b
-        } else {
-            (a - b).abs() <= atol + rtol * b.abs()
-        };
-        if !ok {
-            return Err(format!("element {i} is {a} but {b} expected"));
-        }
-    }
-    Ok(())
 }
 
 fn unsupported_reason(e: &BackendError) -> Option<String> {
