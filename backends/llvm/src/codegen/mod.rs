@@ -16,6 +16,7 @@
 //! calls. The softmax kernels that keep per-lane state (the two-pass
 //! algorithm) are written with explicit vector types instead.
 
+mod attention;
 mod elementwise;
 mod kernels;
 mod loss;

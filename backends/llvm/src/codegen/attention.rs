@@ -1,0 +1,318 @@
+//! ONNX-23 `Attention` as a flash-attention kernel: the `S × S` score
+//! matrix is never formed.
+//!
+//! For each (batch, query head, block of [`ATTN_BQ`] query rows) the keys
+//! and values are visited in tiles of [`ATTN_BK`] positions. Per tile and
+//! query row, the scores `q·kᵀ·scale + bias` go to a small scratch tile,
+//! and the row's running maximum `m` and sum `l` are updated the online
+//! way (Milakov & Gimelshein; FlashAttention): with `m' = max(m, max_j s_j)`,
+//! `l ← l·e^(m-m') + Σ_j e^(s_j-m')` and the output accumulator
+//! `acc ← acc·e^(m-m') + Σ_j e^(s_j-m')·v_j`. After the last tile the row
+//! is `acc / l`. A key/value tile stays in cache while every row of the
+//! query block passes over it. The scratch (the per-row `m`, `l`, `acc`
+//! and one score tile per row) is `O(ATTN_BQ · (ATTN_BK + Dv))`, whatever
+//! the sequence length; see [`crate::plan::attention_scratch_bytes`].
+//!
+//! Every inner loop is unit-stride over the head dimension or over the
+//! tile (the dot products, the exponentials, the accumulator updates), so
+//! LLVM's loop vectorizer widens them. With `is_causal`, tiles entirely
+//! above the diagonal of a query block are skipped.
+//!
+//! A query row whose every key is masked has `l = 0` and comes out NaN, as
+//! it does in the interpreter and the ONNX reference (softmax of all -inf).
+
+use super::Cg;
+use crate::error::{BackendError, Result};
+use crate::plan::{attention_geometry, AttentionGeometry, Loc, Plan, Slot, ATTN_BK, ATTN_BQ};
+use inkwell::values::{BasicValueEnum, FunctionValue, IntValue};
+use inkwell::{FloatPredicate, IntPredicate};
+use kiln_ir::dtype::DType;
+use kiln_ir::graph::NodeId;
+use kiln_ir::op::Op;
+
+type BV<'ctx> = BasicValueEnum<'ctx>;
+
+/// How the mask (input 3) is read: element strides of its batch, head and
+/// query axes after broadcasting (0 where it broadcasts), and its width
+/// along the keys (keys at or past the width are masked out, as the ONNX
+/// reference pads a short mask with -inf).
+struct MaskLayout {
+    dtype: DType,
+    strides: [i64; 3],
+    width: usize,
+}
+
+/// Emits the Attention kernel of node `id`. Rejects, as unsupported, what
+/// the kernel does not do: past key/value caches, `nonpad_kv_seqlen`,
+/// softcap, the optional outputs, and element types other than f32.
+pub(crate) fn attention<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    id: NodeId,
+) -> Result<(FunctionValue<'ctx>, Vec<Loc>)> {
+    let node = plan.graph.node(id);
+    let unsupported = |m: &str| BackendError::unsupported(&node.name, "Attention", m);
+    let err = |m: String| BackendError::node(&node.name, "Attention", m);
+    let Op::Attention(attrs) = &node.op else { return Err(err("not an Attention node".into())) };
+    if attrs.softcap != 0.0 {
+        return Err(unsupported("softcap"));
+    }
+    for (slot, what) in [(4, "past_key"), (5, "past_value"), (6, "nonpad_kv_seqlen")] {
+        if node.input(slot).is_some() {
+            return Err(unsupported(&format!("the {what} input")));
+        }
+    }
+    if node.outputs.iter().skip(1).any(Option::is_some) {
+        return Err(unsupported("the present_key, present_value and qk_matmul_output outputs"));
+    }
+    if attrs.softmax_precision.is_some_and(|d| d != DType::F32) {
+        return Err(unsupported("a softmax_precision other than float"));
+    }
+    let geo = attention_geometry(&plan.graph, &plan.types, id).map_err(err)?;
+    let (q, k, v) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+    let (Some(q), Some(k), Some(v)) = (q, k, v) else { return Err(err("Q, K and V are required".into())) };
+    let y = node.output(0).ok_or_else(|| err("output 0 is missing".into()))?;
+    for x in [q, k, v, y] {
+        let dtype = plan.ty(x).dtype;
+        if dtype != DType::F32 {
+            return Err(unsupported(&format!("{dtype} tensors (value `{}`)", plan.graph.value(x).name)));
+        }
+    }
+    let mask = match node.input(3) {
+        None => None,
+        Some(m) => Some((m, mask_layout(&plan.ty(m).shape, plan.ty(m).dtype, &geo).map_err(|e| match e {
+            MaskError::Dtype(d) => unsupported(&format!("a {d} attn_mask")),
+            MaskError::Shape(s) => err(s),
+        })?)),
+    };
+    let scratch_offset = plan.scratch[step].ok_or_else(|| err("no scratch space was planned".into()))?;
+    let scale = attrs.scale.map_or(1.0 / (geo.head_dim as f64).sqrt(), f64::from);
+
+    let mut values = vec![y, q, k, v];
+    values.extend(mask.as_ref().map(|(m, _)| *m));
+    let f = cg.kernel_fn(&format!("k{step}_Attention"), values.len() + 1);
+    let (yp, qp, kp, vp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2), cg.param(f, 3));
+    let maskp = mask.as_ref().map(|_| cg.param(f, 4));
+    let scratch = cg.param(f, values.len() as u32);
+    emit_body(cg, f, &geo, scale, attrs.is_causal, [yp, qp, kp, vp], maskp.zip(mask.as_ref().map(|(_, l)| l)), scratch)?;
+    cg.b.build_return(None)?;
+    let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
+    locs.push(Loc { slot: Slot::Arena, offset: scratch_offset });
+    Ok((f, locs))
+}
+
+enum MaskError {
+    Dtype(DType),
+    Shape(String),
+}
+
+/// Broadcasts a mask of `shape` to `[batch, q_heads, q_len, ..]`,
+/// right-aligned as numpy does; its last axis runs along the keys.
+fn mask_layout(shape: &[usize], dtype: DType, geo: &AttentionGeometry) -> Result<MaskLayout, MaskError> {
+    if !matches!(dtype, DType::F32 | DType::Bool) {
+        return Err(MaskError::Dtype(dtype));
+    }
+    let target = [geo.batch, geo.q_heads, geo.q_len];
+    let width = shape.last().copied().unwrap_or(0);
+    if shape.is_empty() || shape.len() > 4 || width > geo.kv_len || width == 0 {
+        return Err(MaskError::Shape(format!(
+            "attn_mask of shape {shape:?} does not fit scores [{}, {}, {}, {}]",
+            geo.batch, geo.q_heads, geo.q_len, geo.kv_len
+        )));
+    }
+    let mut dims = [1usize; 3];
+    let lead = &shape[..shape.len() - 1];
+    dims[3 - lead.len()..].copy_from_slice(lead);
+    let mut strides = [0i64; 3];
+    let mut stride = width as i64;
+    for axis in (0..3).rev() {
+        strides[axis] = match (dims[axis], target[axis]) {
+            (d, t) if d == t && d != 1 => stride,
+            (1, _) => 0,
+            _ => {
+                return Err(MaskError::Shape(format!(
+                    "attn_mask of shape {shape:?} does not broadcast to [{}, {}, {}, ..]",
+                    geo.batch, geo.q_heads, geo.q_len
+                )))
+            }
+        };
+        stride *= dims[axis] as i64;
+    }
+    Ok(MaskLayout { dtype, strides, width })
+}
+
+/// `min(block, total - start)`.
+fn tail<'ctx>(cg: &Cg<'ctx>, block: usize, total: usize, start: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+    if total <= block {
+        return Ok(cg.i64c(total as i64));
+    }
+    let left = cg.b.build_int_nsw_sub(cg.i64c(total as i64), start, "left")?;
+    let short = cg.b.build_int_compare(IntPredicate::SLT, left, cg.i64c(block as i64), "short")?;
+    Ok(cg.b.build_select(short, left, cg.i64c(block as i64), "count")?.into_int_value())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn emit_body<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    geo: &AttentionGeometry,
+    scale: f64,
+    causal: bool,
+    [yp, qp, kp, vp]: [inkwell::values::PointerValue<'ctx>; 4],
+    mask: Option<(inkwell::values::PointerValue<'ctx>, &MaskLayout)>,
+    scratch: inkwell::values::PointerValue<'ctx>,
+) -> Result<()> {
+    let dt = DType::F32;
+    let like: BV = cg.f32t().const_float(0.0).into();
+    let c = |v: f64| cg.fconst(like, v);
+    let ninf = c(f64::NEG_INFINITY);
+    let (bq, bk) = (ATTN_BQ.min(geo.q_len).max(1), ATTN_BK.min(geo.kv_len).max(1));
+    let (d, dv) = (geo.head_dim, geo.v_dim);
+    // Scratch layout, in f32 elements: m[bq], l[bq], scores[bq × bk], acc[bq × dv].
+    let (m_at, l_at, s_at, acc_at) = (0i64, bq as i64, 2 * bq as i64, (2 * bq + bq * bk) as i64);
+    let group = (geo.q_heads / geo.kv_heads) as u64;
+    let q_blocks = geo.q_len.div_ceil(bq);
+    let k_tiles = geo.kv_len.div_ceil(bk);
+    let f32t = cg.f32t();
+    let dot = cg.entry_alloca(f, f32t.into(), "dot")?;
+    let tmax = cg.entry_alloca(f, f32t.into(), "tile_max")?;
+    let psum = cg.entry_alloca(f, f32t.into(), "tile_sum")?;
+
+    cg.for_n(f, geo.batch, &mut |b| {
+        cg.for_n(f, geo.q_heads, &mut |h| {
+            let kh = cg.b.build_int_unsigned_div(h, cg.i64t().const_int(group, false), "kv_head")?;
+            let q_base = cg.add(cg.mul(b, geo.q.batch)?, cg.mul(h, geo.q.head)?)?;
+            let y_base = cg.add(cg.mul(b, geo.y.batch)?, cg.mul(h, geo.y.head)?)?;
+            let k_base = cg.add(cg.mul(b, geo.k.batch)?, cg.mul(kh, geo.k.head)?)?;
+            let v_base = cg.add(cg.mul(b, geo.v.batch)?, cg.mul(kh, geo.v.head)?)?;
+            let mask_base = match mask {
+                Some((_, l)) => cg.add(cg.mul(b, l.strides[0])?, cg.mul(h, l.strides[1])?)?,
+                None => cg.i64c(0),
+            };
+            cg.for_n(f, q_blocks, &mut |qb| {
+                let q0 = cg.mul(qb, bq as i64)?;
+                let rows = tail(cg, bq, geo.q_len, q0)?;
+                cg.for_range(f, rows, &mut |r| {
+                    cg.store(scratch, dt, cg.add(cg.i64c(m_at), r)?, ninf)?;
+                    cg.store(scratch, dt, cg.add(cg.i64c(l_at), r)?, c(0.0))?;
+                    let acc_row = cg.affine(r, dv as i64, cg.i64c(acc_at))?;
+                    cg.for_n(f, dv, &mut |e| cg.store(scratch, dt, cg.add(acc_row, e)?, c(0.0)))
+                })?;
+                // Causal: the block's last row sees keys up to its own index,
+                // so later tiles hold nothing it may see.
+                let tiles = if causal {
+                    let last_row = cg.b.build_int_nsw_add(q0, rows, "end")?;
+                    let needed = cg.b.build_int_signed_div(
+                        cg.b.build_int_nsw_add(last_row, cg.i64c(bk as i64 - 1), "up")?,
+                        cg.i64c(bk as i64),
+                        "needed",
+                    )?;
+                    let fewer = cg.b.build_int_compare(IntPredicate::SLT, needed, cg.i64c(k_tiles as i64), "fewer")?;
+                    cg.b.build_select(fewer, needed, cg.i64c(k_tiles as i64), "tiles")?.into_int_value()
+                } else {
+                    cg.i64c(k_tiles as i64)
+                };
+                cg.for_range(f, tiles, &mut |t| {
+                    let k0 = cg.mul(t, bk as i64)?;
+                    let cols = tail(cg, bk, geo.kv_len, k0)?;
+                    cg.for_range(f, rows, &mut |r| {
+                        let i = cg.add(q0, r)?;
+                        let q_row = cg.affine(i, geo.q.row, q_base)?;
+                        let s_row = cg.affine(r, bk as i64, cg.i64c(s_at))?;
+                        cg.b.build_store(tmax, ninf)?;
+                        cg.for_range(f, cols, &mut |j| {
+                            let kj = cg.add(k0, j)?;
+                            let k_row = cg.affine(kj, geo.k.row, k_base)?;
+                            cg.b.build_store(dot, c(0.0))?;
+                            cg.for_n(f, d, &mut |e| {
+                                let qv = cg.load(qp, dt, cg.add(q_row, e)?)?;
+                                let kv = cg.load(kp, dt, cg.add(k_row, e)?)?;
+                                let cur = cg.b.build_load(f32t, dot, "dot")?;
+                                cg.b.build_store(dot, cg.fadd_reassoc(cur, cg.fmul(qv, kv)?)?)?;
+                                Ok(())
+                            })?;
+                            let mut s = cg.fmul(cg.b.build_load(f32t, dot, "dot")?, c(scale))?;
+                            if let Some((mp, layout)) = mask {
+                                // A key past a short mask's width is masked; its
+                                // load index is clamped to stay in bounds.
+                                let inside = cg.b.build_int_compare(
+                                    IntPredicate::SLT,
+                                    kj,
+                                    cg.i64c(layout.width as i64),
+                                    "in_mask",
+                                )?;
+                                let col = if layout.width < geo.kv_len {
+                                    cg.b.build_select(inside, kj, cg.i64c(layout.width as i64 - 1), "col")?
+                                        .into_int_value()
+                                } else {
+                                    kj
+                                };
+                                let at = cg.add(cg.affine(i, layout.strides[2], mask_base)?, col)?;
+                                let mv = cg.load(mp, layout.dtype, at)?;
+                                s = if layout.dtype == DType::Bool { cg.select(mv, s, ninf)? } else { cg.fadd(s, mv)? };
+                                if layout.width < geo.kv_len {
+                                    s = cg.select(inside.into(), s, ninf)?;
+                                }
+                            }
+                            if causal {
+                                let future = cg.b.build_int_compare(IntPredicate::SGT, kj, i, "future")?;
+                                s = cg.select(future.into(), ninf, s)?;
+                            }
+                            cg.store(scratch, dt, cg.add(s_row, j)?, s)?;
+                            let cur = cg.b.build_load(f32t, tmax, "tmax")?;
+                            cg.b.build_store(tmax, cg.fmaxnum(cur, s)?)?;
+                            Ok(())
+                        })?;
+                        let m_slot = cg.add(cg.i64c(m_at), r)?;
+                        let l_slot = cg.add(cg.i64c(l_at), r)?;
+                        let m_old = cg.load(scratch, dt, m_slot)?;
+                        let m_new = cg.fmaxnum(m_old, cg.b.build_load(f32t, tmax, "tmax")?)?;
+                        // While every score so far is -inf there is nothing
+                        // to shift by; shifting by 0 keeps e^(-inf) = 0.
+                        let finite = cg.fcmp(FloatPredicate::ONE, m_new, ninf)?;
+                        let shift = cg.select(finite, m_new, c(0.0))?;
+                        let alpha = cg.exp(cg.fsub(m_old, shift)?)?;
+                        cg.b.build_store(psum, c(0.0))?;
+                        cg.for_range(f, cols, &mut |j| {
+                            let at = cg.add(s_row, j)?;
+                            let p = cg.exp(cg.fsub(cg.load(scratch, dt, at)?, shift)?)?;
+                            cg.store(scratch, dt, at, p)?;
+                            let cur = cg.b.build_load(f32t, psum, "psum")?;
+                            cg.b.build_store(psum, cg.fadd_reassoc(cur, p)?)?;
+                            Ok(())
+                        })?;
+                        let l_old = cg.load(scratch, dt, l_slot)?;
+                        let l_new = cg.fadd(cg.fmul(l_old, alpha)?, cg.b.build_load(f32t, psum, "psum")?)?;
+                        cg.store(scratch, dt, l_slot, l_new)?;
+                        cg.store(scratch, dt, m_slot, m_new)?;
+                        let acc_row = cg.affine(r, dv as i64, cg.i64c(acc_at))?;
+                        cg.for_n(f, dv, &mut |e| {
+                            let at = cg.add(acc_row, e)?;
+                            cg.store(scratch, dt, at, cg.fmul(cg.load(scratch, dt, at)?, alpha)?)
+                        })?;
+                        cg.for_range(f, cols, &mut |j| {
+                            let p = cg.load(scratch, dt, cg.add(s_row, j)?)?;
+                            let v_row = cg.affine(cg.add(k0, j)?, geo.v.row, v_base)?;
+                            cg.for_n(f, dv, &mut |e| {
+                                let at = cg.add(acc_row, e)?;
+                                let vv = cg.load(vp, dt, cg.add(v_row, e)?)?;
+                                cg.store(scratch, dt, at, cg.fadd(cg.load(scratch, dt, at)?, cg.fmul(p, vv)?)?)
+                            })
+                        })
+                    })
+                })?;
+                cg.for_range(f, rows, &mut |r| {
+                    let i = cg.add(q0, r)?;
+                    let y_row = cg.affine(i, geo.y.row, y_base)?;
+                    let acc_row = cg.affine(r, dv as i64, cg.i64c(acc_at))?;
+                    let l = cg.load(scratch, dt, cg.add(cg.i64c(l_at), r)?)?;
+                    cg.for_n(f, dv, &mut |e| {
+                        let a = cg.load(scratch, dt, cg.add(acc_row, e)?)?;
+                        cg.store(yp, dt, cg.add(y_row, e)?, cg.fdiv(a, l)?)
+                    })
+                })
+            })
+        })
+    })
+}
