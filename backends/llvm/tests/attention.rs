@@ -1,7 +1,7 @@
 //! ONNX `Attention` on the CPU backend's flash kernel against kiln's
 //! interpreter on random inputs (rtol 1e-4, atol 1e-5): 4-D and 3-D
 //! layouts, causal, float and bool masks (broadcast, and shorter than the
-//! keys), grouped-query heads, sequence lengths that are not a multiple of
+//! keys), softcap, grouped-query heads, sequence lengths that are not a multiple of
 //! the tiles; that the scratch stays O(tile) at S = 2048; and the
 //! unsupported variants' errors.
 
@@ -197,6 +197,18 @@ fn bool_masks_mask_out_false_keys() {
 }
 
 #[test]
+fn softcap_bounds_the_scores() {
+    check(Case {
+        what: "softcap with a mask",
+        attrs: AttentionAttrs { softcap: 0.5, scale: Some(2.0), ..attrs() },
+        q: vec![1, 2, 40, 16],
+        k: vec![1, 2, 70, 16],
+        v: vec![1, 2, 70, 16],
+        mask: Some((DType::F32, vec![40, 70])),
+    });
+}
+
+#[test]
 fn grouped_query_heads_share_key_value_heads() {
     check(Case {
         what: "GQA 4-D",
@@ -246,14 +258,6 @@ fn scratch_is_independent_of_the_sequence_length() {
 
 #[test]
 fn unsupported_variants_name_node_and_op() {
-    let base = |a: AttentionAttrs| Case {
-        what: "unsupported",
-        attrs: a,
-        q: vec![1, 2, 8, 4],
-        k: vec![1, 2, 8, 4],
-        v: vec![1, 2, 8, 4],
-        mask: None,
-    };
     let expect_unsupported = |g: &Graph, about: &str| match compile(g, &CompileOptions::default()) {
         Err(BackendError::Unsupported { node, op, reason }) => {
             assert_eq!((node.as_str(), op.as_str()), ("attn", "Attention"));
@@ -262,7 +266,17 @@ fn unsupported_variants_name_node_and_op() {
         Err(e) => panic!("{about}: expected Unsupported, got {e}"),
         Ok(_) => panic!("{about}: expected Unsupported, but it compiled"),
     };
-    expect_unsupported(&graph(&base(AttentionAttrs { softcap: 5.0, ..attrs() })), "softcap");
+    // The scores as a fourth output.
+    let mut g = Graph::new("qk");
+    let ins: Vec<_> = ["q", "k", "v"]
+        .iter()
+        .map(|n| Some(g.add_input(*n, TensorType::fixed(DType::F32, &[1, 2, 8, 4])).unwrap()))
+        .collect();
+    let id = g.add_node("attn", Op::Attention(attrs()), ins, &["y", "", "", "qk"]).unwrap();
+    g.add_output(g.node(id).output(0).unwrap());
+    g.add_output(g.node(id).output(3).unwrap());
+    kiln_ir::infer_types(&mut g).unwrap();
+    expect_unsupported(&g, "qk_matmul_output");
 
     // A past key/value cache.
     let mut g = Graph::new("past");

@@ -18,6 +18,9 @@
 //! LLVM's loop vectorizer widens them. With `is_causal`, tiles entirely
 //! above the diagonal of a query block are skipped.
 //!
+//! A positive `softcap` bounds each score to `cap·tanh(s/cap)` before the
+//! mask is applied, as in the ONNX reference.
+//!
 //! A query row whose every key is masked has `l = 0` and comes out NaN, as
 //! it does in the interpreter and the ONNX reference (softmax of all -inf).
 
@@ -44,7 +47,7 @@ struct MaskLayout {
 
 /// Emits the Attention kernel of node `id`. Rejects, as unsupported, what
 /// the kernel does not do: past key/value caches, `nonpad_kv_seqlen`,
-/// softcap, the optional outputs, and element types other than f32.
+/// the optional outputs, and element types other than f32.
 pub(crate) fn attention<'ctx>(
     cg: &Cg<'ctx>,
     plan: &Plan,
@@ -55,9 +58,6 @@ pub(crate) fn attention<'ctx>(
     let unsupported = |m: &str| BackendError::unsupported(&node.name, "Attention", m);
     let err = |m: String| BackendError::node(&node.name, "Attention", m);
     let Op::Attention(attrs) = &node.op else { return Err(err("not an Attention node".into())) };
-    if attrs.softcap != 0.0 {
-        return Err(unsupported("softcap"));
-    }
     for (slot, what) in [(4, "past_key"), (5, "past_value"), (6, "nonpad_kv_seqlen")] {
         if node.input(slot).is_some() {
             return Err(unsupported(&format!("the {what} input")));
@@ -95,7 +95,8 @@ pub(crate) fn attention<'ctx>(
     let (yp, qp, kp, vp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2), cg.param(f, 3));
     let maskp = mask.as_ref().map(|_| cg.param(f, 4));
     let scratch = cg.param(f, values.len() as u32);
-    emit_body(cg, f, &geo, scale, attrs.is_causal, [yp, qp, kp, vp], maskp.zip(mask.as_ref().map(|(_, l)| l)), scratch)?;
+    let softcap = (attrs.softcap > 0.0).then_some(f64::from(attrs.softcap));
+    emit_body(cg, f, &geo, scale, softcap, attrs.is_causal, [yp, qp, kp, vp], maskp.zip(mask.as_ref().map(|(_, l)| l)), scratch)?;
     cg.b.build_return(None)?;
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
     locs.push(Loc { slot: Slot::Arena, offset: scratch_offset });
@@ -158,6 +159,7 @@ fn emit_body<'ctx>(
     f: FunctionValue<'ctx>,
     geo: &AttentionGeometry,
     scale: f64,
+    softcap: Option<f64>,
     causal: bool,
     [yp, qp, kp, vp]: [inkwell::values::PointerValue<'ctx>; 4],
     mask: Option<(inkwell::values::PointerValue<'ctx>, &MaskLayout)>,
@@ -233,6 +235,9 @@ fn emit_body<'ctx>(
                                 Ok(())
                             })?;
                             let mut s = cg.fmul(cg.b.build_load(f32t, dot, "dot")?, c(scale))?;
+                            if let Some(cap) = softcap {
+                                s = cg.fmul(cg.tanh(cg.fmul(s, c(1.0 / cap))?)?, c(cap))?;
+                            }
                             if let Some((mp, layout)) = mask {
                                 // A key past a short mask's width is masked; its
                                 // load index is clamped to stay in bounds.
