@@ -143,6 +143,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
             softcap: 0.0,
             softmax_precision: None,
         }),
+        Op::RotaryEmbedding { interleaved: false, num_heads: None, rotary_embedding_dim: None },
         Op::Gemm(kiln_ir::op::GemmAttrs { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false }),
         Op::SoftmaxCrossEntropyLoss { reduction: LossReduction::Mean, ignore_index: None },
         Op::NegativeLogLikelihoodLoss { reduction: LossReduction::Mean, ignore_index: None },
@@ -444,6 +445,8 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
         };
         let what = if op == "Gather" {
             "an index is outside the gathered axis"
+        } else if op == "RotaryEmbedding" {
+            "a position id is outside the cos/sin caches"
         } else {
             "a label is outside the classes (and is not the ignore_index)"
         };

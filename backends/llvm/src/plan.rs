@@ -185,6 +185,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::NegativeLogLikelihoodLoss { .. }
             | Op::LinearCrossEntropy { .. }
             | Op::Attention(_)
+            | Op::RotaryEmbedding { .. }
     )
 }
 

@@ -21,6 +21,7 @@ mod elementwise;
 mod kernels;
 mod loss;
 mod math;
+mod rotary;
 
 use crate::error::{BackendError, Result};
 use crate::plan::{Loc, Plan, Slot, Step};
