@@ -28,12 +28,12 @@
 //!   kiln's fused LinearCrossEntropy, RotaryEmbedding and ONNX `Attention`
 //!   have kernels of their own. See [`lowered_ops`] for the list.
 //! - **Flash attention.** `Attention` (4-D or 3-D, causal, float or bool
-//!   masks, grouped-query heads, softcap) walks K/V in tiles per block of
-//!   query rows with an online softmax (running max and sum per row, the
-//!   output accumulator rescaled as the max grows), so the score matrix is
-//!   never formed: its scratch is a few tiles, whatever the sequence
-//!   length. Past key/value caches, `nonpad_kv_seqlen`, the optional
-//!   outputs and f16 are not lowered yet.
+//!   masks, grouped-query heads, softcap, past/present key-value caches)
+//!   walks K/V in tiles per block of query rows with an online softmax
+//!   (running max and sum per row, the output accumulator rescaled as the
+//!   max grows), so the score matrix is never formed: its scratch is a few
+//!   tiles, whatever the sequence length. `nonpad_kv_seqlen`, the
+//!   `qk_matmul_output` output and f16 are not lowered yet.
 //! - **Memory.** One generated function takes an array of buffer pointers:
 //!   the inputs, the outputs, the constants and one scratch arena in which
 //!   a liveness-based planner reuses ranges between intermediates.

@@ -238,7 +238,10 @@ pub(crate) struct AttentionGeometry {
     pub q_heads: usize,
     pub kv_heads: usize,
     pub q_len: usize,
+    /// Keys seen by each query: the past cache's and the new ones.
     pub kv_len: usize,
+    /// Positions in the past key/value caches (0 without them).
+    pub past_len: usize,
     pub head_dim: usize,
     pub v_dim: usize,
     pub q: AttentionStrides,
@@ -288,8 +291,34 @@ pub(crate) fn attention_geometry(
     if kv_heads == 0 || q_heads % kv_heads != 0 {
         return Err(format!("{q_heads} query heads cannot share {kv_heads} key/value heads"));
     }
+    let past_len = match (node.input(4), node.input(5)) {
+        (Some(_), Some(_)) => {
+            let (pk, pv) = (shape(4, "past_key")?, shape(5, "past_value")?);
+            let p = pk.get(2).copied().unwrap_or(0);
+            if pk != [batch, kv_heads, p, head_dim] || pv != [batch, kv_heads, p, v_dim] {
+                return Err(format!(
+                    "past_key {pk:?} and past_value {pv:?} must be [{batch}, {kv_heads}, past, {head_dim} / {v_dim}]"
+                ));
+            }
+            p
+        }
+        _ => 0,
+    };
     let y = if qs.len() == 4 { strides_4d(q_heads, q_len, v_dim) } else { strides_3d(q_heads, q_len, v_dim) };
-    Ok(AttentionGeometry { batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_dim, q, k, v, y })
+    Ok(AttentionGeometry {
+        batch,
+        q_heads,
+        kv_heads,
+        q_len,
+        kv_len: past_len + kv_len,
+        past_len,
+        head_dim,
+        v_dim,
+        q,
+        k,
+        v,
+        y,
+    })
 }
 
 fn strides_4d(heads: usize, seq: usize, dim: usize) -> AttentionStrides {

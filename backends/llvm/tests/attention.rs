@@ -228,6 +228,65 @@ fn grouped_query_heads_share_key_value_heads() {
     });
 }
 
+/// Past caches are prepended to the new keys and values; the present
+/// outputs hold the concatenation, and a causal query `i` sees keys up to
+/// `i + past`.
+#[test]
+fn past_caches_are_prepended_and_returned_as_present() {
+    for (what, three_d, causal, mask) in [
+        ("past 4-D", false, false, None),
+        ("past 4-D causal, mask", false, true, Some(vec![5, 12])),
+        ("past 3-D GQA causal", true, true, None),
+    ] {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (b, hq, hkv, s, p, d) = (2, 4, 2, 5, 7, 8);
+        let a = AttentionAttrs {
+            is_causal: causal,
+            q_num_heads: three_d.then_some(hq as i64),
+            kv_num_heads: three_d.then_some(hkv as i64),
+            ..attrs()
+        };
+        let (qs, ks) =
+            if three_d { (vec![b, s, hq * d], vec![b, s, hkv * d]) } else { (vec![b, hq, s, d], vec![b, hkv, s, d]) };
+        let mut g = Graph::new("past");
+        let mut ins = Vec::new();
+        let mut data = Vec::new();
+        for (name, shape) in [("q", &qs), ("k", &ks), ("v", &ks)] {
+            ins.push(Some(g.add_input(name, TensorType::fixed(DType::F32, shape)).unwrap()));
+            data.push((name.to_string(), random(&mut rng, shape, -1.0, 1.0)));
+        }
+        match &mask {
+            Some(m) => {
+                ins.push(Some(g.add_input("mask", TensorType::fixed(DType::F32, m)).unwrap()));
+                data.push(("mask".to_string(), random(&mut rng, m, -1.0, 1.0)));
+            }
+            None => ins.push(None),
+        }
+        for name in ["past_key", "past_value"] {
+            ins.push(Some(g.add_input(name, TensorType::fixed(DType::F32, &[b, hkv, p, d])).unwrap()));
+            data.push((name.to_string(), random(&mut rng, &[b, hkv, p, d], -1.0, 1.0)));
+        }
+        let id = g.add_node("attn", Op::Attention(a), ins, &["y", "present_key", "present_value"]).unwrap();
+        for slot in 0..3 {
+            g.add_output(g.node(id).output(slot).unwrap());
+        }
+        kiln_ir::infer_types(&mut g).unwrap_or_else(|e| panic!("{what}: inference: {e}"));
+        let compiled = compile(&g, &CompileOptions::default()).unwrap_or_else(|e| panic!("{what}: compile: {e}"));
+        let got = compiled.run(&data).unwrap_or_else(|e| panic!("{what}: run: {e}"));
+        let want = kiln_ir::interp::run(&g, &data).unwrap_or_else(|e| panic!("{what}: interpreter: {e}"));
+        assert_eq!(got.len(), 3);
+        for ((name, x), (_, y)) in got.iter().zip(&want) {
+            assert_eq!(x.shape(), y.shape(), "{what}/{name}: shape");
+            for (i, (u, w)) in x.to_f64s().iter().zip(y.to_f64s()).enumerate() {
+                assert!(
+                    (u - w).abs() <= ATOL + RTOL * w.abs(),
+                    "{what}/{name}: element {i} is {u}, interpreter says {w}"
+                );
+            }
+        }
+    }
+}
+
 /// The scores of S = 2048 would take S² · 4 = 16 MiB; the kernel's scratch
 /// (the whole arena, since Q, K, V and Y are graph inputs and outputs)
 /// depends only on the tile sizes and the head size.
@@ -278,7 +337,7 @@ fn unsupported_variants_name_node_and_op() {
     kiln_ir::infer_types(&mut g).unwrap();
     expect_unsupported(&g, "qk_matmul_output");
 
-    // A past key/value cache.
+    // A past key/value cache whose present outputs are not asked for.
     let mut g = Graph::new("past");
     let mut ins: Vec<_> = ["q", "k", "v"]
         .iter()
@@ -288,10 +347,10 @@ fn unsupported_variants_name_node_and_op() {
     for n in ["past_key", "past_value"] {
         ins.push(Some(g.add_input(n, TensorType::fixed(DType::F32, &[1, 2, 3, 4])).unwrap()));
     }
-    let id = g.add_node("attn", Op::Attention(attrs()), ins, &["y", "present_key", "present_value"]).unwrap();
+    let id = g.add_node("attn", Op::Attention(attrs()), ins, &["y"]).unwrap();
     g.add_output(g.node(id).output(0).unwrap());
     kiln_ir::infer_types(&mut g).unwrap();
-    expect_unsupported(&g, "past_key");
+    expect_unsupported(&g, "without the present");
 
     // f16 inputs.
     let mut g = Graph::new("f16");

@@ -52,7 +52,8 @@ fn example_models_optimized_with_o2_match_their_references() {
         let graph = kiln_ir::load(dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: load: {e}"));
         let (optimized, _) =
             optimize(&graph, &Pipeline::level(OptLevel::O2)).unwrap_or_else(|e| panic!("{name}: -O2: {e}"));
-        let attention = optimized.node_ids().into_iter().filter(|&n| optimized.node(n).op.name() == "Attention").count();
+        let attention =
+            optimized.node_ids().into_iter().filter(|&n| optimized.node(n).op.name() == "Attention").count();
         fused_attention += attention;
         matches_reference(&format!("{name} -O2"), dir, &optimized);
         println!("{name} -O2 ({attention} Attention nodes): ok");

@@ -18,6 +18,11 @@
 //! LLVM's loop vectorizer widens them. With `is_causal`, tiles entirely
 //! above the diagonal of a query block are skipped.
 //!
+//! With past key/value caches (or when the `present_key`/`present_value`
+//! outputs are asked for) the kernel first writes the present caches, the
+//! past rows followed by the new keys and values, and attends over them;
+//! causal query `i` then sees keys up to `i + past`.
+//!
 //! A positive `softcap` bounds each score to `cap·tanh(s/cap)` before the
 //! mask is applied, as in the ONNX reference.
 //!
@@ -46,8 +51,9 @@ struct MaskLayout {
 }
 
 /// Emits the Attention kernel of node `id`. Rejects, as unsupported, what
-/// the kernel does not do: past key/value caches, `nonpad_kv_seqlen`,
-/// the optional outputs, and element types other than f32.
+/// the kernel does not do: `nonpad_kv_seqlen`, the `qk_matmul_output`
+/// output, past caches without the present outputs, and element types
+/// other than f32.
 pub(crate) fn attention<'ctx>(
     cg: &Cg<'ctx>,
     plan: &Plan,
@@ -58,13 +64,24 @@ pub(crate) fn attention<'ctx>(
     let unsupported = |m: &str| BackendError::unsupported(&node.name, "Attention", m);
     let err = |m: String| BackendError::node(&node.name, "Attention", m);
     let Op::Attention(attrs) = &node.op else { return Err(err("not an Attention node".into())) };
-    for (slot, what) in [(4, "past_key"), (5, "past_value"), (6, "nonpad_kv_seqlen")] {
-        if node.input(slot).is_some() {
-            return Err(unsupported(&format!("the {what} input")));
-        }
+    if node.input(6).is_some() {
+        return Err(unsupported("the nonpad_kv_seqlen input"));
     }
-    if node.outputs.iter().skip(1).any(Option::is_some) {
-        return Err(unsupported("the present_key, present_value and qk_matmul_output outputs"));
+    if node.output(3).is_some() {
+        return Err(unsupported("the qk_matmul_output output"));
+    }
+    let past = match (node.input(4), node.input(5)) {
+        (None, None) => None,
+        (Some(pk), Some(pv)) => Some((pk, pv)),
+        _ => return Err(unsupported("only one of past_key and past_value")),
+    };
+    let present = match (node.output(1), node.output(2)) {
+        (None, None) => None,
+        (Some(pk), Some(pv)) => Some((pk, pv)),
+        _ => return Err(unsupported("only one of present_key and present_value")),
+    };
+    if past.is_some() && present.is_none() {
+        return Err(unsupported("past_key/past_value without the present_key/present_value outputs"));
     }
     if attrs.softmax_precision.is_some_and(|d| d != DType::F32) {
         return Err(unsupported("a softmax_precision other than float"));
@@ -73,7 +90,8 @@ pub(crate) fn attention<'ctx>(
     let (q, k, v) = (node.inputs[0], node.inputs[1], node.inputs[2]);
     let (Some(q), Some(k), Some(v)) = (q, k, v) else { return Err(err("Q, K and V are required".into())) };
     let y = node.output(0).ok_or_else(|| err("output 0 is missing".into()))?;
-    for x in [q, k, v, y] {
+    let caches = past.into_iter().chain(present).flat_map(|(a, b)| [a, b]);
+    for x in [q, k, v, y].into_iter().chain(caches) {
         let dtype = plan.ty(x).dtype;
         if dtype != DType::F32 {
             return Err(unsupported(&format!("{dtype} tensors (value `{}`)", plan.graph.value(x).name)));
@@ -81,22 +99,89 @@ pub(crate) fn attention<'ctx>(
     }
     let mask = match node.input(3) {
         None => None,
-        Some(m) => Some((m, mask_layout(&plan.ty(m).shape, plan.ty(m).dtype, &geo).map_err(|e| match e {
-            MaskError::Dtype(d) => unsupported(&format!("a {d} attn_mask")),
-            MaskError::Shape(s) => err(s),
-        })?)),
+        Some(m) => Some((
+            m,
+            mask_layout(&plan.ty(m).shape, plan.ty(m).dtype, &geo).map_err(|e| match e {
+                MaskError::Dtype(d) => unsupported(&format!("a {d} attn_mask")),
+                MaskError::Shape(s) => err(s),
+            })?,
+        )),
     };
     let scratch_offset = plan.scratch[step].ok_or_else(|| err("no scratch space was planned".into()))?;
     let scale = attrs.scale.map_or(1.0 / (geo.head_dim as f64).sqrt(), f64::from);
 
     let mut values = vec![y, q, k, v];
     values.extend(mask.as_ref().map(|(m, _)| *m));
+    let past_at = values.len() as u32;
+    values.extend(past.into_iter().flat_map(|(a, b)| [a, b]));
+    let present_at = values.len() as u32;
+    values.extend(present.into_iter().flat_map(|(a, b)| [a, b]));
     let f = cg.kernel_fn(&format!("k{step}_Attention"), values.len() + 1);
-    let (yp, qp, kp, vp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2), cg.param(f, 3));
+    let (yp, qp, mut kp, mut vp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2), cg.param(f, 3));
     let maskp = mask.as_ref().map(|_| cg.param(f, 4));
     let scratch = cg.param(f, values.len() as u32);
+    let mut geo = geo;
+    if present.is_some() {
+        // The present caches are the past ones followed by the new keys and
+        // values, 4-D; fill them, then attend over them.
+        let past_ptrs = past.map(|_| (cg.param(f, past_at), cg.param(f, past_at + 1)));
+        let (pk, pv) = (cg.param(f, present_at), cg.param(f, present_at + 1));
+        let total = geo.kv_len;
+        let new_len = total - geo.past_len;
+        let k_cache = crate::plan::AttentionStrides {
+            batch: (geo.kv_heads * total * geo.head_dim) as i64,
+            head: (total * geo.head_dim) as i64,
+            row: geo.head_dim as i64,
+        };
+        let v_cache = crate::plan::AttentionStrides {
+            batch: (geo.kv_heads * total * geo.v_dim) as i64,
+            head: (total * geo.v_dim) as i64,
+            row: geo.v_dim as i64,
+        };
+        for (cache, past_p, new_p, new_strides, dim) in
+            [(pk, past_ptrs.map(|p| p.0), kp, geo.k, geo.head_dim), (pv, past_ptrs.map(|p| p.1), vp, geo.v, geo.v_dim)]
+        {
+            cg.for_n(f, geo.batch, &mut |b| {
+                cg.for_n(f, geo.kv_heads, &mut |h| {
+                    let bh = cg.affine(b, geo.kv_heads as i64, h)?;
+                    let cache_base = cg.mul(bh, (total * dim) as i64)?;
+                    if let Some(past_p) = past_p {
+                        let past_base = cg.mul(bh, (geo.past_len * dim) as i64)?;
+                        // Past rows are contiguous in both: one run of past_len·dim.
+                        cg.for_n(f, geo.past_len * dim, &mut |e| {
+                            let x = cg.load(past_p, DType::F32, cg.add(past_base, e)?)?;
+                            cg.store(cache, DType::F32, cg.add(cache_base, e)?, x)
+                        })?;
+                    }
+                    let new_base = cg.add(cg.mul(b, new_strides.batch)?, cg.mul(h, new_strides.head)?)?;
+                    let cache_new = cg.add(cache_base, cg.i64c((geo.past_len * dim) as i64))?;
+                    cg.for_n(f, new_len, &mut |r| {
+                        let from = cg.affine(r, new_strides.row, new_base)?;
+                        let to = cg.affine(r, dim as i64, cache_new)?;
+                        cg.for_n(f, dim, &mut |e| {
+                            let x = cg.load(new_p, DType::F32, cg.add(from, e)?)?;
+                            cg.store(cache, DType::F32, cg.add(to, e)?, x)
+                        })
+                    })
+                })
+            })?;
+        }
+        (kp, vp) = (pk, pv);
+        geo.k = k_cache;
+        geo.v = v_cache;
+    }
     let softcap = (attrs.softcap > 0.0).then_some(f64::from(attrs.softcap));
-    emit_body(cg, f, &geo, scale, softcap, attrs.is_causal, [yp, qp, kp, vp], maskp.zip(mask.as_ref().map(|(_, l)| l)), scratch)?;
+    emit_body(
+        cg,
+        f,
+        &geo,
+        scale,
+        softcap,
+        attrs.is_causal,
+        [yp, qp, kp, vp],
+        maskp.zip(mask.as_ref().map(|(_, l)| l)),
+        scratch,
+    )?;
     cg.b.build_return(None)?;
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
     locs.push(Loc { slot: Slot::Arena, offset: scratch_offset });
@@ -204,7 +289,7 @@ fn emit_body<'ctx>(
                 // Causal: the block's last row sees keys up to its own index,
                 // so later tiles hold nothing it may see.
                 let tiles = if causal {
-                    let last_row = cg.b.build_int_nsw_add(q0, rows, "end")?;
+                    let last_row = cg.add(cg.b.build_int_nsw_add(q0, rows, "end")?, cg.i64c(geo.past_len as i64))?;
                     let needed = cg.b.build_int_signed_div(
                         cg.b.build_int_nsw_add(last_row, cg.i64c(bk as i64 - 1), "up")?,
                         cg.i64c(bk as i64),
@@ -261,7 +346,8 @@ fn emit_body<'ctx>(
                                 }
                             }
                             if causal {
-                                let future = cg.b.build_int_compare(IntPredicate::SGT, kj, i, "future")?;
+                                let seen = cg.add(i, cg.i64c(geo.past_len as i64))?;
+                                let future = cg.b.build_int_compare(IntPredicate::SGT, kj, seen, "future")?;
                                 s = cg.select(future.into(), ninf, s)?;
                             }
                             cg.store(scratch, dt, cg.add(s_row, j)?, s)?;

@@ -32,7 +32,8 @@ pub(crate) fn rotary_embedding<'ctx>(
     let Op::RotaryEmbedding { interleaved, num_heads, rotary_embedding_dim } = node.op else {
         return Err(err("not a RotaryEmbedding node".into()));
     };
-    let input = |slot: usize, what: &str| node.input(slot).ok_or_else(|| err(format!("input {slot} ({what}) is missing")));
+    let input =
+        |slot: usize, what: &str| node.input(slot).ok_or_else(|| err(format!("input {slot} ({what}) is missing")));
     let (x, cos, sin) = (input(0, "X")?, input(1, "cos_cache")?, input(2, "sin_cache")?);
     let positions = node.input(3);
     let y = node.output(0).ok_or_else(|| err("output 0 is missing".into()))?;
@@ -83,7 +84,11 @@ pub(crate) fn rotary_embedding<'ctx>(
                 )));
             }
             if !matches!(t.dtype, DType::I32 | DType::I64) {
-                return Err(BackendError::unsupported(&node.name, "RotaryEmbedding", format!("{} position_ids", t.dtype)));
+                return Err(BackendError::unsupported(
+                    &node.name,
+                    "RotaryEmbedding",
+                    format!("{} position_ids", t.dtype),
+                ));
             }
             Some(t.dtype)
         }
