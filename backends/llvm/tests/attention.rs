@@ -1,7 +1,7 @@
 //! ONNX `Attention` on the CPU backend's flash kernel against kiln's
 //! interpreter on random inputs (rtol 1e-4, atol 1e-5): 4-D and 3-D
 //! layouts, causal, float and bool masks (broadcast, and shorter than the
-//! keys), softcap, grouped-query heads, sequence lengths that are not a multiple of
+//! keys), softcap, past/present caches, the scores output, grouped-query heads, sequence lengths that are not a multiple of
 //! the tiles; that the scratch stays O(tile) at S = 2048; and the
 //! unsupported variants' errors.
 
@@ -228,6 +228,39 @@ fn grouped_query_heads_share_key_value_heads() {
     });
 }
 
+/// The optional scores output in each mode, with a causal mask, a float
+/// mask and softcap all in play (so the modes differ).
+#[test]
+fn qk_matmul_output_in_every_mode() {
+    for mode in 0..4 {
+        let mut rng = StdRng::seed_from_u64(9);
+        let a = AttentionAttrs { is_causal: true, qk_matmul_output_mode: mode, softcap: 2.0, ..attrs() };
+        let mut g = Graph::new("qk");
+        let mut ins = Vec::new();
+        let mut data = Vec::new();
+        for (name, shape) in
+            [("q", vec![1, 2, 40, 8]), ("k", vec![1, 2, 70, 8]), ("v", vec![1, 2, 70, 8]), ("mask", vec![40, 70])]
+        {
+            ins.push(Some(g.add_input(name, TensorType::fixed(DType::F32, &shape)).unwrap()));
+            data.push((name.to_string(), random(&mut rng, &shape, -1.0, 1.0)));
+        }
+        let id = g.add_node("attn", Op::Attention(a), ins, &["y", "", "", "qk"]).unwrap();
+        g.add_output(g.node(id).output(0).unwrap());
+        g.add_output(g.node(id).output(3).unwrap());
+        kiln_ir::infer_types(&mut g).unwrap();
+        let compiled = compile(&g, &CompileOptions::default()).unwrap_or_else(|e| panic!("mode {mode}: compile: {e}"));
+        let got = compiled.run(&data).unwrap_or_else(|e| panic!("mode {mode}: run: {e}"));
+        let want = kiln_ir::interp::run(&g, &data).unwrap_or_else(|e| panic!("mode {mode}: interpreter: {e}"));
+        for ((name, x), (_, y)) in got.iter().zip(&want) {
+            assert_eq!(x.shape(), y.shape(), "mode {mode}/{name}: shape");
+            for (i, (u, w)) in x.to_f64s().iter().zip(y.to_f64s()).enumerate() {
+                let same = u == &w || (u - w).abs() <= ATOL + RTOL * w.abs();
+                assert!(same, "mode {mode}/{name}: element {i} is {u}, interpreter says {w}");
+            }
+        }
+    }
+}
+
 /// Past caches are prepended to the new keys and values; the present
 /// outputs hold the concatenation, and a causal query `i` sees keys up to
 /// `i + past`.
@@ -325,17 +358,18 @@ fn unsupported_variants_name_node_and_op() {
         Err(e) => panic!("{about}: expected Unsupported, got {e}"),
         Ok(_) => panic!("{about}: expected Unsupported, but it compiled"),
     };
-    // The scores as a fourth output.
-    let mut g = Graph::new("qk");
-    let ins: Vec<_> = ["q", "k", "v"]
+    // Padding lengths of the keys.
+    let mut g = Graph::new("nonpad");
+    let mut ins: Vec<_> = ["q", "k", "v"]
         .iter()
         .map(|n| Some(g.add_input(*n, TensorType::fixed(DType::F32, &[1, 2, 8, 4])).unwrap()))
         .collect();
-    let id = g.add_node("attn", Op::Attention(attrs()), ins, &["y", "", "", "qk"]).unwrap();
+    ins.extend([None, None, None]);
+    ins.push(Some(g.add_input("lens", TensorType::fixed(DType::I64, &[1])).unwrap()));
+    let id = g.add_node("attn", Op::Attention(attrs()), ins, &["y"]).unwrap();
     g.add_output(g.node(id).output(0).unwrap());
-    g.add_output(g.node(id).output(3).unwrap());
     kiln_ir::infer_types(&mut g).unwrap();
-    expect_unsupported(&g, "qk_matmul_output");
+    expect_unsupported(&g, "nonpad_kv_seqlen");
 
     // A past key/value cache whose present outputs are not asked for.
     let mut g = Graph::new("past");

@@ -23,6 +23,12 @@
 //! past rows followed by the new keys and values, and attends over them;
 //! causal query `i` then sees keys up to `i + past`.
 //!
+//! The optional `qk_matmul_output` (`[B, Hq, S, S_kv]`, O(S²) because the
+//! caller asks for it) is written as the scores are computed: the scaled
+//! (and softcapped) scores for modes 0 and 1, with the mask for mode 2,
+//! and for mode 3 the probabilities, normalized by the row's final max and
+//! sum after the last tile, following kiln's interpreter.
+//!
 //! A positive `softcap` bounds each score to `cap·tanh(s/cap)` before the
 //! mask is applied, as in the ONNX reference.
 //!
@@ -51,9 +57,8 @@ struct MaskLayout {
 }
 
 /// Emits the Attention kernel of node `id`. Rejects, as unsupported, what
-/// the kernel does not do: `nonpad_kv_seqlen`, the `qk_matmul_output`
-/// output, past caches without the present outputs, and element types
-/// other than f32.
+/// the kernel does not do: `nonpad_kv_seqlen`, past caches without the
+/// present outputs, and element types other than f32.
 pub(crate) fn attention<'ctx>(
     cg: &Cg<'ctx>,
     plan: &Plan,
@@ -67,8 +72,9 @@ pub(crate) fn attention<'ctx>(
     if node.input(6).is_some() {
         return Err(unsupported("the nonpad_kv_seqlen input"));
     }
-    if node.output(3).is_some() {
-        return Err(unsupported("the qk_matmul_output output"));
+    let qk_out = node.output(3);
+    if qk_out.is_some() && !(0..=3).contains(&attrs.qk_matmul_output_mode) {
+        return Err(err(format!("qk_matmul_output_mode must be 0 to 3, found {}", attrs.qk_matmul_output_mode)));
     }
     let past = match (node.input(4), node.input(5)) {
         (None, None) => None,
@@ -91,7 +97,7 @@ pub(crate) fn attention<'ctx>(
     let (Some(q), Some(k), Some(v)) = (q, k, v) else { return Err(err("Q, K and V are required".into())) };
     let y = node.output(0).ok_or_else(|| err("output 0 is missing".into()))?;
     let caches = past.into_iter().chain(present).flat_map(|(a, b)| [a, b]);
-    for x in [q, k, v, y].into_iter().chain(caches) {
+    for x in [q, k, v, y].into_iter().chain(caches).chain(qk_out) {
         let dtype = plan.ty(x).dtype;
         if dtype != DType::F32 {
             return Err(unsupported(&format!("{dtype} tensors (value `{}`)", plan.graph.value(x).name)));
@@ -116,6 +122,8 @@ pub(crate) fn attention<'ctx>(
     values.extend(past.into_iter().flat_map(|(a, b)| [a, b]));
     let present_at = values.len() as u32;
     values.extend(present.into_iter().flat_map(|(a, b)| [a, b]));
+    let qk_at = values.len() as u32;
+    values.extend(qk_out);
     let f = cg.kernel_fn(&format!("k{step}_Attention"), values.len() + 1);
     let (yp, qp, mut kp, mut vp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2), cg.param(f, 3));
     let maskp = mask.as_ref().map(|_| cg.param(f, 4));
@@ -171,6 +179,7 @@ pub(crate) fn attention<'ctx>(
         geo.v = v_cache;
     }
     let softcap = (attrs.softcap > 0.0).then_some(f64::from(attrs.softcap));
+    let scores = qk_out.map(|_| (cg.param(f, qk_at), attrs.qk_matmul_output_mode));
     emit_body(
         cg,
         f,
@@ -180,6 +189,7 @@ pub(crate) fn attention<'ctx>(
         attrs.is_causal,
         [yp, qp, kp, vp],
         maskp.zip(mask.as_ref().map(|(_, l)| l)),
+        scores,
         scratch,
     )?;
     cg.b.build_return(None)?;
@@ -248,6 +258,7 @@ fn emit_body<'ctx>(
     causal: bool,
     [yp, qp, kp, vp]: [inkwell::values::PointerValue<'ctx>; 4],
     mask: Option<(inkwell::values::PointerValue<'ctx>, &MaskLayout)>,
+    scores: Option<(inkwell::values::PointerValue<'ctx>, i64)>,
     scratch: inkwell::values::PointerValue<'ctx>,
 ) -> Result<()> {
     let dt = DType::F32;
@@ -273,6 +284,7 @@ fn emit_body<'ctx>(
             let y_base = cg.add(cg.mul(b, geo.y.batch)?, cg.mul(h, geo.y.head)?)?;
             let k_base = cg.add(cg.mul(b, geo.k.batch)?, cg.mul(kh, geo.k.head)?)?;
             let v_base = cg.add(cg.mul(b, geo.v.batch)?, cg.mul(kh, geo.v.head)?)?;
+            let qk_base = cg.mul(cg.affine(b, geo.q_heads as i64, h)?, (geo.q_len * geo.kv_len) as i64)?;
             let mask_base = match mask {
                 Some((_, l)) => cg.add(cg.mul(b, l.strides[0])?, cg.mul(h, l.strides[1])?)?,
                 None => cg.i64c(0),
@@ -286,9 +298,10 @@ fn emit_body<'ctx>(
                     let acc_row = cg.affine(r, dv as i64, cg.i64c(acc_at))?;
                     cg.for_n(f, dv, &mut |e| cg.store(scratch, dt, cg.add(acc_row, e)?, c(0.0)))
                 })?;
-                // Causal: the block's last row sees keys up to its own index,
-                // so later tiles hold nothing it may see.
-                let tiles = if causal {
+                // Causal: the block's last row sees keys up to its own index
+                // (plus the past), so later tiles hold nothing it may see,
+                // unless the scores are an output.
+                let tiles = if causal && scores.is_none() {
                     let last_row = cg.add(cg.b.build_int_nsw_add(q0, rows, "end")?, cg.i64c(geo.past_len as i64))?;
                     let needed = cg.b.build_int_signed_div(
                         cg.b.build_int_nsw_add(last_row, cg.i64c(bk as i64 - 1), "up")?,
@@ -323,6 +336,7 @@ fn emit_body<'ctx>(
                             if let Some(cap) = softcap {
                                 s = cg.fmul(cg.tanh(cg.fmul(s, c(1.0 / cap))?)?, c(cap))?;
                             }
+                            let unbiased = s;
                             if let Some((mp, layout)) = mask {
                                 // A key past a short mask's width is masked; its
                                 // load index is clamped to stay in bounds.
@@ -351,6 +365,12 @@ fn emit_body<'ctx>(
                                 s = cg.select(future.into(), ninf, s)?;
                             }
                             cg.store(scratch, dt, cg.add(s_row, j)?, s)?;
+                            if let Some((qkp, mode)) = scores {
+                                // Modes 2 and 3 start from the biased scores (3 is
+                                // normalized once the row's max and sum are final).
+                                let at = cg.add(cg.affine(i, geo.kv_len as i64, qk_base)?, kj)?;
+                                cg.store(qkp, dt, at, if mode >= 2 { s } else { unbiased })?;
+                            }
                             let cur = cg.b.build_load(f32t, tmax, "tmax")?;
                             cg.b.build_store(tmax, cg.fmaxnum(cur, s)?)?;
                             Ok(())
@@ -393,6 +413,20 @@ fn emit_body<'ctx>(
                         })
                     })
                 })?;
+                if let Some((qkp, 3)) = scores {
+                    cg.for_range(f, rows, &mut |r| {
+                        let row = cg.affine(cg.add(q0, r)?, geo.kv_len as i64, qk_base)?;
+                        let m = cg.load(scratch, dt, cg.add(cg.i64c(m_at), r)?)?;
+                        let l = cg.load(scratch, dt, cg.add(cg.i64c(l_at), r)?)?;
+                        let finite = cg.fcmp(FloatPredicate::ONE, m, ninf)?;
+                        let shift = cg.select(finite, m, c(0.0))?;
+                        cg.for_n(f, geo.kv_len, &mut |j| {
+                            let at = cg.add(row, j)?;
+                            let p = cg.exp(cg.fsub(cg.load(qkp, dt, at)?, shift)?)?;
+                            cg.store(qkp, dt, at, cg.fdiv(p, l)?)
+                        })
+                    })?;
+                }
                 cg.for_range(f, rows, &mut |r| {
                     let i = cg.add(q0, r)?;
                     let y_row = cg.affine(i, geo.y.row, y_base)?;
