@@ -32,8 +32,8 @@
 //!   walks K/V in tiles per block of query rows with an online softmax
 //!   (running max and sum per row, the output accumulator rescaled as the
 //!   max grows), so the score matrix is never formed: its scratch is a few
-//!   tiles, whatever the sequence length. `nonpad_kv_seqlen` and f16 are
-//!   not lowered yet.
+//!   tiles, whatever the sequence length. Also `nonpad_kv_seqlen`, the
+//!   scores output and f16/bf16 (computed in f32).
 //! - **Memory.** One generated function takes an array of buffer pointers:
 //!   the inputs, the outputs, the constants and one scratch arena in which
 //!   a liveness-based planner reuses ranges between intermediates.

@@ -1,7 +1,7 @@
 //! ONNX `Attention` on the CPU backend's flash kernel against kiln's
 //! interpreter on random inputs (rtol 1e-4, atol 1e-5): 4-D and 3-D
 //! layouts, causal, float and bool masks (broadcast, and shorter than the
-//! keys), softcap, past/present caches, the scores output, grouped-query heads, sequence lengths that are not a multiple of
+//! keys), softcap, past/present caches, the scores output, nonpad_kv_seqlen, f16, grouped-query heads, sequence lengths that are not a multiple of
 //! the tiles; that the scratch stays O(tile) at S = 2048; and the
 //! unsupported variants' errors.
 
@@ -228,6 +228,50 @@ fn grouped_query_heads_share_key_value_heads() {
     });
 }
 
+/// `nonpad_kv_seqlen` masks each batch's padding keys; f16 tensors are
+/// computed in f32 (compared at f16 precision).
+#[test]
+fn padding_lengths_and_f16() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut g = Graph::new("nonpad");
+    let mut ins = Vec::new();
+    let mut data = Vec::new();
+    for name in ["q", "k", "v"] {
+        ins.push(Some(g.add_input(name, TensorType::fixed(DType::F32, &[3, 2, 20, 8])).unwrap()));
+        data.push((name.to_string(), random(&mut rng, &[3, 2, 20, 8], -1.0, 1.0)));
+    }
+    ins.extend([None, None, None]);
+    ins.push(Some(g.add_input("lens", TensorType::fixed(DType::I64, &[3])).unwrap()));
+    data.push(("lens".to_string(), Tensor::from_i64s(DType::I64, &[3], &[20, 7, 1])));
+    let id = g.add_node("attn", Op::Attention(attrs()), ins, &["y"]).unwrap();
+    g.add_output(g.node(id).output(0).unwrap());
+    kiln_ir::infer_types(&mut g).unwrap();
+    let got = compile(&g, &CompileOptions::default()).unwrap().run(&data).unwrap();
+    let want = kiln_ir::interp::run(&g, &data).unwrap();
+    for (i, (u, w)) in got[0].1.to_f64s().iter().zip(want[0].1.to_f64s()).enumerate() {
+        assert!((u - w).abs() <= ATOL + RTOL * w.abs(), "nonpad: element {i} is {u}, interpreter says {w}");
+    }
+
+    let mut g = Graph::new("f16");
+    let mut ins = Vec::new();
+    let mut data = Vec::new();
+    for name in ["q", "k", "v"] {
+        ins.push(Some(g.add_input(name, TensorType::fixed(DType::F16, &[1, 2, 70, 8])).unwrap()));
+        let x = random(&mut rng, &[1, 2, 70, 8], -1.0, 1.0).to_f64s();
+        data.push((name.to_string(), Tensor::from_f64s(DType::F16, &[1, 2, 70, 8], &x)));
+    }
+    let a = AttentionAttrs { is_causal: true, ..attrs() };
+    let id = g.add_node("attn", Op::Attention(a), ins, &["y"]).unwrap();
+    g.add_output(g.node(id).output(0).unwrap());
+    kiln_ir::infer_types(&mut g).unwrap();
+    let got = compile(&g, &CompileOptions::default()).unwrap().run(&data).unwrap();
+    let want = kiln_ir::interp::run(&g, &data).unwrap();
+    assert_eq!(got[0].1.dtype(), DType::F16);
+    for (i, (u, w)) in got[0].1.to_f64s().iter().zip(want[0].1.to_f64s()).enumerate() {
+        assert!((u - w).abs() <= 1e-3 + 2e-3 * w.abs(), "f16: element {i} is {u}, interpreter says {w}");
+    }
+}
+
 /// The optional scores output in each mode, with a causal mask, a float
 /// mask and softcap all in play (so the modes differ).
 #[test]
@@ -358,18 +402,6 @@ fn unsupported_variants_name_node_and_op() {
         Err(e) => panic!("{about}: expected Unsupported, got {e}"),
         Ok(_) => panic!("{about}: expected Unsupported, but it compiled"),
     };
-    // Padding lengths of the keys.
-    let mut g = Graph::new("nonpad");
-    let mut ins: Vec<_> = ["q", "k", "v"]
-        .iter()
-        .map(|n| Some(g.add_input(*n, TensorType::fixed(DType::F32, &[1, 2, 8, 4])).unwrap()))
-        .collect();
-    ins.extend([None, None, None]);
-    ins.push(Some(g.add_input("lens", TensorType::fixed(DType::I64, &[1])).unwrap()));
-    let id = g.add_node("attn", Op::Attention(attrs()), ins, &["y"]).unwrap();
-    g.add_output(g.node(id).output(0).unwrap());
-    kiln_ir::infer_types(&mut g).unwrap();
-    expect_unsupported(&g, "nonpad_kv_seqlen");
 
     // A past key/value cache whose present outputs are not asked for.
     let mut g = Graph::new("past");
@@ -386,14 +418,14 @@ fn unsupported_variants_name_node_and_op() {
     kiln_ir::infer_types(&mut g).unwrap();
     expect_unsupported(&g, "without the present");
 
-    // f16 inputs.
-    let mut g = Graph::new("f16");
+    // f64 inputs.
+    let mut g = Graph::new("f64");
     let ins: Vec<_> = ["q", "k", "v"]
         .iter()
-        .map(|n| Some(g.add_input(*n, TensorType::fixed(DType::F16, &[1, 2, 8, 4])).unwrap()))
+        .map(|n| Some(g.add_input(*n, TensorType::fixed(DType::F64, &[1, 2, 8, 4])).unwrap()))
         .collect();
     let id = g.add_node("attn", Op::Attention(attrs()), ins, &["y"]).unwrap();
     g.add_output(g.node(id).output(0).unwrap());
     kiln_ir::infer_types(&mut g).unwrap();
-    expect_unsupported(&g, "f16");
+    expect_unsupported(&g, "f64");
 }

@@ -29,6 +29,10 @@
 //! and for mode 3 the probabilities, normalized by the row's final max and
 //! sum after the last tile, following kiln's interpreter.
 //!
+//! `nonpad_kv_seqlen` masks the keys at or past each batch's length. f16
+//! and bf16 tensors are widened to f32 as they are loaded; the running
+//! state and the scratch are f32.
+//!
 //! A positive `softcap` bounds each score to `cap·tanh(s/cap)` before the
 //! mask is applied, as in the ONNX reference.
 //!
@@ -57,8 +61,8 @@ struct MaskLayout {
 }
 
 /// Emits the Attention kernel of node `id`. Rejects, as unsupported, what
-/// the kernel does not do: `nonpad_kv_seqlen`, past caches without the
-/// present outputs, and element types other than f32.
+/// the kernel does not do: past caches without the present outputs, and
+/// element types other than f32, f16 and bf16.
 pub(crate) fn attention<'ctx>(
     cg: &Cg<'ctx>,
     plan: &Plan,
@@ -69,8 +73,14 @@ pub(crate) fn attention<'ctx>(
     let unsupported = |m: &str| BackendError::unsupported(&node.name, "Attention", m);
     let err = |m: String| BackendError::node(&node.name, "Attention", m);
     let Op::Attention(attrs) = &node.op else { return Err(err("not an Attention node".into())) };
-    if node.input(6).is_some() {
-        return Err(unsupported("the nonpad_kv_seqlen input"));
+    let nonpad = node.input(6);
+    if let Some(lens) = nonpad {
+        let t = plan.ty(lens);
+        if t.dtype != DType::I64
+            || t.len() != plan.ty(node.input(0).ok_or_else(|| err("Q is missing".into()))?).shape[0]
+        {
+            return Err(err(format!("nonpad_kv_seqlen must be int64[batch], found {}{:?}", t.dtype, t.shape)));
+        }
     }
     let qk_out = node.output(3);
     if qk_out.is_some() && !(0..=3).contains(&attrs.qk_matmul_output_mode) {
@@ -89,17 +99,21 @@ pub(crate) fn attention<'ctx>(
     if past.is_some() && present.is_none() {
         return Err(unsupported("past_key/past_value without the present_key/present_value outputs"));
     }
-    if attrs.softmax_precision.is_some_and(|d| d != DType::F32) {
-        return Err(unsupported("a softmax_precision other than float"));
+    // The softmax runs in f32, which is at least the asked-for precision
+    // unless that is double.
+    if attrs.softmax_precision == Some(DType::F64) {
+        return Err(unsupported("a double softmax_precision"));
     }
     let geo = attention_geometry(&plan.graph, &plan.types, id).map_err(err)?;
     let (q, k, v) = (node.inputs[0], node.inputs[1], node.inputs[2]);
     let (Some(q), Some(k), Some(v)) = (q, k, v) else { return Err(err("Q, K and V are required".into())) };
     let y = node.output(0).ok_or_else(|| err("output 0 is missing".into()))?;
     let caches = past.into_iter().chain(present).flat_map(|(a, b)| [a, b]);
+    // Narrow floats are widened to f32 on load and rounded on store.
+    let xdt = plan.ty(q).dtype;
     for x in [q, k, v, y].into_iter().chain(caches).chain(qk_out) {
         let dtype = plan.ty(x).dtype;
-        if dtype != DType::F32 {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) || dtype != xdt {
             return Err(unsupported(&format!("{dtype} tensors (value `{}`)", plan.graph.value(x).name)));
         }
     }
@@ -124,6 +138,8 @@ pub(crate) fn attention<'ctx>(
     values.extend(present.into_iter().flat_map(|(a, b)| [a, b]));
     let qk_at = values.len() as u32;
     values.extend(qk_out);
+    let nonpad_at = values.len() as u32;
+    values.extend(nonpad);
     let f = cg.kernel_fn(&format!("k{step}_Attention"), values.len() + 1);
     let (yp, qp, mut kp, mut vp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2), cg.param(f, 3));
     let maskp = mask.as_ref().map(|_| cg.param(f, 4));
@@ -157,8 +173,8 @@ pub(crate) fn attention<'ctx>(
                         let past_base = cg.mul(bh, (geo.past_len * dim) as i64)?;
                         // Past rows are contiguous in both: one run of past_len·dim.
                         cg.for_n(f, geo.past_len * dim, &mut |e| {
-                            let x = cg.load(past_p, DType::F32, cg.add(past_base, e)?)?;
-                            cg.store(cache, DType::F32, cg.add(cache_base, e)?, x)
+                            let x = cg.load(past_p, xdt, cg.add(past_base, e)?)?;
+                            cg.store(cache, xdt, cg.add(cache_base, e)?, x)
                         })?;
                     }
                     let new_base = cg.add(cg.mul(b, new_strides.batch)?, cg.mul(h, new_strides.head)?)?;
@@ -167,8 +183,8 @@ pub(crate) fn attention<'ctx>(
                         let from = cg.affine(r, new_strides.row, new_base)?;
                         let to = cg.affine(r, dim as i64, cache_new)?;
                         cg.for_n(f, dim, &mut |e| {
-                            let x = cg.load(new_p, DType::F32, cg.add(from, e)?)?;
-                            cg.store(cache, DType::F32, cg.add(to, e)?, x)
+                            let x = cg.load(new_p, xdt, cg.add(from, e)?)?;
+                            cg.store(cache, xdt, cg.add(to, e)?, x)
                         })
                     })
                 })
@@ -180,9 +196,12 @@ pub(crate) fn attention<'ctx>(
     }
     let softcap = (attrs.softcap > 0.0).then_some(f64::from(attrs.softcap));
     let scores = qk_out.map(|_| (cg.param(f, qk_at), attrs.qk_matmul_output_mode));
+    let lens = nonpad.map(|_| cg.param(f, nonpad_at));
     emit_body(
         cg,
         f,
+        xdt,
+        lens,
         &geo,
         scale,
         softcap,
@@ -206,7 +225,7 @@ enum MaskError {
 /// Broadcasts a mask of `shape` to `[batch, q_heads, q_len, ..]`,
 /// right-aligned as numpy does; its last axis runs along the keys.
 fn mask_layout(shape: &[usize], dtype: DType, geo: &AttentionGeometry) -> Result<MaskLayout, MaskError> {
-    if !matches!(dtype, DType::F32 | DType::Bool) {
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::Bool) {
         return Err(MaskError::Dtype(dtype));
     }
     let target = [geo.batch, geo.q_heads, geo.q_len];
@@ -252,6 +271,8 @@ fn tail<'ctx>(cg: &Cg<'ctx>, block: usize, total: usize, start: IntValue<'ctx>) 
 fn emit_body<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
+    xdt: DType,
+    lens: Option<inkwell::values::PointerValue<'ctx>>,
     geo: &AttentionGeometry,
     scale: f64,
     softcap: Option<f64>,
@@ -278,6 +299,15 @@ fn emit_body<'ctx>(
     let psum = cg.entry_alloca(f, f32t.into(), "tile_sum")?;
 
     cg.for_n(f, geo.batch, &mut |b| {
+        // Keys at or past the batch's nonpad_kv_seqlen are padding.
+        let valid = match lens {
+            Some(lp) => {
+                let n = cg.load(lp, DType::I64, b)?.into_int_value();
+                let below = cg.b.build_int_compare(IntPredicate::SLT, n, cg.i64c(0), "neg")?;
+                Some(cg.b.build_select(below, cg.i64c(0), n, "valid")?.into_int_value())
+            }
+            None => None,
+        };
         cg.for_n(f, geo.q_heads, &mut |h| {
             let kh = cg.b.build_int_unsigned_div(h, cg.i64t().const_int(group, false), "kv_head")?;
             let q_base = cg.add(cg.mul(b, geo.q.batch)?, cg.mul(h, geo.q.head)?)?;
@@ -326,8 +356,8 @@ fn emit_body<'ctx>(
                             let k_row = cg.affine(kj, geo.k.row, k_base)?;
                             cg.b.build_store(dot, c(0.0))?;
                             cg.for_n(f, d, &mut |e| {
-                                let qv = cg.load(qp, dt, cg.add(q_row, e)?)?;
-                                let kv = cg.load(kp, dt, cg.add(k_row, e)?)?;
+                                let qv = cg.load(qp, xdt, cg.add(q_row, e)?)?;
+                                let kv = cg.load(kp, xdt, cg.add(k_row, e)?)?;
                                 let cur = cg.b.build_load(f32t, dot, "dot")?;
                                 cg.b.build_store(dot, cg.fadd_reassoc(cur, cg.fmul(qv, kv)?)?)?;
                                 Ok(())
@@ -359,6 +389,10 @@ fn emit_body<'ctx>(
                                     s = cg.select(inside.into(), s, ninf)?;
                                 }
                             }
+                            if let Some(valid) = valid {
+                                let pad = cg.b.build_int_compare(IntPredicate::SGE, kj, valid, "pad")?;
+                                s = cg.select(pad.into(), ninf, s)?;
+                            }
                             if causal {
                                 let seen = cg.add(i, cg.i64c(geo.past_len as i64))?;
                                 let future = cg.b.build_int_compare(IntPredicate::SGT, kj, seen, "future")?;
@@ -369,7 +403,7 @@ fn emit_body<'ctx>(
                                 // Modes 2 and 3 start from the biased scores (3 is
                                 // normalized once the row's max and sum are final).
                                 let at = cg.add(cg.affine(i, geo.kv_len as i64, qk_base)?, kj)?;
-                                cg.store(qkp, dt, at, if mode >= 2 { s } else { unbiased })?;
+                                cg.store(qkp, xdt, at, if mode >= 2 { s } else { unbiased })?;
                             }
                             let cur = cg.b.build_load(f32t, tmax, "tmax")?;
                             cg.b.build_store(tmax, cg.fmaxnum(cur, s)?)?;
@@ -407,7 +441,7 @@ fn emit_body<'ctx>(
                             let v_row = cg.affine(cg.add(k0, j)?, geo.v.row, v_base)?;
                             cg.for_n(f, dv, &mut |e| {
                                 let at = cg.add(acc_row, e)?;
-                                let vv = cg.load(vp, dt, cg.add(v_row, e)?)?;
+                                let vv = cg.load(vp, xdt, cg.add(v_row, e)?)?;
                                 cg.store(scratch, dt, at, cg.fadd(cg.load(scratch, dt, at)?, cg.fmul(p, vv)?)?)
                             })
                         })
@@ -422,8 +456,8 @@ fn emit_body<'ctx>(
                         let shift = cg.select(finite, m, c(0.0))?;
                         cg.for_n(f, geo.kv_len, &mut |j| {
                             let at = cg.add(row, j)?;
-                            let p = cg.exp(cg.fsub(cg.load(qkp, dt, at)?, shift)?)?;
-                            cg.store(qkp, dt, at, cg.fdiv(p, l)?)
+                            let p = cg.exp(cg.fsub(cg.load(qkp, xdt, at)?, shift)?)?;
+                            cg.store(qkp, xdt, at, cg.fdiv(p, l)?)
                         })
                     })?;
                 }
@@ -434,7 +468,7 @@ fn emit_body<'ctx>(
                     let l = cg.load(scratch, dt, cg.add(cg.i64c(l_at), r)?)?;
                     cg.for_n(f, dv, &mut |e| {
                         let a = cg.load(scratch, dt, cg.add(acc_row, e)?)?;
-                        cg.store(yp, dt, cg.add(y_row, e)?, cg.fdiv(a, l)?)
+                        cg.store(yp, xdt, cg.add(y_row, e)?, cg.fdiv(a, l)?)
                     })
                 })
             })
