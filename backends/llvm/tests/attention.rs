@@ -364,6 +364,27 @@ fn past_caches_are_prepended_and_returned_as_present() {
     }
 }
 
+/// The dot products, exponentials and accumulator updates are unit-stride
+/// loops, which LLVM's vectorizer widens: the optimized kernel computes on
+/// vectors of floats.
+#[test]
+fn the_kernel_is_vectorized() {
+    let c = Case {
+        what: "vectorized",
+        attrs: AttentionAttrs { is_causal: true, ..attrs() },
+        q: vec![1, 2, 128, 64],
+        k: vec![1, 2, 128, 64],
+        v: vec![1, 2, 128, 64],
+        mask: None,
+    };
+    let mut rng = StdRng::seed_from_u64(1);
+    let compiled = compile(&graph(&c), &CompileOptions::default()).expect("Attention lowers");
+    let spec = compiled.specialization_for(&inputs(&mut rng, &c)).expect("compiles");
+    // The module holds only this kernel (inlined into the entry after -O3).
+    let ir = &spec.ir_optimized;
+    assert!(ir.contains("x float>"), "no vector type in the optimized Attention module:\n{ir}");
+}
+
 /// The scores of S = 2048 would take S² · 4 = 16 MiB; the kernel's scratch
 /// (the whole arena, since Q, K, V and Y are graph inputs and outputs)
 /// depends only on the tile sizes and the head size.
