@@ -3,7 +3,8 @@
 //! single-threaded, best of a few runs). Run with
 //! `cargo run --release -p kiln-backend-llvm --example speed`; with a
 //! directory argument (holding `model.onnx` and `test_data_set_0/`), it
-//! times that model instead.
+//! times that model instead; with `attention`, only the Attention cases
+//! (flash kernel against the interpreter at S = 1024, 2048, 4096).
 
 use kiln_backend_llvm::{compile, CompileOptions, SoftmaxAlgorithm};
 use kiln_ir::dtype::DType;
@@ -100,9 +101,38 @@ fn model(dir: &std::path::Path) {
     );
 }
 
+/// Causal self-attention, one batch, `heads` heads of 64, sequence `s`.
+fn attention(s: usize, heads: usize) {
+    let mut g = Graph::new("attention");
+    let shape = [1, heads, s, 64];
+    let ins: Vec<_> = ["q", "k", "v"]
+        .iter()
+        .map(|n| Some(g.add_input(*n, TensorType::fixed(DType::F32, &shape)).expect("fresh name")))
+        .collect();
+    let attrs = kiln_ir::op::AttentionAttrs {
+        is_causal: true,
+        q_num_heads: None,
+        kv_num_heads: None,
+        qk_matmul_output_mode: 0,
+        scale: None,
+        softcap: 0.0,
+        softmax_precision: None,
+    };
+    let id = g.add_node("attn", Op::Attention(attrs), ins, &["y"]).expect("valid node");
+    g.add_output(g.node(id).output(0).expect("one output"));
+    let inputs = ["q", "k", "v"].iter().enumerate().map(|(i, n)| (n.to_string(), random(&shape, 10 + i as u64, 1.0)));
+    report(&format!("Attention causal H={heads} S={s} D=64"), g, inputs.collect());
+}
+
 fn main() {
-    if let Some(dir) = std::env::args_os().nth(1) {
-        model(std::path::Path::new(&dir));
+    if let Some(arg) = std::env::args_os().nth(1) {
+        if arg == "attention" {
+            for s in [1024, 2048, 4096] {
+                attention(s, 2);
+            }
+        } else {
+            model(std::path::Path::new(&arg));
+        }
         return;
     }
     let target = compile(&Graph::new("empty"), &CompileOptions::default()).expect("empty graph compiles");
@@ -164,4 +194,6 @@ fn main() {
         g,
         vec![("h".into(), random(&[n, d], 6, 1.0)), ("w".into(), random(&[v, d], 7, 0.1)), ("y".into(), labels)],
     );
+
+    attention(1024, 2);
 }

@@ -24,9 +24,16 @@
 //!   Where, Clip and the activations) fuse into one loop nest without
 //!   intermediate buffers; views (`Reshape`, `Flatten`, `Squeeze`,
 //!   `Unsqueeze`, `Identity`, inference `Dropout`) cost nothing; MatMul/Gemm,
-//!   Softmax/LogSoftmax, Reduce*, Transpose, the cross-entropy losses and
-//!   kiln's fused LinearCrossEntropy have kernels of their own.
-//!   See [`lowered_ops`] for the list.
+//!   Softmax/LogSoftmax, Reduce*, Transpose, the cross-entropy losses,
+//!   kiln's fused LinearCrossEntropy, RotaryEmbedding and ONNX `Attention`
+//!   have kernels of their own. See [`lowered_ops`] for the list.
+//! - **Flash attention.** `Attention` (4-D or 3-D, causal, float or bool
+//!   masks, grouped-query heads, softcap, past/present key-value caches)
+//!   walks K/V in tiles per block of query rows with an online softmax
+//!   (running max and sum per row, the output accumulator rescaled as the
+//!   max grows), so the score matrix is never formed: its scratch is a few
+//!   tiles, whatever the sequence length. Also `nonpad_kv_seqlen`, the
+//!   scores output and f16/bf16 (computed in f32).
 //! - **Memory.** One generated function takes an array of buffer pointers:
 //!   the inputs, the outputs, the constants and one scratch arena in which
 //!   a liveness-based planner reuses ranges between intermediates.
@@ -134,6 +141,16 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::Elu { alpha: 1.0 },
         Op::HardSigmoid { alpha: 0.2, beta: 0.5 },
         Op::IsInf { detect_negative: true, detect_positive: true },
+        Op::Attention(kiln_ir::op::AttentionAttrs {
+            is_causal: false,
+            q_num_heads: None,
+            kv_num_heads: None,
+            qk_matmul_output_mode: 0,
+            scale: None,
+            softcap: 0.0,
+            softmax_precision: None,
+        }),
+        Op::RotaryEmbedding { interleaved: false, num_heads: None, rotary_embedding_dim: None },
         Op::Gemm(kiln_ir::op::GemmAttrs { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false }),
         Op::SoftmaxCrossEntropyLoss { reduction: LossReduction::Mean, ignore_index: None },
         Op::NegativeLogLikelihoodLoss { reduction: LossReduction::Mean, ignore_index: None },
@@ -435,6 +452,8 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
         };
         let what = if op == "Gather" {
             "an index is outside the gathered axis"
+        } else if op == "RotaryEmbedding" {
+            "a position id is outside the cos/sin caches"
         } else {
             "a label is outside the classes (and is not the ignore_index)"
         };

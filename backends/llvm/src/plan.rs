@@ -184,6 +184,8 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::SoftmaxCrossEntropyLoss { .. }
             | Op::NegativeLogLikelihoodLoss { .. }
             | Op::LinearCrossEntropy { .. }
+            | Op::Attention(_)
+            | Op::RotaryEmbedding { .. }
     )
 }
 
@@ -207,8 +209,132 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
             let tile = LCE_TILE.min((*chunk_size).max(1) as usize);
             (4 * rows + tile) * 8
         }
+        Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
         _ => 0,
     }
+}
+
+/// Query rows per block of the Attention kernel.
+pub(crate) const ATTN_BQ: usize = 32;
+/// Key/value positions per tile of the Attention kernel: a 64-position
+/// tile of a 64-wide head is 16 KiB of K and as much of V, which stay in
+/// L1/L2 while every row of the query block passes over them.
+pub(crate) const ATTN_BK: usize = 64;
+
+/// Element strides of one operand of Attention: between batches, between
+/// heads and between sequence positions (the head dimension is unit-stride
+/// in both the 4-D `[B, H, S, D]` and the 3-D `[B, S, H·D]` layout).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttentionStrides {
+    pub batch: i64,
+    pub head: i64,
+    pub row: i64,
+}
+
+/// The sizes and layouts of an Attention node's Q, K, V and output.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttentionGeometry {
+    pub batch: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub q_len: usize,
+    /// Keys seen by each query: the past cache's and the new ones.
+    pub kv_len: usize,
+    /// Positions in the past key/value caches (0 without them).
+    pub past_len: usize,
+    pub head_dim: usize,
+    pub v_dim: usize,
+    pub q: AttentionStrides,
+    pub k: AttentionStrides,
+    pub v: AttentionStrides,
+    pub y: AttentionStrides,
+}
+
+/// Reads the geometry of Attention node `id` from the static types,
+/// checking that Q, K and V agree.
+pub(crate) fn attention_geometry(
+    graph: &Graph,
+    types: &[Option<Shaped>],
+    id: NodeId,
+) -> std::result::Result<AttentionGeometry, String> {
+    let node = graph.node(id);
+    let Op::Attention(attrs) = &node.op else { return Err("not an Attention node".into()) };
+    let shape = |slot: usize, what: &str| {
+        node.input(slot)
+            .and_then(|v| types[v.index()].as_ref())
+            .map(|t| t.shape.clone())
+            .ok_or_else(|| format!("{what} is missing or has no static shape"))
+    };
+    let (qs, ks, vs) = (shape(0, "Q")?, shape(1, "K")?, shape(2, "V")?);
+    if ks.len() != qs.len() || vs.len() != qs.len() {
+        return Err(format!("Q, K and V must have one rank, found {qs:?}, {ks:?} and {vs:?}"));
+    }
+    // (batch, heads, seq, dim, strides) of one operand.
+    let split = |s: &[usize], heads: Option<i64>, what: &str| match *s {
+        [b, h, n, d] => Ok((b, h, n, d, strides_4d(h, n, d))),
+        [b, n, hidden] => {
+            let h = heads.ok_or_else(|| format!("a 3-D {what} needs the q_num_heads/kv_num_heads attribute"))?;
+            if h <= 0 || hidden % h as usize != 0 {
+                return Err(format!("{what} hidden size {hidden} is not a multiple of {h} heads"));
+            }
+            let (h, d) = (h as usize, hidden / h as usize);
+            Ok((b, h, n, d, strides_3d(h, n, d)))
+        }
+        _ => Err(format!("{what} must be 3-D or 4-D, found {s:?}")),
+    };
+    let (batch, q_heads, q_len, head_dim, q) = split(&qs, attrs.q_num_heads, "Q")?;
+    let (kb, kv_heads, kv_len, kd, k) = split(&ks, attrs.kv_num_heads, "K")?;
+    let (vb, vh, vn, v_dim, v) = split(&vs, attrs.kv_num_heads, "V")?;
+    if kb != batch || vb != batch || kd != head_dim || vh != kv_heads || vn != kv_len {
+        return Err(format!("inconsistent Q {qs:?}, K {ks:?} and V {vs:?}"));
+    }
+    if kv_heads == 0 || q_heads % kv_heads != 0 {
+        return Err(format!("{q_heads} query heads cannot share {kv_heads} key/value heads"));
+    }
+    let past_len = match (node.input(4), node.input(5)) {
+        (Some(_), Some(_)) => {
+            let (pk, pv) = (shape(4, "past_key")?, shape(5, "past_value")?);
+            let p = pk.get(2).copied().unwrap_or(0);
+            if pk != [batch, kv_heads, p, head_dim] || pv != [batch, kv_heads, p, v_dim] {
+                return Err(format!(
+                    "past_key {pk:?} and past_value {pv:?} must be [{batch}, {kv_heads}, past, {head_dim} / {v_dim}]"
+                ));
+            }
+            p
+        }
+        _ => 0,
+    };
+    let y = if qs.len() == 4 { strides_4d(q_heads, q_len, v_dim) } else { strides_3d(q_heads, q_len, v_dim) };
+    Ok(AttentionGeometry {
+        batch,
+        q_heads,
+        kv_heads,
+        q_len,
+        kv_len: past_len + kv_len,
+        past_len,
+        head_dim,
+        v_dim,
+        q,
+        k,
+        v,
+        y,
+    })
+}
+
+fn strides_4d(heads: usize, seq: usize, dim: usize) -> AttentionStrides {
+    AttentionStrides { batch: (heads * seq * dim) as i64, head: (seq * dim) as i64, row: dim as i64 }
+}
+
+fn strides_3d(heads: usize, seq: usize, dim: usize) -> AttentionStrides {
+    AttentionStrides { batch: (seq * heads * dim) as i64, head: dim as i64, row: (heads * dim) as i64 }
+}
+
+/// Scratch of the Attention kernel, in bytes: per query row of a block its
+/// running maximum and sum, one tile of scores and the output accumulator,
+/// all f32. Independent of the sequence lengths beyond the tile sizes.
+pub(crate) fn attention_scratch_bytes(g: &AttentionGeometry) -> usize {
+    let (bq, bk) = (ATTN_BQ.min(g.q_len).max(1), ATTN_BK.min(g.kv_len).max(1));
+    (2 * bq + bq * bk + bq * g.v_dim) * 4
 }
 
 /// Ops that are evaluated at compile time once their inputs are known, and

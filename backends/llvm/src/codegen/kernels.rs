@@ -98,6 +98,8 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             super::loss::cross_entropy(cg, plan, step, id)
         }
         Op::LinearCrossEntropy { .. } => super::loss::linear_cross_entropy(cg, plan, step, id),
+        Op::Attention(_) => super::attention::attention(cg, plan, step, id),
+        Op::RotaryEmbedding { .. } => super::rotary::rotary_embedding(cg, plan, step, id),
         Op::LayerNormalization { axis, epsilon, stash_type } | Op::RMSNormalization { axis, epsilon, stash_type } => {
             if !dtype.is_float() {
                 return Err(unsupported(format!("{} on {dtype}", node.op.name())));

@@ -16,10 +16,12 @@
 //! calls. The softmax kernels that keep per-lane state (the two-pass
 //! algorithm) are written with explicit vector types instead.
 
+mod attention;
 mod elementwise;
 mod kernels;
 mod loss;
 mod math;
+mod rotary;
 
 use crate::error::{BackendError, Result};
 use crate::plan::{Loc, Plan, Slot, Step};
