@@ -935,13 +935,13 @@ impl LinearProblem {
     }
 
     /// The logit tile `x_ik` for the rows of `hidden_block` (`[rows, d]`, as
-    /// [`hidden_rows`] gives them) and the vocabulary entries `v0..v1`, from those entries' head rows `head` (`[width, d]`, as
-    /// [`head_rows`] gives them) and the bias, into `tile` (`[rows, width]`,
-    /// row-major), where `width = v1 - v0`.
+    /// [`hidden_rows`] gives them) and the vocabulary entries `v0..v1`, from
+    /// those entries' head rows `head` (`[v1 - v0, d]`, as [`head_rows`]
+    /// gives them) and the bias, into `tile` (`[rows, v1 - v0]`, row-major).
     ///
     /// The product is one f64 matrix product (matrixmultiply's blocked
     /// dgemm through ndarray). f64 rather than f32: each logit is then the
-    /// f64-rounded dot product of the f32 (or narrower) inputs, as accurate
+    /// dot product of the widened inputs accumulated in f64, as accurate
     /// as the scalar f64 loop it replaces and more accurate than the
     /// unfused `MatMul`'s f32 logits, so the online log-sum-exp, which
     /// accumulates in f64, gets f64 inputs. It costs about twice an f32
