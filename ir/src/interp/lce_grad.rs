@@ -37,13 +37,15 @@
 //! forward kernel's online log-sum-exp (shared code, so the loss returned
 //! here is the forward's, bit for bit, at the same chunk size). The second
 //! pass visits the chunks in order; for each it reads that chunk of the head
-//! once, then for each row block recomputes the block's logits, forms
-//! `u` for the tile, and accumulates `dH`, `dW` and `db`. Besides the
-//! inputs and the gradients themselves (which are `[N, d]`, `[V, d]` and
-//! `[V]`), the working memory is one tile of `u` (`row_block × chunk`), one
-//! chunk of the head (`chunk × d`) and a few numbers per row: never `N × V`.
-//! All arithmetic is in f64; each gradient is rounded once to the dtype of
-//! its input.
+//! once, then for each row block widens that block of `hidden` to f64,
+//! recomputes the block's logits (the forward's f64 matrix product), forms
+//! `u` for the tile, and accumulates `dH += G·W_chunk` and `dW_chunk +=
+//! Gᵀ·H_block` (two more f64 matrix products) and `db`. Besides the inputs
+//! and the gradients themselves (which are `[N, d]`, `[V, d]` and `[V]`),
+//! the working memory is one tile of `u` (`row_block × chunk`), one chunk of
+//! the head (`chunk × d`), one row block of `hidden` (`row_block × d`) and
+//! a few numbers per row: never `N × V`. All arithmetic is in f64; each
+//! gradient is rounded once to the dtype of its input.
 //!
 //! # Gradient filtering
 //!
@@ -63,11 +65,13 @@
 //! rounding. A NaN in a tile never compares below `τ`, so it is never
 //! filtered away.
 
-use super::nn::{head_rows, reduce_losses, CrossEntropyParams, LinearInputs, LinearProblem};
+use super::nn::{head_rows, hidden_rows, reduce_losses, CrossEntropyParams, LinearInputs, LinearProblem};
 use super::util::{optional, required, KResult};
 use crate::error::{IrError, Result};
 use crate::op::{LossReduction, Op};
 use crate::tensor::Tensor;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
 
 /// The paper's filtering threshold, `2^-12`.
 pub const DEFAULT_SKIP_THRESHOLD: f32 = 1.0 / 4096.0;
@@ -215,7 +219,7 @@ fn grad(
     }
 
     // First pass: the forward's online log-sum-exp, and the loss itself.
-    let rows = problem.row_states(t.weight, transpose_weight, chunk, p.label_smoothing);
+    let rows = problem.row_states(t.hidden, t.weight, transpose_weight, chunk, p.label_smoothing);
     let (losses, total_weight) = problem.losses(&rows, &p);
     let loss = reduce_losses(t.hidden.dtype(), reduction, &losses, total_weight);
 
@@ -246,7 +250,8 @@ fn grad(
         })
         .collect();
 
-    // Second pass, tile by tile. `tile` holds u for one row block × chunk.
+    // Second pass, tile by tile. `tile` holds u, then G, for one row block
+    // × chunk; the three products per tile are f64 matrix products.
     let mut d_hidden = vec![0.0; n * d];
     let mut d_head = vec![0.0; vocab * d];
     let mut d_bias = problem.bias.as_ref().map(|_| vec![0.0; vocab]);
@@ -259,14 +264,25 @@ fn grad(
         let head = head_rows(t.weight, transpose_weight, v0, v1);
         for r0 in (0..n).step_by(row_block) {
             let r1 = (r0 + row_block).min(n);
+            let rows = r1 - r0;
             stats.tiles += 1;
-            let tile = &mut tile[..(r1 - r0) * width];
-            for (i, u) in (r0..r1).zip(tile.chunks_exact_mut(width)) {
-                let Some(terms) = &row_terms[i] else {
+            let terms = &row_terms[r0..r1];
+            if terms.iter().all(Option::is_none) {
+                // An all-zero tile: below any positive threshold, and adding
+                // nothing otherwise.
+                if tau > 0.0 {
+                    stats.skipped += 1;
+                }
+                continue;
+            }
+            let mut block = hidden_rows(t.hidden, r0, r1);
+            let tile = &mut tile[..rows * width];
+            problem.logits_tile(&block, &head, v0, v1, tile);
+            for (terms, u) in terms.iter().zip(tile.chunks_exact_mut(width)) {
+                let Some(terms) = terms else {
                     u.fill(0.0);
                     continue;
                 };
-                problem.logits_into(&head, i, v0, u);
                 for (k, x) in u.iter_mut().enumerate() {
                     let prob = (*x - terms.lse).exp();
                     *x = terms.softmax_coef * prob - smooth * problem.class_weight(v0 + k);
@@ -279,27 +295,38 @@ fn grad(
                 stats.skipped += 1;
                 continue;
             }
-            for (i, u) in (r0..r1).zip(tile.chunks_exact(width)) {
-                let Some(terms) = &row_terms[i] else {
-                    continue;
-                };
-                let h = problem.hidden_row(i);
-                let dh = &mut d_hidden[i * d..(i + 1) * d];
-                for (k, &u) in u.iter().enumerate() {
-                    let g = terms.scale * u;
-                    let w_k = &head[k * d..(k + 1) * d];
-                    for (acc, w) in dh.iter_mut().zip(w_k) {
-                        *acc += g * w;
-                    }
-                    let dw_k = &mut d_head[(v0 + k) * d..(v0 + k + 1) * d];
-                    for (acc, x) in dw_k.iter_mut().zip(h) {
-                        *acc += g * x;
-                    }
-                    if let Some(db) = d_bias.as_mut() {
-                        db[v0 + k] += g;
+            for (r, (terms, g)) in terms.iter().zip(tile.chunks_exact_mut(width)).enumerate() {
+                match terms {
+                    Some(terms) => g.iter_mut().for_each(|g| *g *= terms.scale),
+                    // An ignored row's G is already zero; zeroing its hidden
+                    // row too keeps a non-finite value there (padding) out
+                    // of dW, where 0·inf would be NaN.
+                    None => block[r * d..(r + 1) * d].fill(0.0),
+                }
+            }
+            let g = ArrayView2::from_shape((rows, width), &*tile).expect("the tile is [rows, width]");
+            let w = ArrayView2::from_shape((width, d), &head[..]).expect("the head chunk is [width, d]");
+            let h = ArrayView2::from_shape((rows, d), &block[..]).expect("the hidden block is [rows, d]");
+            let mut dh = ArrayViewMut2::from_shape((rows, d), &mut d_hidden[r0 * d..r1 * d])
+                .expect("the dH block is [rows, d]");
+            general_mat_mul(1.0, &g, &w, 1.0, &mut dh);
+            let mut dw = ArrayViewMut2::from_shape((width, d), &mut d_head[v0 * d..v1 * d])
+                .expect("the dW chunk is [width, d]");
+            general_mat_mul(1.0, &g.t(), &h, 1.0, &mut dw);
+            if let Some(db) = d_bias.as_mut() {
+                for g in tile.chunks_exact(width) {
+                    for (acc, g) in db[v0..v1].iter_mut().zip(g) {
+                        *acc += g;
                     }
                 }
             }
+        }
+    }
+    // dH of an ignored row is zero by definition; its G row was zero, but
+    // 0·inf in the product with a non-finite head row would have left NaN.
+    for (i, class) in problem.classes.iter().enumerate() {
+        if class.is_none() {
+            d_hidden[i * d..(i + 1) * d].fill(0.0);
         }
     }
 
