@@ -6,9 +6,11 @@ use crate::plan::Plan;
 use crate::CompileOptions;
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
+use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine};
 use inkwell::OptimizationLevel;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The CPU and features code is generated for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,16 +100,106 @@ fn cpu_implies(cpu: &str, what: &str) -> bool {
     }
 }
 
-/// A JIT-compiled plan. Field order matters: the engine (which owns the
-/// module and its machine code) is dropped before the context it lives in.
-pub(crate) struct Jitted {
-    entry: unsafe extern "C" fn(*const *mut u8) -> i32,
+/// Creates the LLVM target machine for `target`. The JIT uses the default
+/// relocation model; a shared library (ahead of time, or the compile cache)
+/// needs position-independent code.
+pub(crate) fn target_machine(target: &TargetInfo, reloc: RelocMode, code_model: CodeModel) -> Result<TargetMachine> {
+    let triple = TargetMachine::get_default_triple();
+    let llvm_target = Target::from_triple(&triple).map_err(|e| BackendError::Target(e.to_string()))?;
+    llvm_target
+        .create_target_machine(&triple, &target.cpu, &target.features, OptimizationLevel::Aggressive, reloc, code_model)
+        .ok_or_else(|| BackendError::Target(format!("LLVM cannot create a target machine for `{}`", target.cpu)))
+}
+
+/// A plan's module, generated and optimized, before the last step (JIT,
+/// object or assembly file, or IR text). Field order matters: the module
+/// is dropped before the context it lives in.
+pub(crate) struct Generated {
+    /// The module: `kiln_entry` and one internal function per kernel.
+    pub module: Module<'static>,
+    /// The machine it was optimized for.
+    pub machine: TargetMachine,
     /// LLVM IR as generated, before optimization.
     pub ir_unoptimized: String,
-    /// LLVM IR after the `default<O3>` pipeline.
+    /// LLVM IR after the `default<O3>` pipeline (equal to the above without it).
     pub ir_optimized: String,
-    _engine: ExecutionEngine<'static>,
-    _context: Box<Context>,
+    context: Box<Context>,
+}
+
+impl Generated {
+    /// The context the module lives in, for adding to it (constants, tables).
+    pub(crate) fn context(&self) -> &'static Context {
+        // SAFETY: the context is boxed (its address is stable) and lives as
+        // long as `self`; callers only build values inside `self.module`,
+        // which `self` drops before the context.
+        unsafe { &*(self.context.as_ref() as *const Context) }
+    }
+}
+
+/// Code generation and optimization, shared by the JIT and ahead-of-time
+/// compilation: emits the plan's module, verifies it and runs `default<O3>`
+/// (when `opts.optimize`) for a machine with relocation model `reloc`.
+pub(crate) fn generate(plan: &Plan, target: &TargetInfo, opts: &CompileOptions, reloc: RelocMode) -> Result<Generated> {
+    CODEGEN_RUNS.fetch_add(1, Ordering::Relaxed);
+    let context = Box::new(Context::create());
+    // SAFETY: the context is boxed (its address is stable) and is dropped
+    // after everything that borrows it: `Generated` declares the module
+    // before the context, and `Cg` (with its builder) is dropped below.
+    let ctx: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
+    let cg = Cg::new(ctx, &plan.graph.name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
+    codegen::emit_plan(&cg, plan)?;
+    let ir_unoptimized = cg.module.print_to_string().to_string();
+    cg.module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
+
+    let code_model = if reloc == RelocMode::PIC { CodeModel::Default } else { CodeModel::JITDefault };
+    let machine = target_machine(target, reloc, code_model)?;
+    cg.module.set_triple(&machine.get_triple());
+    cg.module.set_data_layout(&machine.get_target_data().get_data_layout());
+    if opts.optimize {
+        cg.module
+            .run_passes("default<O3>", &machine, PassBuilderOptions::create())
+            .map_err(|e| BackendError::Llvm(format!("optimization failed: {e}")))?;
+    }
+    let ir_optimized = cg.module.print_to_string().to_string();
+    let Cg { module, .. } = cg;
+    Ok(Generated { module, machine, ir_unoptimized, ir_optimized, context })
+}
+
+/// How many times [`generate`] ran in this process: tests use it to show
+/// that a compile-cache hit skips code generation.
+static CODEGEN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of modules this process has generated (every JIT
+/// compilation and every library written counts one; a compile-cache hit
+/// counts none).
+pub fn codegen_runs() -> usize {
+    CODEGEN_RUNS.load(Ordering::Relaxed)
+}
+
+/// What keeps a compiled entry's machine code alive: the JIT engine (and
+/// the context its module lives in), or a shared library loaded from the
+/// compile cache.
+enum Backing {
+    /// Field order matters: the engine, which owns the module and its
+    /// machine code, is dropped before the context.
+    Jit {
+        _engine: ExecutionEngine<'static>,
+        _context: Box<Context>,
+    },
+    /// Unloaded (`dlclose`) when dropped, after the last call.
+    Library { _library: crate::cache::Library },
+}
+
+/// A compiled plan's entry point, JIT-compiled or loaded from a library.
+pub(crate) struct Jitted {
+    entry: unsafe extern "C" fn(*const *mut u8) -> i32,
+    /// LLVM IR as generated, before optimization (empty when loaded from
+    /// the cache).
+    pub ir_unoptimized: String,
+    /// LLVM IR after the `default<O3>` pipeline (empty when loaded from
+    /// the cache).
+    pub ir_optimized: String,
+    _backing: Backing,
 }
 
 impl Jitted {
@@ -120,42 +212,37 @@ impl Jitted {
     pub(crate) unsafe fn call(&self, buffers: &[*mut u8]) -> i32 {
         unsafe { (self.entry)(buffers.as_ptr()) }
     }
+
+    /// The same entry, with the IR it was generated from (for a library
+    /// just written to the cache).
+    pub(crate) fn with_ir(self, ir_unoptimized: String, ir_optimized: String) -> Jitted {
+        Jitted { ir_unoptimized, ir_optimized, ..self }
+    }
+
+    /// An entry found in a library loaded from the compile cache.
+    pub(crate) fn from_library(
+        library: crate::cache::Library,
+        entry: unsafe extern "C" fn(*const *mut u8) -> i32,
+    ) -> Jitted {
+        Jitted {
+            entry,
+            ir_unoptimized: String::new(),
+            ir_optimized: String::new(),
+            _backing: Backing::Library { _library: library },
+        }
+    }
 }
 
 /// Generates, optimizes and JIT-compiles a plan.
 pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptions) -> Result<Jitted> {
-    let context = Box::new(Context::create());
-    // SAFETY: the context is boxed (its address is stable) and is dropped
-    // after everything that borrows it: `Jitted` declares the engine, which
-    // owns the module, before the context.
-    let ctx: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
-    let cg = Cg::new(ctx, &plan.graph.name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
-    codegen::emit_plan(&cg, plan)?;
-    let ir_unoptimized = cg.module.print_to_string().to_string();
-    cg.module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
+    jit(generate(plan, target, opts, RelocMode::Default)?)
+}
 
-    let triple = TargetMachine::get_default_triple();
-    let llvm_target = Target::from_triple(&triple).map_err(|e| BackendError::Target(e.to_string()))?;
-    let machine = llvm_target
-        .create_target_machine(
-            &triple,
-            &target.cpu,
-            &target.features,
-            OptimizationLevel::Aggressive,
-            RelocMode::Default,
-            CodeModel::JITDefault,
-        )
-        .ok_or_else(|| BackendError::Target(format!("LLVM cannot create a target machine for `{}`", target.cpu)))?;
-    cg.module.set_triple(&triple);
-    cg.module.set_data_layout(&machine.get_target_data().get_data_layout());
-    if opts.optimize {
-        cg.module
-            .run_passes("default<O3>", &machine, PassBuilderOptions::create())
-            .map_err(|e| BackendError::Llvm(format!("optimization failed: {e}")))?;
-    }
-    let ir_optimized = cg.module.print_to_string().to_string();
-    let engine = cg
-        .module
+/// The JIT as the last step after [`generate`].
+pub(crate) fn jit(generated: Generated) -> Result<Jitted> {
+    let Generated { module, machine, ir_unoptimized, ir_optimized, context } = generated;
+    drop(machine);
+    let engine = module
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .map_err(|e| BackendError::Llvm(format!("cannot create the JIT: {e}")))?;
     let address = engine
@@ -163,6 +250,5 @@ pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptio
         .map_err(|e| BackendError::Llvm(format!("the JIT did not produce `{ENTRY}`: {e}")))?;
     // SAFETY: `kiln_entry` is generated with exactly this signature.
     let entry: unsafe extern "C" fn(*const *mut u8) -> i32 = unsafe { std::mem::transmute(address) };
-    drop(cg);
-    Ok(Jitted { entry, ir_unoptimized, ir_optimized, _engine: engine, _context: context })
+    Ok(Jitted { entry, ir_unoptimized, ir_optimized, _backing: Backing::Jit { _engine: engine, _context: context } })
 }

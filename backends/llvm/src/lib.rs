@@ -51,13 +51,16 @@
 
 #![warn(missing_docs)]
 
+pub mod aot;
+mod cache;
 mod codegen;
 pub mod error;
 mod jit;
 mod plan;
 
+pub use cache::{default_dir as default_cache_dir, CacheUse};
 pub use error::{BackendError, Result};
-pub use jit::TargetInfo;
+pub use jit::{codegen_runs, TargetInfo};
 
 use kiln_ir::dim::Dim;
 use kiln_ir::dtype::DType;
@@ -96,11 +99,14 @@ pub struct CompileOptions {
     /// Run LLVM's `default<O3>` pipeline (on by default; off only to look
     /// at or test unoptimized code).
     pub optimize: bool,
+    /// The compile cache's directory (see [`default_cache_dir`]); `None`
+    /// (the default) JIT-compiles every specialization.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { target_cpu: None, target_features: None, softmax: SoftmaxAlgorithm::TwoPass, optimize: true }
+        CompileOptions { target_cpu: None, target_features: None, softmax: SoftmaxAlgorithm::TwoPass, optimize: true, cache_dir: None }
     }
 }
 
@@ -184,6 +190,9 @@ pub struct Specialization {
     pub ir_unoptimized: String,
     /// The LLVM IR after `default<O3>` (equal to the above without it).
     pub ir_optimized: String,
+    /// Whether the code came from the compile cache. On a hit no code was
+    /// generated, so `kernels` and the IR texts are empty.
+    pub cache: CacheUse,
 }
 
 struct Compiled {
@@ -285,7 +294,7 @@ impl CompiledGraph {
         for t in &mut plan.consts {
             *t = standard_layout(t);
         }
-        let jit = jit::compile_plan(&plan, &self.target, &self.opts)?;
+        let (jit, cache) = cache::compile(&plan, &self.target, &self.opts)?;
         let intermediate_bytes = plan
             .loc
             .iter()
@@ -303,6 +312,7 @@ impl CompiledGraph {
             intermediate_bytes,
             ir_unoptimized: jit.ir_unoptimized.clone(),
             ir_optimized: jit.ir_optimized.clone(),
+            cache,
         });
         let compiled = Rc::new(Compiled { plan, jit, info });
         self.cache.borrow_mut().insert(key, compiled.clone());
