@@ -32,7 +32,10 @@ pub(crate) fn target_info(opts: &CompileOptions) -> Result<TargetInfo> {
     Target::initialize_native(&InitializationConfig::default()).map_err(BackendError::Target)?;
     let triple = TargetMachine::get_default_triple();
     let (cpu, mut features) = match &opts.target_cpu {
-        Some(cpu) => (cpu.clone(), String::new()),
+        Some(cpu) => {
+            check_cpu_name(&triple.as_str().to_string_lossy(), cpu)?;
+            (cpu.clone(), String::new())
+        }
         None => (TargetMachine::get_host_cpu_name().to_string(), TargetMachine::get_host_cpu_features().to_string()),
     };
     if let Some(extra) = &opts.target_features {
@@ -65,6 +68,62 @@ pub(crate) fn target_info(opts: &CompileOptions) -> Result<TargetInfo> {
         4
     };
     Ok(TargetInfo { triple: triple.as_str().to_string_lossy().into_owned(), cpu, features, f32_lanes })
+}
+
+extern "C" {
+    /// cpp/cpu_names.cpp: 1 when `cpu` is a processor of `triple`'s target,
+    /// 0 when not, -1 when the target is unknown; the target's processor
+    /// names (comma-separated, truncated to `cap`) into `names`.
+    fn kiln_llvm_cpu_check(
+        triple: *const std::ffi::c_char,
+        cpu: *const std::ffi::c_char,
+        names: *mut std::ffi::c_char,
+        cap: usize,
+    ) -> i32;
+}
+
+/// Rejects a CPU name LLVM does not know for the triple. LLVM itself would
+/// only warn on stderr and generate code for a generic CPU.
+fn check_cpu_name(triple: &str, cpu: &str) -> Result<()> {
+    let unknown = || BackendError::Target(format!("unknown CPU `{cpu}` for {triple}"));
+    let c_triple = std::ffi::CString::new(triple).map_err(|_| unknown())?;
+    let c_cpu = std::ffi::CString::new(cpu).map_err(|_| unknown())?;
+    let mut names = vec![0u8; 1 << 14];
+    // SAFETY: NUL-terminated strings and a buffer of the given capacity;
+    // the shim writes at most `cap` bytes, NUL-terminated.
+    let known =
+        unsafe { kiln_llvm_cpu_check(c_triple.as_ptr(), c_cpu.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    match known {
+        1 => Ok(()),
+        0 => {
+            let list = std::ffi::CStr::from_bytes_until_nul(&names)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let all: Vec<&str> = list.split(',').filter(|n| !n.is_empty()).collect();
+            // Names sharing the first letters are the likely intent; else a few well-known ones.
+            let stem: String = cpu.chars().take(3).collect::<String>().to_ascii_lowercase();
+            let mut similar: Vec<&str> =
+                all.iter().copied().filter(|n| !stem.is_empty() && n.starts_with(&stem)).collect();
+            if similar.is_empty() {
+                similar = all
+                    .iter()
+                    .copied()
+                    .filter(|n| {
+                        ["x86-64-v3", "x86-64-v4", "skylake-avx512", "znver4", "neoverse-v1", "apple-m1", "generic"]
+                            .contains(n)
+                    })
+                    .collect();
+            }
+            similar.truncate(12);
+            Err(BackendError::Target(format!(
+                "unknown CPU `{cpu}`: LLVM has no such processor for {triple} ({} known{}{})",
+                all.len(),
+                if similar.is_empty() { "" } else { ", e.g. " },
+                similar.join(", ")
+            )))
+        }
+        _ => Err(BackendError::Target(format!("LLVM has no target registered for {triple}"))),
+    }
 }
 
 /// Rough check for a named CPU without an explicit feature string.
@@ -182,10 +241,7 @@ pub fn codegen_runs() -> usize {
 enum Backing {
     /// Field order matters: the engine, which owns the module and its
     /// machine code, is dropped before the context.
-    Jit {
-        _engine: ExecutionEngine<'static>,
-        _context: Box<Context>,
-    },
+    Jit { _engine: ExecutionEngine<'static>, _context: Box<Context> },
     /// Unloaded (`dlclose`) when dropped, after the last call.
     Library { _library: crate::cache::Library },
 }
