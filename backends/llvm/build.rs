@@ -1,12 +1,21 @@
-//! Builds the C++ shim that asks LLVM's target registry whether a CPU name
+//! Links LLVM's OpenMP runtime (libomp), which the generated code's
+//! parallel kernels fork through (the JIT resolves the runtime's entry
+//! points to the addresses this link provides, see `src/jit.rs`), and
+//! builds the C++ shim that asks LLVM's target registry whether a CPU name
 //! is valid (cpp/cpu_names.cpp), against the LLVM that llvm-sys links.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=cpp/cpu_names.cpp");
+    println!("cargo:rerun-if-env-changed=KILN_LIBOMP_DIR");
     println!("cargo:rerun-if-env-changed=LLVM_SYS_221_PREFIX");
+    let dir = std::env::var("KILN_LIBOMP_DIR").unwrap_or_else(|_| "/usr/lib/llvm-22/lib".to_string());
+    println!("cargo:rustc-link-search=native={dir}");
+    println!("cargo:rustc-link-lib=dylib=omp");
+
     // The same LLVM as llvm-sys: its prefix variable, else llvm-config on PATH.
     let llvm_config = match std::env::var_os("LLVM_SYS_221_PREFIX") {
         Some(prefix) => PathBuf::from(prefix).join("bin").join("llvm-config"),

@@ -205,7 +205,7 @@ pub fn compile(args: &CompileArgs) -> anyhow::Result<()> {
     ));
     if emit.is_none() {
         text.push_str(&format!(
-            "symbols {name}_create, {name}_run, {name}_destroy, {name}_num_inputs, {name}_input, {name}_num_outputs, \
+            "symbols {name}_create, {name}_run, {name}_set_threads, {name}_destroy, {name}_num_inputs, {name}_input, {name}_num_outputs, \
              {name}_output, {name}_last_error, {name}_target\n"
         ));
     } else {

@@ -354,11 +354,15 @@ impl AotModule {
         let _ = writeln!(h, "#define {}_NUM_OUTPUTS {}\n", n.to_ascii_uppercase(), self.plan.graph.outputs().len());
         let _ = writeln!(
             h,
-            "/* Allocates an instance (its arena) into *model. num_threads is the number\n * of threads its runs may use; 0 or less: the runtime's default. */\nint {n}_create({n}_model **model, int num_threads);\n"
+            "/* Allocates an instance (its arena) into *model. num_threads is the number\n * of threads its runs may use; 0 or less: libomp's default (OMP_NUM_THREADS,\n * else every core). */\nint {n}_create({n}_model **model, int num_threads);\n"
         );
         let _ = writeln!(
             h,
             "/* Runs the model. inputs[i] points at input i's data, outputs[i] at\n * output i's buffer, each row-major and descriptor.bytes long, owned by\n * the caller; no buffer may overlap an output. Returns KILN_OK, or a\n * status with a message from {n}_last_error(). */\nint {n}_run({n}_model *model, const void *const *inputs, void *const *outputs);\n"
+        );
+        let _ = writeln!(
+            h,
+            "/* Sets the threads the instance's next runs may use (as in {n}_create). */\nint {n}_set_threads({n}_model *model, int num_threads);\n"
         );
         let _ = writeln!(h, "/* Frees an instance (NULL is allowed). */\nvoid {n}_destroy({n}_model *model);\n");
         let _ = writeln!(h, "/* Number of inputs / outputs, and descriptor i (NULL when out of range).\n * Descriptors are static: valid for as long as the library is loaded. */");
@@ -428,7 +432,9 @@ impl AotModule {
             "#define N_IN {n_in}\n#define N_OUT {n_out}\n#define N_CONST {n_const}\n#define N_STEPS {}",
             plan.steps.len()
         );
-        let _ = writeln!(c, "#define N_BUFFERS (N_IN + N_OUT + N_CONST + 1)");
+        let _ = writeln!(c, "#define N_BUFFERS {}", crate::codegen::buffer_count(plan));
+        c.push_str("/* Inputs, outputs, constants, the arena, the run configuration. */\n");
+        c.push_str("_Static_assert(N_BUFFERS == N_IN + N_OUT + N_CONST + 2, \"the entry's buffer table\");\n");
         let _ = writeln!(c, "#define TARGET {}", c_string(&format!("{} {}", self.target.triple, self.target.cpu)));
         let _ = writeln!(c, "#define ALIGN {}", plan::ALIGN);
         c.push_str(&WRAPPER_BODY.replace("PFX_", &format!("{n}_")));
@@ -546,7 +552,7 @@ const WRAPPER_BODY: &str = r#"
 struct PFX_model {
     void *arena_block; /* as allocated */
     void *arena;       /* aligned to ALIGN */
-    int num_threads;
+    int32_t num_threads; /* 0: libomp's default (OMP_NUM_THREADS, else every core) */
 };
 
 static _Thread_local char last_error[1024];
@@ -594,11 +600,20 @@ API int PFX_run(PFX_model *model, const void *const *inputs, void *const *output
     }
     for (size_t i = 0; i < N_CONST; i++) buffers[b++] = PFX_consts[i];
     buffers[b++] = model->arena;
+    /* The run configuration: the thread count (0: libomp's default). */
+    int32_t threads = model->num_threads;
+    buffers[b++] = &threads;
     int status = PFX_entry(buffers);
     if (status != 0) {
         const char *what = status >= 1 && status <= N_STEPS ? step_errors[status - 1] : "unknown failure";
         return fail(KILN_ERROR_DATA, "PFX_run: %s", what);
     }
+    return KILN_OK;
+}
+
+API int PFX_set_threads(PFX_model *model, int num_threads) {
+    if (!model) return fail(KILN_ERROR_ARGUMENT, "PFX_set_threads: model is NULL");
+    model->num_threads = num_threads > 0 ? num_threads : 0;
     return KILN_OK;
 }
 

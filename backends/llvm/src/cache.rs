@@ -123,11 +123,14 @@ fn cache_error(path: &Path, what: &str, e: &std::io::Error) -> BackendError {
 /// Whether the module calls into the OpenMP runtime (libomp), which the
 /// library must then be linked against.
 pub(crate) fn uses_openmp(generated: &Generated) -> bool {
-    generated.module.get_functions().any(|f| f.get_name().to_bytes().starts_with(b"__kmpc_"))
+    crate::codegen::parallel::OMP_SYMBOLS.iter().any(|name| generated.module.get_function(name).is_some())
 }
 
-/// Where LLVM's OpenMP runtime (libomp) lives.
-pub(crate) const OPENMP_LIB_DIR: &str = "/usr/lib/llvm-22/lib";
+/// Where LLVM's OpenMP runtime (libomp) lives: where build.rs linked it.
+pub(crate) const OPENMP_LIB_DIR: &str = match option_env!("KILN_LIBOMP_DIR") {
+    Some(dir) => dir,
+    None => "/usr/lib/llvm-22/lib",
+};
 
 /// The system C compiler: `$CC`, else `cc`.
 pub(crate) fn c_compiler() -> String {

@@ -354,11 +354,12 @@ fn softmax<'ctx>(
     let dtype = plan.ty(x).dtype;
     let rank = shape.len() as i64;
     let axis = if axis < 0 { axis + rank } else { axis };
-    let f = cg.kernel_fn(&format!("k{step}_{}", if log { "logsoftmax" } else { "softmax" }), 2);
-    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    let name = format!("k{step}_{}", if log { "logsoftmax" } else { "softmax" });
     if rank == 0 || !(0..rank).contains(&axis) {
         // A scalar is its own row of one element.
         if rank == 0 {
+            let f = cg.kernel_fn(&name, 2);
+            let yp = cg.param(f, 0);
             let one = if log { 0.0 } else { 1.0 };
             let t = cg.compute_type(dtype).map_err(BackendError::Llvm)?.into_float_type().const_float(one);
             cg.store(yp, dtype, cg.i64c(0), t.into())?;
@@ -372,24 +373,33 @@ fn softmax<'ctx>(
     let len = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let two_pass = cg.softmax == SoftmaxAlgorithm::TwoPass && dtype == DType::F32;
-    if outer * len * inner > 0 {
-        cg.for_n(f, outer, &mut |o| {
-            cg.for_n(f, inner, &mut |c| {
-                let base = cg.affine(o, (len * inner) as i64, c)?;
-                let row = Row { base, stride: inner as i64, len, dtype };
-                let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
-                // The last pass: y = exp(x - lse) or x - lse.
-                cg.for_n(f, len, &mut |j| {
-                    let idx = cg.affine(j, row.stride, row.base)?;
-                    let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
-                    let y = if log { d } else { cg.exp(d)? };
-                    cg.store(yp, dtype, idx, y)
-                })
-            })
-        })?;
-    }
-    cg.b.build_return(None)?;
-    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+    // Rows are independent: each thread takes a contiguous range of them.
+    // A row's arithmetic does not depend on the split, so results are the
+    // same on any number of threads.
+    let rows = if len > 0 { outer * inner } else { 0 };
+    let k = cg.parallel_kernel_fn(&name, 2, rows, len * 3);
+    let f = k.f;
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    cg.for_items(&k, &mut |r| {
+        let base = if inner == 1 {
+            cg.mul(r, len as i64)?
+        } else {
+            let o = cg.b.build_int_unsigned_div(r, cg.i64c(inner as i64), "outer")?;
+            let c = cg.b.build_int_unsigned_rem(r, cg.i64c(inner as i64), "inner")?;
+            cg.affine(o, (len * inner) as i64, c)?
+        };
+        let row = Row { base, stride: inner as i64, len, dtype };
+        let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
+        // The last pass: y = exp(x - lse) or x - lse.
+        cg.for_n(f, len, &mut |j| {
+            let idx = cg.affine(j, row.stride, row.base)?;
+            let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
+            let y = if log { d } else { cg.exp(d)? };
+            cg.store(yp, dtype, idx, y)
+        })
+    })?;
+    cg.kernel_return(f)?;
+    Ok((cg.finish_parallel(k)?, vec![plan.loc(out), plan.loc(x)]))
 }
 
 /// One softmax row.
