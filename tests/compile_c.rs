@@ -120,6 +120,20 @@ fn run_runner(exe: &Path, inputs: &[PathBuf]) -> std::process::Output {
     Command::new(exe).args(inputs).output().expect("run_model starts")
 }
 
+/// Compiles `model` into `dir/lib<name>.so` with `dir/<name>.h`.
+fn compile_library(model: &Path, dir: &Path, name: &str, extra: &[&str]) {
+    let mut args: Vec<String> = vec![
+        "compile".into(),
+        model.display().to_string(),
+        "-o".into(),
+        dir.join(format!("lib{name}.so")).display().to_string(),
+        "--header".into(),
+        dir.join(format!("{name}.h")).display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    assert_ok(&kiln_with(&args, &[]), &format!("kiln compile {}", model.display()));
+}
+
 /// A library compiled from an example model, run by the C example, gives
 /// the reference outputs (onnxruntime's, rtol 1e-4, atol 1e-5).
 #[test]
@@ -419,4 +433,37 @@ fn cache_hits_skip_codegen_and_the_key_covers_constants() {
     assert_eq!(run(2.0), ("miss", 1), "other weights are another key");
     assert_eq!(run(2.0), ("hit", 0));
     assert_eq!(std::fs::read_dir(&cache).expect("the cache exists").count(), 2);
+}
+
+/// A softmax big enough for the backend's parallel kernel: the library
+/// links libomp (and loads it: `ldd` finds it), and runs on one thread and
+/// on two, both matching the interpreter.
+#[test]
+fn library_runs_on_several_threads() {
+    let work = tempfile::tempdir().expect("a temp dir");
+    let mut g = Graph::new("wide");
+    let x = g.add_input("x", TensorType::fixed(DType::F32, &[64, 1024])).expect("input");
+    let s = g.add_node("softmax", Op::Softmax { axis: -1 }, vec![Some(x)], &["y"]).expect("softmax");
+    let y = g.node(s).output(0).expect("an output");
+    g.add_output(y);
+    kiln::ir::infer_types(&mut g).expect("types");
+    let model = work.path().join("wide.onnx");
+    kiln::ir::io::save(&g, &model).expect("saved");
+    compile_library(&model, work.path(), "wide", &["-O0"]);
+    let lib = work.path().join("libwide.so");
+    let ldd = Command::new("ldd").arg(&lib).output().expect("ldd starts");
+    let deps = stdout(&ldd);
+    assert!(deps.contains("libomp"), "the parallel softmax needs libomp:\n{deps}");
+    assert!(!deps.contains("not found"), "{deps}");
+    let exe = build_runner(work.path(), "wide");
+    let values: Vec<f64> = (0..64 * 1024).map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0).collect();
+    let x = Tensor::from_f64s(DType::F32, &[64, 1024], &values);
+    let files = write_raw_inputs(work.path(), std::slice::from_ref(&x));
+    let want = kiln::ir::interp::run(&g, &[("x".to_string(), x)]).expect("the interpreter runs");
+    for threads in ["1", "2"] {
+        let run = Command::new(&exe).args(["--threads", threads]).args(&files).output().expect("run_model starts");
+        assert!(run.status.success(), "{}", stderr(&run));
+        let got = parse_outputs(&stdout(&run));
+        assert_allclose(&got[0].1, &want[0].1, &format!("softmax on {threads} threads"));
+    }
 }

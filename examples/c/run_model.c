@@ -7,9 +7,10 @@
  *   kiln compile model.onnx -o libgpt2.so --header gpt2.h --dim batch=1 --dim seq=16
  *   cc -std=c11 -O2 -DKILN_HEADER='"gpt2.h"' -DKILN_NAME=gpt2 -I. \
  *      examples/c/run_model.c -L. -lgpt2 -Wl,-rpath,'$ORIGIN' -o run_model
- *   ./run_model input_0.bin input_1.bin
+ *   ./run_model [--threads N] input_0.bin input_1.bin
  *
- * Each argument is the raw data of one input, in order: row-major,
+ * --threads N runs on N threads (default 0: libomp's default, which is
+ * OMP_NUM_THREADS or every core). Each other argument is the raw data of one input, in order: row-major,
  * little-endian, exactly as many bytes as the input's descriptor says.
  * Every output is printed as a line `output INDEX NAME DTYPE [DIMS]`
  * followed by its elements, one per line (floats with enough digits to
@@ -106,6 +107,12 @@ static void *read_input(const char *path, const kiln_tensor_desc *d) {
 
 int main(int argc, char **argv) {
     size_t n_in = KILN_FN(num_inputs)(), n_out = KILN_FN(num_outputs)();
+    int threads = 0;
+    if (argc >= 3 && strcmp(argv[1], "--threads") == 0) {
+        threads = atoi(argv[2]);
+        argv += 2;
+        argc -= 2;
+    }
     if ((size_t)(argc - 1) != n_in) {
         fprintf(stderr, "run_model: the model takes %zu inputs, given %d files\n", n_in, argc - 1);
         for (size_t i = 0; i < n_in; i++)
@@ -124,7 +131,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n_out; i++) {
         if (!(outputs[i] = malloc(KILN_FN(output)(i)->bytes ? KILN_FN(output)(i)->bytes : 1))) goto done;
     }
-    if (KILN_FN(create)(&model, 0) != KILN_OK) {
+    if (KILN_FN(create)(&model, threads) != KILN_OK) {
         fprintf(stderr, "run_model: %s\n", KILN_FN(last_error)());
         goto done;
     }
