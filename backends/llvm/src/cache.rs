@@ -261,9 +261,10 @@ pub(crate) fn key(plan: &Plan, target: &TargetInfo, opts: &CompileOptions) -> St
     h.field(FORMAT.as_bytes());
     h.field(env!("CARGO_PKG_VERSION").as_bytes());
     h.field(format!("{target:?}").as_bytes());
-    // Every option but where the cache is changes the code (or may, for
-    // options added later: their Debug text joins the key by itself).
-    let code_opts = CompileOptions { cache_dir: None, ..opts.clone() };
+    // Every option but where the cache is and the thread count (which the
+    // code reads at run time) changes the code, or may: the Debug text of
+    // options added later joins the key by itself.
+    let code_opts = CompileOptions { cache_dir: None, threads: None, ..opts.clone() };
     h.field(format!("{code_opts:?}").as_bytes());
     hash_plan(&mut h, plan);
     h.hex()
