@@ -52,6 +52,12 @@
 //! - **Run-time overheads.** Each specialization keeps its scratch arena
 //!   across runs, and [`CompiledGraph::run_into`] writes into output
 //!   tensors the caller reuses, so repeated runs allocate nothing.
+//! - **Ahead of time, and the compile cache.** [`aot`] writes the same
+//!   code as a self-contained shared library with a C ABI (`kiln
+//!   compile`). With [`CompileOptions::cache_dir`] each specialization's
+//!   code is also kept on disk as a library keyed by a hash of the plan,
+//!   the target and the options, so a later process loads it instead of
+//!   generating code again ([`Specialization::cache`]).
 //!
 //! An op without a lowering is a [`BackendError::Unsupported`] naming the
 //! node and op; a run-time input of the wrong dtype or shape is a
@@ -531,19 +537,7 @@ fn execute(c: &Compiled, inputs: &[Tensor], outputs: &mut Vec<Tensor>, threads: 
     let status = unsafe { c.jit.call(&buffers) };
     *c.arena.borrow_mut() = Some(arena);
     if status != 0 {
-        let step = &plan.steps[status as usize - 1];
-        let (node, op) = match step {
-            plan::Step::Node(id) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
-            _ => (String::new(), "kernel"),
-        };
-        let what = if op == "Gather" {
-            "an index is outside the gathered axis"
-        } else if op == "RotaryEmbedding" {
-            "a position id is outside the cos/sin caches"
-        } else {
-            "a label is outside the classes (and is not the ignore_index)"
-        };
-        return Err(BackendError::node(node, op, what));
+        return Err(aot::step_failure(plan, status as usize - 1));
     }
     Ok(())
 }
