@@ -467,3 +467,27 @@ fn library_runs_on_several_threads() {
         assert_allclose(&got[0].1, &want[0].1, &format!("softmax on {threads} threads"));
     }
 }
+
+/// A library compiled for a CPU with extensions the running one lacks is
+/// refused by `create` with KILN_ERROR_CPU and a message naming the
+/// extension, rather than dying of an illegal instruction. znver4 has
+/// AMD's SSE4a, which Intel CPUs lack; on an AMD host the library runs.
+#[test]
+fn library_checks_the_cpu_at_create() {
+    let work = tempfile::tempdir().expect("a temp dir");
+    let model = small_model(work.path(), 1.0);
+    compile_library(&model, work.path(), "zen", &["--dim", "n=3", "--target-cpu", "znver4"]);
+    let exe = build_runner(work.path(), "zen");
+    let x = Tensor::from_f64s(DType::F32, &[3, 8], &[0.5; 24]);
+    let files = write_raw_inputs(work.path(), std::slice::from_ref(&x));
+    let run = run_runner(&exe, &files);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let host_has_sse4a = cpuinfo.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "sse4a"));
+    if host_has_sse4a {
+        assert!(run.status.success(), "{}", stderr(&run));
+    } else {
+        assert_eq!(run.status.code(), Some(1));
+        let err = stderr(&run);
+        assert!(err.contains("zen_create: this CPU lacks sse4a") && err.contains("znver4"), "{err}");
+    }
+}

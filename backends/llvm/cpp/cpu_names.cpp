@@ -37,3 +37,26 @@ extern "C" int kiln_llvm_cpu_check(const char *triple, const char *cpu, char *na
     }
     return info->isCPUStringValid(cpu) ? 1 : 0;
 }
+
+// Writes the target features a CPU (plus an explicit feature string) has,
+// comma-separated and NUL-terminated (truncated to `cap` bytes), into
+// `out`. Returns 0, or -1 when the target is not registered.
+extern "C" int kiln_llvm_cpu_features(const char *triple, const char *cpu, const char *features, char *out,
+                                      size_t cap) {
+    llvm::Triple parsed(triple);
+    std::string error;
+    const llvm::Target *target = llvm::TargetRegistry::lookupTarget(parsed, error);
+    if (!target || cap == 0) return -1;
+    std::unique_ptr<llvm::MCSubtargetInfo> info(target->createMCSubtargetInfo(parsed, cpu, features));
+    if (!info) return -1;
+    std::string list;
+    for (const auto &f : info->getAllProcessorFeatures()) {
+        if (info->getFeatureBits().test(f.Value)) {
+            if (!list.empty()) list += ",";
+            list += f.Key;
+        }
+    }
+    std::strncpy(out, list.c_str(), cap - 1);
+    out[cap - 1] = '\0';
+    return 0;
+}

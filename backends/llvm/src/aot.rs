@@ -305,7 +305,7 @@ impl AotModule {
             .write_to_file(&generated.module, FileType::Object, &object)
             .map_err(|e| BackendError::Target(format!("cannot write `{}`: {e}", object.display())))?;
         let wrapper = work.0.join("abi.c");
-        std::fs::write(&wrapper, self.wrapper_source())
+        std::fs::write(&wrapper, self.wrapper_source()?)
             .map_err(|e| BackendError::Target(format!("cannot write `{}`: {e}", wrapper.display())))?;
         cache::link_shared(&[wrapper, object], path, cache::uses_openmp(&generated))
     }
@@ -384,7 +384,7 @@ impl AotModule {
 
     /// The C source of the ABI wrapper: the header, the descriptor and
     /// error tables, and the functions.
-    fn wrapper_source(&self) -> String {
+    fn wrapper_source(&self) -> Result<String> {
         let n = &self.name;
         let plan = &self.plan;
         let (n_in, n_out, n_const) = (plan.graph.inputs().len(), plan.graph.outputs().len(), plan.consts.len());
@@ -437,8 +437,43 @@ impl AotModule {
         c.push_str("_Static_assert(N_BUFFERS == N_IN + N_OUT + N_CONST + 2, \"the entry's buffer table\");\n");
         let _ = writeln!(c, "#define TARGET {}", c_string(&format!("{} {}", self.target.triple, self.target.cpu)));
         let _ = writeln!(c, "#define ALIGN {}", plan::ALIGN);
+        c.push_str(&self.cpu_check_source()?);
         c.push_str(&WRAPPER_BODY.replace("PFX_", &format!("{n}_")));
-        c
+        Ok(c)
+    }
+
+    /// `missing_cpu_feature()`: the first instruction-set extension the
+    /// code may use that the running CPU lacks, or NULL; `NAME_create`
+    /// refuses such a CPU rather than let a run die of an illegal
+    /// instruction. Checks the extensions that both the compiler's
+    /// `__builtin_cpu_supports` and LLVM know (x86-64 only).
+    fn cpu_check_source(&self) -> Result<String> {
+        const CHECKED: [&str; 16] = [
+            "sse4.1",
+            "sse4.2",
+            "sse4a",
+            "avx",
+            "avx2",
+            "fma",
+            "bmi",
+            "bmi2",
+            "avx512f",
+            "avx512vl",
+            "avx512bw",
+            "avx512dq",
+            "avx512cd",
+            "avx512vbmi",
+            "avx512vnni",
+            "avx512bf16",
+        ];
+        let enabled = jit::enabled_features(&self.target)?;
+        let mut c = String::from("static const char *missing_cpu_feature(void) {\n");
+        c.push_str("#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))\n    __builtin_cpu_init();\n");
+        for feature in CHECKED.iter().filter(|f| enabled.iter().any(|e| e == *f)) {
+            let _ = writeln!(c, "    if (!__builtin_cpu_supports(\"{feature}\")) return \"{feature}\";");
+        }
+        c.push_str("#endif\n    return 0;\n}\n");
+        Ok(c)
     }
 }
 
@@ -532,7 +567,8 @@ typedef enum kiln_status {
     KILN_OK = 0,
     KILN_ERROR_ARGUMENT = 1, /* a NULL pointer where a buffer or handle is needed */
     KILN_ERROR_MEMORY = 2,   /* the arena could not be allocated */
-    KILN_ERROR_DATA = 3      /* the input data is invalid for the model */
+    KILN_ERROR_DATA = 3,     /* the input data is invalid for the model */
+    KILN_ERROR_CPU = 4       /* this CPU lacks an extension the code was compiled for */
 } kiln_status;
 
 /* One input or output. */
@@ -568,6 +604,10 @@ static int fail(int status, const char *format, ...) {
 API int PFX_create(PFX_model **model, int num_threads) {
     if (!model) return fail(KILN_ERROR_ARGUMENT, "PFX_create: model is NULL");
     *model = 0;
+    const char *missing = missing_cpu_feature();
+    if (missing)
+        return fail(KILN_ERROR_CPU, "PFX_create: this CPU lacks %s, which the code (compiled for %s) may use", missing,
+                    TARGET);
     PFX_model *m = (PFX_model *)calloc(1, sizeof *m);
     if (!m) return fail(KILN_ERROR_MEMORY, "PFX_create: out of memory");
     m->arena_block = malloc(ARENA_BYTES + ALIGN);

@@ -80,6 +80,36 @@ extern "C" {
         names: *mut std::ffi::c_char,
         cap: usize,
     ) -> i32;
+    /// cpp/cpu_names.cpp: the features of `cpu` plus `features`
+    /// (comma-separated, truncated to `cap`) into `out`; -1 when the target
+    /// is unknown.
+    fn kiln_llvm_cpu_features(
+        triple: *const std::ffi::c_char,
+        cpu: *const std::ffi::c_char,
+        features: *const std::ffi::c_char,
+        out: *mut std::ffi::c_char,
+        cap: usize,
+    ) -> i32;
+}
+
+/// The LLVM features code for `target` may use: the CPU's own and the
+/// explicit ones (LLVM's names: `avx2`, `avx512f`, ...), sorted.
+pub(crate) fn enabled_features(target: &TargetInfo) -> Result<Vec<String>> {
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| BackendError::Target(format!("`{s}` contains a NUL byte")));
+    let (triple, cpu, features) = (c(&target.triple)?, c(&target.cpu)?, c(&target.features)?);
+    let mut out = vec![0u8; 1 << 16];
+    // SAFETY: NUL-terminated strings and a buffer of the given capacity;
+    // the shim writes at most `cap` bytes, NUL-terminated.
+    let status = unsafe {
+        kiln_llvm_cpu_features(triple.as_ptr(), cpu.as_ptr(), features.as_ptr(), out.as_mut_ptr().cast(), out.len())
+    };
+    if status != 0 {
+        return Err(BackendError::Target(format!("LLVM has no target registered for {}", target.triple)));
+    }
+    let list = std::ffi::CStr::from_bytes_until_nul(&out).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut names: Vec<String> = list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Rejects a CPU name LLVM does not know for the triple. LLVM itself would
