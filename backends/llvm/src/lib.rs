@@ -340,7 +340,8 @@ impl CompiledGraph {
             if runs == 0 || cycles.is_empty() {
                 continue;
             }
-            for (step, ((ops, node), &c)) in profile::step_labels(&compiled.plan).into_iter().zip(cycles.iter()).enumerate()
+            for (step, ((ops, node), &c)) in
+                profile::step_labels(&compiled.plan).into_iter().zip(cycles.iter()).enumerate()
             {
                 times.push(KernelTime { step, ops, node, cycles: c, runs });
             }

@@ -575,8 +575,16 @@ pub(crate) fn plan(graph: Graph) -> Result<Plan> {
     }
 
     let steps = form_steps(&graph, &order, &types, &is_output)?;
-    let mut plan =
-        Plan { graph, types, steps, loc: vec![None; count], consts: Vec::new(), arena_bytes: 0, scratch: Vec::new(), profile: false };
+    let mut plan = Plan {
+        graph,
+        types,
+        steps,
+        loc: vec![None; count],
+        consts: Vec::new(),
+        arena_bytes: 0,
+        scratch: Vec::new(),
+        profile: false,
+    };
     plan_memory(&mut plan, &root)?;
     Ok(plan)
 }

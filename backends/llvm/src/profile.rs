@@ -35,16 +35,10 @@ pub(crate) fn step_labels(plan: &Plan) -> Vec<(String, String)> {
     plan.steps
         .iter()
         .map(|step| match step {
-            Step::Node(id) => (
-                graph.node(*id).op.name().to_string(),
-                graph.node(*id).name.clone(),
-            ),
+            Step::Node(id) => (graph.node(*id).op.name().to_string(), graph.node(*id).name.clone()),
             Step::Fused { nodes, .. } => {
                 let ops: Vec<&str> = nodes.iter().map(|&n| graph.node(n).op.name()).collect();
-                let root = nodes
-                    .last()
-                    .map(|&n| graph.node(n).name.clone())
-                    .unwrap_or_default();
+                let root = nodes.last().map(|&n| graph.node(n).name.clone()).unwrap_or_default();
                 (ops.join("+"), root)
             }
             Step::Copy { .. } => ("copy".to_string(), String::new()),
