@@ -92,6 +92,20 @@ pub enum SoftmaxAlgorithm {
     ThreePass,
 }
 
+/// Which kernel MatMul and Gemm use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatMulKernel {
+    /// The packed, register-blocked GEMM (GotoBLAS/BLIS design): B and A
+    /// packed into panels per cache block, an `MR × NR` tile of C kept in
+    /// vector registers by an explicit-vector FMA microkernel. Matrix-vector
+    /// products keep the simple loops.
+    #[default]
+    Packed,
+    /// The baseline: i-k-j loops blocked over j and k, vectorized by LLVM
+    /// (f32 and f64; f16/bf16 always take the packed kernel).
+    Blocked,
+}
+
 /// Options for [`compile`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompileOptions {
@@ -103,6 +117,8 @@ pub struct CompileOptions {
     pub target_features: Option<String>,
     /// The softmax kernel.
     pub softmax: SoftmaxAlgorithm,
+    /// The MatMul/Gemm kernel.
+    pub matmul: MatMulKernel,
     /// Run LLVM's `default<O3>` pipeline (on by default; off only to look
     /// at or test unoptimized code).
     pub optimize: bool,
@@ -121,6 +137,7 @@ impl Default for CompileOptions {
             target_cpu: None,
             target_features: None,
             softmax: SoftmaxAlgorithm::TwoPass,
+            matmul: MatMulKernel::Packed,
             optimize: true,
             threads: None,
             profile: false,
@@ -372,7 +389,7 @@ impl CompiledGraph {
         let values: Vec<Option<Tensor>> =
             key.iter().map(|(d, s, v)| v.as_ref().map(|v| Tensor::from_i64s(*d, s, v))).collect();
         let specialized = plan::specialize(&self.graph, &types, &values)?;
-        let mut plan = plan::plan(specialized)?;
+        let mut plan = plan::plan(specialized, self.opts.matmul)?;
         plan.profile = self.opts.profile;
         for t in &mut plan.consts {
             *t = standard_layout(t);

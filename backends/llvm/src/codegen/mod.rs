@@ -60,6 +60,7 @@
 
 mod attention;
 mod elementwise;
+pub(crate) mod gemm;
 mod kernels;
 mod loss;
 mod math;
@@ -68,7 +69,7 @@ mod rotary;
 
 use crate::error::{BackendError, Result};
 use crate::plan::{Loc, Plan, Slot, Step};
-use crate::SoftmaxAlgorithm;
+use crate::{MatMulKernel, SoftmaxAlgorithm};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
@@ -94,6 +95,8 @@ pub(crate) struct Cg<'ctx> {
     /// f32 lanes of the explicit-vector kernels.
     pub lanes: u32,
     pub softmax: SoftmaxAlgorithm,
+    /// The MatMul/Gemm kernel (set after construction; packed by default).
+    pub matmul: MatMulKernel,
     loops: Cell<usize>,
     /// The launchers of parallel kernels, which the entry passes the
     /// thread count to.
@@ -122,6 +125,7 @@ impl<'ctx> Cg<'ctx> {
             features: features.to_string(),
             lanes,
             softmax,
+            matmul: MatMulKernel::default(),
             loops: Cell::new(0),
             launchers: RefCell::new(Vec::new()),
         }
