@@ -136,6 +136,39 @@ impl<'ctx> Cg<'ctx> {
         self.for_range(k.f, count, &mut |i| body(self.add(begin, i)?))
     }
 
+    /// For a kernel whose items are the points of a loop nest over `sizes`
+    /// (so `items` is their product): calls `body` at each of this thread's
+    /// points with one offset per operand, `base[o] + Σ index·strides[o][level]`.
+    /// A point's indices come from its flat number by division, once per
+    /// item, so make the items coarse (rows, not elements).
+    pub(crate) fn for_items_nest(
+        &self,
+        k: &ParallelKernel<'ctx>,
+        sizes: &[usize],
+        strides: &[Vec<i64>],
+        base: &[IntValue<'ctx>],
+        body: &mut dyn FnMut(&[IntValue<'ctx>]) -> Result<()>,
+    ) -> Result<()> {
+        self.for_items(k, &mut |item| {
+            let mut offsets = base.to_vec();
+            let mut rest = item;
+            for level in (0..sizes.len()).rev() {
+                let index = if level == 0 {
+                    rest
+                } else {
+                    let size = self.i64c(sizes[level] as i64);
+                    let index = self.b.build_int_unsigned_rem(rest, size, "index")?;
+                    rest = self.b.build_int_unsigned_div(rest, size, "rest")?;
+                    index
+                };
+                for (o, s) in offsets.iter_mut().zip(strides) {
+                    *o = self.affine(index, s[level], *o)?;
+                }
+            }
+            body(&offsets)
+        })
+    }
+
     fn int_param(&self, f: FunctionValue<'ctx>, i: usize) -> Result<IntValue<'ctx>> {
         f.get_nth_param(i as u32)
             .map(|p| p.into_int_value())
