@@ -446,7 +446,7 @@ fn kernel_names(ir: &str) -> Vec<String> {
     ir.lines()
         .filter(|l| l.starts_with("define internal"))
         .filter_map(|l| l.split('@').nth(1).and_then(|r| r.split('(').next()).map(str::to_string))
-        .filter(|name| !name.ends_with(".body") && !name.ends_with(".omp"))
+        .filter(|name| ![".body", ".omp", ".prologue"].iter().any(|part| name.ends_with(part)))
         .collect()
 }
 

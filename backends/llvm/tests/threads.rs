@@ -314,3 +314,88 @@ fn gather_splits_indices_and_reports_bad_ones_from_any_thread() {
         assert!(err.to_string().contains("embed") && err.to_string().contains("index"), "{err}");
     }
 }
+
+fn attention_attrs(is_causal: bool) -> kiln_ir::op::AttentionAttrs {
+    kiln_ir::op::AttentionAttrs {
+        is_causal,
+        q_num_heads: None,
+        kv_num_heads: None,
+        qk_matmul_output_mode: 0,
+        scale: None,
+        softcap: 0.0,
+        softmax_precision: None,
+    }
+}
+
+#[test]
+fn attention_splits_heads_and_query_blocks_across_threads() {
+    let mut rng = StdRng::seed_from_u64(10);
+    // Grouped-query heads, a sequence that is not a multiple of the query
+    // block, causal and not, with a float mask.
+    for (causal, masked) in [(false, false), (true, false), (false, true)] {
+        let (qs, ks) = ([2usize, 4, 300, 64], [2usize, 2, 300, 64]);
+        let mut g = Graph::new("attention");
+        let q = input(&mut g, "q", &qs);
+        let k = input(&mut g, "k", &ks);
+        let v = input(&mut g, "v", &ks);
+        let mut ins = vec![Some(q), Some(k), Some(v)];
+        let mut feed = vec![
+            ("q".to_string(), random(&mut rng, &qs, -1.0, 1.0)),
+            ("k".to_string(), random(&mut rng, &ks, -1.0, 1.0)),
+            ("v".to_string(), random(&mut rng, &ks, -1.0, 1.0)),
+        ];
+        if masked {
+            ins.push(Some(input(&mut g, "mask", &[300, 300])));
+            feed.push(("mask".to_string(), random(&mut rng, &[300, 300], -2.0, 0.0)));
+        }
+        let id = g.add_node("attn", Op::Attention(attention_attrs(causal)), ins, &["y"]).unwrap();
+        g.add_output(g.node(id).output(0).unwrap());
+        check_threads(g, &feed, &CompileOptions::default(), true, &format!("attention causal {causal} mask {masked}"));
+    }
+}
+
+#[test]
+fn attention_fills_present_caches_before_the_items_read_them() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (qs, ks, past) = ([1usize, 4, 200, 64], [1usize, 4, 200, 64], [1usize, 4, 100, 64]);
+    let mut g = Graph::new("attention");
+    let names = ["q", "k", "v", "", "past_key", "past_value"];
+    let shapes: [&[usize]; 6] = [&qs, &ks, &ks, &[], &past, &past];
+    let mut ins = Vec::new();
+    let mut feed = Vec::new();
+    for (name, shape) in names.iter().zip(shapes) {
+        if name.is_empty() {
+            ins.push(None);
+            continue;
+        }
+        ins.push(Some(input(&mut g, name, shape)));
+        feed.push((name.to_string(), random(&mut rng, shape, -1.0, 1.0)));
+    }
+    let id =
+        g.add_node("attn", Op::Attention(attention_attrs(true)), ins, &["y", "present_key", "present_value"]).unwrap();
+    for slot in 0..3 {
+        g.add_output(g.node(id).output(slot).unwrap());
+    }
+    check_threads(g, &feed, &CompileOptions::default(), true, "attention with past caches");
+}
+
+#[test]
+fn rotary_embedding_splits_positions_across_threads() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let (xs, cache) = ([2usize, 12, 512, 64], [2usize, 512, 32]);
+    for interleaved in [false, true] {
+        let mut g = Graph::new("rotary");
+        let x = input(&mut g, "x", &xs);
+        let cos = input(&mut g, "cos", &cache);
+        let sin = input(&mut g, "sin", &cache);
+        let op = Op::RotaryEmbedding { interleaved, num_heads: None, rotary_embedding_dim: None };
+        let y = node(&mut g, "rope", op, &[x, cos, sin]);
+        g.add_output(y);
+        let feed = [
+            ("x".to_string(), random(&mut rng, &xs, -1.0, 1.0)),
+            ("cos".to_string(), random(&mut rng, &cache, -1.0, 1.0)),
+            ("sin".to_string(), random(&mut rng, &cache, -1.0, 1.0)),
+        ];
+        check_threads(g, &feed, &CompileOptions::default(), true, &format!("rotary interleaved {interleaved}"));
+    }
+}
