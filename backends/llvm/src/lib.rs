@@ -491,11 +491,13 @@ impl CompiledGraph {
     }
 }
 
-/// The kernel functions of a module, in definition order.
+/// The kernel functions of a module, in definition order: the functions
+/// the entry calls, not a parallel kernel's body and microtask.
 fn kernel_names(ir: &str) -> Vec<String> {
     ir.lines()
         .filter(|l| l.starts_with("define internal"))
         .filter_map(|l| l.split('@').nth(1).and_then(|r| r.split('(').next()).map(str::to_string))
+        .filter(|name| ![".body", ".omp", ".prologue"].iter().any(|part| name.ends_with(part)))
         .collect()
 }
 
