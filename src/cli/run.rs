@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// the host CPU by default.
     #[arg(long, value_name = "CPU")]
     target_cpu: Option<String>,
+    /// With --backend cpu: threads the kernels may use (default: every core the process may run on).
+    #[arg(long, value_name = "T", value_parser = parse_threads)]
+    threads: Option<usize>,
     /// With --backend cpu: neither read nor write the compile cache ($KILN_CACHE_DIR, else
     /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln), which otherwise spares a second run the code generation.
     #[arg(long)]
@@ -68,6 +71,13 @@ pub struct RunArgs {
     /// Absolute tolerance for the comparison with reference outputs.
     #[arg(long, value_name = "A", default_value_t = 1e-5, value_parser = parse_tolerance)]
     atol: f64,
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, got `{s}`")),
+    }
 }
 
 fn parse_tolerance(s: &str) -> Result<f64, String> {
@@ -127,6 +137,7 @@ fn evaluate(
             let start = Instant::now();
             let opts = kiln_backend_llvm::CompileOptions {
                 target_cpu: args.target_cpu.clone(),
+                threads: args.threads,
                 cache_dir: if args.no_cache { None } else { kiln_backend_llvm::default_cache_dir() },
                 ..Default::default()
             };
@@ -152,6 +163,9 @@ fn evaluate(
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.target_cpu.is_some() && args.backend != Backend::Cpu {
         bail!("--target-cpu needs --backend cpu");
+    }
+    if args.threads.is_some() && args.backend != Backend::Cpu {
+        bail!("--threads needs --backend cpu (the interpreter is single-threaded)");
     }
     if args.no_cache && args.backend != Backend::Cpu {
         bail!("--no-cache needs --backend cpu");

@@ -179,7 +179,7 @@ pub fn prepare(graph: &Graph, shapes: &[Vec<usize>], opts: &CompileOptions, name
         }
     }
     let specialized = plan::specialize(graph, &types, &values)?;
-    let mut plan = plan::plan(specialized)?;
+    let mut plan = plan::plan(specialized, opts.matmul)?;
     for t in &mut plan.consts {
         *t = crate::standard_layout(t);
     }

@@ -15,37 +15,25 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<Tensor> {
     (0..)
         .map(|i| dir.join(format!("{prefix}_{i}.pb")))
         .take_while(|p| p.exists())
-        .map(|p| {
-            read_tensor_pb(&p)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-                .1
-        })
+        .map(|p| read_tensor_pb(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).1)
         .collect()
 }
 
 /// Runs `graph` on the CPU backend with the inputs of `dir`'s
 /// `test_data_set_0` and compares its outputs with the references there.
 fn matches_reference(name: &str, dir: &Path, graph: &kiln_ir::graph::Graph) {
-    let compiled = compile(graph, &CompileOptions::default())
-        .unwrap_or_else(|e| panic!("{name}: compile: {e}"));
+    let compiled = compile(graph, &CompileOptions::default()).unwrap_or_else(|e| panic!("{name}: compile: {e}"));
     let data = dir.join("test_data_set_0");
-    let names: Vec<String> = kiln_ir::interp::required_inputs(graph)
-        .iter()
-        .map(|&v| graph.value(v).name.clone())
-        .collect();
+    let names: Vec<String> =
+        kiln_ir::interp::required_inputs(graph).iter().map(|&v| graph.value(v).name.clone()).collect();
     let inputs: Vec<(String, Tensor)> = names.into_iter().zip(numbered(&data, "input")).collect();
-    let outputs = compiled
-        .run(&inputs)
-        .unwrap_or_else(|e| panic!("{name}: run: {e}"));
+    let outputs = compiled.run(&inputs).unwrap_or_else(|e| panic!("{name}: run: {e}"));
     let expected = numbered(&data, "output");
     assert_eq!(outputs.len(), expected.len(), "{name}: output count");
     for ((out, got), want) in outputs.iter().zip(&expected) {
         assert_eq!(got.shape(), want.shape(), "{name}/{out}: shape");
         for (i, (a, b)) in got.to_f64s().iter().zip(want.to_f64s()).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-5 + 1e-4 * b.abs(),
-                "{name}/{out}: element {i} is {a}, reference {b}"
-            );
+            assert!((a - b).abs() <= 1e-5 + 1e-4 * b.abs(), "{name}/{out}: element {i} is {a}, reference {b}");
         }
     }
 }
@@ -59,27 +47,17 @@ fn example_models_optimized_with_o2_match_their_references() {
     };
     let mut fused_attention = 0;
     for dir in &dirs {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let graph =
-            kiln_ir::load(dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: load: {e}"));
-        let (optimized, _) = optimize(&graph, &Pipeline::level(OptLevel::O2))
-            .unwrap_or_else(|e| panic!("{name}: -O2: {e}"));
-        let attention = optimized
-            .node_ids()
-            .into_iter()
-            .filter(|&n| optimized.node(n).op.name() == "Attention")
-            .count();
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let graph = kiln_ir::load(dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: load: {e}"));
+        let (optimized, _) =
+            optimize(&graph, &Pipeline::level(OptLevel::O2)).unwrap_or_else(|e| panic!("{name}: -O2: {e}"));
+        let attention =
+            optimized.node_ids().into_iter().filter(|&n| optimized.node(n).op.name() == "Attention").count();
         fused_attention += attention;
         matches_reference(&format!("{name} -O2"), dir, &optimized);
         println!("{name} -O2 ({attention} Attention nodes): ok");
     }
-    assert!(
-        fused_attention > 0,
-        "-O2 fused no attention in any example model"
-    );
+    assert!(fused_attention > 0, "-O2 fused no attention in any example model");
 }
 
 #[test]
@@ -90,12 +68,8 @@ fn example_models_match_their_references() {
     };
     assert!(!dirs.is_empty(), "no example models");
     for dir in &dirs {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let graph =
-            kiln_ir::load(dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: load: {e}"));
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let graph = kiln_ir::load(dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: load: {e}"));
         matches_reference(&name, dir, &graph);
         println!("{name}: ok");
     }

@@ -7,7 +7,7 @@
 use kiln_backend_llvm::{compile, CompileOptions, SoftmaxAlgorithm};
 use kiln_ir::dtype::DType;
 use kiln_ir::graph::{Graph, ValueId};
-use kiln_ir::op::Op;
+use kiln_ir::op::{BinaryOp, GeluApproximation, Op, ReduceKind, UnaryOp};
 use kiln_ir::tensor::Tensor;
 use kiln_ir::types::TensorType;
 use rand::rngs::StdRng;
@@ -169,4 +169,233 @@ fn run_into_writes_outputs_in_place() {
     assert_eq!(wrong.len(), 1, "extra entries are dropped");
     assert_eq!(wrong[0].shape(), &shape);
     assert_eq!(compiled.output_names(), vec!["neg.out".to_string()]);
+}
+
+#[test]
+fn fused_elementwise_loops_split_across_threads() {
+    let mut rng = StdRng::seed_from_u64(5);
+    // A single flat loop (cut into chunks, the last one partial) and a
+    // broadcasting 2-deep nest (split by rows).
+    for (xs, ys) in [(vec![300, 1000], vec![300, 1000]), (vec![513, 700], vec![700])] {
+        let mut g = Graph::new("fused");
+        let x = input(&mut g, "x", &xs);
+        let y = input(&mut g, "y", &ys);
+        let s = node(&mut g, "add", Op::Binary(BinaryOp::Add), &[x, y]);
+        let t = node(&mut g, "tanh", Op::Unary(UnaryOp::Tanh), &[s]);
+        let z = node(&mut g, "gelu", Op::Gelu { approximate: GeluApproximation::None }, &[t]);
+        g.add_output(z);
+        let feed =
+            [("x".to_string(), random(&mut rng, &xs, -3.0, 3.0)), ("y".to_string(), random(&mut rng, &ys, -1.0, 1.0))];
+        check_threads(g, &feed, &CompileOptions::default(), true, &format!("fused {xs:?} + {ys:?}"));
+    }
+}
+
+#[test]
+fn normalizations_split_rows_across_threads() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for (shape, axis, rms) in
+        [(vec![1000, 257], -1i64, false), (vec![3, 333, 200], -1, true), (vec![9, 40, 500], 1, false)]
+    {
+        let d: Vec<usize> = shape[(axis.rem_euclid(shape.len() as i64)) as usize..].to_vec();
+        let mut g = Graph::new("norm");
+        let x = input(&mut g, "x", &shape);
+        let sc = input(&mut g, "scale", &d);
+        let mut feed = vec![
+            ("x".to_string(), random(&mut rng, &shape, -2.0, 2.0)),
+            ("scale".to_string(), random(&mut rng, &d, 0.5, 1.5)),
+        ];
+        let y = if rms {
+            node(&mut g, "rms", Op::RMSNormalization { axis, epsilon: 1e-5, stash_type: DType::F32 }, &[x, sc])
+        } else {
+            let b = input(&mut g, "bias", &d);
+            feed.push(("bias".to_string(), random(&mut rng, &d, -1.0, 1.0)));
+            node(&mut g, "ln", Op::LayerNormalization { axis, epsilon: 1e-5, stash_type: DType::F32 }, &[x, sc, b])
+        };
+        g.add_output(y);
+        check_threads(g, &feed, &CompileOptions::default(), true, &format!("norm {shape:?} axis {axis} rms {rms}"));
+    }
+}
+
+#[test]
+fn reductions_split_outputs_across_threads() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let x = random(&mut rng, &[300, 40, 50], 0.1, 2.0);
+    for kind in [ReduceKind::Sum, ReduceKind::Max, ReduceKind::LogSumExp, ReduceKind::L2] {
+        for axes in [vec![1], vec![-1], vec![0, 2]] {
+            let mut g = Graph::new("reduce");
+            let xv = input(&mut g, "x", &[300, 40, 50]);
+            let op = Op::Reduce { kind, axes: Some(axes.clone()), keepdims: true, noop_with_empty_axes: false };
+            let y = node(&mut g, "r", op, &[xv]);
+            g.add_output(y);
+            check_threads(
+                g,
+                &[("x".into(), x.clone())],
+                &CompileOptions::default(),
+                true,
+                &format!("{} {axes:?}", kind.name()),
+            );
+        }
+    }
+}
+
+#[test]
+fn copies_split_across_threads() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let x = random(&mut rng, &[30, 200, 300], -1.0, 1.0);
+    let feed = [("x".to_string(), x)];
+    // Transpose.
+    let mut g = Graph::new("transpose");
+    let xv = input(&mut g, "x", &[30, 200, 300]);
+    let y = node(&mut g, "t", Op::Transpose { perm: Some(vec![2, 0, 1]) }, &[xv]);
+    g.add_output(y);
+    check_threads(g, &feed, &CompileOptions::default(), true, "transpose");
+    // Slice with a step.
+    let mut g = Graph::new("slice");
+    let xv = input(&mut g, "x", &[30, 200, 300]);
+    let st = g.add_initializer("starts", Tensor::vec_i64(&[1, 299])).unwrap();
+    let en = g.add_initializer("ends", Tensor::vec_i64(&[200, -1000])).unwrap();
+    let ax = g.add_initializer("axes", Tensor::vec_i64(&[1, 2])).unwrap();
+    let sp = g.add_initializer("steps", Tensor::vec_i64(&[1, -2])).unwrap();
+    let id = g.add_node("slice", Op::Slice, vec![Some(xv), Some(st), Some(en), Some(ax), Some(sp)], &["y"]).unwrap();
+    g.add_output(g.node(id).output(0).unwrap());
+    check_threads(g, &feed, &CompileOptions::default(), true, "slice");
+    // A flat slice (contiguous rows): one loop cut into chunks.
+    let mut g = Graph::new("slice");
+    let xv = input(&mut g, "x", &[30, 200, 300]);
+    let st = g.add_initializer("starts", Tensor::vec_i64(&[3])).unwrap();
+    let en = g.add_initializer("ends", Tensor::vec_i64(&[29])).unwrap();
+    let ax = g.add_initializer("axes", Tensor::vec_i64(&[0])).unwrap();
+    let id = g.add_node("slice", Op::Slice, vec![Some(xv), Some(st), Some(en), Some(ax)], &["y"]).unwrap();
+    g.add_output(g.node(id).output(0).unwrap());
+    check_threads(g, &feed, &CompileOptions::default(), true, "flat slice");
+    // Split and Concat along the last axis.
+    let mut g = Graph::new("split");
+    let xv = input(&mut g, "x", &[30, 200, 300]);
+    let sizes = g.add_initializer("sizes", Tensor::vec_i64(&[100, 150, 50])).unwrap();
+    let id = g
+        .add_node("split", Op::Split { axis: -1, num_outputs: None }, vec![Some(xv), Some(sizes)], &["a", "b", "c"])
+        .unwrap();
+    let (a, c) = (g.node(id).output(0).unwrap(), g.node(id).output(2).unwrap());
+    let b = g.node(id).output(1).unwrap();
+    g.add_output(b);
+    let cat = node(&mut g, "cat", Op::Concat { axis: -1 }, &[c, a]);
+    g.add_output(cat);
+    check_threads(g, &feed, &CompileOptions::default(), true, "split and concat");
+    // A graph output that is a view of the input: a copy step.
+    let mut g = Graph::new("copy");
+    let xv = input(&mut g, "x", &[30, 200, 300]);
+    let y = node(&mut g, "id", Op::Identity, &[xv]);
+    g.add_output(y);
+    check_threads(g, &feed, &CompileOptions::default(), true, "copy");
+}
+
+#[test]
+fn gather_splits_indices_and_reports_bad_ones_from_any_thread() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut g = Graph::new("gather");
+    let x = input(&mut g, "x", &[1000, 256]);
+    let i = g.add_input("i", TensorType::fixed(DType::I64, &[7, 90])).unwrap();
+    let y = node(&mut g, "embed", Op::Gather { axis: 0 }, &[x, i]);
+    g.add_output(y);
+    let idx: Vec<i64> = (0..630).map(|k| if k % 3 == 0 { -1 - (k % 1000) } else { (k * 7) % 1000 }).collect();
+    let feed = [
+        ("x".to_string(), random(&mut rng, &[1000, 256], -1.0, 1.0)),
+        ("i".to_string(), Tensor::from_i64s(DType::I64, &[7, 90], &idx)),
+    ];
+    check_threads(g.clone(), &feed, &CompileOptions::default(), true, "gather");
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions { threads: Some(2), ..Default::default() }).unwrap();
+    // A bad index in the first and in the last thread's share.
+    for at in [3, 629] {
+        let mut bad = idx.clone();
+        bad[at] = 1000;
+        let feed = [feed[0].clone(), ("i".to_string(), Tensor::from_i64s(DType::I64, &[7, 90], &bad))];
+        let err = compiled.run(&feed).expect_err("index out of range");
+        assert!(err.to_string().contains("embed") && err.to_string().contains("index"), "{err}");
+    }
+}
+
+fn attention_attrs(is_causal: bool) -> kiln_ir::op::AttentionAttrs {
+    kiln_ir::op::AttentionAttrs {
+        is_causal,
+        q_num_heads: None,
+        kv_num_heads: None,
+        qk_matmul_output_mode: 0,
+        scale: None,
+        softcap: 0.0,
+        softmax_precision: None,
+    }
+}
+
+#[test]
+fn attention_splits_heads_and_query_blocks_across_threads() {
+    let mut rng = StdRng::seed_from_u64(10);
+    // Grouped-query heads, a sequence that is not a multiple of the query
+    // block, causal and not, with a float mask.
+    for (causal, masked) in [(false, false), (true, false), (false, true)] {
+        let (qs, ks) = ([2usize, 4, 300, 64], [2usize, 2, 300, 64]);
+        let mut g = Graph::new("attention");
+        let q = input(&mut g, "q", &qs);
+        let k = input(&mut g, "k", &ks);
+        let v = input(&mut g, "v", &ks);
+        let mut ins = vec![Some(q), Some(k), Some(v)];
+        let mut feed = vec![
+            ("q".to_string(), random(&mut rng, &qs, -1.0, 1.0)),
+            ("k".to_string(), random(&mut rng, &ks, -1.0, 1.0)),
+            ("v".to_string(), random(&mut rng, &ks, -1.0, 1.0)),
+        ];
+        if masked {
+            ins.push(Some(input(&mut g, "mask", &[300, 300])));
+            feed.push(("mask".to_string(), random(&mut rng, &[300, 300], -2.0, 0.0)));
+        }
+        let id = g.add_node("attn", Op::Attention(attention_attrs(causal)), ins, &["y"]).unwrap();
+        g.add_output(g.node(id).output(0).unwrap());
+        check_threads(g, &feed, &CompileOptions::default(), true, &format!("attention causal {causal} mask {masked}"));
+    }
+}
+
+#[test]
+fn attention_fills_present_caches_before_the_items_read_them() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (qs, ks, past) = ([1usize, 4, 200, 64], [1usize, 4, 200, 64], [1usize, 4, 100, 64]);
+    let mut g = Graph::new("attention");
+    let names = ["q", "k", "v", "", "past_key", "past_value"];
+    let shapes: [&[usize]; 6] = [&qs, &ks, &ks, &[], &past, &past];
+    let mut ins = Vec::new();
+    let mut feed = Vec::new();
+    for (name, shape) in names.iter().zip(shapes) {
+        if name.is_empty() {
+            ins.push(None);
+            continue;
+        }
+        ins.push(Some(input(&mut g, name, shape)));
+        feed.push((name.to_string(), random(&mut rng, shape, -1.0, 1.0)));
+    }
+    let id =
+        g.add_node("attn", Op::Attention(attention_attrs(true)), ins, &["y", "present_key", "present_value"]).unwrap();
+    for slot in 0..3 {
+        g.add_output(g.node(id).output(slot).unwrap());
+    }
+    check_threads(g, &feed, &CompileOptions::default(), true, "attention with past caches");
+}
+
+#[test]
+fn rotary_embedding_splits_positions_across_threads() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let (xs, cache) = ([2usize, 12, 512, 64], [2usize, 512, 32]);
+    for interleaved in [false, true] {
+        let mut g = Graph::new("rotary");
+        let x = input(&mut g, "x", &xs);
+        let cos = input(&mut g, "cos", &cache);
+        let sin = input(&mut g, "sin", &cache);
+        let op = Op::RotaryEmbedding { interleaved, num_heads: None, rotary_embedding_dim: None };
+        let y = node(&mut g, "rope", op, &[x, cos, sin]);
+        g.add_output(y);
+        let feed = [
+            ("x".to_string(), random(&mut rng, &xs, -1.0, 1.0)),
+            ("cos".to_string(), random(&mut rng, &cache, -1.0, 1.0)),
+            ("sin".to_string(), random(&mut rng, &cache, -1.0, 1.0)),
+        ];
+        check_threads(g, &feed, &CompileOptions::default(), true, &format!("rotary interleaved {interleaved}"));
+    }
 }

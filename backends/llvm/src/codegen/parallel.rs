@@ -59,6 +59,9 @@ pub(crate) struct ParallelKernel<'ctx> {
     params: usize,
     items: usize,
     work: u64,
+    /// Serial code the launcher runs before the items (see
+    /// [`Cg::parallel_prologue`]).
+    prologue: Option<FunctionValue<'ctx>>,
 }
 
 impl<'ctx> Cg<'ctx> {
@@ -120,7 +123,39 @@ impl<'ctx> Cg<'ctx> {
             params,
             items,
             work: (items as u64).saturating_mul(work_per_item as u64),
+            prologue: None,
         }
+    }
+
+    /// Emits serial work that must finish before any item starts (say,
+    /// filling a buffer the items read): `emit` writes it into a function
+    /// of the kernel's buffers (take them with [`Cg::param`] of the function
+    /// it is given); the launcher calls it on the calling thread first. The
+    /// builder returns to where it was in the body.
+    pub(crate) fn parallel_prologue(
+        &self,
+        k: &mut ParallelKernel<'ctx>,
+        emit: &mut dyn FnMut(FunctionValue<'ctx>) -> Result<()>,
+    ) -> Result<()> {
+        let ptr = self.ctx.ptr_type(AddressSpace::default());
+        let args: Vec<inkwell::types::BasicMetadataTypeEnum> = (0..k.params).map(|_| ptr.into()).collect();
+        let f = self.module.add_function(
+            &format!("{}.prologue", k.name),
+            self.ctx.void_type().fn_type(&args, false),
+            Some(Linkage::Internal),
+        );
+        self.add_target_attrs(f);
+        for i in 0..k.params as u32 {
+            f.add_attribute(AttributeLoc::Param(i), self.enum_attr("noalias"));
+        }
+        let here = self.current_block();
+        let entry = self.ctx.append_basic_block(f, "entry");
+        self.b.position_at_end(entry);
+        emit(f)?;
+        self.b.build_return(None)?;
+        self.b.position_at_end(here);
+        k.prologue = Some(f);
+        Ok(())
     }
 
     /// Emits the kernel's outer loop, `for i in begin..end { body(i) }`,
@@ -134,6 +169,39 @@ impl<'ctx> Cg<'ctx> {
         let end = self.int_param(k.f, k.params + 1)?;
         let count = self.b.build_int_nsw_sub(end, begin, "count")?;
         self.for_range(k.f, count, &mut |i| body(self.add(begin, i)?))
+    }
+
+    /// For a kernel whose items are the points of a loop nest over `sizes`
+    /// (so `items` is their product): calls `body` at each of this thread's
+    /// points with one offset per operand, `base[o] + Σ index·strides[o][level]`.
+    /// A point's indices come from its flat number by division, once per
+    /// item, so make the items coarse (rows, not elements).
+    pub(crate) fn for_items_nest(
+        &self,
+        k: &ParallelKernel<'ctx>,
+        sizes: &[usize],
+        strides: &[Vec<i64>],
+        base: &[IntValue<'ctx>],
+        body: &mut dyn FnMut(&[IntValue<'ctx>]) -> Result<()>,
+    ) -> Result<()> {
+        self.for_items(k, &mut |item| {
+            let mut offsets = base.to_vec();
+            let mut rest = item;
+            for level in (0..sizes.len()).rev() {
+                let index = if level == 0 {
+                    rest
+                } else {
+                    let size = self.i64c(sizes[level] as i64);
+                    let index = self.b.build_int_unsigned_rem(rest, size, "index")?;
+                    rest = self.b.build_int_unsigned_div(rest, size, "rest")?;
+                    index
+                };
+                for (o, s) in offsets.iter_mut().zip(strides) {
+                    *o = self.affine(index, s[level], *o)?;
+                }
+            }
+            body(&offsets)
+        })
     }
 
     fn int_param(&self, f: FunctionValue<'ctx>, i: usize) -> Result<IntValue<'ctx>> {
@@ -161,6 +229,9 @@ impl<'ctx> Cg<'ctx> {
         self.b.position_at_end(entry);
         let buffers: Vec<BasicMetadataValueEnum> =
             (0..k.params).map(|i| self.param(launcher, i as u32).into()).collect();
+        if let Some(prologue) = k.prologue {
+            self.b.build_call(prologue, &buffers, "")?;
+        }
         let call_body = |begin: IntValue<'ctx>, end: IntValue<'ctx>, bufs: &[BasicMetadataValueEnum<'ctx>]| {
             let mut args = bufs.to_vec();
             args.extend([BasicMetadataValueEnum::from(begin), BasicMetadataValueEnum::from(end)]);
