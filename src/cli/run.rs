@@ -126,12 +126,11 @@ struct CompileInfo {
     cache: kiln_backend_llvm::CacheUse,
 }
 
+/// The outputs of a run, and for the cpu backend how compiling went.
+type Evaluated = (Vec<(String, Tensor)>, Option<CompileInfo>);
+
 /// Evaluates the graph; for the cpu backend also says how compiling went.
-fn evaluate(
-    graph: &Graph,
-    inputs: &[(String, Tensor)],
-    args: &RunArgs,
-) -> anyhow::Result<(Vec<(String, Tensor)>, Option<CompileInfo>)> {
+fn evaluate(graph: &Graph, inputs: &[(String, Tensor)], args: &RunArgs) -> anyhow::Result<Evaluated> {
     match args.backend {
         Backend::Cpu => {
             let start = Instant::now();

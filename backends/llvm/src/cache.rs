@@ -106,7 +106,7 @@ fn store(generated: &Generated, dir: &Path, key: &str, path: &Path) -> Result<()
             .machine
             .write_to_file(&generated.module, FileType::Object, &object)
             .map_err(|e| BackendError::Llvm(format!("cannot write `{}`: {e}", object.display())))?;
-        link_shared(&[object.clone()], &temp, uses_openmp(generated))?;
+        link_shared(std::slice::from_ref(&object), &temp, uses_openmp(generated))?;
         std::fs::rename(&temp, path).map_err(|e| cache_error(path, "cannot move the library into place", &e))
     })();
     let _ = std::fs::remove_file(&object);
