@@ -64,6 +64,7 @@ pub mod error;
 mod jit;
 mod plan;
 pub mod profile;
+mod reuse_logits;
 
 pub use error::{BackendError, Result};
 pub use jit::TargetInfo;
@@ -268,6 +269,9 @@ type InputKey = (DType, Vec<usize>, Option<Vec<i64>>);
 /// lowered and picks the target; compiles it right away when every graph
 /// input has a static shape.
 pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
+    let mut graph = graph.clone();
+    reuse_logits::reuse_materialized_logits(&mut graph)?;
+    let graph = &graph;
     plan::check_lowerable(graph)?;
     let target = jit::target_info(opts)?;
     let shape_inputs = plan::shape_inputs(graph);
@@ -297,6 +301,14 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
 }
 
 impl CompiledGraph {
+    /// The graph this backend compiles: the caller's graph after the
+    /// backend's own graph-level simplifications (see `reuse_logits`: a
+    /// `LinearCrossEntropy` whose logits the graph also returns reads
+    /// them instead of recomputing them).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
     /// The target code is generated for.
     pub fn target(&self) -> &TargetInfo {
         &self.target
