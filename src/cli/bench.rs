@@ -74,6 +74,9 @@ impl BenchBackend {
     (like onnxruntime's IOBinding), and keep their scratch arena between runs.\n\n\
     Softmax: --softmax two-pass|three-pass picks the cpu backend's Softmax/LogSoftmax kernel (default \
     two-pass), to compare the two.\n\n\
+    Profile: --profile (cpu backend) counts the CPU cycles of each kernel over all runs and lists the \
+    kernels by their share of the time, with the op(s) and node each computes; ms/run is that share of the \
+    mean run time. The counters cost a few cycles per kernel, so profile and time in separate runs.\n\n\
     Memory: peak_rss_mb is the process's peak resident set; run_peak_extra_mb is the runs' peak above the \
     resident size after compiling and making the inputs (the high-water mark is reset through \
     /proc/self/clear_refs before the first warmup run; peak_reset says whether that worked).\n\n\
@@ -109,6 +112,9 @@ pub struct BenchArgs {
     /// With --backend cpu: the Softmax/LogSoftmax kernel.
     #[arg(long, value_enum, value_name = "ALGORITHM")]
     softmax: Option<SoftmaxChoice>,
+    /// With --backend cpu: report where the runs spend their time, per kernel.
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
@@ -463,6 +469,11 @@ trait Executable {
     fn threads_used(&self) -> usize;
     /// What compiling did, in a few words, for the report.
     fn compile_summary(&self) -> &str;
+    /// Cycles per kernel over the runs so far, most expensive first; empty
+    /// unless compiled to profile.
+    fn profile(&self) -> Vec<kiln_backend_llvm::KernelTime> {
+        Vec::new()
+    }
 }
 
 /// The interpreter on a graph specialized to the inputs' shapes.
@@ -513,6 +524,7 @@ fn compile(
     inputs: &[(String, Tensor)],
     threads: usize,
     softmax: Option<SoftmaxChoice>,
+    profile: bool,
 ) -> anyhow::Result<Box<dyn Executable>> {
     match backend {
         BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)?, outputs: Vec::new() })),
@@ -520,6 +532,7 @@ fn compile(
             let opts = kiln_backend_llvm::CompileOptions {
                 threads: Some(threads),
                 softmax: softmax.map_or_else(Default::default, SoftmaxChoice::algorithm),
+                profile,
                 ..Default::default()
             };
             let compiled = kiln_backend_llvm::compile(&graph, &opts)?;
@@ -554,6 +567,34 @@ impl Executable for Jitted {
     fn compile_summary(&self) -> &str {
         "lowered to LLVM IR, optimized at O3 for the host CPU, JIT-compiled for the input shapes"
     }
+
+    fn profile(&self) -> Vec<kiln_backend_llvm::KernelTime> {
+        self.compiled.profile()
+    }
+}
+
+/// One kernel's line of the `--profile` report.
+struct KernelShare {
+    ops: String,
+    node: String,
+    /// Fraction of all profiled cycles.
+    share: f64,
+    /// That fraction of the mean run time.
+    ms_per_run: f64,
+}
+
+/// Each kernel's share of the profiled cycles, scaled to the mean run time
+/// (cycles are counted over warmup and timed runs alike, so the shares are
+/// the runs' own; the clock-rate conversion comes from the wall clock).
+fn kernel_shares(times: &[kiln_backend_llvm::KernelTime], mean_ms: f64) -> Vec<KernelShare> {
+    let total: u64 = times.iter().map(|t| t.cycles).sum();
+    times
+        .iter()
+        .map(|t| {
+            let share = if total == 0 { 0.0 } else { t.cycles as f64 / total as f64 };
+            KernelShare { ops: t.ops.clone(), node: t.node.clone(), share, ms_per_run: share * mean_ms }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -608,6 +649,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.softmax.is_some() && args.backend != BenchBackend::Cpu {
         bail!("--softmax needs --backend cpu");
     }
+    if args.profile && args.backend != BenchBackend::Cpu {
+        bail!("--profile needs --backend cpu");
+    }
     let mut dims = BTreeMap::new();
     for (name, value) in &args.dims {
         if let Some(previous) = dims.insert(name.clone(), *value) {
@@ -654,7 +698,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let inputs: Vec<(String, Tensor)> = prepared.into_iter().map(|p| (p.name, p.tensor)).collect();
 
     let compile_start = Instant::now();
-    let mut executable = compile(args.backend, graph, &inputs, threads, args.softmax)
+    let mut executable = compile(args.backend, graph, &inputs, threads, args.softmax, args.profile)
         .with_context(|| format!("compiling `{}` for {} failed", args.model.display(), args.backend.name()))?;
     let compile_time = compile_start.elapsed();
 
@@ -698,6 +742,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let s = stats(&runs_ms);
     let threads_used = executable.threads_used();
+    let shares = kernel_shares(&executable.profile(), s.mean);
 
     if args.json {
         let round3 = |x: f64| (x * 1e3).round() / 1e3;
@@ -727,6 +772,20 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "seed": args.seed,
             "inputs": input_json,
         });
+        let mut report = report;
+        if args.profile {
+            report["profile"] = shares
+                .iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "ops": k.ops,
+                        "node": k.node,
+                        "share": (k.share * 1e4).round() / 1e4,
+                        "ms_per_run": round3(k.ms_per_run),
+                    })
+                })
+                .collect();
+        }
         let text = serde_json::to_string_pretty(&report).context("cannot format the JSON report")?;
         write_stdout(&format!("{text}\n"));
         return Ok(());
@@ -768,6 +827,25 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     report.push('\n');
     report.push_str(&table(&rows, 2));
+    if args.profile {
+        const SHOWN: usize = 15;
+        let mut rows: Vec<Vec<String>> = shares
+            .iter()
+            .take(SHOWN)
+            .map(|k| vec![format!("{:.1}%", k.share * 100.0), f(k.ms_per_run), k.ops.clone(), k.node.clone()])
+            .collect();
+        if shares.len() > SHOWN {
+            let rest: f64 = shares[SHOWN..].iter().map(|k| k.share).sum();
+            rows.push(vec![
+                format!("{:.1}%", rest * 100.0),
+                f(rest * s.mean),
+                format!("{} other kernels", shares.len() - SHOWN),
+                String::new(),
+            ]);
+        }
+        report.push_str(&format!("\nprofile ({} kernels, by share of the run time)\n", shares.len()));
+        report.push_str(&table(&rows, 2));
+    }
     if threads_used != threads {
         report.push_str(&format!(
             "note: the {} backend is single-threaded; --threads {threads} is recorded, not used\n",

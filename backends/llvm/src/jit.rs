@@ -130,7 +130,8 @@ pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptio
     // after everything that borrows it: `Jitted` declares the engine, which
     // owns the module, before the context.
     let ctx: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
-    let cg = Cg::new(ctx, &plan.graph.name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
+    let mut cg = Cg::new(ctx, &plan.graph.name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
+    cg.matmul = opts.matmul;
     codegen::emit_plan(&cg, plan)?;
     let ir_unoptimized = cg.module.print_to_string().to_string();
     cg.module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;

@@ -63,9 +63,11 @@ mod codegen;
 pub mod error;
 mod jit;
 mod plan;
+pub mod profile;
 
 pub use error::{BackendError, Result};
 pub use jit::TargetInfo;
+pub use profile::KernelTime;
 
 use kiln_ir::dim::Dim;
 use kiln_ir::dtype::DType;
@@ -90,6 +92,20 @@ pub enum SoftmaxAlgorithm {
     ThreePass,
 }
 
+/// Which kernel MatMul and Gemm use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatMulKernel {
+    /// The packed, register-blocked GEMM (GotoBLAS/BLIS design): B and A
+    /// packed into panels per cache block, an `MR × NR` tile of C kept in
+    /// vector registers by an explicit-vector FMA microkernel. Matrix-vector
+    /// products keep the simple loops.
+    #[default]
+    Packed,
+    /// The baseline: i-k-j loops blocked over j and k, vectorized by LLVM
+    /// (f32 and f64; f16/bf16 always take the packed kernel).
+    Blocked,
+}
+
 /// Options for [`compile`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompileOptions {
@@ -101,6 +117,8 @@ pub struct CompileOptions {
     pub target_features: Option<String>,
     /// The softmax kernel.
     pub softmax: SoftmaxAlgorithm,
+    /// The MatMul/Gemm kernel.
+    pub matmul: MatMulKernel,
     /// Run LLVM's `default<O3>` pipeline (on by default; off only to look
     /// at or test unoptimized code).
     pub optimize: bool,
@@ -108,6 +126,9 @@ pub struct CompileOptions {
     /// the process may run on. Only the starting value: the count is read
     /// at run time, see [`CompiledGraph::set_threads`].
     pub threads: Option<usize>,
+    /// Count the cycles each kernel takes, for [`CompiledGraph::profile`]
+    /// (off by default; see [`profile`]).
+    pub profile: bool,
 }
 
 impl Default for CompileOptions {
@@ -116,8 +137,10 @@ impl Default for CompileOptions {
             target_cpu: None,
             target_features: None,
             softmax: SoftmaxAlgorithm::TwoPass,
+            matmul: MatMulKernel::Packed,
             optimize: true,
             threads: None,
+            profile: false,
         }
     }
 }
@@ -211,6 +234,10 @@ struct Compiled {
     /// The scratch arena, kept between runs so that a run does not fault
     /// in fresh pages (taken out while a run uses it).
     arena: RefCell<Option<Vec<u8>>>,
+    /// Per step, cycles summed over the profiled runs (empty unless the
+    /// plan is profiled), and the number of those runs.
+    cycles: RefCell<Vec<u64>>,
+    profiled_runs: Cell<u64>,
 }
 
 /// A graph ready to run on the CPU: its lowering checked, and its code
@@ -319,6 +346,27 @@ impl CompiledGraph {
         self.threads.get()
     }
 
+    /// Where the profiled runs spent their cycles, per kernel of every
+    /// specialization run so far, most expensive first (ties in step
+    /// order). Empty unless compiled with [`CompileOptions::profile`].
+    pub fn profile(&self) -> Vec<KernelTime> {
+        let mut times = Vec::new();
+        for compiled in self.cache.borrow().values() {
+            let runs = compiled.profiled_runs.get();
+            let cycles = compiled.cycles.borrow();
+            if runs == 0 || cycles.is_empty() {
+                continue;
+            }
+            for (step, ((ops, node), &c)) in
+                profile::step_labels(&compiled.plan).into_iter().zip(cycles.iter()).enumerate()
+            {
+                times.push(KernelTime { step, ops, node, cycles: c, runs });
+            }
+        }
+        times.sort_by(|a, b| b.cycles.cmp(&a.cycles).then(a.step.cmp(&b.step)));
+        times
+    }
+
     /// What the graph compiles to for these inputs (compiling it if needed).
     pub fn specialization_for(&self, inputs: &[(String, Tensor)]) -> Result<Rc<Specialization>> {
         let ordered = self.bind_inputs(inputs)?;
@@ -341,7 +389,8 @@ impl CompiledGraph {
         let values: Vec<Option<Tensor>> =
             key.iter().map(|(d, s, v)| v.as_ref().map(|v| Tensor::from_i64s(*d, s, v))).collect();
         let specialized = plan::specialize(&self.graph, &types, &values)?;
-        let mut plan = plan::plan(specialized)?;
+        let mut plan = plan::plan(specialized, self.opts.matmul)?;
+        plan.profile = self.opts.profile;
         for t in &mut plan.consts {
             *t = standard_layout(t);
         }
@@ -364,7 +413,9 @@ impl CompiledGraph {
             ir_unoptimized: jit.ir_unoptimized.clone(),
             ir_optimized: jit.ir_optimized.clone(),
         });
-        let compiled = Rc::new(Compiled { plan, jit, info, arena: RefCell::new(None) });
+        let cycles = RefCell::new(if plan.profile { vec![0; plan.steps.len()] } else { Vec::new() });
+        let compiled =
+            Rc::new(Compiled { plan, jit, info, arena: RefCell::new(None), cycles, profiled_runs: Cell::new(0) });
         self.cache.borrow_mut().insert(key, compiled.clone());
         Ok(compiled)
     }
@@ -514,12 +565,23 @@ fn execute(c: &Compiled, inputs: &[Tensor], outputs: &mut Vec<Tensor>, threads: 
     }
     buffers.push(arena_ptr);
     buffers.push((&mut config as *mut i32).cast::<u8>());
+    let mut cycles = c.cycles.borrow_mut();
+    if plan.profile {
+        buffers.push(cycles.as_mut_ptr().cast::<u8>());
+    }
     // SAFETY: every buffer is contiguous and as large as the plan's types
     // (inputs were checked against the specialization's shapes, outputs
     // were checked or allocated from the plan, the arena is the plan's
-    // size), the last entry is the run configuration; kernels write only
-    // outputs and the arena.
+    // size), then come the run configuration and, when profiled, one u64
+    // counter per step; kernels write only outputs and the arena, the entry
+    // only the counters.
     let status = unsafe { c.jit.call(&buffers) };
+    drop(cycles);
+    // A failed run's steps before the failure stay counted, but the run
+    // does not: per-run figures are for the runs that completed.
+    if plan.profile && status == 0 {
+        c.profiled_runs.set(c.profiled_runs.get() + 1);
+    }
     *c.arena.borrow_mut() = Some(arena);
     if status != 0 {
         let step = &plan.steps[status as usize - 1];

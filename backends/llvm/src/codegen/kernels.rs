@@ -2,6 +2,7 @@
 //! Transpose, and the copy into a graph output.
 
 use super::elementwise::{broadcast_strides, collapse, contiguous_strides};
+use super::gemm::{self, GemmDims, GemmOperand, GemmSpec};
 use super::Cg;
 use crate::error::{BackendError, Result};
 use crate::plan::{elem_bytes, Loc, Plan};
@@ -34,7 +35,7 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
     let dtype = plan.ty(output).dtype;
     match &node.op {
         Op::MatMul | Op::Gemm(_) => {
-            if !matches!(dtype, DType::F32 | DType::F64) {
+            if !matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
                 return Err(unsupported(format!("{} on {dtype}", node.op.name())));
             }
             let gemm = match &node.op {
@@ -203,6 +204,10 @@ fn nest<'ctx>(
 
 // ---------------------------------------------------------------- MatMul / Gemm
 
+/// MatMul (numpy batching and broadcasting, 1-D operands promoted) and
+/// Gemm (transposes, alpha, beta and a broadcast C). Matrix products run on
+/// the packed GEMM of [`super::gemm`]; matrix-vector products (one row or
+/// one column) and [`crate::MatMulKernel::Blocked`] use [`matmul_loops`].
 #[allow(clippy::too_many_arguments)]
 fn matmul<'ctx>(
     cg: &Cg<'ctx>,
@@ -221,16 +226,72 @@ fn matmul<'ctx>(
     if ash.is_empty() || bsh.is_empty() {
         return Err(err("MatMul of a scalar"));
     }
-    // 1-D operands become matrices: [K] → [1, K] for A, [K, 1] for B.
-    let a2: Vec<usize> = if ash.len() == 1 { vec![1, ash[0]] } else { ash.clone() };
-    let b2: Vec<usize> = if bsh.len() == 1 { vec![bsh[0], 1] } else { bsh.clone() };
-    let (ar, br) = (a2.len(), b2.len());
-    let (m, k) = if gemm.trans_a { (a2[ar - 1], a2[ar - 2]) } else { (a2[ar - 2], a2[ar - 1]) };
-    let (kb, n) = if gemm.trans_b { (b2[br - 1], b2[br - 2]) } else { (b2[br - 2], b2[br - 1]) };
-    if k != kb {
-        return Err(err(&format!("inner dimensions differ: {ash:?} and {bsh:?}")));
+    let dims = gemm::matmul_dims(&ash, &bsh, gemm.trans_a, gemm.trans_b)
+        .ok_or_else(|| err(&format!("inner dimensions differ: {ash:?} and {bsh:?}")))?;
+    if !gemm::uses_packed(dims, dtype, cg.matmul) {
+        return matmul_loops(cg, plan, step, name, a, b, c_in, out, gemm);
     }
-    let (a_batch, b_batch) = (&a2[..ar - 2], &b2[..br - 2]);
+    let GemmDims { m, n, k } = dims;
+    let (sizes, strides) = batch_strides(&ash, &bsh, dims);
+    let mut values = vec![out, a, b];
+    let has_c = c_in.is_some() && gemm.beta != 0.0;
+    if let (true, Some(c)) = (has_c, c_in) {
+        values.push(c);
+    }
+    let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned"))?;
+    let f = cg.kernel_fn(&format!("k{step}_matmul"), values.len() + 1);
+    let (cp, ap, bp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    let sp = cg.param(f, values.len() as u32);
+    let (sa_i, sa_k) = if gemm.trans_a { (1, m as i64) } else { (k as i64, 1) };
+    let (sb_k, sb_j) = if gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
+    let (adt, bdt) = (plan.ty(a).dtype, plan.ty(b).dtype);
+    if m * n > 0 {
+        // Gemm's C input first, `C = beta·C_in`, which the product adds to.
+        if let (true, Some(cv)) = (has_c, c_in) {
+            let cdt = plan.ty(cv).dtype;
+            let cstrides = broadcast_strides(&plan.ty(cv).shape, &[m, n]);
+            let cinp = cg.param(f, 3);
+            let like = cg.compute_type(dtype).map_err(BackendError::Llvm)?.into_float_type().const_float(0.0).into();
+            cg.for_n(f, m, &mut |i| {
+                cg.for_n(f, n, &mut |j| {
+                    let cidx = cg.add(cg.mul(i, cstrides[0])?, cg.mul(j, cstrides[1])?)?;
+                    let v = cg.fmul(cg.load(cinp, cdt, cidx)?, cg.fconst(like, gemm.beta as f64))?;
+                    cg.store(cp, dtype, cg.affine(i, n as i64, j)?, v)
+                })
+            })?;
+        }
+        let zero = cg.i64c(0);
+        nest(cg, f, &sizes, &strides, vec![zero; 3], &mut |off| {
+            let spec = GemmSpec {
+                m: cg.i64c(m as i64),
+                n: cg.i64c(n as i64),
+                k: cg.i64c(k as i64),
+                max: dims,
+                a: GemmOperand { ptr: cg.elem_ptr(ap, adt, off[1])?, dtype: adt, strides: (sa_i, sa_k) },
+                b: GemmOperand { ptr: cg.elem_ptr(bp, bdt, off[2])?, dtype: bdt, strides: (sb_k, sb_j) },
+                c: cg.elem_ptr(cp, dtype, off[0])?,
+                c_dtype: dtype,
+                ldc: n as i64,
+                alpha: gemm.alpha as f64,
+                accumulate: has_c,
+                scratch: sp,
+            };
+            gemm::emit_gemm(cg, f, &spec)
+        })?;
+    }
+    cg.b.build_return(None)?;
+    let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
+    locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    Ok((f, locs))
+}
+
+/// The batch loop of a MatMul: the (collapsed) batch sizes and, per
+/// operand (C, A, B), the element stride of each batch axis, with numpy
+/// broadcasting of the batch dims.
+fn batch_strides(ash: &[usize], bsh: &[usize], dims: GemmDims) -> (Vec<usize>, Vec<Vec<i64>>) {
+    let GemmDims { m, n, k } = dims;
+    let a_batch: &[usize] = if ash.len() > 2 { &ash[..ash.len() - 2] } else { &[] };
+    let b_batch: &[usize] = if bsh.len() > 2 { &bsh[..bsh.len() - 2] } else { &[] };
     let batch_rank = a_batch.len().max(b_batch.len());
     let mut out_batch = vec![1usize; batch_rank];
     for (i, d) in out_batch.iter_mut().enumerate() {
@@ -244,8 +305,32 @@ fn matmul<'ctx>(
         scale(broadcast_strides(a_batch, &out_batch), m * k),
         scale(broadcast_strides(b_batch, &out_batch), k * n),
     ];
-    let (sizes, strides) = collapse(&out_batch, &strides);
+    collapse(&out_batch, &strides)
+}
 
+/// The simple MatMul/Gemm loops (f32 and f64): i-k-j order blocked over j
+/// and k when B's rows are contiguous, a dot product per element when B is
+/// transposed. Used for matrix-vector products, and for every product with
+/// [`crate::MatMulKernel::Blocked`] (the baseline the packed GEMM is measured
+/// against).
+#[allow(clippy::too_many_arguments)]
+fn matmul_loops<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    name: &str,
+    a: ValueId,
+    b: ValueId,
+    c_in: Option<ValueId>,
+    out: ValueId,
+    gemm: GemmAttrs,
+) -> Result<Kernel<'ctx>> {
+    let dtype = plan.ty(out).dtype;
+    let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
+    let dims = gemm::matmul_dims(&ash, &bsh, gemm.trans_a, gemm.trans_b)
+        .ok_or_else(|| BackendError::node(name, "MatMul", format!("inner dimensions differ: {ash:?} and {bsh:?}")))?;
+    let GemmDims { m, n, k } = dims;
+    let (sizes, strides) = batch_strides(&ash, &bsh, dims);
     let mut values = vec![out, a, b];
     let has_c = c_in.is_some() && gemm.beta != 0.0;
     if let (true, Some(c)) = (has_c, c_in) {

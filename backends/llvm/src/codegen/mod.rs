@@ -60,6 +60,7 @@
 
 mod attention;
 mod elementwise;
+pub(crate) mod gemm;
 mod kernels;
 mod loss;
 mod math;
@@ -68,7 +69,7 @@ mod rotary;
 
 use crate::error::{BackendError, Result};
 use crate::plan::{Loc, Plan, Slot, Step};
-use crate::SoftmaxAlgorithm;
+use crate::{MatMulKernel, SoftmaxAlgorithm};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
@@ -94,6 +95,8 @@ pub(crate) struct Cg<'ctx> {
     /// f32 lanes of the explicit-vector kernels.
     pub lanes: u32,
     pub softmax: SoftmaxAlgorithm,
+    /// The MatMul/Gemm kernel (set after construction; packed by default).
+    pub matmul: MatMulKernel,
     loops: Cell<usize>,
     /// The launchers of parallel kernels, which the entry passes the
     /// thread count to.
@@ -122,6 +125,7 @@ impl<'ctx> Cg<'ctx> {
             features: features.to_string(),
             lanes,
             softmax,
+            matmul: MatMulKernel::default(),
             loops: Cell::new(0),
             launchers: RefCell::new(Vec::new()),
         }
@@ -485,6 +489,20 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
             asked
         }
     };
+    // Per-step cycle counters: read the counter once before the first
+    // kernel and after each, so a step's ticks include its call overhead
+    // and data checks but nothing of its neighbours.
+    let profile = if plan.profile {
+        let at =
+            unsafe { cg.b.build_in_bounds_gep(ptr, buffers, &[cg.i64c((n_in + n_out + n_const + 2) as i64)], "slot")? };
+        let table = cg.b.build_load(ptr, at, "profile")?.into_pointer_value();
+        let start = cg.intrinsic("llvm.readcyclecounter", &[])?.into_int_value();
+        let last = cg.entry_alloca(entry, cg.i64t().into(), "last_tick")?;
+        cg.b.build_store(last, start)?;
+        Some((table, last))
+    } else {
+        None
+    };
     for (step, (f, args)) in kernels.into_iter().enumerate() {
         let mut call_args: Vec<BasicMetadataValueEnum> = Vec::with_capacity(args.len());
         for loc in args {
@@ -502,6 +520,15 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
             call_args.push(threads.into());
         }
         let call = cg.b.build_call(f, &call_args, "")?;
+        if let Some((table, last)) = profile {
+            let now = cg.intrinsic("llvm.readcyclecounter", &[])?.into_int_value();
+            let before = cg.b.build_load(cg.i64t(), last, "before")?.into_int_value();
+            let spent = cg.b.build_int_sub(now, before, "spent")?;
+            let counter = cg.elem_ptr(table, DType::I64, cg.i64c(step as i64))?;
+            let sum = cg.b.build_load(cg.i64t(), counter, "cycles")?.into_int_value();
+            cg.b.build_store(counter, cg.b.build_int_add(sum, spent, "cycles")?)?;
+            cg.b.build_store(last, now)?;
+        }
         if f.get_type().get_return_type().is_some() {
             let status = call.try_as_basic_value().basic().expect("checked kernels return i32").into_int_value();
             let failed = cg.b.build_int_compare(inkwell::IntPredicate::NE, status, i32t.const_zero(), "failed")?;
@@ -518,7 +545,8 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
 }
 
 /// Number of buffer pointers `kiln_entry` expects for a plan: inputs,
-/// outputs, constants, the arena and the run configuration.
+/// outputs, constants, the arena, the run configuration and, when the plan
+/// is profiled, the per-step cycle counters.
 pub(crate) fn buffer_count(plan: &Plan) -> usize {
-    plan.graph.inputs().len() + plan.graph.outputs().len() + plan.consts.len() + 2
+    plan.graph.inputs().len() + plan.graph.outputs().len() + plan.consts.len() + 2 + usize::from(plan.profile)
 }
