@@ -115,7 +115,8 @@ impl Jitted {
     ///
     /// # Safety
     /// `buffers` must hold one valid pointer per buffer of the plan, each
-    /// to at least as many bytes as the plan's types say.
+    /// to at least as many bytes as the plan's types say, and last a
+    /// pointer to the run configuration (an `i32` thread count).
     /// Returns 0, or 1 + the index of the step whose data check failed.
     pub(crate) unsafe fn call(&self, buffers: &[*mut u8]) -> i32 {
         unsafe { (self.entry)(buffers.as_ptr()) }
