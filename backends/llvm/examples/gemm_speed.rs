@@ -1,7 +1,9 @@
 //! The packed GEMM against the blocked-loop baseline, in one process and one
 //! run, single-threaded: `cargo run --release -p kiln-backend-llvm --example
 //! gemm_speed [M K N ...]` (default 1024 1024 1024, plus a few model
-//! shapes). Prints the best of a few runs and GFLOP/s of each kernel.
+//! shapes). Prints the best of a few runs and GFLOP/s of each kernel. With
+//! `KILN_GEMM_IR=FILE`, writes the optimized LLVM IR of the last packed
+//! product there (for `llc`/`llvm-mca`).
 
 use kiln_backend_llvm::{compile, CompileOptions, MatMulKernel};
 use kiln_ir::dtype::DType;
@@ -58,6 +60,10 @@ fn main() {
             let c = compile(&g, &CompileOptions { matmul: kernel, ..Default::default() }).expect("compiles");
             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
             c.run(&inputs).expect("runs");
+            if let (MatMulKernel::Packed, Ok(path)) = (kernel, std::env::var("KILN_GEMM_IR")) {
+                let spec = c.specialization_for(&inputs).expect("compiled above");
+                std::fs::write(&path, &spec.ir_optimized).expect("the IR file is writable");
+            }
             let t = best(5, || {
                 c.run(&inputs).expect("runs");
             });

@@ -171,6 +171,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
         op,
         Op::MatMul
             | Op::Gemm(_)
+            | Op::MatMulInteger
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::Reduce { .. }
@@ -211,7 +212,7 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
             (4 * rows + tile) * 8
         }
         Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
-        Op::MatMul | Op::Gemm(_) => {
+        Op::MatMul | Op::Gemm(_) | Op::MatMulInteger => {
             let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
             let out = node.output(0).and_then(|v| types[v.index()].as_ref());
             let (trans_a, trans_b) = match &node.op {
@@ -222,6 +223,7 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
                 (Some(a), Some(b), Some(out)) => {
                     use crate::codegen::gemm;
                     match gemm::matmul_dims(&a.shape, &b.shape, trans_a, trans_b) {
+                        Some(dims) if node.op == Op::MatMulInteger => gemm::scratch_bytes(DType::I32, dims),
                         Some(dims) if gemm::uses_packed(dims, out.dtype, matmul) => {
                             gemm::scratch_bytes(out.dtype, dims)
                         }

@@ -1,8 +1,8 @@
 //! The packed GEMM behind MatMul and Gemm against kiln's interpreter:
 //! edge sizes around the register tile (1, MR ± 1, NR ± 1), K = 1 and K
 //! across several packed blocks, transposed operands, batch broadcasting,
-//! Gemm's alpha/beta and broadcast C, f64/f16/bf16, and the blocked-loop
-//! baseline kernel.
+//! Gemm's alpha/beta and broadcast C, f64/f16/bf16, the blocked-loop
+//! baseline kernel, and MatMulInteger (u8/i8, zero points) exactly.
 
 use kiln_backend_llvm::{compile, CompileOptions, MatMulKernel};
 use kiln_ir::dtype::DType;
@@ -26,6 +26,7 @@ fn tolerance(dtype: DType) -> f64 {
         DType::F64 => 1e-13,
         DType::F16 => 2e-3,
         DType::BF16 => 1.6e-2,
+        DType::I32 => 0.0,
         _ => 1e-6,
     }
 }
@@ -207,4 +208,63 @@ fn the_microkernel_is_explicit_vector_fma() {
     // Matrix-vector products keep the simple loops.
     let ir = run_matmul(&mut rng, DType::F32, &[1, 64], &[64, 64], &opts);
     assert!(!ir.contains("kiln_gemm_ukr"), "a row-vector product went through the packed kernel");
+}
+
+fn random_int(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let (lo, hi) = if dtype == DType::U8 { (0, 256) } else { (-128, 128) };
+    let v: Vec<i64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_i64s(dtype, shape, &v)
+}
+
+/// MatMulInteger with optional zero points of the given shapes.
+fn run_matmul_integer(
+    rng: &mut StdRng,
+    (adt, bdt): (DType, DType),
+    (sa, sb): (&[usize], &[usize]),
+    (za, zb): (Option<&[usize]>, Option<&[usize]>),
+) {
+    let mut g = Graph::new("matmulinteger");
+    let (a, b) = (input(&mut g, "a", adt, sa), input(&mut g, "b", bdt, sb));
+    let mut inputs = vec![("a".to_string(), random_int(rng, adt, sa)), ("b".to_string(), random_int(rng, bdt, sb))];
+    let mut operands = vec![Some(a), Some(b)];
+    for (name, dtype, shape) in [("a_zero", adt, za), ("b_zero", bdt, zb)] {
+        operands.push(shape.map(|s| {
+            inputs.push((name.to_string(), random_int(rng, dtype, s)));
+            input(&mut g, name, dtype, s)
+        }));
+    }
+    while operands.last() == Some(&None) {
+        operands.pop();
+    }
+    let id = g.add_node("mmi", Op::MatMulInteger, operands, &["y"]).expect("valid node");
+    let y = g.node(id).output(0).expect("one output");
+    g.add_output(y);
+    let what = format!("MatMulInteger {adt}{sa:?} x {bdt}{sb:?}, zero points {za:?} {zb:?}");
+    check(g, &inputs, 0, &what);
+}
+
+#[test]
+fn matmul_integer_all_signs_and_zero_points() {
+    let mut rng = StdRng::seed_from_u64(19);
+    let mut count = 0;
+    for adt in [DType::U8, DType::I8] {
+        for bdt in [DType::U8, DType::I8] {
+            let (m, k, n) = (15, 301, 33);
+            let zero_points: [(Option<&[usize]>, Option<&[usize]>); 4] =
+                [(None, None), (Some(&[]), Some(&[])), (Some(&[m]), Some(&[n])), (None, Some(&[1]))];
+            for zp in zero_points {
+                run_matmul_integer(&mut rng, (adt, bdt), (&[m, k], &[k, n]), zp);
+                count += 1;
+            }
+        }
+    }
+    // Batches, vectors, K = 1, a single row.
+    let shapes: [(&[usize], &[usize]); 5] =
+        [(&[2, 1, 7, 9], &[3, 9, 20]), (&[9], &[9, 20]), (&[7, 9], &[9]), (&[7, 1], &[1, 40]), (&[1, 64], &[64, 64])];
+    for (sa, sb) in shapes {
+        run_matmul_integer(&mut rng, (DType::U8, DType::I8), (sa, sb), (Some(&[]), None));
+        count += 1;
+    }
+    assert_eq!(count, 21);
 }

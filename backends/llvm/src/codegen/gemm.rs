@@ -37,7 +37,7 @@ use crate::error::{BackendError, Result};
 use crate::MatMulKernel;
 use inkwell::attributes::AttributeLoc;
 use inkwell::module::Linkage;
-use inkwell::types::FloatType;
+use inkwell::types::{BasicType, BasicTypeEnum, VectorType};
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
 use kiln_ir::dtype::DType;
@@ -120,7 +120,7 @@ fn packed_bytes(c_dtype: DType) -> usize {
 /// True when partial sums may be accumulated in C itself: C holds the
 /// compute type exactly.
 fn c_is_native(c_dtype: DType) -> bool {
-    matches!(c_dtype, DType::F32 | DType::F64)
+    matches!(c_dtype, DType::F32 | DType::F64 | DType::I32)
 }
 
 /// The depth of the packed blocks for a product.
@@ -225,10 +225,108 @@ fn mul_v<'ctx>(cg: &Cg<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Result<In
     Ok(cg.b.build_int_nsw_mul(a, b, "prod")?)
 }
 
+/// The element type the packed blocks and the microkernel compute in.
+#[derive(Clone, Copy, Debug)]
+struct Elem<'ctx> {
+    ty: BasicTypeEnum<'ctx>,
+    /// i32 (integer products) rather than a float.
+    int: bool,
+    bytes: usize,
+}
+
+impl<'ctx> Elem<'ctx> {
+    fn of(cg: &Cg<'ctx>, c_dtype: DType) -> Elem<'ctx> {
+        match c_dtype {
+            DType::F64 => Elem { ty: cg.ctx.f64_type().into(), int: false, bytes: 8 },
+            DType::I32 => Elem { ty: cg.ctx.i32_type().into(), int: true, bytes: 4 },
+            _ => Elem { ty: cg.f32t().into(), int: false, bytes: 4 },
+        }
+    }
+
+    fn vec(&self, lanes: usize) -> VectorType<'ctx> {
+        match self.ty {
+            BasicTypeEnum::FloatType(t) => t.vec_type(lanes as u32),
+            BasicTypeEnum::IntType(t) => t.vec_type(lanes as u32),
+            other => unreachable!("GEMM elements are f32, f64 or i32, not {other:?}"),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match (self.int, self.bytes) {
+            (true, _) => "i32",
+            (false, 8) => "f64",
+            _ => "f32",
+        }
+    }
+
+    /// `a + b` of two (vector) values of this element type.
+    fn add(&self, cg: &Cg<'ctx>, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        if !self.int {
+            return cg.fadd(a, b);
+        }
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => cg.b.build_int_add(x, y, "add")?.into(),
+            _ => cg.b.build_int_add(a.into_int_value(), b.into_int_value(), "add")?.into(),
+        })
+    }
+
+    /// `acc + x·y` of vectors of this element type (`llvm.fma` for floats).
+    fn mul_add(&self, cg: &Cg<'ctx>, x: BV<'ctx>, y: BV<'ctx>, acc: BV<'ctx>) -> Result<BV<'ctx>> {
+        if !self.int {
+            return cg.intrinsic("llvm.fma", &[x, y, acc]);
+        }
+        let p = cg.b.build_int_mul(x.into_vector_value(), y.into_vector_value(), "prod")?;
+        Ok(cg.b.build_int_add(p, acc.into_vector_value(), "acc")?.into())
+    }
+}
+
+/// A zero point subtracted from an integer operand while it is packed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ZeroPoint<'ctx> {
+    /// One value for the whole operand, at element 0 of the pointer.
+    Scalar(PointerValue<'ctx>, DType),
+    /// One value per row of A (per column of B), indexed by the row
+    /// (column) of the product.
+    PerIndex(PointerValue<'ctx>, DType),
+}
+
+/// How packing converts a loaded element: widening floats (done by
+/// `Cg::load`) or, for integer products, extending to i32 and subtracting
+/// the zero point of its row (A) or column (B).
+#[derive(Clone, Copy)]
+enum Convert<'ctx> {
+    Float,
+    Int { dtype: DType, zero: Option<ZeroPoint<'ctx>> },
+}
+
+impl<'ctx> Convert<'ctx> {
+    /// The packed value of raw element `v` at row/column `at`.
+    fn apply(&self, cg: &Cg<'ctx>, v: BV<'ctx>, at: IntValue<'ctx>) -> Result<BV<'ctx>> {
+        let Convert::Int { dtype, zero } = *self else { return Ok(v) };
+        let i32t = cg.ctx.i32_type();
+        let wide = |x: BV<'ctx>, dtype: DType| -> Result<IntValue<'ctx>> {
+            let x = x.into_int_value();
+            Ok(if dtype == DType::U8 {
+                cg.b.build_int_z_extend(x, i32t, "u8")?
+            } else {
+                cg.b.build_int_s_extend(x, i32t, "i8")?
+            })
+        };
+        let v = wide(v, dtype)?;
+        let Some(zp) = zero else { return Ok(v.into()) };
+        let (ptr, zdt, idx) = match zp {
+            ZeroPoint::Scalar(p, d) => (p, d, cg.i64c(0)),
+            ZeroPoint::PerIndex(p, d) => (p, d, at),
+        };
+        let z = wide(cg.load(ptr, zdt, idx)?, zdt)?;
+        Ok(cg.b.build_int_sub(v, z, "shifted")?.into())
+    }
+}
+
 /// Address of element `idx` of a buffer of `ty` elements.
 fn gep<'ctx>(
     cg: &Cg<'ctx>,
-    ty: FloatType<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
     base: PointerValue<'ctx>,
     idx: IntValue<'ctx>,
 ) -> Result<PointerValue<'ctx>> {
@@ -249,7 +347,43 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
             )));
         }
     }
-    let ty: FloatType<'ctx> = if wide { cg.ctx.f64_type() } else { cg.f32t() };
+    emit_product(cg, f, spec, Convert::Float, Convert::Float)
+}
+
+/// Emits the integer product `C = (A - a_zero)·(B - b_zero)` (or `C +=`)
+/// with u8/i8 operands and an i32 C, accumulated in i32 with wrapping
+/// arithmetic (as ONNX MatMulInteger and numpy). `spec.alpha` must be 1.
+/// A's zero point is per tensor or per row of the product, B's per tensor
+/// or per column.
+pub(crate) fn emit_gemm_i32<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    spec: &GemmSpec<'ctx>,
+    a_zero: Option<ZeroPoint<'ctx>>,
+    b_zero: Option<ZeroPoint<'ctx>>,
+) -> Result<()> {
+    let ints = [spec.a.dtype, spec.b.dtype].iter().all(|d| matches!(d, DType::U8 | DType::I8));
+    if !ints || spec.c_dtype != DType::I32 || spec.alpha != 1.0 {
+        return Err(BackendError::Llvm(format!(
+            "the integer GEMM computes i32 = u8/i8 x u8/i8 with alpha 1, not {} = {} x {} with alpha {}",
+            spec.c_dtype, spec.a.dtype, spec.b.dtype, spec.alpha
+        )));
+    }
+    let conv_a = Convert::Int { dtype: spec.a.dtype, zero: a_zero };
+    let conv_b = Convert::Int { dtype: spec.b.dtype, zero: b_zero };
+    emit_product(cg, f, spec, conv_a, conv_b)
+}
+
+fn emit_product<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    spec: &GemmSpec<'ctx>,
+    conv_a: Convert<'ctx>,
+    conv_b: Convert<'ctx>,
+) -> Result<()> {
+    let wide = is_wide(spec.c_dtype);
+    let ety = Elem::of(cg, spec.c_dtype);
+    let ty = ety.ty;
     let tile = tile_for(cg, wide);
     let (mr, nr) = (tile.mr, tile.nr());
     if MC % mr != 0 || NC % nr != 0 {
@@ -262,13 +396,16 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
     let pb = unsafe {
         cg.b.build_in_bounds_gep(cg.ctx.i8_type(), spec.scratch, &[cg.i64c(round_up(a_bytes, 64) as i64)], "packed_b")?
     };
-    let ukr = microkernel(cg, ty, tile)?;
+    let ukr = microkernel(cg, ety, tile)?;
     let native = c_is_native(spec.c_dtype);
     let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
     if let Some(inst) = tile_buf.as_instruction_value() {
         inst.set_alignment(64).map_err(|e| BackendError::Llvm(e.to_string()))?;
     }
-    let alpha = ty.const_float(spec.alpha);
+    let alpha: BV = match ty {
+        BasicTypeEnum::FloatType(t) => t.const_float(spec.alpha).into(),
+        _ => cg.ctx.i32_type().const_int(1, false).into(),
+    };
     let i1 = cg.ctx.bool_type();
 
     // Without accumulation, a product with k = 0 still runs one (empty)
@@ -291,7 +428,7 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
         cg.for_range(f, k_blocks, &mut |pc_i| {
             let pc = cg.mul(pc_i, kc_max as i64)?;
             let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, spec.k, pc)?)?;
-            pack_b(cg, f, ty, &spec.b, pb, pc, jc, kc, nc, nr)?;
+            pack_b(cg, f, ty, &spec.b, conv_b, pb, pc, jc, kc, nc, nr)?;
             let add = if spec.accumulate {
                 i1.const_int(1, false)
             } else {
@@ -300,7 +437,7 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
             cg.for_range(f, ceil_div(cg, spec.m, mc_max)?, &mut |ic_i| {
                 let ic = cg.mul(ic_i, mc_max as i64)?;
                 let mc = min(cg, cg.i64c(mc_max as i64), sub(cg, spec.m, ic)?)?;
-                pack_a(cg, f, ty, &spec.a, pa, ic, pc, mc, kc, mr)?;
+                pack_a(cg, f, ty, &spec.a, conv_a, pa, ic, pc, mc, kc, mr)?;
                 cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |jr| {
                     let j0 = cg.mul(jr, nr as i64)?;
                     let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, j0)?)?;
@@ -337,7 +474,7 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
                                 cg.for_range(f, cols, &mut |j| {
                                     let v = cg.b.build_load(ty, gep(cg, ty, tile_buf, cg.add(t_row, j)?)?, "t")?;
                                     let idx = cg.add(c_row, j)?;
-                                    let sum = select_add(cg, f, add, spec.c, spec.c_dtype, idx, v)?;
+                                    let sum = select_add(cg, ety, add, spec.c, spec.c_dtype, idx, v)?;
                                     cg.store(spec.c, spec.c_dtype, idx, sum)
                                 })
                             })
@@ -373,7 +510,7 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
 /// `C[idx] + v` when `add` is set, else `v`, in the compute type.
 fn select_add<'ctx>(
     cg: &Cg<'ctx>,
-    _f: FunctionValue<'ctx>,
+    ety: Elem<'ctx>,
     add: IntValue<'ctx>,
     c: PointerValue<'ctx>,
     c_dtype: DType,
@@ -382,12 +519,12 @@ fn select_add<'ctx>(
 ) -> Result<BV<'ctx>> {
     match add.get_zero_extended_constant() {
         Some(0) => Ok(v),
-        Some(_) => cg.fadd(cg.load(c, c_dtype, idx)?, v),
+        Some(_) => ety.add(cg, cg.load(c, c_dtype, idx)?, v),
         None => {
             // Loading C unconditionally is safe (the element is in C) and
             // keeps the loop branch-free.
             let old = cg.load(c, c_dtype, idx)?;
-            let sum = cg.fadd(old, v)?;
+            let sum = ety.add(cg, old, v)?;
             Ok(cg.b.build_select(add, sum, v, "acc")?)
         }
     }
@@ -400,8 +537,9 @@ fn select_add<'ctx>(
 fn pack_b<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
-    ty: FloatType<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
     b: &GemmOperand<'ctx>,
+    conv: Convert<'ctx>,
     dst: PointerValue<'ctx>,
     pc: IntValue<'ctx>,
     jc: IntValue<'ctx>,
@@ -410,7 +548,7 @@ fn pack_b<'ctx>(
     nr: usize,
 ) -> Result<()> {
     let (sk, sn) = b.strides;
-    let zero: BV = ty.const_zero().into();
+    let zero: BV = ty.const_zero();
     cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |p| {
         let j0 = cg.add(jc, cg.mul(p, nr as i64)?)?;
         let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, cg.mul(p, nr as i64)?)?)?;
@@ -428,6 +566,7 @@ fn pack_b<'ctx>(
                     nr,
                     &mut |j| {
                         let v = cg.load(b.ptr, b.dtype, cg.affine(j, sn, src)?)?;
+                        let v = conv.apply(cg, v, cg.add(j0, j)?)?;
                         cg.b.build_store(gep(cg, ty, dst, cg.add(out, j)?)?, v)?;
                         Ok(())
                     },
@@ -443,7 +582,7 @@ fn pack_b<'ctx>(
                 let src = cg.affine(j, sn, src0)?;
                 let out = cg.add(panel, j)?;
                 cg.for_range(f, kc, &mut |kk| {
-                    let v = cg.load(b.ptr, b.dtype, cg.add(src, kk)?)?;
+                    let v = conv.apply(cg, cg.load(b.ptr, b.dtype, cg.add(src, kk)?)?, cg.add(j0, j)?)?;
                     cg.b.build_store(gep(cg, ty, dst, cg.affine(kk, nr as i64, out)?)?, v)?;
                     Ok(())
                 })
@@ -466,8 +605,9 @@ fn pack_b<'ctx>(
 fn pack_a<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
-    ty: FloatType<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
     a: &GemmOperand<'ctx>,
+    conv: Convert<'ctx>,
     dst: PointerValue<'ctx>,
     ic: IntValue<'ctx>,
     pc: IntValue<'ctx>,
@@ -476,7 +616,7 @@ fn pack_a<'ctx>(
     mr: usize,
 ) -> Result<()> {
     let (si, sk) = a.strides;
-    let zero: BV = ty.const_zero().into();
+    let zero: BV = ty.const_zero();
     cg.for_range(f, ceil_div(cg, mc, mr)?, &mut |p| {
         let i0 = cg.add(ic, cg.mul(p, mr as i64)?)?;
         let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, cg.mul(p, mr as i64)?)?)?;
@@ -488,7 +628,7 @@ fn pack_a<'ctx>(
                 let src = cg.affine(r, si, src0)?;
                 let out = cg.add(panel, r)?;
                 cg.for_range(f, kc, &mut |kk| {
-                    let v = cg.load(a.ptr, a.dtype, cg.add(src, kk)?)?;
+                    let v = conv.apply(cg, cg.load(a.ptr, a.dtype, cg.add(src, kk)?)?, cg.add(i0, r)?)?;
                     cg.b.build_store(gep(cg, ty, dst, cg.affine(kk, mr as i64, out)?)?, v)?;
                     Ok(())
                 })
@@ -512,6 +652,7 @@ fn pack_a<'ctx>(
                     mr,
                     &mut |r| {
                         let v = cg.load(a.ptr, a.dtype, cg.affine(r, si, src)?)?;
+                        let v = conv.apply(cg, v, cg.add(i0, r)?)?;
                         cg.b.build_store(gep(cg, ty, dst, cg.add(out, r)?)?, v)?;
                         Ok(())
                     },
@@ -560,8 +701,9 @@ fn copy_padded<'ctx>(
 /// `acc = Σ_kk a[kk·MR + r] · b[kk·NR + j]` over `kk < kc` and stores
 /// `c[r·ldc + j] = alpha·acc` (`+ c[...]` when `add`), for the whole
 /// `MR × NR` tile.
-fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<FunctionValue<'ctx>> {
-    let tname = if ty == cg.f32t() { "f32" } else { "f64" };
+fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<FunctionValue<'ctx>> {
+    let ty = ety.ty;
+    let tname = ety.name();
     let name = format!("kiln_gemm_ukr_{tname}_{}x{}", tile.mr, tile.nr());
     if let Some(f) = cg.module.get_function(&name) {
         return Ok(f);
@@ -585,17 +727,17 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<F
     let (a, b, c) = (param(1).into_pointer_value(), param(2).into_pointer_value(), param(3).into_pointer_value());
     let ldc = param(4).into_int_value();
     let add = param(5).into_int_value();
-    let alpha = param(6).into_float_value();
+    let alpha = param(6);
     let (mr, vecs, lanes) = (tile.mr, tile.vecs, tile.lanes);
     let nr = tile.nr();
-    let vty = ty.vec_type(lanes as u32);
+    let vty = ety.vec(lanes);
     let vzero: BV = vty.const_zero().into();
     let mask = cg.ctx.i32_type().vec_type(lanes as u32).const_zero();
     let splat = |x: BV<'ctx>| -> Result<BV<'ctx>> {
         let one = cg.b.build_insert_element(vty.get_poison(), x, cg.ctx.i32_type().const_zero(), "x")?;
         Ok(cg.b.build_shuffle_vector(one, vty.get_poison(), mask, "splat")?.into())
     };
-    let esize = if ty == cg.f32t() { 4 } else { 8 };
+    let esize = ety.bytes;
     // Accumulators in stack slots, which SROA promotes to registers.
     let mut acc = Vec::with_capacity(mr * vecs);
     for r in 0..mr {
@@ -621,13 +763,13 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<F
             for v in 0..vecs {
                 let slot = acc[r * vecs + v];
                 let cur = cg.b.build_load(vty, slot, "acc")?;
-                let next = cg.intrinsic("llvm.fma", &[xs, bv[v], cur])?;
+                let next = ety.mul_add(cg, xs, bv[v], cur)?;
                 cg.b.build_store(slot, next)?;
             }
         }
         Ok(())
     })?;
-    let alpha_v = splat(alpha.into())?;
+    let alpha_v = splat(alpha)?;
     let store_block = |adding: bool| -> Result<()> {
         for r in 0..mr {
             let row = cg.mul(ldc, r as i64)?;
@@ -637,7 +779,13 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<F
                 let out = if adding {
                     let old = cg.b.build_load(vty, p, "c")?;
                     set_align(old, esize)?;
-                    cg.intrinsic("llvm.fma", &[sum, alpha_v, old])?
+                    if ety.int {
+                        ety.add(cg, sum, old)?
+                    } else {
+                        cg.intrinsic("llvm.fma", &[sum, alpha_v, old])?
+                    }
+                } else if ety.int {
+                    sum
                 } else {
                     cg.fmul(sum, alpha_v)?
                 };

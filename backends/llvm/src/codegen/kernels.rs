@@ -142,6 +142,9 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             })
         }
         Op::Gather { axis } => gather(cg, plan, step, input(0)?, input(1)?, output, *axis),
+        Op::MatMulInteger => {
+            matmul_integer(cg, plan, step, &node.name, input(0)?, input(1)?, node.input(2), node.input(3), output)
+        }
         Op::Concat { axis } => {
             let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
             concat(cg, plan, step, &inputs, output, *axis)
@@ -262,6 +265,98 @@ fn matmul<'ctx>(
                 scratch: sp,
             };
             gemm::emit_gemm(cg, f, &spec)
+        })?;
+    }
+    cg.b.build_return(None)?;
+    let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
+    locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    Ok((f, locs))
+}
+
+/// MatMulInteger: `(A - a_zero_point)·(B - b_zero_point)` of u8/i8
+/// matrices in i32 (numpy batching and broadcasting), on the packed GEMM
+/// with the zero points subtracted while packing. Zero points are per
+/// tensor, per row of A or per column of B.
+#[allow(clippy::too_many_arguments)]
+fn matmul_integer<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    name: &str,
+    a: ValueId,
+    b: ValueId,
+    a_zero: Option<ValueId>,
+    b_zero: Option<ValueId>,
+    out: ValueId,
+) -> Result<Kernel<'ctx>> {
+    let (adt, bdt, odt) = (plan.ty(a).dtype, plan.ty(b).dtype, plan.ty(out).dtype);
+    let unsupported = |m: String| BackendError::unsupported(name, "MatMulInteger", m);
+    let err = |m: String| BackendError::node(name, "MatMulInteger", m);
+    if ![adt, bdt].iter().all(|d| matches!(d, DType::U8 | DType::I8)) || odt != DType::I32 {
+        return Err(unsupported(format!("{odt} = {adt} x {bdt} (u8/i8 operands, i32 result)")));
+    }
+    let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
+    if ash.is_empty() || bsh.is_empty() {
+        return Err(err("MatMulInteger of a scalar".into()));
+    }
+    let dims = gemm::matmul_dims(&ash, &bsh, false, false)
+        .ok_or_else(|| err(format!("inner dimensions differ: {ash:?} and {bsh:?}")))?;
+    // Whether each zero point is per tensor (false) or per row/column (true).
+    let per_index = |zp: ValueId, dtype: DType, len: usize, what: &str| -> Result<bool> {
+        let t = plan.ty(zp);
+        if t.dtype != dtype {
+            return Err(err(format!("{what} zero point is {} but {what} is {dtype}", t.dtype)));
+        }
+        match t.len() {
+            1 => Ok(false),
+            l if l == len && t.shape.len() == 1 => Ok(true),
+            _ => Err(unsupported(format!(
+                "a {what} zero point of shape {:?} (per tensor or one per {} supported)",
+                t.shape,
+                if what == "A" { "row of A" } else { "column of B" }
+            ))),
+        }
+    };
+    let a_per = a_zero.map(|z| per_index(z, adt, dims.m, "A")).transpose()?;
+    let b_per = b_zero.map(|z| per_index(z, bdt, dims.n, "B")).transpose()?;
+    let GemmDims { m, n, k } = dims;
+    let (sizes, strides) = batch_strides(&ash, &bsh, dims);
+    let mut values = vec![out, a, b];
+    values.extend(a_zero);
+    values.extend(b_zero);
+    let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned".into()))?;
+    let f = cg.kernel_fn(&format!("k{step}_matmulinteger"), values.len() + 1);
+    let (cp, ap, bp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    let sp = cg.param(f, values.len() as u32);
+    let zero_point = |per: Option<bool>, param: u32, dtype: DType| {
+        per.map(|per| {
+            let p = cg.param(f, param);
+            if per {
+                gemm::ZeroPoint::PerIndex(p, dtype)
+            } else {
+                gemm::ZeroPoint::Scalar(p, dtype)
+            }
+        })
+    };
+    let a_zp = zero_point(a_per, 3, adt);
+    let b_zp = zero_point(b_per, 3 + a_zero.is_some() as u32, bdt);
+    if m * n > 0 {
+        nest(cg, f, &sizes, &strides, vec![cg.i64c(0); 3], &mut |off| {
+            let spec = GemmSpec {
+                m: cg.i64c(m as i64),
+                n: cg.i64c(n as i64),
+                k: cg.i64c(k as i64),
+                max: dims,
+                a: GemmOperand { ptr: cg.elem_ptr(ap, adt, off[1])?, dtype: adt, strides: (k as i64, 1) },
+                b: GemmOperand { ptr: cg.elem_ptr(bp, bdt, off[2])?, dtype: bdt, strides: (n as i64, 1) },
+                c: cg.elem_ptr(cp, odt, off[0])?,
+                c_dtype: odt,
+                ldc: n as i64,
+                alpha: 1.0,
+                accumulate: false,
+                scratch: sp,
+            };
+            gemm::emit_gemm_i32(cg, f, &spec, a_zp, b_zp)
         })?;
     }
     cg.b.build_return(None)?;
