@@ -117,6 +117,9 @@ pub(crate) struct Plan {
     /// Per step, the arena offset of its private scratch space, if it needs
     /// any (see [`scratch_bytes`]); live only during the step.
     pub scratch: Vec<Option<usize>>,
+    /// Count cycles per step (see [`crate::profile`]): the entry then takes
+    /// one more buffer, a `u64` counter per step.
+    pub profile: bool,
 }
 
 impl Plan {
@@ -596,8 +599,16 @@ pub(crate) fn plan(graph: Graph, matmul: MatMulKernel) -> Result<Plan> {
     }
 
     let steps = form_steps(&graph, &order, &types, &is_output)?;
-    let mut plan =
-        Plan { graph, types, steps, loc: vec![None; count], consts: Vec::new(), arena_bytes: 0, scratch: Vec::new() };
+    let mut plan = Plan {
+        graph,
+        types,
+        steps,
+        loc: vec![None; count],
+        consts: Vec::new(),
+        arena_bytes: 0,
+        scratch: Vec::new(),
+        profile: false,
+    };
     plan_memory(&mut plan, &root, matmul)?;
     Ok(plan)
 }

@@ -153,6 +153,9 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
     }
 }
 
+/// Bytes per item of a parallel copy into a graph output.
+const COPY_PIECE_BYTES: usize = 1 << 18;
+
 /// Copies a value into graph output `output`.
 pub(crate) fn emit_copy<'ctx>(
     cg: &Cg<'ctx>,
@@ -161,12 +164,24 @@ pub(crate) fn emit_copy<'ctx>(
     from: ValueId,
     output: usize,
 ) -> Result<Kernel<'ctx>> {
-    let f = cg.kernel_fn(&format!("k{step}_copy"), 2);
+    // Large copies are cut into pieces the threads share.
     let bytes = plan.ty(from).bytes();
+    let items = bytes.div_ceil(COPY_PIECE_BYTES);
+    let k = cg.parallel_kernel_fn(&format!("k{step}_copy"), 2, items, COPY_PIECE_BYTES / 4);
+    let f = k.f;
     if bytes > 0 {
-        cg.b.build_memcpy(cg.param(f, 0), 1, cg.param(f, 1), 1, cg.i64c(bytes as i64))?;
+        let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+        cg.for_items(&k, &mut |i| {
+            let first = cg.mul(i, COPY_PIECE_BYTES as i64)?;
+            let len = super::elementwise::min_left(cg, COPY_PIECE_BYTES as i64, bytes as i64, first)?;
+            let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[first], "src")? };
+            let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[first], "dst")? };
+            cg.b.build_memcpy(dst, 1, src, 1, len)?;
+            Ok(())
+        })?;
     }
-    cg.b.build_return(None)?;
+    cg.kernel_return(f)?;
+    let f = cg.finish_parallel(k)?;
     let out_loc = Loc { slot: crate::plan::Slot::Output(output), offset: 0 };
     Ok((f, vec![out_loc, plan.loc(from)]))
 }
@@ -534,11 +549,12 @@ fn softmax<'ctx>(
     let dtype = plan.ty(x).dtype;
     let rank = shape.len() as i64;
     let axis = if axis < 0 { axis + rank } else { axis };
-    let f = cg.kernel_fn(&format!("k{step}_{}", if log { "logsoftmax" } else { "softmax" }), 2);
-    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    let name = format!("k{step}_{}", if log { "logsoftmax" } else { "softmax" });
     if rank == 0 || !(0..rank).contains(&axis) {
         // A scalar is its own row of one element.
         if rank == 0 {
+            let f = cg.kernel_fn(&name, 2);
+            let yp = cg.param(f, 0);
             let one = if log { 0.0 } else { 1.0 };
             let t = cg.compute_type(dtype).map_err(BackendError::Llvm)?.into_float_type().const_float(one);
             cg.store(yp, dtype, cg.i64c(0), t.into())?;
@@ -552,24 +568,33 @@ fn softmax<'ctx>(
     let len = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let two_pass = cg.softmax == SoftmaxAlgorithm::TwoPass && dtype == DType::F32;
-    if outer * len * inner > 0 {
-        cg.for_n(f, outer, &mut |o| {
-            cg.for_n(f, inner, &mut |c| {
-                let base = cg.affine(o, (len * inner) as i64, c)?;
-                let row = Row { base, stride: inner as i64, len, dtype };
-                let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
-                // The last pass: y = exp(x - lse) or x - lse.
-                cg.for_n(f, len, &mut |j| {
-                    let idx = cg.affine(j, row.stride, row.base)?;
-                    let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
-                    let y = if log { d } else { cg.exp(d)? };
-                    cg.store(yp, dtype, idx, y)
-                })
-            })
-        })?;
-    }
-    cg.b.build_return(None)?;
-    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+    // Rows are independent: each thread takes a contiguous range of them.
+    // A row's arithmetic does not depend on the split, so results are the
+    // same on any number of threads.
+    let rows = if len > 0 { outer * inner } else { 0 };
+    let k = cg.parallel_kernel_fn(&name, 2, rows, len * 3);
+    let f = k.f;
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    cg.for_items(&k, &mut |r| {
+        let base = if inner == 1 {
+            cg.mul(r, len as i64)?
+        } else {
+            let o = cg.b.build_int_unsigned_div(r, cg.i64c(inner as i64), "outer")?;
+            let c = cg.b.build_int_unsigned_rem(r, cg.i64c(inner as i64), "inner")?;
+            cg.affine(o, (len * inner) as i64, c)?
+        };
+        let row = Row { base, stride: inner as i64, len, dtype };
+        let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
+        // The last pass: y = exp(x - lse) or x - lse.
+        cg.for_n(f, len, &mut |j| {
+            let idx = cg.affine(j, row.stride, row.base)?;
+            let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
+            let y = if log { d } else { cg.exp(d)? };
+            cg.store(yp, dtype, idx, y)
+        })
+    })?;
+    cg.kernel_return(f)?;
+    Ok((cg.finish_parallel(k)?, vec![plan.loc(out), plan.loc(x)]))
 }
 
 /// One softmax row.
@@ -762,7 +787,11 @@ fn reduce<'ctx>(
     let (ksizes, kstrides) = collapse(&kept_sizes, &[contiguous_strides(&kept_sizes), kept_in]);
     let (rsizes, rstrides) = collapse(&red_sizes, &[red_in]);
 
-    let f = cg.kernel_fn(&format!("k{step}_{}", kind.name()), 2);
+    let total: usize = plan.ty(out).len();
+    // Each output element is one item: its reduction runs on one thread,
+    // in the serial order. (A reduction to one element stays serial.)
+    let k = cg.parallel_kernel_fn(&format!("k{step}_{}", kind.name()), 2, total, count.max(1));
+    let f = k.f;
     let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
     let ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
     let like: BV = ty.into_float_type().const_float(0.0).into();
@@ -774,9 +803,8 @@ fn reduce<'ctx>(
         ReduceKind::Prod => 1.0,
         _ => 0.0,
     };
-    let total: usize = plan.ty(out).len();
     if total > 0 {
-        nest(cg, f, &ksizes, &kstrides, vec![cg.i64c(0); 2], &mut |koff| {
+        cg.for_items_nest(&k, &ksizes, &kstrides, &[cg.i64c(0); 2], &mut |koff| {
             let (yo, xo) = (koff[0], koff[1]);
             // LogSumExp subtracts the maximum first so exp cannot overflow.
             let shift = if kind == ReduceKind::LogSumExp {
@@ -824,8 +852,8 @@ fn reduce<'ctx>(
             cg.store(yp, dtype, yo, y)
         })?;
     }
-    cg.b.build_return(None)?;
-    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+    cg.kernel_return(f)?;
+    Ok((cg.finish_parallel(k)?, vec![plan.loc(out), plan.loc(x)]))
 }
 
 // ---------------------------------------------------------------- LayerNorm / RMSNorm
@@ -877,7 +905,11 @@ fn normalize<'ctx>(
     let (mean_out, inv_out) = stats;
     values.extend(mean_out);
     values.extend(inv_out);
-    let f = cg.kernel_fn(&format!("k{step}_{}", if norm.rms { "rmsnorm" } else { "layernorm" }), values.len());
+    // Rows are the items: each is normalized on one thread, as serially.
+    let rows: usize = if cols > 0 { shape[..axis].iter().product() } else { 0 };
+    let name = format!("k{step}_{}", if norm.rms { "rmsnorm" } else { "layernorm" });
+    let k = cg.parallel_kernel_fn(&name, values.len(), rows, cols * 4);
+    let f = k.f;
     let (yp, xp, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
     let mut next = 3;
     let mut take = |present: bool| {
@@ -895,7 +927,7 @@ fn normalize<'ctx>(
     let c = |v: f64| cg.fconst(like, v);
     let acc = cg.entry_alloca(f, ty, "acc")?;
     if plan.ty(x).len() > 0 {
-        nest(cg, f, &osizes, &ostrides, vec![cg.i64c(0); 4], &mut |o| {
+        cg.for_items_nest(&k, &osizes, &ostrides, &[cg.i64c(0); 4], &mut |o| {
             let (x0, s0, b0, r) = (o[0], o[1], o[2], o[3]);
             let sum_over = |term: &dyn Fn(BV<'ctx>) -> Result<BV<'ctx>>| -> Result<BV<'ctx>> {
                 cg.b.build_store(acc, c(0.0))?;
@@ -934,8 +966,8 @@ fn normalize<'ctx>(
             Ok(())
         })?;
     }
-    cg.b.build_return(None)?;
-    Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+    cg.kernel_return(f)?;
+    Ok((cg.finish_parallel(k)?, values.iter().map(|&v| plan.loc(v)).collect()))
 }
 
 // ---------------------------------------------------------------- Slice
@@ -994,26 +1026,76 @@ fn slice<'ctx>(
     let src: Vec<i64> = in_strides.iter().zip(&stride_mul).map(|(s, m)| s * m).collect();
     let base: i64 = in_strides.iter().zip(&first).map(|(s, f)| s * f).sum();
     let (sizes, strides) = collapse(&out_shape, &[contiguous_strides(&out_shape), src]);
-    let dtype = plan.ty(x).dtype;
-    let f = cg.kernel_fn(&format!("k{step}_slice"), 2);
+    let f = strided_copy(cg, &format!("k{step}_slice"), plan.ty(x).dtype, &sizes, &strides, base)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+/// Elements per item when a strided copy is one flat loop, cut into
+/// chunks for the threads.
+const COPY_CHUNK: usize = 16384;
+
+/// A kernel `(ptr y, ptr x)` copying the elements of a loop nest:
+/// `y[offset 0] = x[base + offset 1]` at every point, raw bits of `dtype`.
+/// Threads take the points of all axes but the innermost (or chunks of a
+/// single flat loop).
+fn strided_copy<'ctx>(
+    cg: &Cg<'ctx>,
+    name: &str,
+    dtype: DType,
+    sizes: &[usize],
+    strides: &[Vec<i64>],
+    base: i64,
+) -> Result<FunctionValue<'ctx>> {
+    let total: usize = sizes.iter().product();
+    let flat = sizes.len() == 1;
+    let (outer, inner): (&[usize], usize) = match sizes.split_last() {
+        Some((_, _)) if flat => (&[], COPY_CHUNK.min(total)),
+        Some((&last, rest)) => (rest, last),
+        None => (&[], 1),
+    };
+    let items = if flat { total.div_ceil(COPY_CHUNK) } else { outer.iter().product() };
+    let k = cg.parallel_kernel_fn(name, 2, if total > 0 { items } else { 0 }, inner);
+    let f = k.f;
     let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
-    if plan.ty(out).len() > 0 {
+    if total > 0 {
+        // Copy the raw bits: the element type does not matter.
         let bits = cg
             .ctx
             .custom_width_int_type(
                 std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte"),
             )
             .map_err(|e| BackendError::Llvm(e.to_string()))?;
-        nest(cg, f, &sizes, &strides, vec![cg.i64c(0), cg.i64c(base)], &mut |off| {
-            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
-            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };
+        let copy = |dst_at: IntValue<'ctx>, src_at: IntValue<'ctx>| -> Result<()> {
+            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[src_at], "src")? };
+            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[dst_at], "dst")? };
             let v = cg.b.build_load(bits, src, "v")?;
             cg.b.build_store(dst, v)?;
             Ok(())
-        })?;
+        };
+        let zero = cg.i64c(0);
+        if flat {
+            let (sy, sx) = (strides[0][0], strides[1][0]);
+            cg.for_items(&k, &mut |item| {
+                let first = cg.mul(item, COPY_CHUNK as i64)?;
+                let len = super::elementwise::min_left(cg, COPY_CHUNK as i64, total as i64, first)?;
+                cg.for_range(f, len, &mut |j| {
+                    let at = cg.add(first, j)?;
+                    copy(cg.mul(at, sy)?, cg.affine(at, sx, cg.i64c(base))?)
+                })
+            })?;
+        } else if sizes.is_empty() {
+            cg.for_items(&k, &mut |_| copy(zero, cg.i64c(base)))?;
+        } else {
+            let level = sizes.len() - 1;
+            cg.for_items_nest(&k, outer, strides, &[zero, cg.i64c(base)], &mut |off| {
+                cg.for_n(f, inner, &mut |j| {
+                    copy(cg.affine(j, strides[0][level], off[0])?, cg.affine(j, strides[1][level], off[1])?)
+                })
+            })?;
+        }
     }
-    cg.b.build_return(None)?;
-    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+    cg.kernel_return(f)?;
+    cg.finish_parallel(k)
 }
 
 // ---------------------------------------------------------------- Split
@@ -1044,30 +1126,37 @@ fn split<'ctx>(
     if outputs.iter().skip_while(|o| o.is_some()).any(Option::is_some) {
         return Err(BackendError::unsupported("", "Split", "an omitted output before a present one"));
     }
-    let f = cg.kernel_fn(&format!("k{step}_split"), 1 + present.len());
+    // Threads take the outer indices; each copies its row into every output.
+    let k = cg.parallel_kernel_fn(&format!("k{step}_split"), 1 + present.len(), outer, in_row as usize / 4);
+    let f = k.f;
     let xp = cg.param(f, 0);
+    let mut pieces = Vec::with_capacity(present.len());
     let mut at = 0i64;
     // Omitted outputs come last (checked above), so the present ones are
     // parameters 1, 2, ... in order.
     for (param, v) in (1u32..).zip(&present) {
         let out_row = plan.ty(*v).shape.get(axis).copied().unwrap_or(0) as i64 * inner;
-        let yp = cg.param(f, param);
         if out_row > 0 {
-            let offset = at;
-            cg.for_n(f, outer, &mut |i| {
-                let src_at = cg.affine(i, in_row, cg.i64c(offset))?;
-                let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[src_at], "src")? };
-                let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[cg.mul(i, out_row)?], "dst")? };
-                cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(out_row))?;
-                Ok(())
-            })?;
+            pieces.push((cg.param(f, param), at, out_row));
         }
         at += out_row;
     }
     if at > in_row {
         return Err(BackendError::node("", "Split", "outputs are larger than the input along the axis"));
     }
-    cg.b.build_return(None)?;
+    if !pieces.is_empty() {
+        cg.for_items(&k, &mut |i| {
+            for &(yp, offset, out_row) in &pieces {
+                let src_at = cg.affine(i, in_row, cg.i64c(offset))?;
+                let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[src_at], "src")? };
+                let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[cg.mul(i, out_row)?], "dst")? };
+                cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(out_row))?;
+            }
+            Ok(())
+        })?;
+    }
+    cg.kernel_return(f)?;
+    let f = cg.finish_parallel(k)?;
     let mut locs = vec![plan.loc(x)];
     locs.extend(present.iter().map(|&v| plan.loc(v)));
     Ok((f, locs))
@@ -1104,10 +1193,13 @@ fn gather<'ctx>(
     let dim = shape[axis] as i64;
     let block = shape[axis + 1..].iter().product::<usize>() as i64 * esize;
     let count = plan.ty(indices).len();
-    let f = cg.checked_kernel_fn(&format!("k{step}_gather"), 3);
+    // Threads take the indices: each copies the slices behind its own.
+    let items = if plan.ty(out).len() > 0 || dim == 0 { count } else { 0 };
+    let k = cg.checked_parallel_kernel_fn(&format!("k{step}_gather"), 3, items, outer * block as usize / 4 + 1);
+    let f = k.f;
     let (yp, xp, ip) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
-    if plan.ty(out).len() > 0 || dim == 0 {
-        cg.for_n(f, count, &mut |j| {
+    if items > 0 {
+        cg.for_items(&k, &mut |j| {
             let raw = cg.load(ip, idt, j)?.into_int_value();
             let idx = cg.b.build_int_s_extend_or_bit_cast(raw, cg.i64t(), "idx")?;
             let negative = cg.b.build_int_compare(inkwell::IntPredicate::SLT, idx, cg.i64c(0), "neg")?;
@@ -1134,7 +1226,7 @@ fn gather<'ctx>(
         })?;
     }
     cg.kernel_return(f)?;
-    Ok((f, vec![plan.loc(out), plan.loc(data), plan.loc(indices)]))
+    Ok((cg.finish_parallel(k)?, vec![plan.loc(out), plan.loc(data), plan.loc(indices)]))
 }
 
 // ---------------------------------------------------------------- Concat
@@ -1160,25 +1252,32 @@ fn concat<'ctx>(
     let outer: usize = out_shape[..axis].iter().product();
     let inner: i64 = out_shape[axis + 1..].iter().product::<usize>() as i64;
     let out_row = out_shape[axis] as i64 * inner * esize;
-    let f = cg.kernel_fn(&format!("k{step}_concat"), 1 + inputs.len());
+    // Threads take the outer indices; each assembles its output row.
+    let k = cg.parallel_kernel_fn(&format!("k{step}_concat"), 1 + inputs.len(), outer, out_row as usize / 4);
+    let f = k.f;
     let yp = cg.param(f, 0);
+    let mut pieces = Vec::with_capacity(inputs.len());
     let mut at = 0i64;
     for (j, &x) in inputs.iter().enumerate() {
         let in_row = plan.ty(x).shape.get(axis).copied().unwrap_or(0) as i64 * inner * esize;
         if in_row > 0 {
-            let xp = cg.param(f, 1 + j as u32);
-            let offset = at;
-            cg.for_n(f, outer, &mut |o| {
+            pieces.push((cg.param(f, 1 + j as u32), at, in_row));
+        }
+        at += in_row;
+    }
+    if !pieces.is_empty() {
+        cg.for_items(&k, &mut |o| {
+            for &(xp, offset, in_row) in &pieces {
                 let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[cg.mul(o, in_row)?], "src")? };
                 let dst_at = cg.affine(o, out_row, cg.i64c(offset))?;
                 let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[dst_at], "dst")? };
                 cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(in_row))?;
-                Ok(())
-            })?;
-        }
-        at += in_row;
+            }
+            Ok(())
+        })?;
     }
-    cg.b.build_return(None)?;
+    cg.kernel_return(f)?;
+    let f = cg.finish_parallel(k)?;
     let mut locs = vec![plan.loc(out)];
     locs.extend(inputs.iter().map(|&v| plan.loc(v)));
     Ok((f, locs))
@@ -1199,25 +1298,6 @@ fn transpose<'ctx>(
     let in_strides = contiguous_strides(&in_shape);
     let src: Vec<i64> = perm.iter().map(|&p| in_strides.get(p).copied().unwrap_or(0)).collect();
     let (sizes, strides) = collapse(&out_shape, &[contiguous_strides(&out_shape), src]);
-    let dtype = plan.ty(x).dtype;
-    let f = cg.kernel_fn(&format!("k{step}_transpose"), 2);
-    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
-    if plan.ty(out).len() > 0 {
-        // Copy the raw bits: the element type does not matter.
-        let bits = cg
-            .ctx
-            .custom_width_int_type(
-                std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte"),
-            )
-            .map_err(|e| BackendError::Llvm(e.to_string()))?;
-        nest(cg, f, &sizes, &strides, vec![cg.i64c(0); 2], &mut |off| {
-            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
-            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };
-            let v = cg.b.build_load(bits, src, "v")?;
-            cg.b.build_store(dst, v)?;
-            Ok(())
-        })?;
-    }
-    cg.b.build_return(None)?;
+    let f = strided_copy(cg, &format!("k{step}_transpose"), plan.ty(x).dtype, &sizes, &strides, 0)?;
     Ok((f, vec![plan.loc(out), plan.loc(x)]))
 }
