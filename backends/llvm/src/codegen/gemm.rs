@@ -46,7 +46,7 @@ type BV<'ctx> = BasicValueEnum<'ctx>;
 
 /// Rows of A per packed block (a multiple of every `MR` below would waste
 /// nothing; 168 = 12 · 14 = 28 · 6).
-const MC: usize = 168;
+pub(crate) const MC: usize = 168;
 /// Depth of a packed block: a `KC × 32` f32 B panel is 32 KiB, in L1.
 const KC: usize = 256;
 /// Columns of B per packed block: a `KC × NC` f32 block is 2 MiB.
@@ -397,7 +397,6 @@ fn emit_product<'ctx>(
         cg.b.build_in_bounds_gep(cg.ctx.i8_type(), spec.scratch, &[cg.i64c(round_up(a_bytes, 64) as i64)], "packed_b")?
     };
     let ukr = microkernel(cg, ety, tile)?;
-    let native = c_is_native(spec.c_dtype);
     let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
     if let Some(inst) = tile_buf.as_instruction_value() {
         inst.set_alignment(64).map_err(|e| BackendError::Llvm(e.to_string()))?;
@@ -438,71 +437,263 @@ fn emit_product<'ctx>(
                 let ic = cg.mul(ic_i, mc_max as i64)?;
                 let mc = min(cg, cg.i64c(mc_max as i64), sub(cg, spec.m, ic)?)?;
                 pack_a(cg, f, ty, &spec.a, conv_a, pa, ic, pc, mc, kc, mr)?;
-                cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |jr| {
-                    let j0 = cg.mul(jr, nr as i64)?;
-                    let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, j0)?)?;
-                    let b_panel = gep(cg, ty, pb, mul_v(cg, cg.mul(jr, nr as i64)?, kc)?)?;
-                    cg.for_range(f, ceil_div(cg, mc, mr)?, &mut |ir| {
-                        let i0 = cg.mul(ir, mr as i64)?;
-                        let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, i0)?)?;
-                        let a_panel = gep(cg, ty, pa, mul_v(cg, cg.mul(ir, mr as i64)?, kc)?)?;
-                        let row = cg.add(ic, i0)?;
-                        let col = cg.add(jc, j0)?;
-                        let c_at = cg.affine(row, spec.ldc, col)?;
-                        let call = |c: PointerValue<'ctx>, ldc: IntValue<'ctx>, add: IntValue<'ctx>| -> Result<()> {
-                            cg.b.build_call(
-                                ukr,
-                                &[
-                                    kc.into(),
-                                    a_panel.into(),
-                                    b_panel.into(),
-                                    c.into(),
-                                    ldc.into(),
-                                    add.into(),
-                                    alpha.into(),
-                                ],
-                                "",
-                            )?;
-                            Ok(())
-                        };
-                        // Edge tiles (and narrow outputs) go through the stack tile.
-                        let via_tile = |cg: &Cg<'ctx>| -> Result<()> {
-                            call(tile_buf, cg.i64c(nr as i64), i1.const_zero())?;
-                            cg.for_range(f, rows, &mut |r| {
-                                let c_row = cg.affine(r, spec.ldc, c_at)?;
-                                let t_row = cg.mul(r, nr as i64)?;
-                                cg.for_range(f, cols, &mut |j| {
-                                    let v = cg.b.build_load(ty, gep(cg, ty, tile_buf, cg.add(t_row, j)?)?, "t")?;
-                                    let idx = cg.add(c_row, j)?;
-                                    let sum = select_add(cg, ety, add, spec.c, spec.c_dtype, idx, v)?;
-                                    cg.store(spec.c, spec.c_dtype, idx, sum)
-                                })
-                            })
-                        };
-                        if !native {
-                            return via_tile(cg);
-                        }
-                        let full_rows =
-                            cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(mr as i64), "full_rows")?;
-                        let full_cols =
-                            cg.b.build_int_compare(IntPredicate::EQ, cols, cg.i64c(nr as i64), "full_cols")?;
-                        let full = cg.b.build_and(full_rows, full_cols, "full")?;
-                        let direct = cg.ctx.append_basic_block(f, "tile.direct");
-                        let edge = cg.ctx.append_basic_block(f, "tile.edge");
-                        let done = cg.ctx.append_basic_block(f, "tile.done");
-                        cg.b.build_conditional_branch(full, direct, edge)?;
-                        cg.b.position_at_end(direct);
-                        let c_ptr = cg.elem_ptr(spec.c, spec.c_dtype, c_at)?;
-                        call(c_ptr, cg.i64c(spec.ldc), add)?;
-                        cg.b.build_unconditional_branch(done)?;
-                        cg.b.position_at_end(edge);
-                        via_tile(cg)?;
-                        cg.b.build_unconditional_branch(done)?;
-                        cg.b.position_at_end(done);
-                        Ok(())
+                let mk = Macro { ety, tile, ukr, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
+                macro_kernel(cg, f, &mk, pa, pb, (ic, jc), (mc, nc), kc, add)
+            })
+        })
+    })
+}
+
+// ---------------------------------------------------------------- threads
+
+/// Items a parallel product is split into when its row blocks are fewer
+/// (so that up to this many threads find work).
+const TARGET_ITEMS: usize = 8;
+/// Columns per item are a multiple of this, itself a multiple of every `NR`.
+const SLAB_ALIGN: usize = 64;
+/// Largest packed copy of B (all batches) a parallel product makes; past
+/// it the product runs serially, blocked over NC.
+const PACKED_B_LIMIT: usize = 64 << 20;
+/// Largest packed A block kept on a thread's stack.
+const A_STACK_LIMIT: usize = 256 << 10;
+/// Smallest product (multiply-adds) worth splitting.
+const MIN_PARALLEL_MACS: usize = 1 << 21;
+
+/// How a product is split across threads: a serial prologue packs all of B
+/// once into scratch ([`pack_b_whole`]); then each item, a block of `MC`
+/// rows times a slab of `slab` columns of one batch entry, packs its own A
+/// block on its stack and runs the macro kernel ([`emit_gemm_packed_b`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ParallelSplit {
+    pub row_blocks: usize,
+    pub slab: usize,
+    pub slabs: usize,
+}
+
+/// The number of output batch entries and of distinct B matrices of a
+/// MatMul with operand shapes `a` and `b`.
+pub(crate) fn batch_counts(a: &[usize], b: &[usize]) -> (usize, usize) {
+    let batch = |s: &[usize]| if s.len() > 2 { s[..s.len() - 2].to_vec() } else { Vec::new() };
+    let (ab, bb) = (batch(a), batch(b));
+    let rank = ab.len().max(bb.len());
+    let at = |v: &[usize], i: usize| if i + v.len() >= rank { v[i + v.len() - rank] } else { 1 };
+    let out: usize = (0..rank).map(|i| at(&ab, i).max(at(&bb, i))).product();
+    (out, bb.iter().product())
+}
+
+/// The split of a product on threads, or `None` when it runs serially
+/// (small, not f32, or B too large to pack whole).
+pub(crate) fn parallel_split(
+    dims: GemmDims,
+    c_dtype: DType,
+    batches: usize,
+    b_batches: usize,
+) -> Option<ParallelSplit> {
+    let GemmDims { m, n, k } = dims;
+    let kc = kc_for(c_dtype, dims);
+    let small = batches.saturating_mul(m).saturating_mul(n).saturating_mul(k) < MIN_PARALLEL_MACS;
+    if c_dtype != DType::F32 || small || m == 0 || n == 0 || MC * kc * 4 > A_STACK_LIMIT {
+        return None;
+    }
+    if packed_b_bytes(c_dtype, dims, b_batches) > PACKED_B_LIMIT {
+        return None;
+    }
+    let row_blocks = m.div_ceil(MC);
+    let row_items = batches * row_blocks;
+    let wanted = if row_items >= TARGET_ITEMS { 1 } else { TARGET_ITEMS.div_ceil(row_items) };
+    let slab = round_up(n.div_ceil(wanted.min(n.div_ceil(SLAB_ALIGN)).max(1)), SLAB_ALIGN);
+    Some(ParallelSplit { row_blocks, slab, slabs: n.div_ceil(slab) })
+}
+
+/// Bytes of scratch of a MatMul/Gemm with operand shapes `a` and `b`,
+/// output dtype `c_dtype` and kernel choice `kernel`: B packed whole for a
+/// parallel product, the packed blocks for a serial one, none for the
+/// simple loops.
+pub(crate) fn matmul_scratch_bytes(
+    a: &[usize],
+    b: &[usize],
+    c_dtype: DType,
+    (trans_a, trans_b): (bool, bool),
+    kernel: MatMulKernel,
+) -> usize {
+    let Some(dims) = matmul_dims(a, b, trans_a, trans_b) else { return 0 };
+    if !uses_packed(dims, c_dtype, kernel) {
+        return 0;
+    }
+    let (batches, b_batches) = batch_counts(a, b);
+    match parallel_split(dims, c_dtype, batches, b_batches) {
+        Some(_) => packed_b_bytes(c_dtype, dims, b_batches),
+        None => scratch_bytes(c_dtype, dims),
+    }
+}
+
+/// Bytes of B packed whole ([`pack_b_whole`]) for `b_batches` matrices, on
+/// any target.
+pub(crate) fn packed_b_bytes(c_dtype: DType, dims: GemmDims, b_batches: usize) -> usize {
+    let widest = TILES
+        .iter()
+        .map(|&(f32_lanes, mr, vecs)| Tile { mr, vecs, lanes: lanes_of(f32_lanes, is_wide(c_dtype)) }.nr())
+        .map(|nr| round_up(dims.n.max(1), nr))
+        .max()
+        .unwrap_or(dims.n);
+    b_batches * dims.k * widest * packed_bytes(c_dtype)
+}
+
+/// Elements of one B matrix packed whole on this target.
+pub(crate) fn packed_b_elems(cg: &Cg<'_>, c_dtype: DType, dims: GemmDims) -> usize {
+    let nr = tile_for(cg, is_wide(c_dtype)).nr();
+    dims.k * round_up(dims.n.max(1), nr)
+}
+
+/// Packs all of B (`dims.k × dims.n`) into `dst`: the KC blocks one after
+/// another, each as `NR`-wide panels across the whole width.
+pub(crate) fn pack_b_whole<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    b: &GemmOperand<'ctx>,
+    c_dtype: DType,
+    dims: GemmDims,
+    dst: PointerValue<'ctx>,
+) -> Result<()> {
+    let ety = Elem::of(cg, c_dtype);
+    let nr = tile_for(cg, is_wide(c_dtype)).nr();
+    let kc_max = kc_for(c_dtype, dims);
+    let width = round_up(dims.n.max(1), nr) as i64;
+    cg.for_n(f, dims.k.div_ceil(kc_max), &mut |pc_i| {
+        let pc = cg.mul(pc_i, kc_max as i64)?;
+        let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, cg.i64c(dims.k as i64), pc)?)?;
+        let block = gep(cg, ety.ty, dst, cg.mul(pc, width)?)?;
+        pack_b(cg, f, ety.ty, b, Convert::Float, block, pc, cg.i64c(0), kc, cg.i64c(dims.n as i64), nr)
+    })
+}
+
+/// Emits rows `[ic, ic + mc)` and columns `[jc, jc + nc)` of the product of
+/// `spec` (whose `m`, `n`, `k` must be the constants `spec.max`), with B
+/// already packed whole at `pb` by [`pack_b_whole`]; A's block is packed on
+/// the stack. `spec.scratch` is not used.
+pub(crate) fn emit_gemm_packed_b<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    spec: &GemmSpec<'ctx>,
+    pb: PointerValue<'ctx>,
+    (ic, mc): (IntValue<'ctx>, IntValue<'ctx>),
+    (jc, nc): (IntValue<'ctx>, IntValue<'ctx>),
+) -> Result<()> {
+    let ety = Elem::of(cg, spec.c_dtype);
+    let ty = ety.ty;
+    let tile = tile_for(cg, is_wide(spec.c_dtype));
+    let (mr, nr) = (tile.mr, tile.nr());
+    let kc_max = kc_for(spec.c_dtype, spec.max);
+    let width = round_up(spec.max.n.max(1), nr) as i64;
+    let (a_bytes, _) = pack_sizes(spec.c_dtype, spec.max, mr, nr);
+    let pa = cg.entry_alloca(f, ty.array_type((a_bytes / ety.bytes).max(1) as u32).into(), "packed_a")?;
+    set_align(pa.as_basic_value_enum(), 64)?;
+    let ukr = microkernel(cg, ety, tile)?;
+    let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
+    set_align(tile_buf.as_basic_value_enum(), 64)?;
+    let alpha: BV = match ty {
+        BasicTypeEnum::FloatType(t) => t.const_float(spec.alpha).into(),
+        _ => cg.ctx.i32_type().const_int(1, false).into(),
+    };
+    let k_blocks = if spec.accumulate { spec.max.k.div_ceil(kc_max) } else { spec.max.k.div_ceil(kc_max).max(1) };
+    let mk = Macro { ety, tile, ukr, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
+    cg.for_n(f, k_blocks, &mut |pc_i| {
+        let pc = cg.mul(pc_i, kc_max as i64)?;
+        let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, spec.k, pc)?)?;
+        pack_a(cg, f, ty, &spec.a, Convert::Float, pa, ic, pc, mc, kc, mr)?;
+        let add = if spec.accumulate {
+            cg.ctx.bool_type().const_int(1, false)
+        } else {
+            cg.b.build_int_compare(IntPredicate::SGT, pc_i, cg.i64c(0), "add")?
+        };
+        // The panel of column `jc` in this KC block.
+        let block = cg.mul(pc, width)?;
+        let b_panels = gep(cg, ty, pb, cg.add(block, mul_v(cg, jc, kc)?)?)?;
+        macro_kernel(cg, f, &mk, pa, b_panels, (ic, jc), (mc, nc), kc, add)
+    })
+}
+
+/// What the macro kernel needs besides the blocks.
+struct Macro<'ctx> {
+    ety: Elem<'ctx>,
+    tile: Tile,
+    ukr: FunctionValue<'ctx>,
+    /// An `MR × NR` stack tile for edge tiles.
+    tile_buf: PointerValue<'ctx>,
+    alpha: BV<'ctx>,
+    c: PointerValue<'ctx>,
+    c_dtype: DType,
+    ldc: i64,
+}
+
+/// Computes the `mc × nc` block of C at (`ic`, `jc`) from a packed A block
+/// (`pa`, `MR`-row panels of depth `kc`) and packed B panels (`pb`, the
+/// panel of column `jc` first, `NR · kc` elements apart): `NR` panels outer
+/// (one stays in L1), `MR` panels inner. Full tiles of a native C go
+/// straight to C; edge tiles (and narrow outputs) through the stack tile.
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    mk: &Macro<'ctx>,
+    pa: PointerValue<'ctx>,
+    pb: PointerValue<'ctx>,
+    (ic, jc): (IntValue<'ctx>, IntValue<'ctx>),
+    (mc, nc): (IntValue<'ctx>, IntValue<'ctx>),
+    kc: IntValue<'ctx>,
+    add: IntValue<'ctx>,
+) -> Result<()> {
+    let (mr, nr) = (mk.tile.mr, mk.tile.nr());
+    let (ty, ety) = (mk.ety.ty, mk.ety);
+    let i1 = cg.ctx.bool_type();
+    let native = c_is_native(mk.c_dtype);
+    cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |jr| {
+        let j0 = cg.mul(jr, nr as i64)?;
+        let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, j0)?)?;
+        let b_panel = gep(cg, ty, pb, mul_v(cg, cg.mul(jr, nr as i64)?, kc)?)?;
+        cg.for_range(f, ceil_div(cg, mc, mr)?, &mut |ir| {
+            let i0 = cg.mul(ir, mr as i64)?;
+            let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, i0)?)?;
+            let a_panel = gep(cg, ty, pa, mul_v(cg, cg.mul(ir, mr as i64)?, kc)?)?;
+            let c_at = cg.affine(cg.add(ic, i0)?, mk.ldc, cg.add(jc, j0)?)?;
+            let call = |c: PointerValue<'ctx>, ldc: IntValue<'ctx>, add: IntValue<'ctx>| -> Result<()> {
+                let args =
+                    [kc.into(), a_panel.into(), b_panel.into(), c.into(), ldc.into(), add.into(), mk.alpha.into()];
+                cg.b.build_call(mk.ukr, &args, "")?;
+                Ok(())
+            };
+            let via_tile = |cg: &Cg<'ctx>| -> Result<()> {
+                call(mk.tile_buf, cg.i64c(nr as i64), i1.const_zero())?;
+                cg.for_range(f, rows, &mut |r| {
+                    let c_row = cg.affine(r, mk.ldc, c_at)?;
+                    let t_row = cg.mul(r, nr as i64)?;
+                    cg.for_range(f, cols, &mut |j| {
+                        let v = cg.b.build_load(ty, gep(cg, ty, mk.tile_buf, cg.add(t_row, j)?)?, "t")?;
+                        let idx = cg.add(c_row, j)?;
+                        let sum = select_add(cg, ety, add, mk.c, mk.c_dtype, idx, v)?;
+                        cg.store(mk.c, mk.c_dtype, idx, sum)
                     })
                 })
-            })
+            };
+            if !native {
+                return via_tile(cg);
+            }
+            let full_rows = cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(mr as i64), "full_rows")?;
+            let full_cols = cg.b.build_int_compare(IntPredicate::EQ, cols, cg.i64c(nr as i64), "full_cols")?;
+            let full = cg.b.build_and(full_rows, full_cols, "full")?;
+            let direct = cg.ctx.append_basic_block(f, "tile.direct");
+            let edge = cg.ctx.append_basic_block(f, "tile.edge");
+            let done = cg.ctx.append_basic_block(f, "tile.done");
+            cg.b.build_conditional_branch(full, direct, edge)?;
+            cg.b.position_at_end(direct);
+            let c_ptr = cg.elem_ptr(mk.c, mk.c_dtype, c_at)?;
+            call(c_ptr, cg.i64c(mk.ldc), add)?;
+            cg.b.build_unconditional_branch(done)?;
+            cg.b.position_at_end(edge);
+            via_tile(cg)?;
+            cg.b.build_unconditional_branch(done)?;
+            cg.b.position_at_end(done);
+            Ok(())
         })
     })
 }

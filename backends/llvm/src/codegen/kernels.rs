@@ -242,6 +242,11 @@ fn matmul<'ctx>(
         values.push(c);
     }
     let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned"))?;
+    let (batches, b_batches) = gemm::batch_counts(&ash, &bsh);
+    if let Some(split) = gemm::parallel_split(dims, dtype, batches, b_batches) {
+        let par = ParallelMatMul { dims, split, b_batches, has_c, c_in, gemm };
+        return matmul_parallel(cg, plan, step, &values, (sizes, strides), par, scratch);
+    }
     let f = cg.kernel_fn(&format!("k{step}_matmul"), values.len() + 1);
     let (cp, ap, bp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
     let sp = cg.param(f, values.len() as u32);
@@ -378,6 +383,122 @@ fn matmul_integer<'ctx>(
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
     locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
     Ok((f, locs))
+}
+
+/// A MatMul/Gemm split across threads (see [`gemm::ParallelSplit`]).
+struct ParallelMatMul {
+    dims: GemmDims,
+    split: gemm::ParallelSplit,
+    b_batches: usize,
+    has_c: bool,
+    c_in: Option<ValueId>,
+    gemm: GemmAttrs,
+}
+
+/// The parallel MatMul/Gemm: a serial prologue writes `beta·C_in` into C
+/// (Gemm) and packs every B matrix whole into the scratch; the items (batch
+/// entry, block of rows, slab of columns) then run the macro kernel on the
+/// threads, each packing its A block on its own stack.
+fn matmul_parallel<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    values: &[ValueId],
+    (sizes, strides): (Vec<usize>, Vec<Vec<i64>>),
+    par: ParallelMatMul,
+    scratch: usize,
+) -> Result<Kernel<'ctx>> {
+    let GemmDims { m, n, k } = par.dims;
+    let (out, a, b) = (values[0], values[1], values[2]);
+    let (dtype, adt, bdt) = (plan.ty(out).dtype, plan.ty(a).dtype, plan.ty(b).dtype);
+    let split = par.split;
+    let items = sizes.iter().product::<usize>() * split.row_blocks * split.slabs;
+    let work = (m.min(gemm::MC) * split.slab.min(n) * k.max(1)).max(1);
+    let mut kernel = cg.parallel_kernel_fn(&format!("k{step}_matmul"), values.len() + 1, items, work);
+    let f = kernel.f;
+    let (sa_i, sa_k) = if par.gemm.trans_a { (1, m as i64) } else { (k as i64, 1) };
+    let (sb_k, sb_j) = if par.gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
+    let per_b = gemm::packed_b_elems(cg, dtype, par.dims) as i64;
+    let scratch_param = values.len() as u32;
+    let elem = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
+    cg.parallel_prologue(&mut kernel, &mut |pf| {
+        let (cp, bp, sp) = (cg.param(pf, 0), cg.param(pf, 2), cg.param(pf, scratch_param));
+        if let (true, Some(cv)) = (par.has_c, par.c_in) {
+            let cdt = plan.ty(cv).dtype;
+            let cstrides = broadcast_strides(&plan.ty(cv).shape, &[m, n]);
+            let cinp = cg.param(pf, 3);
+            let like = elem.into_float_type().const_float(0.0).into();
+            cg.for_n(pf, m, &mut |i| {
+                cg.for_n(pf, n, &mut |j| {
+                    let cidx = cg.add(cg.mul(i, cstrides[0])?, cg.mul(j, cstrides[1])?)?;
+                    let v = cg.fmul(cg.load(cinp, cdt, cidx)?, cg.fconst(like, par.gemm.beta as f64))?;
+                    cg.store(cp, dtype, cg.affine(i, n as i64, j)?, v)
+                })
+            })?;
+        }
+        cg.for_n(pf, par.b_batches, &mut |bb| {
+            let operand = GemmOperand {
+                ptr: cg.elem_ptr(bp, bdt, cg.mul(bb, (k * n) as i64)?)?,
+                dtype: bdt,
+                strides: (sb_k, sb_j),
+            };
+            let dst = cg.elem_ptr(sp, dtype, cg.mul(bb, per_b)?)?;
+            gemm::pack_b_whole(cg, pf, &operand, dtype, par.dims, dst)
+        })
+    })?;
+    let (cp, ap, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, scratch_param));
+    // Items: the batch nest, then row blocks, then column slabs; the two
+    // extra operands carry the row block and slab numbers.
+    let mut item_sizes = sizes.clone();
+    item_sizes.extend([split.row_blocks, split.slabs]);
+    let mut item_strides: Vec<Vec<i64>> = strides.iter().map(|s| [s.as_slice(), &[0, 0]].concat()).collect();
+    item_strides.push([vec![0; sizes.len()], vec![1, 0]].concat());
+    item_strides.push([vec![0; sizes.len()], vec![0, 1]].concat());
+    let zero = cg.i64c(0);
+    cg.for_items_nest(&kernel, &item_sizes, &item_strides, &[zero; 5], &mut |o| {
+        let ic = cg.mul(o[3], gemm::MC as i64)?;
+        let rows_left = cg.b.build_int_nsw_sub(cg.i64c(m as i64), ic, "rows_left")?;
+        let mc = cg.b.build_select(
+            cg.b.build_int_compare(inkwell::IntPredicate::SLT, rows_left, cg.i64c(gemm::MC as i64), "short")?,
+            rows_left,
+            cg.i64c(gemm::MC as i64),
+            "mc",
+        )?;
+        let jc = cg.mul(o[4], split.slab as i64)?;
+        let cols_left = cg.b.build_int_nsw_sub(cg.i64c(n as i64), jc, "cols_left")?;
+        let nc = cg.b.build_select(
+            cg.b.build_int_compare(inkwell::IntPredicate::SLT, cols_left, cg.i64c(split.slab as i64), "narrow")?,
+            cols_left,
+            cg.i64c(split.slab as i64),
+            "nc",
+        )?;
+        // The B matrix of this batch entry, by number.
+        let b_index = if par.b_batches > 1 {
+            cg.b.build_int_unsigned_div(o[2], cg.i64c((k * n) as i64), "b_index")?
+        } else {
+            zero
+        };
+        let spec = GemmSpec {
+            m: cg.i64c(m as i64),
+            n: cg.i64c(n as i64),
+            k: cg.i64c(k as i64),
+            max: par.dims,
+            a: GemmOperand { ptr: cg.elem_ptr(ap, adt, o[1])?, dtype: adt, strides: (sa_i, sa_k) },
+            b: GemmOperand { ptr: cg.elem_ptr(sp, dtype, zero)?, dtype: bdt, strides: (sb_k, sb_j) },
+            c: cg.elem_ptr(cp, dtype, o[0])?,
+            c_dtype: dtype,
+            ldc: n as i64,
+            alpha: par.gemm.alpha as f64,
+            accumulate: par.has_c,
+            scratch: sp,
+        };
+        let pb = cg.elem_ptr(sp, dtype, cg.mul(b_index, per_b)?)?;
+        gemm::emit_gemm_packed_b(cg, f, &spec, pb, (ic, mc.into_int_value()), (jc, nc.into_int_value()))
+    })?;
+    cg.kernel_return(f)?;
+    let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
+    locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    Ok((cg.finish_parallel(kernel)?, locs))
 }
 
 /// The batch loop of a MatMul: the (collapsed) batch sizes and, per
