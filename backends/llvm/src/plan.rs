@@ -174,6 +174,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
         op,
         Op::MatMul
             | Op::Gemm(_)
+            | Op::MatMulInteger
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::Reduce { .. }
@@ -214,24 +215,18 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
             (4 * rows + tile) * 8
         }
         Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
-        Op::MatMul | Op::Gemm(_) => {
+        Op::MatMul | Op::Gemm(_) | Op::MatMulInteger => {
             let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
             let out = node.output(0).and_then(|v| types[v.index()].as_ref());
-            let (trans_a, trans_b) = match &node.op {
-                Op::Gemm(g) => (g.trans_a, g.trans_b),
-                _ => (false, false),
-            };
-            match (ty(0), ty(1), out) {
-                (Some(a), Some(b), Some(out)) => {
-                    use crate::codegen::gemm;
-                    match gemm::matmul_dims(&a.shape, &b.shape, trans_a, trans_b) {
-                        Some(dims) if gemm::uses_packed(dims, out.dtype, matmul) => {
-                            gemm::scratch_bytes(out.dtype, dims)
-                        }
-                        _ => 0,
-                    }
+            let (Some(a), Some(b), Some(out)) = (ty(0), ty(1), out) else { return 0 };
+            use crate::codegen::gemm;
+            match &node.op {
+                Op::MatMulInteger => gemm::matmul_dims(&a.shape, &b.shape, false, false)
+                    .map_or(0, |dims| gemm::scratch_bytes(DType::I32, dims)),
+                Op::Gemm(g) => {
+                    gemm::matmul_scratch_bytes(&a.shape, &b.shape, out.dtype, (g.trans_a, g.trans_b), matmul)
                 }
-                _ => 0,
+                _ => gemm::matmul_scratch_bytes(&a.shape, &b.shape, out.dtype, (false, false), matmul),
             }
         }
         _ => 0,
