@@ -19,6 +19,7 @@
 mod attention;
 mod elementwise;
 mod kernels;
+mod lce;
 mod loss;
 mod math;
 mod rotary;
@@ -36,6 +37,8 @@ use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FunctionValue, Int
 use inkwell::AddressSpace;
 use kiln_ir::dtype::DType;
 use std::cell::Cell;
+
+pub(crate) use lce::{backward_buffer_count, backward_scratch, emit_backward_module, forward_scratch_bytes, problem_of, Problem, ProblemError};
 
 /// The name of the generated entry function.
 pub(crate) const ENTRY: &str = "kiln_entry";
