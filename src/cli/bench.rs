@@ -67,8 +67,13 @@ impl BenchBackend {
     suits masks and flags). A symbolic dim (batch, seq) needs its size: --dim seq=128.\n\n\
     Compile: for interp, the graph is specialized to the input shapes (input types fixed, types \
     re-inferred, graph verified); for cpu, the backend's code generation.\n\n\
-    Threads: --threads T is how many threads the backend may use (default: all available cores). The \
-    interpreter is single-threaded; it records T and reports threads_used 1.\n\n\
+    Threads: --threads T is how many threads the backend may use (default: all available cores). The cpu \
+    backend splits its kernels' outer loops (rows, heads, chunks) across T threads of LLVM's OpenMP runtime; \
+    the interpreter is single-threaded, records T and reports threads_used 1.\n\n\
+    Outputs: the cpu backend's timed runs write into output buffers allocated once and reused by every run \
+    (like onnxruntime's IOBinding), and keep their scratch arena between runs.\n\n\
+    Softmax: --softmax two-pass|three-pass picks the cpu backend's Softmax/LogSoftmax kernel (default \
+    two-pass), to compare the two.\n\n\
     Memory: peak_rss_mb is the process's peak resident set; run_peak_extra_mb is the runs' peak above the \
     resident size after compiling and making the inputs (the high-water mark is reset through \
     /proc/self/clear_refs before the first warmup run; peak_reset says whether that worked).\n\n\
@@ -101,9 +106,37 @@ pub struct BenchArgs {
     /// Seed of the random inputs.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
+    /// With --backend cpu: the Softmax/LogSoftmax kernel.
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    softmax: Option<SoftmaxChoice>,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+}
+
+/// `--softmax`: the CPU backend's softmax kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SoftmaxChoice {
+    /// Max and sum in one read of each row, then one pass to write.
+    TwoPass,
+    /// The baseline: max, sum and write in three passes.
+    ThreePass,
+}
+
+impl SoftmaxChoice {
+    fn algorithm(self) -> kiln_backend_llvm::SoftmaxAlgorithm {
+        match self {
+            SoftmaxChoice::TwoPass => kiln_backend_llvm::SoftmaxAlgorithm::TwoPass,
+            SoftmaxChoice::ThreePass => kiln_backend_llvm::SoftmaxAlgorithm::ThreePass,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SoftmaxChoice::TwoPass => "two-pass",
+            SoftmaxChoice::ThreePass => "three-pass",
+        }
+    }
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -420,8 +453,12 @@ fn random_inputs(graph: &Graph, dims: &BTreeMap<String, u64>, seed: u64) -> anyh
 
 /// A model prepared by a backend, ready to run many times.
 trait Executable {
-    /// One run on the given inputs.
-    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<Vec<(String, Tensor)>>;
+    /// One run on the given inputs; returns the number of outputs, which
+    /// the executable keeps until [`Executable::release`].
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<usize>;
+    /// Frees what the last run returned, if the backend does not reuse it
+    /// (freeing is the caller's cost, not the run's, so it is not timed).
+    fn release(&mut self);
     /// The threads it actually uses.
     fn threads_used(&self) -> usize;
     /// What compiling did, in a few words, for the report.
@@ -431,11 +468,18 @@ trait Executable {
 /// The interpreter on a graph specialized to the inputs' shapes.
 struct Interpreted {
     graph: Graph,
+    /// The last run's outputs.
+    outputs: Vec<(String, Tensor)>,
 }
 
 impl Executable for Interpreted {
-    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<Vec<(String, Tensor)>> {
-        Ok(kiln::ir::interp::run(&self.graph, inputs)?)
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<usize> {
+        self.outputs = kiln::ir::interp::run(&self.graph, inputs)?;
+        Ok(self.outputs.len())
+    }
+
+    fn release(&mut self) {
+        drop(std::hint::black_box(std::mem::take(&mut self.outputs)));
     }
 
     fn threads_used(&self) -> usize {
@@ -462,39 +506,49 @@ fn specialize(mut graph: Graph, inputs: &[(String, Tensor)]) -> anyhow::Result<G
 
 /// Compiles `graph` for `backend`, for the shapes of `inputs`, allowing it
 /// `threads` threads. Each backend is one arm here, wrapped in an
-/// [`Executable`] whose `threads_used` is what it really runs on. Neither
-/// backend runs kernels on several threads yet, hence the unused parameter.
+/// [`Executable`] whose `threads_used` is what it really runs on.
 fn compile(
     backend: BenchBackend,
     graph: Graph,
     inputs: &[(String, Tensor)],
-    _threads: usize,
+    threads: usize,
+    softmax: Option<SoftmaxChoice>,
 ) -> anyhow::Result<Box<dyn Executable>> {
     match backend {
-        BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)? })),
+        BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)?, outputs: Vec::new() })),
         BenchBackend::Cpu => {
-            let compiled = kiln_backend_llvm::compile(&graph, &kiln_backend_llvm::CompileOptions::default())?;
+            let opts = kiln_backend_llvm::CompileOptions {
+                threads: Some(threads),
+                softmax: softmax.map_or_else(Default::default, SoftmaxChoice::algorithm),
+                ..Default::default()
+            };
+            let compiled = kiln_backend_llvm::compile(&graph, &opts)?;
             // Compile the specialization for these shapes now, so that the
             // timed runs only run.
             compiled.specialization_for(inputs)?;
-            Ok(Box::new(Jitted { compiled }))
+            Ok(Box::new(Jitted { compiled, outputs: Vec::new() }))
         }
     }
 }
 
 /// The LLVM CPU backend's JIT-compiled code, specialized to the inputs'
-/// shapes. Its kernels are single-threaded so far.
+/// shapes, with its outputs allocated by the first run and written in
+/// place by the others.
 struct Jitted {
     compiled: kiln_backend_llvm::CompiledGraph,
+    outputs: Vec<Tensor>,
 }
 
 impl Executable for Jitted {
-    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<Vec<(String, Tensor)>> {
-        Ok(self.compiled.run(inputs)?)
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<usize> {
+        self.compiled.run_into(inputs, &mut self.outputs)?;
+        Ok(self.outputs.len())
     }
 
+    fn release(&mut self) {}
+
     fn threads_used(&self) -> usize {
-        1
+        self.compiled.threads()
     }
 
     fn compile_summary(&self) -> &str {
@@ -551,6 +605,9 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs `kiln bench`.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.softmax.is_some() && args.backend != BenchBackend::Cpu {
+        bail!("--softmax needs --backend cpu");
+    }
     let mut dims = BTreeMap::new();
     for (name, value) in &args.dims {
         if let Some(previous) = dims.insert(name.clone(), *value) {
@@ -597,7 +654,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let inputs: Vec<(String, Tensor)> = prepared.into_iter().map(|p| (p.name, p.tensor)).collect();
 
     let compile_start = Instant::now();
-    let mut executable = compile(args.backend, graph, &inputs, threads)
+    let mut executable = compile(args.backend, graph, &inputs, threads, args.softmax)
         .with_context(|| format!("compiling `{}` for {} failed", args.model.display(), args.backend.name()))?;
     let compile_time = compile_start.elapsed();
 
@@ -608,8 +665,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let failed = || format!("running `{}` with {} failed", args.model.display(), args.backend.name());
     let bar = Progress::new("warmup", "runs");
     for k in 0..args.warmup {
-        let outputs = executable.run(&inputs).with_context(failed)?;
-        drop(std::hint::black_box(outputs));
+        executable.run(&inputs).with_context(failed)?;
+        executable.release();
         bar.update(k as u64 + 1, args.warmup as u64);
     }
     bar.finish();
@@ -618,11 +675,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let mut output_count = 0;
     for k in 0..args.iterations {
         let start = Instant::now();
-        let outputs = executable.run(&inputs).with_context(failed)?;
+        output_count = executable.run(&inputs).with_context(failed)?;
         let elapsed = start.elapsed();
-        output_count = outputs.len();
         // Freeing the outputs is the caller's cost, not the run's.
-        drop(std::hint::black_box(outputs));
+        executable.release();
         runs_ms.push(ms(elapsed));
         bar.update(k as u64 + 1, args.iterations as u64);
     }
@@ -650,6 +706,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "backend": args.backend.name(),
             "threads": threads,
             "threads_used": threads_used,
+            "softmax": args.softmax.map(SoftmaxChoice::name),
             "nodes": node_count,
             "warmup": args.warmup,
             "iterations": args.iterations,

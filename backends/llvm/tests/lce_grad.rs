@@ -258,7 +258,7 @@ fn matches_the_reference_for_every_attribute_combination() {
 
 #[test]
 fn matches_the_reference_on_sizes_with_partial_register_blocks() {
-    // f64 on AVX-512 blocks 8 rows × 16 columns: 21 rows and d = 37 leave
+    // f64 on AVX-512 blocks 12 rows × 16 columns: 21 rows and d = 37 leave
     // partial row blocks and scalar columns; 300 classes in tiles of 64
     // leave a short last tile.
     let base = Case { n: 21, d: 37, v: 300, chunk: 64, ..Case::small() };

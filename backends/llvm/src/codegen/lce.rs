@@ -60,8 +60,8 @@ type BV<'ctx> = BasicValueEnum<'ctx>;
 /// panel (32 KiB with 32 columns) fits next to the `A` rows in L1.
 const KC: usize = 256;
 
-/// Rows per logit tile of the forward kernel.
-pub(crate) const FORWARD_ROWS: usize = 64;
+/// Rows per logit tile of the forward kernel (a multiple of every `MR`).
+pub(crate) const FORWARD_ROWS: usize = 96;
 
 /// Columns every packed head tile is padded to a multiple of: a multiple
 /// of every microkernel width `NR` (two vectors of at most 64 bytes).
@@ -125,9 +125,9 @@ pub(crate) fn forward_scratch_bytes(dtype: DType, n: usize, d: usize, chunk_size
 /// Register blocking for a dtype on the target: `(vector lanes, MR, NR)`.
 fn blocking(cg: &Cg<'_>, dtype: DType) -> (usize, usize, usize) {
     let vl = (cg.lanes as usize * 4 / elem_bytes(dtype)).max(1);
-    // 32 vector registers (AVX-512) hold 8×2 accumulators with room for
-    // the loads; 16 (AVX2, SSE) hold 6×2.
-    let mr = if cg.lanes >= 16 { 8 } else { 6 };
+    // 32 vector registers (AVX-512) hold 12×2 accumulators with room for
+    // the two B vectors and a broadcast; 16 (AVX2, SSE) hold 6×2.
+    let mr = if cg.lanes >= 16 { 12 } else { 6 };
     (vl, mr, 2 * vl)
 }
 
