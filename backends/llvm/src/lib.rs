@@ -31,7 +31,8 @@
 //!   in tiles: a register-blocked GEMM (explicit vectors, `MR × 2` vector
 //!   accumulators, packed head panels) writes one tile of logits for a
 //!   block of rows, which an online log-sum-exp folds away, so the `N × V`
-//!   logits never exist. The backward ([`linear_cross_entropy_grad`])
+//!   logits never exist; threads split the rows. The backward
+//!   ([`linear_cross_entropy_grad`], single-threaded)
 //!   recomputes the tiles and accumulates `dH`, `dW` and `db` with the same
 //!   GEMM, skipping tiles whose softmax gradient is below a threshold (Cut
 //!   Cross-Entropy).

@@ -25,9 +25,17 @@
 //! into its running maximum and sum (online log-sum-exp:
 //! `s ← s·exp(m - m') + Σ exp(x - m')`), picks its target logit out of the
 //! tile when its label falls in it, and adds `Σ w_k x_k` for label
-//! smoothing. The head is packed once and read from memory once; the
-//! scratch is the packed tile, one logit tile and four numbers per row,
-//! never `N × V` (or even `N × vt`).
+//! smoothing. The scratch is a packed tile, one logit tile and four
+//! numbers per row, never `N × V` (or even `N × vt`).
+//!
+//! Rows are split across threads in groups of whole row blocks (at most
+//! [`MAX_THREAD_SLOTS`] groups): each thread walks every vocabulary tile
+//! for its own rows, packing the head into its own slot, so the threads
+//! share nothing but read-only inputs and write disjoint rows of state. A
+//! row's arithmetic does not depend on the split, and the losses are
+//! summed afterwards on one thread in row order, so the result is bitwise
+//! the same on any number of threads. On one thread the head is packed
+//! once and read from memory once.
 //!
 //! # Backward
 //!
@@ -92,22 +100,41 @@ fn padded_tile(vt: usize) -> usize {
 struct ForwardScratch {
     /// Running max, sum, target logit and weighted logit sum: `n` each.
     state: [usize; 4],
-    /// The packed head tile, `vt_pad × d`.
+    /// One packed head tile (`vt_pad × d`) per thread slot.
     packed: usize,
-    /// One logit tile, `rows × vt_pad`.
+    packed_len: usize,
+    /// One logit tile (`rows × vt_pad`) per thread slot.
     tile: usize,
+    tile_len: usize,
     /// Total elements.
     total: usize,
 }
 
-fn forward_scratch(n: usize, d: usize, vt: usize, rows: usize) -> ForwardScratch {
+fn forward_scratch(n: usize, d: usize, vt: usize, rows: usize, slots: usize) -> ForwardScratch {
     let vt_pad = padded_tile(vt);
     let state_len = round_up(n, SECTION_ALIGN);
     let state = [0, state_len, 2 * state_len, 3 * state_len];
     let packed = 4 * state_len;
-    let tile = packed + round_up(vt_pad * d, SECTION_ALIGN);
-    let total = tile + round_up(rows * vt_pad, SECTION_ALIGN);
-    ForwardScratch { state, packed, tile, total }
+    let packed_len = round_up(vt_pad * d, SECTION_ALIGN);
+    let tile = packed + slots * packed_len;
+    let tile_len = round_up(rows * vt_pad, SECTION_ALIGN);
+    let total = tile + slots * tile_len;
+    ForwardScratch { state, packed, packed_len, tile, tile_len, total }
+}
+
+/// At most this many threads share the forward kernel's rows: each needs a
+/// slot of its own (a packed head tile and a logit tile, under 1 MiB for a
+/// 768-wide f32 head), and only the slots of running threads are touched.
+const MAX_THREAD_SLOTS: usize = 16;
+
+/// How the forward kernel splits `n` rows across threads: `(groups,
+/// blocks per group)`, where a group is the parallel item, a run of whole
+/// [`FORWARD_ROWS`]-row blocks, and the number of groups is the number of
+/// thread slots.
+fn forward_groups(n: usize) -> (usize, usize) {
+    let blocks = n.div_ceil(FORWARD_ROWS).max(1);
+    let per_group = blocks.div_ceil(blocks.min(MAX_THREAD_SLOTS));
+    (blocks.div_ceil(per_group), per_group)
 }
 
 /// Vocabulary entries per tile for an op's `chunk_size`.
@@ -117,7 +144,8 @@ pub(crate) fn forward_tile(chunk_size: i64) -> usize {
 
 /// Scratch bytes of the forward kernel for `hidden [n, d]` of `dtype`.
 pub(crate) fn forward_scratch_bytes(dtype: DType, n: usize, d: usize, chunk_size: i64) -> usize {
-    forward_scratch(n, d, forward_tile(chunk_size), FORWARD_ROWS.min(n.max(1))).total * elem_bytes(dtype)
+    let slots = forward_groups(n).0;
+    forward_scratch(n, d, forward_tile(chunk_size), FORWARD_ROWS.min(n.max(1)), slots).total * elem_bytes(dtype)
 }
 
 // ------------------------------------------------------------------ GEMM
@@ -380,6 +408,10 @@ fn for_blocks<'ctx>(
 
 // ------------------------------------------------------------------ shared pieces
 
+/// Visits blocks of rows: `blocks(body)` calls `body(first row, rows)` for
+/// each, `rows` a compile-time constant.
+type RowBlocks<'a, 'ctx> = &'a dyn Fn(&mut dyn FnMut(IntValue<'ctx>, usize) -> Result<()>) -> Result<()>;
+
 /// The problem of one LinearCrossEntropy, as the kernels see it.
 #[derive(Clone, Debug)]
 pub(crate) struct Problem {
@@ -485,12 +517,12 @@ impl<'ctx> Emitter<'_, 'ctx> {
 
     /// Packs head entries `v0..v0+width` as `NR`-wide panels `[panel][d][NR]`
     /// at scratch element `at`, zero past `width` up to a whole panel.
-    fn pack_head(&self, at: usize, v0: IntValue<'ctx>, width: usize) -> Result<()> {
+    fn pack_head(&self, at: IntValue<'ctx>, v0: IntValue<'ctx>, width: usize) -> Result<()> {
         let (cg, f, d, dtype) = (self.cg, self.f, self.p.d, self.p.dtype);
         let (_, _, nr) = blocking(cg, dtype);
         let full = width / nr;
         let panel = |pnl: IntValue<'ctx>, cols: usize| -> Result<()> {
-            let base = cg.affine(pnl, (d * nr) as i64, cg.i64c(at as i64))?;
+            let base = cg.affine(pnl, (d * nr) as i64, at)?;
             let v_base = cg.add(v0, cg.mul(pnl, nr as i64)?)?;
             if self.p.transpose_weight {
                 // Rows of W are contiguous along d: read them in order.
@@ -537,8 +569,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
         a_off: IntValue<'ctx>,
         rows: usize,
         width: usize,
-        packed: usize,
-        tile: usize,
+        packed: IntValue<'ctx>,
+        tile: IntValue<'ctx>,
     ) -> Result<()> {
         let (_, _, nr) = blocking(self.cg, self.p.dtype);
         let d = self.p.d;
@@ -555,11 +587,11 @@ impl<'ctx> Emitter<'_, 'ctx> {
                 a_rs: d as i64,
                 a_ks: 1,
                 b: self.scratch,
-                b_off: self.cg.i64c(packed as i64),
+                b_off: packed,
                 b_ks: nr as i64,
                 b_ps: (d * nr) as i64,
                 c: self.scratch,
-                c_off: self.cg.i64c(tile as i64),
+                c_off: tile,
                 c_rs: padded_tile(self.p.vt) as i64,
                 accumulate: false,
             },
@@ -568,13 +600,22 @@ impl<'ctx> Emitter<'_, 'ctx> {
 
     /// The forward: checks the labels, then walks the vocabulary tiles and
     /// leaves per row (max, sum, target logit, weighted logit sum) in the
-    /// scratch sections `st`. Returns 1 from the function on a bad label.
-    fn forward_state(&self, st: [usize; 4], packed: usize, tile: usize) -> Result<()> {
+    /// scratch sections `st`, for the rows of the blocks `blocks` visits
+    /// (`blocks(body)` calls `body(first row, rows)` per block). Returns 1
+    /// from the function on a bad label.
+    fn forward_state(
+        &self,
+        st: [usize; 4],
+        packed: IntValue<'ctx>,
+        tile: IntValue<'ctx>,
+        blocks: RowBlocks<'_, 'ctx>,
+    ) -> Result<()> {
         let (cg, f, p) = (self.cg, self.f, self.p);
         let (dtype, ty) = (p.dtype, self.ty);
         let [m_at, s_at, t_at, ws_at] = st;
         let vt_pad = padded_tile(p.vt);
-        cg.for_n(f, p.n, &mut |i| {
+        blocks(&mut |r0, rows| cg.for_n(f, rows, &mut |r| {
+            let i = cg.add(r0, r)?;
             self.by_row(
                 i,
                 &mut |label| {
@@ -593,18 +634,17 @@ impl<'ctx> Emitter<'_, 'ctx> {
             cg.store(self.scratch, dtype, self.at(s_at, i)?, self.c(0.0))?;
             cg.store(self.scratch, dtype, self.at(t_at, i)?, self.c(0.0))?;
             cg.store(self.scratch, dtype, self.at(ws_at, i)?, self.c(0.0))
-        })?;
+        }))?;
         let tmax = cg.entry_alloca(f, ty, "tile_max")?;
         let tsum = cg.entry_alloca(f, ty, "tile_sum")?;
         let twsum = cg.entry_alloca(f, ty, "tile_weighted")?;
-        let rows_per_tile = FORWARD_ROWS.min(p.n.max(1));
         for_blocks(cg, f, p.vocab, p.vt, &mut |v0, width| {
             self.pack_head(packed, v0, width)?;
-            for_blocks(cg, f, p.n, rows_per_tile, &mut |r0, rows| {
+            blocks(&mut |r0, rows| {
                 self.logits_tile(self.x.h, cg.mul(r0, p.d as i64)?, rows, width, packed, tile)?;
                 cg.for_n(f, rows, &mut |r| {
                     let i = cg.add(r0, r)?;
-                    let trow = cg.affine(r, vt_pad as i64, cg.i64c(tile as i64))?;
+                    let trow = cg.affine(r, vt_pad as i64, tile)?;
                     let x_at = |k: IntValue<'ctx>| -> Result<BV<'ctx>> {
                         self.biased(cg.load(self.scratch, dtype, cg.add(trow, k)?)?, cg.add(v0, k)?)
                     };
@@ -799,9 +839,11 @@ pub(crate) fn forward<'ctx>(
         ProblemError::Invalid(m) => err(m),
     })?;
     let scratch_offset = plan.scratch[step].ok_or_else(|| err("no scratch space was planned".into()))?;
-    let rows = FORWARD_ROWS.min(problem.n.max(1));
-    let layout = forward_scratch(problem.n, problem.d, problem.vt, rows);
-    let planned = forward_scratch_bytes(problem.dtype, problem.n, problem.d, node_chunk(&node.op));
+    let (n, d) = (problem.n, problem.d);
+    let rows = FORWARD_ROWS.min(n.max(1));
+    let (groups, per_group) = forward_groups(n);
+    let layout = forward_scratch(n, d, problem.vt, rows, groups);
+    let planned = forward_scratch_bytes(problem.dtype, n, d, node_chunk(&node.op));
     if layout.total * elem_bytes(problem.dtype) > planned {
         return Err(err("the planned scratch space is too small".into()));
     }
@@ -809,21 +851,110 @@ pub(crate) fn forward<'ctx>(
     let mut values = vec![loss, h, w, labels];
     values.extend(bias);
     values.extend(class_w);
-    let f = cg.checked_kernel_fn(&format!("k{step}_LinearCrossEntropy"), values.len() + 1);
-    let x = Inputs {
+    let params = values.len() + 1;
+    let inputs_of = |f: FunctionValue<'ctx>| Inputs {
         h: cg.param(f, 1),
         w: cg.param(f, 2),
         labels: cg.param(f, 3),
         bias: bias.map(|_| cg.param(f, 4)),
         class_w: class_w.map(|_| cg.param(f, 4 + bias.is_some() as u32)),
     };
-    let e = make_emitter(cg, f, &problem, x, cg.param(f, values.len() as u32))?;
-    e.forward_state(layout.state, layout.packed, layout.tile)?;
-    e.losses(layout.state, cg.param(f, 0))?;
+    let name = format!("k{step}_LinearCrossEntropy");
+
+    // The row states, in parallel over groups of row blocks: each thread
+    // packs the head tiles into its own slot and runs its rows over them.
+    let work = per_group * rows * problem.vocab * d * 2;
+    let k = cg.checked_parallel_kernel_fn(&format!("{name}.rows"), params, groups, work);
+    let f = k.f;
+    let e = make_emitter(cg, f, &problem, inputs_of(f), cg.param(f, values.len() as u32))?;
+    let param_int = |i: usize| -> Result<IntValue<'ctx>> {
+        f.get_nth_param(i as u32)
+            .map(|v| v.into_int_value())
+            .ok_or_else(|| BackendError::Llvm("the parallel body lacks its item range".into()))
+    };
+    let (begin, end) = (param_int(params)?, param_int(params + 1)?);
+    let slot = if groups > 1 {
+        let tid = cg.omp_call("omp_get_thread_num", &[])?;
+        cg.b.build_int_s_extend(tid, cg.i64t(), "slot")?
+    } else {
+        cg.i64c(0)
+    };
+    let packed = cg.affine(slot, layout.packed_len as i64, cg.i64c(layout.packed as i64))?;
+    let tile = cg.affine(slot, layout.tile_len as i64, cg.i64c(layout.tile as i64))?;
+    let nblocks = n.div_ceil(FORWARD_ROWS).max(1);
+    let first = cg.mul(begin, per_group as i64)?;
+    let stop = {
+        let s = cg.mul(end, per_group as i64)?;
+        let over = cg.b.build_int_compare(IntPredicate::SGT, s, cg.i64c(nblocks as i64), "over")?;
+        cg.b.build_select(over, cg.i64c(nblocks as i64), s, "stop")?.into_int_value()
+    };
+    let count = cg.b.build_int_nsw_sub(stop, first, "blocks")?;
+    let tail = n % FORWARD_ROWS;
+    let blocks = |body: &mut dyn FnMut(IntValue<'ctx>, usize) -> Result<()>| -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        if nblocks == 1 {
+            return body(cg.i64c(0), n);
+        }
+        cg.for_range(f, count, &mut |b| {
+            let blk = cg.add(first, b)?;
+            let r0 = cg.mul(blk, FORWARD_ROWS as i64)?;
+            if tail == 0 {
+                return body(r0, FORWARD_ROWS);
+            }
+            let last = cg.b.build_int_compare(IntPredicate::EQ, blk, cg.i64c(nblocks as i64 - 1), "last")?;
+            let short = cg.ctx.append_basic_block(f, "rows.short");
+            let full = cg.ctx.append_basic_block(f, "rows.full");
+            let done = cg.ctx.append_basic_block(f, "rows.done");
+            cg.b.build_conditional_branch(last, short, full)?;
+            cg.b.position_at_end(short);
+            body(r0, tail)?;
+            cg.b.build_unconditional_branch(done)?;
+            cg.b.position_at_end(full);
+            body(r0, FORWARD_ROWS)?;
+            cg.b.build_unconditional_branch(done)?;
+            cg.b.position_at_end(done);
+            Ok(())
+        })
+    };
+    e.forward_state(layout.state, packed, tile, &blocks)?;
     cg.kernel_return(f)?;
+    let launcher = cg.finish_parallel(k)?;
+    let forks = cg.launchers.borrow().iter().any(|&(l, forks)| l == launcher && forks);
+
+    // The losses, serially (a fixed summation order).
+    let lf = cg.kernel_fn(&format!("{name}.loss"), params);
+    let e = make_emitter(cg, lf, &problem, inputs_of(lf), cg.param(lf, values.len() as u32))?;
+    e.losses(layout.state, cg.param(lf, 0))?;
+    cg.b.build_return(None)?;
+
+    // The step's kernel: the rows, then (if no label was bad) the losses.
+    let ptr = cg.ctx.ptr_type(inkwell::AddressSpace::default());
+    let i32t = cg.ctx.i32_type();
+    let mut arg_types: Vec<inkwell::types::BasicMetadataTypeEnum> = (0..params).map(|_| ptr.into()).collect();
+    arg_types.push(i32t.into());
+    let kf = cg.module.add_function(&name, i32t.fn_type(&arg_types, false), Some(inkwell::module::Linkage::Internal));
+    cg.add_target_attrs(kf);
+    cg.b.position_at_end(cg.ctx.append_basic_block(kf, "entry"));
+    let args: Vec<inkwell::values::BasicMetadataValueEnum> =
+        (0..=params as u32).map(|i| kf.get_nth_param(i).expect("declared above").into()).collect();
+    let status = cg.b.build_call(launcher, &args, "status")?;
+    let status = status.try_as_basic_value().basic().expect("checked launchers return i32").into_int_value();
+    let failed = cg.b.build_int_compare(IntPredicate::NE, status, i32t.const_zero(), "failed")?;
+    let bail = cg.ctx.append_basic_block(kf, "bad_label");
+    let go = cg.ctx.append_basic_block(kf, "losses");
+    cg.b.build_conditional_branch(failed, bail, go)?;
+    cg.b.position_at_end(bail);
+    cg.b.build_return(Some(&status))?;
+    cg.b.position_at_end(go);
+    cg.b.build_call(lf, &args[..params], "")?;
+    cg.b.build_return(Some(&i32t.const_zero()))?;
+    // The entry passes launchers the thread count.
+    cg.launchers.borrow_mut().push((kf, forks));
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
     locs.push(Loc { slot: Slot::Arena, offset: scratch_offset });
-    Ok((f, locs))
+    Ok((kf, locs))
 }
 
 fn node_chunk(op: &Op) -> i64 {
@@ -1007,7 +1138,9 @@ fn backward_body<'ctx>(
     let i64t = cg.i64t();
 
     // The forward: row states and the loss.
-    e.forward_state(layout.state, layout.packed, layout.tile)?;
+    let fwd_rows = FORWARD_ROWS.min(n.max(1));
+    let all_rows = |body: &mut dyn FnMut(IntValue<'ctx>, usize) -> Result<()>| for_blocks(cg, f, n, fwd_rows, body);
+    e.forward_state(layout.state, cg.i64c(layout.packed as i64), cg.i64c(layout.tile as i64), &all_rows)?;
     let total_w = e.losses(layout.state, lossp)?;
 
     // Per counted row: lse, the softmax coefficient c_i, the target
@@ -1066,7 +1199,7 @@ fn backward_body<'ctx>(
     let smooth = p.eps / vocab as f64;
 
     for_blocks(cg, f, vocab, p.vt, &mut |v0, width| {
-        e.pack_head(layout.packed, v0, width)?;
+        e.pack_head(cg.i64c(layout.packed as i64), v0, width)?;
         if let (Some(rows_at), Some(dw_at)) = (layout.head_rows, layout.dw_tile) {
             // The [d, V] head's tile as rows, and a zero dW tile.
             cg.for_n(f, width, &mut |v| {
@@ -1090,7 +1223,8 @@ fn backward_body<'ctx>(
                     &mut || cg.for_n(f, d, &mut |j| cg.store(scratch, dtype, cg.add(dst, j)?, zero)),
                 )
             })?;
-            e.logits_tile(scratch, cg.i64c(layout.hidden as i64), rows, width, layout.packed, layout.tile)?;
+            let (packed, tile) = (cg.i64c(layout.packed as i64), cg.i64c(layout.tile as i64));
+            e.logits_tile(scratch, cg.i64c(layout.hidden as i64), rows, width, packed, tile)?;
             // u in place, then G = s·u; `over` records an |u| not below τ.
             cg.b.build_store(over, i8t.const_zero())?;
             cg.for_n(f, rows, &mut |r| {
