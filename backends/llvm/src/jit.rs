@@ -125,14 +125,26 @@ impl Jitted {
 
 /// Generates, optimizes and JIT-compiles a plan.
 pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptions) -> Result<Jitted> {
+    compile_module(&plan.graph.name, target, opts, &|cg| codegen::emit_plan(cg, plan))
+}
+
+/// Generates a module with `emit` (which must define `kiln_entry`), then
+/// optimizes and JIT-compiles it: the path of plans and of stand-alone
+/// kernels such as the LinearCrossEntropy backward.
+pub(crate) fn compile_module(
+    name: &str,
+    target: &TargetInfo,
+    opts: &CompileOptions,
+    emit: &dyn Fn(&Cg<'static>) -> Result<()>,
+) -> Result<Jitted> {
     let context = Box::new(Context::create());
     // SAFETY: the context is boxed (its address is stable) and is dropped
     // after everything that borrows it: `Jitted` declares the engine, which
     // owns the module, before the context.
     let ctx: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
-    let mut cg = Cg::new(ctx, &plan.graph.name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
+    let mut cg = Cg::new(ctx, name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
     cg.matmul = opts.matmul;
-    codegen::emit_plan(&cg, plan)?;
+    emit(&cg)?;
     let ir_unoptimized = cg.module.print_to_string().to_string();
     cg.module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
 

@@ -27,6 +27,15 @@
 //!   Softmax/LogSoftmax, Reduce*, Transpose, the cross-entropy losses,
 //!   kiln's fused LinearCrossEntropy, RotaryEmbedding and ONNX `Attention`
 //!   have kernels of their own. See [`lowered_ops`] for the list.
+//! - **LinearCrossEntropy.** The LM head and its loss walk the vocabulary
+//!   in tiles: a register-blocked GEMM (explicit vectors, `MR × 2` vector
+//!   accumulators, packed head panels) writes one tile of logits for a
+//!   block of rows, which an online log-sum-exp folds away, so the `N × V`
+//!   logits never exist; threads split the rows. The backward
+//!   ([`linear_cross_entropy_grad`], single-threaded)
+//!   recomputes the tiles and accumulates `dH`, `dW` and `db` with the same
+//!   GEMM, skipping tiles whose softmax gradient is below a threshold (Cut
+//!   Cross-Entropy).
 //! - **Flash attention.** `Attention` (4-D or 3-D, causal, float or bool
 //!   masks, grouped-query heads, softcap, past/present key-value caches)
 //!   walks K/V in tiles per block of query rows with an online softmax
@@ -62,12 +71,14 @@
 mod codegen;
 pub mod error;
 mod jit;
+pub mod lce_grad;
 mod plan;
 pub mod profile;
 mod reuse_logits;
 
 pub use error::{BackendError, Result};
 pub use jit::TargetInfo;
+pub use lce_grad::{linear_cross_entropy_grad, linear_cross_entropy_grad_with};
 pub use profile::KernelTime;
 
 use kiln_ir::dim::Dim;

@@ -200,19 +200,19 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
 pub(crate) const LCE_TILE: usize = 256;
 
 /// Bytes of scratch a step's kernel needs beside its inputs and outputs:
-/// LinearCrossEntropy keeps four f32 numbers per row (running max, running
-/// sum, target logit, weighted logit sum) and one tile of logits.
+/// LinearCrossEntropy keeps four numbers per row (running max, running
+/// sum, target logit, weighted logit sum), one packed tile of the head and
+/// one tile of logits (see `codegen::lce`).
 pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step, matmul: MatMulKernel) -> usize {
     let Step::Node(id) = step else { return 0 };
     let node = graph.node(*id);
     match &node.op {
         Op::LinearCrossEntropy { chunk_size, .. } => {
-            let rows = node
-                .input(0)
-                .and_then(|h| types[h.index()].as_ref())
-                .map_or(0, |t| t.shape.first().copied().unwrap_or(0));
-            let tile = LCE_TILE.min((*chunk_size).max(1) as usize);
-            (4 * rows + tile) * 8
+            let hidden = node.input(0).and_then(|h| types[h.index()].as_ref());
+            match hidden.map(|t| (t.dtype, t.shape.as_slice())) {
+                Some((dtype, &[n, d])) => crate::codegen::forward_scratch_bytes(dtype, n, d, *chunk_size),
+                _ => 0,
+            }
         }
         Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
         Op::MatMul | Op::Gemm(_) | Op::MatMulInteger => {

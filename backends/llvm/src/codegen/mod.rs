@@ -62,6 +62,7 @@ mod attention;
 mod elementwise;
 pub(crate) mod gemm;
 mod kernels;
+mod lce;
 mod loss;
 mod math;
 pub(crate) mod parallel;
@@ -80,6 +81,8 @@ use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FunctionValue, Int
 use inkwell::AddressSpace;
 use kiln_ir::dtype::DType;
 use std::cell::{Cell, RefCell};
+
+pub(crate) use lce::{backward_buffer_count, backward_scratch, emit_backward_module, forward_scratch_bytes, problem_of, Problem, ProblemError};
 
 /// The name of the generated entry function.
 pub(crate) const ENTRY: &str = "kiln_entry";
