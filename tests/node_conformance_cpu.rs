@@ -141,7 +141,7 @@ fn onnx_node_tests_on_the_cpu_backend() {
     );
     let mut reasons: Vec<(&String, &usize)> = skip_reasons.iter().collect();
     reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    for (reason, count) in reasons.iter().take(25) {
+    for (reason, count) in &reasons {
         writeln!(summary, "  skipped {count:4}: {reason}").expect("writing to a String");
     }
     let report_path = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -186,7 +186,7 @@ fn kiln_run_with_the_cpu_backend() {
         assert!(o.status.success(), "{test}: {out}\n{}", String::from_utf8_lossy(&o.stderr));
         assert!(out.contains("with cpu") && out.contains("compiling") && out.contains("ok"), "{test}: {out}");
     }
-    let dir = node_dir.join("test_argmax_default_axis_example");
+    let dir = node_dir.join("test_linear_attention_linear");
     let o = kiln(&[
         "run".as_ref(),
         dir.join("model.onnx").as_os_str(),
@@ -197,7 +197,7 @@ fn kiln_run_with_the_cpu_backend() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("no CPU lowering") && err.contains("ArgMax"), "{err}");
+    assert!(err.contains("no CPU lowering") && err.contains("LinearAttention"), "{err}");
     let o = kiln(&["run".as_ref(), dir.join("model.onnx").as_os_str(), "--target-cpu".as_ref(), "x86-64".as_ref()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--target-cpu needs --backend cpu"));
 }

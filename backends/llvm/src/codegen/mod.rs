@@ -18,10 +18,14 @@
 
 mod attention;
 mod elementwise;
+mod indexing;
 mod kernels;
+mod linear_attention;
 mod loss;
 mod math;
+mod quant;
 mod rotary;
+mod select;
 
 use crate::error::{BackendError, Result};
 use crate::plan::{Loc, Plan, Slot, Step};
@@ -36,6 +40,8 @@ use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FunctionValue, Int
 use inkwell::AddressSpace;
 use kiln_ir::dtype::DType;
 use std::cell::Cell;
+
+pub(crate) use linear_attention::{geometry as linear_attention_geometry, scratch_bytes as linear_attention_scratch};
 
 /// The name of the generated entry function.
 pub(crate) const ENTRY: &str = "kiln_entry";
@@ -52,6 +58,9 @@ pub(crate) struct Cg<'ctx> {
     pub lanes: u32,
     pub softmax: SoftmaxAlgorithm,
     loops: Cell<usize>,
+    /// While emitting a checked fused kernel: an `i1` slot that integer
+    /// division sets when a divisor is zero (the kernel then fails).
+    pub fault: Cell<Option<PointerValue<'ctx>>>,
 }
 
 /// A value in a register with the kiln dtype it stands for. Floats narrower
@@ -76,6 +85,7 @@ impl<'ctx> Cg<'ctx> {
             lanes,
             softmax,
             loops: Cell::new(0),
+            fault: Cell::new(None),
         }
     }
 
@@ -102,11 +112,12 @@ impl<'ctx> Cg<'ctx> {
             // bf16 is converted by hand (see `bf16_to_f32`): LLVM lowers
             // float <-> bfloat to libcalls the JIT cannot always resolve.
             DType::BF16 => self.ctx.i16_type().into(),
-            DType::I8 | DType::U8 | DType::Bool => self.ctx.i8_type().into(),
+            // 4-bit values are held unpacked, one per byte, as kiln's
+            // tensors hold them.
+            DType::I8 | DType::U8 | DType::Bool | DType::I4 | DType::U4 => self.ctx.i8_type().into(),
             DType::I16 => self.ctx.i16_type().into(),
             DType::I32 => self.ctx.i32_type().into(),
             DType::I64 => self.ctx.i64_type().into(),
-            DType::I4 | DType::U4 => return Err(format!("{dtype} tensors are not supported")),
         })
     }
 
