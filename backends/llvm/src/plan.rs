@@ -421,7 +421,11 @@ fn decides_shape(graph: &Graph, v: ValueId, memo: &mut BTreeMap<ValueId, bool>) 
             Op::Pad { .. } => slot == 1 || slot == 3,
             Op::Tile | Op::TopK { .. } | Op::OneHot { .. } | Op::Trilu { .. } | Op::CumSum { .. } => slot == 1,
             Op::Range => slot <= 2,
-            Op::ConstantOfShape { .. } | Op::NonZero => slot == 0,
+            Op::ConstantOfShape { .. } => slot == 0,
+            // NonZero's result size depends on all of its input's data:
+            // worth specializing to a graph input fed straight in (a mask
+            // given as data), not to whatever computes it.
+            Op::NonZero => slot == 0 && graph.inputs().contains(&v),
             Op::Dropout { .. } => slot == 1 || slot == 2,
             // Only the input's shape matters, which is specialized anyway.
             Op::Shape { .. } | Op::Size => return false,

@@ -502,30 +502,32 @@ fn remap<'ctx>(
     Ok((f, locs))
 }
 
-/// The source coordinate of output coordinate `o` on an axis of size `d`
-/// padded by `begin` in front, or -1 for the constant fill.
-fn pad_source(mode: &str, o: i64, begin: i64, d: i64) -> i64 {
-    let s = o - begin;
-    if (0..d).contains(&s) {
-        return s;
-    }
-    match mode {
-        "edge" => s.clamp(0, d - 1),
-        "wrap" => s.rem_euclid(d),
-        "reflect" => {
-            if d == 1 {
-                return 0;
+/// The source coordinate of output coordinate `o` on an axis whose kept
+/// (uncropped) elements are `kept` from `lo` on, padded by `before` in
+/// front, or -1 for the constant fill. Negative pads crop first, as in the
+/// interpreter; the padding then mirrors, repeats or wraps what is left.
+fn pad_source(mode: &str, o: i64, before: i64, lo: i64, kept: i64) -> i64 {
+    let rel = o - before;
+    let s = if (0..kept).contains(&rel) {
+        rel
+    } else {
+        match mode {
+            "edge" => rel.clamp(0, kept - 1),
+            "wrap" => rel.rem_euclid(kept),
+            "reflect" if kept == 1 => 0,
+            "reflect" => {
+                let period = 2 * (kept - 1);
+                let m = rel.rem_euclid(period);
+                if m < kept {
+                    m
+                } else {
+                    period - m
+                }
             }
-            let period = 2 * (d - 1);
-            let r = s.rem_euclid(period);
-            if r < d {
-                r
-            } else {
-                period - r
-            }
+            _ => return -1,
         }
-        _ => -1,
-    }
+    };
+    s + lo
 }
 
 fn pad<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, node: &Node, mode: &str) -> Result<Kernel<'ctx>> {
@@ -556,12 +558,19 @@ fn pad<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, node: &Node, mode: &str) -
         if n != d + begin[a] + end[a] {
             return Err(err(format!("output dim {a} is {n}, expected {}", d + begin[a] + end[a])));
         }
-        if d == 0 && n > 0 && mode != "constant" {
-            return Err(err(format!("cannot {mode}-pad an empty axis")));
+        let lo = (-begin[a]).max(0);
+        let kept = d - lo - (-end[a]).max(0);
+        if kept < 0 {
+            return Err(err(format!("pads {} and {} remove more than the {d} elements of axis {a}", begin[a], end[a])));
         }
-        tables.push((0..n).map(|o| if d == 0 { -1 } else { pad_source(mode, o, begin[a], d) }).collect());
+        if kept == 0 && n > 0 && mode != "constant" {
+            return Err(err(format!("cannot {mode}-pad axis {a}: no elements are left to copy")));
+        }
+        let before = begin[a].max(0);
+        tables.push((0..n).map(|o| if kept == 0 { -1 } else { pad_source(mode, o, before, lo, kept) }).collect());
     }
-    let fill = if mode == "constant" { node.input(2) } else { None };
+    // An empty constant_value means the default zero.
+    let fill = if mode == "constant" { node.input(2).filter(|&v| plan.ty(v).len() == 1) } else { None };
     remap(cg, plan, step, "pad", x, out, fill, &tables)
 }
 
