@@ -268,6 +268,7 @@ fn kiln_run_with_the_cpu_backend() {
     let e = g.node(e).output(0).expect("one output");
     let nz = g.add_node("where_nonzero", kiln_ir::op::Op::NonZero, vec![Some(e)], &["nz"]).expect("node");
     g.add_output(g.node(nz).output(0).expect("one output"));
+    kiln_ir::infer_types(&mut g).expect("the graph types");
     kiln_ir::onnx::save_model(&g, &tmp.join("model.onnx")).expect("model is writable");
     kiln_ir::npy::write_npy(&tmp.join("x.npy"), &Tensor::from_f64s(kiln_ir::dtype::DType::F32, &[3], &[0.0, 1.0, 2.0]))
         .expect("input is writable");

@@ -34,7 +34,7 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
     let dtype = plan.ty(output).dtype;
     match &node.op {
         Op::MatMul | Op::Gemm(_) => {
-            if !matches!(dtype, DType::F32 | DType::F64) {
+            if !dtype.is_float() {
                 return Err(unsupported(format!("{} on {dtype}", node.op.name())));
             }
             let gemm = match &node.op {
@@ -45,7 +45,7 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm)
         }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
-            if !matches!(dtype, DType::F32 | DType::F64) {
+            if !dtype.is_float() {
                 return Err(unsupported(format!("{} on {dtype}", node.op.name())));
             }
             let log = matches!(node.op, Op::LogSoftmax { .. });
@@ -265,7 +265,9 @@ fn matmul<'ctx>(
     if m * n > 0 {
         nest(cg, f, &sizes, &strides, vec![zero; 3], &mut |off| {
             let (co, ao, bo) = (off[0], off[1], off[2]);
-            if sb_j == 1 {
+            // f16/bf16 take the dot-product form, which sums in an f32
+            // register instead of rounding C to 16 bits after every k.
+            if sb_j == 1 && matches!(dtype, DType::F32 | DType::F64) {
                 // i-k-j order, blocked over j and k: the innermost loop runs
                 // along rows of B and C, which the loop vectorizer widens.
                 let nblocks = (n as i64 + MATMUL_NB - 1) / MATMUL_NB;
