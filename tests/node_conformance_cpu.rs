@@ -74,10 +74,8 @@ fn run_test(dir: &Path) -> Outcome {
         Err(e) => {
             return match unsupported_reason(&e) {
                 Some(r) => {
-                    let input_names: Vec<String> = kiln_ir::interp::required_inputs(&graph)
-                        .iter()
-                        .map(|&v| graph.value(v).name.clone())
-                        .collect();
+                    let input_names: Vec<String> =
+                        kiln_ir::interp::required_inputs(&graph).iter().map(|&v| graph.value(v).name.clone()).collect();
                     exception_or(dir, &graph, &input_names, r)
                 }
                 None => Outcome::Fail(format!("compile: {e}")),
@@ -261,9 +259,7 @@ fn kiln_run_with_the_cpu_backend() {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cpu_unsupported");
     std::fs::create_dir_all(&tmp).expect("tmp dir");
     let mut g = Graph::new("nonzero_of_exp");
-    let x = g
-        .add_input("x", kiln_ir::types::TensorType::fixed(kiln_ir::dtype::DType::F32, &[3]))
-        .expect("fresh name");
+    let x = g.add_input("x", kiln_ir::types::TensorType::fixed(kiln_ir::dtype::DType::F32, &[3])).expect("fresh name");
     let e = g.add_node("exp", kiln_ir::op::Op::Unary(kiln_ir::op::UnaryOp::Exp), vec![Some(x)], &["e"]).expect("node");
     let e = g.node(e).output(0).expect("one output");
     let nz = g.add_node("where_nonzero", kiln_ir::op::Op::NonZero, vec![Some(e)], &["nz"]).expect("node");
@@ -274,7 +270,14 @@ fn kiln_run_with_the_cpu_backend() {
         .expect("input is writable");
     let model = tmp.join("model.onnx");
     let input = format!("x={}", tmp.join("x.npy").display());
-    let o = kiln(&["run".as_ref(), model.as_os_str(), "--backend".as_ref(), "cpu".as_ref(), "--input".as_ref(), input.as_ref()]);
+    let o = kiln(&[
+        "run".as_ref(),
+        model.as_os_str(),
+        "--backend".as_ref(),
+        "cpu".as_ref(),
+        "--input".as_ref(),
+        input.as_ref(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("no CPU lowering") && err.contains("NonZero") && err.contains("where_nonzero"), "{err}");

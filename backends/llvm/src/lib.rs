@@ -477,7 +477,9 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
             plan::Step::Fused { nodes, .. } => nodes
                 .iter()
                 .map(|&n| plan.graph.node(n))
-                .find(|n| matches!(n.op, kiln_ir::op::Op::Mod { .. } | kiln_ir::op::Op::Binary(kiln_ir::op::BinaryOp::Div)))
+                .find(|n| {
+                    matches!(n.op, kiln_ir::op::Op::Mod { .. } | kiln_ir::op::Op::Binary(kiln_ir::op::BinaryOp::Div))
+                })
                 .map_or((String::new(), "kernel"), |n| (n.name.clone(), n.op.name())),
             _ => (String::new(), "kernel"),
         };

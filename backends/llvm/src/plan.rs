@@ -535,14 +535,10 @@ pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped], input_values: &[
 /// mode, or a ratio of 0) as a plain view of its data, its mask output (all
 /// true) a constant. Returns false, changing nothing, when the ratio or the
 /// mode is not known at compile time or the node really drops.
-fn specialize_dropout(
-    graph: &Graph,
-    g: &mut Graph,
-    map: &mut BTreeMap<ValueId, ValueId>,
-    id: NodeId,
-) -> Result<bool> {
+fn specialize_dropout(graph: &Graph, g: &mut Graph, map: &mut BTreeMap<ValueId, ValueId>, id: NodeId) -> Result<bool> {
     let node = graph.node(id);
-    let known = |slot: usize| node.input(slot).and_then(|v| map.get(&v)).and_then(|nv| g.value(*nv).initializer.clone());
+    let known =
+        |slot: usize| node.input(slot).and_then(|v| map.get(&v)).and_then(|nv| g.value(*nv).initializer.clone());
     let training = match (node.input(2), known(2)) {
         (None, _) => false,
         (Some(_), Some(t)) => t.to_f64s().iter().any(|&x| x != 0.0),

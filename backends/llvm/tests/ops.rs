@@ -413,7 +413,7 @@ fn indexing_ops_match_the_interpreter_on_edge_shapes() {
     let t = node(&mut g, "tile", Op::Tile, &[xv, reps]);
     g.add_output(t);
     for (i, (upper, k)) in [(true, 5i64), (false, -1), (true, -2)].into_iter().enumerate() {
-        let kv = g.add_initializer(&format!("k{i}"), Tensor::scalar_i64(k)).unwrap();
+        let kv = g.add_initializer(format!("k{i}"), Tensor::scalar_i64(k)).unwrap();
         let y = node(&mut g, &format!("tri{i}"), Op::Trilu { upper }, &[xv, kv]);
         g.add_output(y);
     }
@@ -440,7 +440,9 @@ fn data_dependent_indices_are_checked() {
     let i = g.add_input("i", TensorType::fixed(DType::I64, &[2, 2])).unwrap();
     let y = node(&mut g, "pick", Op::GatherElements { axis: 1 }, &[x, i]);
     g.add_output(y);
-    let feed = |v: &[i64]| [("x".to_string(), Tensor::zeros(DType::F32, &[2, 3])), ("i".to_string(), ints(DType::I64, &[2, 2], v))];
+    let feed = |v: &[i64]| {
+        [("x".to_string(), Tensor::zeros(DType::F32, &[2, 3])), ("i".to_string(), ints(DType::I64, &[2, 2], v))]
+    };
     check(g.clone(), &feed(&[0, -3, 2, 1]), "gather elements");
     kiln_ir::infer_types(&mut g).unwrap();
     let compiled = compile(&g, &CompileOptions::default()).unwrap();
@@ -503,7 +505,8 @@ fn quantization_matches_the_interpreter() {
         let s = g.add_initializer("s", Tensor::from_f64s(DType::F32, sshape, &scale)).unwrap();
         let zp: Vec<i64> = (0..n).map(|i| i as i64 % 3).collect();
         let z = g.add_initializer("z", ints(zdt, sshape, &zp)).unwrap();
-        let q = node(&mut g, "q", Op::QuantizeLinear { axis, block_size, saturate: true, output_dtype: None }, &[xv, s, z]);
+        let q =
+            node(&mut g, "q", Op::QuantizeLinear { axis, block_size, saturate: true, output_dtype: None }, &[xv, s, z]);
         let d = node(&mut g, "dq", Op::DequantizeLinear { axis, block_size, output_dtype: None }, &[q, s, z]);
         g.add_output(q);
         g.add_output(d);

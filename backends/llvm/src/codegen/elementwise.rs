@@ -93,7 +93,8 @@ pub(crate) fn emit_fused<'ctx>(
             && node.input(0).is_some_and(|v| !plan.ty(v).dtype.is_float())
     });
     let name = format!("k{step}_fused_{}", root.op.name());
-    let f = if divides { cg.checked_kernel_fn(&name, 1 + buffered.len()) } else { cg.kernel_fn(&name, 1 + buffered.len()) };
+    let f =
+        if divides { cg.checked_kernel_fn(&name, 1 + buffered.len()) } else { cg.kernel_fn(&name, 1 + buffered.len()) };
     if divides {
         let slot = cg.entry_alloca(f, cg.ctx.bool_type().into(), "fault")?;
         cg.b.build_store(slot, cg.ctx.bool_type().const_zero())?;

@@ -167,7 +167,11 @@ pub(crate) fn norm_axis(node: &Node, axis: i64, rank: usize) -> Result<usize> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if !(0..r).contains(&a) {
-        return Err(BackendError::node(&node.name, node.op.name(), format!("axis {axis} out of range for rank {rank}")));
+        return Err(BackendError::node(
+            &node.name,
+            node.op.name(),
+            format!("axis {axis} out of range for rank {rank}"),
+        ));
     }
     Ok(a as usize)
 }
@@ -260,8 +264,7 @@ struct NdGeometry {
 fn nd_geometry(node: &Node, dshape: &[usize], ishape: &[usize], batch_dims: usize) -> Result<NdGeometry> {
     let err = |m: String| BackendError::node(&node.name, node.op.name(), m);
     let depth = *ishape.last().ok_or_else(|| err("indices must have rank at least 1".into()))?;
-    if batch_dims >= ishape.len() || batch_dims + depth > dshape.len() || dshape[..batch_dims] != ishape[..batch_dims]
-    {
+    if batch_dims >= ishape.len() || batch_dims + depth > dshape.len() || dshape[..batch_dims] != ishape[..batch_dims] {
         return Err(err(format!("indices {ishape:?} do not fit data {dshape:?} with batch_dims {batch_dims}")));
     }
     let inner = &dshape[batch_dims..];

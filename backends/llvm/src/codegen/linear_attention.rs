@@ -89,7 +89,11 @@ pub(crate) fn linear_attention<'ctx>(
     let present = node.output(1);
     for val in [Some(q), Some(k), Some(v), past, decay, beta, Some(out), present].into_iter().flatten() {
         if !plan.ty(val).dtype.is_float() {
-            return Err(BackendError::unsupported(&node.name, "LinearAttention", format!("{} tensors", plan.ty(val).dtype)));
+            return Err(BackendError::unsupported(
+                &node.name,
+                "LinearAttention",
+                format!("{} tensors", plan.ty(val).dtype),
+            ));
         }
     }
     let scratch_offset = plan.scratch[step].ok_or_else(|| err("no scratch space was planned".into()))?;
@@ -140,7 +144,11 @@ pub(crate) fn linear_attention<'ctx>(
                 let width = if decay_per_dim { hkv * dk } else { hkv };
                 let drow = row(width)?;
                 cg.for_n(f, dk, &mut |i| {
-                    let at = if decay_per_dim { cg.add(drow, cg.affine(i, 1, cg.i64c(h * dk as i64))?)? } else { cg.add(drow, cg.i64c(h))? };
+                    let at = if decay_per_dim {
+                        cg.add(drow, cg.affine(i, 1, cg.i64c(h * dk as i64))?)?
+                    } else {
+                        cg.add(drow, cg.i64c(h))?
+                    };
                     let factor = cg.exp(widen32(cg, cg.load(dp, ty(d), at)?)?)?;
                     let ibase = cg.affine(i, dv as i64, hbase)?;
                     cg.for_n(f, dv, &mut |m| {

@@ -194,7 +194,9 @@ fn linear<'ctx>(
             // One rounding from the exact f64 result to the output type.
             let r = match ydt {
                 DType::F64 => r,
-                DType::F16 => cg.b.build_float_ext(cg.b.build_float_trunc(r, cg.ctx.f16_type(), "y")?, cg.f32t(), "y")?,
+                DType::F16 => {
+                    cg.b.build_float_ext(cg.b.build_float_trunc(r, cg.ctx.f16_type(), "y")?, cg.f32t(), "y")?
+                }
                 DType::BF16 => {
                     let odd = round_to_odd_f32(cg, r)?;
                     let bits = cg.f32_to_bf16(odd)?;
@@ -218,7 +220,12 @@ fn round_to_odd_f32<'ctx>(cg: &Cg<'ctx>, v: FloatValue<'ctx>) -> Result<FloatVal
     let i32t = cg.ctx.i32_type();
     let bits = cg.b.build_bit_cast(near, i32t, "bits")?.into_int_value();
     // Toward zero when rounding went away from zero, then force the lsb.
-    let away = cg.b.build_float_compare(FloatPredicate::OGT, cg.intrinsic("llvm.fabs", &[back.into()])?.into_float_value(), cg.intrinsic("llvm.fabs", &[v.into()])?.into_float_value(), "away")?;
+    let away = cg.b.build_float_compare(
+        FloatPredicate::OGT,
+        cg.intrinsic("llvm.fabs", &[back.into()])?.into_float_value(),
+        cg.intrinsic("llvm.fabs", &[v.into()])?.into_float_value(),
+        "away",
+    )?;
     let down = cg.b.build_int_sub(bits, cg.b.build_int_z_extend(away, i32t, "a")?, "down")?;
     let odd = cg.b.build_or(down, i32t.const_int(1, false), "odd")?;
     let pick = cg.b.build_select(exact, bits, odd, "pick")?.into_int_value();
@@ -244,9 +251,14 @@ fn round_half_type<'ctx>(cg: &Cg<'ctx>, q: FloatValue<'ctx>, dtype: DType) -> Re
 fn dynamic<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, node: &Node) -> Result<Kernel<'ctx>> {
     let err = |m: &str| BackendError::node(&node.name, "DynamicQuantizeLinear", m);
     let x = node.input(0).ok_or_else(|| err("input 0 is missing"))?;
-    let outs: Vec<ValueId> = (0..3).map(|i| node.output(i).ok_or_else(|| err("an output is missing"))).collect::<Result<_>>()?;
+    let outs: Vec<ValueId> =
+        (0..3).map(|i| node.output(i).ok_or_else(|| err("an output is missing"))).collect::<Result<_>>()?;
     if plan.ty(x).dtype != DType::F32 {
-        return Err(BackendError::unsupported(&node.name, "DynamicQuantizeLinear", format!("{} input", plan.ty(x).dtype)));
+        return Err(BackendError::unsupported(
+            &node.name,
+            "DynamicQuantizeLinear",
+            format!("{} input", plan.ty(x).dtype),
+        ));
     }
     let n = plan.ty(x).len();
     let f = cg.kernel_fn(&format!("k{step}_dynamic_quantize"), 4);

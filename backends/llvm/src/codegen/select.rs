@@ -227,11 +227,8 @@ pub(crate) fn bool_reduce<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: Nod
     }
     // Output strides over the input's axes: 0 on reduced ones.
     let kept: Vec<usize> = shape.iter().zip(&reduced).map(|(&d, &r)| if r { 1 } else { d }).collect();
-    let ostr: Vec<i64> = super::indexing::strides_of(&kept)
-        .into_iter()
-        .zip(&reduced)
-        .map(|(s, &r)| if r { 0 } else { s })
-        .collect();
+    let ostr: Vec<i64> =
+        super::indexing::strides_of(&kept).into_iter().zip(&reduced).map(|(s, &r)| if r { 0 } else { s }).collect();
     let istr = super::indexing::strides_of(&shape);
     let i8t = cg.ctx.i8_type();
     let f = cg.kernel_fn(&format!("k{step}_{}", if any { "any" } else { "all" }), 2);
