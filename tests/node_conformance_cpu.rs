@@ -17,6 +17,9 @@
 //! unless [`EXCEPTIONS`] lists it with the reason: every node test the
 //! interpreter passes must pass on the CPU backend.
 //!
+//! `KILN_NODE_TEST_FILTER=text` runs only the tests whose name contains
+//! `text` (for working on one op; the full run takes a minute or two).
+//!
 //! The test fails if any in-scope test fails, prints the counts (with the
 //! skips per missing op), and writes one line per test to
 //! `target/node_conformance_cpu.txt`.
@@ -167,8 +170,11 @@ fn onnx_node_tests_on_the_cpu_backend() {
         eprintln!("node_conformance_cpu: no Python with onnx found (set KILN_PYTHON); skipping");
         return;
     };
-    let dirs = model_dirs(&onnx_node_test_dir(&python));
+    let mut dirs = model_dirs(&onnx_node_test_dir(&python));
     assert!(dirs.len() > 1000, "expected the full ONNX node test set, found {} tests", dirs.len());
+    if let Ok(filter) = std::env::var("KILN_NODE_TEST_FILTER") {
+        dirs.retain(|d| d.file_name().is_some_and(|n| n.to_string_lossy().contains(filter.as_str())));
+    }
     let start = Instant::now();
     let mut report = String::new();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);

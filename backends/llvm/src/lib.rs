@@ -20,13 +20,25 @@
 //! - **Compile-time folding.** `Shape`, `Size`, `Constant` and every node
 //!   whose inputs are all known are evaluated once by kiln's interpreter
 //!   while specializing, so shape computations cost nothing at run time.
+//!   Graph inputs whose values decide a shape (a Reshape or Expand shape,
+//!   Slice/Pad/Tile/TopK/OneHot/Trilu/CumSum parameters, Range bounds,
+//!   ConstantOfShape's shape, a NonZero input fed straight in, Dropout's
+//!   ratio and mode, also through shape arithmetic) are specialized by
+//!   value like shapes, so `Range`, `ConstantOfShape` and `NonZero` of them
+//!   fold, and an inference-mode Dropout's mask is a constant.
 //! - **Kernels.** Chains of elementwise ops (with numpy broadcasting, Cast,
 //!   Where, Clip and the activations) fuse into one loop nest without
 //!   intermediate buffers; views (`Reshape`, `Flatten`, `Squeeze`,
 //!   `Unsqueeze`, `Identity`, inference `Dropout`) cost nothing; MatMul/Gemm,
 //!   Softmax/LogSoftmax, Reduce*, Transpose, the cross-entropy losses,
-//!   kiln's fused LinearCrossEntropy, RotaryEmbedding and ONNX `Attention`
-//!   have kernels of their own. See [`lowered_ops`] for the list.
+//!   kiln's fused LinearCrossEntropy, RotaryEmbedding, ONNX `Attention` and
+//!   `LinearAttention`, ArgMax/ArgMin and TopK, the indexing ops (Gather*,
+//!   ScatterND, Pad, Tile, Trilu, OneHot, CumSum) and the quantization ops
+//!   have kernels of their own. Integer Div/Mod and every kernel that reads
+//!   indices from data check them: a zero divisor or an index outside its
+//!   axis is an error naming the node, never a crash or a wrong answer.
+//!   i4/u4 tensors are held one value per byte, as kiln's tensors hold
+//!   them. See [`lowered_ops`] for the list.
 //! - **Flash attention.** `Attention` (4-D or 3-D, causal, float or bool
 //!   masks, grouped-query heads, softcap, past/present key-value caches)
 //!   walks K/V in tiles per block of query rows with an online softmax
