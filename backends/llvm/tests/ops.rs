@@ -522,6 +522,42 @@ fn quantization_matches_the_interpreter() {
 }
 
 #[test]
+fn inputs_that_decide_shapes_are_specialized_by_value() {
+    // Range of float graph inputs (fractions matter), scaled by the same
+    // input used as data: each distinct value compiles its own code.
+    let mut g = Graph::new("range");
+    let scalar = |g: &mut Graph, name: &str| g.add_input(name, TensorType::fixed(DType::F32, &[])).unwrap();
+    let (start, limit, delta) = (scalar(&mut g, "start"), scalar(&mut g, "limit"), scalar(&mut g, "delta"));
+    let r = node(&mut g, "range", Op::Range, &[start, limit, delta]);
+    let y = node(&mut g, "scale", Op::Binary(BinaryOp::Mul), &[r, limit]);
+    g.add_output(y);
+    let f = |v: f64| Tensor::from_f64s(DType::F32, &[], &[v]);
+    for (a, b, d) in [(0.5, 3.0, 0.75), (0.5, 3.25, 0.75), (2.0, -1.0, -0.5)] {
+        let feed = [("start".into(), f(a)), ("limit".into(), f(b)), ("delta".into(), f(d))];
+        check(g.clone(), &feed, &format!("range {a} {b} {d}"));
+    }
+    // An inference-mode Dropout whose mask is read: the mask is all true.
+    let mut g = Graph::new("dropout");
+    let x = input(&mut g, "x", &[2, 3]);
+    let ratio = g.add_input("ratio", TensorType::fixed(DType::F32, &[])).unwrap();
+    let training = g.add_input("training", TensorType::fixed(DType::Bool, &[])).unwrap();
+    let id = g
+        .add_node("drop", Op::Dropout { seed: None }, vec![Some(x), Some(ratio), Some(training)], &["y", "mask"])
+        .unwrap();
+    let (y, mask) = (g.node(id).output(0).unwrap(), g.node(id).output(1).unwrap());
+    let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[y]);
+    g.add_output(e);
+    g.add_output(mask);
+    let mut rng = StdRng::seed_from_u64(25);
+    let x = random(&mut rng, &[2, 3], -1.0, 1.0);
+    for (r, t) in [(0.5, false), (0.0, true)] {
+        let feed =
+            [("x".into(), x.clone()), ("ratio".into(), f(r)), ("training".into(), ints(DType::Bool, &[], &[t as i64]))];
+        check(g.clone(), &feed, &format!("dropout ratio {r} training {t}"));
+    }
+}
+
+#[test]
 fn concat_matches_the_interpreter() {
     let mut rng = StdRng::seed_from_u64(13);
     for axis in [0i64, 1, -1] {
