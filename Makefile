@@ -17,7 +17,7 @@ SHELL := /bin/bash
 
 # Debian 12 packages needed to build and test kiln. Append to this list
 # (e.g. LLVM 22 / MLIR 22 packages); `make deps` installs whatever is missing.
-APT_PACKAGES := build-essential pkg-config ca-certificates git \
+APT_PACKAGES := build-essential pkg-config ca-certificates git libomp-22-dev \
 	llvm-22-dev libmlir-22-dev mlir-22-tools libclang-22-dev clang-22 libpolly-22-dev libzstd-dev
 
 PYTHON     ?= python3

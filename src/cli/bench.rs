@@ -67,8 +67,16 @@ impl BenchBackend {
     suits masks and flags). A symbolic dim (batch, seq) needs its size: --dim seq=128.\n\n\
     Compile: for interp, the graph is specialized to the input shapes (input types fixed, types \
     re-inferred, graph verified); for cpu, the backend's code generation.\n\n\
-    Threads: --threads T is how many threads the backend may use (default: all available cores). The \
-    interpreter is single-threaded; it records T and reports threads_used 1.\n\n\
+    Threads: --threads T is how many threads the backend may use (default: all available cores). The cpu \
+    backend splits its kernels' outer loops (rows, heads, chunks) across T threads of LLVM's OpenMP runtime; \
+    the interpreter is single-threaded, records T and reports threads_used 1.\n\n\
+    Outputs: the cpu backend's timed runs write into output buffers allocated once and reused by every run \
+    (like onnxruntime's IOBinding), and keep their scratch arena between runs.\n\n\
+    Softmax: --softmax two-pass|three-pass picks the cpu backend's Softmax/LogSoftmax kernel (default \
+    two-pass), to compare the two.\n\n\
+    Profile: --profile (cpu backend) counts the CPU cycles of each kernel over all runs and lists the \
+    kernels by their share of the time, with the op(s) and node each computes; ms/run is that share of the \
+    mean run time. The counters cost a few cycles per kernel, so profile and time in separate runs.\n\n\
     Memory: peak_rss_mb is the process's peak resident set; run_peak_extra_mb is the runs' peak above the \
     resident size after compiling and making the inputs (the high-water mark is reset through \
     /proc/self/clear_refs before the first warmup run; peak_reset says whether that worked).\n\n\
@@ -101,9 +109,40 @@ pub struct BenchArgs {
     /// Seed of the random inputs.
     #[arg(long, value_name = "S", default_value_t = 0)]
     seed: u64,
+    /// With --backend cpu: the Softmax/LogSoftmax kernel.
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    softmax: Option<SoftmaxChoice>,
+    /// With --backend cpu: report where the runs spend their time, per kernel.
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+}
+
+/// `--softmax`: the CPU backend's softmax kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SoftmaxChoice {
+    /// Max and sum in one read of each row, then one pass to write.
+    TwoPass,
+    /// The baseline: max, sum and write in three passes.
+    ThreePass,
+}
+
+impl SoftmaxChoice {
+    fn algorithm(self) -> kiln_backend_llvm::SoftmaxAlgorithm {
+        match self {
+            SoftmaxChoice::TwoPass => kiln_backend_llvm::SoftmaxAlgorithm::TwoPass,
+            SoftmaxChoice::ThreePass => kiln_backend_llvm::SoftmaxAlgorithm::ThreePass,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SoftmaxChoice::TwoPass => "two-pass",
+            SoftmaxChoice::ThreePass => "three-pass",
+        }
+    }
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -420,22 +459,38 @@ fn random_inputs(graph: &Graph, dims: &BTreeMap<String, u64>, seed: u64) -> anyh
 
 /// A model prepared by a backend, ready to run many times.
 trait Executable {
-    /// One run on the given inputs.
-    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<Vec<(String, Tensor)>>;
+    /// One run on the given inputs; returns the number of outputs, which
+    /// the executable keeps until [`Executable::release`].
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<usize>;
+    /// Frees what the last run returned, if the backend does not reuse it
+    /// (freeing is the caller's cost, not the run's, so it is not timed).
+    fn release(&mut self);
     /// The threads it actually uses.
     fn threads_used(&self) -> usize;
     /// What compiling did, in a few words, for the report.
     fn compile_summary(&self) -> &str;
+    /// Cycles per kernel over the runs so far, most expensive first; empty
+    /// unless compiled to profile.
+    fn profile(&self) -> Vec<kiln_backend_llvm::KernelTime> {
+        Vec::new()
+    }
 }
 
 /// The interpreter on a graph specialized to the inputs' shapes.
 struct Interpreted {
     graph: Graph,
+    /// The last run's outputs.
+    outputs: Vec<(String, Tensor)>,
 }
 
 impl Executable for Interpreted {
-    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<Vec<(String, Tensor)>> {
-        Ok(kiln::ir::interp::run(&self.graph, inputs)?)
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<usize> {
+        self.outputs = kiln::ir::interp::run(&self.graph, inputs)?;
+        Ok(self.outputs.len())
+    }
+
+    fn release(&mut self) {
+        drop(std::hint::black_box(std::mem::take(&mut self.outputs)));
     }
 
     fn threads_used(&self) -> usize {
@@ -462,44 +517,84 @@ fn specialize(mut graph: Graph, inputs: &[(String, Tensor)]) -> anyhow::Result<G
 
 /// Compiles `graph` for `backend`, for the shapes of `inputs`, allowing it
 /// `threads` threads. Each backend is one arm here, wrapped in an
-/// [`Executable`] whose `threads_used` is what it really runs on. Neither
-/// backend runs kernels on several threads yet, hence the unused parameter.
+/// [`Executable`] whose `threads_used` is what it really runs on.
 fn compile(
     backend: BenchBackend,
     graph: Graph,
     inputs: &[(String, Tensor)],
-    _threads: usize,
+    threads: usize,
+    softmax: Option<SoftmaxChoice>,
+    profile: bool,
 ) -> anyhow::Result<Box<dyn Executable>> {
     match backend {
-        BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)? })),
+        BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)?, outputs: Vec::new() })),
         BenchBackend::Cpu => {
-            let compiled = kiln_backend_llvm::compile(&graph, &kiln_backend_llvm::CompileOptions::default())?;
+            let opts = kiln_backend_llvm::CompileOptions {
+                threads: Some(threads),
+                softmax: softmax.map_or_else(Default::default, SoftmaxChoice::algorithm),
+                profile,
+                ..Default::default()
+            };
+            let compiled = kiln_backend_llvm::compile(&graph, &opts)?;
             // Compile the specialization for these shapes now, so that the
             // timed runs only run.
             compiled.specialization_for(inputs)?;
-            Ok(Box::new(Jitted { compiled }))
+            Ok(Box::new(Jitted { compiled, outputs: Vec::new() }))
         }
     }
 }
 
 /// The LLVM CPU backend's JIT-compiled code, specialized to the inputs'
-/// shapes. Its kernels are single-threaded so far.
+/// shapes, with its outputs allocated by the first run and written in
+/// place by the others.
 struct Jitted {
     compiled: kiln_backend_llvm::CompiledGraph,
+    outputs: Vec<Tensor>,
 }
 
 impl Executable for Jitted {
-    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<Vec<(String, Tensor)>> {
-        Ok(self.compiled.run(inputs)?)
+    fn run(&mut self, inputs: &[(String, Tensor)]) -> anyhow::Result<usize> {
+        self.compiled.run_into(inputs, &mut self.outputs)?;
+        Ok(self.outputs.len())
     }
 
+    fn release(&mut self) {}
+
     fn threads_used(&self) -> usize {
-        1
+        self.compiled.threads()
     }
 
     fn compile_summary(&self) -> &str {
         "lowered to LLVM IR, optimized at O3 for the host CPU, JIT-compiled for the input shapes"
     }
+
+    fn profile(&self) -> Vec<kiln_backend_llvm::KernelTime> {
+        self.compiled.profile()
+    }
+}
+
+/// One kernel's line of the `--profile` report.
+struct KernelShare {
+    ops: String,
+    node: String,
+    /// Fraction of all profiled cycles.
+    share: f64,
+    /// That fraction of the mean run time.
+    ms_per_run: f64,
+}
+
+/// Each kernel's share of the profiled cycles, scaled to the mean run time
+/// (cycles are counted over warmup and timed runs alike, so the shares are
+/// the runs' own; the clock-rate conversion comes from the wall clock).
+fn kernel_shares(times: &[kiln_backend_llvm::KernelTime], mean_ms: f64) -> Vec<KernelShare> {
+    let total: u64 = times.iter().map(|t| t.cycles).sum();
+    times
+        .iter()
+        .map(|t| {
+            let share = if total == 0 { 0.0 } else { t.cycles as f64 / total as f64 };
+            KernelShare { ops: t.ops.clone(), node: t.node.clone(), share, ms_per_run: share * mean_ms }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -551,6 +646,12 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs `kiln bench`.
 pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.softmax.is_some() && args.backend != BenchBackend::Cpu {
+        bail!("--softmax needs --backend cpu");
+    }
+    if args.profile && args.backend != BenchBackend::Cpu {
+        bail!("--profile needs --backend cpu");
+    }
     let mut dims = BTreeMap::new();
     for (name, value) in &args.dims {
         if let Some(previous) = dims.insert(name.clone(), *value) {
@@ -597,7 +698,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let inputs: Vec<(String, Tensor)> = prepared.into_iter().map(|p| (p.name, p.tensor)).collect();
 
     let compile_start = Instant::now();
-    let mut executable = compile(args.backend, graph, &inputs, threads)
+    let mut executable = compile(args.backend, graph, &inputs, threads, args.softmax, args.profile)
         .with_context(|| format!("compiling `{}` for {} failed", args.model.display(), args.backend.name()))?;
     let compile_time = compile_start.elapsed();
 
@@ -608,8 +709,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let failed = || format!("running `{}` with {} failed", args.model.display(), args.backend.name());
     let bar = Progress::new("warmup", "runs");
     for k in 0..args.warmup {
-        let outputs = executable.run(&inputs).with_context(failed)?;
-        drop(std::hint::black_box(outputs));
+        executable.run(&inputs).with_context(failed)?;
+        executable.release();
         bar.update(k as u64 + 1, args.warmup as u64);
     }
     bar.finish();
@@ -618,11 +719,10 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let mut output_count = 0;
     for k in 0..args.iterations {
         let start = Instant::now();
-        let outputs = executable.run(&inputs).with_context(failed)?;
+        output_count = executable.run(&inputs).with_context(failed)?;
         let elapsed = start.elapsed();
-        output_count = outputs.len();
         // Freeing the outputs is the caller's cost, not the run's.
-        drop(std::hint::black_box(outputs));
+        executable.release();
         runs_ms.push(ms(elapsed));
         bar.update(k as u64 + 1, args.iterations as u64);
     }
@@ -642,6 +742,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let s = stats(&runs_ms);
     let threads_used = executable.threads_used();
+    let shares = kernel_shares(&executable.profile(), s.mean);
 
     if args.json {
         let round3 = |x: f64| (x * 1e3).round() / 1e3;
@@ -650,6 +751,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "backend": args.backend.name(),
             "threads": threads,
             "threads_used": threads_used,
+            "softmax": args.softmax.map(SoftmaxChoice::name),
             "nodes": node_count,
             "warmup": args.warmup,
             "iterations": args.iterations,
@@ -670,6 +772,20 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "seed": args.seed,
             "inputs": input_json,
         });
+        let mut report = report;
+        if args.profile {
+            report["profile"] = shares
+                .iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "ops": k.ops,
+                        "node": k.node,
+                        "share": (k.share * 1e4).round() / 1e4,
+                        "ms_per_run": round3(k.ms_per_run),
+                    })
+                })
+                .collect();
+        }
         let text = serde_json::to_string_pretty(&report).context("cannot format the JSON report")?;
         write_stdout(&format!("{text}\n"));
         return Ok(());
@@ -711,6 +827,25 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     report.push('\n');
     report.push_str(&table(&rows, 2));
+    if args.profile {
+        const SHOWN: usize = 15;
+        let mut rows: Vec<Vec<String>> = shares
+            .iter()
+            .take(SHOWN)
+            .map(|k| vec![format!("{:.1}%", k.share * 100.0), f(k.ms_per_run), k.ops.clone(), k.node.clone()])
+            .collect();
+        if shares.len() > SHOWN {
+            let rest: f64 = shares[SHOWN..].iter().map(|k| k.share).sum();
+            rows.push(vec![
+                format!("{:.1}%", rest * 100.0),
+                f(rest * s.mean),
+                format!("{} other kernels", shares.len() - SHOWN),
+                String::new(),
+            ]);
+        }
+        report.push_str(&format!("\nprofile ({} kernels, by share of the run time)\n", shares.len()));
+        report.push_str(&table(&rows, 2));
+    }
     if threads_used != threads {
         report.push_str(&format!(
             "note: the {} backend is single-threaded; --threads {threads} is recorded, not used\n",

@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// the host CPU by default.
     #[arg(long, value_name = "CPU")]
     target_cpu: Option<String>,
+    /// With --backend cpu: threads the kernels may use (default: every core the process may run on).
+    #[arg(long, value_name = "T", value_parser = parse_threads)]
+    threads: Option<usize>,
     /// Feed graph input NAME from FILE (.npy or .pb); repeatable.
     #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input_arg)]
     input: Vec<InputArg>,
@@ -64,6 +67,13 @@ pub struct RunArgs {
     /// Absolute tolerance for the comparison with reference outputs.
     #[arg(long, value_name = "A", default_value_t = 1e-5, value_parser = parse_tolerance)]
     atol: f64,
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, got `{s}`")),
+    }
 }
 
 fn parse_tolerance(s: &str) -> Result<f64, String> {
@@ -114,7 +124,11 @@ fn evaluate(
     match args.backend {
         Backend::Cpu => {
             let start = Instant::now();
-            let opts = kiln_backend_llvm::CompileOptions { target_cpu: args.target_cpu.clone(), ..Default::default() };
+            let opts = kiln_backend_llvm::CompileOptions {
+                target_cpu: args.target_cpu.clone(),
+                threads: args.threads,
+                ..Default::default()
+            };
             let compiled = kiln_backend_llvm::compile(graph, &opts)?;
             // Specializes to the input shapes and JIT-compiles, so the run
             // below measures execution only.
@@ -137,6 +151,9 @@ fn evaluate(
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.target_cpu.is_some() && args.backend != Backend::Cpu {
         bail!("--target-cpu needs --backend cpu");
+    }
+    if args.threads.is_some() && args.backend != Backend::Cpu {
+        bail!("--threads needs --backend cpu (the interpreter is single-threaded)");
     }
     if let Some(out) = &args.out {
         // Fail before the (possibly long) run if the results cannot be written.

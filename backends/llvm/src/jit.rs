@@ -129,7 +129,8 @@ pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptio
     // after everything that borrows it: `Jitted` declares the engine, which
     // owns the module, before the context.
     let ctx: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
-    let cg = Cg::new(ctx, &plan.graph.name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
+    let mut cg = Cg::new(ctx, &plan.graph.name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
+    cg.matmul = opts.matmul;
     codegen::emit_plan(&cg, plan)?;
     let ir_unoptimized = cg.module.print_to_string().to_string();
     cg.module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
@@ -158,6 +159,16 @@ pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptio
         .module
         .create_jit_execution_engine(OptimizationLevel::Aggressive)
         .map_err(|e| BackendError::Llvm(format!("cannot create the JIT: {e}")))?;
+    // The libomp entry points resolve to the runtime this crate links, not
+    // to whatever a symbol search of the process finds (or misses: the
+    // linker drops a library nothing references).
+    for name in codegen::parallel::OMP_SYMBOLS {
+        if let Some(f) = cg.module.get_function(name) {
+            let address = omp::address(name)
+                .ok_or_else(|| BackendError::Llvm(format!("no address for the libomp function `{name}`")))?;
+            engine.add_global_mapping(&f, address);
+        }
+    }
     let address = engine
         .get_function_address(ENTRY)
         .map_err(|e| BackendError::Llvm(format!("the JIT did not produce `{ENTRY}`: {e}")))?;
@@ -165,4 +176,31 @@ pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptio
     let entry: unsafe extern "C" fn(*const *mut u8) -> i32 = unsafe { std::mem::transmute(address) };
     drop(cg);
     Ok(Jitted { entry, ir_unoptimized, ir_optimized, _engine: engine, _context: context })
+}
+
+/// The libomp functions generated code calls, linked by `build.rs`.
+mod omp {
+    use std::ffi::c_void;
+
+    extern "C" {
+        fn __kmpc_fork_call(loc: *mut c_void, argc: i32, microtask: *mut c_void, ...);
+        fn __kmpc_global_thread_num(loc: *mut c_void) -> i32;
+        fn __kmpc_push_num_threads(loc: *mut c_void, gtid: i32, num_threads: i32);
+        fn omp_get_thread_num() -> i32;
+        fn omp_get_num_threads() -> i32;
+        fn omp_get_max_threads() -> i32;
+    }
+
+    /// The address of one of [`crate::codegen::parallel::OMP_SYMBOLS`].
+    pub(super) fn address(name: &str) -> Option<usize> {
+        Some(match name {
+            "__kmpc_fork_call" => __kmpc_fork_call as *const () as usize,
+            "__kmpc_global_thread_num" => __kmpc_global_thread_num as *const () as usize,
+            "__kmpc_push_num_threads" => __kmpc_push_num_threads as *const () as usize,
+            "omp_get_thread_num" => omp_get_thread_num as *const () as usize,
+            "omp_get_num_threads" => omp_get_num_threads as *const () as usize,
+            "omp_get_max_threads" => omp_get_max_threads as *const () as usize,
+            _ => return None,
+        })
+    }
 }

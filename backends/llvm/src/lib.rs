@@ -56,7 +56,15 @@
 //!   The two-pass softmax keeps per-lane state and is written with explicit
 //!   vector types of the target's width.
 //!
-//! Kernels are single-threaded for now: intra-op parallelism is future work.
+//! - **Threads.** Kernels with independent outer items (softmax rows, ...)
+//!   split them across the threads of LLVM's OpenMP runtime (libomp); the
+//!   count is read at run time ([`CompileOptions::threads`],
+//!   [`CompiledGraph::set_threads`]), so one compiled graph runs on any
+//!   number of threads. Small kernels run on the calling thread.
+//! - **Run-time overheads.** Each specialization keeps its scratch arena
+//!   across runs, and [`CompiledGraph::run_into`] writes into output
+//!   tensors the caller reuses, so repeated runs allocate nothing.
+//!
 //! An op without a lowering is a [`BackendError::Unsupported`] naming the
 //! node and op; a run-time input of the wrong dtype or shape is a
 //! [`BackendError::Value`].
@@ -67,16 +75,18 @@ mod codegen;
 pub mod error;
 mod jit;
 mod plan;
+pub mod profile;
 
 pub use error::{BackendError, Result};
 pub use jit::TargetInfo;
+pub use profile::KernelTime;
 
 use kiln_ir::dim::Dim;
 use kiln_ir::dtype::DType;
 use kiln_ir::graph::Graph;
 use kiln_ir::tensor::Tensor;
 use plan::{Shaped, Slot, ALIGN};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -94,6 +104,20 @@ pub enum SoftmaxAlgorithm {
     ThreePass,
 }
 
+/// Which kernel MatMul and Gemm use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatMulKernel {
+    /// The packed, register-blocked GEMM (GotoBLAS/BLIS design): B and A
+    /// packed into panels per cache block, an `MR × NR` tile of C kept in
+    /// vector registers by an explicit-vector FMA microkernel. Matrix-vector
+    /// products keep the simple loops.
+    #[default]
+    Packed,
+    /// The baseline: i-k-j loops blocked over j and k, vectorized by LLVM
+    /// (f32 and f64; f16/bf16 always take the packed kernel).
+    Blocked,
+}
+
 /// Options for [`compile`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompileOptions {
@@ -105,14 +129,31 @@ pub struct CompileOptions {
     pub target_features: Option<String>,
     /// The softmax kernel.
     pub softmax: SoftmaxAlgorithm,
+    /// The MatMul/Gemm kernel.
+    pub matmul: MatMulKernel,
     /// Run LLVM's `default<O3>` pipeline (on by default; off only to look
     /// at or test unoptimized code).
     pub optimize: bool,
+    /// Threads the kernels may use; `None` (the default) is every core
+    /// the process may run on. Only the starting value: the count is read
+    /// at run time, see [`CompiledGraph::set_threads`].
+    pub threads: Option<usize>,
+    /// Count the cycles each kernel takes, for [`CompiledGraph::profile`]
+    /// (off by default; see [`profile`]).
+    pub profile: bool,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { target_cpu: None, target_features: None, softmax: SoftmaxAlgorithm::TwoPass, optimize: true }
+        CompileOptions {
+            target_cpu: None,
+            target_features: None,
+            softmax: SoftmaxAlgorithm::TwoPass,
+            matmul: MatMulKernel::Packed,
+            optimize: true,
+            threads: None,
+            profile: false,
+        }
     }
 }
 
@@ -224,6 +265,13 @@ struct Compiled {
     plan: plan::Plan,
     jit: jit::Jitted,
     info: Rc<Specialization>,
+    /// The scratch arena, kept between runs so that a run does not fault
+    /// in fresh pages (taken out while a run uses it).
+    arena: RefCell<Option<Vec<u8>>>,
+    /// Per step, cycles summed over the profiled runs (empty unless the
+    /// plan is profiled), and the number of those runs.
+    cycles: RefCell<Vec<u64>>,
+    profiled_runs: Cell<u64>,
 }
 
 /// A graph ready to run on the CPU: its lowering checked, and its code
@@ -236,6 +284,14 @@ pub struct CompiledGraph {
     /// Per graph input: read only as a shape or axes, so specialized by value.
     shape_inputs: Vec<bool>,
     cache: RefCell<BTreeMap<Vec<InputKey>, Rc<Compiled>>>,
+    /// Threads the kernels may use, at least 1.
+    threads: Cell<usize>,
+}
+
+/// Every core the process may run on (its affinity mask and cgroup quota
+/// allowing), like onnxruntime's default intra-op thread count.
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// What a specialization depends on, per graph input: dtype, shape, and the
@@ -255,6 +311,7 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
         target,
         shape_inputs: shape_inputs.clone(),
         cache: RefCell::new(BTreeMap::new()),
+        threads: Cell::new(opts.threads.unwrap_or_else(available_threads).max(1)),
     };
     let static_inputs: Option<Vec<InputKey>> = graph
         .inputs()
@@ -286,11 +343,62 @@ impl CompiledGraph {
     /// types (a symbolic dim must take one size across inputs) are
     /// [`BackendError::Value`] errors.
     pub fn run(&self, inputs: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        let mut outputs = Vec::new();
+        self.run_into(inputs, &mut outputs)?;
+        Ok(self.output_names().into_iter().zip(outputs).collect())
+    }
+
+    /// Runs the graph like [`CompiledGraph::run`], writing the outputs, in
+    /// graph order, into `outputs`. A tensor already there with the output's
+    /// dtype and shape, contiguous, is written in place (copied first only
+    /// if another tensor shares its storage); any other entry is replaced
+    /// by a new tensor, and the vector takes the number of outputs. Passing
+    /// the same vector to every run makes repeated runs allocation-free,
+    /// like onnxruntime's IOBinding.
+    pub fn run_into(&self, inputs: &[(String, Tensor)], outputs: &mut Vec<Tensor>) -> Result<()> {
         let ordered = self.bind_inputs(inputs)?;
         let compiled = self.specialization(self.key(&ordered))?;
         let runtime: Vec<Tensor> =
             ordered.into_iter().zip(&self.shape_inputs).filter(|(_, &by_value)| !by_value).map(|(t, _)| t).collect();
-        execute(&compiled, &runtime)
+        execute(&compiled, &runtime, outputs, self.threads.get())
+    }
+
+    /// The names of the graph outputs, in order.
+    pub fn output_names(&self) -> Vec<String> {
+        self.graph.outputs().iter().map(|&o| self.graph.value(o).name.clone()).collect()
+    }
+
+    /// Sets the threads the kernels may use from the next run on (`None`:
+    /// every core the process may run on; 0 counts as 1). Nothing is
+    /// recompiled: generated code reads the count at run time.
+    pub fn set_threads(&self, threads: Option<usize>) {
+        self.threads.set(threads.unwrap_or_else(available_threads).max(1));
+    }
+
+    /// The threads the kernels may use.
+    pub fn threads(&self) -> usize {
+        self.threads.get()
+    }
+
+    /// Where the profiled runs spent their cycles, per kernel of every
+    /// specialization run so far, most expensive first (ties in step
+    /// order). Empty unless compiled with [`CompileOptions::profile`].
+    pub fn profile(&self) -> Vec<KernelTime> {
+        let mut times = Vec::new();
+        for compiled in self.cache.borrow().values() {
+            let runs = compiled.profiled_runs.get();
+            let cycles = compiled.cycles.borrow();
+            if runs == 0 || cycles.is_empty() {
+                continue;
+            }
+            for (step, ((ops, node), &c)) in
+                profile::step_labels(&compiled.plan).into_iter().zip(cycles.iter()).enumerate()
+            {
+                times.push(KernelTime { step, ops, node, cycles: c, runs });
+            }
+        }
+        times.sort_by(|a, b| b.cycles.cmp(&a.cycles).then(a.step.cmp(&b.step)));
+        times
     }
 
     /// What the graph compiles to for these inputs (compiling it if needed).
@@ -321,7 +429,8 @@ impl CompiledGraph {
             })
             .collect::<Result<_>>()?;
         let specialized = plan::specialize(&self.graph, &types, &values)?;
-        let mut plan = plan::plan(specialized)?;
+        let mut plan = plan::plan(specialized, self.opts.matmul)?;
+        plan.profile = self.opts.profile;
         for t in &mut plan.consts {
             *t = standard_layout(t);
         }
@@ -344,7 +453,9 @@ impl CompiledGraph {
             ir_unoptimized: jit.ir_unoptimized.clone(),
             ir_optimized: jit.ir_optimized.clone(),
         });
-        let compiled = Rc::new(Compiled { plan, jit, info });
+        let cycles = RefCell::new(if plan.profile { vec![0; plan.steps.len()] } else { Vec::new() });
+        let compiled =
+            Rc::new(Compiled { plan, jit, info, arena: RefCell::new(None), cycles, profiled_runs: Cell::new(0) });
         self.cache.borrow_mut().insert(key, compiled.clone());
         Ok(compiled)
     }
@@ -417,11 +528,13 @@ impl CompiledGraph {
     }
 }
 
-/// The kernel functions of a module, in definition order.
+/// The kernel functions of a module, in definition order: the functions
+/// the entry calls, not a parallel kernel's body and microtask.
 fn kernel_names(ir: &str) -> Vec<String> {
     ir.lines()
         .filter(|l| l.starts_with("define internal"))
         .filter_map(|l| l.split('@').nth(1).and_then(|r| r.split('(').next()).map(str::to_string))
+        .filter(|name| ![".body", ".omp", ".prologue"].iter().any(|part| name.ends_with(part)))
         .collect()
 }
 
@@ -446,24 +559,37 @@ fn zeroed(dtype: DType, shape: &[usize]) -> Tensor {
         .into_shared())
 }
 
-/// Runs a compiled specialization on inputs in graph order.
-fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
+/// Runs a compiled specialization on inputs in graph order, into
+/// `outputs` (reused where they fit, see [`CompiledGraph::run_into`]), on
+/// at most `threads` threads.
+fn execute(c: &Compiled, inputs: &[Tensor], outputs: &mut Vec<Tensor>, threads: usize) -> Result<()> {
     let plan = &c.plan;
     let graph = &plan.graph;
-    let mut outputs: Vec<Tensor> = graph
-        .outputs()
-        .iter()
-        .map(|&o| {
-            let ty = plan.ty(o);
-            zeroed(ty.dtype, &ty.shape)
-        })
-        .collect();
-    let mut arena = vec![0u8; plan.arena_bytes + ALIGN];
+    outputs.truncate(graph.outputs().len());
+    for (i, &o) in graph.outputs().iter().enumerate() {
+        let ty = plan.ty(o);
+        let fits = outputs.get(i).is_some_and(|t| {
+            t.dtype() == ty.dtype
+                && t.shape() == ty.shape.as_slice()
+                && kiln_ir::for_each_tensor!(t, a => a.is_standard_layout())
+        });
+        if !fits {
+            let fresh = zeroed(ty.dtype, &ty.shape);
+            match outputs.get_mut(i) {
+                Some(slot) => *slot = fresh,
+                None => outputs.push(fresh),
+            }
+        }
+    }
+    // Taken out of its cell for the run; a nested run (which a single
+    // thread cannot start) would find it empty and allocate its own.
+    let mut arena = c.arena.borrow_mut().take().unwrap_or_else(|| vec![0u8; plan.arena_bytes + ALIGN]);
     let arena_ptr = {
         let p = arena.as_mut_ptr();
         // SAFETY: the offset is below ALIGN and the vector has ALIGN spare bytes.
         unsafe { p.add(p.align_offset(ALIGN)) }
     };
+    let mut config: i32 = i32::try_from(threads).unwrap_or(i32::MAX);
     let mut buffers: Vec<*mut u8> = Vec::with_capacity(codegen::buffer_count(plan));
     for t in inputs {
         buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_ptr() as *mut u8));
@@ -475,12 +601,25 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
         buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_ptr() as *mut u8));
     }
     buffers.push(arena_ptr);
+    buffers.push((&mut config as *mut i32).cast::<u8>());
+    let mut cycles = c.cycles.borrow_mut();
+    if plan.profile {
+        buffers.push(cycles.as_mut_ptr().cast::<u8>());
+    }
     // SAFETY: every buffer is contiguous and as large as the plan's types
-    // (inputs were checked against the specialization's shapes, outputs and
-    // the arena were allocated from the plan); kernels write only outputs
-    // and the arena.
+    // (inputs were checked against the specialization's shapes, outputs
+    // were checked or allocated from the plan, the arena is the plan's
+    // size), then come the run configuration and, when profiled, one u64
+    // counter per step; kernels write only outputs and the arena, the entry
+    // only the counters.
     let status = unsafe { c.jit.call(&buffers) };
-    drop(arena);
+    drop(cycles);
+    // A failed run's steps before the failure stay counted, but the run
+    // does not: per-run figures are for the runs that completed.
+    if plan.profile && status == 0 {
+        c.profiled_runs.set(c.profiled_runs.get() + 1);
+    }
+    *c.arena.borrow_mut() = Some(arena);
     if status != 0 {
         let step = &plan.steps[status as usize - 1];
         let (node, op) = match step {
@@ -506,5 +645,5 @@ fn execute(c: &Compiled, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
         };
         return Err(BackendError::node(node, op, what));
     }
-    Ok(graph.outputs().iter().zip(outputs).map(|(&o, t)| (graph.value(o).name.clone(), t)).collect())
+    Ok(())
 }

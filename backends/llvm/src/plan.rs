@@ -27,6 +27,7 @@
 //!    so kernels may assume their output aliases none of their inputs.
 
 use crate::error::{BackendError, Result};
+use crate::MatMulKernel;
 use kiln_ir::dtype::DType;
 use kiln_ir::graph::{Graph, NodeId, ValueId};
 use kiln_ir::op::Op;
@@ -116,6 +117,9 @@ pub(crate) struct Plan {
     /// Per step, the arena offset of its private scratch space, if it needs
     /// any (see [`scratch_bytes`]); live only during the step.
     pub scratch: Vec<Option<usize>>,
+    /// Count cycles per step (see [`crate::profile`]): the entry then takes
+    /// one more buffer, a `u64` counter per step.
+    pub profile: bool,
 }
 
 impl Plan {
@@ -212,7 +216,7 @@ pub(crate) const LCE_TILE: usize = 256;
 /// Bytes of scratch a step's kernel needs beside its inputs and outputs:
 /// LinearCrossEntropy keeps four f32 numbers per row (running max, running
 /// sum, target logit, weighted logit sum) and one tile of logits.
-pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step) -> usize {
+pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step, matmul: MatMulKernel) -> usize {
     let Step::Node(id) = step else { return 0 };
     let node = graph.node(*id);
     match &node.op {
@@ -227,6 +231,26 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
         Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
         Op::LinearAttention(_) => {
             crate::codegen::linear_attention_geometry(types, node).map_or(0, crate::codegen::linear_attention_scratch)
+        }
+        Op::MatMul | Op::Gemm(_) => {
+            let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
+            let out = node.output(0).and_then(|v| types[v.index()].as_ref());
+            let (trans_a, trans_b) = match &node.op {
+                Op::Gemm(g) => (g.trans_a, g.trans_b),
+                _ => (false, false),
+            };
+            match (ty(0), ty(1), out) {
+                (Some(a), Some(b), Some(out)) => {
+                    use crate::codegen::gemm;
+                    match gemm::matmul_dims(&a.shape, &b.shape, trans_a, trans_b) {
+                        Some(dims) if gemm::uses_packed(dims, out.dtype, matmul) => {
+                            gemm::scratch_bytes(out.dtype, dims)
+                        }
+                        _ => 0,
+                    }
+                }
+                _ => 0,
+            }
         }
         _ => 0,
     }
@@ -604,8 +628,9 @@ fn fold(graph: &Graph, g: &Graph, map: &BTreeMap<ValueId, ValueId>, id: NodeId) 
     }
 }
 
-/// Plans kernels and memory for a specialized graph.
-pub(crate) fn plan(graph: Graph) -> Result<Plan> {
+/// Plans kernels and memory for a specialized graph; `matmul` is the
+/// MatMul/Gemm kernel code will be generated with (its scratch differs).
+pub(crate) fn plan(graph: Graph, matmul: MatMulKernel) -> Result<Plan> {
     let count = graph.value_ids().count();
     let mut types: Vec<Option<Shaped>> = vec![None; count];
     for v in graph.value_ids() {
@@ -655,9 +680,17 @@ pub(crate) fn plan(graph: Graph) -> Result<Plan> {
     }
 
     let steps = form_steps(&graph, &order, &types, &is_output)?;
-    let mut plan =
-        Plan { graph, types, steps, loc: vec![None; count], consts: Vec::new(), arena_bytes: 0, scratch: Vec::new() };
-    plan_memory(&mut plan, &root)?;
+    let mut plan = Plan {
+        graph,
+        types,
+        steps,
+        loc: vec![None; count],
+        consts: Vec::new(),
+        arena_bytes: 0,
+        scratch: Vec::new(),
+        profile: false,
+    };
+    plan_memory(&mut plan, &root, matmul)?;
     Ok(plan)
 }
 
@@ -788,7 +821,7 @@ pub(crate) fn step_io(graph: &Graph, step: &Step) -> (Vec<ValueId>, Vec<ValueId>
 
 /// Assigns storage to every value: inputs, constants, outputs, and arena
 /// ranges reused by liveness.
-fn plan_memory(plan: &mut Plan, root: &[ValueId]) -> Result<()> {
+fn plan_memory(plan: &mut Plan, root: &[ValueId], matmul: MatMulKernel) -> Result<()> {
     let graph = &plan.graph;
     let count = root.len();
     let mut loc: Vec<Option<Loc>> = vec![None; count];
@@ -837,7 +870,7 @@ fn plan_memory(plan: &mut Plan, root: &[ValueId]) -> Result<()> {
     let mut scratch = vec![None; plan.steps.len()];
     for (s, step) in plan.steps.iter().enumerate() {
         let (_, writes) = step_io(graph, step);
-        let scratch_need = scratch_bytes(graph, &plan.types, step);
+        let scratch_need = scratch_bytes(graph, &plan.types, step, matmul);
         if scratch_need > 0 {
             scratch[s] = Some(arena.alloc(scratch_need));
         }

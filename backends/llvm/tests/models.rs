@@ -1,12 +1,11 @@
 //! The example models (GPT-2, BERT, LLaMA; fused and unfused export
 //! styles) on the CPU backend, against their reference outputs in
-//! `test_data_set_0` (rtol 1e-4, atol 1e-5). A model using an op without a
-//! CPU lowering is reported and skipped; the test fails when any model that
-//! compiles disagrees, or when none compiles. Every model also runs after
+//! `test_data_set_0` (rtol 1e-4, atol 1e-5). Every model must compile and
+//! match: an op without a CPU lowering fails the test. Every model also runs after
 //! `kiln_passes` `-O2` (which fuses each layer's attention into one ONNX
 //! `Attention` node), and must match the same references.
 
-use kiln_backend_llvm::{compile, BackendError, CompileOptions};
+use kiln_backend_llvm::{compile, CompileOptions};
 use kiln_ir::onnx::read_tensor_pb;
 use kiln_ir::tensor::Tensor;
 use kiln_test_support::example_model_dirs;
@@ -67,40 +66,11 @@ fn example_models_match_their_references() {
         eprintln!("models: no example models and no Python to make them; skipping");
         return;
     };
-    let mut ran = Vec::new();
+    assert!(!dirs.is_empty(), "no example models");
     for dir in &dirs {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let graph = kiln_ir::load(dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: load: {e}"));
-        let compiled = match compile(&graph, &CompileOptions::default()) {
-            Ok(c) => c,
-            Err(BackendError::Unsupported { node, op, .. }) => {
-                println!("{name}: skipped ({op} at `{node}` has no CPU lowering)");
-                continue;
-            }
-            Err(e) => panic!("{name}: compile: {e}"),
-        };
-        let data = dir.join("test_data_set_0");
-        let names: Vec<String> =
-            kiln_ir::interp::required_inputs(&graph).iter().map(|&v| graph.value(v).name.clone()).collect();
-        let inputs: Vec<(String, Tensor)> = names.into_iter().zip(numbered(&data, "input")).collect();
-        let outputs = match compiled.run(&inputs) {
-            Ok(o) => o,
-            Err(BackendError::Unsupported { node, op, .. }) => {
-                println!("{name}: skipped ({op} at `{node}` has no CPU lowering for these shapes)");
-                continue;
-            }
-            Err(e) => panic!("{name}: run: {e}"),
-        };
-        let expected = numbered(&data, "output");
-        assert_eq!(outputs.len(), expected.len(), "{name}: output count");
-        for ((out, got), want) in outputs.iter().zip(&expected) {
-            assert_eq!(got.shape(), want.shape(), "{name}/{out}: shape");
-            for (i, (a, b)) in got.to_f64s().iter().zip(want.to_f64s()).enumerate() {
-                assert!((a - b).abs() <= 1e-5 + 1e-4 * b.abs(), "{name}/{out}: element {i} is {a}, reference {b}");
-            }
-        }
+        matches_reference(&name, dir, &graph);
         println!("{name}: ok");
-        ran.push(name);
     }
-    assert!(!ran.is_empty(), "no example model compiles for the CPU backend");
 }

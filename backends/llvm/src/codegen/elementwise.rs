@@ -92,21 +92,35 @@ pub(crate) fn emit_fused<'ctx>(
         matches!(node.op, Op::Mod { .. } | Op::Binary(BinaryOp::Div))
             && node.input(0).is_some_and(|v| !plan.ty(v).dtype.is_float())
     });
-    let name = format!("k{step}_fused_{}", root.op.name());
-    let f =
-        if divides { cg.checked_kernel_fn(&name, 1 + buffered.len()) } else { cg.kernel_fn(&name, 1 + buffered.len()) };
-    if divides {
-        let slot = cg.entry_alloca(f, cg.ctx.bool_type().into(), "fault")?;
-        cg.b.build_store(slot, cg.ctx.bool_type().const_zero())?;
-        cg.fault.set(Some(slot));
-    }
-    let out_ptr = cg.param(f, 0);
 
     let mut strides = vec![contiguous_strides(&out_ty.shape)];
     for &v in &buffered {
         strides.push(broadcast_strides(&plan.ty(v).shape, &out_ty.shape));
     }
     let (sizes, strides) = collapse(&out_ty.shape, &strides);
+    // Threads take the outermost loop's iterations; a single flat loop is
+    // cut into chunks first. Either way each element is computed exactly as
+    // on one thread.
+    let total = out_ty.len();
+    let (items, chunk) = match sizes.as_slice() {
+        [] => (usize::from(total > 0), None),
+        [n] => (n.div_ceil(ELEMENTWISE_CHUNK), Some(ELEMENTWISE_CHUNK)),
+        [n, ..] => (*n, None),
+    };
+    let per_item = if items > 0 { total / items } else { 0 };
+    let name = format!("k{step}_fused_{}", root.op.name());
+    let k = if divides {
+        cg.checked_parallel_kernel_fn(&name, 1 + buffered.len(), items, per_item * nodes.len())
+    } else {
+        cg.parallel_kernel_fn(&name, 1 + buffered.len(), items, per_item * nodes.len())
+    };
+    let f = k.f;
+    if divides {
+        let slot = cg.entry_alloca(f, cg.ctx.bool_type().into(), "fault")?;
+        cg.b.build_store(slot, cg.ctx.bool_type().const_zero())?;
+        cg.fault.set(Some(slot));
+    }
+    let out_ptr = cg.param(f, 0);
     let mut leaves: BTreeMap<ValueId, Leaf> = BTreeMap::new();
     for (i, &v) in buffered.iter().enumerate() {
         let ptr = cg.param(f, 1 + i as u32);
@@ -119,10 +133,39 @@ pub(crate) fn emit_fused<'ctx>(
         }
     }
 
-    if out_ty.len() > 0 {
+    if total > 0 {
         let zero = cg.i64c(0);
-        let offsets: Vec<IntValue> = vec![zero; 1 + buffered.len()];
-        emit_level(cg, plan, f, nodes, out, out_ptr, &sizes, &strides, &leaves, &buffered, 0, offsets)?;
+        let at = |i: IntValue<'ctx>| -> Result<Vec<IntValue<'ctx>>> {
+            strides.iter().map(|s| cg.affine(i, s[0], zero)).collect()
+        };
+        cg.for_items(&k, &mut |item| match (sizes.len(), chunk) {
+            (0, _) => emit_level(
+                cg,
+                plan,
+                f,
+                nodes,
+                out,
+                out_ptr,
+                &sizes,
+                &strides,
+                &leaves,
+                &buffered,
+                0,
+                vec![zero; 1 + buffered.len()],
+            ),
+            (_, Some(chunk)) => {
+                let first = cg.mul(item, chunk as i64)?;
+                let len = min_left(cg, chunk as i64, total as i64, first)?;
+                cg.for_range(f, len, &mut |j| {
+                    let offsets = at(cg.add(first, j)?)?;
+                    emit_level(cg, plan, f, nodes, out, out_ptr, &sizes, &strides, &leaves, &buffered, 1, offsets)
+                })
+            }
+            (_, None) => {
+                let offsets = at(item)?;
+                emit_level(cg, plan, f, nodes, out, out_ptr, &sizes, &strides, &leaves, &buffered, 1, offsets)
+            }
+        })?;
     }
     match cg.fault.take() {
         Some(slot) => {
@@ -130,13 +173,30 @@ pub(crate) fn emit_fused<'ctx>(
             let status = cg.b.build_int_z_extend(failed, cg.ctx.i32_type(), "status")?;
             cg.b.build_return(Some(&status))?;
         }
-        None => {
-            cg.b.build_return(None)?;
-        }
+        None => cg.kernel_return(f)?,
     }
     let mut locs = vec![plan.loc(out)];
     locs.extend(buffered.iter().map(|&v| plan.loc(v)));
-    Ok((f, locs))
+    Ok((cg.finish_parallel(k)?, locs))
+}
+
+/// Elements per chunk when a fused kernel's single flat loop is split
+/// across threads: 64 KiB of f32 per operand, long enough that the
+/// vectorized loop's entry and tail cost nothing next to it.
+const ELEMENTWISE_CHUNK: usize = 16384;
+
+/// `min(block, total - start)` as an i64 value; `block` when it divides
+/// `total` (every chunk is full).
+pub(crate) fn min_left<'ctx>(cg: &Cg<'ctx>, block: i64, total: i64, start: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+    if total <= block {
+        return Ok(cg.i64c(total));
+    }
+    if total % block == 0 {
+        return Ok(cg.i64c(block));
+    }
+    let left = cg.b.build_int_nsw_sub(cg.i64c(total), start, "left")?;
+    let small = cg.b.build_int_compare(IntPredicate::SLT, left, cg.i64c(block), "tail")?;
+    Ok(cg.b.build_select(small, left, cg.i64c(block), "n")?.into_int_value())
 }
 
 fn node_err(plan: &Plan, nodes: &[NodeId], message: &str) -> BackendError {

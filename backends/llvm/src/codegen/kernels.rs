@@ -2,6 +2,7 @@
 //! Transpose, and the copy into a graph output.
 
 use super::elementwise::{broadcast_strides, collapse, contiguous_strides};
+use super::gemm::{self, GemmDims, GemmOperand, GemmSpec};
 use super::Cg;
 use crate::error::{BackendError, Result};
 use crate::plan::{elem_bytes, Loc, Plan};
@@ -34,7 +35,7 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
     let dtype = plan.ty(output).dtype;
     match &node.op {
         Op::MatMul | Op::Gemm(_) => {
-            if !dtype.is_float() {
+            if !matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
                 return Err(unsupported(format!("{} on {dtype}", node.op.name())));
             }
             let gemm = match &node.op {
@@ -167,6 +168,9 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
     }
 }
 
+/// Bytes per item of a parallel copy into a graph output.
+const COPY_PIECE_BYTES: usize = 1 << 18;
+
 /// Copies a value into graph output `output`.
 pub(crate) fn emit_copy<'ctx>(
     cg: &Cg<'ctx>,
@@ -175,12 +179,24 @@ pub(crate) fn emit_copy<'ctx>(
     from: ValueId,
     output: usize,
 ) -> Result<Kernel<'ctx>> {
-    let f = cg.kernel_fn(&format!("k{step}_copy"), 2);
+    // Large copies are cut into pieces the threads share.
     let bytes = plan.ty(from).bytes();
+    let items = bytes.div_ceil(COPY_PIECE_BYTES);
+    let k = cg.parallel_kernel_fn(&format!("k{step}_copy"), 2, items, COPY_PIECE_BYTES / 4);
+    let f = k.f;
     if bytes > 0 {
-        cg.b.build_memcpy(cg.param(f, 0), 1, cg.param(f, 1), 1, cg.i64c(bytes as i64))?;
+        let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+        cg.for_items(&k, &mut |i| {
+            let first = cg.mul(i, COPY_PIECE_BYTES as i64)?;
+            let len = super::elementwise::min_left(cg, COPY_PIECE_BYTES as i64, bytes as i64, first)?;
+            let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[first], "src")? };
+            let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[first], "dst")? };
+            cg.b.build_memcpy(dst, 1, src, 1, len)?;
+            Ok(())
+        })?;
     }
-    cg.b.build_return(None)?;
+    cg.kernel_return(f)?;
+    let f = cg.finish_parallel(k)?;
     let out_loc = Loc { slot: crate::plan::Slot::Output(output), offset: 0 };
     Ok((f, vec![out_loc, plan.loc(from)]))
 }
@@ -206,6 +222,10 @@ fn nest<'ctx>(
 
 // ---------------------------------------------------------------- MatMul / Gemm
 
+/// MatMul (numpy batching and broadcasting, 1-D operands promoted) and
+/// Gemm (transposes, alpha, beta and a broadcast C). Matrix products run on
+/// the packed GEMM of [`super::gemm`]; matrix-vector products (one row or
+/// one column) and [`crate::MatMulKernel::Blocked`] use [`matmul_loops`].
 #[allow(clippy::too_many_arguments)]
 fn matmul<'ctx>(
     cg: &Cg<'ctx>,
@@ -224,16 +244,72 @@ fn matmul<'ctx>(
     if ash.is_empty() || bsh.is_empty() {
         return Err(err("MatMul of a scalar"));
     }
-    // 1-D operands become matrices: [K] → [1, K] for A, [K, 1] for B.
-    let a2: Vec<usize> = if ash.len() == 1 { vec![1, ash[0]] } else { ash.clone() };
-    let b2: Vec<usize> = if bsh.len() == 1 { vec![bsh[0], 1] } else { bsh.clone() };
-    let (ar, br) = (a2.len(), b2.len());
-    let (m, k) = if gemm.trans_a { (a2[ar - 1], a2[ar - 2]) } else { (a2[ar - 2], a2[ar - 1]) };
-    let (kb, n) = if gemm.trans_b { (b2[br - 1], b2[br - 2]) } else { (b2[br - 2], b2[br - 1]) };
-    if k != kb {
-        return Err(err(&format!("inner dimensions differ: {ash:?} and {bsh:?}")));
+    let dims = gemm::matmul_dims(&ash, &bsh, gemm.trans_a, gemm.trans_b)
+        .ok_or_else(|| err(&format!("inner dimensions differ: {ash:?} and {bsh:?}")))?;
+    if !gemm::uses_packed(dims, dtype, cg.matmul) {
+        return matmul_loops(cg, plan, step, name, a, b, c_in, out, gemm);
     }
-    let (a_batch, b_batch) = (&a2[..ar - 2], &b2[..br - 2]);
+    let GemmDims { m, n, k } = dims;
+    let (sizes, strides) = batch_strides(&ash, &bsh, dims);
+    let mut values = vec![out, a, b];
+    let has_c = c_in.is_some() && gemm.beta != 0.0;
+    if let (true, Some(c)) = (has_c, c_in) {
+        values.push(c);
+    }
+    let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned"))?;
+    let f = cg.kernel_fn(&format!("k{step}_matmul"), values.len() + 1);
+    let (cp, ap, bp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    let sp = cg.param(f, values.len() as u32);
+    let (sa_i, sa_k) = if gemm.trans_a { (1, m as i64) } else { (k as i64, 1) };
+    let (sb_k, sb_j) = if gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
+    let (adt, bdt) = (plan.ty(a).dtype, plan.ty(b).dtype);
+    if m * n > 0 {
+        // Gemm's C input first, `C = beta·C_in`, which the product adds to.
+        if let (true, Some(cv)) = (has_c, c_in) {
+            let cdt = plan.ty(cv).dtype;
+            let cstrides = broadcast_strides(&plan.ty(cv).shape, &[m, n]);
+            let cinp = cg.param(f, 3);
+            let like = cg.compute_type(dtype).map_err(BackendError::Llvm)?.into_float_type().const_float(0.0).into();
+            cg.for_n(f, m, &mut |i| {
+                cg.for_n(f, n, &mut |j| {
+                    let cidx = cg.add(cg.mul(i, cstrides[0])?, cg.mul(j, cstrides[1])?)?;
+                    let v = cg.fmul(cg.load(cinp, cdt, cidx)?, cg.fconst(like, gemm.beta as f64))?;
+                    cg.store(cp, dtype, cg.affine(i, n as i64, j)?, v)
+                })
+            })?;
+        }
+        let zero = cg.i64c(0);
+        nest(cg, f, &sizes, &strides, vec![zero; 3], &mut |off| {
+            let spec = GemmSpec {
+                m: cg.i64c(m as i64),
+                n: cg.i64c(n as i64),
+                k: cg.i64c(k as i64),
+                max: dims,
+                a: GemmOperand { ptr: cg.elem_ptr(ap, adt, off[1])?, dtype: adt, strides: (sa_i, sa_k) },
+                b: GemmOperand { ptr: cg.elem_ptr(bp, bdt, off[2])?, dtype: bdt, strides: (sb_k, sb_j) },
+                c: cg.elem_ptr(cp, dtype, off[0])?,
+                c_dtype: dtype,
+                ldc: n as i64,
+                alpha: gemm.alpha as f64,
+                accumulate: has_c,
+                scratch: sp,
+            };
+            gemm::emit_gemm(cg, f, &spec)
+        })?;
+    }
+    cg.b.build_return(None)?;
+    let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
+    locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    Ok((f, locs))
+}
+
+/// The batch loop of a MatMul: the (collapsed) batch sizes and, per
+/// operand (C, A, B), the element stride of each batch axis, with numpy
+/// broadcasting of the batch dims.
+fn batch_strides(ash: &[usize], bsh: &[usize], dims: GemmDims) -> (Vec<usize>, Vec<Vec<i64>>) {
+    let GemmDims { m, n, k } = dims;
+    let a_batch: &[usize] = if ash.len() > 2 { &ash[..ash.len() - 2] } else { &[] };
+    let b_batch: &[usize] = if bsh.len() > 2 { &bsh[..bsh.len() - 2] } else { &[] };
     let batch_rank = a_batch.len().max(b_batch.len());
     let mut out_batch = vec![1usize; batch_rank];
     for (i, d) in out_batch.iter_mut().enumerate() {
@@ -247,8 +323,32 @@ fn matmul<'ctx>(
         scale(broadcast_strides(a_batch, &out_batch), m * k),
         scale(broadcast_strides(b_batch, &out_batch), k * n),
     ];
-    let (sizes, strides) = collapse(&out_batch, &strides);
+    collapse(&out_batch, &strides)
+}
 
+/// The simple MatMul/Gemm loops (f32 and f64): i-k-j order blocked over j
+/// and k when B's rows are contiguous, a dot product per element when B is
+/// transposed. Used for matrix-vector products, and for every product with
+/// [`crate::MatMulKernel::Blocked`] (the baseline the packed GEMM is measured
+/// against).
+#[allow(clippy::too_many_arguments)]
+fn matmul_loops<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    name: &str,
+    a: ValueId,
+    b: ValueId,
+    c_in: Option<ValueId>,
+    out: ValueId,
+    gemm: GemmAttrs,
+) -> Result<Kernel<'ctx>> {
+    let dtype = plan.ty(out).dtype;
+    let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
+    let dims = gemm::matmul_dims(&ash, &bsh, gemm.trans_a, gemm.trans_b)
+        .ok_or_else(|| BackendError::node(name, "MatMul", format!("inner dimensions differ: {ash:?} and {bsh:?}")))?;
+    let GemmDims { m, n, k } = dims;
+    let (sizes, strides) = batch_strides(&ash, &bsh, dims);
     let mut values = vec![out, a, b];
     let has_c = c_in.is_some() && gemm.beta != 0.0;
     if let (true, Some(c)) = (has_c, c_in) {
@@ -265,9 +365,7 @@ fn matmul<'ctx>(
     if m * n > 0 {
         nest(cg, f, &sizes, &strides, vec![zero; 3], &mut |off| {
             let (co, ao, bo) = (off[0], off[1], off[2]);
-            // f16/bf16 take the dot-product form, which sums in an f32
-            // register instead of rounding C to 16 bits after every k.
-            if sb_j == 1 && matches!(dtype, DType::F32 | DType::F64) {
+            if sb_j == 1 {
                 // i-k-j order, blocked over j and k: the innermost loop runs
                 // along rows of B and C, which the loop vectorizer widens.
                 let nblocks = (n as i64 + MATMUL_NB - 1) / MATMUL_NB;
@@ -374,11 +472,12 @@ fn softmax<'ctx>(
     let dtype = plan.ty(x).dtype;
     let rank = shape.len() as i64;
     let axis = if axis < 0 { axis + rank } else { axis };
-    let f = cg.kernel_fn(&format!("k{step}_{}", if log { "logsoftmax" } else { "softmax" }), 2);
-    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    let name = format!("k{step}_{}", if log { "logsoftmax" } else { "softmax" });
     if rank == 0 || !(0..rank).contains(&axis) {
         // A scalar is its own row of one element.
         if rank == 0 {
+            let f = cg.kernel_fn(&name, 2);
+            let yp = cg.param(f, 0);
             let one = if log { 0.0 } else { 1.0 };
             let t = cg.compute_type(dtype).map_err(BackendError::Llvm)?.into_float_type().const_float(one);
             cg.store(yp, dtype, cg.i64c(0), t.into())?;
@@ -392,24 +491,33 @@ fn softmax<'ctx>(
     let len = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let two_pass = cg.softmax == SoftmaxAlgorithm::TwoPass && dtype == DType::F32;
-    if outer * len * inner > 0 {
-        cg.for_n(f, outer, &mut |o| {
-            cg.for_n(f, inner, &mut |c| {
-                let base = cg.affine(o, (len * inner) as i64, c)?;
-                let row = Row { base, stride: inner as i64, len, dtype };
-                let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
-                // The last pass: y = exp(x - lse) or x - lse.
-                cg.for_n(f, len, &mut |j| {
-                    let idx = cg.affine(j, row.stride, row.base)?;
-                    let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
-                    let y = if log { d } else { cg.exp(d)? };
-                    cg.store(yp, dtype, idx, y)
-                })
-            })
-        })?;
-    }
-    cg.b.build_return(None)?;
-    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+    // Rows are independent: each thread takes a contiguous range of them.
+    // A row's arithmetic does not depend on the split, so results are the
+    // same on any number of threads.
+    let rows = if len > 0 { outer * inner } else { 0 };
+    let k = cg.parallel_kernel_fn(&name, 2, rows, len * 3);
+    let f = k.f;
+    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+    cg.for_items(&k, &mut |r| {
+        let base = if inner == 1 {
+            cg.mul(r, len as i64)?
+        } else {
+            let o = cg.b.build_int_unsigned_div(r, cg.i64c(inner as i64), "outer")?;
+            let c = cg.b.build_int_unsigned_rem(r, cg.i64c(inner as i64), "inner")?;
+            cg.affine(o, (len * inner) as i64, c)?
+        };
+        let row = Row { base, stride: inner as i64, len, dtype };
+        let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
+        // The last pass: y = exp(x - lse) or x - lse.
+        cg.for_n(f, len, &mut |j| {
+            let idx = cg.affine(j, row.stride, row.base)?;
+            let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
+            let y = if log { d } else { cg.exp(d)? };
+            cg.store(yp, dtype, idx, y)
+        })
+    })?;
+    cg.kernel_return(f)?;
+    Ok((cg.finish_parallel(k)?, vec![plan.loc(out), plan.loc(x)]))
 }
 
 /// One softmax row.
@@ -602,7 +710,11 @@ fn reduce<'ctx>(
     let (ksizes, kstrides) = collapse(&kept_sizes, &[contiguous_strides(&kept_sizes), kept_in]);
     let (rsizes, rstrides) = collapse(&red_sizes, &[red_in]);
 
-    let f = cg.kernel_fn(&format!("k{step}_{}", kind.name()), 2);
+    let total: usize = plan.ty(out).len();
+    // Each output element is one item: its reduction runs on one thread,
+    // in the serial order. (A reduction to one element stays serial.)
+    let k = cg.parallel_kernel_fn(&format!("k{step}_{}", kind.name()), 2, total, count.max(1));
+    let f = k.f;
     let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
     let ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
     let like: BV = ty.into_float_type().const_float(0.0).into();
@@ -614,9 +726,8 @@ fn reduce<'ctx>(
         ReduceKind::Prod => 1.0,
         _ => 0.0,
     };
-    let total: usize = plan.ty(out).len();
     if total > 0 {
-        nest(cg, f, &ksizes, &kstrides, vec![cg.i64c(0); 2], &mut |koff| {
+        cg.for_items_nest(&k, &ksizes, &kstrides, &[cg.i64c(0); 2], &mut |koff| {
             let (yo, xo) = (koff[0], koff[1]);
             // LogSumExp subtracts the maximum first so exp cannot overflow.
             let shift = if kind == ReduceKind::LogSumExp {
@@ -664,8 +775,8 @@ fn reduce<'ctx>(
             cg.store(yp, dtype, yo, y)
         })?;
     }
-    cg.b.build_return(None)?;
-    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+    cg.kernel_return(f)?;
+    Ok((cg.finish_parallel(k)?, vec![plan.loc(out), plan.loc(x)]))
 }
 
 // ---------------------------------------------------------------- LayerNorm / RMSNorm
@@ -717,7 +828,11 @@ fn normalize<'ctx>(
     let (mean_out, inv_out) = stats;
     values.extend(mean_out);
     values.extend(inv_out);
-    let f = cg.kernel_fn(&format!("k{step}_{}", if norm.rms { "rmsnorm" } else { "layernorm" }), values.len());
+    // Rows are the items: each is normalized on one thread, as serially.
+    let rows: usize = if cols > 0 { shape[..axis].iter().product() } else { 0 };
+    let name = format!("k{step}_{}", if norm.rms { "rmsnorm" } else { "layernorm" });
+    let k = cg.parallel_kernel_fn(&name, values.len(), rows, cols * 4);
+    let f = k.f;
     let (yp, xp, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
     let mut next = 3;
     let mut take = |present: bool| {
@@ -735,7 +850,7 @@ fn normalize<'ctx>(
     let c = |v: f64| cg.fconst(like, v);
     let acc = cg.entry_alloca(f, ty, "acc")?;
     if plan.ty(x).len() > 0 {
-        nest(cg, f, &osizes, &ostrides, vec![cg.i64c(0); 4], &mut |o| {
+        cg.for_items_nest(&k, &osizes, &ostrides, &[cg.i64c(0); 4], &mut |o| {
             let (x0, s0, b0, r) = (o[0], o[1], o[2], o[3]);
             let sum_over = |term: &dyn Fn(BV<'ctx>) -> Result<BV<'ctx>>| -> Result<BV<'ctx>> {
                 cg.b.build_store(acc, c(0.0))?;
@@ -774,8 +889,8 @@ fn normalize<'ctx>(
             Ok(())
         })?;
     }
-    cg.b.build_return(None)?;
-    Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+    cg.kernel_return(f)?;
+    Ok((cg.finish_parallel(k)?, values.iter().map(|&v| plan.loc(v)).collect()))
 }
 
 // ---------------------------------------------------------------- Slice
@@ -834,26 +949,76 @@ fn slice<'ctx>(
     let src: Vec<i64> = in_strides.iter().zip(&stride_mul).map(|(s, m)| s * m).collect();
     let base: i64 = in_strides.iter().zip(&first).map(|(s, f)| s * f).sum();
     let (sizes, strides) = collapse(&out_shape, &[contiguous_strides(&out_shape), src]);
-    let dtype = plan.ty(x).dtype;
-    let f = cg.kernel_fn(&format!("k{step}_slice"), 2);
+    let f = strided_copy(cg, &format!("k{step}_slice"), plan.ty(x).dtype, &sizes, &strides, base)?;
+    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+}
+
+/// Elements per item when a strided copy is one flat loop, cut into
+/// chunks for the threads.
+const COPY_CHUNK: usize = 16384;
+
+/// A kernel `(ptr y, ptr x)` copying the elements of a loop nest:
+/// `y[offset 0] = x[base + offset 1]` at every point, raw bits of `dtype`.
+/// Threads take the points of all axes but the innermost (or chunks of a
+/// single flat loop).
+fn strided_copy<'ctx>(
+    cg: &Cg<'ctx>,
+    name: &str,
+    dtype: DType,
+    sizes: &[usize],
+    strides: &[Vec<i64>],
+    base: i64,
+) -> Result<FunctionValue<'ctx>> {
+    let total: usize = sizes.iter().product();
+    let flat = sizes.len() == 1;
+    let (outer, inner): (&[usize], usize) = match sizes.split_last() {
+        Some((_, _)) if flat => (&[], COPY_CHUNK.min(total)),
+        Some((&last, rest)) => (rest, last),
+        None => (&[], 1),
+    };
+    let items = if flat { total.div_ceil(COPY_CHUNK) } else { outer.iter().product() };
+    let k = cg.parallel_kernel_fn(name, 2, if total > 0 { items } else { 0 }, inner);
+    let f = k.f;
     let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
-    if plan.ty(out).len() > 0 {
+    if total > 0 {
+        // Copy the raw bits: the element type does not matter.
         let bits = cg
             .ctx
             .custom_width_int_type(
                 std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte"),
             )
             .map_err(|e| BackendError::Llvm(e.to_string()))?;
-        nest(cg, f, &sizes, &strides, vec![cg.i64c(0), cg.i64c(base)], &mut |off| {
-            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
-            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };
+        let copy = |dst_at: IntValue<'ctx>, src_at: IntValue<'ctx>| -> Result<()> {
+            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[src_at], "src")? };
+            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[dst_at], "dst")? };
             let v = cg.b.build_load(bits, src, "v")?;
             cg.b.build_store(dst, v)?;
             Ok(())
-        })?;
+        };
+        let zero = cg.i64c(0);
+        if flat {
+            let (sy, sx) = (strides[0][0], strides[1][0]);
+            cg.for_items(&k, &mut |item| {
+                let first = cg.mul(item, COPY_CHUNK as i64)?;
+                let len = super::elementwise::min_left(cg, COPY_CHUNK as i64, total as i64, first)?;
+                cg.for_range(f, len, &mut |j| {
+                    let at = cg.add(first, j)?;
+                    copy(cg.mul(at, sy)?, cg.affine(at, sx, cg.i64c(base))?)
+                })
+            })?;
+        } else if sizes.is_empty() {
+            cg.for_items(&k, &mut |_| copy(zero, cg.i64c(base)))?;
+        } else {
+            let level = sizes.len() - 1;
+            cg.for_items_nest(&k, outer, strides, &[zero, cg.i64c(base)], &mut |off| {
+                cg.for_n(f, inner, &mut |j| {
+                    copy(cg.affine(j, strides[0][level], off[0])?, cg.affine(j, strides[1][level], off[1])?)
+                })
+            })?;
+        }
     }
-    cg.b.build_return(None)?;
-    Ok((f, vec![plan.loc(out), plan.loc(x)]))
+    cg.kernel_return(f)?;
+    cg.finish_parallel(k)
 }
 
 // ---------------------------------------------------------------- Split
@@ -884,30 +1049,37 @@ fn split<'ctx>(
     if outputs.iter().skip_while(|o| o.is_some()).any(Option::is_some) {
         return Err(BackendError::unsupported("", "Split", "an omitted output before a present one"));
     }
-    let f = cg.kernel_fn(&format!("k{step}_split"), 1 + present.len());
+    // Threads take the outer indices; each copies its row into every output.
+    let k = cg.parallel_kernel_fn(&format!("k{step}_split"), 1 + present.len(), outer, in_row as usize / 4);
+    let f = k.f;
     let xp = cg.param(f, 0);
+    let mut pieces = Vec::with_capacity(present.len());
     let mut at = 0i64;
     // Omitted outputs come last (checked above), so the present ones are
     // parameters 1, 2, ... in order.
     for (param, v) in (1u32..).zip(&present) {
         let out_row = plan.ty(*v).shape.get(axis).copied().unwrap_or(0) as i64 * inner;
-        let yp = cg.param(f, param);
         if out_row > 0 {
-            let offset = at;
-            cg.for_n(f, outer, &mut |i| {
-                let src_at = cg.affine(i, in_row, cg.i64c(offset))?;
-                let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[src_at], "src")? };
-                let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[cg.mul(i, out_row)?], "dst")? };
-                cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(out_row))?;
-                Ok(())
-            })?;
+            pieces.push((cg.param(f, param), at, out_row));
         }
         at += out_row;
     }
     if at > in_row {
         return Err(BackendError::node("", "Split", "outputs are larger than the input along the axis"));
     }
-    cg.b.build_return(None)?;
+    if !pieces.is_empty() {
+        cg.for_items(&k, &mut |i| {
+            for &(yp, offset, out_row) in &pieces {
+                let src_at = cg.affine(i, in_row, cg.i64c(offset))?;
+                let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[src_at], "src")? };
+                let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[cg.mul(i, out_row)?], "dst")? };
+                cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(out_row))?;
+            }
+            Ok(())
+        })?;
+    }
+    cg.kernel_return(f)?;
+    let f = cg.finish_parallel(k)?;
     let mut locs = vec![plan.loc(x)];
     locs.extend(present.iter().map(|&v| plan.loc(v)));
     Ok((f, locs))
@@ -944,10 +1116,13 @@ fn gather<'ctx>(
     let dim = shape[axis] as i64;
     let block = shape[axis + 1..].iter().product::<usize>() as i64 * esize;
     let count = plan.ty(indices).len();
-    let f = cg.checked_kernel_fn(&format!("k{step}_gather"), 3);
+    // Threads take the indices: each copies the slices behind its own.
+    let items = if plan.ty(out).len() > 0 || dim == 0 { count } else { 0 };
+    let k = cg.checked_parallel_kernel_fn(&format!("k{step}_gather"), 3, items, outer * block as usize / 4 + 1);
+    let f = k.f;
     let (yp, xp, ip) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
-    if plan.ty(out).len() > 0 || dim == 0 {
-        cg.for_n(f, count, &mut |j| {
+    if items > 0 {
+        cg.for_items(&k, &mut |j| {
             let raw = cg.load(ip, idt, j)?.into_int_value();
             let idx = cg.b.build_int_s_extend_or_bit_cast(raw, cg.i64t(), "idx")?;
             let negative = cg.b.build_int_compare(inkwell::IntPredicate::SLT, idx, cg.i64c(0), "neg")?;
@@ -974,7 +1149,7 @@ fn gather<'ctx>(
         })?;
     }
     cg.kernel_return(f)?;
-    Ok((f, vec![plan.loc(out), plan.loc(data), plan.loc(indices)]))
+    Ok((cg.finish_parallel(k)?, vec![plan.loc(out), plan.loc(data), plan.loc(indices)]))
 }
 
 // ---------------------------------------------------------------- Concat
@@ -1000,25 +1175,32 @@ fn concat<'ctx>(
     let outer: usize = out_shape[..axis].iter().product();
     let inner: i64 = out_shape[axis + 1..].iter().product::<usize>() as i64;
     let out_row = out_shape[axis] as i64 * inner * esize;
-    let f = cg.kernel_fn(&format!("k{step}_concat"), 1 + inputs.len());
+    // Threads take the outer indices; each assembles its output row.
+    let k = cg.parallel_kernel_fn(&format!("k{step}_concat"), 1 + inputs.len(), outer, out_row as usize / 4);
+    let f = k.f;
     let yp = cg.param(f, 0);
+    let mut pieces = Vec::with_capacity(inputs.len());
     let mut at = 0i64;
     for (j, &x) in inputs.iter().enumerate() {
         let in_row = plan.ty(x).shape.get(axis).copied().unwrap_or(0) as i64 * inner * esize;
         if in_row > 0 {
-            let xp = cg.param(f, 1 + j as u32);
-            let offset = at;
-            cg.for_n(f, outer, &mut |o| {
+            pieces.push((cg.param(f, 1 + j as u32), at, in_row));
+        }
+        at += in_row;
+    }
+    if !pieces.is_empty() {
+        cg.for_items(&k, &mut |o| {
+            for &(xp, offset, in_row) in &pieces {
                 let src = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), xp, &[cg.mul(o, in_row)?], "src")? };
                 let dst_at = cg.affine(o, out_row, cg.i64c(offset))?;
                 let dst = unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), yp, &[dst_at], "dst")? };
                 cg.b.build_memcpy(dst, 1, src, 1, cg.i64c(in_row))?;
-                Ok(())
-            })?;
-        }
-        at += in_row;
+            }
+            Ok(())
+        })?;
     }
-    cg.b.build_return(None)?;
+    cg.kernel_return(f)?;
+    let f = cg.finish_parallel(k)?;
     let mut locs = vec![plan.loc(out)];
     locs.extend(inputs.iter().map(|&v| plan.loc(v)));
     Ok((f, locs))
@@ -1039,25 +1221,6 @@ fn transpose<'ctx>(
     let in_strides = contiguous_strides(&in_shape);
     let src: Vec<i64> = perm.iter().map(|&p| in_strides.get(p).copied().unwrap_or(0)).collect();
     let (sizes, strides) = collapse(&out_shape, &[contiguous_strides(&out_shape), src]);
-    let dtype = plan.ty(x).dtype;
-    let f = cg.kernel_fn(&format!("k{step}_transpose"), 2);
-    let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
-    if plan.ty(out).len() > 0 {
-        // Copy the raw bits: the element type does not matter.
-        let bits = cg
-            .ctx
-            .custom_width_int_type(
-                std::num::NonZeroU32::new(8 * elem_bytes(dtype) as u32).expect("lowered dtypes are at least a byte"),
-            )
-            .map_err(|e| BackendError::Llvm(e.to_string()))?;
-        nest(cg, f, &sizes, &strides, vec![cg.i64c(0); 2], &mut |off| {
-            let src = unsafe { cg.b.build_in_bounds_gep(bits, xp, &[off[1]], "src")? };
-            let dst = unsafe { cg.b.build_in_bounds_gep(bits, yp, &[off[0]], "dst")? };
-            let v = cg.b.build_load(bits, src, "v")?;
-            cg.b.build_store(dst, v)?;
-            Ok(())
-        })?;
-    }
-    cg.b.build_return(None)?;
+    let f = strided_copy(cg, &format!("k{step}_transpose"), plan.ty(x).dtype, &sizes, &strides, 0)?;
     Ok((f, vec![plan.loc(out), plan.loc(x)]))
 }

@@ -15,21 +15,65 @@
 //! functions (exp, erf, tanh) as branch-free polynomials rather than libm
 //! calls. The softmax kernels that keep per-lane state (the two-pass
 //! algorithm) are written with explicit vector types instead.
+//!
+//! # Buffer table
+//!
+//! `kiln_entry(ptr %buffers)` reads `buffer_count` pointers: the graph
+//! inputs, the graph outputs, the constants, the scratch arena, and last
+//! the **run configuration**, a pointer to one `int32_t`: the number of
+//! threads kernels may use. A value of 0 or less means libomp's default
+//! (`omp_get_max_threads()`, i.e. `OMP_NUM_THREADS` or all cores).
+//!
+//! # Parallel kernels
+//!
+//! A kernel whose outer loop has independent items (rows, blocks of an
+//! elementwise loop, heads) is made parallel by changing only how that loop
+//! is emitted (see `parallel.rs` for the machinery):
+//!
+//! ```ignore
+//! // Before: a serial kernel.
+//! let f = cg.kernel_fn(&format!("k{step}_softmax"), 2);
+//! let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+//! cg.for_n(f, rows, &mut |r| row_kernel(r))?;
+//! cg.b.build_return(None)?;
+//! Ok((f, locs))
+//!
+//! // After: the same body over this thread's rows, plus a launcher.
+//! let k = cg.parallel_kernel_fn(&format!("k{step}_softmax"), 2, rows, row_len);
+//! let f = k.f;
+//! let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
+//! cg.for_items(&k, &mut |r| row_kernel(r))?;
+//! cg.kernel_return(f)?;
+//! Ok((cg.finish_parallel(k)?, locs))
+//! ```
+//!
+//! `parallel_kernel_fn(name, params, items, work_per_item)` takes the
+//! number of outer items and a rough cost of one (element operations): a
+//! kernel with less than [`parallel::MIN_PARALLEL_WORK`] in all, or one
+//! item, never forks. `checked_parallel_kernel_fn` is the variant for
+//! kernels that fail on bad data. Items are split statically into
+//! contiguous ranges, one per thread, so a kernel must write disjoint
+//! memory per item and must not depend on the order items run in; results
+//! equal the serial ones bitwise as long as each item's arithmetic does not
+//! depend on the split (reductions across items must not be parallelized
+//! this way).
 
 mod attention;
 mod elementwise;
 mod indexing;
+pub(crate) mod gemm;
 mod kernels;
 mod linear_attention;
 mod loss;
 mod math;
 mod quant;
+pub(crate) mod parallel;
 mod rotary;
 mod select;
 
 use crate::error::{BackendError, Result};
 use crate::plan::{Loc, Plan, Slot, Step};
-use crate::SoftmaxAlgorithm;
+use crate::{MatMulKernel, SoftmaxAlgorithm};
 use inkwell::attributes::{Attribute, AttributeLoc};
 use inkwell::basic_block::BasicBlock;
 use inkwell::builder::Builder;
@@ -39,7 +83,7 @@ use inkwell::types::{BasicType, BasicTypeEnum, FloatType, IntType};
 use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::AddressSpace;
 use kiln_ir::dtype::DType;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 pub(crate) use linear_attention::{geometry as linear_attention_geometry, scratch_bytes as linear_attention_scratch};
 
@@ -57,10 +101,16 @@ pub(crate) struct Cg<'ctx> {
     /// f32 lanes of the explicit-vector kernels.
     pub lanes: u32,
     pub softmax: SoftmaxAlgorithm,
+    /// The MatMul/Gemm kernel (set after construction; packed by default).
+    pub matmul: MatMulKernel,
     loops: Cell<usize>,
     /// While emitting a checked fused kernel: an `i1` slot that integer
     /// division sets when a divisor is zero (the kernel then fails).
     pub fault: Cell<Option<PointerValue<'ctx>>>,
+    /// The launchers of parallel kernels, which the entry passes the
+    /// thread count to.
+    /// (launcher, whether it may fork).
+    launchers: RefCell<Vec<(FunctionValue<'ctx>, bool)>>,
 }
 
 /// A value in a register with the kiln dtype it stands for. Floats narrower
@@ -84,8 +134,10 @@ impl<'ctx> Cg<'ctx> {
             features: features.to_string(),
             lanes,
             softmax,
+            matmul: MatMulKernel::default(),
             loops: Cell::new(0),
             fault: Cell::new(None),
+            launchers: RefCell::new(Vec::new()),
         }
     }
 
@@ -433,6 +485,35 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
         Slot::Const(i) => n_in + n_out + i,
         Slot::Arena => n_in + n_out + n_const,
     };
+    // The thread count from the run configuration; 0 or less is libomp's
+    // default.
+    let threads = {
+        let at =
+            unsafe { cg.b.build_in_bounds_gep(ptr, buffers, &[cg.i64c((n_in + n_out + n_const + 1) as i64)], "slot")? };
+        let config = cg.b.build_load(ptr, at, "config")?.into_pointer_value();
+        let asked = cg.b.build_load(i32t, config, "threads")?.into_int_value();
+        if cg.any_forks() {
+            let default = cg.omp_call("omp_get_max_threads", &[])?;
+            let given = cg.b.build_int_compare(inkwell::IntPredicate::SGT, asked, i32t.const_zero(), "given")?;
+            cg.b.build_select(given, asked, default, "threads")?.into_int_value()
+        } else {
+            asked
+        }
+    };
+    // Per-step cycle counters: read the counter once before the first
+    // kernel and after each, so a step's ticks include its call overhead
+    // and data checks but nothing of its neighbours.
+    let profile = if plan.profile {
+        let at =
+            unsafe { cg.b.build_in_bounds_gep(ptr, buffers, &[cg.i64c((n_in + n_out + n_const + 2) as i64)], "slot")? };
+        let table = cg.b.build_load(ptr, at, "profile")?.into_pointer_value();
+        let start = cg.intrinsic("llvm.readcyclecounter", &[])?.into_int_value();
+        let last = cg.entry_alloca(entry, cg.i64t().into(), "last_tick")?;
+        cg.b.build_store(last, start)?;
+        Some((table, last))
+    } else {
+        None
+    };
     for (step, (f, args)) in kernels.into_iter().enumerate() {
         let mut call_args: Vec<BasicMetadataValueEnum> = Vec::with_capacity(args.len());
         for loc in args {
@@ -446,7 +527,19 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
             };
             call_args.push(p.into());
         }
+        if cg.is_launcher(f) {
+            call_args.push(threads.into());
+        }
         let call = cg.b.build_call(f, &call_args, "")?;
+        if let Some((table, last)) = profile {
+            let now = cg.intrinsic("llvm.readcyclecounter", &[])?.into_int_value();
+            let before = cg.b.build_load(cg.i64t(), last, "before")?.into_int_value();
+            let spent = cg.b.build_int_sub(now, before, "spent")?;
+            let counter = cg.elem_ptr(table, DType::I64, cg.i64c(step as i64))?;
+            let sum = cg.b.build_load(cg.i64t(), counter, "cycles")?.into_int_value();
+            cg.b.build_store(counter, cg.b.build_int_add(sum, spent, "cycles")?)?;
+            cg.b.build_store(last, now)?;
+        }
         if f.get_type().get_return_type().is_some() {
             let status = call.try_as_basic_value().basic().expect("checked kernels return i32").into_int_value();
             let failed = cg.b.build_int_compare(inkwell::IntPredicate::NE, status, i32t.const_zero(), "failed")?;
@@ -462,7 +555,9 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Number of buffer pointers `kiln_entry` expects for a plan.
+/// Number of buffer pointers `kiln_entry` expects for a plan: inputs,
+/// outputs, constants, the arena, the run configuration and, when the plan
+/// is profiled, the per-step cycle counters.
 pub(crate) fn buffer_count(plan: &Plan) -> usize {
-    plan.graph.inputs().len() + plan.graph.outputs().len() + plan.consts.len() + 1
+    plan.graph.inputs().len() + plan.graph.outputs().len() + plan.consts.len() + 2 + usize::from(plan.profile)
 }

@@ -111,51 +111,57 @@ pub(crate) fn rotary_embedding<'ctx>(
 
     let mut values = vec![y, x, cos, sin];
     values.extend(positions);
-    let f = cg.checked_kernel_fn(&format!("k{step}_RotaryEmbedding"), values.len());
+    // Threads take the (batch, position) rows; each rotates all its heads.
+    let k = cg.checked_parallel_kernel_fn(
+        &format!("k{step}_RotaryEmbedding"),
+        values.len(),
+        batch * seq,
+        heads * head_dim * 3,
+    );
+    let f = k.f;
     let (yp, xp, cp, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2), cg.param(f, 3));
     let pp = positions.map(|_| cg.param(f, 4));
     let dt = DType::F32;
-    cg.for_n(f, batch, &mut |b| {
-        cg.for_n(f, seq, &mut |s| {
-            let flat = cg.affine(b, seq as i64, s)?;
-            let row = match (pp, position_dtype) {
-                (Some(pp), Some(pd)) => {
-                    let raw = cg.load(pp, pd, flat)?.into_int_value();
-                    let id = cg.b.build_int_s_extend_or_bit_cast(raw, cg.i64t(), "position")?;
-                    let bad = cg.ctx.append_basic_block(f, "bad_position");
-                    let good = cg.ctx.append_basic_block(f, "position_ok");
-                    let inside = cg.b.build_int_compare(IntPredicate::ULT, id, cg.i64c(max_position), "inside")?;
-                    cg.b.build_conditional_branch(inside, good, bad)?;
-                    cg.b.position_at_end(bad);
-                    cg.b.build_return(Some(&cg.ctx.i32_type().const_int(1, false)))?;
-                    cg.b.position_at_end(good);
-                    id
-                }
-                _ => flat,
-            };
-            let cache_row = cg.mul(row, half as i64)?;
-            let base = cg.add(cg.mul(b, s_batch)?, cg.mul(s, s_pos)?)?;
-            cg.for_n(f, heads, &mut |h| {
-                let o = cg.affine(h, s_head, base)?;
-                cg.for_n(f, half, &mut |i| {
-                    let (i1, i2) = if interleaved {
-                        (cg.affine(i, 2, o)?, cg.affine(i, 2, cg.add(o, cg.i64c(1))?)?)
-                    } else {
-                        (cg.add(o, i)?, cg.add(o, cg.add(i, cg.i64c(half as i64))?)?)
-                    };
-                    let at = cg.add(cache_row, i)?;
-                    let (c, sn): (BasicValueEnum, BasicValueEnum) = (cg.load(cp, dt, at)?, cg.load(sp, dt, at)?);
-                    let (x1, x2) = (cg.load(xp, dt, i1)?, cg.load(xp, dt, i2)?);
-                    cg.store(yp, dt, i1, cg.fsub(cg.fmul(c, x1)?, cg.fmul(sn, x2)?)?)?;
-                    cg.store(yp, dt, i2, cg.fadd(cg.fmul(sn, x1)?, cg.fmul(c, x2)?)?)
-                })?;
-                cg.for_n(f, head_dim - rot, &mut |e| {
-                    let at = cg.add(o, cg.add(e, cg.i64c(rot as i64))?)?;
-                    cg.store(yp, dt, at, cg.load(xp, dt, at)?)
-                })
+    cg.for_items(&k, &mut |flat| {
+        let b = cg.b.build_int_unsigned_div(flat, cg.i64c(seq as i64), "batch")?;
+        let s = cg.b.build_int_unsigned_rem(flat, cg.i64c(seq as i64), "position")?;
+        let row = match (pp, position_dtype) {
+            (Some(pp), Some(pd)) => {
+                let raw = cg.load(pp, pd, flat)?.into_int_value();
+                let id = cg.b.build_int_s_extend_or_bit_cast(raw, cg.i64t(), "position")?;
+                let bad = cg.ctx.append_basic_block(f, "bad_position");
+                let good = cg.ctx.append_basic_block(f, "position_ok");
+                let inside = cg.b.build_int_compare(IntPredicate::ULT, id, cg.i64c(max_position), "inside")?;
+                cg.b.build_conditional_branch(inside, good, bad)?;
+                cg.b.position_at_end(bad);
+                cg.b.build_return(Some(&cg.ctx.i32_type().const_int(1, false)))?;
+                cg.b.position_at_end(good);
+                id
+            }
+            _ => flat,
+        };
+        let cache_row = cg.mul(row, half as i64)?;
+        let base = cg.add(cg.mul(b, s_batch)?, cg.mul(s, s_pos)?)?;
+        cg.for_n(f, heads, &mut |h| {
+            let o = cg.affine(h, s_head, base)?;
+            cg.for_n(f, half, &mut |i| {
+                let (i1, i2) = if interleaved {
+                    (cg.affine(i, 2, o)?, cg.affine(i, 2, cg.add(o, cg.i64c(1))?)?)
+                } else {
+                    (cg.add(o, i)?, cg.add(o, cg.add(i, cg.i64c(half as i64))?)?)
+                };
+                let at = cg.add(cache_row, i)?;
+                let (c, sn): (BasicValueEnum, BasicValueEnum) = (cg.load(cp, dt, at)?, cg.load(sp, dt, at)?);
+                let (x1, x2) = (cg.load(xp, dt, i1)?, cg.load(xp, dt, i2)?);
+                cg.store(yp, dt, i1, cg.fsub(cg.fmul(c, x1)?, cg.fmul(sn, x2)?)?)?;
+                cg.store(yp, dt, i2, cg.fadd(cg.fmul(sn, x1)?, cg.fmul(c, x2)?)?)
+            })?;
+            cg.for_n(f, head_dim - rot, &mut |e| {
+                let at = cg.add(o, cg.add(e, cg.i64c(rot as i64))?)?;
+                cg.store(yp, dt, at, cg.load(xp, dt, at)?)
             })
         })
     })?;
     cg.kernel_return(f)?;
-    Ok((f, values.iter().map(|&v| plan.loc(v)).collect()))
+    Ok((cg.finish_parallel(k)?, values.iter().map(|&v| plan.loc(v)).collect()))
 }

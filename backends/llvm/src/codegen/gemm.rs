@@ -1,0 +1,701 @@
+//! The packed, register-blocked GEMM: `C = alpha·A·B (+ C)`, the kernel
+//! behind MatMul and Gemm, and callable from other kernels through
+//! [`emit_gemm`].
+//!
+//! # Design (GotoBLAS/BLIS)
+//!
+//! - **Microkernel.** An `MR × NR` tile of C lives in registers as
+//!   `MR · NR/L` vectors of `L` lanes (`L` = the target's SIMD width for the
+//!   element type). Each step along k loads `NR/L` vectors of a packed B
+//!   row, broadcasts `MR` packed A values and issues `MR · NR/L` `llvm.fma`s:
+//!   a rank-1 update. With AVX-512 the tile is 14 × 32 (28 accumulators of
+//!   the 32 zmm registers); with 8 lanes (AVX2, 16 ymm registers) 6 × 16;
+//!   with 4 (NEON, SSE) 6 × 8. The microkernel is one internal LLVM
+//!   function per element type and tile, `kiln_gemm_ukr_<ty>_<MR>x<NR>`.
+//! - **Packing.** For each `KC × NC` block of B (`NC` columns, `KC` depth),
+//!   B is copied into `NR`-wide panels, each `KC` rows of `NR` contiguous
+//!   values; for each `MC × KC` block of A, A is copied into `MR`-row panels,
+//!   each `KC` columns of `MR` contiguous values. The microkernel then
+//!   streams both with unit stride, whatever the layout of the operands
+//!   (transposed, strided, narrower dtypes: packing reads any strides and
+//!   widens f16/bf16 to f32). Panels past the edge of the matrix are padded
+//!   with zeros, so the microkernel always computes a full tile.
+//! - **Loops.** `NC → KC → MC → NR → MR`: a packed B block (`KC × NC`, up
+//!   to 2 MiB of f32) stays in L2/L3, a packed A block (`MC × KC`, 168 KiB)
+//!   in L2, and one `KC × NR` B panel (32 KiB) in L1 while the A panels of
+//!   the block pass over it.
+//! - **Edges.** A tile that is cut by the edge of C (or whose C dtype is
+//!   not the compute type) goes through a small stack tile that is then
+//!   added or copied into C element by element.
+//! - **Accumulation.** The first KC block stores `alpha·AB` (or adds it to
+//!   C when the caller asks to accumulate); later blocks add. Outputs whose
+//!   dtype is narrower than the compute type (f16, bf16) are not blocked
+//!   over K, so each element is rounded once.
+
+use super::Cg;
+use crate::error::{BackendError, Result};
+use crate::MatMulKernel;
+use inkwell::attributes::AttributeLoc;
+use inkwell::module::Linkage;
+use inkwell::types::FloatType;
+use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, IntPredicate};
+use kiln_ir::dtype::DType;
+
+type BV<'ctx> = BasicValueEnum<'ctx>;
+
+/// Rows of A per packed block (a multiple of every `MR` below would waste
+/// nothing; 168 = 12 · 14 = 28 · 6).
+const MC: usize = 168;
+/// Depth of a packed block: a `KC × 32` f32 B panel is 32 KiB, in L1.
+const KC: usize = 256;
+/// Columns of B per packed block: a `KC × NC` f32 block is 2 MiB.
+const NC: usize = 2048;
+/// The register tiles (`MR`, vectors per row) by f32 SIMD width: 32
+/// vector registers with AVX-512 (28 accumulators, 2 B vectors, 1
+/// broadcast), 16 otherwise (12 accumulators). Scratch is sized for all of
+/// them, before the target is known.
+const TILES: [(usize, usize, usize); 3] = [(16, 14, 2), (8, 6, 2), (4, 6, 2)];
+
+/// Sizes of one product, the bounds that scratch is sized for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GemmDims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// One operand of a product: `X(r, c)` is element `r·strides.0 + c·strides.1`
+/// of `ptr` (for A, `r` is the row of C and `c` the position along k; for
+/// B, `r` is along k and `c` the column of C). Any strides work; packing is
+/// fastest when one of them is 1.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GemmOperand<'ctx> {
+    pub ptr: PointerValue<'ctx>,
+    pub dtype: DType,
+    pub strides: (i64, i64),
+}
+
+/// One product `C = alpha·A·B`, or `C += alpha·A·B` with `accumulate`, for
+/// [`emit_gemm`].
+///
+/// - `m`, `n`, `k` may be run-time values (e.g. the last tile of a loop);
+///   they must not exceed `max`, which sizes the blocks and the scratch.
+/// - C is row-major with unit column stride and `ldc` elements between rows;
+///   it must not overlap A, B or `scratch`.
+/// - All three dtypes must compute in one float type: f32 (f32, f16, bf16)
+///   or f64.
+/// - `scratch` points to [`scratch_bytes`]`(c_dtype, max)` bytes, 64-byte
+///   aligned, that the product may overwrite.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GemmSpec<'ctx> {
+    pub m: IntValue<'ctx>,
+    pub n: IntValue<'ctx>,
+    pub k: IntValue<'ctx>,
+    pub max: GemmDims,
+    pub a: GemmOperand<'ctx>,
+    pub b: GemmOperand<'ctx>,
+    pub c: PointerValue<'ctx>,
+    pub c_dtype: DType,
+    pub ldc: i64,
+    pub alpha: f64,
+    pub accumulate: bool,
+    pub scratch: PointerValue<'ctx>,
+}
+
+/// True for dtypes the packed GEMM computes in f64 rather than f32.
+fn is_wide(dtype: DType) -> bool {
+    dtype == DType::F64
+}
+
+/// Element bytes of the packed buffers for an output dtype.
+fn packed_bytes(c_dtype: DType) -> usize {
+    if is_wide(c_dtype) {
+        8
+    } else {
+        4
+    }
+}
+
+/// True when partial sums may be accumulated in C itself: C holds the
+/// compute type exactly.
+fn c_is_native(c_dtype: DType) -> bool {
+    matches!(c_dtype, DType::F32 | DType::F64)
+}
+
+/// The depth of the packed blocks for a product.
+fn kc_for(c_dtype: DType, max: GemmDims) -> usize {
+    if c_is_native(c_dtype) { KC.min(max.k) } else { max.k }.max(1)
+}
+
+/// Rounds `x` up to a multiple of `to`.
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// Bytes of scratch [`emit_gemm`] needs for products up to `max` with
+/// output dtype `c_dtype`, on any target (the largest over the tiles of
+/// [`TILES`]).
+pub(crate) fn scratch_bytes(c_dtype: DType, max: GemmDims) -> usize {
+    let wide = is_wide(c_dtype);
+    TILES
+        .iter()
+        .map(|&(f32_lanes, mr, vecs)| {
+            let tile = Tile { mr, vecs, lanes: lanes_of(f32_lanes, wide) };
+            let (a, b) = pack_sizes(c_dtype, max, tile.mr, tile.nr());
+            round_up(a, 64) + b
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Bytes of the packed A block (`mr`-row panels) and B block (`nr`-wide
+/// panels) for products up to `max`.
+fn pack_sizes(c_dtype: DType, max: GemmDims, mr: usize, nr: usize) -> (usize, usize) {
+    let kc = kc_for(c_dtype, max);
+    let rows = MC.min(round_up(max.m.max(1), mr));
+    let cols = NC.min(round_up(max.n.max(1), nr));
+    let e = packed_bytes(c_dtype);
+    (rows * kc * e, kc * cols * e)
+}
+
+/// Lanes of the element type for an f32 SIMD width.
+fn lanes_of(f32_lanes: usize, wide: bool) -> usize {
+    if wide {
+        (f32_lanes / 2).max(1)
+    } else {
+        f32_lanes
+    }
+}
+
+/// The register tile for a target: rows, vectors per row and lanes.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    mr: usize,
+    vecs: usize,
+    lanes: usize,
+}
+
+impl Tile {
+    fn nr(&self) -> usize {
+        self.vecs * self.lanes
+    }
+}
+
+fn tile_for(cg: &Cg<'_>, wide: bool) -> Tile {
+    let f32_lanes = cg.lanes.max(1) as usize;
+    // The widest entry the target reaches (entries are by decreasing width).
+    let &(_, mr, vecs) = TILES.iter().find(|t| f32_lanes >= t.0).unwrap_or(&TILES[TILES.len() - 1]);
+    Tile { mr, vecs, lanes: lanes_of(f32_lanes, wide) }
+}
+
+/// `min(a, b)` (folded when both are constants).
+fn min<'ctx>(cg: &Cg<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+    if let (Some(x), Some(y)) = (a.get_sign_extended_constant(), b.get_sign_extended_constant()) {
+        return Ok(cg.i64c(x.min(y)));
+    }
+    let lt = cg.b.build_int_compare(IntPredicate::SLT, a, b, "lt")?;
+    Ok(cg.b.build_select(lt, a, b, "min")?.into_int_value())
+}
+
+/// `ceil(a / by)` for `a ≥ 0` (folded for constants).
+fn ceil_div<'ctx>(cg: &Cg<'ctx>, a: IntValue<'ctx>, by: usize) -> Result<IntValue<'ctx>> {
+    if let Some(x) = a.get_sign_extended_constant() {
+        return Ok(cg.i64c((x.max(0) + by as i64 - 1) / by as i64));
+    }
+    let up = cg.b.build_int_nsw_add(a, cg.i64c(by as i64 - 1), "up")?;
+    Ok(cg.b.build_int_signed_div(up, cg.i64c(by as i64), "blocks")?)
+}
+
+fn sub<'ctx>(cg: &Cg<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+    if b.get_zero_extended_constant() == Some(0) {
+        return Ok(a);
+    }
+    Ok(cg.b.build_int_nsw_sub(a, b, "diff")?)
+}
+
+/// Product of two run-time values.
+fn mul_v<'ctx>(cg: &Cg<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Result<IntValue<'ctx>> {
+    if let Some(x) = b.get_sign_extended_constant() {
+        return cg.mul(a, x);
+    }
+    if let Some(x) = a.get_sign_extended_constant() {
+        return cg.mul(b, x);
+    }
+    Ok(cg.b.build_int_nsw_mul(a, b, "prod")?)
+}
+
+/// Address of element `idx` of a buffer of `ty` elements.
+fn gep<'ctx>(
+    cg: &Cg<'ctx>,
+    ty: FloatType<'ctx>,
+    base: PointerValue<'ctx>,
+    idx: IntValue<'ctx>,
+) -> Result<PointerValue<'ctx>> {
+    // In bounds: indices stay within the packed blocks and the operands.
+    Ok(unsafe { cg.b.build_in_bounds_gep(ty, base, &[idx], "p")? })
+}
+
+/// Emits `C = alpha·A·B` (or `C += alpha·A·B`) into function `f` at the
+/// builder's position; see [`GemmSpec`] for the contract. The builder ends
+/// positioned after the product.
+pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &GemmSpec<'ctx>) -> Result<()> {
+    let wide = is_wide(spec.c_dtype);
+    for d in [spec.a.dtype, spec.b.dtype] {
+        if !matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16) || is_wide(d) != wide {
+            return Err(BackendError::Llvm(format!(
+                "the packed GEMM computes {} outputs from f32-like or f64 operands, not {d}",
+                spec.c_dtype
+            )));
+        }
+    }
+    let ty: FloatType<'ctx> = if wide { cg.ctx.f64_type() } else { cg.f32t() };
+    let tile = tile_for(cg, wide);
+    let (mr, nr) = (tile.mr, tile.nr());
+    if MC % mr != 0 || NC % nr != 0 {
+        return Err(BackendError::Llvm(format!("a {mr}x{nr} GEMM tile does not fit the scratch sizing")));
+    }
+    let kc_max = kc_for(spec.c_dtype, spec.max);
+    let (mc_max, nc_max) = (MC, NC);
+    let (a_bytes, _) = pack_sizes(spec.c_dtype, spec.max, mr, nr);
+    let pa = spec.scratch;
+    let pb = unsafe {
+        cg.b.build_in_bounds_gep(cg.ctx.i8_type(), spec.scratch, &[cg.i64c(round_up(a_bytes, 64) as i64)], "packed_b")?
+    };
+    let ukr = microkernel(cg, ty, tile)?;
+    let native = c_is_native(spec.c_dtype);
+    let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
+    if let Some(inst) = tile_buf.as_instruction_value() {
+        inst.set_alignment(64).map_err(|e| BackendError::Llvm(e.to_string()))?;
+    }
+    let alpha = ty.const_float(spec.alpha);
+    let i1 = cg.ctx.bool_type();
+
+    // Without accumulation, a product with k = 0 still runs one (empty)
+    // block so that C is written (with zeros).
+    let k_blocks = {
+        let blocks = ceil_div(cg, spec.k, kc_max)?;
+        match (spec.accumulate, blocks.get_sign_extended_constant()) {
+            (true, _) => blocks,
+            (false, Some(b)) => cg.i64c(b.max(1)),
+            (false, None) => {
+                let some = cg.b.build_int_compare(IntPredicate::SGT, blocks, cg.i64c(1), "blocks.gt1")?;
+                cg.b.build_select(some, blocks, cg.i64c(1), "kblocks")?.into_int_value()
+            }
+        }
+    };
+
+    cg.for_range(f, ceil_div(cg, spec.n, nc_max)?, &mut |jc_i| {
+        let jc = cg.mul(jc_i, nc_max as i64)?;
+        let nc = min(cg, cg.i64c(nc_max as i64), sub(cg, spec.n, jc)?)?;
+        cg.for_range(f, k_blocks, &mut |pc_i| {
+            let pc = cg.mul(pc_i, kc_max as i64)?;
+            let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, spec.k, pc)?)?;
+            pack_b(cg, f, ty, &spec.b, pb, pc, jc, kc, nc, nr)?;
+            let add = if spec.accumulate {
+                i1.const_int(1, false)
+            } else {
+                cg.b.build_int_compare(IntPredicate::SGT, pc_i, cg.i64c(0), "add")?
+            };
+            cg.for_range(f, ceil_div(cg, spec.m, mc_max)?, &mut |ic_i| {
+                let ic = cg.mul(ic_i, mc_max as i64)?;
+                let mc = min(cg, cg.i64c(mc_max as i64), sub(cg, spec.m, ic)?)?;
+                pack_a(cg, f, ty, &spec.a, pa, ic, pc, mc, kc, mr)?;
+                cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |jr| {
+                    let j0 = cg.mul(jr, nr as i64)?;
+                    let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, j0)?)?;
+                    let b_panel = gep(cg, ty, pb, mul_v(cg, cg.mul(jr, nr as i64)?, kc)?)?;
+                    cg.for_range(f, ceil_div(cg, mc, mr)?, &mut |ir| {
+                        let i0 = cg.mul(ir, mr as i64)?;
+                        let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, i0)?)?;
+                        let a_panel = gep(cg, ty, pa, mul_v(cg, cg.mul(ir, mr as i64)?, kc)?)?;
+                        let row = cg.add(ic, i0)?;
+                        let col = cg.add(jc, j0)?;
+                        let c_at = cg.affine(row, spec.ldc, col)?;
+                        let call = |c: PointerValue<'ctx>, ldc: IntValue<'ctx>, add: IntValue<'ctx>| -> Result<()> {
+                            cg.b.build_call(
+                                ukr,
+                                &[
+                                    kc.into(),
+                                    a_panel.into(),
+                                    b_panel.into(),
+                                    c.into(),
+                                    ldc.into(),
+                                    add.into(),
+                                    alpha.into(),
+                                ],
+                                "",
+                            )?;
+                            Ok(())
+                        };
+                        // Edge tiles (and narrow outputs) go through the stack tile.
+                        let via_tile = |cg: &Cg<'ctx>| -> Result<()> {
+                            call(tile_buf, cg.i64c(nr as i64), i1.const_zero())?;
+                            cg.for_range(f, rows, &mut |r| {
+                                let c_row = cg.affine(r, spec.ldc, c_at)?;
+                                let t_row = cg.mul(r, nr as i64)?;
+                                cg.for_range(f, cols, &mut |j| {
+                                    let v = cg.b.build_load(ty, gep(cg, ty, tile_buf, cg.add(t_row, j)?)?, "t")?;
+                                    let idx = cg.add(c_row, j)?;
+                                    let sum = select_add(cg, f, add, spec.c, spec.c_dtype, idx, v)?;
+                                    cg.store(spec.c, spec.c_dtype, idx, sum)
+                                })
+                            })
+                        };
+                        if !native {
+                            return via_tile(cg);
+                        }
+                        let full_rows =
+                            cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(mr as i64), "full_rows")?;
+                        let full_cols =
+                            cg.b.build_int_compare(IntPredicate::EQ, cols, cg.i64c(nr as i64), "full_cols")?;
+                        let full = cg.b.build_and(full_rows, full_cols, "full")?;
+                        let direct = cg.ctx.append_basic_block(f, "tile.direct");
+                        let edge = cg.ctx.append_basic_block(f, "tile.edge");
+                        let done = cg.ctx.append_basic_block(f, "tile.done");
+                        cg.b.build_conditional_branch(full, direct, edge)?;
+                        cg.b.position_at_end(direct);
+                        let c_ptr = cg.elem_ptr(spec.c, spec.c_dtype, c_at)?;
+                        call(c_ptr, cg.i64c(spec.ldc), add)?;
+                        cg.b.build_unconditional_branch(done)?;
+                        cg.b.position_at_end(edge);
+                        via_tile(cg)?;
+                        cg.b.build_unconditional_branch(done)?;
+                        cg.b.position_at_end(done);
+                        Ok(())
+                    })
+                })
+            })
+        })
+    })
+}
+
+/// `C[idx] + v` when `add` is set, else `v`, in the compute type.
+fn select_add<'ctx>(
+    cg: &Cg<'ctx>,
+    _f: FunctionValue<'ctx>,
+    add: IntValue<'ctx>,
+    c: PointerValue<'ctx>,
+    c_dtype: DType,
+    idx: IntValue<'ctx>,
+    v: BV<'ctx>,
+) -> Result<BV<'ctx>> {
+    match add.get_zero_extended_constant() {
+        Some(0) => Ok(v),
+        Some(_) => cg.fadd(cg.load(c, c_dtype, idx)?, v),
+        None => {
+            // Loading C unconditionally is safe (the element is in C) and
+            // keeps the loop branch-free.
+            let old = cg.load(c, c_dtype, idx)?;
+            let sum = cg.fadd(old, v)?;
+            Ok(cg.b.build_select(add, sum, v, "acc")?)
+        }
+    }
+}
+
+/// Packs the `kc × nc` block of B at (`pc`, `jc`) into `NR`-wide panels:
+/// panel `p` holds, for each `kk`, the values `B(pc + kk, jc + p·NR + j)`
+/// for `j < NR`, zero past the block's last column.
+#[allow(clippy::too_many_arguments)]
+fn pack_b<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    ty: FloatType<'ctx>,
+    b: &GemmOperand<'ctx>,
+    dst: PointerValue<'ctx>,
+    pc: IntValue<'ctx>,
+    jc: IntValue<'ctx>,
+    kc: IntValue<'ctx>,
+    nc: IntValue<'ctx>,
+    nr: usize,
+) -> Result<()> {
+    let (sk, sn) = b.strides;
+    let zero: BV = ty.const_zero().into();
+    cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |p| {
+        let j0 = cg.add(jc, cg.mul(p, nr as i64)?)?;
+        let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, cg.mul(p, nr as i64)?)?)?;
+        let panel = mul_v(cg, cg.mul(p, nr as i64)?, kc)?;
+        let src0 = cg.add(cg.mul(pc, sk)?, cg.mul(j0, sn)?)?;
+        if sn == 1 || sk != 1 {
+            // Rows of the panel are (strided) runs of B's rows.
+            cg.for_range(f, kc, &mut |kk| {
+                let src = cg.affine(kk, sk, src0)?;
+                let out = cg.affine(kk, nr as i64, panel)?;
+                copy_padded(
+                    cg,
+                    f,
+                    cols,
+                    nr,
+                    &mut |j| {
+                        let v = cg.load(b.ptr, b.dtype, cg.affine(j, sn, src)?)?;
+                        cg.b.build_store(gep(cg, ty, dst, cg.add(out, j)?)?, v)?;
+                        Ok(())
+                    },
+                    &mut |j| {
+                        cg.b.build_store(gep(cg, ty, dst, cg.add(out, j)?)?, zero)?;
+                        Ok(())
+                    },
+                )
+            })
+        } else {
+            // B is transposed (unit stride along k): read along k.
+            cg.for_range(f, cols, &mut |j| {
+                let src = cg.affine(j, sn, src0)?;
+                let out = cg.add(panel, j)?;
+                cg.for_range(f, kc, &mut |kk| {
+                    let v = cg.load(b.ptr, b.dtype, cg.add(src, kk)?)?;
+                    cg.b.build_store(gep(cg, ty, dst, cg.affine(kk, nr as i64, out)?)?, v)?;
+                    Ok(())
+                })
+            })?;
+            cg.for_range(f, sub(cg, cg.i64c(nr as i64), cols)?, &mut |t| {
+                let out = cg.add(panel, cg.add(cols, t)?)?;
+                cg.for_range(f, kc, &mut |kk| {
+                    cg.b.build_store(gep(cg, ty, dst, cg.affine(kk, nr as i64, out)?)?, zero)?;
+                    Ok(())
+                })
+            })
+        }
+    })
+}
+
+/// Packs the `mc × kc` block of A at (`ic`, `pc`) into `MR`-row panels:
+/// panel `p` holds, for each `kk`, the values `A(ic + p·MR + r, pc + kk)`
+/// for `r < MR`, zero past the block's last row.
+#[allow(clippy::too_many_arguments)]
+fn pack_a<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    ty: FloatType<'ctx>,
+    a: &GemmOperand<'ctx>,
+    dst: PointerValue<'ctx>,
+    ic: IntValue<'ctx>,
+    pc: IntValue<'ctx>,
+    mc: IntValue<'ctx>,
+    kc: IntValue<'ctx>,
+    mr: usize,
+) -> Result<()> {
+    let (si, sk) = a.strides;
+    let zero: BV = ty.const_zero().into();
+    cg.for_range(f, ceil_div(cg, mc, mr)?, &mut |p| {
+        let i0 = cg.add(ic, cg.mul(p, mr as i64)?)?;
+        let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, cg.mul(p, mr as i64)?)?)?;
+        let panel = mul_v(cg, cg.mul(p, mr as i64)?, kc)?;
+        let src0 = cg.add(cg.mul(i0, si)?, cg.mul(pc, sk)?)?;
+        if sk == 1 && si != 1 {
+            // Row-major A: read each row along k, write with stride MR.
+            cg.for_range(f, rows, &mut |r| {
+                let src = cg.affine(r, si, src0)?;
+                let out = cg.add(panel, r)?;
+                cg.for_range(f, kc, &mut |kk| {
+                    let v = cg.load(a.ptr, a.dtype, cg.add(src, kk)?)?;
+                    cg.b.build_store(gep(cg, ty, dst, cg.affine(kk, mr as i64, out)?)?, v)?;
+                    Ok(())
+                })
+            })?;
+            cg.for_range(f, sub(cg, cg.i64c(mr as i64), rows)?, &mut |t| {
+                let out = cg.add(panel, cg.add(rows, t)?)?;
+                cg.for_range(f, kc, &mut |kk| {
+                    cg.b.build_store(gep(cg, ty, dst, cg.affine(kk, mr as i64, out)?)?, zero)?;
+                    Ok(())
+                })
+            })
+        } else {
+            // Transposed A (unit stride along rows) or general strides.
+            cg.for_range(f, kc, &mut |kk| {
+                let src = cg.affine(kk, sk, src0)?;
+                let out = cg.affine(kk, mr as i64, panel)?;
+                copy_padded(
+                    cg,
+                    f,
+                    rows,
+                    mr,
+                    &mut |r| {
+                        let v = cg.load(a.ptr, a.dtype, cg.affine(r, si, src)?)?;
+                        cg.b.build_store(gep(cg, ty, dst, cg.add(out, r)?)?, v)?;
+                        Ok(())
+                    },
+                    &mut |r| {
+                        cg.b.build_store(gep(cg, ty, dst, cg.add(out, r)?)?, zero)?;
+                        Ok(())
+                    },
+                )
+            })
+        }
+    })
+}
+
+/// `copy(j)` for `j < valid`, then `pad(j)` for `valid ≤ j < width`. A full
+/// run (`valid == width`, the common case) is a loop of constant length,
+/// which LLVM turns into vector moves.
+fn copy_padded<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    valid: IntValue<'ctx>,
+    width: usize,
+    copy: &mut dyn FnMut(IntValue<'ctx>) -> Result<()>,
+    pad: &mut dyn FnMut(IntValue<'ctx>) -> Result<()>,
+) -> Result<()> {
+    if valid.get_sign_extended_constant() == Some(width as i64) {
+        return cg.for_n(f, width, copy);
+    }
+    let full = cg.b.build_int_compare(IntPredicate::EQ, valid, cg.i64c(width as i64), "full")?;
+    let fast = cg.ctx.append_basic_block(f, "pack.full");
+    let slow = cg.ctx.append_basic_block(f, "pack.edge");
+    let done = cg.ctx.append_basic_block(f, "pack.done");
+    cg.b.build_conditional_branch(full, fast, slow)?;
+    cg.b.position_at_end(fast);
+    cg.for_n(f, width, copy)?;
+    cg.b.build_unconditional_branch(done)?;
+    cg.b.position_at_end(slow);
+    cg.for_range(f, valid, copy)?;
+    cg.for_range(f, sub(cg, cg.i64c(width as i64), valid)?, &mut |t| pad(cg.add(valid, t)?))?;
+    cg.b.build_unconditional_branch(done)?;
+    cg.b.position_at_end(done);
+    Ok(())
+}
+
+/// The microkernel for one element type and tile (emitted once per module):
+/// `ukr(i64 kc, ptr a, ptr b, ptr c, i64 ldc, i1 add, T alpha)` computes
+/// `acc = Σ_kk a[kk·MR + r] · b[kk·NR + j]` over `kk < kc` and stores
+/// `c[r·ldc + j] = alpha·acc` (`+ c[...]` when `add`), for the whole
+/// `MR × NR` tile.
+fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<FunctionValue<'ctx>> {
+    let tname = if ty == cg.f32t() { "f32" } else { "f64" };
+    let name = format!("kiln_gemm_ukr_{tname}_{}x{}", tile.mr, tile.nr());
+    if let Some(f) = cg.module.get_function(&name) {
+        return Ok(f);
+    }
+    let ptr = cg.ctx.ptr_type(AddressSpace::default());
+    let (i64t, i1) = (cg.i64t(), cg.ctx.bool_type());
+    let fn_ty = cg
+        .ctx
+        .void_type()
+        .fn_type(&[i64t.into(), ptr.into(), ptr.into(), ptr.into(), i64t.into(), i1.into(), ty.into()], false);
+    let f = cg.module.add_function(&name, fn_ty, Some(Linkage::Internal));
+    cg.add_target_attrs(f);
+    for i in 1..=3 {
+        f.add_attribute(AttributeLoc::Param(i), cg.enum_attr("noalias"));
+    }
+    let here = cg.b.get_insert_block();
+    let entry = cg.ctx.append_basic_block(f, "entry");
+    cg.b.position_at_end(entry);
+    let param = |i: u32| f.get_nth_param(i).expect("the microkernel is declared with seven parameters");
+    let kc = param(0).into_int_value();
+    let (a, b, c) = (param(1).into_pointer_value(), param(2).into_pointer_value(), param(3).into_pointer_value());
+    let ldc = param(4).into_int_value();
+    let add = param(5).into_int_value();
+    let alpha = param(6).into_float_value();
+    let (mr, vecs, lanes) = (tile.mr, tile.vecs, tile.lanes);
+    let nr = tile.nr();
+    let vty = ty.vec_type(lanes as u32);
+    let vzero: BV = vty.const_zero().into();
+    let mask = cg.ctx.i32_type().vec_type(lanes as u32).const_zero();
+    let splat = |x: BV<'ctx>| -> Result<BV<'ctx>> {
+        let one = cg.b.build_insert_element(vty.get_poison(), x, cg.ctx.i32_type().const_zero(), "x")?;
+        Ok(cg.b.build_shuffle_vector(one, vty.get_poison(), mask, "splat")?.into())
+    };
+    let esize = if ty == cg.f32t() { 4 } else { 8 };
+    // Accumulators in stack slots, which SROA promotes to registers.
+    let mut acc = Vec::with_capacity(mr * vecs);
+    for r in 0..mr {
+        for v in 0..vecs {
+            let slot = cg.entry_alloca(f, vty.into(), &format!("acc{r}_{v}"))?;
+            cg.b.build_store(slot, vzero)?;
+            acc.push(slot);
+        }
+    }
+    cg.for_range(f, kc, &mut |kk| {
+        let b_row = cg.mul(kk, nr as i64)?;
+        let mut bv = Vec::with_capacity(vecs);
+        for v in 0..vecs {
+            let p = gep(cg, ty, b, cg.add(b_row, cg.i64c((v * lanes) as i64))?)?;
+            let x = cg.b.build_load(vty, p, "b")?;
+            set_align(x, esize * lanes)?;
+            bv.push(x);
+        }
+        let a_row = cg.mul(kk, mr as i64)?;
+        for r in 0..mr {
+            let x = cg.b.build_load(ty, gep(cg, ty, a, cg.add(a_row, cg.i64c(r as i64))?)?, "a")?;
+            let xs = splat(x)?;
+            for v in 0..vecs {
+                let slot = acc[r * vecs + v];
+                let cur = cg.b.build_load(vty, slot, "acc")?;
+                let next = cg.intrinsic("llvm.fma", &[xs, bv[v], cur])?;
+                cg.b.build_store(slot, next)?;
+            }
+        }
+        Ok(())
+    })?;
+    let alpha_v = splat(alpha.into())?;
+    let store_block = |adding: bool| -> Result<()> {
+        for r in 0..mr {
+            let row = cg.mul(ldc, r as i64)?;
+            for v in 0..vecs {
+                let p = gep(cg, ty, c, cg.add(row, cg.i64c((v * lanes) as i64))?)?;
+                let sum = cg.b.build_load(vty, acc[r * vecs + v], "acc")?;
+                let out = if adding {
+                    let old = cg.b.build_load(vty, p, "c")?;
+                    set_align(old, esize)?;
+                    cg.intrinsic("llvm.fma", &[sum, alpha_v, old])?
+                } else {
+                    cg.fmul(sum, alpha_v)?
+                };
+                let st = cg.b.build_store(p, out)?;
+                st.set_alignment(esize as u32).map_err(|e| BackendError::Llvm(e.to_string()))?;
+            }
+        }
+        Ok(())
+    };
+    let adding = cg.ctx.append_basic_block(f, "store.add");
+    let storing = cg.ctx.append_basic_block(f, "store.set");
+    let ret = cg.ctx.append_basic_block(f, "ret");
+    cg.b.build_conditional_branch(add, adding, storing)?;
+    cg.b.position_at_end(adding);
+    store_block(true)?;
+    cg.b.build_unconditional_branch(ret)?;
+    cg.b.position_at_end(storing);
+    store_block(false)?;
+    cg.b.build_unconditional_branch(ret)?;
+    cg.b.position_at_end(ret);
+    cg.b.build_return(None)?;
+    if let Some(block) = here {
+        cg.b.position_at_end(block);
+    }
+    Ok(f)
+}
+
+fn set_align(v: BV<'_>, bytes: usize) -> Result<()> {
+    if let Some(inst) = v.as_instruction_value() {
+        inst.set_alignment(bytes as u32).map_err(|e| BackendError::Llvm(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The matrix sizes of a MatMul or Gemm with operand shapes `a` and `b`
+/// (1-D operands promoted as numpy does), or `None` when they do not
+/// multiply.
+pub(crate) fn matmul_dims(a: &[usize], b: &[usize], trans_a: bool, trans_b: bool) -> Option<GemmDims> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
+    let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+    let (ar, br) = (a2.len(), b2.len());
+    let (m, k) = if trans_a { (a2[ar - 1], a2[ar - 2]) } else { (a2[ar - 2], a2[ar - 1]) };
+    let (kb, n) = if trans_b { (b2[br - 1], b2[br - 2]) } else { (b2[br - 2], b2[br - 1]) };
+    (k == kb).then_some(GemmDims { m, n, k })
+}
+
+/// True when MatMul/Gemm with these sizes and output dtype runs on the
+/// packed GEMM with kernel choice `kernel`: products with a single row or
+/// column are matrix-vector products, for which the simple loops are
+/// faster, and [`MatMulKernel::Blocked`] asks for the loops; f16 and bf16
+/// always take the packed path, which widens them while packing.
+pub(crate) fn uses_packed(dims: GemmDims, dtype: DType, kernel: MatMulKernel) -> bool {
+    match dtype {
+        DType::F16 | DType::BF16 => true,
+        DType::F32 | DType::F64 => kernel == MatMulKernel::Packed && dims.m > 1 && dims.n > 1,
+        _ => false,
+    }
+}

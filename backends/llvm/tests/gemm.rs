@@ -1,0 +1,210 @@
+//! The packed GEMM behind MatMul and Gemm against kiln's interpreter:
+//! edge sizes around the register tile (1, MR ± 1, NR ± 1), K = 1 and K
+//! across several packed blocks, transposed operands, batch broadcasting,
+//! Gemm's alpha/beta and broadcast C, f64/f16/bf16, and the blocked-loop
+//! baseline kernel.
+
+use kiln_backend_llvm::{compile, CompileOptions, MatMulKernel};
+use kiln_ir::dtype::DType;
+use kiln_ir::graph::{Graph, ValueId};
+use kiln_ir::op::{GemmAttrs, Op};
+use kiln_ir::tensor::Tensor;
+use kiln_ir::types::TensorType;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn random(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_f64s(dtype, shape, &v)
+}
+
+/// Relative error allowed per unit of K for each dtype: rounding grows
+/// with the length of the sums, whose order differs between the kernels.
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-13,
+        DType::F16 => 2e-3,
+        DType::BF16 => 1.6e-2,
+        _ => 1e-6,
+    }
+}
+
+/// Compiles and runs `g` with `opts`, and compares the output with the
+/// interpreter's: `|got - want| ≤ tol·(1 + |want|) + tol·k` (inputs are in
+/// [-1, 1], so `k` bounds the magnitude of the partial sums).
+fn check_with(mut g: Graph, inputs: &[(String, Tensor)], k: usize, opts: &CompileOptions, what: &str) -> String {
+    kiln_ir::infer_types(&mut g).unwrap_or_else(|e| panic!("{what}: inference: {e}"));
+    let compiled = compile(&g, opts).unwrap_or_else(|e| panic!("{what}: compile: {e}"));
+    let got = compiled.run(inputs).unwrap_or_else(|e| panic!("{what}: run: {e}"));
+    let want = kiln_ir::interp::run(&g, inputs).unwrap_or_else(|e| panic!("{what}: interpreter: {e}"));
+    let (a, b) = (&got[0].1, &want[0].1);
+    assert_eq!(a.dtype(), b.dtype(), "{what}: dtype");
+    assert_eq!(a.shape(), b.shape(), "{what}: shape");
+    let tol = tolerance(a.dtype());
+    for (i, (x, y)) in a.to_f64s().iter().zip(b.to_f64s()).enumerate() {
+        let bound = tol * (1.0 + y.abs()) + tol * k as f64;
+        assert!((x - y).abs() <= bound, "{what}: element {i} is {x}, interpreter says {y}");
+    }
+    compiled.specialization_for(inputs).expect("compiled above").ir_optimized.clone()
+}
+
+fn check(g: Graph, inputs: &[(String, Tensor)], k: usize, what: &str) -> String {
+    check_with(g, inputs, k, &CompileOptions::default(), what)
+}
+
+fn input(g: &mut Graph, name: &str, dtype: DType, shape: &[usize]) -> ValueId {
+    g.add_input(name, TensorType::fixed(dtype, shape)).expect("fresh name")
+}
+
+fn matmul_graph(dtype: DType, sa: &[usize], sb: &[usize]) -> Graph {
+    let mut g = Graph::new("matmul");
+    let (a, b) = (input(&mut g, "a", dtype, sa), input(&mut g, "b", dtype, sb));
+    let id = g.add_node("mm", Op::MatMul, vec![Some(a), Some(b)], &["y"]).expect("valid node");
+    let y = g.node(id).output(0).expect("one output");
+    g.add_output(y);
+    g
+}
+
+fn run_matmul(rng: &mut StdRng, dtype: DType, sa: &[usize], sb: &[usize], opts: &CompileOptions) -> String {
+    let g = matmul_graph(dtype, sa, sb);
+    let (a, b) = (random(rng, dtype, sa), random(rng, dtype, sb));
+    let k = sa[sa.len() - 1];
+    check_with(g, &[("a".into(), a), ("b".into(), b)], k, opts, &format!("{dtype} MatMul {sa:?} x {sb:?}"))
+}
+
+#[test]
+fn matmul_edges_around_the_register_tile() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let opts = CompileOptions::default();
+    // Rows around MR (14 with AVX-512, 6 otherwise), columns around NR
+    // (32 or 16), and depths of one, odd and several packed blocks.
+    let ms = [2, 5, 6, 7, 13, 14, 15, 29, 170];
+    let ns = [2, 15, 16, 17, 31, 32, 33, 65];
+    let ks = [1, 3, 257, 600];
+    let mut count = 0;
+    for (i, &m) in ms.iter().enumerate() {
+        for (j, &n) in ns.iter().enumerate() {
+            // Each depth with a varying subset of the shapes keeps the run short.
+            let k = ks[(i + j) % ks.len()];
+            run_matmul(&mut rng, DType::F32, &[m, k], &[k, n], &opts);
+            count += 1;
+        }
+    }
+    assert_eq!(count, ms.len() * ns.len());
+}
+
+#[test]
+fn matmul_larger_than_one_packed_block() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let opts = CompileOptions::default();
+    // More rows than one A block (168), more columns than one B block
+    // (2048), and K across blocks (256) with a ragged last block.
+    run_matmul(&mut rng, DType::F32, &[200, 300], &[300, 70], &opts);
+    run_matmul(&mut rng, DType::F32, &[9, 40], &[40, 2100], &opts);
+    run_matmul(&mut rng, DType::F32, &[64, 1000], &[1000, 48], &opts);
+}
+
+#[test]
+fn matrix_vector_products_and_vectors() {
+    let mut rng = StdRng::seed_from_u64(13);
+    let opts = CompileOptions::default();
+    for (sa, sb) in [
+        (vec![1, 37], vec![37, 50]),
+        (vec![37], vec![37, 50]),
+        (vec![20, 37], vec![37, 1]),
+        (vec![20, 37], vec![37]),
+        (vec![3, 1, 37], vec![37, 40]),
+        (vec![37], vec![37]),
+    ] {
+        run_matmul(&mut rng, DType::F32, &sa, &sb, &opts);
+    }
+}
+
+#[test]
+fn batched_matmul_broadcasts_like_numpy() {
+    let mut rng = StdRng::seed_from_u64(14);
+    let opts = CompileOptions::default();
+    for (sa, sb) in [
+        (vec![2, 1, 15, 9], vec![3, 9, 33]),
+        (vec![17, 20], vec![4, 20, 18]),
+        (vec![5, 17, 20], vec![20, 18]),
+        (vec![2, 3, 16, 64], vec![2, 3, 64, 40]),
+        (vec![1, 4, 30, 8], vec![1, 4, 8, 30]),
+    ] {
+        run_matmul(&mut rng, DType::F32, &sa, &sb, &opts);
+    }
+}
+
+#[test]
+fn gemm_transposes_alpha_beta_and_broadcast_c() {
+    let mut rng = StdRng::seed_from_u64(15);
+    let (m, k, n) = (19, 300, 35);
+    let c_shapes: [&[usize]; 5] = [&[n], &[m, 1], &[1, n], &[m, n], &[]];
+    let mut count = 0;
+    for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+        for (ci, &cs) in c_shapes.iter().enumerate() {
+            let combos = [(1.0f32, 1.0f32), (0.5, -2.0), (1.5, 0.0)];
+            {
+                let (alpha, beta) = combos[(count + ci) % combos.len()];
+                let sa: Vec<usize> = if trans_a { vec![k, m] } else { vec![m, k] };
+                let sb: Vec<usize> = if trans_b { vec![n, k] } else { vec![k, n] };
+                let mut g = Graph::new("gemm");
+                let (av, bv) = (input(&mut g, "a", DType::F32, &sa), input(&mut g, "b", DType::F32, &sb));
+                // The last C shape is tried without a C input.
+                let with_c = ci + 1 < c_shapes.len();
+                let cv = with_c.then(|| input(&mut g, "c", DType::F32, cs));
+                let attrs = GemmAttrs { alpha, beta, trans_a, trans_b };
+                let id = g.add_node("gemm", Op::Gemm(attrs), vec![Some(av), Some(bv), cv], &["y"]).expect("valid");
+                let y = g.node(id).output(0).expect("one output");
+                g.add_output(y);
+                let mut inputs = vec![
+                    ("a".into(), random(&mut rng, DType::F32, &sa)),
+                    ("b".into(), random(&mut rng, DType::F32, &sb)),
+                ];
+                if with_c {
+                    inputs.push(("c".into(), random(&mut rng, DType::F32, cs)));
+                }
+                let what = format!("Gemm tA={trans_a} tB={trans_b} C={cs:?} with_c={with_c} alpha={alpha} beta={beta}");
+                check(g, &inputs, k, &what);
+                count += 1;
+            }
+        }
+    }
+    assert_eq!(count, 20);
+}
+
+#[test]
+fn f64_f16_and_bf16_products() {
+    let mut rng = StdRng::seed_from_u64(16);
+    let opts = CompileOptions::default();
+    for dtype in [DType::F64, DType::F16, DType::BF16] {
+        run_matmul(&mut rng, dtype, &[17, 300], &[300, 33], &opts);
+        run_matmul(&mut rng, dtype, &[2, 15, 8], &[8, 70], &opts);
+    }
+}
+
+#[test]
+fn the_blocked_baseline_matches_too() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let opts = CompileOptions { matmul: MatMulKernel::Blocked, ..CompileOptions::default() };
+    let ir = run_matmul(&mut rng, DType::F32, &[30, 70], &[70, 50], &opts);
+    assert!(!ir.contains("kiln_gemm_ukr"), "the blocked baseline must not use the packed microkernel");
+}
+
+#[test]
+fn the_microkernel_is_explicit_vector_fma() {
+    let mut rng = StdRng::seed_from_u64(18);
+    let opts = CompileOptions::default();
+    let lanes = kiln_backend_llvm::compile(&matmul_graph(DType::F32, &[2, 2], &[2, 2]), &opts)
+        .expect("compiles")
+        .target()
+        .f32_lanes;
+    let ir = run_matmul(&mut rng, DType::F32, &[64, 64], &[64, 64], &opts);
+    assert!(ir.contains("kiln_gemm_ukr_f32"), "no microkernel in the optimized IR");
+    let fma = format!("@llvm.fma.v{lanes}f32");
+    assert!(ir.contains(&fma), "no {fma} in the optimized IR");
+    // Matrix-vector products keep the simple loops.
+    let ir = run_matmul(&mut rng, DType::F32, &[1, 64], &[64, 64], &opts);
+    assert!(!ir.contains("kiln_gemm_ukr"), "a row-vector product went through the packed kernel");
+}
