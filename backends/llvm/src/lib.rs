@@ -20,13 +20,25 @@
 //! - **Compile-time folding.** `Shape`, `Size`, `Constant` and every node
 //!   whose inputs are all known are evaluated once by kiln's interpreter
 //!   while specializing, so shape computations cost nothing at run time.
+//!   Graph inputs whose values decide a shape (a Reshape or Expand shape,
+//!   Slice/Pad/Tile/TopK/OneHot/Trilu/CumSum parameters, Range bounds,
+//!   ConstantOfShape's shape, a NonZero input fed straight in, Dropout's
+//!   ratio and mode, also through shape arithmetic) are specialized by
+//!   value like shapes, so `Range`, `ConstantOfShape` and `NonZero` of them
+//!   fold, and an inference-mode Dropout's mask is a constant.
 //! - **Kernels.** Chains of elementwise ops (with numpy broadcasting, Cast,
 //!   Where, Clip and the activations) fuse into one loop nest without
 //!   intermediate buffers; views (`Reshape`, `Flatten`, `Squeeze`,
 //!   `Unsqueeze`, `Identity`, inference `Dropout`) cost nothing; MatMul/Gemm,
 //!   Softmax/LogSoftmax, Reduce*, Transpose, the cross-entropy losses,
-//!   kiln's fused LinearCrossEntropy, RotaryEmbedding and ONNX `Attention`
-//!   have kernels of their own. See [`lowered_ops`] for the list.
+//!   kiln's fused LinearCrossEntropy, RotaryEmbedding, ONNX `Attention` and
+//!   `LinearAttention`, ArgMax/ArgMin and TopK, the indexing ops (Gather*,
+//!   ScatterND, Pad, Tile, Trilu, OneHot, CumSum) and the quantization ops
+//!   have kernels of their own. Integer Div/Mod and every kernel that reads
+//!   indices from data check them: a zero divisor or an index outside its
+//!   axis is an error naming the node, never a crash or a wrong answer.
+//!   i4/u4 tensors are held one value per byte, as kiln's tensors hold
+//!   them. See [`lowered_ops`] for the list.
 //! - **LinearCrossEntropy.** The LM head and its loss walk the vocabulary
 //!   in tiles: a register-blocked GEMM (explicit vectors, `MR × 2` vector
 //!   accumulators, packed head panels) writes one tile of logits for a
@@ -189,6 +201,28 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::Flatten { axis: 1 },
         Op::Dropout { seed: None },
         Op::Cast { to: DType::F32, saturate: true },
+        Op::Mod { fmod: false },
+        Op::ArgReduce { max: true, axis: 0, keepdims: true, select_last_index: false },
+        Op::ArgReduce { max: false, axis: 0, keepdims: true, select_last_index: false },
+        Op::TopK { axis: -1, largest: true, sorted: true },
+        Op::CumSum { exclusive: false, reverse: false },
+        Op::GatherElements { axis: 0 },
+        Op::GatherND { batch_dims: 0 },
+        Op::ScatterND { reduction: String::new() },
+        Op::Trilu { upper: true },
+        Op::Pad { mode: String::new() },
+        Op::Tile,
+        Op::OneHot { axis: -1 },
+        Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None },
+        Op::DequantizeLinear { axis: 1, block_size: 0, output_dtype: None },
+        Op::DynamicQuantizeLinear,
+        Op::LinearAttention(kiln_ir::op::LinearAttentionAttrs {
+            q_num_heads: 1,
+            kv_num_heads: 1,
+            scale: None,
+            update_rule: kiln_ir::op::LinearUpdateRule::Linear,
+            chunk_size: 64,
+        }),
         Op::CastLike { saturate: true },
         Op::Gelu { approximate: kiln_ir::op::GeluApproximation::None },
         Op::LeakyRelu { alpha: 0.01 },
@@ -274,8 +308,8 @@ pub fn available_threads() -> usize {
 }
 
 /// What a specialization depends on, per graph input: dtype, shape, and the
-/// value of a shape input.
-type InputKey = (DType, Vec<usize>, Option<Vec<i64>>);
+/// value (raw little-endian bytes) of a shape input.
+type InputKey = (DType, Vec<usize>, Option<Vec<u8>>);
 
 /// Checks that `graph` (typed, e.g. by [`kiln_ir::infer_types`]) can be
 /// lowered and picks the target; compiles it right away when every graph
@@ -401,7 +435,7 @@ impl CompiledGraph {
         ordered
             .iter()
             .zip(&self.shape_inputs)
-            .map(|(t, &by_value)| (t.dtype(), t.shape().to_vec(), by_value.then(|| t.to_i64s())))
+            .map(|(t, &by_value)| (t.dtype(), t.shape().to_vec(), by_value.then(|| t.to_raw_le())))
             .collect()
     }
 
@@ -410,8 +444,14 @@ impl CompiledGraph {
             return Ok(c.clone());
         }
         let types: Vec<Shaped> = key.iter().map(|(d, s, _)| Shaped { dtype: *d, shape: s.clone() }).collect();
-        let values: Vec<Option<Tensor>> =
-            key.iter().map(|(d, s, v)| v.as_ref().map(|v| Tensor::from_i64s(*d, s, v))).collect();
+        let values: Vec<Option<Tensor>> = key
+            .iter()
+            .map(|(d, s, v)| {
+                v.as_ref()
+                    .map(|v| Tensor::from_raw_le(*d, s, v).map_err(|m| BackendError::Llvm(format!("shape input: {m}"))))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
         let specialized = plan::specialize(&self.graph, &types, &values)?;
         let mut plan = plan::plan(specialized, self.opts.matmul)?;
         plan.profile = self.opts.profile;
@@ -467,9 +507,6 @@ impl CompiledGraph {
                 Some(t) => t,
                 None => return Err(BackendError::value(&val.name, "graph input is missing")),
             };
-            if matches!(t.dtype(), DType::I4 | DType::U4) {
-                return Err(BackendError::value(&val.name, format!("{} inputs are not supported", t.dtype())));
-            }
             if let Some(ty) = &val.ty {
                 if t.dtype() != ty.dtype || t.shape().len() != ty.rank() {
                     return Err(BackendError::value(
@@ -611,10 +648,20 @@ fn execute(c: &Compiled, inputs: &[Tensor], outputs: &mut Vec<Tensor>, threads: 
         let step = &plan.steps[status as usize - 1];
         let (node, op) = match step {
             plan::Step::Node(id) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
+            // Only integer Div/Mod make a fused group fail; name the first.
+            plan::Step::Fused { nodes, .. } => nodes
+                .iter()
+                .map(|&n| plan.graph.node(n))
+                .find(|n| {
+                    matches!(n.op, kiln_ir::op::Op::Mod { .. } | kiln_ir::op::Op::Binary(kiln_ir::op::BinaryOp::Div))
+                })
+                .map_or((String::new(), "kernel"), |n| (n.name.clone(), n.op.name())),
             _ => (String::new(), "kernel"),
         };
-        let what = if op == "Gather" {
-            "an index is outside the gathered axis"
+        let what = if matches!(op, "Gather" | "GatherElements" | "GatherND" | "ScatterND") {
+            "an index is outside the indexed axis"
+        } else if matches!(op, "Div" | "Mod") {
+            "integer division by zero"
         } else if op == "RotaryEmbedding" {
             "a position id is outside the cos/sin caches"
         } else {

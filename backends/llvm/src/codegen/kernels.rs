@@ -46,11 +46,16 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm)
         }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
-            if !matches!(dtype, DType::F32 | DType::F64) {
+            if !dtype.is_float() {
                 return Err(unsupported(format!("{} on {dtype}", node.op.name())));
             }
             let log = matches!(node.op, Op::LogSoftmax { .. });
             softmax(cg, plan, step, input(0)?, output, *axis, log)
+        }
+        Op::Reduce { kind: ReduceKind::Max | ReduceKind::Min, .. }
+            if node.input(0).is_some_and(|x| plan.ty(x).dtype == DType::Bool) =>
+        {
+            super::select::bool_reduce(cg, plan, step, id)
         }
         Op::Reduce { kind, axes, keepdims: _, noop_with_empty_axes } => {
             let x = input(0)?;
@@ -148,6 +153,19 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
         Op::Concat { axis } => {
             let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
             concat(cg, plan, step, &inputs, output, *axis)
+        }
+        Op::GatherElements { .. }
+        | Op::GatherND { .. }
+        | Op::ScatterND { .. }
+        | Op::Trilu { .. }
+        | Op::Pad { .. }
+        | Op::Tile
+        | Op::OneHot { .. }
+        | Op::CumSum { .. } => super::indexing::emit(cg, plan, step, id),
+        Op::ArgReduce { .. } | Op::TopK { .. } => super::select::emit(cg, plan, step, id),
+        Op::LinearAttention(_) => super::linear_attention::linear_attention(cg, plan, step, id),
+        Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DynamicQuantizeLinear => {
+            super::quant::emit(cg, plan, step, id)
         }
         other => Err(unsupported(format!("{} has no CPU kernel yet", other.name()))),
     }
