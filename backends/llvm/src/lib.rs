@@ -73,6 +73,12 @@
 //! - **Run-time overheads.** Each specialization keeps its scratch arena
 //!   across runs, and [`CompiledGraph::run_into`] writes into output
 //!   tensors the caller reuses, so repeated runs allocate nothing.
+//! - **Ahead of time, and the compile cache.** [`aot`] writes the same
+//!   code as a self-contained shared library with a C ABI (`kiln
+//!   compile`). With [`CompileOptions::cache_dir`] each specialization's
+//!   code is also kept on disk as a library keyed by a hash of the plan,
+//!   the target and the options, so a later process loads it instead of
+//!   generating code again ([`Specialization::cache`]).
 //!
 //! An op without a lowering is a [`BackendError::Unsupported`] naming the
 //! node and op; a run-time input of the wrong dtype or shape is a
@@ -80,6 +86,8 @@
 
 #![warn(missing_docs)]
 
+pub mod aot;
+mod cache;
 mod codegen;
 pub mod error;
 mod jit;
@@ -88,8 +96,9 @@ mod plan;
 pub mod profile;
 mod reuse_logits;
 
+pub use cache::{default_dir as default_cache_dir, CacheUse};
 pub use error::{BackendError, Result};
-pub use jit::TargetInfo;
+pub use jit::{codegen_runs, TargetInfo};
 pub use lce_grad::{linear_cross_entropy_grad, linear_cross_entropy_grad_with};
 pub use profile::KernelTime;
 
@@ -153,6 +162,9 @@ pub struct CompileOptions {
     /// Count the cycles each kernel takes, for [`CompiledGraph::profile`]
     /// (off by default; see [`profile`]).
     pub profile: bool,
+    /// The compile cache's directory (see [`default_cache_dir`]); `None`
+    /// (the default) JIT-compiles every specialization.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CompileOptions {
@@ -165,6 +177,7 @@ impl Default for CompileOptions {
             optimize: true,
             threads: None,
             profile: false,
+            cache_dir: None,
         }
     }
 }
@@ -272,6 +285,9 @@ pub struct Specialization {
     pub ir_unoptimized: String,
     /// The LLVM IR after `default<O3>` (equal to the above without it).
     pub ir_optimized: String,
+    /// Whether the code came from the compile cache. On a hit no code was
+    /// generated, so `kernels` and the IR texts are empty.
+    pub cache: CacheUse,
 }
 
 struct Compiled {
@@ -458,7 +474,7 @@ impl CompiledGraph {
         for t in &mut plan.consts {
             *t = standard_layout(t);
         }
-        let jit = jit::compile_plan(&plan, &self.target, &self.opts)?;
+        let (jit, cache) = cache::compile(&plan, &self.target, &self.opts)?;
         let intermediate_bytes = plan
             .loc
             .iter()
@@ -476,6 +492,7 @@ impl CompiledGraph {
             intermediate_bytes,
             ir_unoptimized: jit.ir_unoptimized.clone(),
             ir_optimized: jit.ir_optimized.clone(),
+            cache,
         });
         let cycles = RefCell::new(if plan.profile { vec![0; plan.steps.len()] } else { Vec::new() });
         let compiled =
@@ -645,29 +662,7 @@ fn execute(c: &Compiled, inputs: &[Tensor], outputs: &mut Vec<Tensor>, threads: 
     }
     *c.arena.borrow_mut() = Some(arena);
     if status != 0 {
-        let step = &plan.steps[status as usize - 1];
-        let (node, op) = match step {
-            plan::Step::Node(id) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
-            // Only integer Div/Mod make a fused group fail; name the first.
-            plan::Step::Fused { nodes, .. } => nodes
-                .iter()
-                .map(|&n| plan.graph.node(n))
-                .find(|n| {
-                    matches!(n.op, kiln_ir::op::Op::Mod { .. } | kiln_ir::op::Op::Binary(kiln_ir::op::BinaryOp::Div))
-                })
-                .map_or((String::new(), "kernel"), |n| (n.name.clone(), n.op.name())),
-            _ => (String::new(), "kernel"),
-        };
-        let what = if matches!(op, "Gather" | "GatherElements" | "GatherND" | "ScatterND") {
-            "an index is outside the indexed axis"
-        } else if matches!(op, "Div" | "Mod") {
-            "integer division by zero"
-        } else if op == "RotaryEmbedding" {
-            "a position id is outside the cos/sin caches"
-        } else {
-            "a label is outside the classes (and is not the ignore_index)"
-        };
-        return Err(BackendError::node(node, op, what));
+        return Err(aot::step_failure(plan, status as usize - 1));
     }
     Ok(())
 }
