@@ -482,10 +482,17 @@ impl AotModule {
 pub(crate) fn step_failure(plan: &Plan, step: usize) -> BackendError {
     let (node, op) = match plan.steps.get(step) {
         Some(Step::Node(id)) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
+        // Only integer Div/Mod make a fused group fail; name the first.
+        Some(Step::Fused { nodes, .. }) => nodes
+            .iter()
+            .map(|&n| plan.graph.node(n))
+            .find(|n| matches!(n.op, kiln_ir::op::Op::Mod { .. } | kiln_ir::op::Op::Binary(kiln_ir::op::BinaryOp::Div)))
+            .map_or((String::new(), "kernel"), |n| (n.name.clone(), n.op.name())),
         _ => (String::new(), "kernel"),
     };
     let what = match op {
-        "Gather" => "an index is outside the gathered axis",
+        "Gather" | "GatherElements" | "GatherND" | "ScatterND" => "an index is outside the indexed axis",
+        "Div" | "Mod" => "integer division by zero",
         "RotaryEmbedding" => "a position id is outside the cos/sin caches",
         _ => "a label is outside the classes (and is not the ignore_index)",
     };

@@ -229,15 +229,26 @@ impl Generated {
 /// compilation: emits the plan's module, verifies it and runs `default<O3>`
 /// (when `opts.optimize`) for a machine with relocation model `reloc`.
 pub(crate) fn generate(plan: &Plan, target: &TargetInfo, opts: &CompileOptions, reloc: RelocMode) -> Result<Generated> {
+    generate_module(&plan.graph.name, target, opts, reloc, &|cg| codegen::emit_plan(cg, plan))
+}
+
+/// Like [`generate`], for any module `emit` writes.
+pub(crate) fn generate_module(
+    name: &str,
+    target: &TargetInfo,
+    opts: &CompileOptions,
+    reloc: RelocMode,
+    emit: &dyn Fn(&Cg<'static>) -> Result<()>,
+) -> Result<Generated> {
     CODEGEN_RUNS.fetch_add(1, Ordering::Relaxed);
     let context = Box::new(Context::create());
     // SAFETY: the context is boxed (its address is stable) and is dropped
     // after everything that borrows it: `Generated` declares the module
     // before the context, and `Cg` (with its builder) is dropped below.
     let ctx: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
-    let mut cg = Cg::new(ctx, &plan.graph.name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
+    let mut cg = Cg::new(ctx, name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
     cg.matmul = opts.matmul;
-    codegen::emit_plan(&cg, plan)?;
+    emit(&cg)?;
     let ir_unoptimized = cg.module.print_to_string().to_string();
     cg.module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;
 
@@ -294,7 +305,8 @@ impl Jitted {
     ///
     /// # Safety
     /// `buffers` must hold one valid pointer per buffer of the plan, each
-    /// to at least as many bytes as the plan's types say.
+    /// to at least as many bytes as the plan's types say, and last a
+    /// pointer to the run configuration (an `i32` thread count).
     /// Returns 0, or 1 + the index of the step whose data check failed.
     pub(crate) unsafe fn call(&self, buffers: &[*mut u8]) -> i32 {
         unsafe { (self.entry)(buffers.as_ptr()) }
@@ -323,6 +335,18 @@ impl Jitted {
 /// Generates, optimizes and JIT-compiles a plan.
 pub(crate) fn compile_plan(plan: &Plan, target: &TargetInfo, opts: &CompileOptions) -> Result<Jitted> {
     jit(generate(plan, target, opts, RelocMode::Default)?)
+}
+
+/// Generates a module with `emit` (which must define `kiln_entry`), then
+/// optimizes and JIT-compiles it: the path of stand-alone kernels such as
+/// the LinearCrossEntropy backward.
+pub(crate) fn compile_module(
+    name: &str,
+    target: &TargetInfo,
+    opts: &CompileOptions,
+    emit: &dyn Fn(&Cg<'static>) -> Result<()>,
+) -> Result<Jitted> {
+    jit(generate_module(name, target, opts, RelocMode::Default, emit)?)
 }
 
 /// The JIT as the last step after [`generate`].
