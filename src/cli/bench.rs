@@ -118,6 +118,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+    /// With --backend cpu: neither read nor write the compile cache ($KILN_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 /// `--softmax`: the CPU backend's softmax kernels.
@@ -153,7 +157,7 @@ fn parse_positive(s: &str) -> Result<usize, String> {
 }
 
 /// clap value parser for `--dim NAME=VALUE`.
-fn parse_dim_arg(s: &str) -> Result<(String, u64), String> {
+pub(super) fn parse_dim_arg(s: &str) -> Result<(String, u64), String> {
     let Some((name, value)) = s.split_once('=') else {
         return Err(format!("expected NAME=VALUE (e.g. seq=128), got `{s}`"));
     };
@@ -474,6 +478,12 @@ trait Executable {
     fn profile(&self) -> Vec<kiln_backend_llvm::KernelTime> {
         Vec::new()
     }
+
+    /// What the compile cache did (`hit`, `miss`, `off`, `unavailable`);
+    /// `None` for a backend without one.
+    fn cache(&self) -> Option<&kiln_backend_llvm::CacheUse> {
+        None
+    }
 }
 
 /// The interpreter on a graph specialized to the inputs' shapes.
@@ -525,6 +535,7 @@ fn compile(
     threads: usize,
     softmax: Option<SoftmaxChoice>,
     profile: bool,
+    cache_dir: Option<PathBuf>,
 ) -> anyhow::Result<Box<dyn Executable>> {
     match backend {
         BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)?, outputs: Vec::new() })),
@@ -533,13 +544,14 @@ fn compile(
                 threads: Some(threads),
                 softmax: softmax.map_or_else(Default::default, SoftmaxChoice::algorithm),
                 profile,
+                cache_dir,
                 ..Default::default()
             };
             let compiled = kiln_backend_llvm::compile(&graph, &opts)?;
             // Compile the specialization for these shapes now, so that the
             // timed runs only run.
-            compiled.specialization_for(inputs)?;
-            Ok(Box::new(Jitted { compiled, outputs: Vec::new() }))
+            let cache = compiled.specialization_for(inputs)?.cache.clone();
+            Ok(Box::new(Jitted { compiled, outputs: Vec::new(), cache }))
         }
     }
 }
@@ -550,6 +562,7 @@ fn compile(
 struct Jitted {
     compiled: kiln_backend_llvm::CompiledGraph,
     outputs: Vec<Tensor>,
+    cache: kiln_backend_llvm::CacheUse,
 }
 
 impl Executable for Jitted {
@@ -565,7 +578,17 @@ impl Executable for Jitted {
     }
 
     fn compile_summary(&self) -> &str {
-        "lowered to LLVM IR, optimized at O3 for the host CPU, JIT-compiled for the input shapes"
+        match self.cache {
+            kiln_backend_llvm::CacheUse::Hit(_) => "specialized to the input shapes; code loaded from the compile cache",
+            kiln_backend_llvm::CacheUse::Miss(_) => {
+                "lowered to LLVM IR, optimized at O3 for the host CPU, compiled for the input shapes into the cache"
+            }
+            _ => "lowered to LLVM IR, optimized at O3 for the host CPU, JIT-compiled for the input shapes",
+        }
+    }
+
+    fn cache(&self) -> Option<&kiln_backend_llvm::CacheUse> {
+        Some(&self.cache)
     }
 
     fn profile(&self) -> Vec<kiln_backend_llvm::KernelTime> {
@@ -698,7 +721,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let inputs: Vec<(String, Tensor)> = prepared.into_iter().map(|p| (p.name, p.tensor)).collect();
 
     let compile_start = Instant::now();
-    let mut executable = compile(args.backend, graph, &inputs, threads, args.softmax, args.profile)
+    if args.no_cache && args.backend != BenchBackend::Cpu {
+        bail!("--no-cache needs --backend cpu");
+    }
+    let cache_dir = if args.no_cache { None } else { kiln_backend_llvm::default_cache_dir() };
+    let mut executable = compile(args.backend, graph, &inputs, threads, args.softmax, args.profile, cache_dir)
         .with_context(|| format!("compiling `{}` for {} failed", args.model.display(), args.backend.name()))?;
     let compile_time = compile_start.elapsed();
 
@@ -757,6 +784,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "iterations": args.iterations,
             "load_ms": round3(ms(load_time)),
             "compile_ms": round3(ms(compile_time)),
+            "cache": executable.cache().map(|c| c.label()),
             "median_ms": round3(s.median),
             "min_ms": round3(s.min),
             "max_ms": round3(s.max),
@@ -808,7 +836,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let f = |x: f64| format!("{x:.3} ms");
     let mut rows = vec![
         vec!["load".to_string(), f(ms(load_time)), "read, infer types, verify".to_string()],
-        vec!["compile".to_string(), f(ms(compile_time)), executable.compile_summary().to_string()],
+        vec![
+            "compile".to_string(),
+            f(ms(compile_time)),
+            match executable.cache() {
+                Some(c) => format!("{} (compile cache {})", executable.compile_summary(), c.label()),
+                None => executable.compile_summary().to_string(),
+            },
+        ],
         vec!["runs".to_string(), format!("{}", args.iterations), format!("after {} warmup", args.warmup)],
         vec!["median".to_string(), f(s.median), String::new()],
         vec!["min".to_string(), f(s.min), String::new()],

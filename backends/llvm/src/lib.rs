@@ -39,6 +39,15 @@
 //!   axis is an error naming the node, never a crash or a wrong answer.
 //!   i4/u4 tensors are held one value per byte, as kiln's tensors hold
 //!   them. See [`lowered_ops`] for the list.
+//! - **LinearCrossEntropy.** The LM head and its loss walk the vocabulary
+//!   in tiles: a register-blocked GEMM (explicit vectors, `MR × 2` vector
+//!   accumulators, packed head panels) writes one tile of logits for a
+//!   block of rows, which an online log-sum-exp folds away, so the `N × V`
+//!   logits never exist; threads split the rows. The backward
+//!   ([`linear_cross_entropy_grad`], single-threaded)
+//!   recomputes the tiles and accumulates `dH`, `dW` and `db` with the same
+//!   GEMM, skipping tiles whose softmax gradient is below a threshold (Cut
+//!   Cross-Entropy).
 //! - **Flash attention.** `Attention` (4-D or 3-D, causal, float or bool
 //!   masks, grouped-query heads, softcap, past/present key-value caches)
 //!   walks K/V in tiles per block of query rows with an online softmax
@@ -64,6 +73,12 @@
 //! - **Run-time overheads.** Each specialization keeps its scratch arena
 //!   across runs, and [`CompiledGraph::run_into`] writes into output
 //!   tensors the caller reuses, so repeated runs allocate nothing.
+//! - **Ahead of time, and the compile cache.** [`aot`] writes the same
+//!   code as a self-contained shared library with a C ABI (`kiln
+//!   compile`). With [`CompileOptions::cache_dir`] each specialization's
+//!   code is also kept on disk as a library keyed by a hash of the plan,
+//!   the target and the options, so a later process loads it instead of
+//!   generating code again ([`Specialization::cache`]).
 //!
 //! An op without a lowering is a [`BackendError::Unsupported`] naming the
 //! node and op; a run-time input of the wrong dtype or shape is a
@@ -71,14 +86,20 @@
 
 #![warn(missing_docs)]
 
+pub mod aot;
+mod cache;
 mod codegen;
 pub mod error;
 mod jit;
+pub mod lce_grad;
 mod plan;
 pub mod profile;
+mod reuse_logits;
 
+pub use cache::{default_dir as default_cache_dir, CacheUse};
 pub use error::{BackendError, Result};
-pub use jit::TargetInfo;
+pub use jit::{codegen_runs, TargetInfo};
+pub use lce_grad::{linear_cross_entropy_grad, linear_cross_entropy_grad_with};
 pub use profile::KernelTime;
 
 use kiln_ir::dim::Dim;
@@ -141,6 +162,9 @@ pub struct CompileOptions {
     /// Count the cycles each kernel takes, for [`CompiledGraph::profile`]
     /// (off by default; see [`profile`]).
     pub profile: bool,
+    /// The compile cache's directory (see [`default_cache_dir`]); `None`
+    /// (the default) JIT-compiles every specialization.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CompileOptions {
@@ -153,6 +177,7 @@ impl Default for CompileOptions {
             optimize: true,
             threads: None,
             profile: false,
+            cache_dir: None,
         }
     }
 }
@@ -178,6 +203,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::MatMul,
+        Op::MatMulInteger,
         Op::Squeeze,
         Op::Unsqueeze,
         Op::Identity,
@@ -259,6 +285,9 @@ pub struct Specialization {
     pub ir_unoptimized: String,
     /// The LLVM IR after `default<O3>` (equal to the above without it).
     pub ir_optimized: String,
+    /// Whether the code came from the compile cache. On a hit no code was
+    /// generated, so `kernels` and the IR texts are empty.
+    pub cache: CacheUse,
 }
 
 struct Compiled {
@@ -302,6 +331,9 @@ type InputKey = (DType, Vec<usize>, Option<Vec<u8>>);
 /// lowered and picks the target; compiles it right away when every graph
 /// input has a static shape.
 pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
+    let mut graph = graph.clone();
+    reuse_logits::reuse_materialized_logits(&mut graph)?;
+    let graph = &graph;
     plan::check_lowerable(graph)?;
     let target = jit::target_info(opts)?;
     let shape_inputs = plan::shape_inputs(graph);
@@ -331,6 +363,14 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
 }
 
 impl CompiledGraph {
+    /// The graph this backend compiles: the caller's graph after the
+    /// backend's own graph-level simplifications (see `reuse_logits`: a
+    /// `LinearCrossEntropy` whose logits the graph also returns reads
+    /// them instead of recomputing them).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
     /// The target code is generated for.
     pub fn target(&self) -> &TargetInfo {
         &self.target
@@ -434,7 +474,7 @@ impl CompiledGraph {
         for t in &mut plan.consts {
             *t = standard_layout(t);
         }
-        let jit = jit::compile_plan(&plan, &self.target, &self.opts)?;
+        let (jit, cache) = cache::compile(&plan, &self.target, &self.opts)?;
         let intermediate_bytes = plan
             .loc
             .iter()
@@ -452,6 +492,7 @@ impl CompiledGraph {
             intermediate_bytes,
             ir_unoptimized: jit.ir_unoptimized.clone(),
             ir_optimized: jit.ir_optimized.clone(),
+            cache,
         });
         let cycles = RefCell::new(if plan.profile { vec![0; plan.steps.len()] } else { Vec::new() });
         let compiled =
@@ -621,29 +662,7 @@ fn execute(c: &Compiled, inputs: &[Tensor], outputs: &mut Vec<Tensor>, threads: 
     }
     *c.arena.borrow_mut() = Some(arena);
     if status != 0 {
-        let step = &plan.steps[status as usize - 1];
-        let (node, op) = match step {
-            plan::Step::Node(id) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
-            // Only integer Div/Mod make a fused group fail; name the first.
-            plan::Step::Fused { nodes, .. } => nodes
-                .iter()
-                .map(|&n| plan.graph.node(n))
-                .find(|n| {
-                    matches!(n.op, kiln_ir::op::Op::Mod { .. } | kiln_ir::op::Op::Binary(kiln_ir::op::BinaryOp::Div))
-                })
-                .map_or((String::new(), "kernel"), |n| (n.name.clone(), n.op.name())),
-            _ => (String::new(), "kernel"),
-        };
-        let what = if matches!(op, "Gather" | "GatherElements" | "GatherND" | "ScatterND") {
-            "an index is outside the indexed axis"
-        } else if matches!(op, "Div" | "Mod") {
-            "integer division by zero"
-        } else if op == "RotaryEmbedding" {
-            "a position id is outside the cos/sin caches"
-        } else {
-            "a label is outside the classes (and is not the ignore_index)"
-        };
-        return Err(BackendError::node(node, op, what));
+        return Err(aot::step_failure(plan, status as usize - 1));
     }
     Ok(())
 }

@@ -175,6 +175,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
         op,
         Op::MatMul
             | Op::Gemm(_)
+            | Op::MatMulInteger
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::Reduce { .. }
@@ -214,42 +215,36 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
 pub(crate) const LCE_TILE: usize = 256;
 
 /// Bytes of scratch a step's kernel needs beside its inputs and outputs:
-/// LinearCrossEntropy keeps four f32 numbers per row (running max, running
-/// sum, target logit, weighted logit sum) and one tile of logits.
+/// LinearCrossEntropy keeps four numbers per row (running max, running
+/// sum, target logit, weighted logit sum), one packed tile of the head and
+/// one tile of logits (see `codegen::lce`).
 pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step, matmul: MatMulKernel) -> usize {
     let Step::Node(id) = step else { return 0 };
     let node = graph.node(*id);
     match &node.op {
         Op::LinearCrossEntropy { chunk_size, .. } => {
-            let rows = node
-                .input(0)
-                .and_then(|h| types[h.index()].as_ref())
-                .map_or(0, |t| t.shape.first().copied().unwrap_or(0));
-            let tile = LCE_TILE.min((*chunk_size).max(1) as usize);
-            (4 * rows + tile) * 8
+            let hidden = node.input(0).and_then(|h| types[h.index()].as_ref());
+            match hidden.map(|t| (t.dtype, t.shape.as_slice())) {
+                Some((dtype, &[n, d])) => crate::codegen::forward_scratch_bytes(dtype, n, d, *chunk_size),
+                _ => 0,
+            }
         }
         Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
         Op::LinearAttention(_) => {
             crate::codegen::linear_attention_geometry(types, node).map_or(0, crate::codegen::linear_attention_scratch)
         }
-        Op::MatMul | Op::Gemm(_) => {
+        Op::MatMul | Op::Gemm(_) | Op::MatMulInteger => {
             let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
             let out = node.output(0).and_then(|v| types[v.index()].as_ref());
-            let (trans_a, trans_b) = match &node.op {
-                Op::Gemm(g) => (g.trans_a, g.trans_b),
-                _ => (false, false),
-            };
-            match (ty(0), ty(1), out) {
-                (Some(a), Some(b), Some(out)) => {
-                    use crate::codegen::gemm;
-                    match gemm::matmul_dims(&a.shape, &b.shape, trans_a, trans_b) {
-                        Some(dims) if gemm::uses_packed(dims, out.dtype, matmul) => {
-                            gemm::scratch_bytes(out.dtype, dims)
-                        }
-                        _ => 0,
-                    }
+            let (Some(a), Some(b), Some(out)) = (ty(0), ty(1), out) else { return 0 };
+            use crate::codegen::gemm;
+            match &node.op {
+                Op::MatMulInteger => gemm::matmul_dims(&a.shape, &b.shape, false, false)
+                    .map_or(0, |dims| gemm::scratch_bytes(DType::I32, dims)),
+                Op::Gemm(g) => {
+                    gemm::matmul_scratch_bytes(&a.shape, &b.shape, out.dtype, (g.trans_a, g.trans_b), matmul)
                 }
-                _ => 0,
+                _ => gemm::matmul_scratch_bytes(&a.shape, &b.shape, out.dtype, (false, false), matmul),
             }
         }
         _ => 0,

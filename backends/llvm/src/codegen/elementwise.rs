@@ -107,7 +107,7 @@ pub(crate) fn emit_fused<'ctx>(
         [n] => (n.div_ceil(ELEMENTWISE_CHUNK), Some(ELEMENTWISE_CHUNK)),
         [n, ..] => (*n, None),
     };
-    let per_item = if items > 0 { total / items } else { 0 };
+    let per_item = total.checked_div(items).unwrap_or(0);
     let name = format!("k{step}_fused_{}", root.op.name());
     let k = if divides {
         cg.checked_parallel_kernel_fn(&name, 1 + buffered.len(), items, per_item * nodes.len())

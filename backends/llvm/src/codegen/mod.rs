@@ -63,6 +63,7 @@ mod elementwise;
 pub(crate) mod gemm;
 mod indexing;
 mod kernels;
+mod lce;
 mod linear_attention;
 mod loss;
 mod math;
@@ -85,6 +86,7 @@ use inkwell::AddressSpace;
 use kiln_ir::dtype::DType;
 use std::cell::{Cell, RefCell};
 
+pub(crate) use lce::{backward_buffer_count, backward_scratch, emit_backward_module, forward_scratch_bytes, problem_of, Problem, ProblemError};
 pub(crate) use linear_attention::{geometry as linear_attention_geometry, scratch_bytes as linear_attention_scratch};
 
 /// The name of the generated entry function.
