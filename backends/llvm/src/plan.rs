@@ -413,10 +413,52 @@ pub(crate) fn foldable_nodes(graph: &Graph) -> Result<BTreeMap<NodeId, bool>> {
 /// output shape by their values (Range's bounds, ConstantOfShape's shape,
 /// NonZero's input): code is specialized to their values as well as to the
 /// input shapes, the way it is to shapes, and nodes reading only such
-/// inputs fold at compile time.
+/// inputs fold at compile time. An input read in such a slot directly
+/// always qualifies; one that only reaches a shape through other nodes
+/// (shape arithmetic) qualifies when it is small
+/// ([`MAX_INDIRECT_SHAPE_INPUT`] elements), so a data tensor is never made
+/// a compile-time constant by accident.
 pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
     let mut memo: BTreeMap<ValueId, bool> = BTreeMap::new();
-    graph.inputs().iter().map(|&v| decides_shape(graph, v, &mut memo)).collect()
+    graph
+        .inputs()
+        .iter()
+        .map(|&v| {
+            let direct = graph.value(v).uses().iter().any(|&(n, slot)| reads_as_shape(graph, n, slot, v));
+            let small = graph
+                .value(v)
+                .ty
+                .as_ref()
+                .and_then(|t| t.fixed_shape())
+                .is_some_and(|s| s.iter().product::<usize>() <= MAX_INDIRECT_SHAPE_INPUT);
+            direct || (small && decides_shape(graph, v, &mut memo))
+        })
+        .collect()
+}
+
+/// Elements of the largest graph input specialized by value because its
+/// value reaches a shape through other nodes.
+pub(crate) const MAX_INDIRECT_SHAPE_INPUT: usize = 64;
+
+/// Whether `node` reads input `slot` (holding `v`) as a shape, size, axis
+/// or count, i.e. its value decides the node's output shape.
+fn reads_as_shape(graph: &Graph, n: NodeId, slot: usize, v: ValueId) -> bool {
+    match graph.node(n).op {
+        Op::Reshape { .. } | Op::Squeeze | Op::Unsqueeze | Op::Reduce { .. } | Op::Expand | Op::Split { .. } => {
+            slot == 1
+        }
+        Op::Slice => (1..=4).contains(&slot),
+        Op::Pad { .. } => slot == 1 || slot == 3,
+        Op::Tile | Op::TopK { .. } | Op::OneHot { .. } | Op::Trilu { .. } | Op::CumSum { .. } => slot == 1,
+        Op::Range => slot <= 2,
+        Op::ConstantOfShape { .. } => slot == 0,
+        // NonZero's result size depends on all of its input's data: worth
+        // specializing to a graph input fed straight in (a mask given as
+        // data), not to whatever computes it.
+        Op::NonZero => slot == 0 && graph.inputs().contains(&v),
+        Op::Dropout { .. } => slot == 1 || slot == 2,
+        _ => false,
+    }
 }
 
 /// Whether a value's data decides a shape: some reader takes it in a shape
@@ -431,26 +473,12 @@ fn decides_shape(graph: &Graph, v: ValueId, memo: &mut BTreeMap<ValueId, bool>) 
     // Provisional answer; the graph is acyclic, so it is never read back.
     memo.insert(v, false);
     let decides = graph.value(v).uses().iter().any(|&(n, slot)| {
-        let node = graph.node(n);
-        let direct = match node.op {
-            Op::Reshape { .. } | Op::Squeeze | Op::Unsqueeze | Op::Reduce { .. } | Op::Expand | Op::Split { .. } => {
-                slot == 1
-            }
-            Op::Slice => (1..=4).contains(&slot),
-            Op::Pad { .. } => slot == 1 || slot == 3,
-            Op::Tile | Op::TopK { .. } | Op::OneHot { .. } | Op::Trilu { .. } | Op::CumSum { .. } => slot == 1,
-            Op::Range => slot <= 2,
-            Op::ConstantOfShape { .. } => slot == 0,
-            // NonZero's result size depends on all of its input's data:
-            // worth specializing to a graph input fed straight in (a mask
-            // given as data), not to whatever computes it.
-            Op::NonZero => slot == 0 && graph.inputs().contains(&v),
-            Op::Dropout { .. } => slot == 1 || slot == 2,
-            // Only the input's shape matters, which is specialized anyway.
-            Op::Shape { .. } | Op::Size => return false,
-            _ => false,
-        };
-        direct || node.outputs.iter().flatten().any(|&o| decides_shape(graph, o, memo))
+        // Shape and Size read only the shape, which is specialized anyway.
+        if matches!(graph.node(n).op, Op::Shape { .. } | Op::Size) {
+            return false;
+        }
+        reads_as_shape(graph, n, slot, v)
+            || graph.node(n).outputs.iter().flatten().any(|&o| decides_shape(graph, o, memo))
     });
     memo.insert(v, decides);
     decides

@@ -60,15 +60,15 @@
 
 mod attention;
 mod elementwise;
-mod indexing;
 pub(crate) mod gemm;
+mod indexing;
 mod kernels;
 mod lce;
 mod linear_attention;
 mod loss;
 mod math;
-mod quant;
 pub(crate) mod parallel;
+mod quant;
 mod rotary;
 mod select;
 
