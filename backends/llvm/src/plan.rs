@@ -69,6 +69,12 @@ pub(crate) enum Step {
     Fused { nodes: Vec<NodeId>, out: ValueId },
     /// One node with its own kernel.
     Node(NodeId),
+    /// A LayerNormalization or RMSNormalization node `norm` whose input X is
+    /// the result of the fused elementwise group `nodes` (X is the root's
+    /// result): the norm kernel computes the group while it reads each row,
+    /// so X is written only when `write_x` (X is a graph output or another
+    /// step reads it, as pre-LN transformers reuse the residual sum).
+    NormPrologue { nodes: Vec<NodeId>, norm: NodeId, write_x: bool },
     /// Copies a value into graph output `output` (a graph output that is a
     /// graph input, a constant, another output, or a view of one of those).
     Copy { from: ValueId, output: usize },
@@ -703,6 +709,7 @@ pub(crate) fn plan(graph: Graph, matmul: MatMulKernel) -> Result<Plan> {
     }
 
     let steps = form_steps(&graph, &order, &types, &is_output)?;
+    let steps = fuse_norm_prologues(&graph, &types, steps, &root, &is_output);
     let mut plan = Plan {
         graph,
         types,
@@ -838,8 +845,111 @@ pub(crate) fn step_io(graph: &Graph, step: &Step) -> (Vec<ValueId>, Vec<ValueId>
             let node = graph.node(*id);
             (node.inputs.iter().flatten().copied().collect(), node.outputs.iter().flatten().copied().collect())
         }
+        Step::NormPrologue { nodes, norm, write_x } => {
+            let x = norm_prologue_x(graph, *norm);
+            let (mut reads, _) = step_io(graph, &Step::Fused { nodes: nodes.clone(), out: x });
+            let node = graph.node(*norm);
+            for v in node.inputs.iter().skip(1).flatten() {
+                if !reads.contains(v) {
+                    reads.push(*v);
+                }
+            }
+            let mut writes: Vec<ValueId> = node.outputs.iter().flatten().copied().collect();
+            if *write_x {
+                writes.push(x);
+            }
+            (reads, writes)
+        }
         Step::Copy { from, .. } => (vec![*from], Vec::new()),
     }
+}
+
+/// The value a [`Step::NormPrologue`] computes in its prologue: the norm's
+/// input X, which is the group root's result.
+pub(crate) fn norm_prologue_x(graph: &Graph, norm: NodeId) -> ValueId {
+    graph.node(norm).input(0).expect("a norm with a prologue has its input X (checked when fusing)")
+}
+
+/// Longest normalized row (elements) a norm kernel with a prologue keeps in
+/// its stack row buffer: 64 KiB of f32, well inside a worker thread's stack.
+pub(crate) const NORM_ROW_MAX: usize = 16384;
+
+/// Moves fused elementwise groups into the LayerNormalization or
+/// RMSNormalization kernel that reads their result (see
+/// [`Step::NormPrologue`]). A group joins when:
+/// - the norm's input X is the group's result itself (not a view of it),
+///   in f32 or f64 (narrower floats would round X between the two), and the
+///   norm runs over the last axis only, in rows of at most [`NORM_ROW_MAX`];
+/// - every buffered operand of the group covers whole rows (its last axis
+///   is not broadcast), so a row of X is computed from rows of its operands;
+/// - the group cannot fail (no integer division);
+/// - no step between the group and the norm reads X, since X is now
+///   computed at the norm's position; later readers and a graph output
+///   make the kernel write X as well.
+fn fuse_norm_prologues(
+    graph: &Graph,
+    types: &[Option<Shaped>],
+    steps: Vec<Step>,
+    root: &[ValueId],
+    is_output: &[bool],
+) -> Vec<Step> {
+    let reads_x = |step: &Step, x: ValueId| step_io(graph, step).0.iter().any(|v| root[v.index()] == x);
+    // Norm step → (group step, group nodes).
+    let mut joined: BTreeMap<usize, (usize, Vec<NodeId>)> = BTreeMap::new();
+    for (j, step) in steps.iter().enumerate() {
+        let Step::Node(norm) = step else { continue };
+        let node = graph.node(*norm);
+        let axis = match node.op {
+            Op::LayerNormalization { axis, .. } | Op::RMSNormalization { axis, .. } => axis,
+            _ => continue,
+        };
+        let Some(x) = node.input(0) else { continue };
+        let Some(ty) = types[x.index()].as_ref() else { continue };
+        let rank = ty.shape.len() as i64;
+        let cols = ty.shape.last().copied().unwrap_or(0);
+        let last_axis = axis == rank - 1 || axis == -1;
+        if !matches!(ty.dtype, DType::F32 | DType::F64) || rank == 0 || !last_axis || cols == 0 || cols > NORM_ROW_MAX {
+            continue;
+        }
+        if node.inputs.iter().skip(1).flatten().any(|v| root[v.index()] == x) {
+            continue;
+        }
+        let Some(i) = steps[..j].iter().position(|s| matches!(s, Step::Fused { out, .. } if *out == x)) else {
+            continue;
+        };
+        let Step::Fused { nodes, .. } = &steps[i] else { continue };
+        let divides = nodes.iter().any(|&n| {
+            let n = graph.node(n);
+            matches!(n.op, Op::Mod { .. } | Op::Binary(kiln_ir::op::BinaryOp::Div))
+                && n.input(0).is_some_and(|v| types[v.index()].as_ref().is_none_or(|t| !t.dtype.is_float()))
+        });
+        let (leaves, _) = step_io(graph, &steps[i]);
+        let whole_rows = leaves.iter().all(|v| {
+            let Some(t) = types[v.index()].as_ref() else { return false };
+            let one_constant = t.len() == 1 && graph.value(*v).initializer.is_some();
+            one_constant || (t.shape.len() <= ty.shape.len() && t.shape.last() == Some(&cols))
+        });
+        if divides || !whole_rows || steps[i + 1..j].iter().any(|s| reads_x(s, x)) {
+            continue;
+        }
+        joined.insert(j, (i, nodes.clone()));
+    }
+    let groups: BTreeSet<usize> = joined.values().map(|(i, _)| *i).collect();
+    let mut out = Vec::with_capacity(steps.len() - groups.len());
+    for (j, step) in steps.iter().enumerate() {
+        if groups.contains(&j) {
+            continue;
+        }
+        let (Some((_, nodes)), Step::Node(norm)) = (joined.get(&j), step) else {
+            out.push(step.clone());
+            continue;
+        };
+        let x = norm_prologue_x(graph, *norm);
+        let output_view = graph.outputs().iter().any(|o| root[o.index()] == x) || is_output[x.index()];
+        let write_x = output_view || steps[j + 1..].iter().any(|s| reads_x(s, x));
+        out.push(Step::NormPrologue { nodes: nodes.clone(), norm: *norm, write_x });
+    }
+    out
 }
 
 /// Assigns storage to every value: inputs, constants, outputs, and arena

@@ -18,10 +18,11 @@ pub struct KernelTime {
     /// Execution position of the kernel in its specialization.
     pub step: usize,
     /// The op or ops it runs: `MatMul`, or `Add+Gelu` for a fused
-    /// elementwise chain, or `copy` for a copy into a graph output.
+    /// elementwise chain, `Add+LayerNormalization` for a norm that computes
+    /// its input's chain, or `copy` for a copy into a graph output.
     pub ops: String,
-    /// The graph node it computes (the root of a fused chain); empty for a
-    /// copy.
+    /// The graph node it computes (the root of a fused chain, the norm of a
+    /// norm with its input's chain); empty for a copy.
     pub node: String,
     /// Cycle-counter ticks summed over every profiled run.
     pub cycles: u64,
@@ -40,6 +41,11 @@ pub(crate) fn step_labels(plan: &Plan) -> Vec<(String, String)> {
                 let ops: Vec<&str> = nodes.iter().map(|&n| graph.node(n).op.name()).collect();
                 let root = nodes.last().map(|&n| graph.node(n).name.clone()).unwrap_or_default();
                 (ops.join("+"), root)
+            }
+            Step::NormPrologue { nodes, norm, .. } => {
+                let mut ops: Vec<&str> = nodes.iter().map(|&n| graph.node(n).op.name()).collect();
+                ops.push(graph.node(*norm).op.name());
+                (ops.join("+"), graph.node(*norm).name.clone())
             }
             Step::Copy { .. } => ("copy".to_string(), String::new()),
         })

@@ -248,19 +248,7 @@ fn emit_level<'ctx>(
                 vals.insert(*v, *val);
             }
         }
-        for &n in nodes {
-            let node = plan.graph.node(n);
-            let args: Vec<Option<Val>> =
-                crate::plan::data_inputs(node).iter().map(|v| v.and_then(|v| vals.get(&v).copied())).collect();
-            let o = node.output(0).expect("elementwise nodes have an output");
-            let dtype = plan.ty(o).dtype;
-            let r = emit_op(cg, &node.op, &args, dtype).map_err(|e| match e {
-                OpError::Unsupported(m) => BackendError::unsupported(&node.name, node.op.name(), m),
-                OpError::Backend(b) => b,
-            })?;
-            vals.insert(o, (r, dtype));
-        }
-        let (v, _) = vals[&out];
+        let v = eval_group(cg, plan, nodes, &mut vals)?;
         return cg.store(out_ptr, plan.ty(out).dtype, offsets[0], v);
     }
     cg.for_n(f, sizes[level], &mut |i| {
@@ -268,6 +256,55 @@ fn emit_level<'ctx>(
             offsets.iter().zip(strides).map(|(&o, s)| cg.affine(i, s[level], o)).collect::<Result<_>>()?;
         emit_level(cg, plan, f, nodes, out, out_ptr, sizes, strides, leaves, buffered, level + 1, next)
     })
+}
+
+/// Emits a fused group's expression for one element: `vals` holds the
+/// group's leaves (see [`group_leaves`]) and receives every member's
+/// result; returns the root's.
+pub(crate) fn eval_group<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    nodes: &[NodeId],
+    vals: &mut BTreeMap<ValueId, Val<'ctx>>,
+) -> Result<BV<'ctx>> {
+    let mut last = None;
+    for &n in nodes {
+        let node = plan.graph.node(n);
+        let args: Vec<Option<Val>> =
+            crate::plan::data_inputs(node).iter().map(|v| v.and_then(|v| vals.get(&v).copied())).collect();
+        let o = node.output(0).expect("elementwise nodes have an output");
+        let dtype = plan.ty(o).dtype;
+        let r = emit_op(cg, &node.op, &args, dtype).map_err(|e| match e {
+            OpError::Unsupported(m) => BackendError::unsupported(&node.name, node.op.name(), m),
+            OpError::Backend(b) => b,
+        })?;
+        vals.insert(o, (r, dtype));
+        last = Some(r);
+    }
+    last.ok_or_else(|| BackendError::Llvm("an empty fused group".into()))
+}
+
+/// The leaves of a fused group whose root result is `out`: the values read
+/// from buffers, in [`step_io`] order, and the single-element constants
+/// inlined as immediates.
+pub(crate) fn group_leaves<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    nodes: &[NodeId],
+    out: ValueId,
+) -> Result<(Vec<ValueId>, BTreeMap<ValueId, Val<'ctx>>)> {
+    let (reads, _) = step_io(&plan.graph, &crate::plan::Step::Fused { nodes: nodes.to_vec(), out });
+    let mut buffered = Vec::new();
+    let mut scalars = BTreeMap::new();
+    for v in reads {
+        match inline_scalar(plan, v) {
+            Some(t) => {
+                scalars.insert(v, scalar_const(cg, t).map_err(|m| node_err(plan, nodes, &m))?);
+            }
+            None => buffered.push(v),
+        }
+    }
+    Ok((buffered, scalars))
 }
 
 /// Why an op could not be emitted.

@@ -3,7 +3,7 @@
 
 use super::elementwise::{broadcast_strides, collapse, contiguous_strides};
 use super::gemm::{self, GemmDims, GemmOperand, GemmSpec};
-use super::Cg;
+use super::{Cg, Val};
 use crate::error::{BackendError, Result};
 use crate::plan::{elem_bytes, Loc, Plan};
 use crate::SoftmaxAlgorithm;
@@ -12,6 +12,7 @@ use inkwell::FloatPredicate;
 use kiln_ir::dtype::DType;
 use kiln_ir::graph::{NodeId, ValueId};
 use kiln_ir::op::{GemmAttrs, Op, ReduceKind};
+use std::collections::BTreeMap;
 
 type BV<'ctx> = BasicValueEnum<'ctx>;
 type Kernel<'ctx> = (FunctionValue<'ctx>, Vec<Loc>);
@@ -106,21 +107,9 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
         Op::LinearCrossEntropy { .. } => super::loss::linear_cross_entropy(cg, plan, step, id),
         Op::Attention(_) => super::attention::attention(cg, plan, step, id),
         Op::RotaryEmbedding { .. } => super::rotary::rotary_embedding(cg, plan, step, id),
-        Op::LayerNormalization { axis, epsilon, stash_type } | Op::RMSNormalization { axis, epsilon, stash_type } => {
-            if !dtype.is_float() {
-                return Err(unsupported(format!("{} on {dtype}", node.op.name())));
-            }
-            let rms = matches!(node.op, Op::RMSNormalization { .. });
-            let bias = if rms { None } else { node.input(2) };
-            let stats = if rms { (None, None) } else { (node.output(1), node.output(2)) };
-            for s in [stats.0, stats.1].into_iter().flatten() {
-                let sd = plan.ty(s).dtype;
-                if cg.compute_type(sd).ok() != cg.compute_type(dtype).ok() || sd != *stash_type && sd != dtype {
-                    return Err(unsupported(format!("statistics in {sd} for {dtype} inputs")));
-                }
-            }
-            let norm = Norm { axis: *axis, epsilon: *epsilon as f64, rms };
-            normalize(cg, plan, step, input(0)?, input(1)?, bias, output, stats, norm)
+        Op::LayerNormalization { .. } | Op::RMSNormalization { .. } => {
+            let args = norm_args(cg, plan, id)?;
+            normalize(cg, plan, step, input(0)?, args, None)
         }
         Op::Split { axis, .. } => {
             let outputs: Vec<Option<ValueId>> = node.outputs.clone();
@@ -1006,22 +995,93 @@ struct Norm {
     rms: bool,
 }
 
+/// A norm node's operands besides X, checked.
+struct NormArgs {
+    scale: ValueId,
+    bias: Option<ValueId>,
+    out: ValueId,
+    /// LayerNormalization's optional mean and inverse standard deviation.
+    stats: (Option<ValueId>, Option<ValueId>),
+    norm: Norm,
+}
+
+fn norm_args(cg: &Cg<'_>, plan: &Plan, id: NodeId) -> Result<NormArgs> {
+    let node = plan.graph.node(id);
+    let err = |m: String| BackendError::node(&node.name, node.op.name(), m);
+    let (Op::LayerNormalization { axis, epsilon, stash_type } | Op::RMSNormalization { axis, epsilon, stash_type }) =
+        &node.op
+    else {
+        return Err(err("not a normalization".into()));
+    };
+    let out = node.output(0).ok_or_else(|| err("output 0 is missing".into()))?;
+    let scale = node.input(1).ok_or_else(|| err("input 1 (scale) is missing".into()))?;
+    let dtype = plan.ty(out).dtype;
+    if !dtype.is_float() {
+        return Err(BackendError::unsupported(&node.name, node.op.name(), format!("{} on {dtype}", node.op.name())));
+    }
+    let rms = matches!(node.op, Op::RMSNormalization { .. });
+    let bias = if rms { None } else { node.input(2) };
+    let stats = if rms { (None, None) } else { (node.output(1), node.output(2)) };
+    for s in [stats.0, stats.1].into_iter().flatten() {
+        let sd = plan.ty(s).dtype;
+        if cg.compute_type(sd).ok() != cg.compute_type(dtype).ok() || sd != *stash_type && sd != dtype {
+            return Err(BackendError::unsupported(
+                &node.name,
+                node.op.name(),
+                format!("statistics in {sd} for {dtype} inputs"),
+            ));
+        }
+    }
+    Ok(NormArgs { scale, bias, out, stats, norm: Norm { axis: *axis, epsilon: *epsilon as f64, rms } })
+}
+
+/// The fused elementwise group a norm kernel computes as it reads X (see
+/// [`crate::plan::Step::NormPrologue`]).
+struct Prologue<'a, 'ctx> {
+    nodes: &'a [NodeId],
+    /// The group's operands read from buffers, in parameter order.
+    leaves: Vec<ValueId>,
+    /// Its single-element constants, as immediates.
+    scalars: BTreeMap<ValueId, Val<'ctx>>,
+    /// Whether X is also stored (another step or the caller reads it).
+    write_x: bool,
+}
+
+/// The kernel of a norm whose input X is computed by the fused group
+/// `nodes` (a [`crate::plan::Step::NormPrologue`]).
+pub(crate) fn emit_norm_with_prologue<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    nodes: &[NodeId],
+    norm: NodeId,
+    write_x: bool,
+) -> Result<Kernel<'ctx>> {
+    let x = crate::plan::norm_prologue_x(&plan.graph, norm);
+    let (leaves, scalars) = super::elementwise::group_leaves(cg, plan, nodes, x)?;
+    let args = norm_args(cg, plan, norm)?;
+    normalize(cg, plan, step, x, args, Some(Prologue { nodes, leaves, scalars, write_x }))
+}
+
 /// Normalization over the trailing axes from `axis`, one row at a time:
 /// the mean, then the variance around it (two passes, as the interpreter
 /// computes it, which is stabler than E[x²] - E[x]²), then the output.
 /// Scale and bias broadcast against the whole input.
-#[allow(clippy::too_many_arguments)]
+///
+/// With a prologue, X is not read but computed: the first pass evaluates
+/// the group per element into a row buffer on the stack (and into X's
+/// buffer when it is written), summing as it goes, and the later passes
+/// read the row buffer, which is still in L1. The arithmetic of the norm is
+/// the same either way, so the results are equal bit for bit.
 fn normalize<'ctx>(
     cg: &Cg<'ctx>,
     plan: &Plan,
     step: usize,
     x: ValueId,
-    scale: ValueId,
-    bias: Option<ValueId>,
-    out: ValueId,
-    stats: (Option<ValueId>, Option<ValueId>),
-    norm: Norm,
+    args: NormArgs,
+    prologue: Option<Prologue<'_, 'ctx>>,
 ) -> Result<Kernel<'ctx>> {
+    let NormArgs { scale, bias, out, stats, norm } = args;
     let shape = plan.ty(x).shape.clone();
     let dtype = plan.ty(x).dtype;
     let rank = shape.len() as i64;
@@ -1031,65 +1091,139 @@ fn normalize<'ctx>(
     }
     let axis = axis as usize;
     let cols: usize = shape[axis..].iter().product();
+    let leaves: &[ValueId] = prologue.as_ref().map_or(&[], |p| &p.leaves);
+    // Operands of the loop nests: X, scale, bias, the prologue's leaves,
+    // then the row buffer (X's offset within the row).
     let xs = contiguous_strides(&shape);
-    let ss = broadcast_strides(&plan.ty(scale).shape, &shape);
-    let bs = bias.map_or_else(|| vec![0; shape.len()], |b| broadcast_strides(&plan.ty(b).shape, &shape));
-    let split = |v: &[i64]| (v[..axis].to_vec(), v[axis..].to_vec());
-    let ((xo, xi), (so, si), (bo, bi)) = (split(&xs), split(&ss), split(&bs));
-    let (osizes, ostrides) = collapse(&shape[..axis], &[xo, so, bo, contiguous_strides(&shape[..axis])]);
-    let (isizes, istrides) = collapse(&shape[axis..], &[xi, si, bi]);
+    let mut operands = vec![xs.clone(), broadcast_strides(&plan.ty(scale).shape, &shape)];
+    operands.push(bias.map_or_else(|| vec![0; shape.len()], |b| broadcast_strides(&plan.ty(b).shape, &shape)));
+    operands.extend(leaves.iter().map(|&v| broadcast_strides(&plan.ty(v).shape, &shape)));
+    let (outer, inner): (Vec<Vec<i64>>, Vec<Vec<i64>>) =
+        operands.iter().map(|v| (v[..axis].to_vec(), v[axis..].to_vec())).unzip();
+    let mut outer = outer;
+    outer.push(contiguous_strides(&shape[..axis]));
+    let mut inner = inner;
+    inner.push(xs[axis..].to_vec());
+    let (osizes, ostrides) = collapse(&shape[..axis], &outer);
+    let (isizes, istrides) = collapse(&shape[axis..], &inner);
+    let row_at = 3 + leaves.len();
 
-    let mut values = vec![out, x, scale];
+    let mut values = vec![out];
+    let reads_x = prologue.is_none();
+    let writes_x = prologue.as_ref().is_some_and(|p| p.write_x);
+    if reads_x || writes_x {
+        values.push(x);
+    }
+    values.push(scale);
     values.extend(bias);
     let (mean_out, inv_out) = stats;
     values.extend(mean_out);
     values.extend(inv_out);
+    values.extend(leaves);
     // Rows are the items: each is normalized on one thread, as serially.
     let rows: usize = if cols > 0 { shape[..axis].iter().product() } else { 0 };
-    let name = format!("k{step}_{}", if norm.rms { "rmsnorm" } else { "layernorm" });
-    let k = cg.parallel_kernel_fn(&name, values.len(), rows, cols * 4);
+    let kind = if norm.rms { "rmsnorm" } else { "layernorm" };
+    let name = match &prologue {
+        Some(_) => format!("k{step}_fused_{kind}"),
+        None => format!("k{step}_{kind}"),
+    };
+    let work = cols * (4 + prologue.as_ref().map_or(0, |p| p.nodes.len()));
+    let k = cg.parallel_kernel_fn(&name, values.len(), rows, work);
     let f = k.f;
-    let (yp, xp, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
-    let mut next = 3;
+    let mut next = 0;
     let mut take = |present: bool| {
         present.then(|| {
             next += 1;
             cg.param(f, next - 1)
         })
     };
+    let yp = take(true).expect("the output is always a parameter");
+    let xp = take(reads_x || writes_x);
+    let sp = take(true).expect("the scale is always a parameter");
     let bp = take(bias.is_some());
     let mp = take(mean_out.is_some());
     let ip = take(inv_out.is_some());
+    let leaf_ptrs: Vec<PointerValue> = leaves.iter().map(|_| take(true).expect("every leaf is a parameter")).collect();
     let (sdt, bdt) = (plan.ty(scale).dtype, bias.map(|b| plan.ty(b).dtype));
     let ty = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
     let like: BV = ty.into_float_type().const_float(0.0).into();
     let c = |v: f64| cg.fconst(like, v);
     let acc = cg.entry_alloca(f, ty, "acc")?;
+    let row = match &prologue {
+        Some(_) => Some(cg.entry_alloca(f, ty.into_float_type().array_type(cols as u32).into(), "row")?),
+        None => None,
+    };
+    // X at a point of the inner nest: from the row buffer or X's buffer.
+    let load_x = |i: &[IntValue<'ctx>]| -> Result<BV<'ctx>> {
+        match (row, xp) {
+            (Some(row), _) => cg.load(row, dtype, i[row_at]),
+            (None, Some(xp)) => cg.load(xp, dtype, i[0]),
+            (None, None) => Err(BackendError::Llvm("a norm kernel without its input".into())),
+        }
+    };
     if plan.ty(x).len() > 0 {
-        cg.for_items_nest(&k, &osizes, &ostrides, &[cg.i64c(0); 4], &mut |o| {
-            let (x0, s0, b0, r) = (o[0], o[1], o[2], o[3]);
+        let zero = cg.i64c(0);
+        cg.for_items_nest(&k, &osizes, &ostrides, &vec![zero; outer.len()], &mut |o| {
+            let r = o[outer.len() - 1];
+            let mut base: Vec<IntValue> = o[..outer.len() - 1].to_vec();
+            base.push(zero);
+            let accumulate = |v: BV<'ctx>| -> Result<()> {
+                let cur = cg.b.build_load(ty, acc, "acc")?;
+                cg.b.build_store(acc, cg.fadd_reassoc(cur, v)?)?;
+                Ok(())
+            };
             let sum_over = |term: &dyn Fn(BV<'ctx>) -> Result<BV<'ctx>>| -> Result<BV<'ctx>> {
                 cg.b.build_store(acc, c(0.0))?;
-                nest(cg, f, &isizes, &istrides, vec![x0, s0, b0], &mut |i| {
-                    let v = term(cg.load(xp, dtype, i[0])?)?;
-                    let cur = cg.b.build_load(ty, acc, "acc")?;
-                    cg.b.build_store(acc, cg.fadd_reassoc(cur, v)?)?;
-                    Ok(())
-                })?;
+                nest(cg, f, &isizes, &istrides, base.clone(), &mut |i| accumulate(term(load_x(i)?)?))?;
                 Ok(cg.b.build_load(ty, acc, "acc")?)
             };
             let inv_n = c(1.0 / cols as f64);
-            let mean = if norm.rms { c(0.0) } else { cg.fmul(sum_over(&|v| Ok(v))?, inv_n)? };
-            let var = cg.fmul(
-                sum_over(&|v| {
-                    let d = cg.fsub(v, mean)?;
-                    cg.fmul(d, d)
-                })?,
-                inv_n,
-            )?;
+            // The prologue computes X and sums it (or, for RMS, its
+            // squares) in the same pass.
+            let first_sum = match (&prologue, row) {
+                (Some(p), Some(row)) => {
+                    cg.b.build_store(acc, c(0.0))?;
+                    nest(cg, f, &isizes, &istrides, base.clone(), &mut |i| {
+                        let mut vals = p.scalars.clone();
+                        for (l, (&v, &ptr)) in p.leaves.iter().zip(&leaf_ptrs).enumerate() {
+                            let dt = plan.ty(v).dtype;
+                            vals.insert(v, (cg.load(ptr, dt, i[3 + l])?, dt));
+                        }
+                        let v = super::elementwise::eval_group(cg, plan, p.nodes, &mut vals)?;
+                        cg.store(row, dtype, i[row_at], v)?;
+                        if let (true, Some(xp)) = (p.write_x, xp) {
+                            cg.store(xp, dtype, i[0], v)?;
+                        }
+                        accumulate(if norm.rms { cg.fmul(v, v)? } else { v })
+                    })?;
+                    Some(cg.b.build_load(ty, acc, "acc")?)
+                }
+                _ => None,
+            };
+            let (mean, var) = if norm.rms {
+                let squares = match first_sum {
+                    Some(s) => s,
+                    None => sum_over(&|v| cg.fmul(v, v))?,
+                };
+                (c(0.0), cg.fmul(squares, inv_n)?)
+            } else {
+                let sum = match first_sum {
+                    Some(s) => s,
+                    None => sum_over(&|v| Ok(v))?,
+                };
+                let mean = cg.fmul(sum, inv_n)?;
+                let var = cg.fmul(
+                    sum_over(&|v| {
+                        let d = cg.fsub(v, mean)?;
+                        cg.fmul(d, d)
+                    })?,
+                    inv_n,
+                )?;
+                (mean, var)
+            };
             let inv = cg.fdiv(c(1.0), cg.intrinsic("llvm.sqrt", &[cg.fadd(var, c(norm.epsilon))?])?)?;
-            nest(cg, f, &isizes, &istrides, vec![x0, s0, b0], &mut |i| {
-                let d = cg.fsub(cg.load(xp, dtype, i[0])?, mean)?;
+            nest(cg, f, &isizes, &istrides, base.clone(), &mut |i| {
+                let d = if norm.rms { load_x(i)? } else { cg.fsub(load_x(i)?, mean)? };
                 let mut y = cg.fmul(cg.fmul(d, inv)?, cg.load(sp, sdt, i[1])?)?;
                 if let (Some(bp), Some(bdt)) = (bp, bdt) {
                     y = cg.fadd(y, cg.load(bp, bdt, i[2])?)?;

@@ -467,6 +467,9 @@ pub(crate) fn emit_plan(cg: &Cg<'_>, plan: &Plan) -> Result<()> {
         let (f, args) = match step {
             Step::Fused { nodes, out } => elementwise::emit_fused(cg, plan, s, nodes, *out)?,
             Step::Node(id) => kernels::emit_node(cg, plan, s, *id)?,
+            Step::NormPrologue { nodes, norm, write_x } => {
+                kernels::emit_norm_with_prologue(cg, plan, s, nodes, *norm, *write_x)?
+            }
             Step::Copy { from, output } => kernels::emit_copy(cg, plan, s, *from, *output)?,
         };
         kernels.push((f, args));
