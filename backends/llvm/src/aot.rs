@@ -20,7 +20,7 @@
 //! ABI itself.
 //!
 //! ```no_run
-//! # fn demo(graph: &kiln_ir::Graph) -> kiln_backend_llvm::Result<()> {
+//! # fn demo(graph: &kiln_ir::Graph) -> Result<(), Box<dyn std::error::Error>> {
 //! use kiln_backend_llvm::aot;
 //! let shapes = aot::input_shapes(graph, &[("seq".to_string(), 128)].into_iter().collect())?;
 //! let module = aot::prepare(graph, &shapes, &Default::default(), "gpt2")?;
