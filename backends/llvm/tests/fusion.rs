@@ -216,3 +216,34 @@ fn a_reader_between_chain_and_norm_blocks_the_fusion() {
     let labels = check(g, &inputs, "reader between");
     assert!(labels.iter().any(|l| l == "Add"), "the residual add keeps its kernel: {labels:?}");
 }
+
+/// A LayerNormalization that also returns its mean and inverse standard
+/// deviation (as training graphs keep them) computes its input's chain all
+/// the same, over a 3-D input with a bias broadcast from `[1, 1, cols]`.
+#[test]
+fn layer_norm_statistics_with_a_prologue() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut g = Graph::new("ln_stats");
+    let x = input(&mut g, "x", &[2, ROWS / 2, COLS]);
+    let r = input(&mut g, "r", &[2, ROWS / 2, COLS]);
+    let b = constant(&mut g, &mut rng, "b", &[1, 1, COLS]);
+    let biased = add(&mut g, "bias", r, b);
+    let h = add(&mut g, "residual", x, biased);
+    let scale = constant(&mut g, &mut rng, "ln.scale", &[COLS]);
+    let id = g
+        .add_node(
+            "ln",
+            Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
+            vec![Some(h), Some(scale)],
+            &["ln.y", "ln.mean", "ln.inv_std"],
+        )
+        .unwrap();
+    let outs: Vec<ValueId> = g.node(id).outputs.iter().flatten().copied().collect();
+    g.set_outputs(outs);
+    let inputs = vec![
+        ("x".to_string(), random(&mut rng, &[2, ROWS / 2, COLS])),
+        ("r".to_string(), random(&mut rng, &[2, ROWS / 2, COLS])),
+    ];
+    let labels = check(g, &inputs, "ln statistics");
+    assert_eq!(labels, ["Add+Add+LayerNormalization"]);
+}
