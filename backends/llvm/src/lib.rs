@@ -395,6 +395,7 @@ impl CompiledGraph {
         for t in &mut plan.consts {
             *t = standard_layout(t);
         }
+        codegen::gemm::prepack_plan(&mut plan, self.target.f32_lanes, self.opts.matmul);
         let jit = jit::compile_plan(&plan, &self.target, &self.opts)?;
         let intermediate_bytes = plan
             .loc

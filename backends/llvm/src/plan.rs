@@ -117,6 +117,10 @@ pub(crate) struct Plan {
     /// Per step, the arena offset of its private scratch space, if it needs
     /// any (see [`scratch_bytes`]); live only during the step.
     pub scratch: Vec<Option<usize>>,
+    /// MatMul/Gemm nodes whose constant B was packed at compile time for
+    /// the target (see `codegen::gemm::prepack_b`), with the index in
+    /// [`Plan::consts`] of the packed copy.
+    pub packed_b: BTreeMap<NodeId, usize>,
     /// Count cycles per step (see [`crate::profile`]): the entry then takes
     /// one more buffer, a `u64` counter per step.
     pub profile: bool,
@@ -600,6 +604,7 @@ pub(crate) fn plan(graph: Graph, matmul: MatMulKernel) -> Result<Plan> {
         consts: Vec::new(),
         arena_bytes: 0,
         scratch: Vec::new(),
+        packed_b: BTreeMap::new(),
         profile: false,
     };
     plan_memory(&mut plan, &root, matmul)?;

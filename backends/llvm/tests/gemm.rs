@@ -335,3 +335,29 @@ fn large_products_split_across_threads() {
     ];
     check_parallel(g, &inputs, k, "Gemm transposed with C");
 }
+
+#[test]
+fn constant_weights_are_packed_at_compile_time() {
+    let mut rng = StdRng::seed_from_u64(21);
+    // One weight read by one MatMul (its unpacked copy is dropped), one
+    // shared by two MatMuls, and a transposed Gemm weight with a bias.
+    let (m, k, n) = (300, 200, 120);
+    let mut g = Graph::new("weights");
+    let x = input(&mut g, "x", DType::F32, &[m, k]);
+    let w1 = g.add_initializer("w1", random(&mut rng, DType::F32, &[k, n])).expect("fresh name");
+    let w2 = g.add_initializer("w2", random(&mut rng, DType::F32, &[n, n])).expect("fresh name");
+    let wt = g.add_initializer("wt", random(&mut rng, DType::F32, &[n, n])).expect("fresh name");
+    let bias = g.add_initializer("bias", random(&mut rng, DType::F32, &[n])).expect("fresh name");
+    let mm = |g: &mut Graph, name: &str, op: Op, ins: Vec<Option<ValueId>>| {
+        let id = g.add_node(name, op, ins, &[&format!("{name}.out")]).expect("valid node");
+        g.node(id).output(0).expect("one output")
+    };
+    let h1 = mm(&mut g, "mm1", Op::MatMul, vec![Some(x), Some(w1)]);
+    let h2 = mm(&mut g, "mm2", Op::MatMul, vec![Some(h1), Some(w2)]);
+    let h3 = mm(&mut g, "mm3", Op::MatMul, vec![Some(h2), Some(w2)]);
+    let attrs = GemmAttrs { alpha: 0.25, beta: 1.0, trans_a: false, trans_b: true };
+    let y = mm(&mut g, "gemm", Op::Gemm(attrs), vec![Some(h3), Some(wt), Some(bias)]);
+    g.add_output(y);
+    let inputs = [("x".to_string(), random(&mut rng, DType::F32, &[m, k]))];
+    check_parallel(g, &inputs, k * n * n, "chain of constant weights");
+}

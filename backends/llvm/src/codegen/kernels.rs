@@ -43,7 +43,8 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
                 _ => GemmAttrs { alpha: 1.0, beta: 0.0, trans_a: false, trans_b: false },
             };
             let c_in = if matches!(node.op, Op::Gemm(_)) { node.input(2) } else { None };
-            matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm)
+            let packed_b = plan.packed_b.get(&id).copied();
+            matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm, packed_b)
         }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
             if !matches!(dtype, DType::F32 | DType::F64) {
@@ -222,6 +223,7 @@ fn matmul<'ctx>(
     c_in: Option<ValueId>,
     out: ValueId,
     gemm: GemmAttrs,
+    packed_b: Option<usize>,
 ) -> Result<Kernel<'ctx>> {
     let dtype = plan.ty(out).dtype;
     let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
@@ -244,7 +246,7 @@ fn matmul<'ctx>(
     let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned"))?;
     let (batches, b_batches) = gemm::batch_counts(&ash, &bsh);
     if let Some(split) = gemm::parallel_split(dims, dtype, batches, b_batches) {
-        let par = ParallelMatMul { dims, split, b_batches, has_c, c_in, gemm };
+        let par = ParallelMatMul { dims, split, b_batches, has_c, c_in, gemm, packed_b };
         return matmul_parallel(cg, plan, step, &values, (sizes, strides), par, scratch);
     }
     let f = cg.kernel_fn(&format!("k{step}_matmul"), values.len() + 1);
@@ -393,12 +395,15 @@ struct ParallelMatMul {
     has_c: bool,
     c_in: Option<ValueId>,
     gemm: GemmAttrs,
+    /// The constant holding B packed at compile time, if it was.
+    packed_b: Option<usize>,
 }
 
 /// The parallel MatMul/Gemm: a serial prologue writes `beta·C_in` into C
-/// (Gemm) and packs every B matrix whole into the scratch; the items (batch
-/// entry, block of rows, slab of columns) then run the macro kernel on the
-/// threads, each packing its A block on its own stack.
+/// (Gemm) and packs every B matrix whole into the scratch, unless B was
+/// packed at compile time (a constant); the items (batch entry, block of
+/// rows, slab of columns) then run the macro kernel on the threads, each
+/// packing its A block on its own stack.
 fn matmul_parallel<'ctx>(
     cg: &Cg<'ctx>,
     plan: &Plan,
@@ -414,14 +419,16 @@ fn matmul_parallel<'ctx>(
     let split = par.split;
     let items = sizes.iter().product::<usize>() * split.row_blocks * split.slabs;
     let work = (m.min(gemm::MC) * split.slab.min(n) * k.max(1)).max(1);
-    let mut kernel = cg.parallel_kernel_fn(&format!("k{step}_matmul"), values.len() + 1, items, work);
+    let params = values.len() + 1 + par.packed_b.is_some() as usize;
+    let mut kernel = cg.parallel_kernel_fn(&format!("k{step}_matmul"), params, items, work);
     let f = kernel.f;
     let (sa_i, sa_k) = if par.gemm.trans_a { (1, m as i64) } else { (k as i64, 1) };
     let (sb_k, sb_j) = if par.gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
     let per_b = gemm::packed_b_elems(cg, dtype, par.dims) as i64;
     let scratch_param = values.len() as u32;
     let elem = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
-    cg.parallel_prologue(&mut kernel, &mut |pf| {
+    let needs_prologue = par.has_c || par.packed_b.is_none();
+    let prologue = &mut |pf| {
         let (cp, bp, sp) = (cg.param(pf, 0), cg.param(pf, 2), cg.param(pf, scratch_param));
         if let (true, Some(cv)) = (par.has_c, par.c_in) {
             let cdt = plan.ty(cv).dtype;
@@ -436,6 +443,9 @@ fn matmul_parallel<'ctx>(
                 })
             })?;
         }
+        if par.packed_b.is_some() {
+            return Ok(());
+        }
         cg.for_n(pf, par.b_batches, &mut |bb| {
             let operand = GemmOperand {
                 ptr: cg.elem_ptr(bp, bdt, cg.mul(bb, (k * n) as i64)?)?,
@@ -445,8 +455,13 @@ fn matmul_parallel<'ctx>(
             let dst = cg.elem_ptr(sp, dtype, cg.mul(bb, per_b)?)?;
             gemm::pack_b_whole(cg, pf, &operand, dtype, par.dims, dst)
         })
-    })?;
+    };
+    if needs_prologue {
+        cg.parallel_prologue(&mut kernel, prologue)?;
+    }
     let (cp, ap, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, scratch_param));
+    // Packed B: the compile-time constant, or the prologue's in the scratch.
+    let packed = if par.packed_b.is_some() { cg.param(f, scratch_param + 1) } else { sp };
     // Items: the batch nest, then row blocks, then column slabs; the two
     // extra operands carry the row block and slab numbers.
     let mut item_sizes = sizes.clone();
@@ -492,12 +507,15 @@ fn matmul_parallel<'ctx>(
             accumulate: par.has_c,
             scratch: sp,
         };
-        let pb = cg.elem_ptr(sp, dtype, cg.mul(b_index, per_b)?)?;
+        let pb = cg.elem_ptr(packed, dtype, cg.mul(b_index, per_b)?)?;
         gemm::emit_gemm_packed_b(cg, f, &spec, pb, (ic, mc.into_int_value()), (jc, nc.into_int_value()))
     })?;
     cg.kernel_return(f)?;
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
     locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    if let Some(ci) = par.packed_b {
+        locs.push(Loc { slot: crate::plan::Slot::Const(ci), offset: 0 });
+    }
     Ok((cg.finish_parallel(kernel)?, locs))
 }
 
