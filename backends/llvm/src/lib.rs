@@ -167,6 +167,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::MatMul,
         Op::MatMulInteger,
+        Op::QLinearMatMul,
         Op::Squeeze,
         Op::Unsqueeze,
         Op::Identity,

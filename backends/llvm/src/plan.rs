@@ -179,6 +179,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
         Op::MatMul
             | Op::Gemm(_)
             | Op::MatMulInteger
+            | Op::QLinearMatMul
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::Reduce { .. }
@@ -219,6 +220,13 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
             (4 * rows + tile) * 8
         }
         Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
+        Op::QLinearMatMul => {
+            let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
+            let (Some(a), Some(b)) = (ty(0), ty(3)) else { return 0 };
+            crate::codegen::gemm::matmul_dims(&a.shape, &b.shape, false, false).map_or(0, |dims| {
+                (dims.m * dims.n * 4).div_ceil(64) * 64 + crate::codegen::gemm::scratch_bytes(DType::I32, dims)
+            })
+        }
         Op::MatMul | Op::Gemm(_) | Op::MatMulInteger => {
             let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
             let out = node.output(0).and_then(|v| types[v.index()].as_ref());

@@ -2,7 +2,8 @@
 //! edge sizes around the register tile (1, MR ± 1, NR ± 1), K = 1 and K
 //! across several packed blocks, transposed operands, batch broadcasting,
 //! Gemm's alpha/beta and broadcast C, f64/f16/bf16, the blocked-loop
-//! baseline kernel, and MatMulInteger (u8/i8, zero points) exactly.
+//! baseline kernel, and MatMulInteger and QLinearMatMul (u8/i8, zero points,
+//! scales) exactly.
 
 use kiln_backend_llvm::{compile, CompileOptions, MatMulKernel};
 use kiln_ir::dtype::DType;
@@ -26,7 +27,7 @@ fn tolerance(dtype: DType) -> f64 {
         DType::F64 => 1e-13,
         DType::F16 => 2e-3,
         DType::BF16 => 1.6e-2,
-        DType::I32 => 0.0,
+        DType::I32 | DType::U8 | DType::I8 => 0.0,
         _ => 1e-6,
     }
 }
@@ -360,4 +361,69 @@ fn constant_weights_are_packed_at_compile_time() {
     g.add_output(y);
     let inputs = [("x".to_string(), random(&mut rng, DType::F32, &[m, k]))];
     check_parallel(g, &inputs, k * n * n, "chain of constant weights");
+}
+
+/// Zero points near the middle of the range, so the shifted operands are
+/// centred and the products stay moderate.
+fn middle_int(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mid = if dtype == DType::U8 { 128 } else { 0 };
+    let v: Vec<i64> = (0..n).map(|_| mid + rng.random_range(-8..=8)).collect();
+    Tensor::from_i64s(dtype, shape, &v)
+}
+
+fn random_scale(rng: &mut StdRng, dtype: DType, shape: &[usize], (lo, hi): (f64, f64)) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_f64s(dtype, shape, &v)
+}
+
+#[test]
+fn qlinear_matmul_requantizes_like_the_reference() {
+    let mut rng = StdRng::seed_from_u64(22);
+    let mut count = 0;
+    for (adt, bdt, ydt) in
+        [(DType::U8, DType::U8, DType::U8), (DType::I8, DType::I8, DType::I8), (DType::U8, DType::I8, DType::I8)]
+    {
+        for sdt in [DType::F32, DType::F16] {
+            for per_axis in [false, true] {
+                let (sa, sb): (Vec<usize>, Vec<usize>) =
+                    if per_axis { (vec![19, 70], vec![70, 37]) } else { (vec![2, 19, 70], vec![2, 70, 37]) };
+                let (m, n) = (sa[sa.len() - 2], sb[sb.len() - 1]);
+                let (ra, rb): (Vec<usize>, Vec<usize>) = if per_axis { (vec![m], vec![n]) } else { (vec![], vec![]) };
+                let mut g = Graph::new("qlinearmatmul");
+                let mut inputs: Vec<(String, Tensor)> = Vec::new();
+                let mut add = |g: &mut Graph, name: &str, dtype: DType, shape: &[usize], t: Tensor| {
+                    inputs.push((name.to_string(), t));
+                    Some(input(g, name, dtype, shape))
+                };
+                let ops = vec![
+                    add(&mut g, "a", adt, &sa, random_int(&mut rng, adt, &sa)),
+                    add(&mut g, "a_scale", sdt, &ra, random_scale(&mut rng, sdt, &ra, (0.01, 0.05))),
+                    add(&mut g, "a_zero", adt, &ra, middle_int(&mut rng, adt, &ra)),
+                    add(&mut g, "b", bdt, &sb, random_int(&mut rng, bdt, &sb)),
+                    add(&mut g, "b_scale", sdt, &rb, random_scale(&mut rng, sdt, &rb, (0.01, 0.05))),
+                    add(&mut g, "b_zero", bdt, &rb, middle_int(&mut rng, bdt, &rb)),
+                    add(&mut g, "y_scale", sdt, &[], random_scale(&mut rng, sdt, &[], (0.5, 2.0))),
+                    add(&mut g, "y_zero", ydt, &[], middle_int(&mut rng, ydt, &[])),
+                ];
+                let id = g.add_node("q", Op::QLinearMatMul, ops, &["y"]).expect("valid node");
+                let y = g.node(id).output(0).expect("one output");
+                g.add_output(y);
+                let what = format!("QLinearMatMul {adt} x {bdt} -> {ydt}, {sdt} scales, per axis {per_axis}");
+                // Scales keep most results inside the output range, so the
+                // rounding (not only the saturation) is compared.
+                let mut typed = g.clone();
+                kiln_ir::infer_types(&mut typed).expect("typed");
+                let want = kiln_ir::interp::run(&typed, &inputs).expect("interpreter runs");
+                let (lo, hi) = if ydt == DType::U8 { (0.0, 255.0) } else { (-128.0, 127.0) };
+                let values = want[0].1.to_f64s();
+                let inside = values.iter().filter(|&&v| v > lo && v < hi).count();
+                assert!(inside * 2 > values.len(), "{what}: only {inside} of {} results unsaturated", values.len());
+                check(g, &inputs, 0, &what);
+                count += 1;
+            }
+        }
+    }
+    assert_eq!(count, 12);
 }
