@@ -31,6 +31,33 @@
 //!   C when the caller asks to accumulate); later blocks add. Outputs whose
 //!   dtype is narrower than the compute type (f16, bf16) are not blocked
 //!   over K, so each element is rounded once.
+//! - **Threads.** A large f32 product ([`parallel_split`]) packs all of B
+//!   once ([`pack_b_whole`]; at compile time for a constant B, see
+//!   [`prepack_plan`], otherwise in a serial prologue), then splits into
+//!   items of `MC` rows × a slab of columns per batch entry, each packing
+//!   its A block on its thread's stack ([`emit_gemm_packed_b`]). Items
+//!   never split a sum, so results do not depend on the thread count.
+//! - **Integers.** [`emit_gemm_i32`] runs the same loops on i32 (u8/i8
+//!   operands widened and shifted by their zero points while packing,
+//!   `mul` + `add` in the microkernel, wrapping like ONNX's reference):
+//!   MatMulInteger and QLinearMatMul. A VNNI (`vpdpbusd`) microkernel is
+//!   future work.
+//!
+//! # Calling it from another kernel
+//!
+//! ```ignore
+//! // logits[r, v] = Σ_j H[row0 + r, j] · W[v0 + v, j] for a tile of rows
+//! // and vocabulary entries (W is [V, d]: B(k, n) = W[n, k]).
+//! gemm::emit_gemm(cg, f, &GemmSpec {
+//!     m: rows, n: tile_len, k: cg.i64c(d as i64),          // run-time m, n are fine
+//!     max: GemmDims { m: ROWS, n: TILE, k: d },           // bounds: size the scratch
+//!     a: GemmOperand { ptr: h_at_row0, dtype: DType::F32, strides: (d as i64, 1) },
+//!     b: GemmOperand { ptr: w_at_v0, dtype: DType::F32, strides: (1, d as i64) },
+//!     c: tile_ptr, c_dtype: DType::F32, ldc: TILE as i64,
+//!     alpha: 1.0, accumulate: false,
+//!     scratch,                                            // gemm::scratch_bytes(F32, max) bytes, 64-aligned
+//! })?;
+//! ```
 
 use super::Cg;
 use crate::error::{BackendError, Result};
