@@ -308,7 +308,7 @@ fn large_products_split_across_threads() {
     // and with one B per batch entry.
     for (sa, sb) in [
         (vec![400, 130], vec![130, 100]),
-        (vec![20, 300], vec![300, 1000]),
+        (vec![20, 300], vec![300, 1100]),
         (vec![3, 70, 64], vec![64, 200]),
         (vec![2, 2, 50, 100], vec![2, 1, 100, 130]),
     ] {

@@ -481,6 +481,10 @@ fn emit_product<'ctx>(
 const TARGET_ITEMS: usize = 8;
 /// Columns per item are a multiple of this, itself a multiple of every `NR`.
 const SLAB_ALIGN: usize = 64;
+/// Fewest columns per item: each item packs its A block again, one copy
+/// per multiply-add of `slab` (scalar copies against 32 multiply-adds a
+/// cycle), so narrow slabs would spend more time packing than computing.
+const SLAB_MIN: usize = 512;
 /// Largest packed copy of B (all batches) a parallel product makes; past
 /// it the product runs serially, blocked over NC.
 const PACKED_B_LIMIT: usize = 64 << 20;
@@ -531,7 +535,8 @@ pub(crate) fn parallel_split(
     let row_blocks = m.div_ceil(MC);
     let row_items = batches * row_blocks;
     let wanted = if row_items >= TARGET_ITEMS { 1 } else { TARGET_ITEMS.div_ceil(row_items) };
-    let slab = round_up(n.div_ceil(wanted.min(n.div_ceil(SLAB_ALIGN)).max(1)), SLAB_ALIGN);
+    let slabs = wanted.min(n / SLAB_MIN).max(1);
+    let slab = round_up(n.div_ceil(slabs), SLAB_ALIGN);
     Some(ParallelSplit { row_blocks, slab, slabs: n.div_ceil(slab) })
 }
 
