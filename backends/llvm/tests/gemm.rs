@@ -221,12 +221,15 @@ fn random_int(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {
     Tensor::from_i64s(dtype, shape, &v)
 }
 
+/// The shapes of A's and B's zero points, when present.
+type ZeroPointShapes<'a> = (Option<&'a [usize]>, Option<&'a [usize]>);
+
 /// MatMulInteger with optional zero points of the given shapes.
 fn run_matmul_integer(
     rng: &mut StdRng,
     (adt, bdt): (DType, DType),
     (sa, sb): (&[usize], &[usize]),
-    (za, zb): (Option<&[usize]>, Option<&[usize]>),
+    (za, zb): ZeroPointShapes,
 ) {
     let mut g = Graph::new("matmulinteger");
     let (a, b) = (input(&mut g, "a", adt, sa), input(&mut g, "b", bdt, sb));
@@ -255,7 +258,7 @@ fn matmul_integer_all_signs_and_zero_points() {
     for adt in [DType::U8, DType::I8] {
         for bdt in [DType::U8, DType::I8] {
             let (m, k, n) = (15, 301, 33);
-            let zero_points: [(Option<&[usize]>, Option<&[usize]>); 4] =
+            let zero_points: [ZeroPointShapes; 4] =
                 [(None, None), (Some(&[]), Some(&[])), (Some(&[m]), Some(&[n])), (None, Some(&[1]))];
             for zp in zero_points {
                 run_matmul_integer(&mut rng, (adt, bdt), (&[m, k], &[k, n]), zp);

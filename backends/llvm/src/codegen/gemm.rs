@@ -416,7 +416,7 @@ fn emit_product<'ctx>(
     let ty = ety.ty;
     let tile = tile_for(cg, wide);
     let (mr, nr) = (tile.mr, tile.nr());
-    if MC % mr != 0 || NC % nr != 0 {
+    if !MC.is_multiple_of(mr) || !NC.is_multiple_of(nr) {
         return Err(BackendError::Llvm(format!("a {mr}x{nr} GEMM tile does not fit the scratch sizing")));
     }
     let kc_max = kc_for(spec.c_dtype, spec.max);
