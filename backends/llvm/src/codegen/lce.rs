@@ -876,12 +876,10 @@ pub(crate) fn forward<'ctx>(
             .ok_or_else(|| BackendError::Llvm("the parallel body lacks its item range".into()))
     };
     let (begin, end) = (param_int(params)?, param_int(params + 1)?);
-    let slot = if groups > 1 {
-        let tid = cg.omp_call("omp_get_thread_num", &[])?;
-        cg.b.build_int_s_extend(tid, cg.i64t(), "slot")?
-    } else {
-        cg.i64c(0)
-    };
+    // A thread's first item is its slot: the launcher gives every thread
+    // at least one item, so first items are distinct and below `groups`
+    // (and 0 when the body runs alone).
+    let slot = begin;
     let packed = cg.affine(slot, layout.packed_len as i64, cg.i64c(layout.packed as i64))?;
     let tile = cg.affine(slot, layout.tile_len as i64, cg.i64c(layout.tile as i64))?;
     let nblocks = n.div_ceil(FORWARD_ROWS).max(1);
