@@ -285,30 +285,67 @@ fn bad_input_directories() {
     assert_user_error(&kiln(&[&"bench", &model, &"--inputs", &garbage]), &["input_0.pb"], "garbage pb");
 }
 
-/// Until backends/llvm lands, `--backend cpu` is a clear error; once it
-/// does, it must produce a cpu report.
+/// `--backend cpu` produces the same report, with the threads it uses.
 #[test]
-fn cpu_backend_is_reported_or_refused_clearly() {
+fn cpu_backend_report() {
     let dir = model_dir("gpt2_fused");
-    let o = kiln(&[
-        &"bench",
-        &dir.join("model.onnx"),
-        &"--backend",
-        &"cpu",
-        &"--inputs",
-        &dir.join("test_data_set_0"),
-        &"--iterations",
-        &"2",
-        &"--threads",
-        &"2",
-        &"--json",
-    ]);
-    if o.status.success() {
-        let report: Json = serde_json::from_str(&stdout(&o)).expect("--json is JSON");
-        check_report(&report, "cpu", 2, 1, 2, "cpu");
-    } else {
-        assert_user_error(&o, &["cpu backend", "--backend interp"], "cpu before backends/llvm");
+    let report = bench_json(
+        &[
+            &"bench",
+            &dir.join("model.onnx"),
+            &"--backend",
+            &"cpu",
+            &"--inputs",
+            &dir.join("test_data_set_0"),
+            &"--iterations",
+            &"2",
+            &"--threads",
+            &"2",
+            &"--json",
+        ],
+        "cpu",
+    );
+    check_report(&report, "cpu", 2, 1, 2, "cpu");
+    assert_eq!(report["threads_used"], 2, "the cpu backend uses the threads it is given");
+    assert!(report.get("profile").is_none(), "no profile without --profile");
+}
+
+/// `--profile` lists every kernel with the node it computes; the shares
+/// sum to one and scale to the mean run time. The interpreter refuses it.
+#[test]
+fn cpu_profile_names_each_kernel() {
+    let dir = model_dir("gpt2_fused");
+    let model = dir.join("model.onnx");
+    let data = dir.join("test_data_set_0");
+    let common: [&dyn AsRef<std::ffi::OsStr>; 8] =
+        [&"bench", &model, &"--backend", &"cpu", &"--inputs", &data, &"--iterations", &"3"];
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = common.to_vec();
+    args.extend([&"--profile" as &dyn AsRef<std::ffi::OsStr>, &"--json"]);
+    let report = bench_json(&args, "profile json");
+    let kernels = report["profile"].as_array().expect("a profile list");
+    assert!(!kernels.is_empty());
+    let graph = kiln::ir::load(&model).unwrap();
+    let total: f64 = kernels.iter().map(|k| k["share"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-2, "shares sum to 1, got {total}");
+    let ms: f64 = kernels.iter().map(|k| k["ms_per_run"].as_f64().unwrap()).sum();
+    let mean = number(&report, "mean_ms");
+    assert!((ms - mean).abs() <= 1e-2 * mean + 5e-3, "per-kernel ms sum to the mean run ({ms} vs {mean})");
+    for k in kernels {
+        let node = k["node"].as_str().unwrap();
+        let ops = k["ops"].as_str().unwrap();
+        if ops != "copy" {
+            let id = graph.node_ids().into_iter().find(|&n| graph.node(n).name == node);
+            let id = id.unwrap_or_else(|| panic!("profiled node `{node}` is not in the model"));
+            assert!(ops.split('+').any(|op| op == graph.node(id).op.name()), "{ops} at {node}");
+        }
     }
+    let mut text_args: Vec<&dyn AsRef<std::ffi::OsStr>> = common.to_vec();
+    text_args.push(&"--profile");
+    let o = kiln(&text_args);
+    assert_ok(&o, "profile text");
+    assert!(stdout(&o).contains("by share of the run time"), "{}", stdout(&o));
+    let o = kiln(&[&"bench", &model, &"--inputs", &data, &"--iterations", &"1", &"--profile"]);
+    assert_user_error(&o, &["--profile needs --backend cpu"], "profile on the interpreter");
 }
 
 #[test]

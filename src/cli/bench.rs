@@ -74,6 +74,9 @@ impl BenchBackend {
     (like onnxruntime's IOBinding), and keep their scratch arena between runs.\n\n\
     Softmax: --softmax two-pass|three-pass picks the cpu backend's Softmax/LogSoftmax kernel (default \
     two-pass), to compare the two.\n\n\
+    Profile: --profile (cpu backend) counts the CPU cycles of each kernel over all runs and lists the \
+    kernels by their share of the time, with the op(s) and node each computes; ms/run is that share of the \
+    mean run time. The counters cost a few cycles per kernel, so profile and time in separate runs.\n\n\
     Memory: peak_rss_mb is the process's peak resident set; run_peak_extra_mb is the runs' peak above the \
     resident size after compiling and making the inputs (the high-water mark is reset through \
     /proc/self/clear_refs before the first warmup run; peak_reset says whether that worked).\n\n\
@@ -109,9 +112,16 @@ pub struct BenchArgs {
     /// With --backend cpu: the Softmax/LogSoftmax kernel.
     #[arg(long, value_enum, value_name = "ALGORITHM")]
     softmax: Option<SoftmaxChoice>,
+    /// With --backend cpu: report where the runs spend their time, per kernel.
+    #[arg(long)]
+    profile: bool,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+    /// With --backend cpu: neither read nor write the compile cache ($KILN_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 /// `--softmax`: the CPU backend's softmax kernels.
@@ -147,7 +157,7 @@ fn parse_positive(s: &str) -> Result<usize, String> {
 }
 
 /// clap value parser for `--dim NAME=VALUE`.
-fn parse_dim_arg(s: &str) -> Result<(String, u64), String> {
+pub(super) fn parse_dim_arg(s: &str) -> Result<(String, u64), String> {
     let Some((name, value)) = s.split_once('=') else {
         return Err(format!("expected NAME=VALUE (e.g. seq=128), got `{s}`"));
     };
@@ -463,6 +473,17 @@ trait Executable {
     fn threads_used(&self) -> usize;
     /// What compiling did, in a few words, for the report.
     fn compile_summary(&self) -> &str;
+    /// Cycles per kernel over the runs so far, most expensive first; empty
+    /// unless compiled to profile.
+    fn profile(&self) -> Vec<kiln_backend_llvm::KernelTime> {
+        Vec::new()
+    }
+
+    /// What the compile cache did (`hit`, `miss`, `off`, `unavailable`);
+    /// `None` for a backend without one.
+    fn cache(&self) -> Option<&kiln_backend_llvm::CacheUse> {
+        None
+    }
 }
 
 /// The interpreter on a graph specialized to the inputs' shapes.
@@ -513,6 +534,8 @@ fn compile(
     inputs: &[(String, Tensor)],
     threads: usize,
     softmax: Option<SoftmaxChoice>,
+    profile: bool,
+    cache_dir: Option<PathBuf>,
 ) -> anyhow::Result<Box<dyn Executable>> {
     match backend {
         BenchBackend::Interp => Ok(Box::new(Interpreted { graph: specialize(graph, inputs)?, outputs: Vec::new() })),
@@ -520,13 +543,15 @@ fn compile(
             let opts = kiln_backend_llvm::CompileOptions {
                 threads: Some(threads),
                 softmax: softmax.map_or_else(Default::default, SoftmaxChoice::algorithm),
+                profile,
+                cache_dir,
                 ..Default::default()
             };
             let compiled = kiln_backend_llvm::compile(&graph, &opts)?;
             // Compile the specialization for these shapes now, so that the
             // timed runs only run.
-            compiled.specialization_for(inputs)?;
-            Ok(Box::new(Jitted { compiled, outputs: Vec::new() }))
+            let cache = compiled.specialization_for(inputs)?.cache.clone();
+            Ok(Box::new(Jitted { compiled, outputs: Vec::new(), cache }))
         }
     }
 }
@@ -537,6 +562,7 @@ fn compile(
 struct Jitted {
     compiled: kiln_backend_llvm::CompiledGraph,
     outputs: Vec<Tensor>,
+    cache: kiln_backend_llvm::CacheUse,
 }
 
 impl Executable for Jitted {
@@ -552,8 +578,46 @@ impl Executable for Jitted {
     }
 
     fn compile_summary(&self) -> &str {
-        "lowered to LLVM IR, optimized at O3 for the host CPU, JIT-compiled for the input shapes"
+        match self.cache {
+            kiln_backend_llvm::CacheUse::Hit(_) => "specialized to the input shapes; code loaded from the compile cache",
+            kiln_backend_llvm::CacheUse::Miss(_) => {
+                "lowered to LLVM IR, optimized at O3 for the host CPU, compiled for the input shapes into the cache"
+            }
+            _ => "lowered to LLVM IR, optimized at O3 for the host CPU, JIT-compiled for the input shapes",
+        }
     }
+
+    fn cache(&self) -> Option<&kiln_backend_llvm::CacheUse> {
+        Some(&self.cache)
+    }
+
+    fn profile(&self) -> Vec<kiln_backend_llvm::KernelTime> {
+        self.compiled.profile()
+    }
+}
+
+/// One kernel's line of the `--profile` report.
+struct KernelShare {
+    ops: String,
+    node: String,
+    /// Fraction of all profiled cycles.
+    share: f64,
+    /// That fraction of the mean run time.
+    ms_per_run: f64,
+}
+
+/// Each kernel's share of the profiled cycles, scaled to the mean run time
+/// (cycles are counted over warmup and timed runs alike, so the shares are
+/// the runs' own; the clock-rate conversion comes from the wall clock).
+fn kernel_shares(times: &[kiln_backend_llvm::KernelTime], mean_ms: f64) -> Vec<KernelShare> {
+    let total: u64 = times.iter().map(|t| t.cycles).sum();
+    times
+        .iter()
+        .map(|t| {
+            let share = if total == 0 { 0.0 } else { t.cycles as f64 / total as f64 };
+            KernelShare { ops: t.ops.clone(), node: t.node.clone(), share, ms_per_run: share * mean_ms }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -608,6 +672,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.softmax.is_some() && args.backend != BenchBackend::Cpu {
         bail!("--softmax needs --backend cpu");
     }
+    if args.profile && args.backend != BenchBackend::Cpu {
+        bail!("--profile needs --backend cpu");
+    }
     let mut dims = BTreeMap::new();
     for (name, value) in &args.dims {
         if let Some(previous) = dims.insert(name.clone(), *value) {
@@ -654,7 +721,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let inputs: Vec<(String, Tensor)> = prepared.into_iter().map(|p| (p.name, p.tensor)).collect();
 
     let compile_start = Instant::now();
-    let mut executable = compile(args.backend, graph, &inputs, threads, args.softmax)
+    if args.no_cache && args.backend != BenchBackend::Cpu {
+        bail!("--no-cache needs --backend cpu");
+    }
+    let cache_dir = if args.no_cache { None } else { kiln_backend_llvm::default_cache_dir() };
+    let mut executable = compile(args.backend, graph, &inputs, threads, args.softmax, args.profile, cache_dir)
         .with_context(|| format!("compiling `{}` for {} failed", args.model.display(), args.backend.name()))?;
     let compile_time = compile_start.elapsed();
 
@@ -698,6 +769,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let s = stats(&runs_ms);
     let threads_used = executable.threads_used();
+    let shares = kernel_shares(&executable.profile(), s.mean);
 
     if args.json {
         let round3 = |x: f64| (x * 1e3).round() / 1e3;
@@ -712,6 +784,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "iterations": args.iterations,
             "load_ms": round3(ms(load_time)),
             "compile_ms": round3(ms(compile_time)),
+            "cache": executable.cache().map(|c| c.label()),
             "median_ms": round3(s.median),
             "min_ms": round3(s.min),
             "max_ms": round3(s.max),
@@ -727,6 +800,20 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             "seed": args.seed,
             "inputs": input_json,
         });
+        let mut report = report;
+        if args.profile {
+            report["profile"] = shares
+                .iter()
+                .map(|k| {
+                    serde_json::json!({
+                        "ops": k.ops,
+                        "node": k.node,
+                        "share": (k.share * 1e4).round() / 1e4,
+                        "ms_per_run": round3(k.ms_per_run),
+                    })
+                })
+                .collect();
+        }
         let text = serde_json::to_string_pretty(&report).context("cannot format the JSON report")?;
         write_stdout(&format!("{text}\n"));
         return Ok(());
@@ -749,7 +836,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let f = |x: f64| format!("{x:.3} ms");
     let mut rows = vec![
         vec!["load".to_string(), f(ms(load_time)), "read, infer types, verify".to_string()],
-        vec!["compile".to_string(), f(ms(compile_time)), executable.compile_summary().to_string()],
+        vec![
+            "compile".to_string(),
+            f(ms(compile_time)),
+            match executable.cache() {
+                Some(c) => format!("{} (compile cache {})", executable.compile_summary(), c.label()),
+                None => executable.compile_summary().to_string(),
+            },
+        ],
         vec!["runs".to_string(), format!("{}", args.iterations), format!("after {} warmup", args.warmup)],
         vec!["median".to_string(), f(s.median), String::new()],
         vec!["min".to_string(), f(s.min), String::new()],
@@ -768,6 +862,25 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     report.push('\n');
     report.push_str(&table(&rows, 2));
+    if args.profile {
+        const SHOWN: usize = 15;
+        let mut rows: Vec<Vec<String>> = shares
+            .iter()
+            .take(SHOWN)
+            .map(|k| vec![format!("{:.1}%", k.share * 100.0), f(k.ms_per_run), k.ops.clone(), k.node.clone()])
+            .collect();
+        if shares.len() > SHOWN {
+            let rest: f64 = shares[SHOWN..].iter().map(|k| k.share).sum();
+            rows.push(vec![
+                format!("{:.1}%", rest * 100.0),
+                f(rest * s.mean),
+                format!("{} other kernels", shares.len() - SHOWN),
+                String::new(),
+            ]);
+        }
+        report.push_str(&format!("\nprofile ({} kernels, by share of the run time)\n", shares.len()));
+        report.push_str(&table(&rows, 2));
+    }
     if threads_used != threads {
         report.push_str(&format!(
             "note: the {} backend is single-threaded; --threads {threads} is recorded, not used\n",

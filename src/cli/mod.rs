@@ -6,6 +6,7 @@
 
 mod bench;
 mod compare;
+mod compile;
 mod convert;
 mod explain;
 mod inputs;
@@ -46,6 +47,7 @@ enum Command {
     Explain(explain::ExplainArgs),
     Rules(rules::RulesArgs),
     Bench(bench::BenchArgs),
+    Compile(compile::CompileArgs),
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into
@@ -60,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => explain::explain(&args),
         Command::Rules(args) => rules::rules(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Compile(args) => compile::compile(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

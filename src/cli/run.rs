@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// With --backend cpu: threads the kernels may use (default: every core the process may run on).
     #[arg(long, value_name = "T", value_parser = parse_threads)]
     threads: Option<usize>,
+    /// With --backend cpu: neither read nor write the compile cache ($KILN_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln), which otherwise spares a second run the code generation.
+    #[arg(long)]
+    no_cache: bool,
     /// Feed graph input NAME from FILE (.npy or .pb); repeatable.
     #[arg(long = "input", value_name = "NAME=FILE", value_parser = parse_input_arg)]
     input: Vec<InputArg>,
@@ -114,27 +118,34 @@ fn output_file_names(names: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Evaluates the graph; for the cpu backend also returns the compile time
-/// (code generation and JIT), which is not part of the run time.
-fn evaluate(
-    graph: &Graph,
-    inputs: &[(String, Tensor)],
-    args: &RunArgs,
-) -> anyhow::Result<(Vec<(String, Tensor)>, Option<std::time::Duration>)> {
+/// For the cpu backend: how long compiling took (code generation and JIT,
+/// or loading from the compile cache), which is not part of the run time,
+/// and what the cache did.
+struct CompileInfo {
+    time: std::time::Duration,
+    cache: kiln_backend_llvm::CacheUse,
+}
+
+/// The outputs of a run, and for the cpu backend how compiling went.
+type Evaluated = (Vec<(String, Tensor)>, Option<CompileInfo>);
+
+/// Evaluates the graph; for the cpu backend also says how compiling went.
+fn evaluate(graph: &Graph, inputs: &[(String, Tensor)], args: &RunArgs) -> anyhow::Result<Evaluated> {
     match args.backend {
         Backend::Cpu => {
             let start = Instant::now();
             let opts = kiln_backend_llvm::CompileOptions {
                 target_cpu: args.target_cpu.clone(),
                 threads: args.threads,
+                cache_dir: if args.no_cache { None } else { kiln_backend_llvm::default_cache_dir() },
                 ..Default::default()
             };
             let compiled = kiln_backend_llvm::compile(graph, &opts)?;
-            // Specializes to the input shapes and JIT-compiles, so the run
-            // below measures execution only.
-            compiled.specialization_for(inputs)?;
-            let compile_time = start.elapsed();
-            Ok((compiled.run(inputs)?, Some(compile_time)))
+            // Specializes to the input shapes and JIT-compiles (or loads
+            // from the cache), so the run below measures execution only.
+            let cache = compiled.specialization_for(inputs)?.cache.clone();
+            let time = start.elapsed();
+            Ok((compiled.run(inputs)?, Some(CompileInfo { time, cache })))
         }
         Backend::Interp => {
             let bar = Progress::new("running", "nodes");
@@ -154,6 +165,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
     if args.threads.is_some() && args.backend != Backend::Cpu {
         bail!("--threads needs --backend cpu (the interpreter is single-threaded)");
+    }
+    if args.no_cache && args.backend != Backend::Cpu {
+        bail!("--no-cache needs --backend cpu");
     }
     if let Some(out) = &args.out {
         // Fail before the (possibly long) run if the results cannot be written.
@@ -190,9 +204,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     }
 
     let start = Instant::now();
-    let (outputs, compile_time) =
+    let (outputs, compile_info) =
         evaluate(&graph, &inputs, args).with_context(|| format!("running `{}` failed", args.model.display()))?;
-    let elapsed = start.elapsed() - compile_time.unwrap_or_default();
+    let elapsed = start.elapsed() - compile_info.as_ref().map(|c| c.time).unwrap_or_default();
 
     let mut report = format!(
         "ran {} ({} nodes) with {} in {}{}\n",
@@ -200,8 +214,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         thousands(graph.node_count() as u64),
         args.backend.to_possible_value().expect("no variant is skipped").get_name(),
         duration_text(elapsed),
-        compile_time.map_or_else(String::new, |c| format!(" (after {} compiling)", duration_text(c)))
+        compile_info.as_ref().map_or_else(String::new, |c| format!(
+            " (after {} compiling, compile cache {})",
+            duration_text(c.time),
+            c.cache.label()
+        ))
     );
+    if let Some(kiln_backend_llvm::CacheUse::Unavailable(why)) = compile_info.as_ref().map(|c| &c.cache) {
+        report.push_str(&format!("note: the compile cache could not be used: {why}\n"));
+    }
     if !input_rows.is_empty() {
         report.push_str(&format!("\ninputs ({})\n", input_rows.len()));
         report.push_str(&table(&input_rows, 2));

@@ -1,7 +1,9 @@
 //! The packed GEMM against the blocked-loop baseline, in one process and one
-//! run, single-threaded: `cargo run --release -p kiln-backend-llvm --example
+//! run, single-threaded (and the packed GEMM on all threads): `cargo run --release -p kiln-backend-llvm --example
 //! gemm_speed [M K N ...]` (default 1024 1024 1024, plus a few model
-//! shapes). Prints the best of a few runs and GFLOP/s of each kernel.
+//! shapes). Prints the best of a few runs and GFLOP/s of each kernel. With
+//! `KILN_GEMM_IR=FILE`, writes the optimized LLVM IR of the last packed
+//! product there (for `llc`/`llvm-mca`).
 
 use kiln_backend_llvm::{compile, CompileOptions, MatMulKernel};
 use kiln_ir::dtype::DType;
@@ -55,9 +57,14 @@ fn main() {
         let mut times = Vec::new();
         for kernel in [MatMulKernel::Packed, MatMulKernel::Blocked] {
             let t0 = Instant::now();
-            let c = compile(&g, &CompileOptions { matmul: kernel, ..Default::default() }).expect("compiles");
+            let opts = CompileOptions { matmul: kernel, threads: Some(1), ..Default::default() };
+            let c = compile(&g, &opts).expect("compiles");
             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
             c.run(&inputs).expect("runs");
+            if let (MatMulKernel::Packed, Ok(path)) = (kernel, std::env::var("KILN_GEMM_IR")) {
+                let spec = c.specialization_for(&inputs).expect("compiled above");
+                std::fs::write(&path, &spec.ir_optimized).expect("the IR file is writable");
+            }
             let t = best(5, || {
                 c.run(&inputs).expect("runs");
             });
@@ -69,6 +76,19 @@ fn main() {
             ));
         }
         line.push_str(&format!("  packed is {:.2}x faster", times[1] / times[0]));
+        let all = kiln_backend_llvm::available_threads();
+        if all > 1 {
+            let c = compile(&g, &CompileOptions { threads: Some(all), ..Default::default() }).expect("compiles");
+            c.run(&inputs).expect("runs");
+            let t = best(5, || {
+                c.run(&inputs).expect("runs");
+            });
+            line.push_str(&format!(
+                "  packed on {all} threads {:>8.2} ms {:>6.1} GFLOP/s",
+                t.as_secs_f64() * 1e3,
+                flops / t.as_secs_f64() / 1e9
+            ));
+        }
         println!("{line}");
     }
 }

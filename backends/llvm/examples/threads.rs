@@ -1,7 +1,8 @@
 //! Speed-up of the parallel kernels: each case compiled once, then run on 1
 //! thread and on N threads (default 2), alternating, into reused outputs;
-//! prints the medians and their ratio (the figures come from one process,
-//! so machine noise hits both alike). Run with
+//! prints the medians, the minimums and the ratios (the figures come from
+//! one process, so machine noise hits both alike; on a loaded machine the
+//! minimum is the steadier figure). Run with
 //! `cargo run --release -p kiln-backend-llvm --example threads [N] [filter]`.
 
 use kiln_backend_llvm::{compile, CompileOptions};
@@ -97,7 +98,16 @@ fn main() {
         let ins = vec![("x".to_string(), random(&shape, 1, 2.0)), ("y".to_string(), random(&shape, 2, 2.0))];
         cases.push(("fused add-mul-tanh [4096, 4096]".to_string(), g, ins));
     }
-    println!("{:<34} {:>10} {:>10} {:>8}", "case", "1 thread", format!("{threads} threads"), "speedup");
+    println!(
+        "{:<34} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "case",
+        "1 median",
+        format!("{threads} median"),
+        "speedup",
+        "1 min",
+        format!("{threads} min"),
+        "speedup"
+    );
     for (name, mut g, inputs) in cases {
         if !name.contains(&filter) {
             continue;
@@ -117,7 +127,9 @@ fn main() {
                 }
             }
         }
+        let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+        let (lo1, lon) = (min(&one), min(&many));
         let (a, b) = (median(one), median(many));
-        println!("{name:<34} {a:>8.2}ms {b:>8.2}ms {:>7.2}x", a / b);
+        println!("{name:<34} {a:>8.2}ms {b:>8.2}ms {:>7.2}x {lo1:>8.2}ms {lon:>8.2}ms {:>7.2}x", a / b, lo1 / lon);
     }
 }

@@ -20,13 +20,25 @@
 //! - **Compile-time folding.** `Shape`, `Size`, `Constant` and every node
 //!   whose inputs are all known are evaluated once by kiln's interpreter
 //!   while specializing, so shape computations cost nothing at run time.
+//!   Graph inputs whose values decide a shape (a Reshape or Expand shape,
+//!   Slice/Pad/Tile/TopK/OneHot/Trilu/CumSum parameters, Range bounds,
+//!   ConstantOfShape's shape, a NonZero input fed straight in, Dropout's
+//!   ratio and mode, also through shape arithmetic) are specialized by
+//!   value like shapes, so `Range`, `ConstantOfShape` and `NonZero` of them
+//!   fold, and an inference-mode Dropout's mask is a constant.
 //! - **Kernels.** Chains of elementwise ops (with numpy broadcasting, Cast,
 //!   Where, Clip and the activations) fuse into one loop nest without
 //!   intermediate buffers; views (`Reshape`, `Flatten`, `Squeeze`,
 //!   `Unsqueeze`, `Identity`, inference `Dropout`) cost nothing; MatMul/Gemm,
 //!   Softmax/LogSoftmax, Reduce*, Transpose, the cross-entropy losses,
-//!   kiln's fused LinearCrossEntropy, RotaryEmbedding and ONNX `Attention`
-//!   have kernels of their own. See [`lowered_ops`] for the list.
+//!   kiln's fused LinearCrossEntropy, RotaryEmbedding, ONNX `Attention` and
+//!   `LinearAttention`, ArgMax/ArgMin and TopK, the indexing ops (Gather*,
+//!   ScatterND, Pad, Tile, Trilu, OneHot, CumSum) and the quantization ops
+//!   have kernels of their own. Integer Div/Mod and every kernel that reads
+//!   indices from data check them: a zero divisor or an index outside its
+//!   axis is an error naming the node, never a crash or a wrong answer.
+//!   i4/u4 tensors are held one value per byte, as kiln's tensors hold
+//!   them. See [`lowered_ops`] for the list.
 //! - **LinearCrossEntropy.** The LM head and its loss walk the vocabulary
 //!   in tiles: a register-blocked GEMM (explicit vectors, `MR × 2` vector
 //!   accumulators, packed head panels) writes one tile of logits for a
@@ -61,6 +73,12 @@
 //! - **Run-time overheads.** Each specialization keeps its scratch arena
 //!   across runs, and [`CompiledGraph::run_into`] writes into output
 //!   tensors the caller reuses, so repeated runs allocate nothing.
+//! - **Ahead of time, and the compile cache.** [`aot`] writes the same
+//!   code as a self-contained shared library with a C ABI (`kiln
+//!   compile`). With [`CompileOptions::cache_dir`] each specialization's
+//!   code is also kept on disk as a library keyed by a hash of the plan,
+//!   the target and the options, so a later process loads it instead of
+//!   generating code again ([`Specialization::cache`]).
 //!
 //! An op without a lowering is a [`BackendError::Unsupported`] naming the
 //! node and op; a run-time input of the wrong dtype or shape is a
@@ -68,15 +86,19 @@
 
 #![warn(missing_docs)]
 
+pub mod aot;
+mod cache;
 mod codegen;
 pub mod error;
 mod jit;
 pub mod lce_grad;
 mod plan;
 pub mod profile;
+mod reuse_logits;
 
+pub use cache::{default_dir as default_cache_dir, CacheUse};
 pub use error::{BackendError, Result};
-pub use jit::TargetInfo;
+pub use jit::{codegen_runs, TargetInfo};
 pub use lce_grad::{linear_cross_entropy_grad, linear_cross_entropy_grad_with};
 pub use profile::KernelTime;
 
@@ -140,6 +162,9 @@ pub struct CompileOptions {
     /// Count the cycles each kernel takes, for [`CompiledGraph::profile`]
     /// (off by default; see [`profile`]).
     pub profile: bool,
+    /// The compile cache's directory (see [`default_cache_dir`]); `None`
+    /// (the default) JIT-compiles every specialization.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CompileOptions {
@@ -152,6 +177,7 @@ impl Default for CompileOptions {
             optimize: true,
             threads: None,
             profile: false,
+            cache_dir: None,
         }
     }
 }
@@ -177,6 +203,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::MatMul,
+        Op::MatMulInteger,
         Op::Squeeze,
         Op::Unsqueeze,
         Op::Identity,
@@ -187,6 +214,28 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::Flatten { axis: 1 },
         Op::Dropout { seed: None },
         Op::Cast { to: DType::F32, saturate: true },
+        Op::Mod { fmod: false },
+        Op::ArgReduce { max: true, axis: 0, keepdims: true, select_last_index: false },
+        Op::ArgReduce { max: false, axis: 0, keepdims: true, select_last_index: false },
+        Op::TopK { axis: -1, largest: true, sorted: true },
+        Op::CumSum { exclusive: false, reverse: false },
+        Op::GatherElements { axis: 0 },
+        Op::GatherND { batch_dims: 0 },
+        Op::ScatterND { reduction: String::new() },
+        Op::Trilu { upper: true },
+        Op::Pad { mode: String::new() },
+        Op::Tile,
+        Op::OneHot { axis: -1 },
+        Op::QuantizeLinear { axis: 1, block_size: 0, saturate: true, output_dtype: None },
+        Op::DequantizeLinear { axis: 1, block_size: 0, output_dtype: None },
+        Op::DynamicQuantizeLinear,
+        Op::LinearAttention(kiln_ir::op::LinearAttentionAttrs {
+            q_num_heads: 1,
+            kv_num_heads: 1,
+            scale: None,
+            update_rule: kiln_ir::op::LinearUpdateRule::Linear,
+            chunk_size: 64,
+        }),
         Op::CastLike { saturate: true },
         Op::Gelu { approximate: kiln_ir::op::GeluApproximation::None },
         Op::LeakyRelu { alpha: 0.01 },
@@ -236,6 +285,9 @@ pub struct Specialization {
     pub ir_unoptimized: String,
     /// The LLVM IR after `default<O3>` (equal to the above without it).
     pub ir_optimized: String,
+    /// Whether the code came from the compile cache. On a hit no code was
+    /// generated, so `kernels` and the IR texts are empty.
+    pub cache: CacheUse,
 }
 
 struct Compiled {
@@ -272,13 +324,16 @@ pub fn available_threads() -> usize {
 }
 
 /// What a specialization depends on, per graph input: dtype, shape, and the
-/// value of a shape input.
-type InputKey = (DType, Vec<usize>, Option<Vec<i64>>);
+/// value (raw little-endian bytes) of a shape input.
+type InputKey = (DType, Vec<usize>, Option<Vec<u8>>);
 
 /// Checks that `graph` (typed, e.g. by [`kiln_ir::infer_types`]) can be
 /// lowered and picks the target; compiles it right away when every graph
 /// input has a static shape.
 pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
+    let mut graph = graph.clone();
+    reuse_logits::reuse_materialized_logits(&mut graph)?;
+    let graph = &graph;
     plan::check_lowerable(graph)?;
     let target = jit::target_info(opts)?;
     let shape_inputs = plan::shape_inputs(graph);
@@ -308,6 +363,14 @@ pub fn compile(graph: &Graph, opts: &CompileOptions) -> Result<CompiledGraph> {
 }
 
 impl CompiledGraph {
+    /// The graph this backend compiles: the caller's graph after the
+    /// backend's own graph-level simplifications (see `reuse_logits`: a
+    /// `LinearCrossEntropy` whose logits the graph also returns reads
+    /// them instead of recomputing them).
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
     /// The target code is generated for.
     pub fn target(&self) -> &TargetInfo {
         &self.target
@@ -388,7 +451,7 @@ impl CompiledGraph {
         ordered
             .iter()
             .zip(&self.shape_inputs)
-            .map(|(t, &by_value)| (t.dtype(), t.shape().to_vec(), by_value.then(|| t.to_i64s())))
+            .map(|(t, &by_value)| (t.dtype(), t.shape().to_vec(), by_value.then(|| t.to_raw_le())))
             .collect()
     }
 
@@ -397,15 +460,21 @@ impl CompiledGraph {
             return Ok(c.clone());
         }
         let types: Vec<Shaped> = key.iter().map(|(d, s, _)| Shaped { dtype: *d, shape: s.clone() }).collect();
-        let values: Vec<Option<Tensor>> =
-            key.iter().map(|(d, s, v)| v.as_ref().map(|v| Tensor::from_i64s(*d, s, v))).collect();
+        let values: Vec<Option<Tensor>> = key
+            .iter()
+            .map(|(d, s, v)| {
+                v.as_ref()
+                    .map(|v| Tensor::from_raw_le(*d, s, v).map_err(|m| BackendError::Llvm(format!("shape input: {m}"))))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
         let specialized = plan::specialize(&self.graph, &types, &values)?;
         let mut plan = plan::plan(specialized, self.opts.matmul)?;
         plan.profile = self.opts.profile;
         for t in &mut plan.consts {
             *t = standard_layout(t);
         }
-        let jit = jit::compile_plan(&plan, &self.target, &self.opts)?;
+        let (jit, cache) = cache::compile(&plan, &self.target, &self.opts)?;
         let intermediate_bytes = plan
             .loc
             .iter()
@@ -423,6 +492,7 @@ impl CompiledGraph {
             intermediate_bytes,
             ir_unoptimized: jit.ir_unoptimized.clone(),
             ir_optimized: jit.ir_optimized.clone(),
+            cache,
         });
         let cycles = RefCell::new(if plan.profile { vec![0; plan.steps.len()] } else { Vec::new() });
         let compiled =
@@ -454,9 +524,6 @@ impl CompiledGraph {
                 Some(t) => t,
                 None => return Err(BackendError::value(&val.name, "graph input is missing")),
             };
-            if matches!(t.dtype(), DType::I4 | DType::U4) {
-                return Err(BackendError::value(&val.name, format!("{} inputs are not supported", t.dtype())));
-            }
             if let Some(ty) = &val.ty {
                 if t.dtype() != ty.dtype || t.shape().len() != ty.rank() {
                     return Err(BackendError::value(
@@ -595,19 +662,7 @@ fn execute(c: &Compiled, inputs: &[Tensor], outputs: &mut Vec<Tensor>, threads: 
     }
     *c.arena.borrow_mut() = Some(arena);
     if status != 0 {
-        let step = &plan.steps[status as usize - 1];
-        let (node, op) = match step {
-            plan::Step::Node(id) => (plan.graph.node(*id).name.clone(), plan.graph.node(*id).op.name()),
-            _ => (String::new(), "kernel"),
-        };
-        let what = if op == "Gather" {
-            "an index is outside the gathered axis"
-        } else if op == "RotaryEmbedding" {
-            "a position id is outside the cos/sin caches"
-        } else {
-            "a label is outside the classes (and is not the ignore_index)"
-        };
-        return Err(BackendError::node(node, op, what));
+        return Err(aot::step_failure(plan, status as usize - 1));
     }
     Ok(())
 }

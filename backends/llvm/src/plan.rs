@@ -91,7 +91,7 @@ impl Shaped {
     }
 }
 
-/// Bytes per element in memory (4-bit types are never lowered).
+/// Bytes per element in memory (4-bit types are held one per byte).
 pub(crate) fn elem_bytes(dtype: DType) -> usize {
     match dtype {
         DType::I4 | DType::U4 => 1,
@@ -155,6 +155,7 @@ pub(crate) fn is_elementwise(op: &Op) -> bool {
         Op::Unary(_)
             | Op::Binary(_)
             | Op::Variadic(_)
+            | Op::Mod { .. }
             | Op::Clip
             | Op::Where
             | Op::Gelu { .. }
@@ -174,6 +175,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
         op,
         Op::MatMul
             | Op::Gemm(_)
+            | Op::MatMulInteger
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::Reduce { .. }
@@ -190,6 +192,20 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
             | Op::LinearCrossEntropy { .. }
             | Op::Attention(_)
             | Op::RotaryEmbedding { .. }
+            | Op::GatherElements { .. }
+            | Op::GatherND { .. }
+            | Op::ScatterND { .. }
+            | Op::Trilu { .. }
+            | Op::Pad { .. }
+            | Op::Tile
+            | Op::OneHot { .. }
+            | Op::CumSum { .. }
+            | Op::ArgReduce { .. }
+            | Op::TopK { .. }
+            | Op::QuantizeLinear { .. }
+            | Op::DequantizeLinear { .. }
+            | Op::DynamicQuantizeLinear
+            | Op::LinearAttention(_)
     )
 }
 
@@ -214,24 +230,21 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
             }
         }
         Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
-        Op::MatMul | Op::Gemm(_) => {
+        Op::LinearAttention(_) => {
+            crate::codegen::linear_attention_geometry(types, node).map_or(0, crate::codegen::linear_attention_scratch)
+        }
+        Op::MatMul | Op::Gemm(_) | Op::MatMulInteger => {
             let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
             let out = node.output(0).and_then(|v| types[v.index()].as_ref());
-            let (trans_a, trans_b) = match &node.op {
-                Op::Gemm(g) => (g.trans_a, g.trans_b),
-                _ => (false, false),
-            };
-            match (ty(0), ty(1), out) {
-                (Some(a), Some(b), Some(out)) => {
-                    use crate::codegen::gemm;
-                    match gemm::matmul_dims(&a.shape, &b.shape, trans_a, trans_b) {
-                        Some(dims) if gemm::uses_packed(dims, out.dtype, matmul) => {
-                            gemm::scratch_bytes(out.dtype, dims)
-                        }
-                        _ => 0,
-                    }
+            let (Some(a), Some(b), Some(out)) = (ty(0), ty(1), out) else { return 0 };
+            use crate::codegen::gemm;
+            match &node.op {
+                Op::MatMulInteger => gemm::matmul_dims(&a.shape, &b.shape, false, false)
+                    .map_or(0, |dims| gemm::scratch_bytes(DType::I32, dims)),
+                Op::Gemm(g) => {
+                    gemm::matmul_scratch_bytes(&a.shape, &b.shape, out.dtype, (g.trans_a, g.trans_b), matmul)
                 }
-                _ => 0,
+                _ => gemm::matmul_scratch_bytes(&a.shape, &b.shape, out.dtype, (false, false), matmul),
             }
         }
         _ => 0,
@@ -375,6 +388,10 @@ pub(crate) fn foldable_nodes(graph: &Graph) -> Result<BTreeMap<NodeId, bool>> {
     for (v, _) in graph.initializers() {
         known[v.index()] = !graph.inputs().contains(&v);
     }
+    // Shape inputs are specialized by value, so they are constants too.
+    for (&v, by_value) in graph.inputs().iter().zip(shape_inputs(graph)) {
+        known[v.index()] |= by_value;
+    }
     let mut out = BTreeMap::new();
     for id in graph.topo_order()? {
         let node = graph.node(id);
@@ -389,29 +406,82 @@ pub(crate) fn foldable_nodes(graph: &Graph) -> Result<BTreeMap<NodeId, bool>> {
     Ok(out)
 }
 
-/// Flags the graph inputs that are read as shapes, sizes or axes (Reshape's
+/// Flags the graph inputs whose values decide shapes, sizes or axes (Reshape's
 /// and Expand's shape, Split's sizes, Slice's starts/ends/axes/steps,
-/// Squeeze/Unsqueeze/Reduce axes): code is specialized to their
-/// values as well as to the input shapes, the way it is to shapes.
+/// Squeeze/Unsqueeze/Reduce axes, Pad's pads and axes, Tile's repeats,
+/// TopK's k, OneHot's depth, Trilu's k, CumSum's axis), or that decide an
+/// output shape by their values (Range's bounds, ConstantOfShape's shape,
+/// NonZero's input): code is specialized to their values as well as to the
+/// input shapes, the way it is to shapes, and nodes reading only such
+/// inputs fold at compile time. An input read in such a slot directly
+/// always qualifies; one that only reaches a shape through other nodes
+/// (shape arithmetic) qualifies when it is small
+/// ([`MAX_INDIRECT_SHAPE_INPUT`] elements), so a data tensor is never made
+/// a compile-time constant by accident.
 pub(crate) fn shape_inputs(graph: &Graph) -> Vec<bool> {
+    let mut memo: BTreeMap<ValueId, bool> = BTreeMap::new();
     graph
         .inputs()
         .iter()
         .map(|&v| {
-            let uses = graph.value(v).uses();
-            !uses.is_empty()
-                && uses.iter().all(|&(n, slot)| match graph.node(n).op {
-                    Op::Reshape { .. }
-                    | Op::Squeeze
-                    | Op::Unsqueeze
-                    | Op::Reduce { .. }
-                    | Op::Expand
-                    | Op::Split { .. } => slot == 1,
-                    Op::Slice => (1..=4).contains(&slot),
-                    _ => false,
-                })
+            let direct = graph.value(v).uses().iter().any(|&(n, slot)| reads_as_shape(graph, n, slot, v));
+            let small = graph
+                .value(v)
+                .ty
+                .as_ref()
+                .and_then(|t| t.fixed_shape())
+                .is_some_and(|s| s.iter().product::<usize>() <= MAX_INDIRECT_SHAPE_INPUT);
+            direct || (small && decides_shape(graph, v, &mut memo))
         })
         .collect()
+}
+
+/// Elements of the largest graph input specialized by value because its
+/// value reaches a shape through other nodes.
+pub(crate) const MAX_INDIRECT_SHAPE_INPUT: usize = 64;
+
+/// Whether `node` reads input `slot` (holding `v`) as a shape, size, axis
+/// or count, i.e. its value decides the node's output shape.
+fn reads_as_shape(graph: &Graph, n: NodeId, slot: usize, v: ValueId) -> bool {
+    match graph.node(n).op {
+        Op::Reshape { .. } | Op::Squeeze | Op::Unsqueeze | Op::Reduce { .. } | Op::Expand | Op::Split { .. } => {
+            slot == 1
+        }
+        Op::Slice => (1..=4).contains(&slot),
+        Op::Pad { .. } => slot == 1 || slot == 3,
+        Op::Tile | Op::TopK { .. } | Op::OneHot { .. } | Op::Trilu { .. } | Op::CumSum { .. } => slot == 1,
+        Op::Range => slot <= 2,
+        Op::ConstantOfShape { .. } => slot == 0,
+        // NonZero's result size depends on all of its input's data: worth
+        // specializing to a graph input fed straight in (a mask given as
+        // data), not to whatever computes it.
+        Op::NonZero => slot == 0 && graph.inputs().contains(&v),
+        Op::Dropout { .. } => slot == 1 || slot == 2,
+        _ => false,
+    }
+}
+
+/// Whether a value's data decides a shape: some reader takes it in a shape
+/// slot, directly or through nodes (like the `Cast`/`Sub`/`Concat` of shape
+/// arithmetic) whose results do. Such a value must be known to give the
+/// graph static shapes, so code is specialized to it; readers that also
+/// use it as data then see it as a constant.
+fn decides_shape(graph: &Graph, v: ValueId, memo: &mut BTreeMap<ValueId, bool>) -> bool {
+    if let Some(&known) = memo.get(&v) {
+        return known;
+    }
+    // Provisional answer; the graph is acyclic, so it is never read back.
+    memo.insert(v, false);
+    let decides = graph.value(v).uses().iter().any(|&(n, slot)| {
+        // Shape and Size read only the shape, which is specialized anyway.
+        if matches!(graph.node(n).op, Op::Shape { .. } | Op::Size) {
+            return false;
+        }
+        reads_as_shape(graph, n, slot, v)
+            || graph.node(n).outputs.iter().flatten().any(|&o| decides_shape(graph, o, memo))
+    });
+    memo.insert(v, decides);
+    decides
 }
 
 /// Checks that every node that is not folded at compile time has a
@@ -461,6 +531,9 @@ pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped], input_values: &[
             }
             continue;
         }
+        if matches!(node.op, Op::Dropout { .. }) && specialize_dropout(graph, &mut g, &mut map, id)? {
+            continue;
+        }
         let inputs: Vec<Option<ValueId>> = node
             .inputs
             .iter()
@@ -503,6 +576,48 @@ pub(crate) fn specialize(graph: &Graph, input_types: &[Shaped], input_values: &[
     }
     kiln_ir::infer_types(&mut g)?;
     Ok(g)
+}
+
+/// Rebuilds a Dropout that is an identity for these inputs (inference
+/// mode, or a ratio of 0) as a plain view of its data, its mask output (all
+/// true) a constant. Returns false, changing nothing, when the ratio or the
+/// mode is not known at compile time or the node really drops.
+fn specialize_dropout(graph: &Graph, g: &mut Graph, map: &mut BTreeMap<ValueId, ValueId>, id: NodeId) -> Result<bool> {
+    let node = graph.node(id);
+    let known =
+        |slot: usize| node.input(slot).and_then(|v| map.get(&v)).and_then(|nv| g.value(*nv).initializer.clone());
+    let training = match (node.input(2), known(2)) {
+        (None, _) => false,
+        (Some(_), Some(t)) => t.to_f64s().iter().any(|&x| x != 0.0),
+        (Some(_), None) => return Ok(false),
+    };
+    let ratio = match (node.input(1), known(1)) {
+        (None, _) => 0.5,
+        (Some(_), Some(t)) => t.to_f64s().first().copied().unwrap_or(0.5),
+        (Some(_), None) => return Ok(false),
+    };
+    let (Some(x), Some(y)) = (node.input(0), node.output(0)) else { return Ok(false) };
+    let Some(&nx) = map.get(&x) else { return Ok(false) };
+    if training && ratio != 0.0 {
+        return Ok(false);
+    }
+    if let Some(mask) = node.output(1) {
+        let shape = g.ty(nx)?.fixed_shape().ok_or_else(|| {
+            BackendError::node(&node.name, "Dropout", "the data has no static shape, so neither has the mask")
+        })?;
+        let ones = vec![1i64; shape.iter().product()];
+        let nv = g.add_initializer(&graph.value(mask).name, Tensor::from_i64s(DType::Bool, &shape, &ones))?;
+        map.insert(mask, nv);
+    }
+    let name = graph.value(y).name.clone();
+    let nid = g.add_node(&node.name, node.op.clone(), vec![Some(nx)], &[name.as_str()])?;
+    let inferred = kiln_ir::infer_node(g, nid)?;
+    let ny = g.node(nid).output(0).expect("the node was added with one output");
+    if let Some(Some(ty)) = inferred.into_iter().next() {
+        g.value_mut(ny).ty = Some(ty);
+    }
+    map.insert(y, ny);
+    Ok(true)
 }
 
 /// Evaluates a foldable node of `graph` whose inputs are in `g` (the graph
@@ -552,15 +667,6 @@ pub(crate) fn plan(graph: Graph, matmul: MatMulKernel) -> Result<Plan> {
     for &id in &order {
         let node = graph.node(id);
         for v in node.inputs.iter().chain(&node.outputs).flatten() {
-            if let Some(t) = &types[v.index()] {
-                if matches!(t.dtype, DType::I4 | DType::U4) {
-                    return Err(BackendError::unsupported(
-                        &node.name,
-                        node.op.name(),
-                        format!("{} tensors (value `{}`)", t.dtype, graph.value(*v).name),
-                    ));
-                }
-            }
             if types[v.index()].is_none() {
                 let ty = graph.value(*v).ty.as_ref().map_or_else(|| "unknown".to_string(), |t| t.to_string());
                 return Err(BackendError::node(

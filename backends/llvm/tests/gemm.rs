@@ -1,8 +1,8 @@
 //! The packed GEMM behind MatMul and Gemm against kiln's interpreter:
 //! edge sizes around the register tile (1, MR ± 1, NR ± 1), K = 1 and K
 //! across several packed blocks, transposed operands, batch broadcasting,
-//! Gemm's alpha/beta and broadcast C, f64/f16/bf16, and the blocked-loop
-//! baseline kernel.
+//! Gemm's alpha/beta and broadcast C, f64/f16/bf16, the blocked-loop
+//! baseline kernel, and MatMulInteger (u8/i8, zero points) exactly.
 
 use kiln_backend_llvm::{compile, CompileOptions, MatMulKernel};
 use kiln_ir::dtype::DType;
@@ -26,6 +26,7 @@ fn tolerance(dtype: DType) -> f64 {
         DType::F64 => 1e-13,
         DType::F16 => 2e-3,
         DType::BF16 => 1.6e-2,
+        DType::I32 => 0.0,
         _ => 1e-6,
     }
 }
@@ -103,6 +104,9 @@ fn matmul_larger_than_one_packed_block() {
     run_matmul(&mut rng, DType::F32, &[200, 300], &[300, 70], &opts);
     run_matmul(&mut rng, DType::F32, &[9, 40], &[40, 2100], &opts);
     run_matmul(&mut rng, DType::F32, &[64, 1000], &[1000, 48], &opts);
+    // Below the parallel threshold: the serial blocked loops (emit_gemm)
+    // over two row blocks and two K blocks.
+    run_matmul(&mut rng, DType::F32, &[170, 300], &[300, 33], &opts);
 }
 
 #[test]
@@ -207,4 +211,127 @@ fn the_microkernel_is_explicit_vector_fma() {
     // Matrix-vector products keep the simple loops.
     let ir = run_matmul(&mut rng, DType::F32, &[1, 64], &[64, 64], &opts);
     assert!(!ir.contains("kiln_gemm_ukr"), "a row-vector product went through the packed kernel");
+}
+
+fn random_int(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let (lo, hi) = if dtype == DType::U8 { (0, 256) } else { (-128, 128) };
+    let v: Vec<i64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_i64s(dtype, shape, &v)
+}
+
+/// MatMulInteger with optional zero points of the given shapes.
+fn run_matmul_integer(
+    rng: &mut StdRng,
+    (adt, bdt): (DType, DType),
+    (sa, sb): (&[usize], &[usize]),
+    (za, zb): (Option<&[usize]>, Option<&[usize]>),
+) {
+    let mut g = Graph::new("matmulinteger");
+    let (a, b) = (input(&mut g, "a", adt, sa), input(&mut g, "b", bdt, sb));
+    let mut inputs = vec![("a".to_string(), random_int(rng, adt, sa)), ("b".to_string(), random_int(rng, bdt, sb))];
+    let mut operands = vec![Some(a), Some(b)];
+    for (name, dtype, shape) in [("a_zero", adt, za), ("b_zero", bdt, zb)] {
+        operands.push(shape.map(|s| {
+            inputs.push((name.to_string(), random_int(rng, dtype, s)));
+            input(&mut g, name, dtype, s)
+        }));
+    }
+    while operands.last() == Some(&None) {
+        operands.pop();
+    }
+    let id = g.add_node("mmi", Op::MatMulInteger, operands, &["y"]).expect("valid node");
+    let y = g.node(id).output(0).expect("one output");
+    g.add_output(y);
+    let what = format!("MatMulInteger {adt}{sa:?} x {bdt}{sb:?}, zero points {za:?} {zb:?}");
+    check(g, &inputs, 0, &what);
+}
+
+#[test]
+fn matmul_integer_all_signs_and_zero_points() {
+    let mut rng = StdRng::seed_from_u64(19);
+    let mut count = 0;
+    for adt in [DType::U8, DType::I8] {
+        for bdt in [DType::U8, DType::I8] {
+            let (m, k, n) = (15, 301, 33);
+            let zero_points: [(Option<&[usize]>, Option<&[usize]>); 4] =
+                [(None, None), (Some(&[]), Some(&[])), (Some(&[m]), Some(&[n])), (None, Some(&[1]))];
+            for zp in zero_points {
+                run_matmul_integer(&mut rng, (adt, bdt), (&[m, k], &[k, n]), zp);
+                count += 1;
+            }
+        }
+    }
+    // Batches, vectors, K = 1, a single row.
+    let shapes: [(&[usize], &[usize]); 5] =
+        [(&[2, 1, 7, 9], &[3, 9, 20]), (&[9], &[9, 20]), (&[7, 9], &[9]), (&[7, 1], &[1, 40]), (&[1, 64], &[64, 64])];
+    for (sa, sb) in shapes {
+        run_matmul_integer(&mut rng, (DType::U8, DType::I8), (sa, sb), (Some(&[]), None));
+        count += 1;
+    }
+    assert_eq!(count, 21);
+}
+
+/// Runs a product on 1, 2 and 3 threads: the results match the
+/// interpreter, are bitwise equal across thread counts (items split rows
+/// and columns, never the sums), and the kernel forks.
+fn check_parallel(mut g: Graph, inputs: &[(String, Tensor)], k: usize, what: &str) {
+    kiln_ir::infer_types(&mut g).unwrap_or_else(|e| panic!("{what}: inference: {e}"));
+    let compiled = compile(&g, &CompileOptions::default()).unwrap_or_else(|e| panic!("{what}: compile: {e}"));
+    let want = kiln_ir::interp::run(&g, inputs).unwrap_or_else(|e| panic!("{what}: interpreter: {e}"));
+    let mut first: Option<Vec<u8>> = None;
+    for threads in [1, 2, 3] {
+        compiled.set_threads(Some(threads));
+        let got = compiled.run(inputs).unwrap_or_else(|e| panic!("{what}: run on {threads} threads: {e}"));
+        let (a, b) = (&got[0].1, &want[0].1);
+        assert_eq!(a.shape(), b.shape(), "{what}: shape");
+        for (i, (x, y)) in a.to_f64s().iter().zip(b.to_f64s()).enumerate() {
+            let bound = 1e-6 * (1.0 + y.abs()) + 1e-6 * k as f64;
+            assert!((x - y).abs() <= bound, "{what} on {threads} threads: element {i} is {x}, interpreter says {y}");
+        }
+        let raw = a.to_raw_le();
+        match &first {
+            None => first = Some(raw),
+            Some(one) => assert!(one == &raw, "{what}: {threads} threads differ from 1"),
+        }
+    }
+    let spec = compiled.specialization_for(inputs).expect("compiled above");
+    assert!(spec.ir_unoptimized.contains("@__kmpc_fork_call"), "{what}: the product does not fork");
+}
+
+#[test]
+fn large_products_split_across_threads() {
+    let mut rng = StdRng::seed_from_u64(20);
+    // Several row blocks (MC = 168) with a ragged last one; few rows and
+    // many columns (split into column slabs); batches with a broadcast B
+    // and with one B per batch entry.
+    for (sa, sb) in [
+        (vec![400, 130], vec![130, 100]),
+        (vec![20, 300], vec![300, 1000]),
+        (vec![3, 70, 64], vec![64, 200]),
+        (vec![2, 2, 50, 100], vec![2, 1, 100, 130]),
+    ] {
+        let g = matmul_graph(DType::F32, &sa, &sb);
+        let (a, b) = (random(&mut rng, DType::F32, &sa), random(&mut rng, DType::F32, &sb));
+        let k = sa[sa.len() - 1];
+        check_parallel(g, &[("a".into(), a), ("b".into(), b)], k, &format!("MatMul {sa:?} x {sb:?}"));
+    }
+    // Gemm with transposes and a broadcast C, computed in the prologue.
+    let (m, k, n) = (200, 300, 90);
+    let mut g = Graph::new("gemm");
+    let (av, bv, cv) = (
+        input(&mut g, "a", DType::F32, &[k, m]),
+        input(&mut g, "b", DType::F32, &[n, k]),
+        input(&mut g, "c", DType::F32, &[n]),
+    );
+    let attrs = GemmAttrs { alpha: 0.5, beta: -1.5, trans_a: true, trans_b: true };
+    let id = g.add_node("gemm", Op::Gemm(attrs), vec![Some(av), Some(bv), Some(cv)], &["y"]).expect("valid");
+    let y = g.node(id).output(0).expect("one output");
+    g.add_output(y);
+    let inputs = [
+        ("a".to_string(), random(&mut rng, DType::F32, &[k, m])),
+        ("b".to_string(), random(&mut rng, DType::F32, &[n, k])),
+        ("c".to_string(), random(&mut rng, DType::F32, &[n])),
+    ];
+    check_parallel(g, &inputs, k, "Gemm transposed with C");
 }

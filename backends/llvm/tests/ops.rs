@@ -348,17 +348,216 @@ fn the_memory_planner_reuses_buffers() {
 
 #[test]
 fn an_op_without_a_lowering_is_an_error_naming_node_and_op() {
-    let mut g = Graph::new("topk");
+    // NonZero of a run-time value has a data-dependent shape.
+    let mut g = Graph::new("nonzero");
     let x = input(&mut g, "x", &[2, 5]);
-    let k = g.add_input("k", TensorType::fixed(DType::I64, &[1])).unwrap();
-    let id = g
-        .add_node("pick_them", Op::TopK { axis: -1, largest: true, sorted: true }, vec![Some(x), Some(k)], &["v", "i"])
-        .unwrap();
-    g.add_output(g.node(id).output(0).unwrap());
-    let err = compile(&g, &CompileOptions::default()).err().expect("TopK has no lowering");
+    let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[x]);
+    let y = node(&mut g, "pick_them", Op::NonZero, &[e]);
+    g.add_output(y);
+    let err = compile(&g, &CompileOptions::default()).err().expect("NonZero of a run-time value has no lowering");
     assert!(matches!(err, BackendError::Unsupported { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("pick_them") && text.contains("TopK"), "{text}");
+    assert!(text.contains("pick_them") && text.contains("NonZero"), "{text}");
+}
+
+fn ints(dtype: DType, shape: &[usize], v: &[i64]) -> Tensor {
+    Tensor::from_i64s(dtype, shape, v)
+}
+
+#[test]
+fn selection_ops_match_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(21);
+    // Integer data with many ties exercises select_last_index and TopK's
+    // stability.
+    let data: Vec<i64> = (0..4 * 9).map(|_| rng.random_range(0..4)).collect();
+    for dtype in [DType::F32, DType::I32] {
+        for (axis, last, max) in [(0i64, false, true), (1, true, false), (-1, true, true)] {
+            let mut g = Graph::new("arg");
+            let x = g.add_input("x", TensorType::fixed(dtype, &[4, 9])).unwrap();
+            let op = Op::ArgReduce { max, axis, keepdims: axis == 0, select_last_index: last };
+            let y = node(&mut g, "arg", op, &[x]);
+            g.add_output(y);
+            check(g, &[("x".into(), ints(dtype, &[4, 9], &data))], &format!("arg {dtype} {axis} {last} {max}"));
+        }
+        for (k, axis, largest) in [(3i64, 1i64, true), (9, -1, false), (1, 0, true), (0, 1, true)] {
+            let mut g = Graph::new("topk");
+            let x = g.add_input("x", TensorType::fixed(dtype, &[4, 9])).unwrap();
+            let kv = g.add_initializer("k", Tensor::vec_i64(&[k])).unwrap();
+            let id = g
+                .add_node("top", Op::TopK { axis, largest, sorted: true }, vec![Some(x), Some(kv)], &["v", "i"])
+                .unwrap();
+            g.add_output(g.node(id).output(0).unwrap());
+            g.add_output(g.node(id).output(1).unwrap());
+            check(g, &[("x".into(), ints(dtype, &[4, 9], &data))], &format!("topk {dtype} k={k} axis {axis}"));
+        }
+    }
+}
+
+#[test]
+fn indexing_ops_match_the_interpreter_on_edge_shapes() {
+    let mut rng = StdRng::seed_from_u64(22);
+    let x = random(&mut rng, &[3, 4], -1.0, 1.0);
+    let feed = [("x".to_string(), x)];
+    // Pad: every mode, with a crop (negative pad) on one side.
+    for mode in ["constant", "reflect", "edge", "wrap"] {
+        let mut g = Graph::new("pad");
+        let xv = input(&mut g, "x", &[3, 4]);
+        let pads = g.add_initializer("pads", Tensor::vec_i64(&[2, -1, 1, 3])).unwrap();
+        let fill = g.add_initializer("fill", Tensor::from_f64s(DType::F32, &[], &[7.5])).unwrap();
+        let y = node(&mut g, "pad", Op::Pad { mode: mode.into() }, &[xv, pads, fill]);
+        g.add_output(y);
+        check(g, &feed, &format!("pad {mode}"));
+    }
+    // Tile with a zero repeat, Trilu with k beyond the matrix, CumSum
+    // reversed and exclusive.
+    let mut g = Graph::new("misc");
+    let xv = input(&mut g, "x", &[3, 4]);
+    let reps = g.add_initializer("reps", Tensor::vec_i64(&[2, 0])).unwrap();
+    let t = node(&mut g, "tile", Op::Tile, &[xv, reps]);
+    g.add_output(t);
+    for (i, (upper, k)) in [(true, 5i64), (false, -1), (true, -2)].into_iter().enumerate() {
+        let kv = g.add_initializer(format!("k{i}"), Tensor::scalar_i64(k)).unwrap();
+        let y = node(&mut g, &format!("tri{i}"), Op::Trilu { upper }, &[xv, kv]);
+        g.add_output(y);
+    }
+    let axis = g.add_initializer("axis", Tensor::scalar_i64(0)).unwrap();
+    let c = node(&mut g, "cumsum", Op::CumSum { exclusive: true, reverse: true }, &[xv, axis]);
+    g.add_output(c);
+    check(g, &feed, "tile, trilu, cumsum");
+    // OneHot with float indices (negative ones wrap) on a middle axis.
+    let mut g = Graph::new("onehot");
+    let iv = input(&mut g, "i", &[2, 3]);
+    let depth = g.add_initializer("depth", Tensor::scalar_i64(4)).unwrap();
+    let values = g.add_initializer("values", Tensor::vec_i64(&[-1, 9])).unwrap();
+    let y = node(&mut g, "onehot", Op::OneHot { axis: 1 }, &[iv, depth, values]);
+    g.add_output(y);
+    let idx = Tensor::from_f64s(DType::F32, &[2, 3], &[0.0, 3.0, -1.0, 2.9, -4.0, 7.0]);
+    check(g, &[("i".into(), idx)], "onehot");
+}
+
+#[test]
+fn data_dependent_indices_are_checked() {
+    // GatherElements and ScatterND fail naming the node on a bad index.
+    let mut g = Graph::new("ge");
+    let x = input(&mut g, "x", &[2, 3]);
+    let i = g.add_input("i", TensorType::fixed(DType::I64, &[2, 2])).unwrap();
+    let y = node(&mut g, "pick", Op::GatherElements { axis: 1 }, &[x, i]);
+    g.add_output(y);
+    let feed = |v: &[i64]| {
+        [("x".to_string(), Tensor::zeros(DType::F32, &[2, 3])), ("i".to_string(), ints(DType::I64, &[2, 2], v))]
+    };
+    check(g.clone(), &feed(&[0, -3, 2, 1]), "gather elements");
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions::default()).unwrap();
+    let err = compiled.run(&feed(&[0, 3, 0, 0])).expect_err("index 3 is outside an axis of 3");
+    assert!(err.to_string().contains("pick") && err.to_string().contains("index"), "{err}");
+
+    let mut g = Graph::new("scatter");
+    let x = input(&mut g, "x", &[4, 2]);
+    let i = g.add_input("i", TensorType::fixed(DType::I64, &[3, 1])).unwrap();
+    let u = input(&mut g, "u", &[3, 2]);
+    let y = node(&mut g, "put", Op::ScatterND { reduction: "add".into() }, &[x, i, u]);
+    g.add_output(y);
+    let mut rng = StdRng::seed_from_u64(23);
+    let feed = |v: &[i64], rng: &mut StdRng| {
+        [
+            ("x".to_string(), random(rng, &[4, 2], -1.0, 1.0)),
+            ("i".to_string(), ints(DType::I64, &[3, 1], v)),
+            ("u".to_string(), random(rng, &[3, 2], -1.0, 1.0)),
+        ]
+    };
+    check(g.clone(), &feed(&[1, -1, 1], &mut rng), "scatter nd add (a repeated index accumulates)");
+    kiln_ir::infer_types(&mut g).unwrap();
+    let compiled = compile(&g, &CompileOptions::default()).unwrap();
+    let err = compiled.run(&feed(&[0, -5, 1], &mut rng)).expect_err("index -5 is outside an axis of 4");
+    assert!(err.to_string().contains("put") && err.to_string().contains("index"), "{err}");
+}
+
+#[test]
+fn integer_division_is_defined_and_checks_for_zero() {
+    let a = ints(DType::I32, &[6], &[7, -7, 7, -7, i32::MIN as i64, 0]);
+    let b = ints(DType::I32, &[6], &[2, 2, -2, -2, -1, 5]);
+    for op in [Op::Binary(BinaryOp::Div), Op::Mod { fmod: false }, Op::Mod { fmod: true }] {
+        let mut g = Graph::new("div");
+        let x = g.add_input("a", TensorType::fixed(DType::I32, &[6])).unwrap();
+        let y = g.add_input("b", TensorType::fixed(DType::I32, &[6])).unwrap();
+        let r = node(&mut g, "divide", op.clone(), &[x, y]);
+        g.add_output(r);
+        let name = op.name();
+        check(g.clone(), &[("a".into(), a.clone()), ("b".into(), b.clone())], name);
+        kiln_ir::infer_types(&mut g).unwrap();
+        let compiled = compile(&g, &CompileOptions::default()).unwrap();
+        let zero = ints(DType::I32, &[6], &[1, 1, 0, 1, 1, 1]);
+        let err = compiled.run(&[("a".into(), a.clone()), ("b".into(), zero)]).expect_err("division by zero");
+        assert!(err.to_string().contains("divide") && err.to_string().contains("by zero"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn quantization_matches_the_interpreter() {
+    let mut rng = StdRng::seed_from_u64(24);
+    let x = random(&mut rng, &[2, 6], -3.0, 3.0);
+    // Per tensor, per axis and blocked, to u8, i8 and i4.
+    let cases: [(&[usize], DType, i64, i64); 3] =
+        [(&[], DType::U8, 1, 0), (&[6], DType::I8, 1, 0), (&[2, 3], DType::I4, 1, 2)];
+    for (sshape, zdt, axis, block_size) in cases {
+        let n: usize = sshape.iter().product();
+        let mut g = Graph::new("quant");
+        let xv = input(&mut g, "x", &[2, 6]);
+        let scale: Vec<f64> = (0..n).map(|i| 0.02 + 0.01 * i as f64).collect();
+        let s = g.add_initializer("s", Tensor::from_f64s(DType::F32, sshape, &scale)).unwrap();
+        let zp: Vec<i64> = (0..n).map(|i| i as i64 % 3).collect();
+        let z = g.add_initializer("z", ints(zdt, sshape, &zp)).unwrap();
+        let q =
+            node(&mut g, "q", Op::QuantizeLinear { axis, block_size, saturate: true, output_dtype: None }, &[xv, s, z]);
+        let d = node(&mut g, "dq", Op::DequantizeLinear { axis, block_size, output_dtype: None }, &[q, s, z]);
+        g.add_output(q);
+        g.add_output(d);
+        check(g, &[("x".into(), x.clone())], &format!("quantize to {zdt}"));
+    }
+    let mut g = Graph::new("dyn");
+    let xv = input(&mut g, "x", &[2, 6]);
+    let id = g.add_node("dq", Op::DynamicQuantizeLinear, vec![Some(xv)], &["y", "s", "z"]).unwrap();
+    for i in 0..3 {
+        g.add_output(g.node(id).output(i).unwrap());
+    }
+    check(g, &[("x".into(), x)], "dynamic quantize");
+}
+
+#[test]
+fn inputs_that_decide_shapes_are_specialized_by_value() {
+    // Range of float graph inputs (fractions matter), scaled by the same
+    // input used as data: each distinct value compiles its own code.
+    let mut g = Graph::new("range");
+    let scalar = |g: &mut Graph, name: &str| g.add_input(name, TensorType::fixed(DType::F32, &[])).unwrap();
+    let (start, limit, delta) = (scalar(&mut g, "start"), scalar(&mut g, "limit"), scalar(&mut g, "delta"));
+    let r = node(&mut g, "range", Op::Range, &[start, limit, delta]);
+    let y = node(&mut g, "scale", Op::Binary(BinaryOp::Mul), &[r, limit]);
+    g.add_output(y);
+    let f = |v: f64| Tensor::from_f64s(DType::F32, &[], &[v]);
+    for (a, b, d) in [(0.5, 3.0, 0.75), (0.5, 3.25, 0.75), (2.0, -1.0, -0.5)] {
+        let feed = [("start".into(), f(a)), ("limit".into(), f(b)), ("delta".into(), f(d))];
+        check(g.clone(), &feed, &format!("range {a} {b} {d}"));
+    }
+    // An inference-mode Dropout whose mask is read: the mask is all true.
+    let mut g = Graph::new("dropout");
+    let x = input(&mut g, "x", &[2, 3]);
+    let ratio = g.add_input("ratio", TensorType::fixed(DType::F32, &[])).unwrap();
+    let training = g.add_input("training", TensorType::fixed(DType::Bool, &[])).unwrap();
+    let id = g
+        .add_node("drop", Op::Dropout { seed: None }, vec![Some(x), Some(ratio), Some(training)], &["y", "mask"])
+        .unwrap();
+    let (y, mask) = (g.node(id).output(0).unwrap(), g.node(id).output(1).unwrap());
+    let e = node(&mut g, "exp", Op::Unary(UnaryOp::Exp), &[y]);
+    g.add_output(e);
+    g.add_output(mask);
+    let mut rng = StdRng::seed_from_u64(25);
+    let x = random(&mut rng, &[2, 3], -1.0, 1.0);
+    for (r, t) in [(0.5, false), (0.0, true)] {
+        let feed =
+            [("x".into(), x.clone()), ("ratio".into(), f(r)), ("training".into(), ints(DType::Bool, &[], &[t as i64]))];
+        check(g.clone(), &feed, &format!("dropout ratio {r} training {t}"));
+    }
 }
 
 #[test]

@@ -85,6 +85,13 @@ pub(crate) fn emit_fused<'ctx>(
     let out_ty = plan.ty(out).clone();
     let buffered: Vec<ValueId> = reads.iter().copied().filter(|&v| inline_scalar(plan, v).is_none()).collect();
     let root = graph.node(*nodes.last().expect("a group has a root"));
+    // Integer division can fail on its data (a zero divisor): such a group
+    // is a checked kernel that records the fault and returns it.
+    let divides = nodes.iter().any(|&n| {
+        let node = graph.node(n);
+        matches!(node.op, Op::Mod { .. } | Op::Binary(BinaryOp::Div))
+            && node.input(0).is_some_and(|v| !plan.ty(v).dtype.is_float())
+    });
 
     let mut strides = vec![contiguous_strides(&out_ty.shape)];
     for &v in &buffered {
@@ -100,14 +107,19 @@ pub(crate) fn emit_fused<'ctx>(
         [n] => (n.div_ceil(ELEMENTWISE_CHUNK), Some(ELEMENTWISE_CHUNK)),
         [n, ..] => (*n, None),
     };
-    let per_item = if items > 0 { total / items } else { 0 };
-    let k = cg.parallel_kernel_fn(
-        &format!("k{step}_fused_{}", root.op.name()),
-        1 + buffered.len(),
-        items,
-        per_item * nodes.len(),
-    );
+    let per_item = total.checked_div(items).unwrap_or(0);
+    let name = format!("k{step}_fused_{}", root.op.name());
+    let k = if divides {
+        cg.checked_parallel_kernel_fn(&name, 1 + buffered.len(), items, per_item * nodes.len())
+    } else {
+        cg.parallel_kernel_fn(&name, 1 + buffered.len(), items, per_item * nodes.len())
+    };
     let f = k.f;
+    if divides {
+        let slot = cg.entry_alloca(f, cg.ctx.bool_type().into(), "fault")?;
+        cg.b.build_store(slot, cg.ctx.bool_type().const_zero())?;
+        cg.fault.set(Some(slot));
+    }
     let out_ptr = cg.param(f, 0);
     let mut leaves: BTreeMap<ValueId, Leaf> = BTreeMap::new();
     for (i, &v) in buffered.iter().enumerate() {
@@ -155,7 +167,14 @@ pub(crate) fn emit_fused<'ctx>(
             }
         })?;
     }
-    cg.kernel_return(f)?;
+    match cg.fault.take() {
+        Some(slot) => {
+            let failed = cg.b.build_load(cg.ctx.bool_type(), slot, "fault")?.into_int_value();
+            let status = cg.b.build_int_z_extend(failed, cg.ctx.i32_type(), "status")?;
+            cg.b.build_return(Some(&status))?;
+        }
+        None => cg.kernel_return(f)?,
+    }
     let mut locs = vec![plan.loc(out)];
     locs.extend(buffered.iter().map(|&v| plan.loc(v)));
     Ok((cg.finish_parallel(k)?, locs))
@@ -307,6 +326,7 @@ pub(crate) fn emit_op<'ctx>(
             }
             Ok(acc)
         }
+        Op::Mod { fmod } => modulo(cg, *fmod, arg(0)?, arg(1)?),
         Op::Clip => {
             let x = arg(0)?;
             let mut r = x.0;
@@ -468,7 +488,7 @@ fn binary<'ctx>(cg: &Cg<'ctx>, op: BinaryOp, a: Val<'ctx>, b: Val<'ctx>) -> Resu
     }
     if op == BinaryOp::Pow {
         if !a.1.is_float() {
-            return unsupported(format!("Pow of {} base", a.1));
+            return int_pow(cg, a, b);
         }
         // The exponent may have another type; Pow computes in the base's.
         let e = if b.1.is_float() {
@@ -503,10 +523,121 @@ fn arith<'ctx>(cg: &Cg<'ctx>, op: BinaryOp, a: Val<'ctx>, b: Val<'ctx>) -> Resul
         BinaryOp::Add => cg.b.build_int_add(x, y, "add")?.into(),
         BinaryOp::Sub => cg.b.build_int_sub(x, y, "sub")?.into(),
         BinaryOp::Mul => cg.b.build_int_mul(x, y, "mul")?.into(),
-        // Integer division traps on zero and overflow; it needs checks the
-        // interpreter defines and this backend does not lower yet.
+        BinaryOp::Div => int_divide(cg, a.1, x, y, false, false)?.into(),
         _ => return unsupported(format!("{} of {}", op.name(), a.1)),
     })
+}
+
+/// Integer `x / y` (truncating) or remainder, with the two cases LLVM
+/// leaves undefined made defined: a zero divisor sets the kernel's fault
+/// flag (and divides by 1 instead), and `MIN / -1` wraps to `MIN` (its
+/// remainder is 0). `floor` makes the remainder take the divisor's sign.
+fn int_divide<'ctx>(
+    cg: &Cg<'ctx>,
+    dtype: DType,
+    x: IntValue<'ctx>,
+    y: IntValue<'ctx>,
+    rem: bool,
+    floor: bool,
+) -> Result<IntValue<'ctx>, OpError> {
+    let ty = x.get_type();
+    let zero = ty.const_zero();
+    let is_zero = cg.b.build_int_compare(IntPredicate::EQ, y, zero, "div0")?;
+    if let Some(slot) = cg.fault.get() {
+        let seen = cg.b.build_load(cg.ctx.bool_type(), slot, "fault")?.into_int_value();
+        cg.b.build_store(slot, cg.b.build_or(seen, is_zero, "fault")?)?;
+    }
+    let signed = dtype.is_signed_integer();
+    let minus_one = cg.b.build_int_compare(IntPredicate::EQ, y, ty.const_all_ones(), "m1")?;
+    let special = if signed { cg.b.build_or(is_zero, minus_one, "special")? } else { is_zero };
+    let safe = cg.b.build_select(special, ty.const_int(1, false), y, "safe")?.into_int_value();
+    let r = match (rem, signed) {
+        (false, true) => cg.b.build_int_signed_div(x, safe, "div")?,
+        (false, false) => cg.b.build_int_unsigned_div(x, safe, "div")?,
+        (true, true) => cg.b.build_int_signed_rem(x, safe, "rem")?,
+        (true, false) => cg.b.build_int_unsigned_rem(x, safe, "rem")?,
+    };
+    if !signed {
+        return Ok(r);
+    }
+    // y == -1: x / -1 = -x (wrapping), x % -1 = 0.
+    let by_m1 = if rem { zero } else { cg.b.build_int_sub(zero, x, "negx")? };
+    let r = cg.b.build_select(minus_one, by_m1, r, "r")?.into_int_value();
+    if !(rem && floor) {
+        return Ok(r);
+    }
+    let nonzero = cg.b.build_int_compare(IntPredicate::NE, r, zero, "nz")?;
+    let differ = cg.b.build_int_compare(IntPredicate::SLT, cg.b.build_xor(r, y, "sx")?, zero, "differ")?;
+    let fix = cg.b.build_and(nonzero, differ, "fix")?;
+    let adjusted = cg.b.build_int_add(r, y, "adj")?;
+    Ok(cg.b.build_select(fix, adjusted, r, "mod")?.into_int_value())
+}
+
+/// `Mod`: floats (always) and `fmod` take the dividend's sign, integers
+/// otherwise the divisor's.
+fn modulo<'ctx>(cg: &Cg<'ctx>, fmod: bool, a: Val<'ctx>, b: Val<'ctx>) -> Result<BV<'ctx>, OpError> {
+    if a.1.is_float() {
+        return Ok(match (a.0, b.0) {
+            (BV::FloatValue(x), BV::FloatValue(y)) => cg.b.build_float_rem(x, y, "fmod")?.into(),
+            _ => return unsupported("Mod of vectors"),
+        });
+    }
+    if a.1 == DType::Bool {
+        return unsupported("Mod of bool");
+    }
+    Ok(int_divide(cg, a.1, a.0.into_int_value(), b.0.into_int_value(), true, !fmod)?.into())
+}
+
+/// Pow with an integer base: a float exponent computes in f64 and
+/// converts back (truncating, saturating); an integer one multiplies with
+/// wrapping, square-and-multiply over the exponent's 64 bits; a negative
+/// one gives the truncated reciprocal (0 unless the base is ±1).
+fn int_pow<'ctx>(cg: &Cg<'ctx>, a: Val<'ctx>, b: Val<'ctx>) -> Result<BV<'ctx>, OpError> {
+    if a.1 == DType::Bool || b.1 == DType::Bool {
+        return unsupported("Pow of bool");
+    }
+    let x = a.0.into_int_value();
+    let ty = x.get_type();
+    let i64t = cg.i64t();
+    let unsigned = matches!(a.1, DType::U8 | DType::U4);
+    let wide = if unsigned {
+        cg.b.build_int_z_extend_or_bit_cast(x, i64t, "base")?
+    } else {
+        cg.b.build_int_s_extend_or_bit_cast(x, i64t, "base")?
+    };
+    if b.1.is_float() {
+        let f64t = cg.ctx.f64_type();
+        let base = cg.b.build_signed_int_to_float(wide, f64t, "base")?;
+        let e = b.0.into_float_value();
+        let e = if e.get_type() == f64t { e } else { cg.b.build_float_ext(e, f64t, "e")? };
+        let p = cg.intrinsic("llvm.pow", &[base.into(), e.into()])?;
+        let sat = cast(cg, (p, DType::F64), a.1)?;
+        return Ok(sat);
+    }
+    let e = b.0.into_int_value();
+    let e = if matches!(b.1, DType::U8 | DType::U4) {
+        cg.b.build_int_z_extend_or_bit_cast(e, i64t, "e")?
+    } else {
+        cg.b.build_int_s_extend_or_bit_cast(e, i64t, "e")?
+    };
+    let one = i64t.const_int(1, false);
+    let (mut result, mut base) = (one, wide);
+    for bit in 0..63 {
+        let set = cg.b.build_and(cg.b.build_right_shift(e, i64t.const_int(bit, false), false, "b")?, one, "bit")?;
+        let set = cg.b.build_int_compare(IntPredicate::NE, set, i64t.const_zero(), "set")?;
+        let times = cg.b.build_int_mul(result, base, "times")?;
+        result = cg.b.build_select(set, times, result, "acc")?.into_int_value();
+        base = cg.b.build_int_mul(base, base, "sq")?;
+    }
+    let negative = cg.b.build_int_compare(IntPredicate::SLT, e, i64t.const_zero(), "neg")?;
+    let is_one = cg.b.build_int_compare(IntPredicate::EQ, wide, one, "one")?;
+    let is_m1 = cg.b.build_int_compare(IntPredicate::EQ, wide, i64t.const_all_ones(), "m1")?;
+    let odd = cg.b.build_int_compare(IntPredicate::NE, cg.b.build_and(e, one, "odd")?, i64t.const_zero(), "odd")?;
+    let m1_pow = cg.b.build_select(odd, i64t.const_all_ones(), one, "m1pow")?.into_int_value();
+    let recip = cg.b.build_select(is_m1, m1_pow, i64t.const_zero(), "recip")?.into_int_value();
+    let recip = cg.b.build_select(is_one, one, recip, "recip")?.into_int_value();
+    let r = cg.b.build_select(negative, recip, result, "pow")?.into_int_value();
+    Ok(cg.b.build_int_truncate_or_bit_cast(r, ty, "pow")?.into())
 }
 
 fn compare<'ctx>(cg: &Cg<'ctx>, op: BinaryOp, a: Val<'ctx>, b: Val<'ctx>) -> Result<BV<'ctx>, OpError> {
@@ -586,9 +717,25 @@ fn cast<'ctx>(cg: &Cg<'ctx>, x: Val<'ctx>, to: DType) -> Result<BV<'ctx>, OpErro
             cg.b.build_int_compare(IntPredicate::NE, i, i.get_type().const_zero(), "nz")?.into()
         });
     }
-    if matches!(from, DType::F64) && matches!(to, DType::F16 | DType::BF16) {
-        // f64 → f32 → f16 would round twice.
+    if from == DType::F64 && to == DType::F16 {
+        // One rounding, straight from f64 (through f32 it could round twice).
+        let h = cg.b.build_float_trunc(v.into_float_value(), cg.ctx.f16_type(), "narrow")?;
+        return Ok(cg.b.build_float_ext(h, cg.f32t(), "wide")?.into());
+    }
+    if from == DType::F64 && to == DType::BF16 {
         return unsupported(format!("Cast from {from} to {to}"));
+    }
+    if matches!(to, DType::I4 | DType::U4) {
+        // Truncate (saturating) to i64 or keep the integer, then wrap into
+        // four bits, as the interpreter and ONNX's tests do.
+        let wide = cast(cg, x, DType::I64)?;
+        let byte = cg.b.build_int_truncate(wide.into_int_value(), cg.ctx.i8_type(), "byte")?;
+        let four = cg.ctx.i8_type().const_int(4, false);
+        return Ok(if to == DType::I4 {
+            cg.b.build_right_shift(cg.b.build_left_shift(byte, four, "hi")?, four, true, "i4")?.into()
+        } else {
+            cg.b.build_and(byte, cg.ctx.i8_type().const_int(0x0f, false), "u4")?.into()
+        });
     }
     if from.is_float() {
         if to.is_float() {
@@ -615,7 +762,7 @@ fn cast<'ctx>(cg: &Cg<'ctx>, x: Val<'ctx>, to: DType) -> Result<BV<'ctx>, OpErro
         return r.ok_or_else(|| OpError::Backend(BackendError::Llvm(format!("{name} returns nothing"))));
     }
     let i = v.into_int_value();
-    let unsigned_src = from == DType::U8 || from == DType::Bool;
+    let unsigned_src = matches!(from, DType::U8 | DType::U4 | DType::Bool);
     if to.is_float() {
         let ft = to_ty.into_float_type();
         return Ok(if unsigned_src {

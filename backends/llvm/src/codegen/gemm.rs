@@ -37,7 +37,7 @@ use crate::error::{BackendError, Result};
 use crate::MatMulKernel;
 use inkwell::attributes::AttributeLoc;
 use inkwell::module::Linkage;
-use inkwell::types::FloatType;
+use inkwell::types::{BasicType, BasicTypeEnum, VectorType};
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
 use kiln_ir::dtype::DType;
@@ -46,7 +46,7 @@ type BV<'ctx> = BasicValueEnum<'ctx>;
 
 /// Rows of A per packed block (a multiple of every `MR` below would waste
 /// nothing; 168 = 12 · 14 = 28 · 6).
-const MC: usize = 168;
+pub(crate) const MC: usize = 168;
 /// Depth of a packed block: a `KC × 32` f32 B panel is 32 KiB, in L1.
 const KC: usize = 256;
 /// Columns of B per packed block: a `KC × NC` f32 block is 2 MiB.
@@ -120,7 +120,7 @@ fn packed_bytes(c_dtype: DType) -> usize {
 /// True when partial sums may be accumulated in C itself: C holds the
 /// compute type exactly.
 fn c_is_native(c_dtype: DType) -> bool {
-    matches!(c_dtype, DType::F32 | DType::F64)
+    matches!(c_dtype, DType::F32 | DType::F64 | DType::I32)
 }
 
 /// The depth of the packed blocks for a product.
@@ -225,10 +225,108 @@ fn mul_v<'ctx>(cg: &Cg<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Result<In
     Ok(cg.b.build_int_nsw_mul(a, b, "prod")?)
 }
 
+/// The element type the packed blocks and the microkernel compute in.
+#[derive(Clone, Copy, Debug)]
+struct Elem<'ctx> {
+    ty: BasicTypeEnum<'ctx>,
+    /// i32 (integer products) rather than a float.
+    int: bool,
+    bytes: usize,
+}
+
+impl<'ctx> Elem<'ctx> {
+    fn of(cg: &Cg<'ctx>, c_dtype: DType) -> Elem<'ctx> {
+        match c_dtype {
+            DType::F64 => Elem { ty: cg.ctx.f64_type().into(), int: false, bytes: 8 },
+            DType::I32 => Elem { ty: cg.ctx.i32_type().into(), int: true, bytes: 4 },
+            _ => Elem { ty: cg.f32t().into(), int: false, bytes: 4 },
+        }
+    }
+
+    fn vec(&self, lanes: usize) -> VectorType<'ctx> {
+        match self.ty {
+            BasicTypeEnum::FloatType(t) => t.vec_type(lanes as u32),
+            BasicTypeEnum::IntType(t) => t.vec_type(lanes as u32),
+            other => unreachable!("GEMM elements are f32, f64 or i32, not {other:?}"),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match (self.int, self.bytes) {
+            (true, _) => "i32",
+            (false, 8) => "f64",
+            _ => "f32",
+        }
+    }
+
+    /// `a + b` of two (vector) values of this element type.
+    fn add(&self, cg: &Cg<'ctx>, a: BV<'ctx>, b: BV<'ctx>) -> Result<BV<'ctx>> {
+        if !self.int {
+            return cg.fadd(a, b);
+        }
+        Ok(match (a, b) {
+            (BV::VectorValue(x), BV::VectorValue(y)) => cg.b.build_int_add(x, y, "add")?.into(),
+            _ => cg.b.build_int_add(a.into_int_value(), b.into_int_value(), "add")?.into(),
+        })
+    }
+
+    /// `acc + x·y` of vectors of this element type (`llvm.fma` for floats).
+    fn mul_add(&self, cg: &Cg<'ctx>, x: BV<'ctx>, y: BV<'ctx>, acc: BV<'ctx>) -> Result<BV<'ctx>> {
+        if !self.int {
+            return cg.intrinsic("llvm.fma", &[x, y, acc]);
+        }
+        let p = cg.b.build_int_mul(x.into_vector_value(), y.into_vector_value(), "prod")?;
+        Ok(cg.b.build_int_add(p, acc.into_vector_value(), "acc")?.into())
+    }
+}
+
+/// A zero point subtracted from an integer operand while it is packed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ZeroPoint<'ctx> {
+    /// One value for the whole operand, at element 0 of the pointer.
+    Scalar(PointerValue<'ctx>, DType),
+    /// One value per row of A (per column of B), indexed by the row
+    /// (column) of the product.
+    PerIndex(PointerValue<'ctx>, DType),
+}
+
+/// How packing converts a loaded element: widening floats (done by
+/// `Cg::load`) or, for integer products, extending to i32 and subtracting
+/// the zero point of its row (A) or column (B).
+#[derive(Clone, Copy)]
+enum Convert<'ctx> {
+    Float,
+    Int { dtype: DType, zero: Option<ZeroPoint<'ctx>> },
+}
+
+impl<'ctx> Convert<'ctx> {
+    /// The packed value of raw element `v` at row/column `at`.
+    fn apply(&self, cg: &Cg<'ctx>, v: BV<'ctx>, at: IntValue<'ctx>) -> Result<BV<'ctx>> {
+        let Convert::Int { dtype, zero } = *self else { return Ok(v) };
+        let i32t = cg.ctx.i32_type();
+        let wide = |x: BV<'ctx>, dtype: DType| -> Result<IntValue<'ctx>> {
+            let x = x.into_int_value();
+            Ok(if dtype == DType::U8 {
+                cg.b.build_int_z_extend(x, i32t, "u8")?
+            } else {
+                cg.b.build_int_s_extend(x, i32t, "i8")?
+            })
+        };
+        let v = wide(v, dtype)?;
+        let Some(zp) = zero else { return Ok(v.into()) };
+        let (ptr, zdt, idx) = match zp {
+            ZeroPoint::Scalar(p, d) => (p, d, cg.i64c(0)),
+            ZeroPoint::PerIndex(p, d) => (p, d, at),
+        };
+        let z = wide(cg.load(ptr, zdt, idx)?, zdt)?;
+        Ok(cg.b.build_int_sub(v, z, "shifted")?.into())
+    }
+}
+
 /// Address of element `idx` of a buffer of `ty` elements.
 fn gep<'ctx>(
     cg: &Cg<'ctx>,
-    ty: FloatType<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
     base: PointerValue<'ctx>,
     idx: IntValue<'ctx>,
 ) -> Result<PointerValue<'ctx>> {
@@ -249,7 +347,43 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
             )));
         }
     }
-    let ty: FloatType<'ctx> = if wide { cg.ctx.f64_type() } else { cg.f32t() };
+    emit_product(cg, f, spec, Convert::Float, Convert::Float)
+}
+
+/// Emits the integer product `C = (A - a_zero)·(B - b_zero)` (or `C +=`)
+/// with u8/i8 operands and an i32 C, accumulated in i32 with wrapping
+/// arithmetic (as ONNX MatMulInteger and numpy). `spec.alpha` must be 1.
+/// A's zero point is per tensor or per row of the product, B's per tensor
+/// or per column.
+pub(crate) fn emit_gemm_i32<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    spec: &GemmSpec<'ctx>,
+    a_zero: Option<ZeroPoint<'ctx>>,
+    b_zero: Option<ZeroPoint<'ctx>>,
+) -> Result<()> {
+    let ints = [spec.a.dtype, spec.b.dtype].iter().all(|d| matches!(d, DType::U8 | DType::I8));
+    if !ints || spec.c_dtype != DType::I32 || spec.alpha != 1.0 {
+        return Err(BackendError::Llvm(format!(
+            "the integer GEMM computes i32 = u8/i8 x u8/i8 with alpha 1, not {} = {} x {} with alpha {}",
+            spec.c_dtype, spec.a.dtype, spec.b.dtype, spec.alpha
+        )));
+    }
+    let conv_a = Convert::Int { dtype: spec.a.dtype, zero: a_zero };
+    let conv_b = Convert::Int { dtype: spec.b.dtype, zero: b_zero };
+    emit_product(cg, f, spec, conv_a, conv_b)
+}
+
+fn emit_product<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    spec: &GemmSpec<'ctx>,
+    conv_a: Convert<'ctx>,
+    conv_b: Convert<'ctx>,
+) -> Result<()> {
+    let wide = is_wide(spec.c_dtype);
+    let ety = Elem::of(cg, spec.c_dtype);
+    let ty = ety.ty;
     let tile = tile_for(cg, wide);
     let (mr, nr) = (tile.mr, tile.nr());
     if MC % mr != 0 || NC % nr != 0 {
@@ -262,13 +396,15 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
     let pb = unsafe {
         cg.b.build_in_bounds_gep(cg.ctx.i8_type(), spec.scratch, &[cg.i64c(round_up(a_bytes, 64) as i64)], "packed_b")?
     };
-    let ukr = microkernel(cg, ty, tile)?;
-    let native = c_is_native(spec.c_dtype);
+    let ukr = microkernel(cg, ety, tile)?;
     let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
     if let Some(inst) = tile_buf.as_instruction_value() {
         inst.set_alignment(64).map_err(|e| BackendError::Llvm(e.to_string()))?;
     }
-    let alpha = ty.const_float(spec.alpha);
+    let alpha: BV = match ty {
+        BasicTypeEnum::FloatType(t) => t.const_float(spec.alpha).into(),
+        _ => cg.ctx.i32_type().const_int(1, false).into(),
+    };
     let i1 = cg.ctx.bool_type();
 
     // Without accumulation, a product with k = 0 still runs one (empty)
@@ -291,7 +427,7 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
         cg.for_range(f, k_blocks, &mut |pc_i| {
             let pc = cg.mul(pc_i, kc_max as i64)?;
             let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, spec.k, pc)?)?;
-            pack_b(cg, f, ty, &spec.b, pb, pc, jc, kc, nc, nr)?;
+            pack_b(cg, f, ty, &spec.b, conv_b, pb, pc, jc, kc, nc, nr)?;
             let add = if spec.accumulate {
                 i1.const_int(1, false)
             } else {
@@ -300,72 +436,264 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
             cg.for_range(f, ceil_div(cg, spec.m, mc_max)?, &mut |ic_i| {
                 let ic = cg.mul(ic_i, mc_max as i64)?;
                 let mc = min(cg, cg.i64c(mc_max as i64), sub(cg, spec.m, ic)?)?;
-                pack_a(cg, f, ty, &spec.a, pa, ic, pc, mc, kc, mr)?;
-                cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |jr| {
-                    let j0 = cg.mul(jr, nr as i64)?;
-                    let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, j0)?)?;
-                    let b_panel = gep(cg, ty, pb, mul_v(cg, cg.mul(jr, nr as i64)?, kc)?)?;
-                    cg.for_range(f, ceil_div(cg, mc, mr)?, &mut |ir| {
-                        let i0 = cg.mul(ir, mr as i64)?;
-                        let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, i0)?)?;
-                        let a_panel = gep(cg, ty, pa, mul_v(cg, cg.mul(ir, mr as i64)?, kc)?)?;
-                        let row = cg.add(ic, i0)?;
-                        let col = cg.add(jc, j0)?;
-                        let c_at = cg.affine(row, spec.ldc, col)?;
-                        let call = |c: PointerValue<'ctx>, ldc: IntValue<'ctx>, add: IntValue<'ctx>| -> Result<()> {
-                            cg.b.build_call(
-                                ukr,
-                                &[
-                                    kc.into(),
-                                    a_panel.into(),
-                                    b_panel.into(),
-                                    c.into(),
-                                    ldc.into(),
-                                    add.into(),
-                                    alpha.into(),
-                                ],
-                                "",
-                            )?;
-                            Ok(())
-                        };
-                        // Edge tiles (and narrow outputs) go through the stack tile.
-                        let via_tile = |cg: &Cg<'ctx>| -> Result<()> {
-                            call(tile_buf, cg.i64c(nr as i64), i1.const_zero())?;
-                            cg.for_range(f, rows, &mut |r| {
-                                let c_row = cg.affine(r, spec.ldc, c_at)?;
-                                let t_row = cg.mul(r, nr as i64)?;
-                                cg.for_range(f, cols, &mut |j| {
-                                    let v = cg.b.build_load(ty, gep(cg, ty, tile_buf, cg.add(t_row, j)?)?, "t")?;
-                                    let idx = cg.add(c_row, j)?;
-                                    let sum = select_add(cg, f, add, spec.c, spec.c_dtype, idx, v)?;
-                                    cg.store(spec.c, spec.c_dtype, idx, sum)
-                                })
-                            })
-                        };
-                        if !native {
-                            return via_tile(cg);
-                        }
-                        let full_rows =
-                            cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(mr as i64), "full_rows")?;
-                        let full_cols =
-                            cg.b.build_int_compare(IntPredicate::EQ, cols, cg.i64c(nr as i64), "full_cols")?;
-                        let full = cg.b.build_and(full_rows, full_cols, "full")?;
-                        let direct = cg.ctx.append_basic_block(f, "tile.direct");
-                        let edge = cg.ctx.append_basic_block(f, "tile.edge");
-                        let done = cg.ctx.append_basic_block(f, "tile.done");
-                        cg.b.build_conditional_branch(full, direct, edge)?;
-                        cg.b.position_at_end(direct);
-                        let c_ptr = cg.elem_ptr(spec.c, spec.c_dtype, c_at)?;
-                        call(c_ptr, cg.i64c(spec.ldc), add)?;
-                        cg.b.build_unconditional_branch(done)?;
-                        cg.b.position_at_end(edge);
-                        via_tile(cg)?;
-                        cg.b.build_unconditional_branch(done)?;
-                        cg.b.position_at_end(done);
-                        Ok(())
+                pack_a(cg, f, ty, &spec.a, conv_a, pa, ic, pc, mc, kc, mr)?;
+                let mk = Macro { ety, tile, ukr, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
+                macro_kernel(cg, f, &mk, pa, pb, (ic, jc), (mc, nc), kc, add)
+            })
+        })
+    })
+}
+
+// ---------------------------------------------------------------- threads
+
+/// Items a parallel product is split into when its row blocks are fewer
+/// (so that up to this many threads find work).
+const TARGET_ITEMS: usize = 8;
+/// Columns per item are a multiple of this, itself a multiple of every `NR`.
+const SLAB_ALIGN: usize = 64;
+/// Largest packed copy of B (all batches) a parallel product makes; past
+/// it the product runs serially, blocked over NC.
+const PACKED_B_LIMIT: usize = 64 << 20;
+/// Largest packed A block kept on a thread's stack.
+const A_STACK_LIMIT: usize = 256 << 10;
+/// Smallest product (multiply-adds) worth splitting.
+const MIN_PARALLEL_MACS: usize = 1 << 21;
+
+/// How a product is split across threads: a serial prologue packs all of B
+/// once into scratch ([`pack_b_whole`]); then each item, a block of `MC`
+/// rows times a slab of `slab` columns of one batch entry, packs its own A
+/// block on its stack and runs the macro kernel ([`emit_gemm_packed_b`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ParallelSplit {
+    pub row_blocks: usize,
+    pub slab: usize,
+    pub slabs: usize,
+}
+
+/// The number of output batch entries and of distinct B matrices of a
+/// MatMul with operand shapes `a` and `b`.
+pub(crate) fn batch_counts(a: &[usize], b: &[usize]) -> (usize, usize) {
+    let batch = |s: &[usize]| if s.len() > 2 { s[..s.len() - 2].to_vec() } else { Vec::new() };
+    let (ab, bb) = (batch(a), batch(b));
+    let rank = ab.len().max(bb.len());
+    let at = |v: &[usize], i: usize| if i + v.len() >= rank { v[i + v.len() - rank] } else { 1 };
+    let out: usize = (0..rank).map(|i| at(&ab, i).max(at(&bb, i))).product();
+    (out, bb.iter().product())
+}
+
+/// The split of a product on threads, or `None` when it runs serially
+/// (small, not f32, or B too large to pack whole).
+pub(crate) fn parallel_split(
+    dims: GemmDims,
+    c_dtype: DType,
+    batches: usize,
+    b_batches: usize,
+) -> Option<ParallelSplit> {
+    let GemmDims { m, n, k } = dims;
+    let kc = kc_for(c_dtype, dims);
+    let small = batches.saturating_mul(m).saturating_mul(n).saturating_mul(k) < MIN_PARALLEL_MACS;
+    if c_dtype != DType::F32 || small || m == 0 || n == 0 || MC * kc * 4 > A_STACK_LIMIT {
+        return None;
+    }
+    if packed_b_bytes(c_dtype, dims, b_batches) > PACKED_B_LIMIT {
+        return None;
+    }
+    let row_blocks = m.div_ceil(MC);
+    let row_items = batches * row_blocks;
+    let wanted = if row_items >= TARGET_ITEMS { 1 } else { TARGET_ITEMS.div_ceil(row_items) };
+    let slab = round_up(n.div_ceil(wanted.min(n.div_ceil(SLAB_ALIGN)).max(1)), SLAB_ALIGN);
+    Some(ParallelSplit { row_blocks, slab, slabs: n.div_ceil(slab) })
+}
+
+/// Bytes of scratch of a MatMul/Gemm with operand shapes `a` and `b`,
+/// output dtype `c_dtype` and kernel choice `kernel`: B packed whole for a
+/// parallel product, the packed blocks for a serial one, none for the
+/// simple loops.
+pub(crate) fn matmul_scratch_bytes(
+    a: &[usize],
+    b: &[usize],
+    c_dtype: DType,
+    (trans_a, trans_b): (bool, bool),
+    kernel: MatMulKernel,
+) -> usize {
+    let Some(dims) = matmul_dims(a, b, trans_a, trans_b) else { return 0 };
+    if !uses_packed(dims, c_dtype, kernel) {
+        return 0;
+    }
+    let (batches, b_batches) = batch_counts(a, b);
+    match parallel_split(dims, c_dtype, batches, b_batches) {
+        Some(_) => packed_b_bytes(c_dtype, dims, b_batches),
+        None => scratch_bytes(c_dtype, dims),
+    }
+}
+
+/// Bytes of B packed whole ([`pack_b_whole`]) for `b_batches` matrices, on
+/// any target.
+pub(crate) fn packed_b_bytes(c_dtype: DType, dims: GemmDims, b_batches: usize) -> usize {
+    let widest = TILES
+        .iter()
+        .map(|&(f32_lanes, mr, vecs)| Tile { mr, vecs, lanes: lanes_of(f32_lanes, is_wide(c_dtype)) }.nr())
+        .map(|nr| round_up(dims.n.max(1), nr))
+        .max()
+        .unwrap_or(dims.n);
+    b_batches * dims.k * widest * packed_bytes(c_dtype)
+}
+
+/// Elements of one B matrix packed whole on this target.
+pub(crate) fn packed_b_elems(cg: &Cg<'_>, c_dtype: DType, dims: GemmDims) -> usize {
+    let nr = tile_for(cg, is_wide(c_dtype)).nr();
+    dims.k * round_up(dims.n.max(1), nr)
+}
+
+/// Packs all of B (`dims.k × dims.n`) into `dst`: the KC blocks one after
+/// another, each as `NR`-wide panels across the whole width.
+pub(crate) fn pack_b_whole<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    b: &GemmOperand<'ctx>,
+    c_dtype: DType,
+    dims: GemmDims,
+    dst: PointerValue<'ctx>,
+) -> Result<()> {
+    let ety = Elem::of(cg, c_dtype);
+    let nr = tile_for(cg, is_wide(c_dtype)).nr();
+    let kc_max = kc_for(c_dtype, dims);
+    let width = round_up(dims.n.max(1), nr) as i64;
+    cg.for_n(f, dims.k.div_ceil(kc_max), &mut |pc_i| {
+        let pc = cg.mul(pc_i, kc_max as i64)?;
+        let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, cg.i64c(dims.k as i64), pc)?)?;
+        let block = gep(cg, ety.ty, dst, cg.mul(pc, width)?)?;
+        pack_b(cg, f, ety.ty, b, Convert::Float, block, pc, cg.i64c(0), kc, cg.i64c(dims.n as i64), nr)
+    })
+}
+
+/// Emits rows `[ic, ic + mc)` and columns `[jc, jc + nc)` of the product of
+/// `spec` (whose `m`, `n`, `k` must be the constants `spec.max`), with B
+/// already packed whole at `pb` by [`pack_b_whole`]; A's block is packed on
+/// the stack. `spec.scratch` is not used.
+pub(crate) fn emit_gemm_packed_b<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    spec: &GemmSpec<'ctx>,
+    pb: PointerValue<'ctx>,
+    (ic, mc): (IntValue<'ctx>, IntValue<'ctx>),
+    (jc, nc): (IntValue<'ctx>, IntValue<'ctx>),
+) -> Result<()> {
+    let ety = Elem::of(cg, spec.c_dtype);
+    let ty = ety.ty;
+    let tile = tile_for(cg, is_wide(spec.c_dtype));
+    let (mr, nr) = (tile.mr, tile.nr());
+    let kc_max = kc_for(spec.c_dtype, spec.max);
+    let width = round_up(spec.max.n.max(1), nr) as i64;
+    let (a_bytes, _) = pack_sizes(spec.c_dtype, spec.max, mr, nr);
+    let pa = cg.entry_alloca(f, ty.array_type((a_bytes / ety.bytes).max(1) as u32).into(), "packed_a")?;
+    set_align(pa.as_basic_value_enum(), 64)?;
+    let ukr = microkernel(cg, ety, tile)?;
+    let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
+    set_align(tile_buf.as_basic_value_enum(), 64)?;
+    let alpha: BV = match ty {
+        BasicTypeEnum::FloatType(t) => t.const_float(spec.alpha).into(),
+        _ => cg.ctx.i32_type().const_int(1, false).into(),
+    };
+    let k_blocks = if spec.accumulate { spec.max.k.div_ceil(kc_max) } else { spec.max.k.div_ceil(kc_max).max(1) };
+    let mk = Macro { ety, tile, ukr, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
+    cg.for_n(f, k_blocks, &mut |pc_i| {
+        let pc = cg.mul(pc_i, kc_max as i64)?;
+        let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, spec.k, pc)?)?;
+        pack_a(cg, f, ty, &spec.a, Convert::Float, pa, ic, pc, mc, kc, mr)?;
+        let add = if spec.accumulate {
+            cg.ctx.bool_type().const_int(1, false)
+        } else {
+            cg.b.build_int_compare(IntPredicate::SGT, pc_i, cg.i64c(0), "add")?
+        };
+        // The panel of column `jc` in this KC block.
+        let block = cg.mul(pc, width)?;
+        let b_panels = gep(cg, ty, pb, cg.add(block, mul_v(cg, jc, kc)?)?)?;
+        macro_kernel(cg, f, &mk, pa, b_panels, (ic, jc), (mc, nc), kc, add)
+    })
+}
+
+/// What the macro kernel needs besides the blocks.
+struct Macro<'ctx> {
+    ety: Elem<'ctx>,
+    tile: Tile,
+    ukr: FunctionValue<'ctx>,
+    /// An `MR × NR` stack tile for edge tiles.
+    tile_buf: PointerValue<'ctx>,
+    alpha: BV<'ctx>,
+    c: PointerValue<'ctx>,
+    c_dtype: DType,
+    ldc: i64,
+}
+
+/// Computes the `mc × nc` block of C at (`ic`, `jc`) from a packed A block
+/// (`pa`, `MR`-row panels of depth `kc`) and packed B panels (`pb`, the
+/// panel of column `jc` first, `NR · kc` elements apart): `NR` panels outer
+/// (one stays in L1), `MR` panels inner. Full tiles of a native C go
+/// straight to C; edge tiles (and narrow outputs) through the stack tile.
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    mk: &Macro<'ctx>,
+    pa: PointerValue<'ctx>,
+    pb: PointerValue<'ctx>,
+    (ic, jc): (IntValue<'ctx>, IntValue<'ctx>),
+    (mc, nc): (IntValue<'ctx>, IntValue<'ctx>),
+    kc: IntValue<'ctx>,
+    add: IntValue<'ctx>,
+) -> Result<()> {
+    let (mr, nr) = (mk.tile.mr, mk.tile.nr());
+    let (ty, ety) = (mk.ety.ty, mk.ety);
+    let i1 = cg.ctx.bool_type();
+    let native = c_is_native(mk.c_dtype);
+    cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |jr| {
+        let j0 = cg.mul(jr, nr as i64)?;
+        let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, j0)?)?;
+        let b_panel = gep(cg, ty, pb, mul_v(cg, cg.mul(jr, nr as i64)?, kc)?)?;
+        cg.for_range(f, ceil_div(cg, mc, mr)?, &mut |ir| {
+            let i0 = cg.mul(ir, mr as i64)?;
+            let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, i0)?)?;
+            let a_panel = gep(cg, ty, pa, mul_v(cg, cg.mul(ir, mr as i64)?, kc)?)?;
+            let c_at = cg.affine(cg.add(ic, i0)?, mk.ldc, cg.add(jc, j0)?)?;
+            let call = |c: PointerValue<'ctx>, ldc: IntValue<'ctx>, add: IntValue<'ctx>| -> Result<()> {
+                let args =
+                    [kc.into(), a_panel.into(), b_panel.into(), c.into(), ldc.into(), add.into(), mk.alpha.into()];
+                cg.b.build_call(mk.ukr, &args, "")?;
+                Ok(())
+            };
+            let via_tile = |cg: &Cg<'ctx>| -> Result<()> {
+                call(mk.tile_buf, cg.i64c(nr as i64), i1.const_zero())?;
+                cg.for_range(f, rows, &mut |r| {
+                    let c_row = cg.affine(r, mk.ldc, c_at)?;
+                    let t_row = cg.mul(r, nr as i64)?;
+                    cg.for_range(f, cols, &mut |j| {
+                        let v = cg.b.build_load(ty, gep(cg, ty, mk.tile_buf, cg.add(t_row, j)?)?, "t")?;
+                        let idx = cg.add(c_row, j)?;
+                        let sum = select_add(cg, ety, add, mk.c, mk.c_dtype, idx, v)?;
+                        cg.store(mk.c, mk.c_dtype, idx, sum)
                     })
                 })
-            })
+            };
+            if !native {
+                return via_tile(cg);
+            }
+            let full_rows = cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(mr as i64), "full_rows")?;
+            let full_cols = cg.b.build_int_compare(IntPredicate::EQ, cols, cg.i64c(nr as i64), "full_cols")?;
+            let full = cg.b.build_and(full_rows, full_cols, "full")?;
+            let direct = cg.ctx.append_basic_block(f, "tile.direct");
+            let edge = cg.ctx.append_basic_block(f, "tile.edge");
+            let done = cg.ctx.append_basic_block(f, "tile.done");
+            cg.b.build_conditional_branch(full, direct, edge)?;
+            cg.b.position_at_end(direct);
+            let c_ptr = cg.elem_ptr(mk.c, mk.c_dtype, c_at)?;
+            call(c_ptr, cg.i64c(mk.ldc), add)?;
+            cg.b.build_unconditional_branch(done)?;
+            cg.b.position_at_end(edge);
+            via_tile(cg)?;
+            cg.b.build_unconditional_branch(done)?;
+            cg.b.position_at_end(done);
+            Ok(())
         })
     })
 }
@@ -373,7 +701,7 @@ pub(crate) fn emit_gemm<'ctx>(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &Gemm
 /// `C[idx] + v` when `add` is set, else `v`, in the compute type.
 fn select_add<'ctx>(
     cg: &Cg<'ctx>,
-    _f: FunctionValue<'ctx>,
+    ety: Elem<'ctx>,
     add: IntValue<'ctx>,
     c: PointerValue<'ctx>,
     c_dtype: DType,
@@ -382,12 +710,12 @@ fn select_add<'ctx>(
 ) -> Result<BV<'ctx>> {
     match add.get_zero_extended_constant() {
         Some(0) => Ok(v),
-        Some(_) => cg.fadd(cg.load(c, c_dtype, idx)?, v),
+        Some(_) => ety.add(cg, cg.load(c, c_dtype, idx)?, v),
         None => {
             // Loading C unconditionally is safe (the element is in C) and
             // keeps the loop branch-free.
             let old = cg.load(c, c_dtype, idx)?;
-            let sum = cg.fadd(old, v)?;
+            let sum = ety.add(cg, old, v)?;
             Ok(cg.b.build_select(add, sum, v, "acc")?)
         }
     }
@@ -400,8 +728,9 @@ fn select_add<'ctx>(
 fn pack_b<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
-    ty: FloatType<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
     b: &GemmOperand<'ctx>,
+    conv: Convert<'ctx>,
     dst: PointerValue<'ctx>,
     pc: IntValue<'ctx>,
     jc: IntValue<'ctx>,
@@ -410,7 +739,7 @@ fn pack_b<'ctx>(
     nr: usize,
 ) -> Result<()> {
     let (sk, sn) = b.strides;
-    let zero: BV = ty.const_zero().into();
+    let zero: BV = ty.const_zero();
     cg.for_range(f, ceil_div(cg, nc, nr)?, &mut |p| {
         let j0 = cg.add(jc, cg.mul(p, nr as i64)?)?;
         let cols = min(cg, cg.i64c(nr as i64), sub(cg, nc, cg.mul(p, nr as i64)?)?)?;
@@ -428,6 +757,7 @@ fn pack_b<'ctx>(
                     nr,
                     &mut |j| {
                         let v = cg.load(b.ptr, b.dtype, cg.affine(j, sn, src)?)?;
+                        let v = conv.apply(cg, v, cg.add(j0, j)?)?;
                         cg.b.build_store(gep(cg, ty, dst, cg.add(out, j)?)?, v)?;
                         Ok(())
                     },
@@ -443,7 +773,7 @@ fn pack_b<'ctx>(
                 let src = cg.affine(j, sn, src0)?;
                 let out = cg.add(panel, j)?;
                 cg.for_range(f, kc, &mut |kk| {
-                    let v = cg.load(b.ptr, b.dtype, cg.add(src, kk)?)?;
+                    let v = conv.apply(cg, cg.load(b.ptr, b.dtype, cg.add(src, kk)?)?, cg.add(j0, j)?)?;
                     cg.b.build_store(gep(cg, ty, dst, cg.affine(kk, nr as i64, out)?)?, v)?;
                     Ok(())
                 })
@@ -466,8 +796,9 @@ fn pack_b<'ctx>(
 fn pack_a<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
-    ty: FloatType<'ctx>,
+    ty: BasicTypeEnum<'ctx>,
     a: &GemmOperand<'ctx>,
+    conv: Convert<'ctx>,
     dst: PointerValue<'ctx>,
     ic: IntValue<'ctx>,
     pc: IntValue<'ctx>,
@@ -476,7 +807,7 @@ fn pack_a<'ctx>(
     mr: usize,
 ) -> Result<()> {
     let (si, sk) = a.strides;
-    let zero: BV = ty.const_zero().into();
+    let zero: BV = ty.const_zero();
     cg.for_range(f, ceil_div(cg, mc, mr)?, &mut |p| {
         let i0 = cg.add(ic, cg.mul(p, mr as i64)?)?;
         let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, cg.mul(p, mr as i64)?)?)?;
@@ -488,7 +819,7 @@ fn pack_a<'ctx>(
                 let src = cg.affine(r, si, src0)?;
                 let out = cg.add(panel, r)?;
                 cg.for_range(f, kc, &mut |kk| {
-                    let v = cg.load(a.ptr, a.dtype, cg.add(src, kk)?)?;
+                    let v = conv.apply(cg, cg.load(a.ptr, a.dtype, cg.add(src, kk)?)?, cg.add(i0, r)?)?;
                     cg.b.build_store(gep(cg, ty, dst, cg.affine(kk, mr as i64, out)?)?, v)?;
                     Ok(())
                 })
@@ -512,6 +843,7 @@ fn pack_a<'ctx>(
                     mr,
                     &mut |r| {
                         let v = cg.load(a.ptr, a.dtype, cg.affine(r, si, src)?)?;
+                        let v = conv.apply(cg, v, cg.add(i0, r)?)?;
                         cg.b.build_store(gep(cg, ty, dst, cg.add(out, r)?)?, v)?;
                         Ok(())
                     },
@@ -560,8 +892,9 @@ fn copy_padded<'ctx>(
 /// `acc = Σ_kk a[kk·MR + r] · b[kk·NR + j]` over `kk < kc` and stores
 /// `c[r·ldc + j] = alpha·acc` (`+ c[...]` when `add`), for the whole
 /// `MR × NR` tile.
-fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<FunctionValue<'ctx>> {
-    let tname = if ty == cg.f32t() { "f32" } else { "f64" };
+fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<FunctionValue<'ctx>> {
+    let ty = ety.ty;
+    let tname = ety.name();
     let name = format!("kiln_gemm_ukr_{tname}_{}x{}", tile.mr, tile.nr());
     if let Some(f) = cg.module.get_function(&name) {
         return Ok(f);
@@ -585,17 +918,17 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<F
     let (a, b, c) = (param(1).into_pointer_value(), param(2).into_pointer_value(), param(3).into_pointer_value());
     let ldc = param(4).into_int_value();
     let add = param(5).into_int_value();
-    let alpha = param(6).into_float_value();
+    let alpha = param(6);
     let (mr, vecs, lanes) = (tile.mr, tile.vecs, tile.lanes);
     let nr = tile.nr();
-    let vty = ty.vec_type(lanes as u32);
+    let vty = ety.vec(lanes);
     let vzero: BV = vty.const_zero().into();
     let mask = cg.ctx.i32_type().vec_type(lanes as u32).const_zero();
     let splat = |x: BV<'ctx>| -> Result<BV<'ctx>> {
         let one = cg.b.build_insert_element(vty.get_poison(), x, cg.ctx.i32_type().const_zero(), "x")?;
         Ok(cg.b.build_shuffle_vector(one, vty.get_poison(), mask, "splat")?.into())
     };
-    let esize = if ty == cg.f32t() { 4 } else { 8 };
+    let esize = ety.bytes;
     // Accumulators in stack slots, which SROA promotes to registers.
     let mut acc = Vec::with_capacity(mr * vecs);
     for r in 0..mr {
@@ -621,13 +954,13 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<F
             for v in 0..vecs {
                 let slot = acc[r * vecs + v];
                 let cur = cg.b.build_load(vty, slot, "acc")?;
-                let next = cg.intrinsic("llvm.fma", &[xs, bv[v], cur])?;
+                let next = ety.mul_add(cg, xs, bv[v], cur)?;
                 cg.b.build_store(slot, next)?;
             }
         }
         Ok(())
     })?;
-    let alpha_v = splat(alpha.into())?;
+    let alpha_v = splat(alpha)?;
     let store_block = |adding: bool| -> Result<()> {
         for r in 0..mr {
             let row = cg.mul(ldc, r as i64)?;
@@ -637,7 +970,13 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ty: FloatType<'ctx>, tile: Tile) -> Result<F
                 let out = if adding {
                     let old = cg.b.build_load(vty, p, "c")?;
                     set_align(old, esize)?;
-                    cg.intrinsic("llvm.fma", &[sum, alpha_v, old])?
+                    if ety.int {
+                        ety.add(cg, sum, old)?
+                    } else {
+                        cg.intrinsic("llvm.fma", &[sum, alpha_v, old])?
+                    }
+                } else if ety.int {
+                    sum
                 } else {
                     cg.fmul(sum, alpha_v)?
                 };

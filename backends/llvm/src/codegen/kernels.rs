@@ -46,11 +46,16 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm)
         }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
-            if !matches!(dtype, DType::F32 | DType::F64) {
+            if !dtype.is_float() {
                 return Err(unsupported(format!("{} on {dtype}", node.op.name())));
             }
             let log = matches!(node.op, Op::LogSoftmax { .. });
             softmax(cg, plan, step, input(0)?, output, *axis, log)
+        }
+        Op::Reduce { kind: ReduceKind::Max | ReduceKind::Min, .. }
+            if node.input(0).is_some_and(|x| plan.ty(x).dtype == DType::Bool) =>
+        {
+            super::select::bool_reduce(cg, plan, step, id)
         }
         Op::Reduce { kind, axes, keepdims: _, noop_with_empty_axes } => {
             let x = input(0)?;
@@ -142,9 +147,25 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             })
         }
         Op::Gather { axis } => gather(cg, plan, step, input(0)?, input(1)?, output, *axis),
+        Op::MatMulInteger => {
+            matmul_integer(cg, plan, step, &node.name, input(0)?, input(1)?, node.input(2), node.input(3), output)
+        }
         Op::Concat { axis } => {
             let inputs: Vec<ValueId> = node.inputs.iter().flatten().copied().collect();
             concat(cg, plan, step, &inputs, output, *axis)
+        }
+        Op::GatherElements { .. }
+        | Op::GatherND { .. }
+        | Op::ScatterND { .. }
+        | Op::Trilu { .. }
+        | Op::Pad { .. }
+        | Op::Tile
+        | Op::OneHot { .. }
+        | Op::CumSum { .. } => super::indexing::emit(cg, plan, step, id),
+        Op::ArgReduce { .. } | Op::TopK { .. } => super::select::emit(cg, plan, step, id),
+        Op::LinearAttention(_) => super::linear_attention::linear_attention(cg, plan, step, id),
+        Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DynamicQuantizeLinear => {
+            super::quant::emit(cg, plan, step, id)
         }
         other => Err(unsupported(format!("{} has no CPU kernel yet", other.name()))),
     }
@@ -239,6 +260,11 @@ fn matmul<'ctx>(
         values.push(c);
     }
     let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned"))?;
+    let (batches, b_batches) = gemm::batch_counts(&ash, &bsh);
+    if let Some(split) = gemm::parallel_split(dims, dtype, batches, b_batches) {
+        let par = ParallelMatMul { dims, split, b_batches, has_c, c_in, gemm };
+        return matmul_parallel(cg, plan, step, &values, (sizes, strides), par, scratch);
+    }
     let f = cg.kernel_fn(&format!("k{step}_matmul"), values.len() + 1);
     let (cp, ap, bp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
     let sp = cg.param(f, values.len() as u32);
@@ -283,6 +309,214 @@ fn matmul<'ctx>(
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
     locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
     Ok((f, locs))
+}
+
+/// MatMulInteger: `(A - a_zero_point)·(B - b_zero_point)` of u8/i8
+/// matrices in i32 (numpy batching and broadcasting), on the packed GEMM
+/// with the zero points subtracted while packing. Zero points are per
+/// tensor, per row of A or per column of B.
+#[allow(clippy::too_many_arguments)]
+fn matmul_integer<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    name: &str,
+    a: ValueId,
+    b: ValueId,
+    a_zero: Option<ValueId>,
+    b_zero: Option<ValueId>,
+    out: ValueId,
+) -> Result<Kernel<'ctx>> {
+    let (adt, bdt, odt) = (plan.ty(a).dtype, plan.ty(b).dtype, plan.ty(out).dtype);
+    let unsupported = |m: String| BackendError::unsupported(name, "MatMulInteger", m);
+    let err = |m: String| BackendError::node(name, "MatMulInteger", m);
+    if ![adt, bdt].iter().all(|d| matches!(d, DType::U8 | DType::I8)) || odt != DType::I32 {
+        return Err(unsupported(format!("{odt} = {adt} x {bdt} (u8/i8 operands, i32 result)")));
+    }
+    let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
+    if ash.is_empty() || bsh.is_empty() {
+        return Err(err("MatMulInteger of a scalar".into()));
+    }
+    let dims = gemm::matmul_dims(&ash, &bsh, false, false)
+        .ok_or_else(|| err(format!("inner dimensions differ: {ash:?} and {bsh:?}")))?;
+    // Whether each zero point is per tensor (false) or per row/column (true).
+    let per_index = |zp: ValueId, dtype: DType, len: usize, what: &str| -> Result<bool> {
+        let t = plan.ty(zp);
+        if t.dtype != dtype {
+            return Err(err(format!("{what} zero point is {} but {what} is {dtype}", t.dtype)));
+        }
+        match t.len() {
+            1 => Ok(false),
+            l if l == len && t.shape.len() == 1 => Ok(true),
+            _ => Err(unsupported(format!(
+                "a {what} zero point of shape {:?} (per tensor or one per {} supported)",
+                t.shape,
+                if what == "A" { "row of A" } else { "column of B" }
+            ))),
+        }
+    };
+    let a_per = a_zero.map(|z| per_index(z, adt, dims.m, "A")).transpose()?;
+    let b_per = b_zero.map(|z| per_index(z, bdt, dims.n, "B")).transpose()?;
+    let GemmDims { m, n, k } = dims;
+    let (sizes, strides) = batch_strides(&ash, &bsh, dims);
+    let mut values = vec![out, a, b];
+    values.extend(a_zero);
+    values.extend(b_zero);
+    let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned".into()))?;
+    let f = cg.kernel_fn(&format!("k{step}_matmulinteger"), values.len() + 1);
+    let (cp, ap, bp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2));
+    let sp = cg.param(f, values.len() as u32);
+    let zero_point = |per: Option<bool>, param: u32, dtype: DType| {
+        per.map(|per| {
+            let p = cg.param(f, param);
+            if per {
+                gemm::ZeroPoint::PerIndex(p, dtype)
+            } else {
+                gemm::ZeroPoint::Scalar(p, dtype)
+            }
+        })
+    };
+    let a_zp = zero_point(a_per, 3, adt);
+    let b_zp = zero_point(b_per, 3 + a_zero.is_some() as u32, bdt);
+    if m * n > 0 {
+        nest(cg, f, &sizes, &strides, vec![cg.i64c(0); 3], &mut |off| {
+            let spec = GemmSpec {
+                m: cg.i64c(m as i64),
+                n: cg.i64c(n as i64),
+                k: cg.i64c(k as i64),
+                max: dims,
+                a: GemmOperand { ptr: cg.elem_ptr(ap, adt, off[1])?, dtype: adt, strides: (k as i64, 1) },
+                b: GemmOperand { ptr: cg.elem_ptr(bp, bdt, off[2])?, dtype: bdt, strides: (n as i64, 1) },
+                c: cg.elem_ptr(cp, odt, off[0])?,
+                c_dtype: odt,
+                ldc: n as i64,
+                alpha: 1.0,
+                accumulate: false,
+                scratch: sp,
+            };
+            gemm::emit_gemm_i32(cg, f, &spec, a_zp, b_zp)
+        })?;
+    }
+    cg.b.build_return(None)?;
+    let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
+    locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    Ok((f, locs))
+}
+
+/// A MatMul/Gemm split across threads (see [`gemm::ParallelSplit`]).
+struct ParallelMatMul {
+    dims: GemmDims,
+    split: gemm::ParallelSplit,
+    b_batches: usize,
+    has_c: bool,
+    c_in: Option<ValueId>,
+    gemm: GemmAttrs,
+}
+
+/// The parallel MatMul/Gemm: a serial prologue writes `beta·C_in` into C
+/// (Gemm) and packs every B matrix whole into the scratch; the items (batch
+/// entry, block of rows, slab of columns) then run the macro kernel on the
+/// threads, each packing its A block on its own stack.
+fn matmul_parallel<'ctx>(
+    cg: &Cg<'ctx>,
+    plan: &Plan,
+    step: usize,
+    values: &[ValueId],
+    (sizes, strides): (Vec<usize>, Vec<Vec<i64>>),
+    par: ParallelMatMul,
+    scratch: usize,
+) -> Result<Kernel<'ctx>> {
+    let GemmDims { m, n, k } = par.dims;
+    let (out, a, b) = (values[0], values[1], values[2]);
+    let (dtype, adt, bdt) = (plan.ty(out).dtype, plan.ty(a).dtype, plan.ty(b).dtype);
+    let split = par.split;
+    let items = sizes.iter().product::<usize>() * split.row_blocks * split.slabs;
+    let work = (m.min(gemm::MC) * split.slab.min(n) * k.max(1)).max(1);
+    let mut kernel = cg.parallel_kernel_fn(&format!("k{step}_matmul"), values.len() + 1, items, work);
+    let f = kernel.f;
+    let (sa_i, sa_k) = if par.gemm.trans_a { (1, m as i64) } else { (k as i64, 1) };
+    let (sb_k, sb_j) = if par.gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
+    let per_b = gemm::packed_b_elems(cg, dtype, par.dims) as i64;
+    let scratch_param = values.len() as u32;
+    let elem = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
+    cg.parallel_prologue(&mut kernel, &mut |pf| {
+        let (cp, bp, sp) = (cg.param(pf, 0), cg.param(pf, 2), cg.param(pf, scratch_param));
+        if let (true, Some(cv)) = (par.has_c, par.c_in) {
+            let cdt = plan.ty(cv).dtype;
+            let cstrides = broadcast_strides(&plan.ty(cv).shape, &[m, n]);
+            let cinp = cg.param(pf, 3);
+            let like = elem.into_float_type().const_float(0.0).into();
+            cg.for_n(pf, m, &mut |i| {
+                cg.for_n(pf, n, &mut |j| {
+                    let cidx = cg.add(cg.mul(i, cstrides[0])?, cg.mul(j, cstrides[1])?)?;
+                    let v = cg.fmul(cg.load(cinp, cdt, cidx)?, cg.fconst(like, par.gemm.beta as f64))?;
+                    cg.store(cp, dtype, cg.affine(i, n as i64, j)?, v)
+                })
+            })?;
+        }
+        cg.for_n(pf, par.b_batches, &mut |bb| {
+            let operand = GemmOperand {
+                ptr: cg.elem_ptr(bp, bdt, cg.mul(bb, (k * n) as i64)?)?,
+                dtype: bdt,
+                strides: (sb_k, sb_j),
+            };
+            let dst = cg.elem_ptr(sp, dtype, cg.mul(bb, per_b)?)?;
+            gemm::pack_b_whole(cg, pf, &operand, dtype, par.dims, dst)
+        })
+    })?;
+    let (cp, ap, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, scratch_param));
+    // Items: the batch nest, then row blocks, then column slabs; the two
+    // extra operands carry the row block and slab numbers.
+    let mut item_sizes = sizes.clone();
+    item_sizes.extend([split.row_blocks, split.slabs]);
+    let mut item_strides: Vec<Vec<i64>> = strides.iter().map(|s| [s.as_slice(), &[0, 0]].concat()).collect();
+    item_strides.push([vec![0; sizes.len()], vec![1, 0]].concat());
+    item_strides.push([vec![0; sizes.len()], vec![0, 1]].concat());
+    let zero = cg.i64c(0);
+    cg.for_items_nest(&kernel, &item_sizes, &item_strides, &[zero; 5], &mut |o| {
+        let ic = cg.mul(o[3], gemm::MC as i64)?;
+        let rows_left = cg.b.build_int_nsw_sub(cg.i64c(m as i64), ic, "rows_left")?;
+        let mc = cg.b.build_select(
+            cg.b.build_int_compare(inkwell::IntPredicate::SLT, rows_left, cg.i64c(gemm::MC as i64), "short")?,
+            rows_left,
+            cg.i64c(gemm::MC as i64),
+            "mc",
+        )?;
+        let jc = cg.mul(o[4], split.slab as i64)?;
+        let cols_left = cg.b.build_int_nsw_sub(cg.i64c(n as i64), jc, "cols_left")?;
+        let nc = cg.b.build_select(
+            cg.b.build_int_compare(inkwell::IntPredicate::SLT, cols_left, cg.i64c(split.slab as i64), "narrow")?,
+            cols_left,
+            cg.i64c(split.slab as i64),
+            "nc",
+        )?;
+        // The B matrix of this batch entry, by number.
+        let b_index = if par.b_batches > 1 {
+            cg.b.build_int_unsigned_div(o[2], cg.i64c((k * n) as i64), "b_index")?
+        } else {
+            zero
+        };
+        let spec = GemmSpec {
+            m: cg.i64c(m as i64),
+            n: cg.i64c(n as i64),
+            k: cg.i64c(k as i64),
+            max: par.dims,
+            a: GemmOperand { ptr: cg.elem_ptr(ap, adt, o[1])?, dtype: adt, strides: (sa_i, sa_k) },
+            b: GemmOperand { ptr: cg.elem_ptr(sp, dtype, zero)?, dtype: bdt, strides: (sb_k, sb_j) },
+            c: cg.elem_ptr(cp, dtype, o[0])?,
+            c_dtype: dtype,
+            ldc: n as i64,
+            alpha: par.gemm.alpha as f64,
+            accumulate: par.has_c,
+            scratch: sp,
+        };
+        let pb = cg.elem_ptr(sp, dtype, cg.mul(b_index, per_b)?)?;
+        gemm::emit_gemm_packed_b(cg, f, &spec, pb, (ic, mc.into_int_value()), (jc, nc.into_int_value()))
+    })?;
+    cg.kernel_return(f)?;
+    let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
+    locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    Ok((cg.finish_parallel(kernel)?, locs))
 }
 
 /// The batch loop of a MatMul: the (collapsed) batch sizes and, per

@@ -61,12 +61,16 @@
 mod attention;
 mod elementwise;
 pub(crate) mod gemm;
+mod indexing;
 mod kernels;
 mod lce;
+mod linear_attention;
 mod loss;
 mod math;
 pub(crate) mod parallel;
+mod quant;
 mod rotary;
+mod select;
 
 use crate::error::{BackendError, Result};
 use crate::plan::{Loc, Plan, Slot, Step};
@@ -86,6 +90,7 @@ pub(crate) use lce::{
     backward_buffer_count, backward_scratch, emit_backward_module, forward_scratch_bytes, problem_of, Problem,
     ProblemError,
 };
+pub(crate) use linear_attention::{geometry as linear_attention_geometry, scratch_bytes as linear_attention_scratch};
 
 /// The name of the generated entry function.
 pub(crate) const ENTRY: &str = "kiln_entry";
@@ -104,6 +109,9 @@ pub(crate) struct Cg<'ctx> {
     /// The MatMul/Gemm kernel (set after construction; packed by default).
     pub matmul: MatMulKernel,
     loops: Cell<usize>,
+    /// While emitting a checked fused kernel: an `i1` slot that integer
+    /// division sets when a divisor is zero (the kernel then fails).
+    pub fault: Cell<Option<PointerValue<'ctx>>>,
     /// The launchers of parallel kernels, which the entry passes the
     /// thread count to.
     /// (launcher, whether it may fork).
@@ -133,6 +141,7 @@ impl<'ctx> Cg<'ctx> {
             softmax,
             matmul: MatMulKernel::default(),
             loops: Cell::new(0),
+            fault: Cell::new(None),
             launchers: RefCell::new(Vec::new()),
         }
     }
@@ -160,11 +169,12 @@ impl<'ctx> Cg<'ctx> {
             // bf16 is converted by hand (see `bf16_to_f32`): LLVM lowers
             // float <-> bfloat to libcalls the JIT cannot always resolve.
             DType::BF16 => self.ctx.i16_type().into(),
-            DType::I8 | DType::U8 | DType::Bool => self.ctx.i8_type().into(),
+            // 4-bit values are held unpacked, one per byte, as kiln's
+            // tensors hold them.
+            DType::I8 | DType::U8 | DType::Bool | DType::I4 | DType::U4 => self.ctx.i8_type().into(),
             DType::I16 => self.ctx.i16_type().into(),
             DType::I32 => self.ctx.i32_type().into(),
             DType::I64 => self.ctx.i64_type().into(),
-            DType::I4 | DType::U4 => return Err(format!("{dtype} tensors are not supported")),
         })
     }
 

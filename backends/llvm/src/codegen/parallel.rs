@@ -24,6 +24,11 @@
 //! configuration slot of the buffer table (see [`super::emit_plan`]) and
 //! passes it to every launcher, so one compiled module runs on any number
 //! of threads.
+//!
+//! Items are split statically, `[items·t/n, items·(t+1)/n)` for thread `t`
+//! of `n`: the kernels parallelized so far have items of equal cost (rows,
+//! heads, chunks), except causal attention, whose later query blocks see
+//! more keys; contiguous ranges keep each thread's memory contiguous.
 
 use super::Cg;
 use crate::error::{BackendError, Result};
