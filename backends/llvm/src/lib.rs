@@ -204,6 +204,7 @@ pub fn lowered_ops() -> Vec<&'static str> {
         Op::RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: DType::F32 },
         Op::MatMul,
         Op::MatMulInteger,
+        Op::QLinearMatMul,
         Op::Squeeze,
         Op::Unsqueeze,
         Op::Identity,
@@ -474,6 +475,7 @@ impl CompiledGraph {
         for t in &mut plan.consts {
             *t = standard_layout(t);
         }
+        codegen::gemm::prepack_plan(&mut plan, self.target.f32_lanes, self.opts.matmul);
         let (jit, cache) = cache::compile(&plan, &self.target, &self.opts)?;
         let intermediate_bytes = plan
             .loc

@@ -123,6 +123,10 @@ pub(crate) struct Plan {
     /// Per step, the arena offset of its private scratch space, if it needs
     /// any (see [`scratch_bytes`]); live only during the step.
     pub scratch: Vec<Option<usize>>,
+    /// MatMul/Gemm nodes whose constant B was packed at compile time for
+    /// the target (see `codegen::gemm::prepack_b`), with the index in
+    /// [`Plan::consts`] of the packed copy.
+    pub packed_b: BTreeMap<NodeId, usize>,
     /// Count cycles per step (see [`crate::profile`]): the entry then takes
     /// one more buffer, a `u64` counter per step.
     pub profile: bool,
@@ -182,6 +186,7 @@ pub(crate) fn has_kernel(op: &Op) -> bool {
         Op::MatMul
             | Op::Gemm(_)
             | Op::MatMulInteger
+            | Op::QLinearMatMul
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::Reduce { .. }
@@ -238,6 +243,13 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
         Op::Attention(_) => attention_geometry(graph, types, *id).map_or(0, |g| attention_scratch_bytes(&g)),
         Op::LinearAttention(_) => {
             crate::codegen::linear_attention_geometry(types, node).map_or(0, crate::codegen::linear_attention_scratch)
+        }
+        Op::QLinearMatMul => {
+            let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
+            let (Some(a), Some(b)) = (ty(0), ty(3)) else { return 0 };
+            crate::codegen::gemm::matmul_dims(&a.shape, &b.shape, false, false).map_or(0, |dims| {
+                (dims.m * dims.n * 4).div_ceil(64) * 64 + crate::codegen::gemm::scratch_bytes(DType::I32, dims)
+            })
         }
         Op::MatMul | Op::Gemm(_) | Op::MatMulInteger => {
             let ty = |slot: usize| node.input(slot).and_then(|v| types[v.index()].as_ref());
@@ -718,6 +730,7 @@ pub(crate) fn plan(graph: Graph, matmul: MatMulKernel) -> Result<Plan> {
         consts: Vec::new(),
         arena_bytes: 0,
         scratch: Vec::new(),
+        packed_b: BTreeMap::new(),
         profile: false,
     };
     plan_memory(&mut plan, &root, matmul)?;

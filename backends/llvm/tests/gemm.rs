@@ -2,7 +2,8 @@
 //! edge sizes around the register tile (1, MR ± 1, NR ± 1), K = 1 and K
 //! across several packed blocks, transposed operands, batch broadcasting,
 //! Gemm's alpha/beta and broadcast C, f64/f16/bf16, the blocked-loop
-//! baseline kernel, and MatMulInteger (u8/i8, zero points) exactly.
+//! baseline kernel, and MatMulInteger and QLinearMatMul (u8/i8, zero points,
+//! scales) exactly.
 
 use kiln_backend_llvm::{compile, CompileOptions, MatMulKernel};
 use kiln_ir::dtype::DType;
@@ -26,7 +27,7 @@ fn tolerance(dtype: DType) -> f64 {
         DType::F64 => 1e-13,
         DType::F16 => 2e-3,
         DType::BF16 => 1.6e-2,
-        DType::I32 => 0.0,
+        DType::I32 | DType::U8 | DType::I8 => 0.0,
         _ => 1e-6,
     }
 }
@@ -220,12 +221,15 @@ fn random_int(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {
     Tensor::from_i64s(dtype, shape, &v)
 }
 
+/// The shapes of A's and B's zero points, when present.
+type ZeroPointShapes<'a> = (Option<&'a [usize]>, Option<&'a [usize]>);
+
 /// MatMulInteger with optional zero points of the given shapes.
 fn run_matmul_integer(
     rng: &mut StdRng,
     (adt, bdt): (DType, DType),
     (sa, sb): (&[usize], &[usize]),
-    (za, zb): (Option<&[usize]>, Option<&[usize]>),
+    (za, zb): ZeroPointShapes,
 ) {
     let mut g = Graph::new("matmulinteger");
     let (a, b) = (input(&mut g, "a", adt, sa), input(&mut g, "b", bdt, sb));
@@ -254,7 +258,7 @@ fn matmul_integer_all_signs_and_zero_points() {
     for adt in [DType::U8, DType::I8] {
         for bdt in [DType::U8, DType::I8] {
             let (m, k, n) = (15, 301, 33);
-            let zero_points: [(Option<&[usize]>, Option<&[usize]>); 4] =
+            let zero_points: [ZeroPointShapes; 4] =
                 [(None, None), (Some(&[]), Some(&[])), (Some(&[m]), Some(&[n])), (None, Some(&[1]))];
             for zp in zero_points {
                 run_matmul_integer(&mut rng, (adt, bdt), (&[m, k], &[k, n]), zp);
@@ -307,7 +311,7 @@ fn large_products_split_across_threads() {
     // and with one B per batch entry.
     for (sa, sb) in [
         (vec![400, 130], vec![130, 100]),
-        (vec![20, 300], vec![300, 1000]),
+        (vec![20, 300], vec![300, 1100]),
         (vec![3, 70, 64], vec![64, 200]),
         (vec![2, 2, 50, 100], vec![2, 1, 100, 130]),
     ] {
@@ -334,4 +338,95 @@ fn large_products_split_across_threads() {
         ("c".to_string(), random(&mut rng, DType::F32, &[n])),
     ];
     check_parallel(g, &inputs, k, "Gemm transposed with C");
+}
+
+#[test]
+fn constant_weights_are_packed_at_compile_time() {
+    let mut rng = StdRng::seed_from_u64(21);
+    // One weight read by one MatMul (its unpacked copy is dropped), one
+    // shared by two MatMuls, and a transposed Gemm weight with a bias.
+    let (m, k, n) = (300, 200, 120);
+    let mut g = Graph::new("weights");
+    let x = input(&mut g, "x", DType::F32, &[m, k]);
+    let w1 = g.add_initializer("w1", random(&mut rng, DType::F32, &[k, n])).expect("fresh name");
+    let w2 = g.add_initializer("w2", random(&mut rng, DType::F32, &[n, n])).expect("fresh name");
+    let wt = g.add_initializer("wt", random(&mut rng, DType::F32, &[n, n])).expect("fresh name");
+    let bias = g.add_initializer("bias", random(&mut rng, DType::F32, &[n])).expect("fresh name");
+    let mm = |g: &mut Graph, name: &str, op: Op, ins: Vec<Option<ValueId>>| {
+        let id = g.add_node(name, op, ins, &[&format!("{name}.out")]).expect("valid node");
+        g.node(id).output(0).expect("one output")
+    };
+    let h1 = mm(&mut g, "mm1", Op::MatMul, vec![Some(x), Some(w1)]);
+    let h2 = mm(&mut g, "mm2", Op::MatMul, vec![Some(h1), Some(w2)]);
+    let h3 = mm(&mut g, "mm3", Op::MatMul, vec![Some(h2), Some(w2)]);
+    let attrs = GemmAttrs { alpha: 0.25, beta: 1.0, trans_a: false, trans_b: true };
+    let y = mm(&mut g, "gemm", Op::Gemm(attrs), vec![Some(h3), Some(wt), Some(bias)]);
+    g.add_output(y);
+    let inputs = [("x".to_string(), random(&mut rng, DType::F32, &[m, k]))];
+    check_parallel(g, &inputs, k * n * n, "chain of constant weights");
+}
+
+/// Zero points near the middle of the range, so the shifted operands are
+/// centred and the products stay moderate.
+fn middle_int(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mid = if dtype == DType::U8 { 128 } else { 0 };
+    let v: Vec<i64> = (0..n).map(|_| mid + rng.random_range(-8..=8)).collect();
+    Tensor::from_i64s(dtype, shape, &v)
+}
+
+fn random_scale(rng: &mut StdRng, dtype: DType, shape: &[usize], (lo, hi): (f64, f64)) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+    Tensor::from_f64s(dtype, shape, &v)
+}
+
+#[test]
+fn qlinear_matmul_requantizes_like_the_reference() {
+    let mut rng = StdRng::seed_from_u64(22);
+    let mut count = 0;
+    for (adt, bdt, ydt) in
+        [(DType::U8, DType::U8, DType::U8), (DType::I8, DType::I8, DType::I8), (DType::U8, DType::I8, DType::I8)]
+    {
+        for sdt in [DType::F32, DType::F16] {
+            for per_axis in [false, true] {
+                let (sa, sb): (Vec<usize>, Vec<usize>) =
+                    if per_axis { (vec![19, 70], vec![70, 37]) } else { (vec![2, 19, 70], vec![2, 70, 37]) };
+                let (m, n) = (sa[sa.len() - 2], sb[sb.len() - 1]);
+                let (ra, rb): (Vec<usize>, Vec<usize>) = if per_axis { (vec![m], vec![n]) } else { (vec![], vec![]) };
+                let mut g = Graph::new("qlinearmatmul");
+                let mut inputs: Vec<(String, Tensor)> = Vec::new();
+                let mut add = |g: &mut Graph, name: &str, dtype: DType, shape: &[usize], t: Tensor| {
+                    inputs.push((name.to_string(), t));
+                    Some(input(g, name, dtype, shape))
+                };
+                let ops = vec![
+                    add(&mut g, "a", adt, &sa, random_int(&mut rng, adt, &sa)),
+                    add(&mut g, "a_scale", sdt, &ra, random_scale(&mut rng, sdt, &ra, (0.01, 0.05))),
+                    add(&mut g, "a_zero", adt, &ra, middle_int(&mut rng, adt, &ra)),
+                    add(&mut g, "b", bdt, &sb, random_int(&mut rng, bdt, &sb)),
+                    add(&mut g, "b_scale", sdt, &rb, random_scale(&mut rng, sdt, &rb, (0.01, 0.05))),
+                    add(&mut g, "b_zero", bdt, &rb, middle_int(&mut rng, bdt, &rb)),
+                    add(&mut g, "y_scale", sdt, &[], random_scale(&mut rng, sdt, &[], (0.5, 2.0))),
+                    add(&mut g, "y_zero", ydt, &[], middle_int(&mut rng, ydt, &[])),
+                ];
+                let id = g.add_node("q", Op::QLinearMatMul, ops, &["y"]).expect("valid node");
+                let y = g.node(id).output(0).expect("one output");
+                g.add_output(y);
+                let what = format!("QLinearMatMul {adt} x {bdt} -> {ydt}, {sdt} scales, per axis {per_axis}");
+                // Scales keep most results inside the output range, so the
+                // rounding (not only the saturation) is compared.
+                let mut typed = g.clone();
+                kiln_ir::infer_types(&mut typed).expect("typed");
+                let want = kiln_ir::interp::run(&typed, &inputs).expect("interpreter runs");
+                let (lo, hi) = if ydt == DType::U8 { (0.0, 255.0) } else { (-128.0, 127.0) };
+                let values = want[0].1.to_f64s();
+                let inside = values.iter().filter(|&&v| v > lo && v < hi).count();
+                assert!(inside * 2 > values.len(), "{what}: only {inside} of {} results unsaturated", values.len());
+                check(g, &inputs, 0, &what);
+                count += 1;
+            }
+        }
+    }
+    assert_eq!(count, 12);
 }

@@ -59,7 +59,9 @@ fn lce(n: usize, d: usize, v: usize, reduction: LossReduction, transpose_weight:
 fn rows_split_across_threads_give_the_same_loss() {
     // 300 rows are four blocks of 96 (the last short), 700 classes three
     // tiles of 256 (the last short), d = 70 two panels and a scalar rest.
-    for (reduction, transpose) in [(LossReduction::Mean, false), (LossReduction::None, true), (LossReduction::Sum, false)] {
+    for (reduction, transpose) in
+        [(LossReduction::Mean, false), (LossReduction::None, true), (LossReduction::Sum, false)]
+    {
         let Lce { graph, feed } = lce(300, 70, 700, reduction, transpose, 3);
         let want = kiln_ir::interp::run(&graph, &feed).unwrap();
         let compiled = compile(&graph, &CompileOptions::default()).unwrap();

@@ -81,7 +81,16 @@ impl Case {
                     for (eps, zeta) in [(0.0, 0.0), (0.1, 0.0), (0.0, 0.01), (0.15, 0.02)] {
                         for bias in [false, true] {
                             for transpose in [true, false] {
-                                cases.push(Case { reduction, ignore, class_weight, eps, zeta, bias, transpose, ..base });
+                                cases.push(Case {
+                                    reduction,
+                                    ignore,
+                                    class_weight,
+                                    eps,
+                                    zeta,
+                                    bias,
+                                    transpose,
+                                    ..base
+                                });
                             }
                         }
                     }
@@ -262,9 +271,9 @@ fn matches_the_reference_on_sizes_with_partial_register_blocks() {
     // partial row blocks and scalar columns; 300 classes in tiles of 64
     // leave a short last tile.
     let base = Case { n: 21, d: 37, v: 300, chunk: 64, ..Case::small() };
-    for (k, case) in Case::all(base).into_iter().enumerate().filter(|(k, _)| k % 11 == 0) {
+    for (k, case) in Case::all(base).into_iter().enumerate().filter(|(k, _)| k % 13 == 0) {
         let pb = Problem::new(case, 500 + k as u64);
-        for row_block in [8, 16, 128] {
+        for row_block in [12, 128] {
             let options = LceGradOptions { row_block, ..LceGradOptions::exact() };
             let (got, want) = (pb.cpu(&options), pb.reference(&options));
             assert_grads_close(&got, &want, 1e-10, &format!("{case:?} row_block {row_block}"));
@@ -282,7 +291,7 @@ fn f32_matches_the_reference_within_f32_rounding() {
         for (k, case) in Case::all(Case { n, d, v, chunk, dtype: DType::F32, ..Case::small() })
             .into_iter()
             .enumerate()
-            .filter(|(k, _)| k % 13 == s)
+            .filter(|(k, _)| k % 17 == s)
         {
             let pb = Problem::new(case, 900 + k as u64);
             let got = pb.cpu(&LceGradOptions::exact());

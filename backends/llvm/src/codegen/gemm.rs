@@ -31,9 +31,37 @@
 //!   C when the caller asks to accumulate); later blocks add. Outputs whose
 //!   dtype is narrower than the compute type (f16, bf16) are not blocked
 //!   over K, so each element is rounded once.
+//! - **Threads.** A large f32 product ([`parallel_split`]) packs all of B
+//!   once ([`pack_b_whole`]; at compile time for a constant B, see
+//!   [`prepack_plan`], otherwise in a serial prologue), then splits into
+//!   items of `MC` rows × a slab of columns per batch entry, each packing
+//!   its A block on its thread's stack ([`emit_gemm_packed_b`]). Items
+//!   never split a sum, so results do not depend on the thread count.
+//! - **Integers.** [`emit_gemm_i32`] runs the same loops on i32 (u8/i8
+//!   operands widened and shifted by their zero points while packing,
+//!   `mul` + `add` in the microkernel, wrapping like ONNX's reference):
+//!   MatMulInteger and QLinearMatMul. A VNNI (`vpdpbusd`) microkernel is
+//!   future work.
+//!
+//! # Calling it from another kernel
+//!
+//! ```ignore
+//! // logits[r, v] = Σ_j H[row0 + r, j] · W[v0 + v, j] for a tile of rows
+//! // and vocabulary entries (W is [V, d]: B(k, n) = W[n, k]).
+//! gemm::emit_gemm(cg, f, &GemmSpec {
+//!     m: rows, n: tile_len, k: cg.i64c(d as i64),          // run-time m, n are fine
+//!     max: GemmDims { m: ROWS, n: TILE, k: d },           // bounds: size the scratch
+//!     a: GemmOperand { ptr: h_at_row0, dtype: DType::F32, strides: (d as i64, 1) },
+//!     b: GemmOperand { ptr: w_at_v0, dtype: DType::F32, strides: (1, d as i64) },
+//!     c: tile_ptr, c_dtype: DType::F32, ldc: TILE as i64,
+//!     alpha: 1.0, accumulate: false,
+//!     scratch,                                            // gemm::scratch_bytes(F32, max) bytes, 64-aligned
+//! })?;
+//! ```
 
 use super::Cg;
 use crate::error::{BackendError, Result};
+use crate::plan::{Loc, Plan, Slot, Step};
 use crate::MatMulKernel;
 use inkwell::attributes::AttributeLoc;
 use inkwell::module::Linkage;
@@ -41,6 +69,8 @@ use inkwell::types::{BasicType, BasicTypeEnum, VectorType};
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, IntPredicate};
 use kiln_ir::dtype::DType;
+use kiln_ir::op::Op;
+use kiln_ir::tensor::Tensor;
 
 type BV<'ctx> = BasicValueEnum<'ctx>;
 
@@ -386,7 +416,7 @@ fn emit_product<'ctx>(
     let ty = ety.ty;
     let tile = tile_for(cg, wide);
     let (mr, nr) = (tile.mr, tile.nr());
-    if MC % mr != 0 || NC % nr != 0 {
+    if !MC.is_multiple_of(mr) || !NC.is_multiple_of(nr) {
         return Err(BackendError::Llvm(format!("a {mr}x{nr} GEMM tile does not fit the scratch sizing")));
     }
     let kc_max = kc_for(spec.c_dtype, spec.max);
@@ -451,6 +481,10 @@ fn emit_product<'ctx>(
 const TARGET_ITEMS: usize = 8;
 /// Columns per item are a multiple of this, itself a multiple of every `NR`.
 const SLAB_ALIGN: usize = 64;
+/// Fewest columns per item: each item packs its A block again, one copy
+/// per multiply-add of `slab` (scalar copies against 32 multiply-adds a
+/// cycle), so narrow slabs would spend more time packing than computing.
+const SLAB_MIN: usize = 512;
 /// Largest packed copy of B (all batches) a parallel product makes; past
 /// it the product runs serially, blocked over NC.
 const PACKED_B_LIMIT: usize = 64 << 20;
@@ -501,7 +535,8 @@ pub(crate) fn parallel_split(
     let row_blocks = m.div_ceil(MC);
     let row_items = batches * row_blocks;
     let wanted = if row_items >= TARGET_ITEMS { 1 } else { TARGET_ITEMS.div_ceil(row_items) };
-    let slab = round_up(n.div_ceil(wanted.min(n.div_ceil(SLAB_ALIGN)).max(1)), SLAB_ALIGN);
+    let slabs = wanted.min(n / SLAB_MIN).max(1);
+    let slab = round_up(n.div_ceil(slabs), SLAB_ALIGN);
     Some(ParallelSplit { row_blocks, slab, slabs: n.div_ceil(slab) })
 }
 
@@ -525,6 +560,82 @@ pub(crate) fn matmul_scratch_bytes(
         Some(_) => packed_b_bytes(c_dtype, dims, b_batches),
         None => scratch_bytes(c_dtype, dims),
     }
+}
+
+/// Packs, for a target of `f32_lanes`, the constant f32 B of every
+/// MatMul/Gemm of `plan` that runs as a parallel product, once, into a new
+/// constant (recorded in [`Plan::packed_b`]): its kernel then skips
+/// packing B at run time (the scratch planned for it stays untouched). The
+/// unpacked constant is dropped when nothing else reads it.
+pub(crate) fn prepack_plan(plan: &mut Plan, f32_lanes: u32, kernel: MatMulKernel) {
+    for s in 0..plan.steps.len() {
+        let Step::Node(id) = plan.steps[s] else { continue };
+        let node = plan.graph.node(id);
+        let trans_b = match &node.op {
+            Op::Gemm(g) => g.trans_b,
+            Op::MatMul => false,
+            _ => continue,
+        };
+        let trans_a = matches!(&node.op, Op::Gemm(g) if g.trans_a);
+        let (Some(a), Some(b), Some(out)) = (node.input(0), node.input(1), node.output(0)) else { continue };
+        let (ash, bsh) = (&plan.ty(a).shape, &plan.ty(b).shape);
+        let (c_dtype, b_dtype) = (plan.ty(out).dtype, plan.ty(b).dtype);
+        let Some(dims) = matmul_dims(ash, bsh, trans_a, trans_b) else { continue };
+        let (batches, b_batches) = batch_counts(ash, bsh);
+        let parallel =
+            uses_packed(dims, c_dtype, kernel) && parallel_split(dims, c_dtype, batches, b_batches).is_some();
+        if !parallel || c_dtype != DType::F32 || b_dtype != DType::F32 || plan.known(b).is_none() {
+            continue;
+        }
+        let Some(Loc { slot: Slot::Const(ci), offset: 0 }) = plan.loc[b.index()] else { continue };
+        let Some(packed) = prepack_b(&plan.consts[ci], dims, trans_b, b_batches, f32_lanes) else { continue };
+        plan.consts.push(packed);
+        plan.packed_b.insert(id, plan.consts.len() - 1);
+        let only_reader = plan.graph.value(b).uses().len() == 1
+            && !plan.graph.outputs().contains(&b)
+            && plan.loc.iter().enumerate().all(|(v, l)| v == b.index() || l.is_none_or(|l| l.slot != Slot::Const(ci)));
+        if only_reader {
+            plan.consts[ci] = Tensor::zeros(DType::F32, &[0]);
+        }
+    }
+}
+
+/// B (`b_batches` matrices of `dims.k × dims.n`, read with `trans_b`)
+/// packed as [`pack_b_whole`] lays it out for a target of `f32_lanes`, as
+/// a flat f32 tensor; `None` unless `b` is a row-major f32 tensor of that
+/// size.
+pub(crate) fn prepack_b(b: &Tensor, dims: GemmDims, trans_b: bool, b_batches: usize, f32_lanes: u32) -> Option<Tensor> {
+    let Tensor::F32(data) = b else { return None };
+    let src = data.as_slice()?;
+    let GemmDims { m: _, n, k } = dims;
+    if src.len() != b_batches * k * n {
+        return None;
+    }
+    let &(_, mr, vecs) = TILES.iter().find(|t| f32_lanes as usize >= t.0).unwrap_or(&TILES[TILES.len() - 1]);
+    let nr = Tile { mr, vecs, lanes: lanes_of(f32_lanes as usize, false) }.nr();
+    let kc_max = kc_for(DType::F32, dims);
+    let width = round_up(n.max(1), nr);
+    let mut out = vec![0f32; b_batches * k * width];
+    for (bb, dst) in out.chunks_exact_mut((k * width).max(1)).enumerate().take(b_batches) {
+        let matrix = &src[bb * k * n..(bb + 1) * k * n];
+        let at = |kk: usize, j: usize| if trans_b { matrix[j * k + kk] } else { matrix[kk * n + j] };
+        for pc in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - pc);
+            let block = pc * width;
+            for j in 0..n {
+                let (panel, lane) = (j / nr, j % nr);
+                for kk in 0..kc {
+                    dst[block + panel * nr * kc + kk * nr + lane] = at(pc + kk, j);
+                }
+            }
+        }
+    }
+    let shape = [out.len()];
+    Some(Tensor::F32(
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), out)
+            .expect("the element count matches the shape")
+            .into_shared(),
+    ))
 }
 
 /// Bytes of B packed whole ([`pack_b_whole`]) for `b_batches` matrices, on
@@ -944,7 +1055,9 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<Funct
         for v in 0..vecs {
             let p = gep(cg, ty, b, cg.add(b_row, cg.i64c((v * lanes) as i64))?)?;
             let x = cg.b.build_load(vty, p, "b")?;
-            set_align(x, esize * lanes)?;
+            // Packed B is 64-byte aligned in the arena but not in a constant
+            // packed at compile time (a Vec), so promise only element alignment.
+            set_align(x, esize)?;
             bv.push(x);
         }
         let a_row = cg.mul(kk, mr as i64)?;

@@ -44,7 +44,8 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
                 _ => GemmAttrs { alpha: 1.0, beta: 0.0, trans_a: false, trans_b: false },
             };
             let c_in = if matches!(node.op, Op::Gemm(_)) { node.input(2) } else { None };
-            matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm)
+            let packed_b = plan.packed_b.get(&id).copied();
+            matmul(cg, plan, step, &node.name, input(0)?, input(1)?, c_in, output, gemm, packed_b)
         }
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
             if !dtype.is_float() {
@@ -136,6 +137,7 @@ pub(crate) fn emit_node<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeI
             })
         }
         Op::Gather { axis } => gather(cg, plan, step, input(0)?, input(1)?, output, *axis),
+        Op::QLinearMatMul => qlinear_matmul(cg, plan, step, id),
         Op::MatMulInteger => {
             matmul_integer(cg, plan, step, &node.name, input(0)?, input(1)?, node.input(2), node.input(3), output)
         }
@@ -229,6 +231,7 @@ fn matmul<'ctx>(
     c_in: Option<ValueId>,
     out: ValueId,
     gemm: GemmAttrs,
+    packed_b: Option<usize>,
 ) -> Result<Kernel<'ctx>> {
     let dtype = plan.ty(out).dtype;
     let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
@@ -251,7 +254,7 @@ fn matmul<'ctx>(
     let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned"))?;
     let (batches, b_batches) = gemm::batch_counts(&ash, &bsh);
     if let Some(split) = gemm::parallel_split(dims, dtype, batches, b_batches) {
-        let par = ParallelMatMul { dims, split, b_batches, has_c, c_in, gemm };
+        let par = ParallelMatMul { dims, split, b_batches, has_c, c_in, gemm, packed_b };
         return matmul_parallel(cg, plan, step, &values, (sizes, strides), par, scratch);
     }
     let f = cg.kernel_fn(&format!("k{step}_matmul"), values.len() + 1);
@@ -400,12 +403,15 @@ struct ParallelMatMul {
     has_c: bool,
     c_in: Option<ValueId>,
     gemm: GemmAttrs,
+    /// The constant holding B packed at compile time, if it was.
+    packed_b: Option<usize>,
 }
 
 /// The parallel MatMul/Gemm: a serial prologue writes `beta·C_in` into C
-/// (Gemm) and packs every B matrix whole into the scratch; the items (batch
-/// entry, block of rows, slab of columns) then run the macro kernel on the
-/// threads, each packing its A block on its own stack.
+/// (Gemm) and packs every B matrix whole into the scratch, unless B was
+/// packed at compile time (a constant); the items (batch entry, block of
+/// rows, slab of columns) then run the macro kernel on the threads, each
+/// packing its A block on its own stack.
 fn matmul_parallel<'ctx>(
     cg: &Cg<'ctx>,
     plan: &Plan,
@@ -421,14 +427,16 @@ fn matmul_parallel<'ctx>(
     let split = par.split;
     let items = sizes.iter().product::<usize>() * split.row_blocks * split.slabs;
     let work = (m.min(gemm::MC) * split.slab.min(n) * k.max(1)).max(1);
-    let mut kernel = cg.parallel_kernel_fn(&format!("k{step}_matmul"), values.len() + 1, items, work);
+    let params = values.len() + 1 + par.packed_b.is_some() as usize;
+    let mut kernel = cg.parallel_kernel_fn(&format!("k{step}_matmul"), params, items, work);
     let f = kernel.f;
     let (sa_i, sa_k) = if par.gemm.trans_a { (1, m as i64) } else { (k as i64, 1) };
     let (sb_k, sb_j) = if par.gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
     let per_b = gemm::packed_b_elems(cg, dtype, par.dims) as i64;
     let scratch_param = values.len() as u32;
     let elem = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
-    cg.parallel_prologue(&mut kernel, &mut |pf| {
+    let needs_prologue = par.has_c || par.packed_b.is_none();
+    let prologue = &mut |pf| {
         let (cp, bp, sp) = (cg.param(pf, 0), cg.param(pf, 2), cg.param(pf, scratch_param));
         if let (true, Some(cv)) = (par.has_c, par.c_in) {
             let cdt = plan.ty(cv).dtype;
@@ -443,6 +451,9 @@ fn matmul_parallel<'ctx>(
                 })
             })?;
         }
+        if par.packed_b.is_some() {
+            return Ok(());
+        }
         cg.for_n(pf, par.b_batches, &mut |bb| {
             let operand = GemmOperand {
                 ptr: cg.elem_ptr(bp, bdt, cg.mul(bb, (k * n) as i64)?)?,
@@ -452,8 +463,13 @@ fn matmul_parallel<'ctx>(
             let dst = cg.elem_ptr(sp, dtype, cg.mul(bb, per_b)?)?;
             gemm::pack_b_whole(cg, pf, &operand, dtype, par.dims, dst)
         })
-    })?;
+    };
+    if needs_prologue {
+        cg.parallel_prologue(&mut kernel, prologue)?;
+    }
     let (cp, ap, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, scratch_param));
+    // Packed B: the compile-time constant, or the prologue's in the scratch.
+    let packed = if par.packed_b.is_some() { cg.param(f, scratch_param + 1) } else { sp };
     // Items: the batch nest, then row blocks, then column slabs; the two
     // extra operands carry the row block and slab numbers.
     let mut item_sizes = sizes.clone();
@@ -499,13 +515,165 @@ fn matmul_parallel<'ctx>(
             accumulate: par.has_c,
             scratch: sp,
         };
-        let pb = cg.elem_ptr(sp, dtype, cg.mul(b_index, per_b)?)?;
+        let pb = cg.elem_ptr(packed, dtype, cg.mul(b_index, per_b)?)?;
         gemm::emit_gemm_packed_b(cg, f, &spec, pb, (ic, mc.into_int_value()), (jc, nc.into_int_value()))
     })?;
     cg.kernel_return(f)?;
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
     locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    if let Some(ci) = par.packed_b {
+        locs.push(Loc { slot: crate::plan::Slot::Const(ci), offset: 0 });
+    }
     Ok((cg.finish_parallel(kernel)?, locs))
+}
+
+/// QLinearMatMul: the i32 product `(a - a_zero)·(b - b_zero)` of each
+/// batch entry (on the integer GEMM, into the step's scratch), then
+/// requantized as the ONNX reference does: times the multiplier
+/// `round(round(a_scale·b_scale) / y_scale)` (rounded to the scales' dtype,
+/// per row of a and column of b or per tensor), rounded half to even,
+/// plus `y_zero_point`, saturated to u8/i8.
+fn qlinear_matmul<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeId) -> Result<Kernel<'ctx>> {
+    let node = plan.graph.node(id);
+    let name = node.name.as_str();
+    let unsupported = |m: String| BackendError::unsupported(name, "QLinearMatMul", m);
+    let err = |m: String| BackendError::node(name, "QLinearMatMul", m);
+    let input = |slot: usize, what: &str| node.input(slot).ok_or_else(|| err(format!("{what} is missing")));
+    let (a, a_scale, b, b_scale, y_scale) =
+        (input(0, "a")?, input(1, "a_scale")?, input(3, "b")?, input(4, "b_scale")?, input(6, "y_scale")?);
+    let (a_zero, b_zero, y_zero) = (node.input(2), node.input(5), node.input(7));
+    let out = node.output(0).ok_or_else(|| err("the output is missing".into()))?;
+    let (adt, bdt, odt) = (plan.ty(a).dtype, plan.ty(b).dtype, plan.ty(out).dtype);
+    if ![adt, bdt, odt].iter().all(|d| matches!(d, DType::U8 | DType::I8)) {
+        return Err(unsupported(format!("{odt} = {adt} x {bdt} (u8/i8 only)")));
+    }
+    let sdt = plan.ty(a_scale).dtype;
+    for s in [a_scale, b_scale, y_scale] {
+        if !matches!(plan.ty(s).dtype, DType::F32 | DType::F16) {
+            return Err(unsupported(format!("{} scales (f32 and f16 supported)", plan.ty(s).dtype)));
+        }
+    }
+    let (ash, bsh) = (plan.ty(a).shape.clone(), plan.ty(b).shape.clone());
+    if ash.len() < 2 || bsh.len() < 2 {
+        return Err(unsupported("1-D operands".into()));
+    }
+    let dims = gemm::matmul_dims(&ash, &bsh, false, false)
+        .ok_or_else(|| err(format!("inner dimensions differ: {ash:?} and {bsh:?}")))?;
+    let GemmDims { m, n, k } = dims;
+    // Per tensor (false) or per row of a / column of b (true).
+    let per = |v: ValueId, len: usize, what: &str| -> Result<bool> {
+        let t = plan.ty(v);
+        match t.len() {
+            1 => Ok(false),
+            l if l == len && t.shape.len() == 1 => Ok(true),
+            _ => Err(unsupported(format!("{what} of shape {:?} (per tensor or per axis)", t.shape))),
+        }
+    };
+    let a_scale_per = per(a_scale, m, "a_scale")?;
+    let b_scale_per = per(b_scale, n, "b_scale")?;
+    if plan.ty(y_scale).len() != 1 || y_zero.is_some_and(|z| plan.ty(z).len() != 1) {
+        return Err(err("y_scale and y_zero_point must be scalars".into()));
+    }
+    for (z, dt, what) in [(a_zero, adt, "a"), (b_zero, bdt, "b"), (y_zero, odt, "y")] {
+        if let Some(z) = z {
+            if plan.ty(z).dtype != dt {
+                return Err(err(format!("{what} zero point is {} but {what} is {dt}", plan.ty(z).dtype)));
+            }
+        }
+    }
+    let a_zero_per = a_zero.map(|z| per(z, m, "a_zero_point")).transpose()?;
+    let b_zero_per = b_zero.map(|z| per(z, n, "b_zero_point")).transpose()?;
+    let (sizes, strides) = batch_strides(&ash, &bsh, dims);
+    let mut values = vec![out, a, a_scale, b, b_scale, y_scale];
+    let (az_at, bz_at) = (values.len() as u32, values.len() as u32 + a_zero.is_some() as u32);
+    values.extend(a_zero);
+    values.extend(b_zero);
+    let yz_at = values.len() as u32;
+    values.extend(y_zero);
+    let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned".into()))?;
+    let f = cg.kernel_fn(&format!("k{step}_qlinearmatmul"), values.len() + 1);
+    let p = |i: u32| cg.param(f, i);
+    let sp = p(values.len() as u32);
+    // Scratch: the i32 product of one batch entry, then the GEMM's blocks.
+    let product_bytes = (m * n * 4).div_ceil(64) * 64;
+    let gemm_scratch =
+        unsafe { cg.b.build_in_bounds_gep(cg.ctx.i8_type(), sp, &[cg.i64c(product_bytes as i64)], "gemm")? };
+    let zero_point = |per: Option<bool>, at: u32, dtype: DType| {
+        per.map(|per| if per { gemm::ZeroPoint::PerIndex(p(at), dtype) } else { gemm::ZeroPoint::Scalar(p(at), dtype) })
+    };
+    let (a_zp, b_zp) = (zero_point(a_zero_per, az_at, adt), zero_point(b_zero_per, bz_at, bdt));
+    let f64t = cg.ctx.f64_type();
+    // A scale as f64, rounded to the scales' dtype first where the
+    // reference rounds (the scales are exact in it already).
+    let wide =
+        |v: BV<'ctx>| -> Result<BV<'ctx>> { Ok(cg.b.build_float_ext(v.into_float_value(), f64t, "wide")?.into()) };
+    let round_to_scale = |v: BV<'ctx>| -> Result<BV<'ctx>> {
+        let narrow = match sdt {
+            DType::F16 => cg.ctx.f16_type(),
+            _ => cg.f32t(),
+        };
+        let t = cg.b.build_float_trunc(v.into_float_value(), narrow, "scale")?;
+        Ok(cg.b.build_float_ext(t, f64t, "scale")?.into())
+    };
+    let (lo, hi) = if odt == DType::U8 { (0.0, 255.0) } else { (-128.0, 127.0) };
+    if m * n > 0 {
+        nest(cg, f, &sizes, &strides, vec![cg.i64c(0); 3], &mut |off| {
+            let spec = GemmSpec {
+                m: cg.i64c(m as i64),
+                n: cg.i64c(n as i64),
+                k: cg.i64c(k as i64),
+                max: dims,
+                a: GemmOperand { ptr: cg.elem_ptr(p(1), adt, off[1])?, dtype: adt, strides: (k as i64, 1) },
+                b: GemmOperand { ptr: cg.elem_ptr(p(3), bdt, off[2])?, dtype: bdt, strides: (n as i64, 1) },
+                c: sp,
+                c_dtype: DType::I32,
+                ldc: n as i64,
+                alpha: 1.0,
+                accumulate: false,
+                scratch: gemm_scratch,
+            };
+            gemm::emit_gemm_i32(cg, f, &spec, a_zp, b_zp)?;
+            let ys = wide(cg.load(p(5), plan.ty(y_scale).dtype, cg.i64c(0))?)?;
+            let yz = match y_zero {
+                Some(_) => {
+                    let z = cg.load(p(yz_at), odt, cg.i64c(0))?.into_int_value();
+                    let z = if odt == DType::U8 {
+                        cg.b.build_unsigned_int_to_float(z, f64t, "yz")?
+                    } else {
+                        cg.b.build_signed_int_to_float(z, f64t, "yz")?
+                    };
+                    z.into()
+                }
+                None => f64t.const_zero().into(),
+            };
+            cg.for_n(f, m, &mut |i| {
+                let as_ = wide(cg.load(p(2), sdt, if a_scale_per { i } else { cg.i64c(0) })?)?;
+                cg.for_n(f, n, &mut |j| {
+                    let bs = wide(cg.load(p(4), plan.ty(b_scale).dtype, if b_scale_per { j } else { cg.i64c(0) })?)?;
+                    let scale = round_to_scale(cg.fdiv(round_to_scale(cg.fmul(as_, bs)?)?, ys)?)?;
+                    let c = cg.load(sp, DType::I32, cg.affine(i, n as i64, j)?)?.into_int_value();
+                    let c = cg.b.build_signed_int_to_float(c, f64t, "c")?.into();
+                    let y = cg.fadd(cg.intrinsic("llvm.roundeven", &[cg.fmul(c, scale)?])?, yz)?;
+                    let y = cg.fmaxnum(y, f64t.const_float(lo).into())?;
+                    let y =
+                        cg.b.build_float_compare(
+                            inkwell::FloatPredicate::OGT,
+                            y.into_float_value(),
+                            f64t.const_float(hi),
+                            "over",
+                        )
+                        .and_then(|over| cg.b.build_select(over, f64t.const_float(hi), y.into_float_value(), "y"))?;
+                    let q = cg.b.build_float_to_signed_int(y.into_float_value(), cg.ctx.i32_type(), "q")?;
+                    let q = cg.b.build_int_truncate(q, cg.ctx.i8_type(), "q8")?;
+                    cg.store(p(0), odt, cg.add(off[0], cg.affine(i, n as i64, j)?)?, q.into())
+                })
+            })
+        })?;
+    }
+    cg.b.build_return(None)?;
+    let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
+    locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
+    Ok((f, locs))
 }
 
 /// The batch loop of a MatMul: the (collapsed) batch sizes and, per

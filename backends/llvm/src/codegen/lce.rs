@@ -614,27 +614,30 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let (dtype, ty) = (p.dtype, self.ty);
         let [m_at, s_at, t_at, ws_at] = st;
         let vt_pad = padded_tile(p.vt);
-        blocks(&mut |r0, rows| cg.for_n(f, rows, &mut |r| {
-            let i = cg.add(r0, r)?;
-            self.by_row(
-                i,
-                &mut |label| {
-                    let bad = cg.ctx.append_basic_block(f, "bad_label");
-                    let good = cg.ctx.append_basic_block(f, "good_label");
-                    let ok = cg.b.build_int_compare(IntPredicate::ULT, label, cg.i64c(p.vocab as i64), "in_range")?;
-                    cg.b.build_conditional_branch(ok, good, bad)?;
-                    cg.b.position_at_end(bad);
-                    cg.b.build_return(Some(&cg.ctx.i32_type().const_int(1, false)))?;
-                    cg.b.position_at_end(good);
-                    Ok(())
-                },
-                &mut || Ok(()),
-            )?;
-            cg.store(self.scratch, dtype, self.at(m_at, i)?, self.c(f64::NEG_INFINITY))?;
-            cg.store(self.scratch, dtype, self.at(s_at, i)?, self.c(0.0))?;
-            cg.store(self.scratch, dtype, self.at(t_at, i)?, self.c(0.0))?;
-            cg.store(self.scratch, dtype, self.at(ws_at, i)?, self.c(0.0))
-        }))?;
+        blocks(&mut |r0, rows| {
+            cg.for_n(f, rows, &mut |r| {
+                let i = cg.add(r0, r)?;
+                self.by_row(
+                    i,
+                    &mut |label| {
+                        let bad = cg.ctx.append_basic_block(f, "bad_label");
+                        let good = cg.ctx.append_basic_block(f, "good_label");
+                        let ok =
+                            cg.b.build_int_compare(IntPredicate::ULT, label, cg.i64c(p.vocab as i64), "in_range")?;
+                        cg.b.build_conditional_branch(ok, good, bad)?;
+                        cg.b.position_at_end(bad);
+                        cg.b.build_return(Some(&cg.ctx.i32_type().const_int(1, false)))?;
+                        cg.b.position_at_end(good);
+                        Ok(())
+                    },
+                    &mut || Ok(()),
+                )?;
+                cg.store(self.scratch, dtype, self.at(m_at, i)?, self.c(f64::NEG_INFINITY))?;
+                cg.store(self.scratch, dtype, self.at(s_at, i)?, self.c(0.0))?;
+                cg.store(self.scratch, dtype, self.at(t_at, i)?, self.c(0.0))?;
+                cg.store(self.scratch, dtype, self.at(ws_at, i)?, self.c(0.0))
+            })
+        })?;
         let tmax = cg.entry_alloca(f, ty, "tile_max")?;
         let tsum = cg.entry_alloca(f, ty, "tile_sum")?;
         let twsum = cg.entry_alloca(f, ty, "tile_weighted")?;
@@ -873,12 +876,10 @@ pub(crate) fn forward<'ctx>(
             .ok_or_else(|| BackendError::Llvm("the parallel body lacks its item range".into()))
     };
     let (begin, end) = (param_int(params)?, param_int(params + 1)?);
-    let slot = if groups > 1 {
-        let tid = cg.omp_call("omp_get_thread_num", &[])?;
-        cg.b.build_int_s_extend(tid, cg.i64t(), "slot")?
-    } else {
-        cg.i64c(0)
-    };
+    // A thread's first item is its slot: the launcher gives every thread
+    // at least one item, so first items are distinct and below `groups`
+    // (and 0 when the body runs alone).
+    let slot = begin;
     let packed = cg.affine(slot, layout.packed_len as i64, cg.i64c(layout.packed as i64))?;
     let tile = cg.affine(slot, layout.tile_len as i64, cg.i64c(layout.tile as i64))?;
     let nblocks = n.div_ceil(FORWARD_ROWS).max(1);
@@ -1153,7 +1154,11 @@ fn backward_body<'ctx>(
             return Ok(g);
         }
         let tw = cg.b.build_load(f64t, total_w, "tw")?;
-        let tw = if dtype == DType::F64 { tw } else { cg.b.build_float_trunc(tw.into_float_value(), cg.f32t(), "tw")?.into() };
+        let tw = if dtype == DType::F64 {
+            tw
+        } else {
+            cg.b.build_float_trunc(tw.into_float_value(), cg.f32t(), "tw")?.into()
+        };
         cg.fdiv(g, tw)
     };
     let [lse_at, coef_at, tcoef_at, scale_at] = layout.state;
@@ -1205,7 +1210,9 @@ fn backward_body<'ctx>(
             cg.for_n(f, width, &mut |v| {
                 let dst = cg.affine(v, d as i64, cg.i64c(rows_at as i64))?;
                 let vv = cg.add(v0, v)?;
-                cg.for_n(f, d, &mut |j| cg.store(scratch, dtype, cg.add(dst, j)?, cg.load(w, dtype, e.w_index(vv, j)?)?))
+                cg.for_n(f, d, &mut |j| {
+                    cg.store(scratch, dtype, cg.add(dst, j)?, cg.load(w, dtype, e.w_index(vv, j)?)?)
+                })
             })?;
             cg.for_n(f, width * d, &mut |k| cg.store(scratch, dtype, cg.add(cg.i64c(dw_at as i64), k)?, zero))?;
         }
@@ -1219,7 +1226,11 @@ fn backward_body<'ctx>(
                 let src = cg.mul(i, d as i64)?;
                 e.by_row(
                     i,
-                    &mut |_| cg.for_n(f, d, &mut |j| cg.store(scratch, dtype, cg.add(dst, j)?, cg.load(h, dtype, cg.add(src, j)?)?)),
+                    &mut |_| {
+                        cg.for_n(f, d, &mut |j| {
+                            cg.store(scratch, dtype, cg.add(dst, j)?, cg.load(h, dtype, cg.add(src, j)?)?)
+                        })
+                    },
                     &mut || cg.for_n(f, d, &mut |j| cg.store(scratch, dtype, cg.add(dst, j)?, zero)),
                 )
             })?;
@@ -1373,7 +1384,9 @@ fn backward_body<'ctx>(
     // An ignored row's dH is zero by definition (its G row was zero, but a
     // non-finite head entry would have left 0·inf = NaN).
     cg.for_n(f, n, &mut |i| {
-        e.by_row(i, &mut |_| Ok(()), &mut || cg.for_n(f, d, &mut |j| cg.store(dhp, dtype, cg.affine(i, d as i64, j)?, zero)))
+        e.by_row(i, &mut |_| Ok(()), &mut || {
+            cg.for_n(f, d, &mut |j| cg.store(dhp, dtype, cg.affine(i, d as i64, j)?, zero))
+        })
     })?;
     let t = cg.b.build_load(i64t, tiles, "tiles")?;
     cg.store(statsp, DType::I64, cg.i64c(0), t)?;

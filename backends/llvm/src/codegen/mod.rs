@@ -86,7 +86,10 @@ use inkwell::AddressSpace;
 use kiln_ir::dtype::DType;
 use std::cell::{Cell, RefCell};
 
-pub(crate) use lce::{backward_buffer_count, backward_scratch, emit_backward_module, forward_scratch_bytes, problem_of, Problem, ProblemError};
+pub(crate) use lce::{
+    backward_buffer_count, backward_scratch, emit_backward_module, forward_scratch_bytes, problem_of, Problem,
+    ProblemError,
+};
 pub(crate) use linear_attention::{geometry as linear_attention_geometry, scratch_bytes as linear_attention_scratch};
 
 /// The name of the generated entry function.
