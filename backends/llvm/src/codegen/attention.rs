@@ -347,16 +347,30 @@ impl<'ctx> Vec32<'_, 'ctx> {
         Ok(self.cg.b.build_shuffle_vector(one, ivty.get_poison(), mask, "splat")?)
     }
 
-    /// Combines the lanes of `v` with `op`, lane 0 first (deterministic).
+    /// Combines the lanes of `v` with `op` by halving (log2(lanes) steps
+    /// instead of a serial chain: this runs once per row and tile); the
+    /// order is fixed, so results are deterministic.
     fn reduce(&self, v: BV<'ctx>, op: &dyn Fn(BV<'ctx>, BV<'ctx>) -> Result<BV<'ctx>>) -> Result<BV<'ctx>> {
-        let v = v.into_vector_value();
-        let lane =
-            |l: usize| self.cg.b.build_extract_element(v, self.cg.ctx.i32_type().const_int(l as u64, false), "l");
-        let mut acc = lane(0)?;
-        for l in 1..self.lanes {
-            acc = op(acc, lane(l)?)?;
+        let i32t = self.cg.ctx.i32_type();
+        let mut v = v.into_vector_value();
+        let mut width = self.lanes;
+        while width > 1 {
+            width /= 2;
+            let half = |from: usize| -> Result<BV<'ctx>> {
+                let idx: Vec<IntValue> = (from..from + width).map(|l| i32t.const_int(l as u64, false)).collect();
+                Ok(self
+                    .cg
+                    .b
+                    .build_shuffle_vector(v, v.get_type().get_poison(), VectorType::const_vector(&idx), "half")?
+                    .into())
+            };
+            let (lo, hi) = (half(0)?, half(width)?);
+            v = match op(lo, hi)? {
+                BV::VectorValue(x) => x,
+                other => return Ok(other),
+            };
         }
-        Ok(acc)
+        Ok(self.cg.b.build_extract_element(v, i32t.const_zero(), "lane")?)
     }
 }
 
