@@ -252,7 +252,7 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
 }
 
 /// Query rows per block of the Attention kernel.
-pub(crate) const ATTN_BQ: usize = 32;
+pub(crate) const ATTN_BQ: usize = 64;
 /// Key/value positions per tile of the Attention kernel: a 64-position
 /// tile of a 64-wide head is 16 KiB of K and as much of V, which stay in
 /// L1/L2 while every row of the query block passes over them.
