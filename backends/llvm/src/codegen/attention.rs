@@ -10,13 +10,22 @@
 //! `acc ← acc·e^(m-m') + Σ_j e^(s_j-m')·v_j`. After the last tile the row
 //! is `acc / l`. A key/value tile stays in cache while every row of the
 //! query block passes over it. The scratch (the per-row `m`, `l`, `acc`
-//! and one score tile per row) is `O(ATTN_BQ · (ATTN_BK + Dv))`, whatever
+//! and one score tile per row, and a packed key tile) is
+//! `O(ATTN_BQ · (ATTN_BK + Dv) + D · ATTN_BK)`, whatever
 //! the sequence length; see [`crate::plan::attention_scratch_bytes`].
 //!
-//! Every inner loop is unit-stride over the head dimension or over the
-//! tile (the dot products, the exponentials, the accumulator updates), so
-//! LLVM's loop vectorizer widens them. With `is_causal`, tiles entirely
-//! above the diagonal of a query block are skipped.
+//! The inner loops are explicit vectors of the target's f32 lanes. Each
+//! key tile is packed transposed (`kt[e][j]`, widened to f32), so the
+//! scores of a group of query rows are a register-blocked micro-GEMM: per
+//! head-dimension element one broadcast Q value per row times the packed
+//! row's vectors along the keys, into `rows × tile/lanes` accumulators.
+//! Scaling, causal/padding masking, the tile max and the exponentials run
+//! on whole vectors of a score row, softcap included (with a float/bool
+//! mask or the scores output, that step is a per-element loop).
+//! `acc ← acc·alpha + P·V` is a second micro-GEMM with the accumulator
+//! rows in registers and V rows as vectors along `Dv` (f32 with `Dv` a
+//! whole number of vectors; otherwise an element loop). With `is_causal`,
+//! tiles entirely above the diagonal of a query block are skipped.
 //!
 //! With past key/value caches (or when the `present_key`/`present_value`
 //! outputs are asked for) the kernel first writes the present caches, the
