@@ -123,6 +123,12 @@ pub enum SoftmaxAlgorithm {
     /// The classic baseline: a pass for the maximum, one for the sum of
     /// exponentials, one to write the result.
     ThreePass,
+    /// Two passes and one exponential per element: the first walks each
+    /// row in L1-sized chunks, writing `exp(x - M)` against the running
+    /// maximum `M` and keeping a running, rescaled sum (online normalizer);
+    /// the second rescales each chunk. LogSoftmax keeps the same first pass
+    /// without the writes.
+    Online,
 }
 
 /// Which kernel MatMul and Gemm use.

@@ -243,7 +243,7 @@ fn softmax_two_pass_and_three_pass_match_the_interpreter() {
     {
         let x = random(&mut rng, &shape, -scale, scale);
         for log in [false, true] {
-            for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
+            for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass, SoftmaxAlgorithm::Online] {
                 let mut g = Graph::new("softmax");
                 let xv = input(&mut g, "x", &shape);
                 let op = if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };
@@ -266,7 +266,7 @@ fn softmax_does_not_overflow_on_huge_logits() {
         (0..70).map(|i| if i % 7 == 0 { f64::NEG_INFINITY } else { (i as f64).sin() * 30.0 }).collect();
     let v: Vec<f64> = huge.into_iter().chain(tiny).chain(normal).collect();
     let x = Tensor::from_f64s(DType::F32, &[3, 70], &v);
-    for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
+    for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass, SoftmaxAlgorithm::Online] {
         let mut g = Graph::new("softmax");
         let xv = input(&mut g, "x", &[3, 70]);
         let y = node(&mut g, "sm", Op::Softmax { axis: -1 }, &[xv]);
@@ -277,6 +277,39 @@ fn softmax_does_not_overflow_on_huge_logits() {
             &CompileOptions { softmax: algo, ..Default::default() },
             &format!("{algo:?}"),
         );
+    }
+}
+
+#[test]
+fn softmax_online_chunks_match_the_interpreter() {
+    // Row lengths around the online kernel's 1024-element chunk (a chunk
+    // plus a tail, exact multiples, a single element, a row long enough to
+    // lengthen its chunks) and -inf filling whole leading chunks, so the
+    // running maximum starts at -inf and rises chunk by chunk.
+    let mut rng = StdRng::seed_from_u64(61);
+    for len in [1usize, 17, 1023, 1024, 1025, 2048, 3000, 300_001] {
+        let rows = if len > 10_000 { 1 } else { 4 };
+        let mut v: Vec<f64> = (0..rows * len).map(|_| rng.random_range(-40.0..40.0)).collect();
+        if len > 2 {
+            // Row 1: -inf through its first chunk and a half; row 2: rising
+            // values, so every chunk raises the running maximum.
+            for j in 0..len.min(1536) {
+                v[(1 % rows) * len + j] = f64::NEG_INFINITY;
+            }
+            for j in 0..len {
+                v[(2 % rows) * len + j] = j as f64 * 0.05 - 20.0;
+            }
+        }
+        let x = Tensor::from_f64s(DType::F32, &[rows, len], &v);
+        for log in [false, true] {
+            let mut g = Graph::new("softmax");
+            let xv = input(&mut g, "x", &[rows, len]);
+            let op = if log { Op::LogSoftmax { axis: -1 } } else { Op::Softmax { axis: -1 } };
+            let y = node(&mut g, "sm", op, &[xv]);
+            g.add_output(y);
+            let opts = CompileOptions { softmax: SoftmaxAlgorithm::Online, ..CompileOptions::default() };
+            check_with(g, &[("x".into(), x.clone())], &opts, &format!("online len {len} log {log}"));
+        }
     }
 }
 
