@@ -314,6 +314,31 @@ fn softmax_online_chunks_match_the_interpreter() {
 }
 
 #[test]
+fn exp_is_within_two_ulp_of_the_rounded_exact_value() {
+    // A dense sweep of f32 exp's whole finite range, against exp in f64
+    // rounded to f32; the distance in units in the last place is the
+    // difference of the bit patterns (both results positive).
+    let n = 200_003usize;
+    let xs: Vec<f64> = (0..n).map(|i| -87.0 + 175.5 * i as f64 / (n - 1) as f64).collect();
+    let x = Tensor::from_f64s(DType::F32, &[n], &xs);
+    let mut g = Graph::new("exp");
+    let xv = input(&mut g, "x", &[n]);
+    let y = node(&mut g, "e", Op::Unary(UnaryOp::Exp), &[xv]);
+    g.add_output(y);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let got = compile(&g, &CompileOptions::default()).unwrap().run(&[("x".into(), x.clone())]).unwrap();
+    let mut worst = (0u32, 0.0f32);
+    for (&xi, yi) in x.to_f64s().iter().zip(got[0].1.to_f64s()) {
+        let want = (xi.exp() as f32).to_bits();
+        let ulp = want.abs_diff((yi as f32).to_bits());
+        if ulp > worst.0 {
+            worst = (ulp, xi as f32);
+        }
+    }
+    assert!(worst.0 <= 2, "exp is {} ulp off at x = {}", worst.0, worst.1);
+}
+
+#[test]
 fn reductions_match_the_interpreter() {
     let mut rng = StdRng::seed_from_u64(7);
     let x = random(&mut rng, &[3, 5, 7], 0.1, 2.0);
