@@ -128,9 +128,11 @@ pub enum SoftmaxAlgorithm {
     /// Two passes and one exponential per element: the first walks each
     /// row in L1-sized chunks, writing `exp(x - M)` against the running
     /// maximum `M` and keeping a running, rescaled sum (online normalizer);
-    /// the second rescales each chunk. LogSoftmax keeps the same first pass
-    /// without the writes. The default: two passes over memory like
-    /// [`SoftmaxAlgorithm::TwoPass`], half its exponentials.
+    /// the second rescales each chunk. The default: two passes over memory
+    /// like [`SoftmaxAlgorithm::TwoPass`], half its exponentials.
+    /// LogSoftmax (whose second pass has no exponential) and
+    /// SoftmaxCrossEntropyLoss take the two-pass first pass, which is
+    /// cheaper than a chunked max-then-exp; f64 takes the three-pass one.
     #[default]
     Online,
 }

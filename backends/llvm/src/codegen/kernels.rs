@@ -706,7 +706,12 @@ fn softmax<'ctx>(
     let outer: usize = shape[..axis].iter().product();
     let len = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
-    let two_pass = cg.softmax == SoftmaxAlgorithm::TwoPass && dtype == DType::F32;
+    // LogSoftmax's second pass, x - lse, has no exponential: the paper's
+    // first pass (one read, cheaper range reduction than a full exp) is the
+    // fastest under the online kernel too.
+    let online = cg.softmax == SoftmaxAlgorithm::Online && !log;
+    let two_pass = (cg.softmax == SoftmaxAlgorithm::TwoPass || (cg.softmax == SoftmaxAlgorithm::Online && log))
+        && dtype == DType::F32;
     // Rows are independent: each thread takes a contiguous range of them.
     // A row's arithmetic does not depend on the split, so results are the
     // same on any number of threads.
@@ -723,8 +728,8 @@ fn softmax<'ctx>(
             cg.affine(o, (len * inner) as i64, c)?
         };
         let row = Row { base, stride: inner as i64, len, dtype };
-        if cg.softmax == SoftmaxAlgorithm::Online {
-            return softmax_online_row(cg, f, xp, yp, &row, log);
+        if online {
+            return softmax_online_row(cg, f, xp, yp, &row);
         }
         let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
         // The last pass: y = exp(x - lse) or x - lse.
@@ -786,21 +791,20 @@ const ONLINE_CHUNK: usize = 1024;
 /// stack, so longer rows take longer chunks.
 const ONLINE_MAX_CHUNKS: usize = 256;
 
-/// One row of the online (chunked) kernel: one exponential per element and
-/// two passes over memory. Pass 1 walks the row in L1-sized chunks: the
-/// chunk's maximum folds into the running maximum `M`, the chunk's
-/// `exp(x - M)` go to `y` (Softmax only) while their sum rescales into
-/// the running sum `S` (Milakov & Gimelshein's online normalizer, per chunk
-/// rather than per element so the chunk loops vectorize). Pass 2 scales
-/// each chunk of `y` by `exp(M_chunk - M) / S`, or for LogSoftmax writes `x - M - log S`. `-inf` elements are exact zeros; a
-/// row of only `-inf` gives NaN like the other kernels.
+/// One Softmax row of the online (chunked) kernel: one exponential per
+/// element and two passes over memory. Pass 1 walks the row in L1-sized
+/// chunks: the chunk's maximum folds into the running maximum `M`, the
+/// chunk's `exp(x - M)` go to `y` while their sum rescales into the running
+/// sum `S` (Milakov & Gimelshein's online normalizer, per chunk rather than
+/// per element so the chunk loops vectorize). Pass 2 scales each chunk of
+/// `y` by `exp(M_chunk - M) / S`. `-inf` elements are exact zeros; a row of
+/// only `-inf` gives NaN like the other kernels.
 fn softmax_online_row<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
     xp: PointerValue<'ctx>,
     yp: PointerValue<'ctx>,
     row: &Row<'ctx>,
-    log: bool,
 ) -> Result<()> {
     let ty = cg.compute_type(row.dtype).map_err(BackendError::Llvm)?;
     let like: BV = ty.into_float_type().const_float(0.0).into();
@@ -841,9 +845,7 @@ fn softmax_online_row<'ctx>(
         cg.for_n(f, n, &mut |j| {
             let idx = cg.affine(j, row.stride, start)?;
             let e = cg.exp(cg.fsub(cg.load(xp, row.dtype, idx)?, reference)?)?;
-            if !log {
-                cg.store(yp, row.dtype, idx, e)?;
-            }
+            cg.store(yp, row.dtype, idx, e)?;
             let cur = cg.b.build_load(ty, cs, "cs")?;
             cg.b.build_store(cs, cg.fadd_reassoc(cur, e)?)?;
             Ok(())
@@ -860,13 +862,6 @@ fn softmax_online_row<'ctx>(
     }
     let last = cg.b.build_load(ty, ref_ptr(cg.i64c(nchunks as i64 - 1))?, "ref_last")?;
     let sum = cg.b.build_load(ty, s, "s")?;
-    if log {
-        let lse = cg.fadd(last, cg.intrinsic("llvm.log", &[sum])?)?;
-        return cg.for_n(f, row.len, &mut |j| {
-            let idx = cg.affine(j, row.stride, row.base)?;
-            cg.store(yp, row.dtype, idx, cg.fsub(cg.load(xp, row.dtype, idx)?, lse)?)
-        });
-    }
     let inv = cg.fdiv(cg.fconst(like, 1.0), sum)?;
     let pass2 = |c: IntValue<'ctx>, n: usize| -> Result<()> {
         let start = cg.add(cg.mul(c, (chunk as i64) * row.stride)?, row.base)?;
