@@ -311,6 +311,15 @@ fn softmax_online_chunks_match_the_interpreter() {
             check_with(g, &[("x".into(), x.clone())], &opts, &format!("online len {len} log {log}"));
         }
     }
+    // f64 rows take the same kernel with f64 exponentials.
+    let v: Vec<f64> = (0..2 * 1500).map(|_| rng.random_range(-40.0..40.0)).collect();
+    let x = Tensor::from_f64s(DType::F64, &[2, 1500], &v);
+    let mut g = Graph::new("softmax");
+    let xv = g.add_input("x", TensorType::fixed(DType::F64, &[2, 1500])).unwrap();
+    let y = node(&mut g, "sm", Op::Softmax { axis: -1 }, &[xv]);
+    g.add_output(y);
+    let opts = CompileOptions { softmax: SoftmaxAlgorithm::Online, ..CompileOptions::default() };
+    check_with(g, &[("x".into(), x)], &opts, "online f64");
 }
 
 #[test]

@@ -844,7 +844,8 @@ fn softmax_online_row<'ctx>(
         cg.b.build_store(cs, cg.fconst(like, 0.0))?;
         cg.for_n(f, n, &mut |j| {
             let idx = cg.affine(j, row.stride, start)?;
-            let e = cg.exp(cg.fsub(cg.load(xp, row.dtype, idx)?, reference)?)?;
+            // x ≤ reference, the maximum so far (NaN passes through).
+            let e = cg.exp_nonpositive(cg.fsub(cg.load(xp, row.dtype, idx)?, reference)?)?;
             cg.store(yp, row.dtype, idx, e)?;
             let cur = cg.b.build_load(ty, cs, "cs")?;
             cg.b.build_store(cs, cg.fadd_reassoc(cur, e)?)?;

@@ -225,6 +225,26 @@ impl<'ctx> Cg<'ctx> {
         self.select(nan, x, y)
     }
 
+    /// exp of f32 `x ≤ 0` (or NaN, which it returns), as softmax takes it
+    /// of `x - max`: `n` stays in [-126, 0], so `2^n` is one exponent
+    /// insertion and nothing can overflow; a few operations fewer than
+    /// [`Cg::exp`]. Below -87.3365 (ln of the smallest normal) it gives 0.
+    /// f64 takes [`Cg::exp`].
+    pub(crate) fn exp_nonpositive(&self, x: BV<'ctx>) -> Result<BV<'ctx>> {
+        if !self.is_f32(x) {
+            return self.exp(x);
+        }
+        let under = self.fcmp(FloatPredicate::OLT, x, self.fconst(x, -87.336_54))?;
+        // Lanes that underflow are replaced by 0 below; 0 keeps their
+        // arithmetic finite.
+        let xc = self.select(under, self.fconst(x, 0.0), x)?;
+        let (n, p) = self.exp_split(xc)?;
+        let y = self.fmul(p, self.pow2i(n)?)?;
+        let y = self.select(under, self.fconst(x, 0.0), y)?;
+        let nan = self.fcmp(FloatPredicate::UNO, x, x)?;
+        self.select(nan, x, y)
+    }
+
     /// The logistic function `1 / (1 + exp(-x))`.
     pub(crate) fn sigmoid(&self, x: BV<'ctx>) -> Result<BV<'ctx>> {
         let e = self.exp(self.fneg(x)?)?;
