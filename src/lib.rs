@@ -26,6 +26,9 @@
 //! # }
 //! ```
 //!
+//! To run it compiled for this CPU instead, `kiln::cpu::compile(&graph,
+//! &Default::default())?.run(&inputs)?` (see [`cpu`]).
+//!
 //! The `kiln` binary wraps the same calls: `kiln inspect`, `kiln run`,
 //! `kiln convert` and `kiln optimize`, plus `kiln rules` (the rewrite rules)
 //! and `kiln explain` (the rewrites that produced a node).
@@ -34,6 +37,12 @@
 
 use std::path::Path;
 
+/// The LLVM CPU backend: [`cpu::compile`] a graph and run it
+/// (JIT, shape-specialized, threaded), [`cpu::aot`] for shared libraries
+/// with a C ABI, and [`cpu::linear_cross_entropy_grad`], the compiled
+/// LinearCrossEntropy backward (same arguments and results as the
+/// reference [`linear_cross_entropy_grad`]).
+pub use kiln_backend_llvm as cpu;
 pub use kiln_ir as ir;
 pub use kiln_passes as passes;
 

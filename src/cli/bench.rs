@@ -72,8 +72,8 @@ impl BenchBackend {
     the interpreter is single-threaded, records T and reports threads_used 1.\n\n\
     Outputs: the cpu backend's timed runs write into output buffers allocated once and reused by every run \
     (like onnxruntime's IOBinding), and keep their scratch arena between runs.\n\n\
-    Softmax: --softmax two-pass|three-pass picks the cpu backend's Softmax/LogSoftmax kernel (default \
-    two-pass), to compare the two.\n\n\
+    Softmax: --softmax two-pass|three-pass|online picks the cpu backend's Softmax/LogSoftmax kernel (default \
+    online), to compare them.\n\n\
     Profile: --profile (cpu backend) counts the CPU cycles of each kernel over all runs and lists the \
     kernels by their share of the time, with the op(s) and node each computes; ms/run is that share of the \
     mean run time. The counters cost a few cycles per kernel, so profile and time in separate runs.\n\n\
@@ -131,6 +131,8 @@ pub enum SoftmaxChoice {
     TwoPass,
     /// The baseline: max, sum and write in three passes.
     ThreePass,
+    /// Two passes, one exponential per element: chunked online normalizer, then a rescale.
+    Online,
 }
 
 impl SoftmaxChoice {
@@ -138,6 +140,7 @@ impl SoftmaxChoice {
         match self {
             SoftmaxChoice::TwoPass => kiln_backend_llvm::SoftmaxAlgorithm::TwoPass,
             SoftmaxChoice::ThreePass => kiln_backend_llvm::SoftmaxAlgorithm::ThreePass,
+            SoftmaxChoice::Online => kiln_backend_llvm::SoftmaxAlgorithm::Online,
         }
     }
 
@@ -145,6 +148,7 @@ impl SoftmaxChoice {
         match self {
             SoftmaxChoice::TwoPass => "two-pass",
             SoftmaxChoice::ThreePass => "three-pass",
+            SoftmaxChoice::Online => "online",
         }
     }
 }
@@ -579,7 +583,9 @@ impl Executable for Jitted {
 
     fn compile_summary(&self) -> &str {
         match self.cache {
-            kiln_backend_llvm::CacheUse::Hit(_) => "specialized to the input shapes; code loaded from the compile cache",
+            kiln_backend_llvm::CacheUse::Hit(_) => {
+                "specialized to the input shapes; code loaded from the compile cache"
+            }
             kiln_backend_llvm::CacheUse::Miss(_) => {
                 "lowered to LLVM IR, optimized at O3 for the host CPU, compiled for the input shapes into the cache"
             }

@@ -117,12 +117,24 @@ pub enum SoftmaxAlgorithm {
     /// Two reads of each row (Dukhan & Ablavatski, "The Two-Pass Softmax
     /// Algorithm"): the first computes the log-sum-exp with per-lane
     /// (mantissa, exponent) accumulators, the second writes the result.
-    /// Used for f32; f64 falls back to the three-pass kernel.
-    #[default]
+    /// Used for f32; f64 falls back to the three-pass kernel. Two
+    /// exponentials per element (one in each pass): on rows that fit in L2
+    /// the exponentials, not the memory traffic, bound it, and
+    /// [`SoftmaxAlgorithm::Online`] is faster.
     TwoPass,
     /// The classic baseline: a pass for the maximum, one for the sum of
     /// exponentials, one to write the result.
     ThreePass,
+    /// Two passes and one exponential per element: the first walks each
+    /// row in L1-sized chunks, writing `exp(x - M)` against the running
+    /// maximum `M` and keeping a running, rescaled sum (online normalizer);
+    /// the second rescales each chunk. The default: two passes over memory
+    /// like [`SoftmaxAlgorithm::TwoPass`], half its exponentials.
+    /// LogSoftmax (whose second pass has no exponential) and
+    /// SoftmaxCrossEntropyLoss take the two-pass first pass, which is
+    /// cheaper than a chunked max-then-exp; f64 takes the three-pass one.
+    #[default]
+    Online,
 }
 
 /// Which kernel MatMul and Gemm use.
@@ -172,7 +184,7 @@ impl Default for CompileOptions {
         CompileOptions {
             target_cpu: None,
             target_features: None,
-            softmax: SoftmaxAlgorithm::TwoPass,
+            softmax: SoftmaxAlgorithm::Online,
             matmul: MatMulKernel::Packed,
             optimize: true,
             threads: None,

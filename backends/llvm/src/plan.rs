@@ -270,7 +270,7 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
 }
 
 /// Query rows per block of the Attention kernel.
-pub(crate) const ATTN_BQ: usize = 32;
+pub(crate) const ATTN_BQ: usize = 64;
 /// Key/value positions per tile of the Attention kernel: a 64-position
 /// tile of a 64-wide head is 16 KiB of K and as much of V, which stay in
 /// L1/L2 while every row of the query block passes over them.
@@ -388,8 +388,23 @@ fn strides_3d(heads: usize, seq: usize, dim: usize) -> AttentionStrides {
 /// running maximum and sum, one tile of scores and the output accumulator,
 /// all f32. Independent of the sequence lengths beyond the tile sizes.
 pub(crate) fn attention_scratch_bytes(g: &AttentionGeometry) -> usize {
-    let (bq, bk) = (ATTN_BQ.min(g.q_len).max(1), ATTN_BK.min(g.kv_len).max(1));
-    (2 * bq + bq * bk + bq * g.v_dim) * 4
+    attention_scratch_floats(g) * 4
+}
+
+/// Width of a score row and of a packed key tile in the Attention
+/// kernel's scratch: the tile rounded up to 16 floats, a whole number of
+/// SIMD vectors on every supported target (4, 8 or 16 f32 lanes).
+pub(crate) fn attention_tile_stride(kv_len: usize) -> usize {
+    ATTN_BK.min(kv_len).max(1).next_multiple_of(16)
+}
+
+/// f32 elements of the Attention kernel's scratch: per query row of a
+/// block its max, sum and rescale factor, a score row and an output
+/// accumulator, plus one key tile packed transposed.
+pub(crate) fn attention_scratch_floats(g: &AttentionGeometry) -> usize {
+    let bq = ATTN_BQ.min(g.q_len).max(1);
+    let stride = attention_tile_stride(g.kv_len);
+    3 * bq + bq * stride + bq * g.v_dim + g.head_dim * stride
 }
 
 /// Ops that are evaluated at compile time once their inputs are known, and

@@ -2,7 +2,7 @@
 //! interpreter on random inputs (rtol 1e-4, atol 1e-5): 4-D and 3-D
 //! layouts, causal, float and bool masks (broadcast, and shorter than the
 //! keys), softcap, past/present caches, the scores output, nonpad_kv_seqlen, f16, grouped-query heads, sequence lengths that are not a multiple of
-//! the tiles; that the scratch stays O(tile) at S = 2048; and the
+//! the tiles and the vector micro-kernels' edge sizes (also as AVX2 code); that the scratch stays O(tile) at S = 2048; and the
 //! unsupported variants' errors.
 
 use kiln_backend_llvm::{compile, BackendError, CompileOptions};
@@ -84,10 +84,14 @@ fn inputs(rng: &mut StdRng, case: &Case) -> Vec<(String, Tensor)> {
 }
 
 fn check(case: Case) {
+    check_with(case, &CompileOptions::default());
+}
+
+fn check_with(case: Case, options: &CompileOptions) {
     let mut rng = StdRng::seed_from_u64(7);
     let g = graph(&case);
     let ins = inputs(&mut rng, &case);
-    let compiled = compile(&g, &CompileOptions::default()).unwrap_or_else(|e| panic!("{}: compile: {e}", case.what));
+    let compiled = compile(&g, options).unwrap_or_else(|e| panic!("{}: compile: {e}", case.what));
     let got = compiled.run(&ins).unwrap_or_else(|e| panic!("{}: run: {e}", case.what));
     let want = kiln_ir::interp::run(&g, &ins).unwrap_or_else(|e| panic!("{}: interpreter: {e}", case.what));
     let (got, want) = (&got[0].1, &want[0].1);
@@ -111,6 +115,43 @@ fn four_d_matches_the_interpreter() {
         v: vec![2, 3, 37, 16],
         mask: None,
     });
+}
+
+/// Sizes at the edges of the vector micro-kernels: one query, one key,
+/// key counts that leave a short tile (or a tile narrower than a vector),
+/// query blocks that are not a multiple of the row groups, head sizes that
+/// are not a whole number of vectors, causal and padding on top; for the
+/// host's vectors and for 8-lane AVX2 code (x86-64-v3) where it runs.
+#[test]
+fn tile_edges_of_the_vector_micro_kernels() {
+    let cases = || {
+        [
+            ("S=1", false, [1, 1, 64, 64]),
+            ("S=1 query, S_kv=5", false, [1, 5, 64, 64]),
+            ("S=37, S_kv=83", false, [37, 83, 64, 64]),
+            ("S=83 causal", true, [83, 83, 64, 32]),
+            ("S=66 causal, d=20", true, [66, 66, 20, 20]),
+            ("S=13, S_kv=3, d=24, D_v=40", false, [13, 3, 24, 40]),
+            ("S=130, S_kv=129, d=3", false, [130, 129, 3, 5]),
+        ]
+        .map(|(what, causal, [s, kv, d, dv])| Case {
+            what,
+            attrs: AttentionAttrs { is_causal: causal, ..attrs() },
+            q: vec![1, 3, s, d],
+            k: vec![1, 3, kv, d],
+            v: vec![1, 3, kv, dv],
+            mask: None,
+        })
+    };
+    for case in cases() {
+        check(case);
+    }
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let avx2 = CompileOptions { target_cpu: Some("x86-64-v3".into()), ..CompileOptions::default() };
+        for case in cases() {
+            check_with(case, &avx2);
+        }
+    }
 }
 
 #[test]

@@ -243,7 +243,7 @@ fn softmax_two_pass_and_three_pass_match_the_interpreter() {
     {
         let x = random(&mut rng, &shape, -scale, scale);
         for log in [false, true] {
-            for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
+            for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass, SoftmaxAlgorithm::Online] {
                 let mut g = Graph::new("softmax");
                 let xv = input(&mut g, "x", &shape);
                 let op = if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };
@@ -266,7 +266,7 @@ fn softmax_does_not_overflow_on_huge_logits() {
         (0..70).map(|i| if i % 7 == 0 { f64::NEG_INFINITY } else { (i as f64).sin() * 30.0 }).collect();
     let v: Vec<f64> = huge.into_iter().chain(tiny).chain(normal).collect();
     let x = Tensor::from_f64s(DType::F32, &[3, 70], &v);
-    for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
+    for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass, SoftmaxAlgorithm::Online] {
         let mut g = Graph::new("softmax");
         let xv = input(&mut g, "x", &[3, 70]);
         let y = node(&mut g, "sm", Op::Softmax { axis: -1 }, &[xv]);
@@ -278,6 +278,73 @@ fn softmax_does_not_overflow_on_huge_logits() {
             &format!("{algo:?}"),
         );
     }
+}
+
+#[test]
+fn softmax_online_chunks_match_the_interpreter() {
+    // Row lengths around the online kernel's 1024-element chunk (a chunk
+    // plus a tail, exact multiples, a single element, a row long enough to
+    // lengthen its chunks) and -inf filling whole leading chunks, so the
+    // running maximum starts at -inf and rises chunk by chunk.
+    let mut rng = StdRng::seed_from_u64(61);
+    for len in [1usize, 17, 1023, 1024, 1025, 2048, 3000, 300_001] {
+        let rows = if len > 10_000 { 1 } else { 4 };
+        let mut v: Vec<f64> = (0..rows * len).map(|_| rng.random_range(-40.0..40.0)).collect();
+        if len > 2 {
+            // Row 1: -inf through its first chunk and a half; row 2: rising
+            // values, so every chunk raises the running maximum.
+            for j in 0..len.min(1536) {
+                v[(1 % rows) * len + j] = f64::NEG_INFINITY;
+            }
+            for j in 0..len {
+                v[(2 % rows) * len + j] = j as f64 * 0.05 - 20.0;
+            }
+        }
+        let x = Tensor::from_f64s(DType::F32, &[rows, len], &v);
+        for log in [false, true] {
+            let mut g = Graph::new("softmax");
+            let xv = input(&mut g, "x", &[rows, len]);
+            let op = if log { Op::LogSoftmax { axis: -1 } } else { Op::Softmax { axis: -1 } };
+            let y = node(&mut g, "sm", op, &[xv]);
+            g.add_output(y);
+            let opts = CompileOptions { softmax: SoftmaxAlgorithm::Online, ..CompileOptions::default() };
+            check_with(g, &[("x".into(), x.clone())], &opts, &format!("online len {len} log {log}"));
+        }
+    }
+    // f64 rows take the same kernel with f64 exponentials.
+    let v: Vec<f64> = (0..2 * 1500).map(|_| rng.random_range(-40.0..40.0)).collect();
+    let x = Tensor::from_f64s(DType::F64, &[2, 1500], &v);
+    let mut g = Graph::new("softmax");
+    let xv = g.add_input("x", TensorType::fixed(DType::F64, &[2, 1500])).unwrap();
+    let y = node(&mut g, "sm", Op::Softmax { axis: -1 }, &[xv]);
+    g.add_output(y);
+    let opts = CompileOptions { softmax: SoftmaxAlgorithm::Online, ..CompileOptions::default() };
+    check_with(g, &[("x".into(), x)], &opts, "online f64");
+}
+
+#[test]
+fn exp_is_within_two_ulp_of_the_rounded_exact_value() {
+    // A dense sweep of f32 exp's whole finite range, against exp in f64
+    // rounded to f32; the distance in units in the last place is the
+    // difference of the bit patterns (both results positive).
+    let n = 200_003usize;
+    let xs: Vec<f64> = (0..n).map(|i| -87.0 + 175.5 * i as f64 / (n - 1) as f64).collect();
+    let x = Tensor::from_f64s(DType::F32, &[n], &xs);
+    let mut g = Graph::new("exp");
+    let xv = input(&mut g, "x", &[n]);
+    let y = node(&mut g, "e", Op::Unary(UnaryOp::Exp), &[xv]);
+    g.add_output(y);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let got = compile(&g, &CompileOptions::default()).unwrap().run(&[("x".into(), x.clone())]).unwrap();
+    let mut worst = (0u32, 0.0f32);
+    for (&xi, yi) in x.to_f64s().iter().zip(got[0].1.to_f64s()) {
+        let want = (xi.exp() as f32).to_bits();
+        let ulp = want.abs_diff((yi as f32).to_bits());
+        if ulp > worst.0 {
+            worst = (ulp, xi as f32);
+        }
+    }
+    assert!(worst.0 <= 2, "exp is {} ulp off at x = {}", worst.0, worst.1);
 }
 
 #[test]

@@ -82,10 +82,12 @@ fn softmax_rows_split_across_threads() {
     let mut rng = StdRng::seed_from_u64(1);
     // Rows along the last axis, rows strided (axis 1 of 3), an odd count
     // of rows that does not divide evenly, and the two algorithms.
-    for (shape, axis) in [(vec![67, 2049], -1i64), (vec![5, 300, 97], 1), (vec![3, 131, 1000], -1)] {
+    for (shape, axis) in
+        [(vec![67, 2049], -1i64), (vec![5, 300, 97], 1), (vec![3, 131, 1000], -1), (vec![9, 3, 2500], 2)]
+    {
         let x = random(&mut rng, &shape, -8.0, 8.0);
         for log in [false, true] {
-            for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass] {
+            for algo in [SoftmaxAlgorithm::TwoPass, SoftmaxAlgorithm::ThreePass, SoftmaxAlgorithm::Online] {
                 let mut g = Graph::new("softmax");
                 let xv = input(&mut g, "x", &shape);
                 let op = if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };

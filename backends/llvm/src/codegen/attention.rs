@@ -10,13 +10,22 @@
 //! `acc ← acc·e^(m-m') + Σ_j e^(s_j-m')·v_j`. After the last tile the row
 //! is `acc / l`. A key/value tile stays in cache while every row of the
 //! query block passes over it. The scratch (the per-row `m`, `l`, `acc`
-//! and one score tile per row) is `O(ATTN_BQ · (ATTN_BK + Dv))`, whatever
+//! and one score tile per row, and a packed key tile) is
+//! `O(ATTN_BQ · (ATTN_BK + Dv) + D · ATTN_BK)`, whatever
 //! the sequence length; see [`crate::plan::attention_scratch_bytes`].
 //!
-//! Every inner loop is unit-stride over the head dimension or over the
-//! tile (the dot products, the exponentials, the accumulator updates), so
-//! LLVM's loop vectorizer widens them. With `is_causal`, tiles entirely
-//! above the diagonal of a query block are skipped.
+//! The inner loops are explicit vectors of the target's f32 lanes. Each
+//! key tile is packed transposed (`kt[e][j]`, widened to f32), so the
+//! scores of a group of query rows are a register-blocked micro-GEMM: per
+//! head-dimension element one broadcast Q value per row times the packed
+//! row's vectors along the keys, into `rows × tile/lanes` accumulators.
+//! Scaling, causal/padding masking, the tile max and the exponentials run
+//! on whole vectors of a score row, softcap included (with a float/bool
+//! mask or the scores output, that step is a per-element loop).
+//! `acc ← acc·alpha + P·V` is a second micro-GEMM with the accumulator
+//! rows in registers and V rows as vectors along `Dv` (f32 with `Dv` a
+//! whole number of vectors; otherwise an element loop). With `is_causal`,
+//! tiles entirely above the diagonal of a query block are skipped.
 //!
 //! With past key/value caches (or when the `present_key`/`present_value`
 //! outputs are asked for) the kernel first writes the present caches, the
@@ -42,8 +51,9 @@
 use super::parallel::ParallelKernel;
 use super::Cg;
 use crate::error::{BackendError, Result};
-use crate::plan::{attention_geometry, AttentionGeometry, Loc, Plan, Slot, ATTN_BK, ATTN_BQ};
-use inkwell::values::{BasicValueEnum, FunctionValue, IntValue};
+use crate::plan::{attention_geometry, attention_tile_stride, AttentionGeometry, Loc, Plan, Slot, ATTN_BK, ATTN_BQ};
+use inkwell::types::VectorType;
+use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
 use kiln_ir::dtype::DType;
 use kiln_ir::graph::NodeId;
@@ -150,9 +160,9 @@ pub(crate) fn attention<'ctx>(
     // with a private scratch on its stack when that is small (it is unless
     // the value head is huge); otherwise the kernel stays serial on the
     // planned scratch in the arena.
-    let (bq, bk) = (ATTN_BQ.min(geo.q_len).max(1), ATTN_BK.min(geo.kv_len).max(1));
+    let bq = ATTN_BQ.min(geo.q_len).max(1);
     let q_blocks = geo.q_len.div_ceil(bq);
-    let scratch_floats = 2 * bq + bq * bk + bq * geo.v_dim;
+    let scratch_floats = crate::plan::attention_scratch_floats(&geo);
     let private = scratch_floats * 4 <= ATTN_STACK_SCRATCH;
     let items = geo.batch * geo.q_heads * q_blocks;
     let work = if private { bq * geo.kv_len * (geo.head_dim + geo.v_dim) * 2 } else { 0 };
@@ -295,6 +305,84 @@ fn tail<'ctx>(cg: &Cg<'ctx>, block: usize, total: usize, start: IntValue<'ctx>) 
     Ok(cg.b.build_select(short, left, cg.i64c(block as i64), "count")?.into_int_value())
 }
 
+/// Explicit-vector helpers of the f32 fast path: `lanes`-wide loads and
+/// stores (element-aligned: rows and tiles start anywhere), splats and
+/// lane reductions.
+struct Vec32<'a, 'ctx> {
+    cg: &'a Cg<'ctx>,
+    lanes: usize,
+    vty: inkwell::types::VectorType<'ctx>,
+}
+
+impl<'ctx> Vec32<'_, 'ctx> {
+    fn load(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> Result<BV<'ctx>> {
+        let p = self.cg.elem_ptr(base, DType::F32, idx)?;
+        let v = self.cg.b.build_load(self.vty, p, "vec")?;
+        if let Some(inst) = v.as_instruction_value() {
+            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        }
+        Ok(v)
+    }
+
+    fn store(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>, v: BV<'ctx>) -> Result<()> {
+        let p = self.cg.elem_ptr(base, DType::F32, idx)?;
+        let st = self.cg.b.build_store(p, v)?;
+        st.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        Ok(())
+    }
+
+    fn splat(&self, x: BV<'ctx>) -> Result<BV<'ctx>> {
+        let zero = self.cg.ctx.i32_type().const_zero();
+        let one = self.cg.b.build_insert_element(self.vty.get_poison(), x, zero, "x")?;
+        let mask = self.cg.ctx.i32_type().vec_type(self.lanes as u32).const_zero();
+        Ok(self.cg.b.build_shuffle_vector(one, self.vty.get_poison(), mask, "splat")?.into())
+    }
+
+    /// Key positions `first + 0 .. first + lanes` as an i64 vector.
+    fn positions(&self, first: IntValue<'ctx>) -> Result<inkwell::values::VectorValue<'ctx>> {
+        let i64t = self.cg.i64t();
+        let ivty = i64t.vec_type(self.lanes as u32);
+        let one = self.cg.b.build_insert_element(ivty.get_poison(), first, self.cg.ctx.i32_type().const_zero(), "k")?;
+        let mask = self.cg.ctx.i32_type().vec_type(self.lanes as u32).const_zero();
+        let base = self.cg.b.build_shuffle_vector(one, ivty.get_poison(), mask, "k_splat")?;
+        let iota: Vec<IntValue> = (0..self.lanes as u64).map(|l| i64t.const_int(l, false)).collect();
+        Ok(self.cg.b.build_int_add(base, VectorType::const_vector(&iota), "keys")?)
+    }
+
+    fn splat_i64(&self, x: IntValue<'ctx>) -> Result<inkwell::values::VectorValue<'ctx>> {
+        let ivty = self.cg.i64t().vec_type(self.lanes as u32);
+        let one = self.cg.b.build_insert_element(ivty.get_poison(), x, self.cg.ctx.i32_type().const_zero(), "x")?;
+        let mask = self.cg.ctx.i32_type().vec_type(self.lanes as u32).const_zero();
+        Ok(self.cg.b.build_shuffle_vector(one, ivty.get_poison(), mask, "splat")?)
+    }
+
+    /// Combines the lanes of `v` with `op` by halving (log2(lanes) steps
+    /// instead of a serial chain: this runs once per row and tile); the
+    /// order is fixed, so results are deterministic.
+    fn reduce(&self, v: BV<'ctx>, op: &dyn Fn(BV<'ctx>, BV<'ctx>) -> Result<BV<'ctx>>) -> Result<BV<'ctx>> {
+        let i32t = self.cg.ctx.i32_type();
+        let mut v = v.into_vector_value();
+        let mut width = self.lanes;
+        while width > 1 {
+            width /= 2;
+            let half = |from: usize| -> Result<BV<'ctx>> {
+                let idx: Vec<IntValue> = (from..from + width).map(|l| i32t.const_int(l as u64, false)).collect();
+                Ok(self
+                    .cg
+                    .b
+                    .build_shuffle_vector(v, v.get_type().get_poison(), VectorType::const_vector(&idx), "half")?
+                    .into())
+            };
+            let (lo, hi) = (half(0)?, half(width)?);
+            v = match op(lo, hi)? {
+                BV::VectorValue(x) => x,
+                other => return Ok(other),
+            };
+        }
+        Ok(self.cg.b.build_extract_element(v, i32t.const_zero(), "lane")?)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn emit_body<'ctx>(
     cg: &Cg<'ctx>,
@@ -317,15 +405,38 @@ fn emit_body<'ctx>(
     let ninf = c(f64::NEG_INFINITY);
     let (bq, bk) = (ATTN_BQ.min(geo.q_len).max(1), ATTN_BK.min(geo.kv_len).max(1));
     let (d, dv) = (geo.head_dim, geo.v_dim);
-    // Scratch layout, in f32 elements: m[bq], l[bq], scores[bq × bk], acc[bq × dv].
-    let (m_at, l_at, s_at, acc_at) = (0i64, bq as i64, 2 * bq as i64, (2 * bq + bq * bk) as i64);
+    // Scratch layout, in f32 elements: m[bq], l[bq], scores[bq × sbk],
+    // acc[bq × dv], alpha[bq], packed key tile kt[d × sbk] (see
+    // `plan::attention_scratch_floats`).
+    let sbk = attention_tile_stride(geo.kv_len);
+    let (m_at, l_at, s_at) = (0i64, bq as i64, 2 * bq as i64);
+    let acc_at = s_at + (bq * sbk) as i64;
+    let alpha_at = acc_at + (bq * dv) as i64;
+    let kt_at = alpha_at + bq as i64;
     let group = (geo.q_heads / geo.kv_heads) as u64;
     let q_blocks = geo.q_len.div_ceil(bq);
     let k_tiles = geo.kv_len.div_ceil(bk);
     let f32t = cg.f32t();
-    let dot = cg.entry_alloca(f, f32t.into(), "dot")?;
     let tmax = cg.entry_alloca(f, f32t.into(), "tile_max")?;
     let psum = cg.entry_alloca(f, f32t.into(), "tile_sum")?;
+    // f32 tensors take the register-blocked vector path; narrow floats are
+    // widened element by element (the scores still use packed tiles).
+    let lanes = cg.lanes.max(1) as usize;
+    let vecs = Vec32 { cg, lanes, vty: f32t.vec_type(lanes as u32) };
+    let vector = lanes > 1 && sbk % lanes == 0;
+    let nv = sbk / lanes;
+    // Query rows per micro-kernel call: enough accumulators to hide the
+    // FMA latency, few enough to stay in registers (at most 16 vectors).
+    let qk_rows = (16 / nv.max(1)).clamp(1, 4);
+    let nvd = dv / lanes;
+    let pv_vector = vector && xdt == DType::F32 && dv % lanes == 0 && nvd <= 16;
+    let pv_rows = (16 / nvd.max(1)).clamp(1, 4);
+    let pool_len = if vector { (qk_rows * nv).max(if pv_vector { pv_rows * nvd } else { 0 }) } else { 0 };
+    let pool: Vec<PointerValue> =
+        (0..pool_len).map(|_| cg.entry_alloca(f, vecs.vty.into(), "acc")).collect::<Result<_>>()?;
+    // Columns past the last key exist in a short tile; they must not count.
+    let ragged = geo.kv_len % sbk != 0;
+    let vector_post = vector && mask.is_none() && scores.is_none();
 
     // One item is one (batch, query head, query block).
     let per_batch = cg.i64c((geo.q_heads * q_blocks) as i64);
@@ -361,6 +472,11 @@ fn emit_body<'ctx>(
             let acc_row = cg.affine(r, dv as i64, cg.i64c(acc_at))?;
             cg.for_n(f, dv, &mut |e| cg.store(scratch, dt, cg.add(acc_row, e)?, c(0.0)))
         })?;
+        if vector && ragged {
+            // The packed tile's columns past a short tile's keys are read
+            // by whole vectors; zeros keep their (ignored) scores finite.
+            cg.for_n(f, d * sbk, &mut |e| cg.store(scratch, dt, cg.add(cg.i64c(kt_at), e)?, c(0.0)))?;
+        }
         // Causal: the block's last row sees keys up to its own index
         // (plus the past), so later tiles hold nothing it may see,
         // unless the scores are an output.
@@ -379,101 +495,214 @@ fn emit_body<'ctx>(
         cg.for_range(f, tiles, &mut |t| {
             let k0 = cg.mul(t, bk as i64)?;
             let cols = tail(cg, bk, geo.kv_len, k0)?;
+            // Raw scores q·kᵀ of the tile into the score rows.
+            if vector {
+                emit_scores_vector(
+                    cg,
+                    f,
+                    &vecs,
+                    &pool,
+                    qk_rows,
+                    nv,
+                    xdt,
+                    d,
+                    sbk,
+                    kt_at,
+                    s_at,
+                    scratch,
+                    [qp, kp],
+                    [q_base, k_base],
+                    geo,
+                    q0,
+                    rows,
+                    k0,
+                    cols,
+                )?;
+            } else {
+                cg.for_range(f, rows, &mut |r| {
+                    let q_row = cg.affine(cg.add(q0, r)?, geo.q.row, q_base)?;
+                    let s_row = cg.affine(r, sbk as i64, cg.i64c(s_at))?;
+                    cg.for_range(f, cols, &mut |j| {
+                        let k_row = cg.affine(cg.add(k0, j)?, geo.k.row, k_base)?;
+                        cg.b.build_store(psum, c(0.0))?;
+                        cg.for_n(f, d, &mut |e| {
+                            let qv = cg.load(qp, xdt, cg.add(q_row, e)?)?;
+                            let kv = cg.load(kp, xdt, cg.add(k_row, e)?)?;
+                            let cur = cg.b.build_load(f32t, psum, "dot")?;
+                            cg.b.build_store(psum, cg.fadd_reassoc(cur, cg.fmul(qv, kv)?)?)?;
+                            Ok(())
+                        })?;
+                        cg.store(scratch, dt, cg.add(s_row, j)?, cg.b.build_load(f32t, psum, "dot")?)
+                    })
+                })?;
+            }
+            // Per row: scale, cap and mask the scores, then the online
+            // softmax update of the row's max and sum.
             cg.for_range(f, rows, &mut |r| {
                 let i = cg.add(q0, r)?;
-                let q_row = cg.affine(i, geo.q.row, q_base)?;
-                let s_row = cg.affine(r, bk as i64, cg.i64c(s_at))?;
-                cg.b.build_store(tmax, ninf)?;
-                cg.for_range(f, cols, &mut |j| {
-                    let kj = cg.add(k0, j)?;
-                    let k_row = cg.affine(kj, geo.k.row, k_base)?;
-                    cg.b.build_store(dot, c(0.0))?;
-                    cg.for_n(f, d, &mut |e| {
-                        let qv = cg.load(qp, xdt, cg.add(q_row, e)?)?;
-                        let kv = cg.load(kp, xdt, cg.add(k_row, e)?)?;
-                        let cur = cg.b.build_load(f32t, dot, "dot")?;
-                        cg.b.build_store(dot, cg.fadd_reassoc(cur, cg.fmul(qv, kv)?)?)?;
+                let s_row = cg.affine(r, sbk as i64, cg.i64c(s_at))?;
+                let seen = cg.add(i, cg.i64c(geo.past_len as i64))?;
+                let tile_max = if vector_post {
+                    let mut vmax = vecs.splat(ninf)?;
+                    let vninf = vecs.splat(ninf)?;
+                    for ch in 0..nv {
+                        let at = cg.add(s_row, cg.i64c((ch * lanes) as i64))?;
+                        let mut s = cg.fmul(vecs.load(scratch, at)?, vecs.splat(c(scale))?)?;
+                        if let Some(cap) = softcap {
+                            s = cg.fmul(cg.tanh(cg.fmul(s, vecs.splat(c(1.0 / cap))?)?)?, vecs.splat(c(cap))?)?;
+                        }
+                        if ragged || valid.is_some() || causal {
+                            let keys = vecs.positions(cg.add(k0, cg.i64c((ch * lanes) as i64))?)?;
+                            let mut limits = Vec::new();
+                            if ragged {
+                                limits.push((IntPredicate::SGE, vecs.splat_i64(cg.i64c(geo.kv_len as i64))?));
+                            }
+                            if let Some(valid) = valid {
+                                limits.push((IntPredicate::SGE, vecs.splat_i64(valid)?));
+                            }
+                            if causal {
+                                limits.push((IntPredicate::SGT, vecs.splat_i64(seen)?));
+                            }
+                            for (pred, limit) in limits {
+                                let out = cg.b.build_int_compare(pred, keys, limit, "out")?;
+                                s = cg.select(out.into(), vninf, s)?;
+                            }
+                        }
+                        vecs.store(scratch, at, s)?;
+                        vmax = cg.fmaxnum(vmax, s)?;
+                    }
+                    vecs.reduce(vmax, &|a, b| cg.fmaxnum(a, b))?
+                } else {
+                    cg.b.build_store(tmax, ninf)?;
+                    cg.for_range(f, cols, &mut |j| {
+                        let kj = cg.add(k0, j)?;
+                        let at = cg.add(s_row, j)?;
+                        let mut s = cg.fmul(cg.load(scratch, dt, at)?, c(scale))?;
+                        if let Some(cap) = softcap {
+                            s = cg.fmul(cg.tanh(cg.fmul(s, c(1.0 / cap))?)?, c(cap))?;
+                        }
+                        let unbiased = s;
+                        if let Some((mp, layout)) = mask {
+                            // A key past a short mask's width is masked; its
+                            // load index is clamped to stay in bounds.
+                            let inside =
+                                cg.b.build_int_compare(IntPredicate::SLT, kj, cg.i64c(layout.width as i64), "in_mask")?;
+                            let col = if layout.width < geo.kv_len {
+                                cg.b.build_select(inside, kj, cg.i64c(layout.width as i64 - 1), "col")?.into_int_value()
+                            } else {
+                                kj
+                            };
+                            let at = cg.add(cg.affine(i, layout.strides[2], mask_base)?, col)?;
+                            let mv = cg.load(mp, layout.dtype, at)?;
+                            s = if layout.dtype == DType::Bool { cg.select(mv, s, ninf)? } else { cg.fadd(s, mv)? };
+                            if layout.width < geo.kv_len {
+                                s = cg.select(inside.into(), s, ninf)?;
+                            }
+                        }
+                        if let Some(valid) = valid {
+                            let pad = cg.b.build_int_compare(IntPredicate::SGE, kj, valid, "pad")?;
+                            s = cg.select(pad.into(), ninf, s)?;
+                        }
+                        if causal {
+                            let future = cg.b.build_int_compare(IntPredicate::SGT, kj, seen, "future")?;
+                            s = cg.select(future.into(), ninf, s)?;
+                        }
+                        cg.store(scratch, dt, at, s)?;
+                        if let Some((qkp, mode)) = scores {
+                            // Modes 2 and 3 start from the biased scores (3 is
+                            // normalized once the row's max and sum are final).
+                            let at = cg.add(cg.affine(i, geo.kv_len as i64, qk_base)?, kj)?;
+                            cg.store(qkp, xdt, at, if mode >= 2 { s } else { unbiased })?;
+                        }
+                        let cur = cg.b.build_load(f32t, tmax, "tmax")?;
+                        cg.b.build_store(tmax, cg.fmaxnum(cur, s)?)?;
                         Ok(())
                     })?;
-                    let mut s = cg.fmul(cg.b.build_load(f32t, dot, "dot")?, c(scale))?;
-                    if let Some(cap) = softcap {
-                        s = cg.fmul(cg.tanh(cg.fmul(s, c(1.0 / cap))?)?, c(cap))?;
-                    }
-                    let unbiased = s;
-                    if let Some((mp, layout)) = mask {
-                        // A key past a short mask's width is masked; its
-                        // load index is clamped to stay in bounds.
-                        let inside =
-                            cg.b.build_int_compare(IntPredicate::SLT, kj, cg.i64c(layout.width as i64), "in_mask")?;
-                        let col = if layout.width < geo.kv_len {
-                            cg.b.build_select(inside, kj, cg.i64c(layout.width as i64 - 1), "col")?.into_int_value()
-                        } else {
-                            kj
-                        };
-                        let at = cg.add(cg.affine(i, layout.strides[2], mask_base)?, col)?;
-                        let mv = cg.load(mp, layout.dtype, at)?;
-                        s = if layout.dtype == DType::Bool { cg.select(mv, s, ninf)? } else { cg.fadd(s, mv)? };
-                        if layout.width < geo.kv_len {
-                            s = cg.select(inside.into(), s, ninf)?;
-                        }
-                    }
-                    if let Some(valid) = valid {
-                        let pad = cg.b.build_int_compare(IntPredicate::SGE, kj, valid, "pad")?;
-                        s = cg.select(pad.into(), ninf, s)?;
-                    }
-                    if causal {
-                        let seen = cg.add(i, cg.i64c(geo.past_len as i64))?;
-                        let future = cg.b.build_int_compare(IntPredicate::SGT, kj, seen, "future")?;
-                        s = cg.select(future.into(), ninf, s)?;
-                    }
-                    cg.store(scratch, dt, cg.add(s_row, j)?, s)?;
-                    if let Some((qkp, mode)) = scores {
-                        // Modes 2 and 3 start from the biased scores (3 is
-                        // normalized once the row's max and sum are final).
-                        let at = cg.add(cg.affine(i, geo.kv_len as i64, qk_base)?, kj)?;
-                        cg.store(qkp, xdt, at, if mode >= 2 { s } else { unbiased })?;
-                    }
-                    let cur = cg.b.build_load(f32t, tmax, "tmax")?;
-                    cg.b.build_store(tmax, cg.fmaxnum(cur, s)?)?;
-                    Ok(())
-                })?;
+                    cg.b.build_load(f32t, tmax, "tmax")?
+                };
                 let m_slot = cg.add(cg.i64c(m_at), r)?;
                 let l_slot = cg.add(cg.i64c(l_at), r)?;
                 let m_old = cg.load(scratch, dt, m_slot)?;
-                let m_new = cg.fmaxnum(m_old, cg.b.build_load(f32t, tmax, "tmax")?)?;
+                let m_new = cg.fmaxnum(m_old, tile_max)?;
                 // While every score so far is -inf there is nothing
                 // to shift by; shifting by 0 keeps e^(-inf) = 0.
                 let finite = cg.fcmp(FloatPredicate::ONE, m_new, ninf)?;
                 let shift = cg.select(finite, m_new, c(0.0))?;
                 let alpha = cg.exp(cg.fsub(m_old, shift)?)?;
-                cg.b.build_store(psum, c(0.0))?;
-                cg.for_range(f, cols, &mut |j| {
-                    let at = cg.add(s_row, j)?;
-                    let p = cg.exp(cg.fsub(cg.load(scratch, dt, at)?, shift)?)?;
-                    cg.store(scratch, dt, at, p)?;
-                    let cur = cg.b.build_load(f32t, psum, "psum")?;
-                    cg.b.build_store(psum, cg.fadd_reassoc(cur, p)?)?;
-                    Ok(())
-                })?;
+                let tile_sum = if vector {
+                    let vshift = vecs.splat(shift)?;
+                    let mut vsum = vecs.splat(c(0.0))?;
+                    for ch in 0..nv {
+                        let at = cg.add(s_row, cg.i64c((ch * lanes) as i64))?;
+                        let mut p = cg.exp(cg.fsub(vecs.load(scratch, at)?, vshift)?)?;
+                        if ragged {
+                            // Columns past the tile's keys hold stale scores.
+                            let keys = vecs.positions(cg.add(k0, cg.i64c((ch * lanes) as i64))?)?;
+                            let limit = vecs.splat_i64(cg.i64c(geo.kv_len as i64))?;
+                            let inside = cg.b.build_int_compare(IntPredicate::SLT, keys, limit, "inside")?;
+                            p = cg.select(inside.into(), p, vecs.splat(c(0.0))?)?;
+                        }
+                        vecs.store(scratch, at, p)?;
+                        vsum = cg.fadd(vsum, p)?;
+                    }
+                    vecs.reduce(vsum, &|a, b| cg.fadd(a, b))?
+                } else {
+                    cg.b.build_store(psum, c(0.0))?;
+                    cg.for_range(f, cols, &mut |j| {
+                        let at = cg.add(s_row, j)?;
+                        let p = cg.exp(cg.fsub(cg.load(scratch, dt, at)?, shift)?)?;
+                        cg.store(scratch, dt, at, p)?;
+                        let cur = cg.b.build_load(f32t, psum, "psum")?;
+                        cg.b.build_store(psum, cg.fadd_reassoc(cur, p)?)?;
+                        Ok(())
+                    })?;
+                    cg.b.build_load(f32t, psum, "psum")?
+                };
                 let l_old = cg.load(scratch, dt, l_slot)?;
-                let l_new = cg.fadd(cg.fmul(l_old, alpha)?, cg.b.build_load(f32t, psum, "psum")?)?;
+                let l_new = cg.fadd(cg.fmul(l_old, alpha)?, tile_sum)?;
                 cg.store(scratch, dt, l_slot, l_new)?;
                 cg.store(scratch, dt, m_slot, m_new)?;
-                let acc_row = cg.affine(r, dv as i64, cg.i64c(acc_at))?;
-                cg.for_n(f, dv, &mut |e| {
-                    let at = cg.add(acc_row, e)?;
-                    cg.store(scratch, dt, at, cg.fmul(cg.load(scratch, dt, at)?, alpha)?)
-                })?;
-                cg.for_range(f, cols, &mut |j| {
-                    let p = cg.load(scratch, dt, cg.add(s_row, j)?)?;
-                    let v_row = cg.affine(cg.add(k0, j)?, geo.v.row, v_base)?;
+                cg.store(scratch, dt, cg.add(cg.i64c(alpha_at), r)?, alpha)
+            })?;
+            // acc ← acc·alpha + P·V_tile.
+            if pv_vector {
+                emit_pv_vector(
+                    cg,
+                    f,
+                    &vecs,
+                    &pool,
+                    pv_rows,
+                    nvd,
+                    sbk,
+                    [s_at, acc_at, alpha_at],
+                    scratch,
+                    vp,
+                    v_base,
+                    geo,
+                    rows,
+                    k0,
+                    cols,
+                )
+            } else {
+                cg.for_range(f, rows, &mut |r| {
+                    let s_row = cg.affine(r, sbk as i64, cg.i64c(s_at))?;
+                    let alpha = cg.load(scratch, dt, cg.add(cg.i64c(alpha_at), r)?)?;
+                    let acc_row = cg.affine(r, dv as i64, cg.i64c(acc_at))?;
                     cg.for_n(f, dv, &mut |e| {
                         let at = cg.add(acc_row, e)?;
-                        let vv = cg.load(vp, xdt, cg.add(v_row, e)?)?;
-                        cg.store(scratch, dt, at, cg.fadd(cg.load(scratch, dt, at)?, cg.fmul(p, vv)?)?)
+                        cg.store(scratch, dt, at, cg.fmul(cg.load(scratch, dt, at)?, alpha)?)
+                    })?;
+                    cg.for_range(f, cols, &mut |j| {
+                        let p = cg.load(scratch, dt, cg.add(s_row, j)?)?;
+                        let v_row = cg.affine(cg.add(k0, j)?, geo.v.row, v_base)?;
+                        cg.for_n(f, dv, &mut |e| {
+                            let at = cg.add(acc_row, e)?;
+                            let vv = cg.load(vp, xdt, cg.add(v_row, e)?)?;
+                            cg.store(scratch, dt, at, cg.fadd(cg.load(scratch, dt, at)?, cg.fmul(p, vv)?)?)
+                        })
                     })
                 })
-            })
+            }
         })?;
         if let Some((qkp, 3)) = scores {
             cg.for_range(f, rows, &mut |r| {
@@ -499,5 +728,160 @@ fn emit_body<'ctx>(
                 cg.store(yp, xdt, cg.add(y_row, e)?, cg.fdiv(a, l)?)
             })
         })
+    })
+}
+
+/// Splits `rows` (run time) into groups of `block` and a tail of single
+/// rows, calling `body(first_row, rows_in_call)` with a compile-time count.
+fn for_row_blocks<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    rows: IntValue<'ctx>,
+    block: usize,
+    body: &mut dyn FnMut(IntValue<'ctx>, usize) -> Result<()>,
+) -> Result<()> {
+    let groups = cg.b.build_int_unsigned_div(rows, cg.i64c(block as i64), "groups")?;
+    cg.for_range(f, groups, &mut |g| body(cg.mul(g, block as i64)?, block))?;
+    if block > 1 {
+        let done = cg.mul(groups, block as i64)?;
+        let left = cg.b.build_int_nsw_sub(rows, done, "left")?;
+        cg.for_range(f, left, &mut |t| body(cg.add(done, t)?, 1))?;
+    }
+    Ok(())
+}
+
+/// Raw scores of one tile with vectors along the keys: the tile's keys
+/// are packed transposed (`kt[e × sbk + j]`, widened to f32), then each
+/// group of `qk_rows` query rows keeps `qk_rows × nv` vector accumulators
+/// and, per head-dimension element, broadcasts one Q value per row
+/// against the `nv` vectors of the packed row: a register-blocked
+/// micro-GEMM, as in `gemm.rs`.
+#[allow(clippy::too_many_arguments)]
+fn emit_scores_vector<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    vecs: &Vec32<'_, 'ctx>,
+    pool: &[PointerValue<'ctx>],
+    qk_rows: usize,
+    nv: usize,
+    xdt: DType,
+    d: usize,
+    sbk: usize,
+    kt_at: i64,
+    s_at: i64,
+    scratch: PointerValue<'ctx>,
+    [qp, kp]: [PointerValue<'ctx>; 2],
+    [q_base, k_base]: [IntValue<'ctx>; 2],
+    geo: &AttentionGeometry,
+    q0: IntValue<'ctx>,
+    rows: IntValue<'ctx>,
+    k0: IntValue<'ctx>,
+    cols: IntValue<'ctx>,
+) -> Result<()> {
+    let lanes = vecs.lanes;
+    cg.for_range(f, cols, &mut |j| {
+        let k_row = cg.affine(cg.add(k0, j)?, geo.k.row, k_base)?;
+        let to = cg.add(cg.i64c(kt_at), j)?;
+        cg.for_n(f, d, &mut |e| {
+            let x = cg.load(kp, xdt, cg.add(k_row, e)?)?;
+            cg.store(scratch, DType::F32, cg.affine(e, sbk as i64, to)?, x)
+        })
+    })?;
+    let zero = vecs.splat(cg.f32t().const_float(0.0).into())?;
+    for_row_blocks(cg, f, rows, qk_rows, &mut |r0, count| {
+        let acc = &pool[..count * nv];
+        for slot in acc {
+            cg.b.build_store(*slot, zero)?;
+        }
+        let q_rows: Vec<IntValue> = (0..count)
+            .map(|r| cg.affine(cg.add(cg.add(q0, r0)?, cg.i64c(r as i64))?, geo.q.row, q_base))
+            .collect::<Result<_>>()?;
+        cg.for_n(f, d, &mut |e| {
+            let kt_row = cg.affine(e, sbk as i64, cg.i64c(kt_at))?;
+            let ks: Vec<BV> = (0..nv)
+                .map(|ch| vecs.load(scratch, cg.add(kt_row, cg.i64c((ch * lanes) as i64))?))
+                .collect::<Result<_>>()?;
+            for (r, q_row) in q_rows.iter().enumerate() {
+                let qs = vecs.splat(cg.load(qp, xdt, cg.add(*q_row, e)?)?)?;
+                for (ch, kv) in ks.iter().enumerate() {
+                    let slot = acc[r * nv + ch];
+                    let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
+                    cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[qs, *kv, cur])?)?;
+                }
+            }
+            Ok(())
+        })?;
+        for r in 0..count {
+            let s_row = cg.affine(cg.add(r0, cg.i64c(r as i64))?, sbk as i64, cg.i64c(s_at))?;
+            for ch in 0..nv {
+                let v = cg.b.build_load(vecs.vty, acc[r * nv + ch], "acc")?;
+                vecs.store(scratch, cg.add(s_row, cg.i64c((ch * lanes) as i64))?, v)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `acc ← acc·alpha + P·V_tile` for f32 values with `dv` a whole number
+/// (`nvd`) of vectors: groups of `pv_rows` rows hold their accumulator
+/// rows in registers while the tile's value rows stream past, one
+/// broadcast probability per row and key.
+#[allow(clippy::too_many_arguments)]
+fn emit_pv_vector<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    vecs: &Vec32<'_, 'ctx>,
+    pool: &[PointerValue<'ctx>],
+    pv_rows: usize,
+    nvd: usize,
+    sbk: usize,
+    [s_at, acc_at, alpha_at]: [i64; 3],
+    scratch: PointerValue<'ctx>,
+    vp: PointerValue<'ctx>,
+    v_base: IntValue<'ctx>,
+    geo: &AttentionGeometry,
+    rows: IntValue<'ctx>,
+    k0: IntValue<'ctx>,
+    cols: IntValue<'ctx>,
+) -> Result<()> {
+    let lanes = vecs.lanes;
+    let dv = geo.v_dim;
+    for_row_blocks(cg, f, rows, pv_rows, &mut |r0, count| {
+        let acc = &pool[..count * nvd];
+        let mut s_rows = Vec::with_capacity(count);
+        for r in 0..count {
+            let row = cg.add(r0, cg.i64c(r as i64))?;
+            let alpha = vecs.splat(cg.load(scratch, DType::F32, cg.add(cg.i64c(alpha_at), row)?)?)?;
+            let acc_row = cg.affine(row, dv as i64, cg.i64c(acc_at))?;
+            for ch in 0..nvd {
+                let old = vecs.load(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?)?;
+                cg.b.build_store(acc[r * nvd + ch], cg.fmul(old, alpha)?)?;
+            }
+            s_rows.push(cg.affine(row, sbk as i64, cg.i64c(s_at))?);
+        }
+        cg.for_range(f, cols, &mut |j| {
+            let v_row = cg.affine(cg.add(k0, j)?, geo.v.row, v_base)?;
+            let vs: Vec<BV> = (0..nvd)
+                .map(|ch| vecs.load(vp, cg.add(v_row, cg.i64c((ch * lanes) as i64))?))
+                .collect::<Result<_>>()?;
+            for (r, s_row) in s_rows.iter().enumerate() {
+                let p = vecs.splat(cg.load(scratch, DType::F32, cg.add(*s_row, j)?)?)?;
+                for (ch, vv) in vs.iter().enumerate() {
+                    let slot = acc[r * nvd + ch];
+                    let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
+                    cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[p, *vv, cur])?)?;
+                }
+            }
+            Ok(())
+        })?;
+        for r in 0..count {
+            let row = cg.add(r0, cg.i64c(r as i64))?;
+            let acc_row = cg.affine(row, dv as i64, cg.i64c(acc_at))?;
+            for ch in 0..nvd {
+                let v = cg.b.build_load(vecs.vty, acc[r * nvd + ch], "acc")?;
+                vecs.store(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?, v)?;
+            }
+        }
+        Ok(())
     })
 }

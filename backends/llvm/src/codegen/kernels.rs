@@ -863,7 +863,12 @@ fn softmax<'ctx>(
     let outer: usize = shape[..axis].iter().product();
     let len = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
-    let two_pass = cg.softmax == SoftmaxAlgorithm::TwoPass && dtype == DType::F32;
+    // LogSoftmax's second pass, x - lse, has no exponential: the paper's
+    // first pass (one read, cheaper range reduction than a full exp) is the
+    // fastest under the online kernel too.
+    let online = cg.softmax == SoftmaxAlgorithm::Online && !log;
+    let two_pass = (cg.softmax == SoftmaxAlgorithm::TwoPass || (cg.softmax == SoftmaxAlgorithm::Online && log))
+        && dtype == DType::F32;
     // Rows are independent: each thread takes a contiguous range of them.
     // A row's arithmetic does not depend on the split, so results are the
     // same on any number of threads.
@@ -880,6 +885,9 @@ fn softmax<'ctx>(
             cg.affine(o, (len * inner) as i64, c)?
         };
         let row = Row { base, stride: inner as i64, len, dtype };
+        if online {
+            return softmax_online_row(cg, f, xp, yp, &row);
+        }
         let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
         // The last pass: y = exp(x - lse) or x - lse.
         cg.for_n(f, len, &mut |j| {
@@ -931,6 +939,102 @@ pub(crate) fn lse_three_pass<'ctx>(
     })?;
     let sv = cg.b.build_load(ty, s, "s")?;
     cg.fadd(mv, cg.intrinsic("llvm.log", &[sv])?)
+}
+
+/// Elements per chunk of the online kernel: 4 KB of f32, so a chunk read
+/// twice (its maximum, then its exponentials) stays in L1.
+const ONLINE_CHUNK: usize = 1024;
+/// At most this many chunks per row: their reference maxima live on the
+/// stack, so longer rows take longer chunks.
+const ONLINE_MAX_CHUNKS: usize = 256;
+
+/// One Softmax row of the online (chunked) kernel: one exponential per
+/// element and two passes over memory. Pass 1 walks the row in L1-sized
+/// chunks: the chunk's maximum folds into the running maximum `M`, the
+/// chunk's `exp(x - M)` go to `y` while their sum rescales into the running
+/// sum `S` (Milakov & Gimelshein's online normalizer, per chunk rather than
+/// per element so the chunk loops vectorize). Pass 2 scales each chunk of
+/// `y` by `exp(M_chunk - M) / S`. `-inf` elements are exact zeros; a row of
+/// only `-inf` gives NaN like the other kernels.
+fn softmax_online_row<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    xp: PointerValue<'ctx>,
+    yp: PointerValue<'ctx>,
+    row: &Row<'ctx>,
+) -> Result<()> {
+    let ty = cg.compute_type(row.dtype).map_err(BackendError::Llvm)?;
+    let like: BV = ty.into_float_type().const_float(0.0).into();
+    let chunk = ONLINE_CHUNK.max(row.len.div_ceil(ONLINE_MAX_CHUNKS));
+    let full = row.len / chunk;
+    let tail = row.len - full * chunk;
+    let nchunks = full + usize::from(tail > 0);
+    let refs = cg.entry_alloca(f, ty.into_float_type().array_type(nchunks as u32).into(), "chunk_ref")?;
+    let m = cg.entry_alloca(f, ty, "max")?;
+    let s = cg.entry_alloca(f, ty, "sum")?;
+    let cm = cg.entry_alloca(f, ty, "chunk_max")?;
+    let cs = cg.entry_alloca(f, ty, "chunk_sum")?;
+    cg.b.build_store(m, cg.fconst(like, f64::NEG_INFINITY))?;
+    cg.b.build_store(s, cg.fconst(like, 0.0))?;
+    let ref_ptr = |c: IntValue<'ctx>| -> Result<PointerValue<'ctx>> {
+        // SAFETY: `c` < `nchunks`, the array's length.
+        Ok(unsafe { cg.b.build_in_bounds_gep(ty, refs, &[c], "ref")? })
+    };
+    let pass1 = |c: IntValue<'ctx>, n: usize| -> Result<()> {
+        let start = cg.mul(c, (chunk as i64) * row.stride)?;
+        let start = cg.add(start, row.base)?;
+        cg.b.build_store(cm, cg.fconst(like, f64::NEG_INFINITY))?;
+        cg.for_n(f, n, &mut |j| {
+            let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, start)?)?;
+            let cur = cg.b.build_load(ty, cm, "cm")?;
+            cg.b.build_store(cm, cg.fmaxnum(cur, v)?)?;
+            Ok(())
+        })?;
+        let old = cg.b.build_load(ty, m, "m")?;
+        let new = cg.fmaxnum(old, cg.b.build_load(ty, cm, "cm")?)?;
+        cg.b.build_store(m, new)?;
+        // While every element so far is -inf, 0 is the reference, so
+        // `-inf - ref` is -inf (its exponential 0), not NaN.
+        let none = cg.fcmp(FloatPredicate::OEQ, new, cg.fconst(like, f64::NEG_INFINITY))?;
+        let reference = cg.select(none, cg.fconst(like, 0.0), new)?;
+        cg.b.build_store(ref_ptr(c)?, reference)?;
+        cg.b.build_store(cs, cg.fconst(like, 0.0))?;
+        cg.for_n(f, n, &mut |j| {
+            let idx = cg.affine(j, row.stride, start)?;
+            // x ≤ reference, the maximum so far (NaN passes through).
+            let e = cg.exp_nonpositive(cg.fsub(cg.load(xp, row.dtype, idx)?, reference)?)?;
+            cg.store(yp, row.dtype, idx, e)?;
+            let cur = cg.b.build_load(ty, cs, "cs")?;
+            cg.b.build_store(cs, cg.fadd_reassoc(cur, e)?)?;
+            Ok(())
+        })?;
+        // exp(-inf - ref) = 0 drops the empty sum of an all -inf prefix.
+        let rescale = cg.exp(cg.fsub(old, reference)?)?;
+        let sum = cg.fadd(cg.fmul(cg.b.build_load(ty, s, "s")?, rescale)?, cg.b.build_load(ty, cs, "cs")?)?;
+        cg.b.build_store(s, sum)?;
+        Ok(())
+    };
+    cg.for_n(f, full, &mut |c| pass1(c, chunk))?;
+    if tail > 0 {
+        pass1(cg.i64c(full as i64), tail)?;
+    }
+    let last = cg.b.build_load(ty, ref_ptr(cg.i64c(nchunks as i64 - 1))?, "ref_last")?;
+    let sum = cg.b.build_load(ty, s, "s")?;
+    let inv = cg.fdiv(cg.fconst(like, 1.0), sum)?;
+    let pass2 = |c: IntValue<'ctx>, n: usize| -> Result<()> {
+        let start = cg.add(cg.mul(c, (chunk as i64) * row.stride)?, row.base)?;
+        let reference = cg.b.build_load(ty, ref_ptr(c)?, "ref")?;
+        let scale = cg.fmul(cg.exp(cg.fsub(reference, last)?)?, inv)?;
+        cg.for_n(f, n, &mut |j| {
+            let idx = cg.affine(j, row.stride, start)?;
+            cg.store(yp, row.dtype, idx, cg.fmul(cg.load(yp, row.dtype, idx)?, scale)?)
+        })
+    };
+    cg.for_n(f, full, &mut |c| pass2(c, chunk))?;
+    if tail > 0 {
+        pass2(cg.i64c(full as i64), tail)?;
+    }
+    Ok(())
 }
 
 /// Inputs whose magnitude the two-pass range reduction handles exactly:

@@ -95,7 +95,7 @@ pub(crate) fn cross_entropy<'ctx>(
             let row = Row { base, stride: inner as i64, len: c, dtype };
             let lse = if !from_logits {
                 cg.fconst(like, 0.0)
-            } else if cg.softmax == SoftmaxAlgorithm::TwoPass && dtype == DType::F32 {
+            } else if cg.softmax != SoftmaxAlgorithm::ThreePass && dtype == DType::F32 {
                 lse_two_pass(cg, f, xp, &row)?
             } else {
                 lse_three_pass(cg, f, xp, &row)?
