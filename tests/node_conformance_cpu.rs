@@ -39,19 +39,7 @@ use node_tests::{compare, numbered_tensors};
 
 /// Node tests the interpreter passes that the CPU backend does not lower
 /// yet, each with the reason. Keep this short: every entry is a gap.
-const EXCEPTIONS: &[(&str, &str)] = &[
-    ("test_qlinearmatmul_2D_int8_float16", INTEGER_GEMM),
-    ("test_qlinearmatmul_2D_int8_float32", INTEGER_GEMM),
-    ("test_qlinearmatmul_2D_uint8_float16", INTEGER_GEMM),
-    ("test_qlinearmatmul_2D_uint8_float32", INTEGER_GEMM),
-    ("test_qlinearmatmul_3D_int8_float16", INTEGER_GEMM),
-    ("test_qlinearmatmul_3D_int8_float32", INTEGER_GEMM),
-    ("test_qlinearmatmul_3D_uint8_float16", INTEGER_GEMM),
-    ("test_qlinearmatmul_3D_uint8_float32", INTEGER_GEMM),
-];
-
-const INTEGER_GEMM: &str = "QLinearMatMul lowers with the int8 GEMM kernel (codegen/gemm.rs), which is \
-    separate work";
+const EXCEPTIONS: &[(&str, &str)] = &[];
 
 enum Outcome {
     Pass,
