@@ -366,6 +366,24 @@ fn constant_weights_are_packed_at_compile_time() {
     check_parallel(g, &inputs, k * n * n, "chain of constant weights");
 }
 
+#[test]
+fn wide_constant_weight_is_prepacked_past_the_run_time_cap() {
+    // An LM-head-like weight whose packed copy (256 x 66016 f32, 67.6 MB)
+    // exceeds what a product packs at run time (64 MiB): packed at compile
+    // time instead, it still runs on the threads (and reads B untransposed,
+    // row by row, while packing).
+    let mut rng = StdRng::seed_from_u64(22);
+    let (m, k, n) = (20, 256, 66000);
+    let mut g = Graph::new("lm_head");
+    let x = input(&mut g, "x", DType::F32, &[m, k]);
+    let w = g.add_initializer("w", random(&mut rng, DType::F32, &[k, n])).expect("fresh name");
+    let id = g.add_node("lm_head", Op::MatMul, vec![Some(x), Some(w)], &["logits"]).expect("valid node");
+    let y = g.node(id).output(0).expect("one output");
+    g.add_output(y);
+    let inputs = [("x".to_string(), random(&mut rng, DType::F32, &[m, k]))];
+    check_parallel(g, &inputs, k, "wide constant weight");
+}
+
 /// Zero points near the middle of the range, so the shifted operands are
 /// centred and the products stay moderate.
 fn middle_int(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {

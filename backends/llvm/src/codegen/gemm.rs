@@ -485,9 +485,14 @@ const SLAB_ALIGN: usize = 64;
 /// per multiply-add of `slab` (scalar copies against 32 multiply-adds a
 /// cycle), so narrow slabs would spend more time packing than computing.
 const SLAB_MIN: usize = 512;
-/// Largest packed copy of B (all batches) a parallel product makes; past
-/// it the product runs serially, blocked over NC.
+/// Largest packed copy of B (all batches) a parallel product makes at run
+/// time; past it the product runs serially, blocked over NC.
 const PACKED_B_LIMIT: usize = 64 << 20;
+/// Largest B packed at compile time (a constant weight): it costs no run
+/// time memory beyond the constant itself, and saves repacking B on every
+/// run, which for a wide weight (an LM head, 768 × 50257: 154 MB) is a
+/// full extra pass over it, so the cap only bounds the compiled artifact.
+const PREPACKED_B_LIMIT: usize = 1 << 30;
 /// Largest packed A block kept on a thread's stack.
 const A_STACK_LIMIT: usize = 256 << 10;
 /// Smallest product (multiply-adds) worth splitting.
@@ -516,12 +521,14 @@ pub(crate) fn batch_counts(a: &[usize], b: &[usize]) -> (usize, usize) {
 }
 
 /// The split of a product on threads, or `None` when it runs serially
-/// (small, not f32, or B too large to pack whole).
+/// (small, not f32, or B too large to pack whole: the cap is higher when
+/// `b_prepacked`, B packed at compile time).
 pub(crate) fn parallel_split(
     dims: GemmDims,
     c_dtype: DType,
     batches: usize,
     b_batches: usize,
+    b_prepacked: bool,
 ) -> Option<ParallelSplit> {
     let GemmDims { m, n, k } = dims;
     let kc = kc_for(c_dtype, dims);
@@ -529,7 +536,8 @@ pub(crate) fn parallel_split(
     if c_dtype != DType::F32 || small || m == 0 || n == 0 || MC * kc * 4 > A_STACK_LIMIT {
         return None;
     }
-    if packed_b_bytes(c_dtype, dims, b_batches) > PACKED_B_LIMIT {
+    let limit = if b_prepacked { PREPACKED_B_LIMIT } else { PACKED_B_LIMIT };
+    if packed_b_bytes(c_dtype, dims, b_batches) > limit {
         return None;
     }
     let row_blocks = m.div_ceil(MC);
@@ -556,7 +564,10 @@ pub(crate) fn matmul_scratch_bytes(
         return 0;
     }
     let (batches, b_batches) = batch_counts(a, b);
-    match parallel_split(dims, c_dtype, batches, b_batches) {
+    // Planned before constants are packed: a product that only runs in
+    // parallel with a prepacked B gets the serial scratch, which its
+    // parallel kernel then leaves unused.
+    match parallel_split(dims, c_dtype, batches, b_batches, false) {
         Some(_) => packed_b_bytes(c_dtype, dims, b_batches),
         None => scratch_bytes(c_dtype, dims),
     }
@@ -583,7 +594,7 @@ pub(crate) fn prepack_plan(plan: &mut Plan, f32_lanes: u32, kernel: MatMulKernel
         let Some(dims) = matmul_dims(ash, bsh, trans_a, trans_b) else { continue };
         let (batches, b_batches) = batch_counts(ash, bsh);
         let parallel =
-            uses_packed(dims, c_dtype, kernel) && parallel_split(dims, c_dtype, batches, b_batches).is_some();
+            uses_packed(dims, c_dtype, kernel) && parallel_split(dims, c_dtype, batches, b_batches, true).is_some();
         if !parallel || c_dtype != DType::F32 || b_dtype != DType::F32 || plan.known(b).is_none() {
             continue;
         }
@@ -622,11 +633,12 @@ pub(crate) fn prepack_b(b: &Tensor, dims: GemmDims, trans_b: bool, b_batches: us
         for pc in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - pc);
             let block = pc * width;
-            for j in 0..n {
-                let (panel, lane) = (j / nr, j % nr);
-                for kk in 0..kc {
-                    dst[block + panel * nr * kc + kk * nr + lane] = at(pc + kk, j);
-                }
+            let mut put = |kk: usize, j: usize| dst[block + (j / nr) * nr * kc + kk * nr + j % nr] = at(pc + kk, j);
+            // Read B along its rows (a wide weight is hundreds of MB).
+            if trans_b {
+                (0..n).for_each(|j| (0..kc).for_each(|kk| put(kk, j)));
+            } else {
+                (0..kc).for_each(|kk| (0..n).for_each(|j| put(kk, j)));
             }
         }
     }
