@@ -102,6 +102,8 @@ build:
 demo: deps venv models build
 	./target/release/kiln inspect $(DEMO_MODEL)/model.onnx
 	./target/release/kiln run $(DEMO_MODEL)/model.onnx --inputs $(DEMO_MODEL)/test_data_set_0 --out target/demo-out
+	./target/release/kiln optimize $(DEMO_MODEL)/model.onnx -O2 -o target/demo-model.O2.onnx
+	./target/release/kiln run target/demo-model.O2.onnx --backend cpu --inputs $(DEMO_MODEL)/test_data_set_0
 
 test: deps venv models
 	export KILN_PYTHON="$(CURDIR)/$(VENV_PY)"
