@@ -28,7 +28,7 @@ fn graph() -> (Graph, Vec<(String, Tensor)>) {
     kiln_ir::infer_types(&mut g).unwrap();
     let fill = |shape: &[usize], k: f64| {
         let n: usize = shape.iter().product();
-        Tensor::from_f64s(DType::F32, shape, &(0..n).map(|i| ((i as f64 * k).sin())).collect::<Vec<_>>())
+        Tensor::from_f64s(DType::F32, shape, &(0..n).map(|i| (i as f64 * k).sin()).collect::<Vec<_>>())
     };
     let inputs = vec![
         ("a".to_string(), fill(&[64, 96], 0.37)),
