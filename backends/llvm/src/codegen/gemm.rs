@@ -479,6 +479,9 @@ fn emit_product<'ctx>(
 /// Items a parallel product is split into when its row blocks are fewer
 /// (so that up to this many threads find work).
 const TARGET_ITEMS: usize = 8;
+/// Rows per item, when split finer than `MC`, are a multiple of this (the
+/// AVX-512 register tile's rows).
+const ROW_BLOCK_ALIGN: usize = 14;
 /// Columns per item are a multiple of this, itself a multiple of every `NR`.
 const SLAB_ALIGN: usize = 64;
 /// Fewest columns per item: each item packs its A block again, one copy
@@ -499,11 +502,15 @@ const A_STACK_LIMIT: usize = 256 << 10;
 const MIN_PARALLEL_MACS: usize = 1 << 21;
 
 /// How a product is split across threads: a serial prologue packs all of B
-/// once into scratch ([`pack_b_whole`]); then each item, a block of `MC`
-/// rows times a slab of `slab` columns of one batch entry, packs its own A
-/// block on its stack and runs the macro kernel ([`emit_gemm_packed_b`]).
+/// once into scratch ([`pack_b_whole`]); then each item, a block of
+/// `row_block` rows times a slab of `slab` columns of one batch entry, packs
+/// its own A block on its stack and runs the macro kernel
+/// ([`emit_gemm_packed_b`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ParallelSplit {
+    /// Rows per item: `MC`, or fewer when a product of few rows and few
+    /// columns would otherwise make too few items.
+    pub row_block: usize,
     pub row_blocks: usize,
     pub slab: usize,
     pub slabs: usize,
@@ -540,12 +547,22 @@ pub(crate) fn parallel_split(
     if packed_b_bytes(c_dtype, dims, b_batches) > limit {
         return None;
     }
-    let row_blocks = m.div_ceil(MC);
-    let row_items = batches * row_blocks;
+    let row_items = batches * m.div_ceil(MC);
     let wanted = if row_items >= TARGET_ITEMS { 1 } else { TARGET_ITEMS.div_ceil(row_items) };
     let slabs = wanted.min(n / SLAB_MIN).max(1);
     let slab = round_up(n.div_ceil(slabs), SLAB_ALIGN);
-    Some(ParallelSplit { row_blocks, slab, slabs: n.div_ceil(slab) })
+    let slabs = n.div_ceil(slab);
+    // Still too few items (a 128 × 384 output is one block of MC rows and
+    // one slab): split the rows finer. Unlike narrower slabs this packs
+    // nothing twice, as each item packs only its own rows of A; blocks stay
+    // a multiple of the widest register tile.
+    let row_block = if batches * m.div_ceil(MC) * slabs >= TARGET_ITEMS {
+        MC
+    } else {
+        let wanted_rows = TARGET_ITEMS.div_ceil(batches * slabs);
+        round_up(m.div_ceil(wanted_rows), ROW_BLOCK_ALIGN).clamp(ROW_BLOCK_ALIGN, MC)
+    };
+    Some(ParallelSplit { row_block, row_blocks: m.div_ceil(row_block), slab, slabs })
 }
 
 /// Bytes of scratch of a MatMul/Gemm with operand shapes `a` and `b`,

@@ -426,7 +426,7 @@ fn matmul_parallel<'ctx>(
     let (dtype, adt, bdt) = (plan.ty(out).dtype, plan.ty(a).dtype, plan.ty(b).dtype);
     let split = par.split;
     let items = sizes.iter().product::<usize>() * split.row_blocks * split.slabs;
-    let work = (m.min(gemm::MC) * split.slab.min(n) * k.max(1)).max(1);
+    let work = (m.min(split.row_block) * split.slab.min(n) * k.max(1)).max(1);
     let params = values.len() + 1 + par.packed_b.is_some() as usize;
     let mut kernel = cg.parallel_kernel_fn(&format!("k{step}_matmul"), params, items, work);
     let f = kernel.f;
@@ -479,12 +479,12 @@ fn matmul_parallel<'ctx>(
     item_strides.push([vec![0; sizes.len()], vec![0, 1]].concat());
     let zero = cg.i64c(0);
     cg.for_items_nest(&kernel, &item_sizes, &item_strides, &[zero; 5], &mut |o| {
-        let ic = cg.mul(o[3], gemm::MC as i64)?;
+        let ic = cg.mul(o[3], split.row_block as i64)?;
         let rows_left = cg.b.build_int_nsw_sub(cg.i64c(m as i64), ic, "rows_left")?;
         let mc = cg.b.build_select(
-            cg.b.build_int_compare(inkwell::IntPredicate::SLT, rows_left, cg.i64c(gemm::MC as i64), "short")?,
+            cg.b.build_int_compare(inkwell::IntPredicate::SLT, rows_left, cg.i64c(split.row_block as i64), "short")?,
             rows_left,
-            cg.i64c(gemm::MC as i64),
+            cg.i64c(split.row_block as i64),
             "mc",
         )?;
         let jc = cg.mul(o[4], split.slab as i64)?;
