@@ -384,6 +384,25 @@ fn wide_constant_weight_is_prepacked_past_the_run_time_cap() {
     check_parallel(g, &inputs, k, "wide constant weight");
 }
 
+#[test]
+fn few_rows_and_columns_split_by_rows() {
+    // A BERT MLP projection (128 rows, 384 columns): one block of rows and
+    // one column slab, so the product splits its rows into 14-row
+    // multiples instead, including a short last block; it must fork and
+    // give the same result on every thread count.
+    let mut rng = StdRng::seed_from_u64(23);
+    for (m, k, n) in [(128, 1536, 384), (100, 1024, 200)] {
+        let mut g = Graph::new("proj");
+        let x = input(&mut g, "x", DType::F32, &[m, k]);
+        let w = g.add_initializer("w", random(&mut rng, DType::F32, &[k, n])).expect("fresh name");
+        let id = g.add_node("proj", Op::MatMul, vec![Some(x), Some(w)], &["y"]).expect("valid node");
+        let y = g.node(id).output(0).expect("one output");
+        g.add_output(y);
+        let inputs = [("x".to_string(), random(&mut rng, DType::F32, &[m, k]))];
+        check_parallel(g, &inputs, k, &format!("{m}x{k}x{n}"));
+    }
+}
+
 /// Zero points near the middle of the range, so the shifted operands are
 /// centred and the products stay moderate.
 fn middle_int(rng: &mut StdRng, dtype: DType, shape: &[usize]) -> Tensor {
