@@ -3,12 +3,15 @@
 //! points to the addresses this link provides, see `src/jit.rs`), and
 //! builds the C++ shim that asks LLVM's target registry whether a CPU name
 //! is valid (cpp/cpu_names.cpp), against the LLVM that llvm-sys links.
+//! It also fingerprints the code generator's sources for the compile
+//! cache's key.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    code_generator_fingerprint();
     println!("cargo:rerun-if-changed=cpp/cpu_names.cpp");
     println!("cargo:rerun-if-env-changed=KILN_LIBOMP_DIR");
     println!("cargo:rerun-if-env-changed=LLVM_SYS_221_PREFIX");
@@ -41,4 +44,39 @@ fn main() {
         .warnings(false)
         .file("cpp/cpu_names.cpp")
         .compile("kiln_cpu_names");
+}
+
+/// Hashes every file under `src/` (path and bytes, in sorted order) into
+/// `KILN_CODEGEN_FINGERPRINT`: the compile cache keys libraries by it, so a
+/// kiln built from changed code generator sources never loads a library
+/// an older one generated, even at the same crate version.
+fn code_generator_fingerprint() {
+    println!("cargo:rerun-if-changed=src");
+    fn walk(dir: &std::path::Path, files: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(std::path::Path::new("src"), &mut files);
+    files.sort();
+    // FNV-1a, 64 bits: stable across toolchains, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for file in &files {
+        feed(file.to_string_lossy().as_bytes());
+        feed(&std::fs::read(file).unwrap_or_default());
+    }
+    println!("cargo:rustc-env=KILN_CODEGEN_FINGERPRINT={h:016x}");
 }

@@ -3,7 +3,9 @@
 //! bench`) loads it instead of generating code again.
 //!
 //! - **Key.** A 128-bit FNV-1a hash of everything the generated code
-//!   depends on: kiln's version and the cache format, the target (triple,
+//!   depends on: kiln's version, a fingerprint of the code generator's
+//!   sources (so a rebuilt kiln never loads an older kiln's code), the
+//!   cache format, the target (triple,
 //!   CPU, features, vector width), the compile options, and the plan: every
 //!   node's op, attributes (tensor attributes by their bytes) and wiring,
 //!   every value's static type and initializer bytes (small constants are
@@ -260,6 +262,9 @@ pub(crate) fn key(plan: &Plan, target: &TargetInfo, opts: &CompileOptions) -> St
     let mut h = Fnv128::new();
     h.field(FORMAT.as_bytes());
     h.field(env!("CARGO_PKG_VERSION").as_bytes());
+    // The code generator's own sources (see build.rs): the same graph
+    // compiles to different code after any change to them.
+    h.field(env!("KILN_CODEGEN_FINGERPRINT").as_bytes());
     h.field(format!("{target:?}").as_bytes());
     // Every option but where the cache is and the thread count (which the
     // code reads at run time) changes the code, or may: the Debug text of
