@@ -207,24 +207,35 @@ impl<'ctx> Cg<'ctx> {
     /// An internal kernel function taking `params` non-aliasing pointers,
     /// with the builder positioned in its entry block.
     pub(crate) fn kernel_fn(&self, name: &str, params: usize) -> FunctionValue<'ctx> {
-        let ptr = self.ctx.ptr_type(AddressSpace::default());
-        let args: Vec<_> = (0..params).map(|_| ptr.into()).collect();
-        let f = self.module.add_function(name, self.ctx.void_type().fn_type(&args, false), Some(Linkage::Internal));
-        self.add_target_attrs(f);
-        for i in 0..params as u32 {
-            f.add_attribute(AttributeLoc::Param(i), self.enum_attr("noalias"));
-        }
-        let entry = self.ctx.append_basic_block(f, "entry");
-        self.b.position_at_end(entry);
-        f
+        self.new_kernel(name, params, 0, false)
     }
 
     /// Like [`Cg::kernel_fn`], for a kernel that can fail on its data: it
     /// returns an `i32`, 0 on success (see [`Cg::kernel_return`]).
     pub(crate) fn checked_kernel_fn(&self, name: &str, params: usize) -> FunctionValue<'ctx> {
+        self.new_kernel(name, params, 0, true)
+    }
+
+    /// The function every kernel kind starts from: `params` non-aliasing
+    /// pointers, then `trailing_i64` integer parameters (a parallel body's
+    /// item range), returning `i32` when `checked`, else nothing; internal,
+    /// with the target's attributes, and the builder in its entry block.
+    pub(crate) fn new_kernel(
+        &self,
+        name: &str,
+        params: usize,
+        trailing_i64: usize,
+        checked: bool,
+    ) -> FunctionValue<'ctx> {
         let ptr = self.ctx.ptr_type(AddressSpace::default());
-        let args: Vec<_> = (0..params).map(|_| ptr.into()).collect();
-        let f = self.module.add_function(name, self.ctx.i32_type().fn_type(&args, false), Some(Linkage::Internal));
+        let mut args: Vec<inkwell::types::BasicMetadataTypeEnum> = (0..params).map(|_| ptr.into()).collect();
+        args.extend((0..trailing_i64).map(|_| inkwell::types::BasicMetadataTypeEnum::from(self.i64t())));
+        let ty = if checked {
+            self.ctx.i32_type().fn_type(&args, false)
+        } else {
+            self.ctx.void_type().fn_type(&args, false)
+        };
+        let f = self.module.add_function(name, ty, Some(Linkage::Internal));
         self.add_target_attrs(f);
         for i in 0..params as u32 {
             f.add_attribute(AttributeLoc::Param(i), self.enum_attr("noalias"));

@@ -107,16 +107,7 @@ impl<'ctx> Cg<'ctx> {
         work_per_item: usize,
         checked: bool,
     ) -> ParallelKernel<'ctx> {
-        let ptr = self.ctx.ptr_type(AddressSpace::default());
-        let mut args: Vec<inkwell::types::BasicMetadataTypeEnum> = (0..params).map(|_| ptr.into()).collect();
-        args.extend([inkwell::types::BasicMetadataTypeEnum::from(self.i64t()); 2]);
-        let ret = if checked {
-            self.ctx.i32_type().fn_type(&args, false)
-        } else {
-            self.ctx.void_type().fn_type(&args, false)
-        };
-        let f = self.module.add_function(&format!("{name}.body"), ret, Some(Linkage::Internal));
-        self.add_target_attrs(f);
+        let f = self.new_kernel(&format!("{name}.body"), params, 2, checked);
         // One copy of the body serves the direct call and every thread:
         // copies inlined into their callers could vectorize a reduction
         // differently (its order follows the vector width and interleave)
@@ -130,11 +121,6 @@ impl<'ctx> Cg<'ctx> {
             // less CPU time at 512 bits on Sapphire Rapids).
             f.add_attribute(AttributeLoc::Function, self.ctx.create_string_attribute("prefer-vector-width", "512"));
         }
-        for i in 0..params as u32 {
-            f.add_attribute(AttributeLoc::Param(i), self.enum_attr("noalias"));
-        }
-        let entry = self.ctx.append_basic_block(f, "entry");
-        self.b.position_at_end(entry);
         ParallelKernel {
             f,
             name: name.to_string(),
