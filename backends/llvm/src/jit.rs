@@ -248,6 +248,9 @@ pub(crate) fn generate_module(
     let ctx: &'static Context = unsafe { &*(context.as_ref() as *const Context) };
     let mut cg = Cg::new(ctx, name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
     cg.matmul = opts.matmul;
+    cg.stream_min_bytes = opts.stream_min_bytes;
+    // Kernels pick target-specific instructions (fences) from the triple.
+    cg.module.set_triple(&inkwell::targets::TargetTriple::create(&target.triple));
     emit(&cg)?;
     let ir_unoptimized = cg.module.print_to_string().to_string();
     cg.module.verify().map_err(|e| BackendError::Llvm(format!("generated module is invalid: {e}")))?;

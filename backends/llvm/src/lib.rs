@@ -164,6 +164,12 @@ pub struct CompileOptions {
     pub softmax: SoftmaxAlgorithm,
     /// The MatMul/Gemm kernel.
     pub matmul: MatMulKernel,
+    /// Kernels that write each output element once (the softmax kernels)
+    /// use non-temporal (streaming) stores for contiguous f32 outputs of
+    /// at least this many bytes, which by then have left the cache before
+    /// their reader comes. Default 64 MiB; 0 streams every such output
+    /// (tests use it to reach the streaming code on small tensors).
+    pub stream_min_bytes: usize,
     /// Run LLVM's `default<O3>` pipeline (on by default; off only to look
     /// at or test unoptimized code).
     pub optimize: bool,
@@ -179,6 +185,11 @@ pub struct CompileOptions {
     pub cache_dir: Option<std::path::PathBuf>,
 }
 
+/// The default of [`CompileOptions::stream_min_bytes`]: 64 MiB, past the
+/// caches a core can count on, so a normal store would first read each
+/// output line from memory and evict input the kernel still needs.
+pub const DEFAULT_STREAM_MIN_BYTES: usize = 64 << 20;
+
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
@@ -186,6 +197,7 @@ impl Default for CompileOptions {
             target_features: None,
             softmax: SoftmaxAlgorithm::Online,
             matmul: MatMulKernel::Packed,
+            stream_min_bytes: DEFAULT_STREAM_MIN_BYTES,
             optimize: true,
             threads: None,
             profile: false,

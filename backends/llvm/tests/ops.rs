@@ -235,6 +235,10 @@ fn matmul_and_gemm_match_the_interpreter() {
     }
 }
 
+/// `stream_min_bytes` settings the softmax tests run under: the default
+/// (normal stores at these sizes) and 0 (streaming stores everywhere).
+const STREAM_SETTINGS: [usize; 2] = [kiln_backend_llvm::DEFAULT_STREAM_MIN_BYTES, 0];
+
 #[test]
 fn softmax_two_pass_and_three_pass_match_the_interpreter() {
     let mut rng = StdRng::seed_from_u64(6);
@@ -249,8 +253,11 @@ fn softmax_two_pass_and_three_pass_match_the_interpreter() {
                 let op = if log { Op::LogSoftmax { axis } } else { Op::Softmax { axis } };
                 let y = node(&mut g, "sm", op, &[xv]);
                 g.add_output(y);
-                let opts = CompileOptions { softmax: algo, ..CompileOptions::default() };
-                check_with(g, &[("x".into(), x.clone())], &opts, &format!("{shape:?} axis {axis} log {log} {algo:?}"));
+                for stream_min_bytes in STREAM_SETTINGS {
+                    let opts = CompileOptions { softmax: algo, stream_min_bytes, ..CompileOptions::default() };
+                    let what = format!("{shape:?} axis {axis} log {log} {algo:?} stream from {stream_min_bytes} B");
+                    check_with(g.clone(), &[("x".into(), x.clone())], &opts, &what);
+                }
             }
         }
     }
@@ -271,12 +278,14 @@ fn softmax_does_not_overflow_on_huge_logits() {
         let xv = input(&mut g, "x", &[3, 70]);
         let y = node(&mut g, "sm", Op::Softmax { axis: -1 }, &[xv]);
         g.add_output(y);
-        check_with(
-            g,
-            &[("x".into(), x.clone())],
-            &CompileOptions { softmax: algo, ..Default::default() },
-            &format!("{algo:?}"),
-        );
+        for stream_min_bytes in STREAM_SETTINGS {
+            check_with(
+                g.clone(),
+                &[("x".into(), x.clone())],
+                &CompileOptions { softmax: algo, stream_min_bytes, ..Default::default() },
+                &format!("{algo:?} stream from {stream_min_bytes} B"),
+            );
+        }
     }
 }
 
@@ -307,8 +316,15 @@ fn softmax_online_chunks_match_the_interpreter() {
             let op = if log { Op::LogSoftmax { axis: -1 } } else { Op::Softmax { axis: -1 } };
             let y = node(&mut g, "sm", op, &[xv]);
             g.add_output(y);
-            let opts = CompileOptions { softmax: SoftmaxAlgorithm::Online, ..CompileOptions::default() };
-            check_with(g, &[("x".into(), x.clone())], &opts, &format!("online len {len} log {log}"));
+            // Streamed, rows up to 64 Ki elements stage their exponentials
+            // on the stack; 300 001 is past that and recomputes them. Rows
+            // of odd lengths start unaligned, so the stores peel.
+            for stream_min_bytes in STREAM_SETTINGS {
+                let opts =
+                    CompileOptions { softmax: SoftmaxAlgorithm::Online, stream_min_bytes, ..CompileOptions::default() };
+                let what = format!("online len {len} log {log} stream from {stream_min_bytes} B");
+                check_with(g.clone(), &[("x".into(), x.clone())], &opts, &what);
+            }
         }
     }
     // f64 rows take the same kernel with f64 exponentials.

@@ -332,10 +332,7 @@ impl<'ctx> Vec32<'_, 'ctx> {
     }
 
     fn splat(&self, x: BV<'ctx>) -> Result<BV<'ctx>> {
-        let zero = self.cg.ctx.i32_type().const_zero();
-        let one = self.cg.b.build_insert_element(self.vty.get_poison(), x, zero, "x")?;
-        let mask = self.cg.ctx.i32_type().vec_type(self.lanes as u32).const_zero();
-        Ok(self.cg.b.build_shuffle_vector(one, self.vty.get_poison(), mask, "splat")?.into())
+        self.cg.splat(self.vty, x)
     }
 
     /// Key positions `first + 0 .. first + lanes` as an i64 vector.

@@ -1063,11 +1063,7 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<Funct
     let nr = tile.nr();
     let vty = ety.vec(lanes);
     let vzero: BV = vty.const_zero().into();
-    let mask = cg.ctx.i32_type().vec_type(lanes as u32).const_zero();
-    let splat = |x: BV<'ctx>| -> Result<BV<'ctx>> {
-        let one = cg.b.build_insert_element(vty.get_poison(), x, cg.ctx.i32_type().const_zero(), "x")?;
-        Ok(cg.b.build_shuffle_vector(one, vty.get_poison(), mask, "splat")?.into())
-    };
+    let splat = |x: BV<'ctx>| cg.splat(vty, x);
     let esize = ety.bytes;
     // Accumulators in stack slots, which SROA promotes to registers.
     let mut acc = Vec::with_capacity(mr * vecs);

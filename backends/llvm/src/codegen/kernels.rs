@@ -873,6 +873,9 @@ fn softmax<'ctx>(
     // A row's arithmetic does not depend on the split, so results are the
     // same on any number of threads.
     let rows = if len > 0 { outer * inner } else { 0 };
+    // Every kernel's last pass writes each element once, from the input
+    // alone, so a large contiguous output can be streamed.
+    let stream = inner == 1 && dtype == DType::F32 && cg.lanes > 1 && plan.ty(out).len() * 4 >= cg.stream_min_bytes;
     let k = cg.parallel_kernel_fn(&name, 2, rows, len * 3);
     let f = k.f;
     let (yp, xp) = (cg.param(f, 0), cg.param(f, 1));
@@ -886,19 +889,90 @@ fn softmax<'ctx>(
         };
         let row = Row { base, stride: inner as i64, len, dtype };
         if online {
-            return softmax_online_row(cg, f, xp, yp, &row);
+            return softmax_online_row(cg, f, xp, yp, &row, stream);
         }
         let lse = if two_pass { lse_two_pass(cg, f, xp, &row)? } else { lse_three_pass(cg, f, xp, &row)? };
         // The last pass: y = exp(x - lse) or x - lse.
+        if stream {
+            stream_f32(cg, f, (xp, row.base), (yp, row.base), len, &|x| {
+                // x ≤ max ≤ lse, so d ≤ 0.
+                let d = cg.fsub(x, cg.splat_like(x, lse)?)?;
+                if log {
+                    Ok(d)
+                } else {
+                    cg.exp_nonpositive(d)
+                }
+            })?;
+            return stream_fence(cg);
+        }
         cg.for_n(f, len, &mut |j| {
             let idx = cg.affine(j, row.stride, row.base)?;
             let d = cg.fsub(cg.load(xp, dtype, idx)?, lse)?;
-            let y = if log { d } else { cg.exp(d)? };
+            let y = if log { d } else { cg.exp_nonpositive(d)? };
             cg.store(yp, dtype, idx, y)
         })
     })?;
     cg.kernel_return(f)?;
     Ok((cg.finish_parallel(k)?, vec![plan.loc(out), plan.loc(x)]))
+}
+
+/// Writes `dst[dst_base + j] = value(src[src_base + j])` for `j` in
+/// `0..len` (f32, contiguous) with non-temporal vector stores. `value` is
+/// called on a vector and on a scalar. Scalar stores run until the output
+/// is aligned to the vector width (streaming stores need it), then whole
+/// vectors, then the tail. Callers end the kernel's streaming with
+/// [`stream_fence`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stream_f32<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    (src, src_base): (PointerValue<'ctx>, IntValue<'ctx>),
+    (dst, dst_base): (PointerValue<'ctx>, IntValue<'ctx>),
+    len: usize,
+    value: &dyn Fn(BV<'ctx>) -> Result<BV<'ctx>>,
+) -> Result<()> {
+    let lanes = cg.lanes.max(1) as i64;
+    let vty = cg.f32t().vec_type(lanes as u32);
+    let first = cg.elem_ptr(dst, DType::F32, dst_base)?;
+    let addr = cg.b.build_ptr_to_int(first, cg.i64t(), "addr")?;
+    let elems = cg.b.build_right_shift(addr, cg.i64c(2), false, "elems")?;
+    let misaligned = cg.b.build_and(elems, cg.i64c(lanes - 1), "mis")?;
+    let head = cg.b.build_and(cg.b.build_int_sub(cg.i64c(lanes), misaligned, "gap")?, cg.i64c(lanes - 1), "head")?;
+    let len_c = cg.i64c(len as i64);
+    let fits = cg.b.build_int_compare(inkwell::IntPredicate::ULT, head, len_c, "fits")?;
+    let head = cg.b.build_select(fits, head, len_c, "head")?.into_int_value();
+    let vectors = cg.b.build_int_unsigned_div(cg.b.build_int_sub(len_c, head, "rest")?, cg.i64c(lanes), "vectors")?;
+    let scalar = |j: IntValue<'ctx>| -> Result<()> {
+        let v = value(cg.load(src, DType::F32, cg.add(j, src_base)?)?)?;
+        cg.store(dst, DType::F32, cg.add(j, dst_base)?, v)
+    };
+    cg.for_range(f, head, &mut |j| scalar(j))?;
+    cg.for_range(f, vectors, &mut |v| {
+        let j = cg.affine(v, lanes, head)?;
+        let x = cg.b.build_load(vty, cg.elem_ptr(src, DType::F32, cg.add(j, src_base)?)?, "xv")?;
+        if let Some(inst) = x.as_instruction_value() {
+            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        }
+        let st = cg.b.build_store(cg.elem_ptr(dst, DType::F32, cg.add(j, dst_base)?)?, value(x)?)?;
+        st.set_alignment(lanes as u32 * 4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        let one = cg.ctx.i32_type().const_int(1, false);
+        let node = cg.ctx.metadata_node(&[one.into()]);
+        st.set_metadata(node, cg.ctx.get_kind_id("nontemporal")).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        Ok(())
+    })?;
+    let done = cg.add(head, cg.mul(vectors, lanes)?)?;
+    let tail = cg.b.build_int_sub(len_c, done, "tail")?;
+    cg.for_range(f, tail, &mut |t| scalar(cg.add(t, done)?))
+}
+
+/// Orders the streaming stores before whatever publishes the kernel's
+/// completion: on x86 they are weakly ordered, even against later stores
+/// of the same thread.
+pub(crate) fn stream_fence(cg: &Cg<'_>) -> Result<()> {
+    if cg.module.get_triple().as_str().to_string_lossy().starts_with("x86_64") {
+        cg.call_void_intrinsic("llvm.x86.sse.sfence")?;
+    }
+    Ok(())
 }
 
 /// One softmax row.
@@ -944,6 +1018,10 @@ pub(crate) fn lse_three_pass<'ctx>(
 /// Elements per chunk of the online kernel: 4 KB of f32, so a chunk read
 /// twice (its maximum, then its exponentials) stays in L1.
 const ONLINE_CHUNK: usize = 1024;
+/// Longest row (bytes of f32) whose exponentials the streaming online
+/// kernel stages in a buffer on each thread's stack; the Attention kernel
+/// keeps the same budget.
+const ONLINE_STACK_ROW_BYTES: usize = 256 << 10;
 /// At most this many chunks per row: their reference maxima live on the
 /// stack, so longer rows take longer chunks.
 const ONLINE_MAX_CHUNKS: usize = 256;
@@ -956,20 +1034,33 @@ const ONLINE_MAX_CHUNKS: usize = 256;
 /// per element so the chunk loops vectorize). Pass 2 scales each chunk of
 /// `y` by `exp(M_chunk - M) / S`. `-inf` elements are exact zeros; a row of
 /// only `-inf` gives NaN like the other kernels.
+///
+/// With `stream` (a large contiguous output) `y` is written once, by
+/// streaming stores, so its lines are never read from memory: pass 1 puts
+/// the exponentials in a private row buffer on the stack (it stays in L2)
+/// and pass 2 streams the scaled buffer out. A row too long for the stack
+/// has pass 2 compute `exp(x - M) / S` afresh instead.
 fn softmax_online_row<'ctx>(
     cg: &Cg<'ctx>,
     f: FunctionValue<'ctx>,
     xp: PointerValue<'ctx>,
     yp: PointerValue<'ctx>,
     row: &Row<'ctx>,
+    stream: bool,
 ) -> Result<()> {
     let ty = cg.compute_type(row.dtype).map_err(BackendError::Llvm)?;
     let like: BV = ty.into_float_type().const_float(0.0).into();
+    let contiguous_f32 = row.stride == 1 && row.dtype == DType::F32 && cg.lanes > 1;
     let chunk = ONLINE_CHUNK.max(row.len.div_ceil(ONLINE_MAX_CHUNKS));
     let full = row.len / chunk;
     let tail = row.len - full * chunk;
     let nchunks = full + usize::from(tail > 0);
     let refs = cg.entry_alloca(f, ty.into_float_type().array_type(nchunks as u32).into(), "chunk_ref")?;
+    let staging = if stream && row.len * 4 <= ONLINE_STACK_ROW_BYTES {
+        Some(cg.entry_alloca(f, cg.f32t().array_type(row.len as u32).into(), "row_exp")?)
+    } else {
+        None
+    };
     let m = cg.entry_alloca(f, ty, "max")?;
     let s = cg.entry_alloca(f, ty, "sum")?;
     let cm = cg.entry_alloca(f, ty, "chunk_max")?;
@@ -983,13 +1074,17 @@ fn softmax_online_row<'ctx>(
     let pass1 = |c: IntValue<'ctx>, n: usize| -> Result<()> {
         let start = cg.mul(c, (chunk as i64) * row.stride)?;
         let start = cg.add(start, row.base)?;
-        cg.b.build_store(cm, cg.fconst(like, f64::NEG_INFINITY))?;
-        cg.for_n(f, n, &mut |j| {
-            let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, start)?)?;
-            let cur = cg.b.build_load(ty, cm, "cm")?;
-            cg.b.build_store(cm, cg.fmaxnum(cur, v)?)?;
-            Ok(())
-        })?;
+        if contiguous_f32 {
+            cg.b.build_store(cm, max_ignoring_nan_f32(cg, f, xp, start, n)?)?;
+        } else {
+            cg.b.build_store(cm, cg.fconst(like, f64::NEG_INFINITY))?;
+            cg.for_n(f, n, &mut |j| {
+                let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, start)?)?;
+                let cur = cg.b.build_load(ty, cm, "cm")?;
+                cg.b.build_store(cm, cg.fmaxnum(cur, v)?)?;
+                Ok(())
+            })?;
+        }
         let old = cg.b.build_load(ty, m, "m")?;
         let new = cg.fmaxnum(old, cg.b.build_load(ty, cm, "cm")?)?;
         cg.b.build_store(m, new)?;
@@ -1003,7 +1098,11 @@ fn softmax_online_row<'ctx>(
             let idx = cg.affine(j, row.stride, start)?;
             // x ≤ reference, the maximum so far (NaN passes through).
             let e = cg.exp_nonpositive(cg.fsub(cg.load(xp, row.dtype, idx)?, reference)?)?;
-            cg.store(yp, row.dtype, idx, e)?;
+            match staging {
+                Some(buf) => cg.store(buf, DType::F32, cg.affine(c, chunk as i64, j)?, e)?,
+                None if !stream => cg.store(yp, row.dtype, idx, e)?,
+                None => {}
+            }
             let cur = cg.b.build_load(ty, cs, "cs")?;
             cg.b.build_store(cs, cg.fadd_reassoc(cur, e)?)?;
             Ok(())
@@ -1021,10 +1120,21 @@ fn softmax_online_row<'ctx>(
     let last = cg.b.build_load(ty, ref_ptr(cg.i64c(nchunks as i64 - 1))?, "ref_last")?;
     let sum = cg.b.build_load(ty, s, "s")?;
     let inv = cg.fdiv(cg.fconst(like, 1.0), sum)?;
+    if stream && staging.is_none() {
+        stream_f32(cg, f, (xp, row.base), (yp, row.base), row.len, &|x| {
+            let e = cg.exp_nonpositive(cg.fsub(x, cg.splat_like(x, last)?)?)?;
+            cg.fmul(e, cg.splat_like(x, inv)?)
+        })?;
+        return stream_fence(cg);
+    }
     let pass2 = |c: IntValue<'ctx>, n: usize| -> Result<()> {
         let start = cg.add(cg.mul(c, (chunk as i64) * row.stride)?, row.base)?;
         let reference = cg.b.build_load(ty, ref_ptr(c)?, "ref")?;
         let scale = cg.fmul(cg.exp(cg.fsub(reference, last)?)?, inv)?;
+        if let Some(buf) = staging {
+            let from = cg.mul(c, chunk as i64)?;
+            return stream_f32(cg, f, (buf, from), (yp, start), n, &|e| cg.fmul(e, cg.splat_like(e, scale)?));
+        }
         cg.for_n(f, n, &mut |j| {
             let idx = cg.affine(j, row.stride, start)?;
             cg.store(yp, row.dtype, idx, cg.fmul(cg.load(yp, row.dtype, idx)?, scale)?)
@@ -1034,7 +1144,87 @@ fn softmax_online_row<'ctx>(
     if tail > 0 {
         pass2(cg.i64c(full as i64), tail)?;
     }
+    if staging.is_some() {
+        stream_fence(cg)?;
+    }
     Ok(())
+}
+
+/// Vector accumulators of [`max_ignoring_nan_f32`]: enough independent
+/// compare-selects to cover the latency of each.
+const MAX_ACCUMULATORS: usize = 4;
+
+/// The maximum of `x[start..start + n]` (f32, contiguous), ignoring NaN
+/// (`-inf` when empty or all NaN). Softmax needs no NaN from it: a NaN
+/// element poisons the row's sum anyway. So the accumulator update is
+/// `v > acc ? v : acc`, which keeps a non-NaN accumulator and is one
+/// `maxps` on x86, where `maxnum` costs a compare and a blend more.
+fn max_ignoring_nan_f32<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    xp: PointerValue<'ctx>,
+    start: IntValue<'ctx>,
+    n: usize,
+) -> Result<BV<'ctx>> {
+    let lanes = cg.lanes.max(1) as usize;
+    let vty = cg.f32t().vec_type(lanes as u32);
+    let neg_inf: BV = cg.fconst(vty.const_zero().into(), f64::NEG_INFINITY);
+    let keep_max = |acc: BV<'ctx>, v: BV<'ctx>| -> Result<BV<'ctx>> {
+        let greater = cg.fcmp(FloatPredicate::OGT, v, acc)?;
+        cg.select(greater, v, acc)
+    };
+    let group = lanes * MAX_ACCUMULATORS;
+    let accs: Vec<PointerValue> =
+        (0..MAX_ACCUMULATORS).map(|_| cg.entry_alloca(f, vty.into(), "max_acc")).collect::<Result<_>>()?;
+    for &a in &accs {
+        cg.b.build_store(a, neg_inf)?;
+    }
+    let load_vec = |idx: IntValue<'ctx>| -> Result<BV<'ctx>> {
+        let v = cg.b.build_load(vty, cg.elem_ptr(xp, DType::F32, idx)?, "xv")?;
+        if let Some(inst) = v.as_instruction_value() {
+            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        }
+        Ok(v)
+    };
+    cg.for_n(f, n / group, &mut |g| {
+        let first = cg.affine(g, group as i64, start)?;
+        for (a, &acc) in accs.iter().enumerate() {
+            let v = load_vec(cg.add(first, cg.i64c((a * lanes) as i64))?)?;
+            cg.b.build_store(acc, keep_max(cg.b.build_load(vty, acc, "acc")?, v)?)?;
+        }
+        Ok(())
+    })?;
+    let done = n / group * group;
+    let after = cg.add(start, cg.i64c(done as i64))?;
+    cg.for_n(f, (n - done) / lanes, &mut |v| {
+        let x = load_vec(cg.affine(v, lanes as i64, after)?)?;
+        cg.b.build_store(accs[0], keep_max(cg.b.build_load(vty, accs[0], "acc")?, x)?)?;
+        Ok(())
+    })?;
+    let mut acc = cg.b.build_load(vty, accs[0], "acc")?;
+    for &a in &accs[1..] {
+        acc = keep_max(acc, cg.b.build_load(vty, a, "acc")?)?;
+    }
+    // No lane is NaN, so the reduction's NaN rule does not matter.
+    let reduce = inkwell::intrinsics::Intrinsic::find("llvm.vector.reduce.fmax")
+        .and_then(|i| i.get_declaration(&cg.module, &[vty.into()]))
+        .ok_or_else(|| BackendError::Llvm("cannot declare llvm.vector.reduce.fmax".into()))?;
+    let mut m =
+        cg.b.build_call(reduce, &[acc.into()], "row_max")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| BackendError::Llvm("llvm.vector.reduce.fmax returns no value".into()))?;
+    let slot = cg.entry_alloca(f, cg.f32t().into(), "max_tail")?;
+    cg.b.build_store(slot, m)?;
+    let tail_start = done + (n - done) / lanes * lanes;
+    cg.for_n(f, n - tail_start, &mut |t| {
+        let idx = cg.add(t, cg.add(start, cg.i64c(tail_start as i64))?)?;
+        let v = cg.load(xp, DType::F32, idx)?;
+        cg.b.build_store(slot, keep_max(cg.b.build_load(cg.f32t(), slot, "m")?, v)?)?;
+        Ok(())
+    })?;
+    m = cg.b.build_load(cg.f32t(), slot, "m")?;
+    Ok(m)
 }
 
 /// Inputs whose magnitude the two-pass range reduction handles exactly:

@@ -217,10 +217,7 @@ fn store_vec<'ctx>(cg: &Cg<'ctx>, p: PointerValue<'ctx>, dtype: DType, idx: IntV
 }
 
 fn splat<'ctx>(cg: &Cg<'ctx>, vty: VectorType<'ctx>, x: BV<'ctx>) -> Result<BV<'ctx>> {
-    let i32t = cg.ctx.i32_type();
-    let one = cg.b.build_insert_element(vty.get_poison(), x.into_float_value(), i32t.const_zero(), "b")?;
-    let mask = VectorType::const_vector(&vec![i32t.const_zero(); vty.get_size() as usize]);
-    Ok(cg.b.build_shuffle_vector(one, vty.get_poison(), mask, "splat")?.into())
+    cg.splat(vty, x)
 }
 
 /// Emits `g` into function `f` at the builder's position.

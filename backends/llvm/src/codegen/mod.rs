@@ -108,6 +108,8 @@ pub(crate) struct Cg<'ctx> {
     pub softmax: SoftmaxAlgorithm,
     /// The MatMul/Gemm kernel (set after construction; packed by default).
     pub matmul: MatMulKernel,
+    /// See [`crate::CompileOptions::stream_min_bytes`].
+    pub stream_min_bytes: usize,
     loops: Cell<usize>,
     /// While emitting a checked fused kernel: an `i1` slot that integer
     /// division sets when a divisor is zero (the kernel then fails).
@@ -140,6 +142,7 @@ impl<'ctx> Cg<'ctx> {
             lanes,
             softmax,
             matmul: MatMulKernel::default(),
+            stream_min_bytes: crate::DEFAULT_STREAM_MIN_BYTES,
             loops: Cell::new(0),
             fault: Cell::new(None),
             launchers: RefCell::new(Vec::new()),
@@ -456,6 +459,17 @@ impl<'ctx> Cg<'ctx> {
             .try_as_basic_value()
             .basic()
             .ok_or_else(|| BackendError::Llvm(format!("`{name}` returns no value")))
+    }
+
+    /// Calls an intrinsic that takes no operands and returns nothing (a fence).
+    pub(crate) fn call_void_intrinsic(&self, name: &str) -> Result<()> {
+        let intr = inkwell::intrinsics::Intrinsic::find(name)
+            .ok_or_else(|| BackendError::Llvm(format!("LLVM has no intrinsic `{name}`")))?;
+        let f = intr
+            .get_declaration(&self.module, &[])
+            .ok_or_else(|| BackendError::Llvm(format!("cannot declare `{name}`")))?;
+        self.b.build_call(f, &[], "")?;
+        Ok(())
     }
 
     /// Calls a C library function (libm) `name` of one argument type.
