@@ -269,8 +269,18 @@ pub(crate) fn scratch_bytes(graph: &Graph, types: &[Option<Shaped>], step: &Step
     }
 }
 
-/// Query rows per block of the Attention kernel.
-pub(crate) const ATTN_BQ: usize = 64;
+/// Query rows per block of the Attention kernel, at most: each key tile is
+/// packed once per block, and that packing is what a taller block saves.
+pub(crate) const ATTN_BQ_MAX: usize = 256;
+/// Query rows per block, at least (where the sequence is that long).
+pub(crate) const ATTN_BQ_MIN: usize = 64;
+/// Largest per-thread scratch (bytes) the Attention kernel keeps on the
+/// stack, so that items can run on several threads; past it (value heads
+/// of thousands) the kernel runs serially on scratch in the arena.
+pub(crate) const ATTN_STACK_SCRATCH: usize = 256 << 10;
+/// Blocks the Attention kernel keeps, at least, for the threads to share,
+/// where shorter blocks can make them.
+const ATTN_MIN_ITEMS: usize = 16;
 /// Key/value positions per tile of the Attention kernel: a 64-position
 /// tile of a 64-wide head is 16 KiB of K and as much of V, which stay in
 /// L1/L2 while every row of the query block passes over them.
@@ -402,9 +412,27 @@ pub(crate) fn attention_tile_stride(kv_len: usize) -> usize {
 /// block its max, sum and rescale factor, a score row and an output
 /// accumulator, plus one key tile packed transposed.
 pub(crate) fn attention_scratch_floats(g: &AttentionGeometry) -> usize {
-    let bq = ATTN_BQ.min(g.q_len).max(1);
+    scratch_floats_for_rows(g, attention_block_rows(g))
+}
+
+fn scratch_floats_for_rows(g: &AttentionGeometry, bq: usize) -> usize {
     let stride = attention_tile_stride(g.kv_len);
     3 * bq + bq * stride + bq * g.v_dim + g.head_dim * stride
+}
+
+/// Query rows per block of the Attention kernel: [`ATTN_BQ_MAX`], halved
+/// (down to [`ATTN_BQ_MIN`]) while the block's scratch would not fit the
+/// stack budget or there would be fewer than [`ATTN_MIN_ITEMS`] blocks.
+pub(crate) fn attention_block_rows(g: &AttentionGeometry) -> usize {
+    let mut bq = ATTN_BQ_MAX;
+    while bq > ATTN_BQ_MIN {
+        let items = g.batch * g.q_heads * g.q_len.div_ceil(bq);
+        if scratch_floats_for_rows(g, bq) * 4 <= ATTN_STACK_SCRATCH && items >= ATTN_MIN_ITEMS {
+            break;
+        }
+        bq /= 2;
+    }
+    bq.min(g.q_len).max(1)
 }
 
 /// Ops that are evaluated at compile time once their inputs are known, and

@@ -1,7 +1,8 @@
 //! ONNX-23 `Attention` as a flash-attention kernel: the `S × S` score
 //! matrix is never formed.
 //!
-//! For each (batch, query head, block of [`ATTN_BQ`] query rows) the keys
+//! For each (batch, query head, block of query rows, see
+//! [`crate::plan::attention_block_rows`]) the keys
 //! and values are visited in tiles of [`ATTN_BK`] positions. Per tile and
 //! query row, the scores `q·kᵀ·scale + bias` go to a small scratch tile,
 //! and the row's running maximum `m` and sum `l` are updated the online
@@ -11,7 +12,7 @@
 //! is `acc / l`. A key/value tile stays in cache while every row of the
 //! query block passes over it. The scratch (the per-row `m`, `l`, `acc`
 //! and one score tile per row, and a packed key tile) is
-//! `O(ATTN_BQ · (ATTN_BK + Dv) + D · ATTN_BK)`, whatever
+//! `O(BQ · (ATTN_BK + Dv) + D · ATTN_BK)`, whatever
 //! the sequence length; see [`crate::plan::attention_scratch_bytes`].
 //!
 //! The inner loops are explicit vectors of the target's f32 lanes. Each
@@ -51,7 +52,10 @@
 use super::parallel::ParallelKernel;
 use super::Cg;
 use crate::error::{BackendError, Result};
-use crate::plan::{attention_geometry, attention_tile_stride, AttentionGeometry, Loc, Plan, Slot, ATTN_BK, ATTN_BQ};
+use crate::plan::{
+    attention_block_rows, attention_geometry, attention_tile_stride, AttentionGeometry, Loc, Plan, Slot, ATTN_BK,
+    ATTN_STACK_SCRATCH,
+};
 use inkwell::types::VectorType;
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::{FloatPredicate, IntPredicate};
@@ -60,11 +64,6 @@ use kiln_ir::graph::NodeId;
 use kiln_ir::op::Op;
 
 type BV<'ctx> = BasicValueEnum<'ctx>;
-
-/// Largest per-thread scratch (bytes) the kernel keeps on the stack, so
-/// that items can run on several threads; past it (value heads of
-/// thousands) the kernel runs serially on scratch in the arena.
-const ATTN_STACK_SCRATCH: usize = 256 << 10;
 
 /// How the mask (input 3) is read: element strides of its batch, head and
 /// query axes after broadcasting (0 where it broadcasts), and its width
@@ -160,7 +159,7 @@ pub(crate) fn attention<'ctx>(
     // with a private scratch on its stack when that is small (it is unless
     // the value head is huge); otherwise the kernel stays serial on the
     // planned scratch in the arena.
-    let bq = ATTN_BQ.min(geo.q_len).max(1);
+    let bq = attention_block_rows(&geo);
     let q_blocks = geo.q_len.div_ceil(bq);
     let scratch_floats = crate::plan::attention_scratch_floats(&geo);
     let private = scratch_floats * 4 <= ATTN_STACK_SCRATCH;
@@ -400,7 +399,7 @@ fn emit_body<'ctx>(
     let like: BV = cg.f32t().const_float(0.0).into();
     let c = |v: f64| cg.fconst(like, v);
     let ninf = c(f64::NEG_INFINITY);
-    let (bq, bk) = (ATTN_BQ.min(geo.q_len).max(1), ATTN_BK.min(geo.kv_len).max(1));
+    let (bq, bk) = (attention_block_rows(geo), ATTN_BK.min(geo.kv_len).max(1));
     let (d, dv) = (geo.head_dim, geo.v_dim);
     // Scratch layout, in f32 elements: m[bq], l[bq], scores[bq × sbk],
     // acc[bq × dv], alpha[bq], packed key tile kt[d × sbk] (see
@@ -566,9 +565,9 @@ fn emit_body<'ctx>(
                             }
                         }
                         vecs.store(scratch, at, s)?;
-                        vmax = cg.fmaxnum(vmax, s)?;
+                        vmax = cg.fmax_ignoring_nan(vmax, s)?;
                     }
-                    vecs.reduce(vmax, &|a, b| cg.fmaxnum(a, b))?
+                    vecs.reduce(vmax, &|a, b| cg.fmax_ignoring_nan(a, b))?
                 } else {
                     cg.b.build_store(tmax, ninf)?;
                     cg.for_range(f, cols, &mut |j| {
@@ -625,13 +624,15 @@ fn emit_body<'ctx>(
                 // to shift by; shifting by 0 keeps e^(-inf) = 0.
                 let finite = cg.fcmp(FloatPredicate::ONE, m_new, ninf)?;
                 let shift = cg.select(finite, m_new, c(0.0))?;
-                let alpha = cg.exp(cg.fsub(m_old, shift)?)?;
+                // m_old ≤ m_new, and every score ≤ the tile max ≤ m_new:
+                // the exponents below are ≤ 0.
+                let alpha = cg.exp_nonpositive(cg.fsub(m_old, shift)?)?;
                 let tile_sum = if vector {
                     let vshift = vecs.splat(shift)?;
                     let mut vsum = vecs.splat(c(0.0))?;
                     for ch in 0..nv {
                         let at = cg.add(s_row, cg.i64c((ch * lanes) as i64))?;
-                        let mut p = cg.exp(cg.fsub(vecs.load(scratch, at)?, vshift)?)?;
+                        let mut p = cg.exp_nonpositive(cg.fsub(vecs.load(scratch, at)?, vshift)?)?;
                         if ragged {
                             // Columns past the tile's keys hold stale scores.
                             let keys = vecs.positions(cg.add(k0, cg.i64c((ch * lanes) as i64))?)?;
@@ -647,7 +648,7 @@ fn emit_body<'ctx>(
                     cg.b.build_store(psum, c(0.0))?;
                     cg.for_range(f, cols, &mut |j| {
                         let at = cg.add(s_row, j)?;
-                        let p = cg.exp(cg.fsub(cg.load(scratch, dt, at)?, shift)?)?;
+                        let p = cg.exp_nonpositive(cg.fsub(cg.load(scratch, dt, at)?, shift)?)?;
                         cg.store(scratch, dt, at, p)?;
                         let cur = cg.b.build_load(f32t, psum, "psum")?;
                         cg.b.build_store(psum, cg.fadd_reassoc(cur, p)?)?;
@@ -710,7 +711,7 @@ fn emit_body<'ctx>(
                 let shift = cg.select(finite, m, c(0.0))?;
                 cg.for_n(f, geo.kv_len, &mut |j| {
                     let at = cg.add(row, j)?;
-                    let p = cg.exp(cg.fsub(cg.load(qkp, xdt, at)?, shift)?)?;
+                    let p = cg.exp_nonpositive(cg.fsub(cg.load(qkp, xdt, at)?, shift)?)?;
                     cg.store(qkp, xdt, at, cg.fdiv(p, l)?)
                 })
             })?;

@@ -426,7 +426,8 @@ fn emit_product<'ctx>(
     let pb = unsafe {
         cg.b.build_in_bounds_gep(cg.ctx.i8_type(), spec.scratch, &[cg.i64c(round_up(a_bytes, 64) as i64)], "packed_b")?
     };
-    let ukr = microkernel(cg, ety, tile)?;
+    let ukr = microkernel(cg, ety, tile, mr)?;
+    let tail = tail_microkernel(cg, ety, tile, spec.max.m)?;
     let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
     if let Some(inst) = tile_buf.as_instruction_value() {
         inst.set_alignment(64).map_err(|e| BackendError::Llvm(e.to_string()))?;
@@ -467,7 +468,8 @@ fn emit_product<'ctx>(
                 let ic = cg.mul(ic_i, mc_max as i64)?;
                 let mc = min(cg, cg.i64c(mc_max as i64), sub(cg, spec.m, ic)?)?;
                 pack_a(cg, f, ty, &spec.a, conv_a, pa, ic, pc, mc, kc, mr)?;
-                let mk = Macro { ety, tile, ukr, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
+                let mk =
+                    Macro { ety, tile, ukr, tail, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
                 macro_kernel(cg, f, &mk, pa, pb, (ic, jc), (mc, nc), kc, add)
             })
         })
@@ -728,7 +730,8 @@ pub(crate) fn emit_gemm_packed_b<'ctx>(
     let (a_bytes, _) = pack_sizes(spec.c_dtype, spec.max, mr, nr);
     let pa = cg.entry_alloca(f, ty.array_type((a_bytes / ety.bytes).max(1) as u32).into(), "packed_a")?;
     set_align(pa.as_basic_value_enum(), 64)?;
-    let ukr = microkernel(cg, ety, tile)?;
+    let ukr = microkernel(cg, ety, tile, mr)?;
+    let tail = tail_microkernel(cg, ety, tile, spec.max.m)?;
     let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
     set_align(tile_buf.as_basic_value_enum(), 64)?;
     let alpha: BV = match ty {
@@ -736,7 +739,7 @@ pub(crate) fn emit_gemm_packed_b<'ctx>(
         _ => cg.ctx.i32_type().const_int(1, false).into(),
     };
     let k_blocks = if spec.accumulate { spec.max.k.div_ceil(kc_max) } else { spec.max.k.div_ceil(kc_max).max(1) };
-    let mk = Macro { ety, tile, ukr, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
+    let mk = Macro { ety, tile, ukr, tail, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
     cg.for_n(f, k_blocks, &mut |pc_i| {
         let pc = cg.mul(pc_i, kc_max as i64)?;
         let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, spec.k, pc)?)?;
@@ -758,6 +761,9 @@ struct Macro<'ctx> {
     ety: Elem<'ctx>,
     tile: Tile,
     ukr: FunctionValue<'ctx>,
+    /// The microkernel of the last row panel when `m` is not a multiple of
+    /// `MR`, with its row count (see [`tail_microkernel`]).
+    tail: Option<(usize, FunctionValue<'ctx>)>,
     /// An `MR × NR` stack tile for edge tiles.
     tile_buf: PointerValue<'ctx>,
     alpha: BV<'ctx>,
@@ -796,14 +802,18 @@ fn macro_kernel<'ctx>(
             let rows = min(cg, cg.i64c(mr as i64), sub(cg, mc, i0)?)?;
             let a_panel = gep(cg, ty, pa, mul_v(cg, cg.mul(ir, mr as i64)?, kc)?)?;
             let c_at = cg.affine(cg.add(ic, i0)?, mk.ldc, cg.add(jc, j0)?)?;
-            let call = |c: PointerValue<'ctx>, ldc: IntValue<'ctx>, add: IntValue<'ctx>| -> Result<()> {
+            let call = |ukr: FunctionValue<'ctx>,
+                        c: PointerValue<'ctx>,
+                        ldc: IntValue<'ctx>,
+                        add: IntValue<'ctx>|
+             -> Result<()> {
                 let args =
                     [kc.into(), a_panel.into(), b_panel.into(), c.into(), ldc.into(), add.into(), mk.alpha.into()];
-                cg.b.build_call(mk.ukr, &args, "")?;
+                cg.b.build_call(ukr, &args, "")?;
                 Ok(())
             };
             let via_tile = |cg: &Cg<'ctx>| -> Result<()> {
-                call(mk.tile_buf, cg.i64c(nr as i64), i1.const_zero())?;
+                call(mk.ukr, mk.tile_buf, cg.i64c(nr as i64), i1.const_zero())?;
                 cg.for_range(f, rows, &mut |r| {
                     let c_row = cg.affine(r, mk.ldc, c_at)?;
                     let t_row = cg.mul(r, nr as i64)?;
@@ -824,12 +834,25 @@ fn macro_kernel<'ctx>(
             let direct = cg.ctx.append_basic_block(f, "tile.direct");
             let edge = cg.ctx.append_basic_block(f, "tile.edge");
             let done = cg.ctx.append_basic_block(f, "tile.done");
+            let c_ptr = cg.elem_ptr(mk.c, mk.c_dtype, c_at)?;
             cg.b.build_conditional_branch(full, direct, edge)?;
             cg.b.position_at_end(direct);
-            let c_ptr = cg.elem_ptr(mk.c, mk.c_dtype, c_at)?;
-            call(c_ptr, cg.i64c(mk.ldc), add)?;
+            call(mk.ukr, c_ptr, cg.i64c(mk.ldc), add)?;
             cg.b.build_unconditional_branch(done)?;
             cg.b.position_at_end(edge);
+            if let Some((tail_rows, tail_ukr)) = mk.tail {
+                // The last row panel, full width: its own microkernel,
+                // straight to C.
+                let is_tail = cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(tail_rows as i64), "tail_rows")?;
+                let tail_direct = cg.b.build_and(is_tail, full_cols, "tail_direct")?;
+                let tail_block = cg.ctx.append_basic_block(f, "tile.tail");
+                let other = cg.ctx.append_basic_block(f, "tile.other");
+                cg.b.build_conditional_branch(tail_direct, tail_block, other)?;
+                cg.b.position_at_end(tail_block);
+                call(tail_ukr, c_ptr, cg.i64c(mk.ldc), add)?;
+                cg.b.build_unconditional_branch(done)?;
+                cg.b.position_at_end(other);
+            }
             via_tile(cg)?;
             cg.b.build_unconditional_branch(done)?;
             cg.b.position_at_end(done);
@@ -1031,11 +1054,18 @@ fn copy_padded<'ctx>(
 /// `ukr(i64 kc, ptr a, ptr b, ptr c, i64 ldc, i1 add, T alpha)` computes
 /// `acc = Σ_kk a[kk·MR + r] · b[kk·NR + j]` over `kk < kc` and stores
 /// `c[r·ldc + j] = alpha·acc` (`+ c[...]` when `add`), for the whole
-/// `MR × NR` tile.
-fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<FunctionValue<'ctx>> {
+/// `MR × NR` tile. With `rows < MR` it computes and stores only the first
+/// `rows` rows of the tile (the A panel keeps its `MR` stride): the last
+/// panel of a product whose `m` is not a multiple of `MR` then costs its
+/// own rows, not a whole tile's.
+fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile, rows: usize) -> Result<FunctionValue<'ctx>> {
     let ty = ety.ty;
     let tname = ety.name();
-    let name = format!("kiln_gemm_ukr_{tname}_{}x{}", tile.mr, tile.nr());
+    let name = if rows == tile.mr {
+        format!("kiln_gemm_ukr_{tname}_{}x{}", tile.mr, tile.nr())
+    } else {
+        format!("kiln_gemm_ukr_{tname}_{rows}of{}x{}", tile.mr, tile.nr())
+    };
     if let Some(f) = cg.module.get_function(&name) {
         return Ok(f);
     }
@@ -1066,8 +1096,8 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<Funct
     let splat = |x: BV<'ctx>| cg.splat(vty, x);
     let esize = ety.bytes;
     // Accumulators in stack slots, which SROA promotes to registers.
-    let mut acc = Vec::with_capacity(mr * vecs);
-    for r in 0..mr {
+    let mut acc = Vec::with_capacity(rows * vecs);
+    for r in 0..rows {
         for v in 0..vecs {
             let slot = cg.entry_alloca(f, vty.into(), &format!("acc{r}_{v}"))?;
             cg.b.build_store(slot, vzero)?;
@@ -1086,7 +1116,7 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<Funct
             bv.push(x);
         }
         let a_row = cg.mul(kk, mr as i64)?;
-        for r in 0..mr {
+        for r in 0..rows {
             let x = cg.b.build_load(ty, gep(cg, ty, a, cg.add(a_row, cg.i64c(r as i64))?)?, "a")?;
             let xs = splat(x)?;
             for v in 0..vecs {
@@ -1100,7 +1130,7 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<Funct
     })?;
     let alpha_v = splat(alpha)?;
     let store_block = |adding: bool| -> Result<()> {
-        for r in 0..mr {
+        for r in 0..rows {
             let row = cg.mul(ldc, r as i64)?;
             for v in 0..vecs {
                 let p = gep(cg, ty, c, cg.add(row, cg.i64c((v * lanes) as i64))?)?;
@@ -1140,6 +1170,22 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile) -> Result<Funct
         cg.b.position_at_end(block);
     }
     Ok(f)
+}
+
+/// The microkernel for the last row panel of a product with `m` rows, when
+/// `m` is not a multiple of the tile's `MR`: with row blocks a multiple of
+/// `MR`, that panel is the only partial one and has `m mod MR` rows.
+fn tail_microkernel<'ctx>(
+    cg: &Cg<'ctx>,
+    ety: Elem<'ctx>,
+    tile: Tile,
+    m: usize,
+) -> Result<Option<(usize, FunctionValue<'ctx>)>> {
+    let rows = m % tile.mr;
+    if rows == 0 {
+        return Ok(None);
+    }
+    Ok(Some((rows, microkernel(cg, ety, tile, rows)?)))
 }
 
 fn set_align(v: BV<'_>, bytes: usize) -> Result<()> {

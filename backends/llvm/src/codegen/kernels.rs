@@ -1006,7 +1006,7 @@ pub(crate) fn lse_three_pass<'ctx>(
     cg.b.build_store(s, cg.fconst(like, 0.0))?;
     cg.for_n(f, row.len, &mut |j| {
         let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, row.base)?)?;
-        let e = cg.exp(cg.fsub(v, mv)?)?;
+        let e = cg.exp_nonpositive(cg.fsub(v, mv)?)?;
         let cur = cg.b.build_load(ty, s, "s")?;
         cg.b.build_store(s, cg.fadd_reassoc(cur, e)?)?;
         Ok(())
@@ -1108,7 +1108,7 @@ fn softmax_online_row<'ctx>(
             Ok(())
         })?;
         // exp(-inf - ref) = 0 drops the empty sum of an all -inf prefix.
-        let rescale = cg.exp(cg.fsub(old, reference)?)?;
+        let rescale = cg.exp_nonpositive(cg.fsub(old, reference)?)?;
         let sum = cg.fadd(cg.fmul(cg.b.build_load(ty, s, "s")?, rescale)?, cg.b.build_load(ty, cs, "cs")?)?;
         cg.b.build_store(s, sum)?;
         Ok(())
@@ -1130,7 +1130,7 @@ fn softmax_online_row<'ctx>(
     let pass2 = |c: IntValue<'ctx>, n: usize| -> Result<()> {
         let start = cg.add(cg.mul(c, (chunk as i64) * row.stride)?, row.base)?;
         let reference = cg.b.build_load(ty, ref_ptr(c)?, "ref")?;
-        let scale = cg.fmul(cg.exp(cg.fsub(reference, last)?)?, inv)?;
+        let scale = cg.fmul(cg.exp_nonpositive(cg.fsub(reference, last)?)?, inv)?;
         if let Some(buf) = staging {
             let from = cg.mul(c, chunk as i64)?;
             return stream_f32(cg, f, (buf, from), (yp, start), n, &|e| cg.fmul(e, cg.splat_like(e, scale)?));
@@ -1169,10 +1169,7 @@ fn max_ignoring_nan_f32<'ctx>(
     let lanes = cg.lanes.max(1) as usize;
     let vty = cg.f32t().vec_type(lanes as u32);
     let neg_inf: BV = cg.fconst(vty.const_zero().into(), f64::NEG_INFINITY);
-    let keep_max = |acc: BV<'ctx>, v: BV<'ctx>| -> Result<BV<'ctx>> {
-        let greater = cg.fcmp(FloatPredicate::OGT, v, acc)?;
-        cg.select(greater, v, acc)
-    };
+    let keep_max = |acc: BV<'ctx>, v: BV<'ctx>| cg.fmax_ignoring_nan(acc, v);
     let group = lanes * MAX_ACCUMULATORS;
     let accs: Vec<PointerValue> =
         (0..MAX_ACCUMULATORS).map(|_| cg.entry_alloca(f, vty.into(), "max_acc")).collect::<Result<_>>()?;
@@ -1425,7 +1422,7 @@ fn reduce<'ctx>(
                     ReduceKind::L1 => cg.fadd_reassoc(cur, cg.intrinsic("llvm.fabs", &[v])?)?,
                     ReduceKind::LogSumExp => {
                         let m = shift.expect("LogSumExp computes its shift first");
-                        cg.fadd_reassoc(cur, cg.exp(cg.fsub(v, m)?)?)?
+                        cg.fadd_reassoc(cur, cg.exp_nonpositive(cg.fsub(v, m)?)?)?
                     }
                 };
                 cg.b.build_store(acc, next)?;

@@ -667,7 +667,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
                             cg.for_n(f, width, &mut |k| {
                                 let x = x_at(k)?;
                                 let cur = cg.b.build_load(ty, tsum, "tsum")?;
-                                cg.b.build_store(tsum, cg.fadd_reassoc(cur, cg.exp(cg.fsub(x, shift)?)?)?)?;
+                                cg.b.build_store(tsum, cg.fadd_reassoc(cur, cg.exp_nonpositive(cg.fsub(x, shift)?)?)?)?;
                                 if p.eps != 0.0 {
                                     let wk = self.class_weight(cg.add(v0, k)?)?;
                                     let cur = cg.b.build_load(ty, twsum, "twsum")?;
@@ -677,7 +677,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
                             })?;
                             let s_old = cg.load(self.scratch, dtype, self.at(s_at, i)?)?;
                             let empty = cg.fcmp(FloatPredicate::OEQ, s_old, self.c(0.0))?;
-                            let rescale = cg.select(empty, self.c(0.0), cg.exp(cg.fsub(m_old, shift)?)?)?;
+                            let rescale = cg.select(empty, self.c(0.0), cg.exp_nonpositive(cg.fsub(m_old, shift)?)?)?;
                             let s_new = cg.fadd(cg.fmul(s_old, rescale)?, cg.b.build_load(ty, tsum, "tsum")?)?;
                             cg.store(self.scratch, dtype, self.at(s_at, i)?, s_new)?;
                             cg.store(self.scratch, dtype, self.at(m_at, i)?, m_new)?;
@@ -1246,7 +1246,8 @@ fn backward_body<'ctx>(
                         cg.for_n(f, width, &mut |k| {
                             let idx = cg.add(trow, k)?;
                             let x = e.biased(cg.load(scratch, dtype, idx)?, cg.add(v0, k)?)?;
-                            let mut u = cg.fmul(coef, cg.exp(cg.fsub(x, lse)?)?)?;
+                            // x ≤ lse up to the rounding of the recomputed logit.
+                            let mut u = cg.fmul(coef, cg.exp_nonpositive(cg.fsub(x, lse)?)?)?;
                             if p.eps != 0.0 {
                                 let wk = e.class_weight(cg.add(v0, k)?)?;
                                 u = cg.fsub(u, cg.fmul(wk, e.c(smooth))?)?;
