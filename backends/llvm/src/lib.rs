@@ -322,10 +322,64 @@ struct Compiled {
     /// The scratch arena, kept between runs so that a run does not fault
     /// in fresh pages (taken out while a run uses it).
     arena: RefCell<Option<Vec<u8>>>,
+    /// The plan's constants, each at an [`ALIGN`]-byte boundary (see
+    /// [`ConstBlock`]).
+    consts: ConstBlock,
     /// Per step, cycles summed over the profiled runs (empty unless the
     /// plan is profiled), and the number of those runs.
     cycles: RefCell<Vec<u64>>,
     profiled_runs: Cell<u64>,
+}
+
+/// The constants of a plan in one block, each starting at an [`ALIGN`]-byte
+/// boundary. Kernels load constant weights (the GEMM's B packed at compile
+/// time above all) by whole vectors; from a tensor's own allocation, which
+/// the allocator aligns to 16 bytes, every 64-byte load would straddle two
+/// cache lines. The tensors are moved in, not copied, so the weights are
+/// held once.
+struct ConstBlock {
+    /// `ALIGN` spare bytes in front: the block starts at the first aligned
+    /// address (the vector is never resized, so it does not move).
+    bytes: Vec<u8>,
+    offsets: Vec<usize>,
+}
+
+impl ConstBlock {
+    /// Moves the bytes of `consts` into a new block, leaving empty tensors.
+    fn take(consts: &mut [Tensor]) -> ConstBlock {
+        // The kernels' view of a tensor: its elements in memory order, as
+        // the run passed them before (the plan made every constant
+        // standard-layout).
+        fn memory(t: &Tensor) -> &[u8] {
+            kiln_ir::for_each_tensor!(t, a => {
+                let s = a.as_slice_memory_order().expect("plan constants are contiguous");
+                // SAFETY: any initialized elements are readable as bytes.
+                unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), std::mem::size_of_val(s)) }
+            })
+        }
+        let mut offsets = Vec::with_capacity(consts.len());
+        let mut total = 0usize;
+        for t in consts.iter() {
+            offsets.push(total);
+            total += memory(t).len().next_multiple_of(ALIGN);
+        }
+        let mut bytes = vec![0u8; total + ALIGN];
+        let start = bytes.as_ptr().align_offset(ALIGN);
+        for (t, &offset) in consts.iter_mut().zip(&offsets) {
+            let t = std::mem::replace(t, Tensor::zeros(t.dtype(), &[0]));
+            let raw = memory(&t);
+            bytes[start + offset..start + offset + raw.len()].copy_from_slice(raw);
+        }
+        ConstBlock { bytes, offsets }
+    }
+
+    /// Pointers to the constants, in plan order.
+    fn pointers(&self) -> impl Iterator<Item = *mut u8> + '_ {
+        let base = self.bytes.as_ptr();
+        let start = base.align_offset(ALIGN);
+        // SAFETY: `start + offset` is inside the block (see `take`).
+        self.offsets.iter().map(move |&o| unsafe { base.add(start + o) as *mut u8 })
+    }
 }
 
 /// A graph ready to run on the CPU: its lowering checked, and its code
@@ -521,8 +575,16 @@ impl CompiledGraph {
             cache,
         });
         let cycles = RefCell::new(if plan.profile { vec![0; plan.steps.len()] } else { Vec::new() });
-        let compiled =
-            Rc::new(Compiled { plan, jit, info, arena: RefCell::new(None), cycles, profiled_runs: Cell::new(0) });
+        let consts = ConstBlock::take(&mut plan.consts);
+        let compiled = Rc::new(Compiled {
+            plan,
+            jit,
+            info,
+            arena: RefCell::new(None),
+            consts,
+            cycles,
+            profiled_runs: Cell::new(0),
+        });
         self.cache.borrow_mut().insert(key, compiled.clone());
         Ok(compiled)
     }
@@ -664,9 +726,7 @@ fn execute(c: &Compiled, inputs: &[Tensor], outputs: &mut Vec<Tensor>, threads: 
     for t in outputs.iter_mut() {
         buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_mut_ptr().cast::<u8>()));
     }
-    for t in &plan.consts {
-        buffers.push(kiln_ir::for_each_tensor!(t, a => a.as_ptr() as *mut u8));
-    }
+    buffers.extend(c.consts.pointers());
     buffers.push(arena_ptr);
     buffers.push((&mut config as *mut i32).cast::<u8>());
     let mut cycles = c.cycles.borrow_mut();

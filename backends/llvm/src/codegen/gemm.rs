@@ -74,6 +74,8 @@ use kiln_ir::tensor::Tensor;
 
 type BV<'ctx> = BasicValueEnum<'ctx>;
 
+/// How many k rows ahead the microkernel prefetches packed B.
+const B_PREFETCH_ROWS: usize = 32;
 /// Rows of A per packed block (a multiple of every `MR` below would waste
 /// nothing; 168 = 12 · 14 = 28 · 6).
 pub(crate) const MC: usize = 168;
@@ -1104,8 +1106,29 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile, rows: usize) ->
             acc.push(slot);
         }
     }
+    let prefetch = {
+        let ptr = cg.ctx.ptr_type(AddressSpace::default());
+        inkwell::intrinsics::Intrinsic::find("llvm.prefetch")
+            .and_then(|i| i.get_declaration(&cg.module, &[ptr.into()]))
+            .ok_or_else(|| BackendError::Llvm("cannot declare llvm.prefetch".into()))?
+    };
     cg.for_range(f, kc, &mut |kk| {
         let b_row = cg.mul(kk, nr as i64)?;
+        // The first row panel to meet a B panel finds it in L3 or memory
+        // (weights are read once per run): prefetch B_PREFETCH_ROWS rows
+        // ahead, every cache line of the row. Later passes hit L1.
+        let ahead = cg.add(b_row, cg.i64c((B_PREFETCH_ROWS * nr) as i64))?;
+        for line in 0..(nr * esize).div_ceil(64) {
+            // Past the panel's end near its last rows: a plain (not
+            // in-bounds) address, which a prefetch may point anywhere.
+            let at = cg.add(ahead, cg.i64c((line * 64 / esize) as i64))?;
+            // SAFETY: the address is only prefetched, never dereferenced.
+            let p = unsafe { cg.b.build_gep(ty, b, &[at], "b_ahead")? };
+            let i32t = cg.ctx.i32_type();
+            let args =
+                [p.into(), i32t.const_zero().into(), i32t.const_int(3, false).into(), i32t.const_int(1, false).into()];
+            cg.b.build_call(prefetch, &args, "")?;
+        }
         let mut bv = Vec::with_capacity(vecs);
         for v in 0..vecs {
             let p = gep(cg, ty, b, cg.add(b_row, cg.i64c((v * lanes) as i64))?)?;
