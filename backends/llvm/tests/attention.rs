@@ -237,6 +237,29 @@ fn bool_masks_mask_out_false_keys() {
     }
 }
 
+/// With as many keys as whole tiles (128), masks as wide as the keys are
+/// read by whole vectors: f32 added, bool selecting, broadcast over batch,
+/// heads or rows, with causal and softcap on top.
+#[test]
+fn masks_on_whole_tiles_take_the_vector_path() {
+    for (what, dtype, mask, causal, softcap) in [
+        ("float mask [B, 1, 1, S_kv], BERT's", DType::F32, vec![2, 1, 1, 128], false, 0.0),
+        ("float mask [B, H, S, S_kv]", DType::F32, vec![2, 3, 40, 128], false, 0.0),
+        ("float mask [S, S_kv] with causal and softcap", DType::F32, vec![40, 128], true, 0.5),
+        ("bool mask [B, 1, S, S_kv]", DType::Bool, vec![2, 1, 40, 128], false, 0.0),
+        ("bool mask [1, S_kv] with causal", DType::Bool, vec![1, 128], true, 0.0),
+    ] {
+        check(Case {
+            what,
+            attrs: AttentionAttrs { is_causal: causal, softcap, ..attrs() },
+            q: vec![2, 3, 40, 16],
+            k: vec![2, 3, 128, 16],
+            v: vec![2, 3, 128, 16],
+            mask: Some((dtype, mask)),
+        });
+    }
+}
+
 #[test]
 fn softcap_bounds_the_scores() {
     check(Case {

@@ -432,7 +432,12 @@ fn emit_body<'ctx>(
         (0..pool_len).map(|_| cg.entry_alloca(f, vecs.vty.into(), "acc")).collect::<Result<_>>()?;
     // Columns past the last key exist in a short tile; they must not count.
     let ragged = geo.kv_len % sbk != 0;
-    let vector_post = vector && mask.is_none() && scores.is_none();
+    // A mask goes through the vector path when a tile's vector of keys is
+    // one contiguous load of it: f32 (added) or bool (selecting), as wide
+    // as the keys, and no short tile whose vector would read past a row.
+    let vector_mask =
+        mask.is_none_or(|(_, l)| matches!(l.dtype, DType::F32 | DType::Bool) && l.width >= geo.kv_len && !ragged);
+    let vector_post = vector && vector_mask && scores.is_none();
 
     // One item is one (batch, query head, query block).
     let per_batch = cg.i64c((geo.q_heads * q_blocks) as i64);
@@ -546,6 +551,26 @@ fn emit_body<'ctx>(
                         let mut s = cg.fmul(vecs.load(scratch, at)?, vecs.splat(c(scale))?)?;
                         if let Some(cap) = softcap {
                             s = cg.fmul(cg.tanh(cg.fmul(s, vecs.splat(c(1.0 / cap))?)?)?, vecs.splat(c(cap))?)?;
+                        }
+                        if let Some((mp, layout)) = mask {
+                            let key = cg.add(k0, cg.i64c((ch * lanes) as i64))?;
+                            let at = cg.add(cg.affine(i, layout.strides[2], mask_base)?, key)?;
+                            s = if layout.dtype == DType::Bool {
+                                let bytes = cg.ctx.i8_type().vec_type(lanes as u32);
+                                let raw = cg.b.build_load(bytes, cg.elem_ptr(mp, DType::Bool, at)?, "mask")?;
+                                if let Some(inst) = raw.as_instruction_value() {
+                                    inst.set_alignment(1).map_err(|e| BackendError::Llvm(e.to_string()))?;
+                                }
+                                let keep = cg.b.build_int_compare(
+                                    IntPredicate::NE,
+                                    raw.into_vector_value(),
+                                    bytes.const_zero(),
+                                    "keep",
+                                )?;
+                                cg.select(keep.into(), s, vninf)?
+                            } else {
+                                cg.fadd(s, vecs.load(mp, at)?)?
+                            };
                         }
                         if ragged || valid.is_some() || causal {
                             let keys = vecs.positions(cg.add(k0, cg.i64c((ch * lanes) as i64))?)?;
