@@ -1260,12 +1260,14 @@ pub(crate) fn lse_two_pass<'ctx>(
         let below = cg.fcmp(FloatPredicate::OLT, x, lo)?;
         cg.select(below, lo, x)
     };
+    // `n` and `m` start at -inf and never become NaN: the maxima need not
+    // keep NaN (a NaN element poisons `s` instead).
     let update = |n: BV<'ctx>, s: BV<'ctx>, m: BV<'ctx>, x: BV<'ctx>, lo: BV<'ctx>| -> Result<[BV<'ctx>; 3]> {
-        let (k, p) = cg.exp_split(clamp(x, lo)?)?;
-        let n2 = cg.fmaxnum(n, k)?;
+        let (k, p) = cg.exp_split_short(clamp(x, lo)?)?;
+        let n2 = cg.fmax_ignoring_nan(n, k)?;
         let s_old = cg.scale_pow2_nonpos(s, cg.fsub(n, n2)?)?;
         let s_new = cg.scale_pow2_nonpos(p, cg.fsub(k, n2)?)?;
-        Ok([n2, cg.fadd(s_old, s_new)?, cg.fmaxnum(m, x)?])
+        Ok([n2, cg.fadd(s_old, s_new)?, cg.fmax_ignoring_nan(m, x)?])
     };
 
     let chunks = row.len / lanes;

@@ -13,7 +13,7 @@
 //! and `2^n` built from its exponent bits. f64 uses LLVM's intrinsics (libm).
 
 use super::Cg;
-use crate::error::Result;
+use crate::error::{BackendError, Result};
 use inkwell::types::{BasicTypeEnum, VectorType};
 use inkwell::values::{BasicValue, BasicValueEnum};
 use inkwell::FloatPredicate;
@@ -210,7 +210,11 @@ impl<'ctx> Cg<'ctx> {
     /// and `p = exp(r)` in [√½, √2]. `x` must be finite and not below -1e4
     /// (callers clamp); `n` is returned as a float.
     pub(crate) fn exp_split(&self, x: BV<'ctx>) -> Result<(BV<'ctx>, BV<'ctx>)> {
-        let n = self.intrinsic("llvm.rint", &[self.fmul(x, self.fconst(x, LOG2E))?])?;
+        // rint(x·log2 e) by adding and subtracting 1.5·2^23 (round to
+        // nearest even, like rint, for |x·log2 e| < 2^22): two cheap
+        // operations where rint is a multi-uop round instruction.
+        let magic = self.fconst(x, 12_582_912.0);
+        let n = self.fsub(self.fmuladd(x, self.fconst(x, LOG2E), magic)?, magic)?;
         // x - n·ln2 in two steps; `n·LN2_HI` is exact, fused or not.
         let r = self.fmuladd(n, self.fconst(x, -LN2_HI), x)?;
         let r = self.fmuladd(n, self.fconst(x, -LN2_LO), r)?;
@@ -223,6 +227,21 @@ impl<'ctx> Cg<'ctx> {
         Ok((n, p))
     }
 
+    /// [`Cg::exp_split`] with the shorter polynomial of
+    /// [`Cg::exp_nonpositive`] (`p = 1 + r·q(r)`, relative error under
+    /// 1e-7): the two-pass softmax's first pass, which is bound by it.
+    pub(crate) fn exp_split_short(&self, x: BV<'ctx>) -> Result<(BV<'ctx>, BV<'ctx>)> {
+        let magic = self.fconst(x, 12_582_912.0);
+        let n = self.fsub(self.fmuladd(x, self.fconst(x, LOG2E), magic)?, magic)?;
+        let r = self.fmuladd(n, self.fconst(x, -LN2_HI), x)?;
+        let r = self.fmuladd(n, self.fconst(x, -LN2_LO), r)?;
+        let mut q = self.fconst(x, EXP_Q5[0]);
+        for &c in &EXP_Q5[1..] {
+            q = self.fmuladd(q, r, self.fconst(x, c))?;
+        }
+        Ok((n, self.fmuladd(r, q, self.fconst(x, 1.0))?))
+    }
+
     /// `a·b + c`, one FMA where the target has fast FMA (AVX2, AVX-512,
     /// NEON) and a multiply and an add elsewhere (`llvm.fmuladd`): half the
     /// instructions of the polynomials on the hosts that matter, and no
@@ -233,11 +252,37 @@ impl<'ctx> Cg<'ctx> {
 
     /// `p · 2^d` for integral f32 `d ≤ 0`; 0 where `d < -126`.
     pub(crate) fn scale_pow2_nonpos(&self, p: BV<'ctx>, d: BV<'ctx>) -> Result<BV<'ctx>> {
+        if let Some(scaled) = self.scalef_avx512(p, d)? {
+            return Ok(scaled);
+        }
         let lo = self.fconst(d, -126.0);
         let clamped = self.fmaxnum(d, lo)?;
         let scaled = self.fmul(p, self.pow2i(clamped)?)?;
         let tiny = self.fcmp(FloatPredicate::OLT, d, lo)?;
         self.select(tiny, self.fconst(p, 0.0), scaled)
+    }
+
+    /// `p · 2^d` by AVX-512's `vscalefps` (one instruction, exact, with
+    /// gradual underflow to 0; `d = -inf` gives 0) when `p` is a vector of
+    /// 16 f32 on x86-64, the only case where kernels build such vectors;
+    /// `None` elsewhere. This is the instruction the two-pass softmax paper
+    /// uses for its accumulation on AVX-512.
+    fn scalef_avx512(&self, p: BV<'ctx>, d: BV<'ctx>) -> Result<Option<BV<'ctx>>> {
+        let BV::VectorValue(v) = p else { return Ok(None) };
+        let x86 = self.module.get_triple().as_str().to_string_lossy().starts_with("x86_64");
+        if !x86 || v.get_type().get_size() != 16 || !self.is_f32(p) {
+            return Ok(None);
+        }
+        let name = "llvm.x86.avx512.mask.scalef.ps.512";
+        let f = inkwell::intrinsics::Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(&self.module, &[]))
+            .ok_or_else(|| BackendError::Llvm(format!("cannot declare `{name}`")))?;
+        let i16_all = self.ctx.i16_type().const_all_ones();
+        // 4: the current rounding direction (no embedded rounding).
+        let rounding = self.ctx.i32_type().const_int(4, false);
+        let args = [p.into(), d.into(), p.into(), i16_all.into(), rounding.into()];
+        let call = self.b.build_call(f, &args, "scalef")?;
+        Ok(call.try_as_basic_value().basic())
     }
 
     /// exp for f32 (vectorizable) or f64 (intrinsic).
