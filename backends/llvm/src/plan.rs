@@ -158,6 +158,48 @@ pub(crate) fn is_view(op: &Op) -> bool {
     )
 }
 
+/// Whether `node` is a `Slice` whose result is the leading part of its
+/// input's storage, so that it can alias it like a view: unit steps, every
+/// start 0, and (row-major) the first axis it shortens has only size-1
+/// axes before it and whole axes after it, as `logits[:, :-1, :]` of one
+/// sequence. The slice's bounds must be constants.
+pub(crate) fn is_prefix_slice(graph: &Graph, types: &[Option<Shaped>], node: &kiln_ir::graph::Node) -> bool {
+    if !matches!(node.op, Op::Slice) {
+        return false;
+    }
+    let shape_of = |v: Option<ValueId>| v.and_then(|v| types[v.index()].as_ref()).map(|t| t.shape.clone());
+    let (Some(full), Some(part)) = (shape_of(node.input(0)), shape_of(node.output(0))) else { return false };
+    if full.len() != part.len() {
+        return false;
+    }
+    let constant =
+        |slot: usize| node.input(slot).and_then(|v| graph.value(v).initializer.as_ref()).map(|t| t.to_i64s());
+    let Some(starts) = constant(1) else { return false };
+    let axes: Vec<i64> = match node.input(3) {
+        None => (0..starts.len() as i64).collect(),
+        Some(_) => match constant(3) {
+            Some(a) => a,
+            None => return false,
+        },
+    };
+    if node.input(4).is_some() && constant(4).is_none_or(|steps| steps.iter().any(|&s| s != 1)) {
+        return false;
+    }
+    let rank = full.len() as i64;
+    for (&start, &axis) in starts.iter().zip(&axes) {
+        let axis = if axis < 0 { axis + rank } else { axis };
+        let Some(&dim) = usize::try_from(axis).ok().and_then(|a| full.get(a)) else { return false };
+        let start = if start < 0 { start + dim as i64 } else { start };
+        if start.clamp(0, dim as i64) != 0 {
+            return false;
+        }
+    }
+    match full.iter().zip(&part).position(|(a, b)| a != b) {
+        None => true,
+        Some(first) => full[..first].iter().all(|&d| d == 1) && full[first + 1..] == part[first + 1..],
+    }
+}
+
 /// The ops that can join a fused elementwise loop.
 pub(crate) fn is_elementwise(op: &Op) -> bool {
     matches!(
@@ -753,17 +795,23 @@ pub(crate) fn plan(graph: Graph, matmul: MatMulKernel) -> Result<Plan> {
     for &o in graph.outputs() {
         is_output[o.index()] = true;
     }
+    let mut prefix_slices = BTreeSet::new();
     for &id in &order {
         let node = graph.node(id);
-        if is_view(&node.op) {
-            check_view(&graph, id)?;
+        let prefix = is_prefix_slice(&graph, &types, node);
+        if is_view(&node.op) || prefix {
+            if prefix {
+                prefix_slices.insert(id);
+            } else {
+                check_view(&graph, id)?;
+            }
             if let (Some(src), Some(dst)) = (node.input(0), node.output(0)) {
                 root[dst.index()] = root[src.index()];
             }
         }
     }
 
-    let steps = form_steps(&graph, &order, &types, &is_output)?;
+    let steps = form_steps(&graph, &order, &types, &is_output, &prefix_slices)?;
     let steps = fuse_norm_prologues(&graph, &types, steps, &root, &is_output);
     let mut plan = Plan {
         graph,
@@ -807,7 +855,13 @@ fn check_view(graph: &Graph, id: NodeId) -> Result<()> {
 }
 
 /// Groups elementwise nodes and lists the kernels in execution order.
-fn form_steps(graph: &Graph, order: &[NodeId], types: &[Option<Shaped>], is_output: &[bool]) -> Result<Vec<Step>> {
+fn form_steps(
+    graph: &Graph,
+    order: &[NodeId],
+    types: &[Option<Shaped>],
+    is_output: &[bool],
+    prefix_slices: &BTreeSet<NodeId>,
+) -> Result<Vec<Step>> {
     let position: BTreeMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let mut group_of: BTreeMap<NodeId, NodeId> = BTreeMap::new();
     // Roots are chosen consumers-first, so each group grows backwards from
@@ -853,7 +907,7 @@ fn form_steps(graph: &Graph, order: &[NodeId], types: &[Option<Shaped>], is_outp
     let mut steps = Vec::new();
     for &id in order {
         let node = graph.node(id);
-        if is_view(&node.op) {
+        if is_view(&node.op) || prefix_slices.contains(&id) {
             continue;
         }
         if is_elementwise(&node.op) {
@@ -1039,7 +1093,11 @@ fn plan_memory(plan: &mut Plan, root: &[ValueId], matmul: MatMulKernel) -> Resul
     let mut copies = Vec::new();
     for (i, &o) in graph.outputs().iter().enumerate() {
         let r = root[o.index()];
-        if loc[r.index()].is_none() {
+        // A prefix Slice's source is larger than the output buffer it
+        // would be written into: it stays in the arena, and a copy step
+        // fills the output.
+        let bytes = |v: ValueId| plan.types[v.index()].as_ref().map_or(0, Shaped::bytes);
+        if loc[r.index()].is_none() && bytes(r) == bytes(o) {
             loc[r.index()] = Some(Loc { slot: Slot::Output(i), offset: 0 });
         } else {
             copies.push(Step::Copy { from: o, output: i });

@@ -958,3 +958,49 @@ fn slice_matches_the_interpreter() {
         check(g, &[("x".to_string(), random(&mut rng, &[4, 6, 7], -1.0, 1.0))], &what);
     }
 }
+
+/// A Slice that keeps the leading part of its input's storage
+/// (`x[:, :-1, :]` of one sequence, or rows `0..k` of a matrix) is a view:
+/// no kernel copies it, whether a kernel reads it or it is a graph output.
+/// Slices that start elsewhere, step, or cut an inner axis still copy.
+#[test]
+fn prefix_slices_are_views_and_others_copy() {
+    let mut rng = StdRng::seed_from_u64(95);
+    // (input shape, starts, ends, axes, steps, is a view)
+    let cases: [(&[usize], &[i64], &[i64], &[i64], Option<&[i64]>, bool); 7] = [
+        (&[1, 6, 7], &[0], &[-1], &[1], None, true),
+        (&[5, 7], &[0], &[3], &[0], None, true),
+        (&[1, 1, 6, 7], &[0, 0], &[4, 1000], &[2, 3], Some(&[1, 1]), true),
+        (&[1, 6, 7], &[1], &[1000], &[1], None, false),
+        (&[2, 6, 7], &[0], &[-1], &[1], None, false),
+        (&[1, 6, 7], &[0], &[5], &[2], None, false),
+        (&[1, 6, 7], &[0], &[6], &[1], Some(&[2]), false),
+    ];
+    for (shape, starts, ends, axes, steps, view) in cases {
+        for consumed in [false, true] {
+            let mut g = Graph::new("slice");
+            let x = input(&mut g, "x", shape);
+            let s = g.add_initializer("starts", Tensor::vec_i64(starts)).unwrap();
+            let e = g.add_initializer("ends", Tensor::vec_i64(ends)).unwrap();
+            let a = g.add_initializer("axes", Tensor::vec_i64(axes)).unwrap();
+            let mut ins = vec![Some(x), Some(s), Some(e), Some(a)];
+            if let Some(st) = steps {
+                ins.push(Some(g.add_initializer("steps", Tensor::vec_i64(st)).unwrap()));
+            }
+            // Through an intermediate (x * 2), so the slice's source is in
+            // the arena, then either returned or read by one more kernel.
+            let two = g.add_initializer("two", Tensor::scalar_f32(2.0)).unwrap();
+            let doubled = node(&mut g, "double", Op::Binary(BinaryOp::Mul), &[x, two]);
+            ins[0] = Some(doubled);
+            let id = g.add_node("slice", Op::Slice, ins, &["y"]).unwrap();
+            let y = g.node(id).output(0).unwrap();
+            let out = if consumed { node(&mut g, "neg", Op::Unary(UnaryOp::Neg), &[y]) } else { y };
+            g.add_output(out);
+            let what =
+                format!("slice of {shape:?} {starts:?}..{ends:?} axes {axes:?} steps {steps:?}, read {consumed}");
+            let spec = check(g, &[("x".to_string(), random(&mut rng, shape, -1.0, 1.0))], &what);
+            let copies = spec.kernels.iter().any(|k| k.contains("Slice") || k.contains("slice"));
+            assert_eq!(copies, !view, "{what}: kernels {:?}", spec.kernels);
+        }
+    }
+}
