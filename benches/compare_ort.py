@@ -63,7 +63,7 @@ REPO = os.path.dirname(HERE)
 # kiln's softmax kernels (`kiln bench --softmax`); the default is what
 # `kiln run` and `kiln bench` use without the flag.
 SOFTMAX_KERNELS = ("two-pass", "three-pass", "online")
-DEFAULT_SOFTMAX = "online"
+DEFAULT_SOFTMAX = "two-pass"
 sys.path.insert(0, HERE)
 # No __pycache__ beside the sources for the workloads import.
 sys.dont_write_bytecode = True

@@ -73,7 +73,7 @@ impl BenchBackend {
     Outputs: the cpu backend's timed runs write into output buffers allocated once and reused by every run \
     (like onnxruntime's IOBinding), and keep their scratch arena between runs.\n\n\
     Softmax: --softmax two-pass|three-pass|online picks the cpu backend's Softmax/LogSoftmax kernel (default \
-    online), to compare them.\n\n\
+    two-pass), to compare them.\n\n\
     Profile: --profile (cpu backend) counts the CPU cycles of each kernel over all runs and lists the \
     kernels by their share of the time, with the op(s) and node each computes; ms/run is that share of the \
     mean run time. The counters cost a few cycles per kernel, so profile and time in separate runs.\n\n\

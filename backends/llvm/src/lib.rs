@@ -116,11 +116,12 @@ use std::rc::Rc;
 pub enum SoftmaxAlgorithm {
     /// Two reads of each row (Dukhan & Ablavatski, "The Two-Pass Softmax
     /// Algorithm"): the first computes the log-sum-exp with per-lane
-    /// (mantissa, exponent) accumulators, the second writes the result.
-    /// Used for f32; f64 falls back to the three-pass kernel. Two
-    /// exponentials per element (one in each pass): on rows that fit in L2
-    /// the exponentials, not the memory traffic, bound it, and
-    /// [`SoftmaxAlgorithm::Online`] is faster.
+    /// (mantissa, exponent) accumulators, scaled by `vscalefps` on
+    /// AVX-512, the second writes the result. Used for f32; f64 falls back
+    /// to the three-pass kernel. The default: its one pass that reads the
+    /// row from memory does all the reduction work while the row streams
+    /// in (prefetched), which beats the other kernels in and out of cache.
+    #[default]
     TwoPass,
     /// The classic baseline: a pass for the maximum, one for the sum of
     /// exponentials, one to write the result.
@@ -128,12 +129,11 @@ pub enum SoftmaxAlgorithm {
     /// Two passes and one exponential per element: the first walks each
     /// row in L1-sized chunks, writing `exp(x - M)` against the running
     /// maximum `M` and keeping a running, rescaled sum (online normalizer);
-    /// the second rescales each chunk. The default: two passes over memory
-    /// like [`SoftmaxAlgorithm::TwoPass`], half its exponentials.
-    /// LogSoftmax (whose second pass has no exponential) and
-    /// SoftmaxCrossEntropyLoss take the two-pass first pass, which is
-    /// cheaper than a chunked max-then-exp; f64 takes the three-pass one.
-    #[default]
+    /// the second rescales each chunk. Two passes over memory like
+    /// [`SoftmaxAlgorithm::TwoPass`] and half its exponentials, but its
+    /// first pass over memory only finds chunk maxima. LogSoftmax (whose
+    /// second pass has no exponential) takes the two-pass first pass;
+    /// f64 takes the three-pass one.
     Online,
 }
 
@@ -195,7 +195,7 @@ impl Default for CompileOptions {
         CompileOptions {
             target_cpu: None,
             target_features: None,
-            softmax: SoftmaxAlgorithm::Online,
+            softmax: SoftmaxAlgorithm::TwoPass,
             matmul: MatMulKernel::Packed,
             stream_min_bytes: DEFAULT_STREAM_MIN_BYTES,
             optimize: true,

@@ -1106,12 +1106,6 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile, rows: usize) ->
             acc.push(slot);
         }
     }
-    let prefetch = {
-        let ptr = cg.ctx.ptr_type(AddressSpace::default());
-        inkwell::intrinsics::Intrinsic::find("llvm.prefetch")
-            .and_then(|i| i.get_declaration(&cg.module, &[ptr.into()]))
-            .ok_or_else(|| BackendError::Llvm("cannot declare llvm.prefetch".into()))?
-    };
     cg.for_range(f, kc, &mut |kk| {
         let b_row = cg.mul(kk, nr as i64)?;
         // The first row panel to meet a B panel finds it in L3 or memory
@@ -1123,11 +1117,7 @@ fn microkernel<'ctx>(cg: &Cg<'ctx>, ety: Elem<'ctx>, tile: Tile, rows: usize) ->
             // in-bounds) address, which a prefetch may point anywhere.
             let at = cg.add(ahead, cg.i64c((line * 64 / esize) as i64))?;
             // SAFETY: the address is only prefetched, never dereferenced.
-            let p = unsafe { cg.b.build_gep(ty, b, &[at], "b_ahead")? };
-            let i32t = cg.ctx.i32_type();
-            let args =
-                [p.into(), i32t.const_zero().into(), i32t.const_int(3, false).into(), i32t.const_int(1, false).into()];
-            cg.b.build_call(prefetch, &args, "")?;
+            cg.prefetch_read(unsafe { cg.b.build_gep(ty, b, &[at], "b_ahead")? })?;
         }
         let mut bv = Vec::with_capacity(vecs);
         for v in 0..vecs {

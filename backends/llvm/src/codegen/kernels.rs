@@ -995,13 +995,17 @@ pub(crate) fn lse_three_pass<'ctx>(
     let like: BV = ty.into_float_type().const_float(0.0).into();
     let m = cg.entry_alloca(f, ty, "max")?;
     let s = cg.entry_alloca(f, ty, "sum")?;
-    cg.b.build_store(m, cg.fconst(like, f64::NEG_INFINITY))?;
-    cg.for_n(f, row.len, &mut |j| {
-        let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, row.base)?)?;
-        let cur = cg.b.build_load(ty, m, "m")?;
-        cg.b.build_store(m, cg.fmaxnum(cur, v)?)?;
-        Ok(())
-    })?;
+    if row.stride == 1 && row.dtype == DType::F32 && cg.lanes > 1 {
+        cg.b.build_store(m, max_ignoring_nan_f32(cg, f, xp, row.base, row.len)?)?;
+    } else {
+        cg.b.build_store(m, cg.fconst(like, f64::NEG_INFINITY))?;
+        cg.for_n(f, row.len, &mut |j| {
+            let v = cg.load(xp, row.dtype, cg.affine(j, row.stride, row.base)?)?;
+            let cur = cg.b.build_load(ty, m, "m")?;
+            cg.b.build_store(m, cg.fmaxnum(cur, v)?)?;
+            Ok(())
+        })?;
+    }
     let mv = cg.b.build_load(ty, m, "m")?;
     cg.b.build_store(s, cg.fconst(like, 0.0))?;
     cg.for_n(f, row.len, &mut |j| {
@@ -1185,6 +1189,13 @@ fn max_ignoring_nan_f32<'ctx>(
     };
     cg.for_n(f, n / group, &mut |g| {
         let first = cg.affine(g, group as i64, start)?;
+        // The softmax kernels' maximum is the pass that reads the row from
+        // memory: prefetch ahead, one cache line per vector.
+        for a in 0..MAX_ACCUMULATORS {
+            let ahead = cg.add(first, cg.i64c(ROW_PREFETCH_ELEMS + (a * lanes) as i64))?;
+            // SAFETY: only prefetched.
+            cg.prefetch_read(unsafe { cg.b.build_gep(cg.f32t(), xp, &[ahead], "x_ahead")? })?;
+        }
         for (a, &acc) in accs.iter().enumerate() {
             let v = load_vec(cg.add(first, cg.i64c((a * lanes) as i64))?)?;
             cg.b.build_store(acc, keep_max(cg.b.build_load(vty, acc, "acc")?, v)?)?;
@@ -1223,6 +1234,10 @@ fn max_ignoring_nan_f32<'ctx>(
     m = cg.b.build_load(cg.f32t(), slot, "m")?;
     Ok(m)
 }
+
+/// How far ahead (f32 elements) the passes that read a softmax row from
+/// memory prefetch it.
+const ROW_PREFETCH_ELEMS: i64 = 512;
 
 /// Inputs whose magnitude the two-pass range reduction handles exactly:
 /// `n = rint(x·log2 e)` stays below 2^15, so `n·LN2_HI` is exact.
@@ -1279,6 +1294,12 @@ pub(crate) fn lse_two_pass<'ctx>(
     cg.for_n(f, chunks, &mut |c| {
         let idx = cg.affine(c, lanes as i64 * row.stride, row.base)?;
         let p = cg.elem_ptr(xp, DType::F32, idx)?;
+        if row.stride == 1 {
+            // This pass is the one that reads the row from memory.
+            let ahead = cg.add(idx, cg.i64c(ROW_PREFETCH_ELEMS))?;
+            // SAFETY: only prefetched.
+            cg.prefetch_read(unsafe { cg.b.build_gep(f32t, xp, &[ahead], "x_ahead")? })?;
+        }
         let x = cg.b.build_load(vty, p, "xv")?;
         if let Some(inst) = x.as_instruction_value() {
             inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;

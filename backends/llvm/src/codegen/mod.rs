@@ -461,6 +461,21 @@ impl<'ctx> Cg<'ctx> {
             .ok_or_else(|| BackendError::Llvm(format!("`{name}` returns no value")))
     }
 
+    /// A prefetch of the cache line at `p` for reading, into every cache
+    /// level. `p` may point anywhere (past a buffer's end included): a
+    /// prefetch never faults.
+    pub(crate) fn prefetch_read(&self, p: PointerValue<'ctx>) -> Result<()> {
+        let f = inkwell::intrinsics::Intrinsic::find("llvm.prefetch")
+            .and_then(|i| i.get_declaration(&self.module, &[p.get_type().into()]))
+            .ok_or_else(|| BackendError::Llvm("cannot declare llvm.prefetch".into()))?;
+        let i32t = self.ctx.i32_type();
+        // read (0), high locality (3), data cache (1)
+        let args =
+            [p.into(), i32t.const_zero().into(), i32t.const_int(3, false).into(), i32t.const_int(1, false).into()];
+        self.b.build_call(f, &args, "")?;
+        Ok(())
+    }
+
     /// Calls an intrinsic that takes no operands and returns nothing (a fence).
     pub(crate) fn call_void_intrinsic(&self, name: &str) -> Result<()> {
         let intr = inkwell::intrinsics::Intrinsic::find(name)
