@@ -377,10 +377,11 @@ impl<'ctx> Cg<'ctx> {
         let t = self.fdiv(self.fconst(x, 1.0), self.fadd(self.fconst(x, 1.0), self.fmul(ax, self.fconst(x, P))?)?)?;
         let mut poly = self.fconst(x, A[0]);
         for &a in &A[1..] {
-            poly = self.fadd(self.fmul(poly, t)?, self.fconst(x, a))?;
+            poly = self.fmuladd(poly, t, self.fconst(x, a))?;
         }
         poly = self.fmul(poly, t)?;
-        let e = self.exp(self.fneg(self.fmul(ax, ax)?)?)?;
+        // -x² ≤ 0 (NaN passes through).
+        let e = self.exp_nonpositive(self.fneg(self.fmul(ax, ax)?)?)?;
         let y = self.fsub(self.fconst(x, 1.0), self.fmul(poly, e)?)?;
         self.intrinsic("llvm.copysign", &[y, x])
     }
