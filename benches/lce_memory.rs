@@ -168,7 +168,13 @@ fn problem(rows: usize) -> (Tensor, Tensor, Tensor) {
     let hidden = uniform(&mut rng, &[rows, DEPTH], sqrt3);
     let weight = uniform(&mut rng, &[DEPTH, VOCAB], sqrt3 / (DEPTH as f32).sqrt());
     let labels: Vec<i64> = (0..rows)
-        .map(|i| if i + IGNORED_TAIL >= rows { IGNORE } else { (rng.next_u64() % VOCAB as u64) as i64 })
+        .map(|i| {
+            if i + IGNORED_TAIL >= rows {
+                IGNORE
+            } else {
+                (rng.next_u64() % VOCAB as u64) as i64
+            }
+        })
         .collect();
     let labels = Tensor::from_i64s(DType::I64, &[rows], &labels);
     (hidden, weight, labels)
@@ -181,7 +187,10 @@ fn head_and_loss(weight: Tensor, rows: usize, loss_op: LossForm) -> kiln_ir::Res
     g.opset_imports.insert(String::new(), 23);
     g.opset_imports.insert("kiln".into(), 1);
     let rows_dim = Dim::from(rows);
-    let h = g.add_input("hidden", TensorType::new(DType::F32, vec![rows_dim.clone(), Dim::from(DEPTH)]))?;
+    let h = g.add_input(
+        "hidden",
+        TensorType::new(DType::F32, vec![rows_dim.clone(), Dim::from(DEPTH)]),
+    )?;
     let y = g.add_input("labels", TensorType::new(DType::I64, vec![rows_dim]))?;
     let w = g.add_initializer("lm_head", weight)?;
     let loss = match loss_op {
@@ -209,7 +218,10 @@ fn head_and_loss(weight: Tensor, rows: usize, loss_op: LossForm) -> kiln_ir::Res
                     z_loss: 0.0,
                 }
             } else {
-                Op::SoftmaxCrossEntropyLoss { reduction: LossReduction::Mean, ignore_index: Some(IGNORE) }
+                Op::SoftmaxCrossEntropyLoss {
+                    reduction: LossReduction::Mean,
+                    ignore_index: Some(IGNORE),
+                }
             };
             g.add_node("loss", op, vec![Some(logits), Some(y)], &["loss"])?
         }
@@ -247,7 +259,12 @@ fn rss() -> Option<(u64, u64)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |key: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(key))?;
-        let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kb: u64 = line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
@@ -260,7 +277,10 @@ fn reset_peak_rss() -> bool {
 
 /// CPU time of this process, in seconds.
 fn process_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec for the call's duration.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "CLOCK_PROCESS_CPUTIME_ID is available on Linux");
@@ -271,12 +291,15 @@ fn process_cpu_seconds() -> f64 {
 fn child(variant: &str, rows: usize) -> Result<(), String> {
     let (hidden, weight, labels) = problem(rows);
     let graph = match variant {
-        "unfused" => head_and_loss(weight, rows, LossForm::KilnCrossEntropy).map_err(|e| e.to_string())?,
+        "unfused" => {
+            head_and_loss(weight, rows, LossForm::KilnCrossEntropy).map_err(|e| e.to_string())?
+        }
         "fused" => head_and_loss(weight, rows, LossForm::Fused).map_err(|e| e.to_string())?,
         "fused-o2" => {
-            let hand = head_and_loss(weight.clone(), rows, LossForm::Fused).map_err(|e| e.to_string())?;
-            let onnx_form =
-                head_and_loss(weight, rows, LossForm::OnnxSoftmaxCrossEntropy).map_err(|e| e.to_string())?;
+            let hand =
+                head_and_loss(weight.clone(), rows, LossForm::Fused).map_err(|e| e.to_string())?;
+            let onnx_form = head_and_loss(weight, rows, LossForm::OnnxSoftmaxCrossEntropy)
+                .map_err(|e| e.to_string())?;
             let (optimized, report) =
                 optimize(&onnx_form, &Pipeline::level(OptLevel::O2)).map_err(|e| e.to_string())?;
             let op = the_fused_op(&optimized)?;
@@ -292,7 +315,10 @@ fn child(variant: &str, rows: usize) -> Result<(), String> {
         }
         other => return Err(format!("unknown variant `{other}`")),
     };
-    let inputs = vec![("hidden".to_string(), hidden), ("labels".to_string(), labels)];
+    let inputs = vec![
+        ("hidden".to_string(), hidden),
+        ("labels".to_string(), labels),
+    ];
 
     let rss_reset = reset_peak_rss();
     let rss_before = rss();
@@ -332,8 +358,10 @@ struct Measured {
 
 fn parse_result(stdout: &str) -> Option<Measured> {
     let line = stdout.lines().find(|l| l.starts_with("RESULT "))?;
-    let get =
-        |key: &str| -> Option<&str> { line.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')) };
+    let get = |key: &str| -> Option<&str> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    };
     Some(Measured {
         variant: get("variant")?.to_string(),
         heap_extra: get("heap_extra")?.parse().ok()?,
@@ -354,14 +382,21 @@ fn run_child(variant: &str, rows: usize) -> Result<Measured, String> {
         .map_err(|e| format!("cannot start the {variant} child: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("the {variant} child failed ({}): {stdout}", out.status));
+        return Err(format!(
+            "the {variant} child failed ({}): {stdout}",
+            out.status
+        ));
     }
-    parse_result(&stdout).ok_or_else(|| format!("the {variant} child printed no RESULT line: {stdout}"))
+    parse_result(&stdout)
+        .ok_or_else(|| format!("the {variant} child printed no RESULT line: {stdout}"))
 }
 
 /// The value after `flag` on the command line.
 fn arg_value(args: &[String], flag: &str) -> Option<String> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn main() -> ExitCode {
@@ -408,7 +443,9 @@ fn main() -> ExitCode {
     println!("| variant | peak extra heap (MB) | peak extra RSS (MB) | wall time (s) | CPU time (s) | CPU time vs unfused | loss |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for m in &results {
-        let rss = m.rss_extra.map_or("n/a".to_string(), |b| format!("{:.1}", b / MB));
+        let rss = m
+            .rss_extra
+            .map_or("n/a".to_string(), |b| format!("{:.1}", b / MB));
         println!(
             "| {} | {:.1} | {} | {:.2} | {:.2} | {:.2}x | {:.6} |",
             m.variant,
@@ -431,7 +468,11 @@ fn main() -> ExitCode {
         println!(
             "loss {} vs unfused: relative difference {rel:.2e} ({})",
             m.variant,
-            if agree { "agree within 1e-4" } else { "DISAGREE" }
+            if agree {
+                "agree within 1e-4"
+            } else {
+                "DISAGREE"
+            }
         );
     }
     let unfused_holds = base.heap_extra / MB >= logits_mb;

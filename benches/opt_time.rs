@@ -59,7 +59,9 @@ fn repo_root() -> &'static Path {
 }
 
 fn models_root() -> PathBuf {
-    std::env::var_os("KILN_BENCH_MODELS").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/bench-models"))
+    std::env::var_os("KILN_BENCH_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/bench-models"))
 }
 
 /// The generator flags of one depth (both styles share them).
@@ -94,7 +96,8 @@ fn generator_flags(layers: usize) -> Vec<String> {
 fn ensure_models(layers: usize) -> Result<PathBuf, String> {
     let dir = models_root().join(format!("gpt2-L{layers}"));
     let script = repo_root().join("examples/models/make_models.py");
-    let source = std::fs::read(&script).map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    let source =
+        std::fs::read(&script).map_err(|e| format!("cannot read {}: {e}", script.display()))?;
     let flags = generator_flags(layers);
     let mut h = DefaultHasher::new();
     source.hash(&mut h);
@@ -103,12 +106,15 @@ fn ensure_models(layers: usize) -> Result<PathBuf, String> {
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(stamp_text.as_str()) {
         return Ok(dir);
     }
-    let python =
-        kiln_test_support::python().ok_or("no Python to generate the models: set KILN_PYTHON or run `make venv`")?;
+    let python = kiln_test_support::python()
+        .ok_or("no Python to generate the models: set KILN_PYTHON or run `make venv`")?;
     // A half-written set must not pass for a finished one.
     let _ = std::fs::remove_file(&stamp);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    eprintln!("generating the {layers}-layer models in {} (once) ...", dir.display());
+    eprintln!(
+        "generating the {layers}-layer models in {} (once) ...",
+        dir.display()
+    );
     let start = Instant::now();
     let status = Command::new(&python)
         .arg(&script)
@@ -118,16 +124,22 @@ fn ensure_models(layers: usize) -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !status.success() {
-        return Err(format!("make_models.py failed for {layers} layers ({status})"));
+        return Err(format!(
+            "make_models.py failed for {layers} layers ({status})"
+        ));
     }
-    std::fs::write(&stamp, stamp_text).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+    std::fs::write(&stamp, stamp_text)
+        .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
     eprintln!("  done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(dir)
 }
 
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec for the call's duration.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is available on Linux");
@@ -166,7 +178,11 @@ impl Phases {
     fn of(report: &Report, wall: f64) -> Phases {
         let saturate: f64 = report.passes.iter().map(|p| p.seconds).sum();
         let extract = report.extract_seconds;
-        Phases { saturate, extract, other: (wall - saturate - extract).max(0.0) }
+        Phases {
+            saturate,
+            extract,
+            other: (wall - saturate - extract).max(0.0),
+        }
     }
 
     fn min(self, o: Phases) -> Phases {
@@ -213,14 +229,24 @@ fn time_runs(graph: &Graph, runs: usize) -> Result<Runs, String> {
     timed.sort_by(|a, b| a.0.total_cmp(&b.0));
     walls.sort_by(f64::total_cmp);
     let (cpu_s, report) = timed.swap_remove(runs / 2);
-    Ok(Runs { cpu_s, wall_s: walls[runs / 2], phases: phases.expect("at least one run"), report })
+    Ok(Runs {
+        cpu_s,
+        wall_s: walls[runs / 2],
+        phases: phases.expect("at least one run"),
+        report,
+    })
 }
 
 fn measure(path: &Path, layers: usize, runs: usize) -> Result<Row, String> {
     let start = Instant::now();
     let graph = kiln_ir::io::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let load_s = start.elapsed().as_secs_f64();
-    let Runs { cpu_s, wall_s, phases, report } = time_runs(&graph, runs)?;
+    let Runs {
+        cpu_s,
+        wall_s,
+        phases,
+        report,
+    } = time_runs(&graph, runs)?;
     let limit = report
         .passes
         .iter()
@@ -244,7 +270,11 @@ fn measure(path: &Path, layers: usize, runs: usize) -> Result<Row, String> {
         enodes: report.passes.last().map_or(0, |p| p.egraph_nodes),
         iterations: report.passes.iter().map(|p| p.iterations).sum(),
         limit: (!limit.is_empty()).then(|| limit.join("; ")),
-        fused: if fused.is_empty() { "none".into() } else { fused.join(", ") },
+        fused: if fused.is_empty() {
+            "none".into()
+        } else {
+            fused.join(", ")
+        },
     })
 }
 
@@ -254,7 +284,10 @@ fn fit(rows: &[Row]) -> (f64, f64) {
     let mx = rows.iter().map(|r| r.layers as f64).sum::<f64>() / n;
     let my = rows.iter().map(|r| r.median_s).sum::<f64>() / n;
     let sxx: f64 = rows.iter().map(|r| (r.layers as f64 - mx).powi(2)).sum();
-    let sxy: f64 = rows.iter().map(|r| (r.layers as f64 - mx) * (r.median_s - my)).sum();
+    let sxy: f64 = rows
+        .iter()
+        .map(|r| (r.layers as f64 - mx) * (r.median_s - my))
+        .sum();
     let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
     (slope, my - slope * mx)
 }
@@ -264,7 +297,12 @@ fn ascii_curve(rows: &[Row], slope: f64, intercept: f64) -> String {
     const W: usize = 60;
     const H: usize = 16;
     let max_x = rows.iter().map(|r| r.layers).max().unwrap_or(1).max(1) as f64;
-    let max_y = rows.iter().map(|r| r.median_s).fold(0.0, f64::max).max(intercept + slope * max_x).max(1e-9);
+    let max_y = rows
+        .iter()
+        .map(|r| r.median_s)
+        .fold(0.0, f64::max)
+        .max(intercept + slope * max_x)
+        .max(1e-9);
     let mut grid = vec![vec![' '; W + 1]; H + 1];
     let cell = |x: f64, y: f64| -> (usize, usize) {
         let col = ((x / max_x) * W as f64).round().clamp(0.0, W as f64) as usize;
@@ -294,24 +332,31 @@ fn ascii_curve(rows: &[Row], slope: f64, intercept: f64) -> String {
         out.push('\n');
     }
     out.push_str(&format!("          +{}\n", "-".repeat(W + 1)));
-    out.push_str(&format!("           0{:>w$}\n", format!("{} layers", max_x as usize), w = W));
+    out.push_str(&format!(
+        "           0{:>w$}\n",
+        format!("{} layers", max_x as usize),
+        w = W
+    ));
     out
 }
 
 /// The value after `flag` on the command line.
 fn arg_value(args: &[String], flag: &str) -> Option<String> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn parse_list(s: &str) -> Option<Vec<usize>> {
-    s.split(',').map(|x| x.trim().parse().ok().filter(|&n: &usize| n >= 1)).collect()
+    s.split(',')
+        .map(|x| x.trim().parse().ok().filter(|&n: &usize| n >= 1))
+        .collect()
 }
 
 fn report_style(style: &str, rows: &[Row], runs: usize) {
     println!();
-    println!(
-        "### GPT-2-small-shaped (d 768, 12 heads, V 50257), `gpt2_{style}` export, `-O2`, median of {runs} run(s)"
-    );
+    println!("### GPT-2-small-shaped (d 768, 12 heads, V 50257), `gpt2_{style}` export, `-O2`, median of {runs} run(s)");
     println!();
     println!("| layers | graph nodes | e-nodes | iterations | load (s) | optimize CPU (ms) | per layer (ms) | wall (ms) | saturation / extraction / other, fastest (ms) | limit hit |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
@@ -366,7 +411,9 @@ fn report_style(style: &str, rows: &[Row], runs: usize) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let depths = match parse_list(&arg_value(&args, "--depths").unwrap_or_else(|| "1,2,4,6,12,24,48".into())) {
+    let depths = match parse_list(
+        &arg_value(&args, "--depths").unwrap_or_else(|| "1,2,4,6,12,24,48".into()),
+    ) {
         Some(d) if !d.is_empty() => d,
         _ => {
             eprintln!("--depths takes a comma-separated list of positive layer counts");

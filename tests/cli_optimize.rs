@@ -400,19 +400,12 @@ fn approximate_attention_is_measured_reported_and_refused_above_max_error() {
         let o = kiln(&[&"optimize", &model, &"-o", &out, &"--attention", &kind, &"--report", &report]);
         assert_ok(&o, &format!("--attention {kind}"));
         let summary = stdout(&o);
-        assert!(
-            summary.contains(&format!("attention → {kind}")),
-            "{name} {kind}: the substitution in the summary:\n{summary}"
-        );
+        assert!(summary.contains(&format!("attention → {kind}")), "{name} {kind}: the substitution in the summary:\n{summary}");
         assert!(summary.contains("relative L2"), "{name} {kind}: the error in the summary:\n{summary}");
         let json = read_json(&report);
         let a = &json["approximation"];
         assert_eq!(a["kind"], kind);
-        assert_eq!(
-            a["replaced"].as_array().map(Vec::len),
-            Some(layers as usize),
-            "{kind}: every layer replaced:\n{a:#}"
-        );
+        assert_eq!(a["replaced"].as_array().map(Vec::len), Some(layers as usize), "{kind}: every layer replaced:\n{a:#}");
         let error = &a["error"];
         let rel = error["rel_l2"].as_f64().expect("a relative L2 error");
         assert!(rel.is_finite() && rel > 0.0, "{kind}: a measured, non-zero error: {error}");
@@ -422,28 +415,14 @@ fn approximate_attention_is_measured_reported_and_refused_above_max_error() {
         assert!(json["ops_after"].get("Attention").is_none(), "{kind}: no exact Attention left:\n{json:#}");
         // The substituted model runs (kiln run compares with nothing here:
         // the reference outputs are the exact model's).
-        let run = kiln(&[
-            &"run",
-            &out,
-            &"--inputs",
-            &dir.join("test_data_set_0"),
-            &"--out",
-            &work.join(format!("{kind}-out")),
-        ]);
+        let run = kiln(&[&"run", &out, &"--inputs", &dir.join("test_data_set_0"), &"--out", &work.join(format!("{kind}-out"))]);
         assert!(!stderr(&run).contains("panicked"), "{kind}: kiln run does not panic:\n{}", stderr(&run));
-        assert!(
-            work.join(format!("{kind}-out")).read_dir().is_ok_and(|mut d| d.next().is_some()),
-            "{kind}: outputs written"
-        );
+        assert!(work.join(format!("{kind}-out")).read_dir().is_ok_and(|mut d| d.next().is_some()), "{kind}: outputs written");
     }
     // Above --max-error: exit 1, the measured error named, nothing written.
     let refused = work.join("refused.onnx");
     let o = kiln(&[&"optimize", &model, &"-o", &refused, &"--attention", &"sigmoid", &"--max-error", &"1e-9"]);
-    assert_user_error(
-        &o,
-        &["refused --attention sigmoid", "relative L2 output error", "exceeds --max-error"],
-        "max-error refusal",
-    );
+    assert_user_error(&o, &["refused --attention sigmoid", "relative L2 output error", "exceeds --max-error"], "max-error refusal");
     assert!(!refused.exists(), "a refused substitution writes nothing");
     // --max-error without --attention is a usage error.
     let o = kiln(&[&"optimize", &model, &"-o", &refused, &"--max-error", &"0.1"]);

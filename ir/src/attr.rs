@@ -202,8 +202,13 @@ impl AttrBag {
 
     /// Fails if any attribute was never read.
     pub fn finish(self) -> Result<(), AttrError> {
-        let unused: Vec<&str> =
-            self.entries.iter().zip(&self.used).filter(|(_, u)| !**u).map(|((n, _), _)| n.as_str()).collect();
+        let unused: Vec<&str> = self
+            .entries
+            .iter()
+            .zip(&self.used)
+            .filter(|(_, u)| !**u)
+            .map(|((n, _), _)| n.as_str())
+            .collect();
         if unused.is_empty() {
             Ok(())
         } else {

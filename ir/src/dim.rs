@@ -112,7 +112,9 @@ impl Poly {
         if k == 0 {
             return Poly::default();
         }
-        Poly { terms: self.terms.iter().map(|(m, c)| (m.clone(), c.saturating_mul(k))).collect() }
+        Poly {
+            terms: self.terms.iter().map(|(m, c)| (m.clone(), c.saturating_mul(k))).collect(),
+        }
     }
 
     /// Difference.
@@ -127,7 +129,9 @@ impl Poly {
             for (m2, c2) in &other.terms {
                 let mut m: Monomial = m1.iter().chain(m2.iter()).cloned().collect();
                 m.sort();
-                out = out.add(&Poly { terms: BTreeMap::from([(m, c1.saturating_mul(*c2))]) });
+                out = out.add(&Poly {
+                    terms: BTreeMap::from([(m, c1.saturating_mul(*c2))]),
+                });
             }
         }
         out
@@ -147,7 +151,9 @@ impl Poly {
                 return Some(self.clone());
             }
             if self.terms.values().all(|c| c % d == 0) {
-                return Some(Poly { terms: self.terms.iter().map(|(m, c)| (m.clone(), c / d)).collect() });
+                return Some(Poly {
+                    terms: self.terms.iter().map(|(m, c)| (m.clone(), c / d)).collect(),
+                });
             }
         } else if other.terms.len() == 1 {
             // Division by a single monomial k*m: exact if every term of self
@@ -177,7 +183,12 @@ impl Poly {
     }
 
     fn is_single_atom(&self) -> bool {
-        self.terms.len() == 1 && self.terms.iter().next().is_some_and(|(m, c)| m.len() == 1 && *c == 1)
+        self.terms.len() == 1
+            && self
+                .terms
+                .iter()
+                .next()
+                .is_some_and(|(m, c)| m.len() == 1 && *c == 1)
     }
 }
 
@@ -198,8 +209,11 @@ impl fmt::Display for Poly {
         }
         // Symbolic terms first, constant last: `seq+1` rather than `1+seq`.
         let mut first = true;
-        let ordered =
-            self.terms.iter().filter(|(m, _)| !m.is_empty()).chain(self.terms.iter().filter(|(m, _)| m.is_empty()));
+        let ordered = self
+            .terms
+            .iter()
+            .filter(|(m, _)| !m.is_empty())
+            .chain(self.terms.iter().filter(|(m, _)| m.is_empty()));
         for (m, c) in ordered {
             let (neg, mag) = if *c < 0 { (true, -c) } else { (false, *c) };
             if first {
@@ -236,9 +250,7 @@ impl fmt::Display for Poly {
 }
 
 fn write_factor(f: &mut fmt::Formatter<'_>, p: &Poly) -> fmt::Result {
-    if p.as_constant().is_some()
-        || p.is_single_atom() && !matches!(p.terms.keys().next().map(|m| &m[0]), Some(Atom::Div(..)))
-    {
+    if p.as_constant().is_some() || p.is_single_atom() && !matches!(p.terms.keys().next().map(|m| &m[0]), Some(Atom::Div(..))) {
         write!(f, "{p}")
     } else {
         write!(f, "({p})")
@@ -413,7 +425,11 @@ impl DimParser<'_> {
         while let Some(c @ (b'*' | b'/')) = self.peek() {
             self.i += 1;
             let f = self.factor()?;
-            acc = if c == b'*' { acc.mul(&f) } else { acc.floor_div(&f).ok_or("division by zero in dimension")? };
+            acc = if c == b'*' {
+                acc.mul(&f)
+            } else {
+                acc.floor_div(&f).ok_or("division by zero in dimension")?
+            };
         }
         Ok(acc)
     }
@@ -440,7 +456,9 @@ impl DimParser<'_> {
                     self.i += 1;
                 }
                 let text = std::str::from_utf8(&self.s[start..self.i]).expect("ascii");
-                text.parse::<i64>().map(Poly::constant).map_err(|_| format!("dimension `{text}` is too large"))
+                text.parse::<i64>()
+                    .map(Poly::constant)
+                    .map_err(|_| format!("dimension `{text}` is too large"))
             }
             Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b'?' => {
                 let start = self.i;

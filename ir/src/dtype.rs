@@ -157,7 +157,10 @@ impl DType {
 
     /// True for the integer types, signed or not (not `Bool`).
     pub fn is_integer(self) -> bool {
-        matches!(self, DType::I8 | DType::U8 | DType::I16 | DType::I32 | DType::I64 | DType::I4 | DType::U4)
+        matches!(
+            self,
+            DType::I8 | DType::U8 | DType::I16 | DType::I32 | DType::I64 | DType::I4 | DType::U4
+        )
     }
 
     /// True for the signed integer types.

@@ -304,7 +304,11 @@ impl Graph {
             uses.remove(i);
         }
         if let Some((producer, _)) = self.values[v.index()].producer {
-            let edge = self.dag.edges_connecting(producer, consumer).find(|e| *e.weight() == v).map(|e| e.id());
+            let edge = self
+                .dag
+                .edges_connecting(producer, consumer)
+                .find(|e| *e.weight() == v)
+                .map(|e| e.id());
             if let Some(e) = edge {
                 self.dag.remove_edge(e);
             }

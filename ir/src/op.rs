@@ -1286,9 +1286,7 @@ impl Op {
                     let required = |b: &mut AttrBag, name: &str| -> Result<i64, AttrError> {
                         match b.opt_int(name)? {
                             Some(n) if n >= 1 => Ok(n),
-                            Some(n) => {
-                                Err(AttrError::Invalid(format!("attribute `{name}` must be positive, found {n}")))
-                            }
+                            Some(n) => Err(AttrError::Invalid(format!("attribute `{name}` must be positive, found {n}"))),
                             None => Err(AttrError::Invalid(format!("attribute `{name}` is required"))),
                         }
                     };
@@ -1335,7 +1333,9 @@ impl Op {
                 "Tile" => Op::Tile,
                 "Pad" => Op::Pad { mode: b.opt_string("mode")?.unwrap_or_else(|| "constant".into()) },
                 "Cast" => Op::Cast {
-                    to: b.opt_dtype("to")?.ok_or_else(|| AttrError::Invalid("attribute `to` is required".into()))?,
+                    to: b
+                        .opt_dtype("to")?
+                        .ok_or_else(|| AttrError::Invalid("attribute `to` is required".into()))?,
                     saturate: b.flag("saturate", true)?,
                 },
                 "CastLike" => Op::CastLike { saturate: b.flag("saturate", true)? },
@@ -1408,12 +1408,7 @@ mod tests {
                 softcap: 30.0,
                 softmax_precision: Some(DType::F32),
             }),
-            Op::Reduce {
-                kind: ReduceKind::LogSumExp,
-                axes: Some(vec![-1]),
-                keepdims: false,
-                noop_with_empty_axes: true,
-            },
+            Op::Reduce { kind: ReduceKind::LogSumExp, axes: Some(vec![-1]), keepdims: false, noop_with_empty_axes: true },
             Op::Cast { to: DType::BF16, saturate: true },
             Op::SoftmaxCrossEntropyLoss { reduction: LossReduction::Sum, ignore_index: Some(-100) },
             Op::CrossEntropy {

@@ -206,54 +206,18 @@ macro_rules! for_each_tensor {
 macro_rules! tensor_of_dtype {
     ($dtype:expr, $T:ident => $make:expr) => {
         match $dtype {
-            $crate::dtype::DType::F32 => {
-                type $T = f32;
-                $crate::tensor::Tensor::F32($make)
-            }
-            $crate::dtype::DType::F64 => {
-                type $T = f64;
-                $crate::tensor::Tensor::F64($make)
-            }
-            $crate::dtype::DType::F16 => {
-                type $T = ::half::f16;
-                $crate::tensor::Tensor::F16($make)
-            }
-            $crate::dtype::DType::BF16 => {
-                type $T = ::half::bf16;
-                $crate::tensor::Tensor::BF16($make)
-            }
-            $crate::dtype::DType::I8 => {
-                type $T = i8;
-                $crate::tensor::Tensor::I8($make)
-            }
-            $crate::dtype::DType::U8 => {
-                type $T = u8;
-                $crate::tensor::Tensor::U8($make)
-            }
-            $crate::dtype::DType::I16 => {
-                type $T = i16;
-                $crate::tensor::Tensor::I16($make)
-            }
-            $crate::dtype::DType::I32 => {
-                type $T = i32;
-                $crate::tensor::Tensor::I32($make)
-            }
-            $crate::dtype::DType::I64 => {
-                type $T = i64;
-                $crate::tensor::Tensor::I64($make)
-            }
-            $crate::dtype::DType::Bool => {
-                type $T = bool;
-                $crate::tensor::Tensor::Bool($make)
-            }
-            $crate::dtype::DType::I4 => {
-                type $T = i8;
-                $crate::tensor::Tensor::I4($make)
-            }
-            $crate::dtype::DType::U4 => {
-                type $T = u8;
-                $crate::tensor::Tensor::U4($make)
-            }
+            $crate::dtype::DType::F32 => { type $T = f32; $crate::tensor::Tensor::F32($make) }
+            $crate::dtype::DType::F64 => { type $T = f64; $crate::tensor::Tensor::F64($make) }
+            $crate::dtype::DType::F16 => { type $T = ::half::f16; $crate::tensor::Tensor::F16($make) }
+            $crate::dtype::DType::BF16 => { type $T = ::half::bf16; $crate::tensor::Tensor::BF16($make) }
+            $crate::dtype::DType::I8 => { type $T = i8; $crate::tensor::Tensor::I8($make) }
+            $crate::dtype::DType::U8 => { type $T = u8; $crate::tensor::Tensor::U8($make) }
+            $crate::dtype::DType::I16 => { type $T = i16; $crate::tensor::Tensor::I16($make) }
+            $crate::dtype::DType::I32 => { type $T = i32; $crate::tensor::Tensor::I32($make) }
+            $crate::dtype::DType::I64 => { type $T = i64; $crate::tensor::Tensor::I64($make) }
+            $crate::dtype::DType::Bool => { type $T = bool; $crate::tensor::Tensor::Bool($make) }
+            $crate::dtype::DType::I4 => { type $T = i8; $crate::tensor::Tensor::I4($make) }
+            $crate::dtype::DType::U4 => { type $T = u8; $crate::tensor::Tensor::U4($make) }
         }
     };
 }
@@ -393,7 +357,10 @@ impl Tensor {
             ($t:ty, $n:expr, $conv:expr) => {
                 ArrayD::from_shape_vec(
                     dims,
-                    bytes.chunks_exact($n).map(|c| $conv(c.try_into().expect("chunk size"))).collect::<Vec<$t>>(),
+                    bytes
+                        .chunks_exact($n)
+                        .map(|c| $conv(c.try_into().expect("chunk size")))
+                        .collect::<Vec<$t>>(),
                 )
                 .expect("count matches")
                 .into_shared()
@@ -411,7 +378,9 @@ impl Tensor {
             DType::I64 => Tensor::I64(le!(i64, 8, i64::from_le_bytes)),
             DType::Bool => Tensor::Bool(le!(bool, 1, |b: [u8; 1]| b[0] != 0)),
             DType::I4 | DType::U4 => {
-                let nibbles: Vec<i64> = (0..count).map(|i| ((bytes[i / 2] >> ((i % 2) * 4)) & 0x0f) as i64).collect();
+                let nibbles: Vec<i64> = (0..count)
+                    .map(|i| ((bytes[i / 2] >> ((i % 2) * 4)) & 0x0f) as i64)
+                    .collect();
                 Tensor::from_i64s(dtype, shape, &nibbles)
             }
         })
@@ -437,7 +406,9 @@ impl Tensor {
             Tensor::Bool(a) => a.iter().map(|&b| b as u8).collect(),
             Tensor::I4(_) | Tensor::U4(_) => {
                 let v = self.to_i64s();
-                v.chunks(2).map(|p| (p[0] as u8 & 0x0f) | (p.get(1).map_or(0, |&h| h as u8 & 0x0f) << 4)).collect()
+                v.chunks(2)
+                    .map(|p| (p[0] as u8 & 0x0f) | (p.get(1).map_or(0, |&h| h as u8 & 0x0f) << 4))
+                    .collect()
             }
         }
     }

@@ -16,10 +16,14 @@ use heap_peak::peak_bytes;
 
 /// Deterministic pseudo-random values in [-scale, scale).
 fn noise(seed: u64, len: usize, scale: f64) -> Vec<f64> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -32,11 +36,23 @@ fn labels(seed: u64, n: usize, v: usize, ignored: impl Fn(usize) -> bool) -> Vec
     noise(seed, n, 1.0)
         .iter()
         .enumerate()
-        .map(|(i, r)| if ignored(i) { IGNORE } else { (((r + 1.0) / 2.0 * v as f64) as i64).min(v as i64 - 1) })
+        .map(|(i, r)| {
+            if ignored(i) {
+                IGNORE
+            } else {
+                (((r + 1.0) / 2.0 * v as f64) as i64).min(v as i64 - 1)
+            }
+        })
         .collect()
 }
 
-fn lce(reduction: LossReduction, eps: f32, zeta: f32, transpose_weight: bool, chunk_size: i64) -> Op {
+fn lce(
+    reduction: LossReduction,
+    eps: f32,
+    zeta: f32,
+    transpose_weight: bool,
+    chunk_size: i64,
+) -> Op {
     Op::LinearCrossEntropy {
         reduction,
         ignore_index: Some(IGNORE),
@@ -55,7 +71,10 @@ fn transposed(head: &[f64], v: usize, d: usize) -> Vec<f64> {
 fn assert_rel_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * w.abs().max(1.0), "{what}[{k}]: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1.0),
+            "{what}[{k}]: {g} vs {w}"
+        );
     }
 }
 
@@ -74,18 +93,34 @@ fn tiled_forward_matches_dense_logits_then_cross_entropy() {
     let logits: Vec<f64> = (0..n * v)
         .map(|at| {
             let (i, k) = (at / v, at % v);
-            (0..d).map(|j| hidden[i * d + j] * head[k * d + j]).sum::<f64>() + bias[k]
+            (0..d)
+                .map(|j| hidden[i * d + j] * head[k * d + j])
+                .sum::<f64>()
+                + bias[k]
         })
         .collect();
     let f64s = |shape: &[usize], values: &[f64]| Some(Tensor::from_f64s(DType::F64, shape, values));
     let labels = Some(Tensor::from_i64s(DType::I64, &[n], &y));
     for reduction in [LossReduction::None, LossReduction::Sum, LossReduction::Mean] {
         for (eps, zeta) in [(0.0, 0.0), (0.1, 1e-3)] {
-            let ce = Op::CrossEntropy { reduction, ignore_index: Some(IGNORE), label_smoothing: eps, z_loss: zeta };
-            let dense = [f64s(&[n, v], &logits), labels.clone(), f64s(&[v], &class_weight)];
+            let ce = Op::CrossEntropy {
+                reduction,
+                ignore_index: Some(IGNORE),
+                label_smoothing: eps,
+                z_loss: zeta,
+            };
+            let dense = [
+                f64s(&[n, v], &logits),
+                labels.clone(),
+                f64s(&[v], &class_weight),
+            ];
             let want = interp::eval_op(&ce, &dense, 1).unwrap()[0].clone().unwrap();
             for transpose in [true, false] {
-                let weight = if transpose { f64s(&[v, d], &head) } else { f64s(&[d, v], &transposed(&head, v, d)) };
+                let weight = if transpose {
+                    f64s(&[v, d], &head)
+                } else {
+                    f64s(&[d, v], &transposed(&head, v, d))
+                };
                 for chunk in [1, 128, 300, 4096] {
                     let inputs = [
                         f64s(&[n, d], &hidden),
@@ -94,11 +129,15 @@ fn tiled_forward_matches_dense_logits_then_cross_entropy() {
                         f64s(&[v], &bias),
                         f64s(&[v], &class_weight),
                     ];
-                    let got = interp::eval_op(&lce(reduction, eps, zeta, transpose, chunk), &inputs, 1).unwrap()[0]
-                        .clone()
-                        .unwrap();
+                    let got =
+                        interp::eval_op(&lce(reduction, eps, zeta, transpose, chunk), &inputs, 1)
+                            .unwrap()[0]
+                            .clone()
+                            .unwrap();
                     assert_eq!(got.shape(), want.shape());
-                    let what = format!("{reduction:?} ε={eps} ζ={zeta} transpose={transpose} chunk={chunk}");
+                    let what = format!(
+                        "{reduction:?} ε={eps} ζ={zeta} transpose={transpose} chunk={chunk}"
+                    );
                     assert_rel_close(&got.to_f64s(), &want.to_f64s(), 1e-11, &what);
                 }
             }
@@ -114,8 +153,11 @@ fn non_finite_ignored_rows_do_not_leak() {
     let (n, d, v) = (300, 8, 50);
     let ignored = |i: usize| (256..300).contains(&i) || i % 5 == 0;
     let y = labels(7, n, v, ignored);
-    let clean: Vec<f64> =
-        noise(8, n * d, 1.0).iter().enumerate().map(|(at, &x)| if ignored(at / d) { 0.0 } else { x }).collect();
+    let clean: Vec<f64> = noise(8, n * d, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(at, &x)| if ignored(at / d) { 0.0 } else { x })
+        .collect();
     let dirty: Vec<f64> = clean
         .iter()
         .enumerate()
@@ -130,7 +172,12 @@ fn non_finite_ignored_rows_do_not_leak() {
     let bias = noise(10, v, 0.5);
     let f32s = |shape: &[usize], values: &[f64]| Some(Tensor::from_f64s(DType::F32, shape, values));
     let inputs = |hidden: &[f64]| {
-        [f32s(&[n, d], hidden), f32s(&[v, d], &head), Some(Tensor::from_i64s(DType::I64, &[n], &y)), f32s(&[v], &bias)]
+        [
+            f32s(&[n, d], hidden),
+            f32s(&[v, d], &head),
+            Some(Tensor::from_i64s(DType::I64, &[n], &y)),
+            f32s(&[v], &bias),
+        ]
     };
     for reduction in [LossReduction::None, LossReduction::Mean] {
         let op = lce(reduction, 0.1, 1e-3, true, 16);
@@ -138,24 +185,43 @@ fn non_finite_ignored_rows_do_not_leak() {
             LossReduction::None => Tensor::from_f64s(DType::F32, &[n], &vec![1.0; n]),
             _ => Tensor::from_f64s(DType::F32, &[], &[1.0]),
         };
-        let forward = |hidden: &[f64]| interp::eval_op(&op, &inputs(hidden), 1).unwrap()[0].clone().unwrap().to_f64s();
+        let forward = |hidden: &[f64]| {
+            interp::eval_op(&op, &inputs(hidden), 1).unwrap()[0]
+                .clone()
+                .unwrap()
+                .to_f64s()
+        };
         let want = forward(&clean);
         assert!(want.iter().all(|l| l.is_finite()));
         assert_eq!(forward(&dirty), want, "{reduction:?} loss");
         // Row blocks of 64 (the last one, rows 256..300, all ignored) and of
         // 7 (ignored and counted rows mixed).
         for row_block in [64, 7] {
-            let options = LceGradOptions { row_block, ..LceGradOptions::exact() };
-            let grad = |hidden: &[f64]| linear_cross_entropy_grad(&op, &inputs(hidden), &grad_loss, &options).unwrap();
+            let options = LceGradOptions {
+                row_block,
+                ..LceGradOptions::exact()
+            };
+            let grad = |hidden: &[f64]| {
+                linear_cross_entropy_grad(&op, &inputs(hidden), &grad_loss, &options).unwrap()
+            };
             let (want, got) = (grad(&clean), grad(&dirty));
             let what = format!("{reduction:?} row_block={row_block}");
             assert_eq!(got.loss.to_f64s(), want.loss.to_f64s(), "{what} loss");
             assert_eq!(got.d_hidden.to_f64s(), want.d_hidden.to_f64s(), "{what} dH");
             assert_eq!(got.d_weight.to_f64s(), want.d_weight.to_f64s(), "{what} dW");
-            assert_eq!(got.d_bias.map(|b| b.to_f64s()), want.d_bias.map(|b| b.to_f64s()), "{what} db");
-            assert!(got.d_weight.to_f64s().iter().all(|g| g.is_finite()), "{what} dW finite");
+            assert_eq!(
+                got.d_bias.map(|b| b.to_f64s()),
+                want.d_bias.map(|b| b.to_f64s()),
+                "{what} db"
+            );
+            assert!(
+                got.d_weight.to_f64s().iter().all(|g| g.is_finite()),
+                "{what} dW finite"
+            );
             let dh = got.d_hidden.to_f64s();
-            assert!((0..n).filter(|&i| ignored(i)).all(|i| dh[i * d..(i + 1) * d].iter().all(|&g| g == 0.0)));
+            assert!((0..n)
+                .filter(|&i| ignored(i))
+                .all(|i| dh[i * d..(i + 1) * d].iter().all(|&g| g == 0.0)));
         }
     }
 }
@@ -178,7 +244,9 @@ fn forward_peak(n: usize) -> usize {
     let inputs = [Some(hidden), Some(weight), Some(y), Some(bias)];
     let op = lce(LossReduction::Mean, 0.1, 1e-4, false, 1024);
     let (loss, peak) = peak_bytes(|| interp::eval_op(&op, &inputs, 1));
-    let loss = loss.expect("valid inputs")[0].clone().expect("the loss output");
+    let loss = loss.expect("valid inputs")[0]
+        .clone()
+        .expect("the loss output");
     assert!(loss.to_f64s()[0].is_finite());
     peak
 }

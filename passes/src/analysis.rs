@@ -147,7 +147,10 @@ impl Default for TypeAnalysis {
 
 impl TypeAnalysis {
     fn error(&mut self, message: String) {
-        let e = AnalysisError { rule: self.current_rule.clone(), message };
+        let e = AnalysisError {
+            rule: self.current_rule.clone(),
+            message,
+        };
         if self.strict {
             panic!("e-graph analysis: {e}");
         }
@@ -161,7 +164,10 @@ impl TypeAnalysis {
 }
 
 fn unknown() -> ClassData {
-    ClassData { ty: ClassType::Unknown, constant: None }
+    ClassData {
+        ty: ClassType::Unknown,
+        constant: None,
+    }
 }
 
 impl egg::Analysis<KilnLang> for TypeAnalysis {
@@ -171,16 +177,26 @@ impl egg::Analysis<KilnLang> for TypeAnalysis {
         let seed = egraph.analysis.seed.take();
         match enode {
             KilnLang::Input(name) => match egraph.analysis.inputs.get(name) {
-                Some(t) => ClassData { ty: ClassType::Tensor(t.clone()), constant: None },
+                Some(t) => ClassData {
+                    ty: ClassType::Tensor(t.clone()),
+                    constant: None,
+                },
                 None => {
-                    egraph.analysis.error(format!("graph input `{name}` has no registered type"));
+                    egraph
+                        .analysis
+                        .error(format!("graph input `{name}` has no registered type"));
                     unknown()
                 }
             },
             KilnLang::Weight(name) => match egraph.analysis.weights.get(name) {
-                Some((t, c)) => ClassData { ty: ClassType::Tensor(t.clone()), constant: *c },
+                Some((t, c)) => ClassData {
+                    ty: ClassType::Tensor(t.clone()),
+                    constant: *c,
+                },
                 None => {
-                    egraph.analysis.error(format!("initializer `{name}` has no registered type"));
+                    egraph
+                        .analysis
+                        .error(format!("initializer `{name}` has no registered type"));
                     unknown()
                 }
             },
@@ -188,9 +204,15 @@ impl egg::Analysis<KilnLang> for TypeAnalysis {
                 let t = egraph.analysis.consts.get(*c);
                 let ty = TensorType::fixed(t.dtype(), t.shape());
                 let small = t.len() <= egraph.analysis.fold_limit;
-                ClassData { ty: ClassType::Tensor(ty), constant: small.then_some(*c) }
+                ClassData {
+                    ty: ClassType::Tensor(ty),
+                    constant: small.then_some(*c),
+                }
             }
-            KilnLang::Absent => ClassData { ty: ClassType::Absent, constant: None },
+            KilnLang::Absent => ClassData {
+                ty: ClassType::Absent,
+                constant: None,
+            },
             KilnLang::Proj(i, [t]) => match &egraph[*t].data.ty {
                 ClassType::Tuple(ts) => match ts.get(*i as usize) {
                     Some(t) => {
@@ -200,27 +222,39 @@ impl egg::Analysis<KilnLang> for TypeAnalysis {
                             Some(d) => match merge_types(&d, t) {
                                 Some(m) => m,
                                 None => {
-                                    let msg = format!("output {i} is declared {d} but inferred {t}");
+                                    let msg =
+                                        format!("output {i} is declared {d} but inferred {t}");
                                     egraph.analysis.error(msg);
                                     return unknown();
                                 }
                             },
                         };
-                        ClassData { ty: ClassType::Tensor(t), constant: None }
+                        ClassData {
+                            ty: ClassType::Tensor(t),
+                            constant: None,
+                        }
                     }
                     None => {
                         let n = ts.len();
-                        egraph.analysis.error(format!("projection {i} of a node with {n} outputs"));
+                        egraph
+                            .analysis
+                            .error(format!("projection {i} of a node with {n} outputs"));
                         unknown()
                     }
                 },
                 ClassType::Unknown => unknown(),
                 other => {
-                    egraph.analysis.error(format!("projection {i} of a class that is not a tuple ({other:?})"));
+                    egraph.analysis.error(format!(
+                        "projection {i} of a class that is not a tuple ({other:?})"
+                    ));
                     unknown()
                 }
             },
-            KilnLang::Op { op, outputs, children } => make_op(egraph, op.op(), *outputs as usize, children, seed),
+            KilnLang::Op {
+                op,
+                outputs,
+                children,
+            } => make_op(egraph, op.op(), *outputs as usize, children, seed),
         }
     }
 
@@ -256,7 +290,9 @@ impl egg::Analysis<KilnLang> for TypeAnalysis {
                     let (ac, bc) = (merged != *xs, merged != ys);
                     (ClassType::Tuple(merged), ac, bc)
                 } else {
-                    self.error(format!("merged tuples of incompatible types {xs:?} and {ys:?}"));
+                    self.error(format!(
+                        "merged tuples of incompatible types {xs:?} and {ys:?}"
+                    ));
                     (a.ty.clone(), false, true)
                 }
             }
@@ -315,7 +351,10 @@ fn make_op(
                     match merge_types(d, t) {
                         Some(m) => *t = m,
                         None => {
-                            let msg = format!("{} output {slot} is declared {d} but inferred {t}", op.name());
+                            let msg = format!(
+                                "{} output {slot} is declared {d} but inferred {t}",
+                                op.name()
+                            );
                             egraph.analysis.error(msg);
                             return unknown();
                         }
@@ -338,7 +377,12 @@ fn make_op(
 
 /// Infers the node's types from its children's; `None` (with an error
 /// recorded) when a child is unknown or inference fails.
-fn infer_types(egraph: &mut KilnEGraph, op: &Op, outputs: usize, child_data: &[ClassData]) -> Option<ClassType> {
+fn infer_types(
+    egraph: &mut KilnEGraph,
+    op: &Op,
+    outputs: usize,
+    child_data: &[ClassData],
+) -> Option<ClassType> {
     let analysis = &mut egraph.analysis;
     let mut specs = Vec::with_capacity(child_data.len());
     for d in child_data {
@@ -349,7 +393,10 @@ fn infer_types(egraph: &mut KilnEGraph, op: &Op, outputs: usize, child_data: &[C
             // The child's own failure was recorded where it happened.
             (ClassType::Unknown, _) => return None,
             (ClassType::Tuple(_), _) => {
-                analysis.error(format!("{} reads a multi-output node without a projection", op.name()));
+                analysis.error(format!(
+                    "{} reads a multi-output node without a projection",
+                    op.name()
+                ));
                 return None;
             }
         });
@@ -358,11 +405,16 @@ fn infer_types(egraph: &mut KilnEGraph, op: &Op, outputs: usize, child_data: &[C
     let result = infer_op(op, &specs, outputs, &mut fresh);
     analysis.fresh = fresh;
     match result {
-        Ok(mut types) if outputs == 1 && types.len() == 1 => Some(ClassType::Tensor(types.remove(0))),
+        Ok(mut types) if outputs == 1 && types.len() == 1 => {
+            Some(ClassType::Tensor(types.remove(0)))
+        }
         Ok(types) if types.len() == outputs => Some(ClassType::Tuple(types)),
         Ok(types) => {
             let n = types.len();
-            analysis.error(format!("{} gave {n} output types for {outputs} outputs", op.name()));
+            analysis.error(format!(
+                "{} gave {n} output types for {outputs} outputs",
+                op.name()
+            ));
             None
         }
         Err(e) => {
@@ -375,7 +427,12 @@ fn infer_types(egraph: &mut KilnEGraph, op: &Op, outputs: usize, child_data: &[C
 /// The value of a single-output node, when it is a small constant:
 /// `Shape`/`Size` of a static type, or any deterministic op over constant
 /// inputs, evaluated with the reference interpreter.
-fn fold(analysis: &TypeAnalysis, op: &Op, out: &TensorType, child_data: &[ClassData]) -> Option<Tensor> {
+fn fold(
+    analysis: &TypeAnalysis,
+    op: &Op,
+    out: &TensorType,
+    child_data: &[ClassData],
+) -> Option<Tensor> {
     if out.fixed_len()? > analysis.fold_limit {
         return None;
     }
@@ -383,7 +440,13 @@ fn fold(analysis: &TypeAnalysis, op: &Op, out: &TensorType, child_data: &[ClassD
     // when its value is not known.
     match op {
         Op::Shape { start, end } => {
-            let dims: Vec<i64> = child_data.first()?.tensor()?.fixed_shape()?.iter().map(|&d| d as i64).collect();
+            let dims: Vec<i64> = child_data
+                .first()?
+                .tensor()?
+                .fixed_shape()?
+                .iter()
+                .map(|&d| d as i64)
+                .collect();
             let (s, e) = shape_range(dims.len(), *start, *end);
             return Some(Tensor::vec_i64(&dims[s..e]));
         }
@@ -472,9 +535,17 @@ mod tests {
     fn shape_of_a_static_value_is_constant() {
         let mut eg = KilnEGraph::new(TypeAnalysis::default());
         let name: Name = "x".into();
-        eg.analysis.inputs.insert(name.clone(), TensorType::fixed(DType::F32, &[2, 3, 4]));
+        eg.analysis
+            .inputs
+            .insert(name.clone(), TensorType::fixed(DType::F32, &[2, 3, 4]));
         let x = eg.add(KilnLang::Input(name));
-        let s = eg.add(KilnLang::op(Op::Shape { start: 1, end: None }, vec![x]));
+        let s = eg.add(KilnLang::op(
+            Op::Shape {
+                start: 1,
+                end: None,
+            },
+            vec![x],
+        ));
         let data = eg[s].data.clone();
         assert_eq!(data.tensor().unwrap().to_string(), "i64[2]");
         assert_eq!(eg.analysis.constant(&data).unwrap().to_i64s(), vec![3, 4]);
@@ -482,9 +553,16 @@ mod tests {
 
     #[test]
     fn conflicting_merge_is_recorded() {
-        let mut eg = KilnEGraph::new(TypeAnalysis { strict: false, ..TypeAnalysis::default() });
-        eg.analysis.inputs.insert("a".into(), TensorType::fixed(DType::F32, &[2]));
-        eg.analysis.inputs.insert("b".into(), TensorType::fixed(DType::F32, &[3]));
+        let mut eg = KilnEGraph::new(TypeAnalysis {
+            strict: false,
+            ..TypeAnalysis::default()
+        });
+        eg.analysis
+            .inputs
+            .insert("a".into(), TensorType::fixed(DType::F32, &[2]));
+        eg.analysis
+            .inputs
+            .insert("b".into(), TensorType::fixed(DType::F32, &[3]));
         let a = eg.add(KilnLang::Input("a".into()));
         let b = eg.add(KilnLang::Input("b".into()));
         eg.union(a, b);

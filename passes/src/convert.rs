@@ -64,7 +64,11 @@ impl SourceInfo {
         let Some(index) = self.nodes.iter().position(|(n, _)| n == node) else {
             return Vec::new();
         };
-        self.values.iter().filter(|(_, _, i)| *i == index).map(|(name, id, _)| (name.clone(), *id)).collect()
+        self.values
+            .iter()
+            .filter(|(_, _, i)| *i == index)
+            .map(|(name, id, _)| (name.clone(), *id))
+            .collect()
     }
 
     /// Names of the source nodes whose outputs are in `class` (canonical
@@ -111,8 +115,15 @@ pub const MASK_BUFFER_LIMIT: usize = 1 << 24;
 /// Converts a typed graph (every value used has a type; run
 /// [`kiln_ir::infer_types`] first) into an e-graph with the given analysis
 /// settings. Explanations are recorded when `explanations` is set.
-pub fn to_egraph(graph: &Graph, mut analysis: TypeAnalysis, explanations: bool) -> Result<Converted> {
-    let all_types: Vec<&TensorType> = graph.value_ids().filter_map(|v| graph.value(v).ty.as_ref()).collect();
+pub fn to_egraph(
+    graph: &Graph,
+    mut analysis: TypeAnalysis,
+    explanations: bool,
+) -> Result<Converted> {
+    let all_types: Vec<&TensorType> = graph
+        .value_ids()
+        .filter_map(|v| graph.value(v).ty.as_ref())
+        .collect();
     analysis.fresh = FreshSymbols::after(all_types);
     let is_input: BTreeSet<ValueId> = graph.inputs().iter().copied().collect();
     let mut inputs = Vec::new();
@@ -149,7 +160,10 @@ pub fn to_egraph(graph: &Graph, mut analysis: TypeAnalysis, explanations: bool) 
     }
     for (v, _) in graph.initializers() {
         if !is_input.contains(&v) {
-            class_of.insert(v, egraph.add(KilnLang::Weight(graph.value(v).name.as_str().into())));
+            class_of.insert(
+                v,
+                egraph.add(KilnLang::Weight(graph.value(v).name.as_str().into())),
+            );
         }
     }
     let mut absent = None;
@@ -165,13 +179,21 @@ pub fn to_egraph(graph: &Graph, mut analysis: TypeAnalysis, explanations: bool) 
                 for (slot, v) in node.inputs.iter().enumerate() {
                     children.push(match v {
                         None => *absent.get_or_insert_with(|| egraph.add(KilnLang::Absent)),
-                        Some(v) => *class_of
-                            .get(v)
-                            .ok_or_else(|| err(format!("input {slot} `{}` is not defined", graph.value(*v).name)))?,
+                        Some(v) => *class_of.get(v).ok_or_else(|| {
+                            err(format!(
+                                "input {slot} `{}` is not defined",
+                                graph.value(*v).name
+                            ))
+                        })?,
                     });
                 }
-                let outputs = u32::try_from(node.outputs.len()).map_err(|_| err("too many outputs".into()))?;
-                KilnLang::Op { op: OpKey::new(op.clone()), outputs, children }
+                let outputs = u32::try_from(node.outputs.len())
+                    .map_err(|_| err("too many outputs".into()))?;
+                KilnLang::Op {
+                    op: OpKey::new(op.clone()),
+                    outputs,
+                    children,
+                }
             }
         };
         // The graph's own types for this node's outputs seed the analysis.
@@ -206,7 +228,10 @@ pub fn to_egraph(graph: &Graph, mut analysis: TypeAnalysis, explanations: bool) 
     for &v in graph.outputs() {
         let val = graph.value(v);
         let class = *class_of.get(&v).ok_or_else(|| {
-            IrError::value(&val.name, "graph output is not defined by any node, input or initializer")
+            IrError::value(
+                &val.name,
+                "graph output is not defined by any node, input or initializer",
+            )
         })?;
         outputs.push((val.name.clone(), class));
     }
@@ -245,7 +270,11 @@ enum Emit {
 }
 
 /// Rebuilds a graph from the chosen nodes (see the module docs).
-pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extraction) -> Result<Graph> {
+pub fn to_graph(
+    egraph: &KilnEGraph,
+    source: &SourceInfo,
+    extraction: &Extraction,
+) -> Result<Graph> {
     let find = |id: Id| egraph.find(id);
     let choice = |class: Id| {
         extraction
@@ -283,16 +312,24 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
     // children) were a fifth of `-O2`'s time on a 48-layer GPT-2.
     let mut original: HashMap<KilnLang, usize> = HashMap::new();
     for (i, (_, enode)) in source.nodes.iter().enumerate() {
-        original.entry(enode.clone().map_children(find)).or_insert(i);
+        original
+            .entry(enode.clone().map_children(find))
+            .or_insert(i);
     }
-    let origin =
-        |class: Id| -> Result<Option<usize>> { Ok(original.get(&choice(class)?.clone().map_children(find)).copied()) };
+    let origin = |class: Id| -> Result<Option<usize>> {
+        Ok(original
+            .get(&choice(class)?.clone().map_children(find))
+            .copied())
+    };
 
     // Which tuple slots are read.
     let mut read_slots: BTreeMap<Id, BTreeMap<usize, Id>> = BTreeMap::new();
     for &c in &post {
         if let KilnLang::Proj(i, [t]) = choice(c)? {
-            read_slots.entry(find(*t)).or_default().insert(*i as usize, c);
+            read_slots
+                .entry(find(*t))
+                .or_default()
+                .insert(*i as usize, c);
         }
     }
 
@@ -323,10 +360,14 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
     }
     for &c in &post {
         let e = match choice(c)? {
-            KilnLang::Input(n) | KilnLang::Weight(n) => Emit::Leaf(
-                g.value_by_name(n)
-                    .ok_or_else(|| IrError::value(n.to_string(), "input or initializer is missing from the source"))?,
-            ),
+            KilnLang::Input(n) | KilnLang::Weight(n) => {
+                Emit::Leaf(g.value_by_name(n).ok_or_else(|| {
+                    IrError::value(
+                        n.to_string(),
+                        "input or initializer is missing from the source",
+                    )
+                })?)
+            }
             KilnLang::Absent => Emit::Absent,
             KilnLang::Proj(_, [t]) => Emit::Slot(find(*t)),
             KilnLang::Const(_) | KilnLang::Op { .. } => Emit::Own,
@@ -342,7 +383,8 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
     let mut claimed: BTreeSet<Id> = BTreeSet::new();
     for (name, root) in &source.outputs {
         let root = find(*root);
-        let makes_value = matches!(emit[&root], Emit::Own | Emit::Slot(_)) && !choice(root)?.is_tuple();
+        let makes_value =
+            matches!(emit[&root], Emit::Own | Emit::Slot(_)) && !choice(root)?.is_tuple();
         if makes_value && claimed.insert(root) {
             value_name.insert(root, name.clone());
         }
@@ -357,7 +399,11 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
 
     // Node names: unchanged source nodes keep theirs first, then new nodes
     // take the name of a source node of their class that did not survive.
-    let emitted: Vec<Id> = post.iter().copied().filter(|c| matches!(emit[c], Emit::Own)).collect();
+    let emitted: Vec<Id> = post
+        .iter()
+        .copied()
+        .filter(|c| matches!(emit[c], Emit::Own))
+        .collect();
     let mut node_name: HashMap<Id, String> = HashMap::new();
     let mut taken_nodes: BTreeSet<String> = BTreeSet::new();
     for &c in &emitted {
@@ -370,7 +416,10 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
     }
     let mut replaced_by_class: HashMap<Id, Vec<usize>> = HashMap::new();
     for (_, class, node) in &source.values {
-        replaced_by_class.entry(find(*class)).or_default().push(*node);
+        replaced_by_class
+            .entry(find(*class))
+            .or_default()
+            .push(*node);
     }
     for (i, (_, enode)) in source.nodes.iter().enumerate() {
         if enode.is_tuple() || matches!(enode, KilnLang::Const(_)) {
@@ -419,7 +468,11 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
     let fresh_value = |base: &str, taken: &mut BTreeSet<String>| -> String {
         let mut k = 0usize;
         loop {
-            let n = if k == 0 { base.to_string() } else { format!("{base}.{k}") };
+            let n = if k == 0 {
+                base.to_string()
+            } else {
+                format!("{base}.{k}")
+            };
             if !taken.contains(&n) {
                 taken.insert(n.clone());
                 return n;
@@ -437,17 +490,32 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
             _ => None,
         }
     };
-    let source_index: HashMap<&str, usize> =
-        source.nodes.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+    let source_index: HashMap<&str, usize> = source
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.as_str(), i))
+        .collect();
     let mut key: HashMap<Id, EmitKey> = HashMap::new();
     let mut deps: HashMap<Id, BTreeSet<Id>> = HashMap::new();
     for (pos, &c) in emitted.iter().enumerate() {
-        let d: BTreeSet<Id> = choice(c)?.children().iter().filter_map(|&ch| node_class(find(ch))).collect();
+        let d: BTreeSet<Id> = choice(c)?
+            .children()
+            .iter()
+            .filter_map(|&ch| node_class(find(ch)))
+            .collect();
         // A new node that took the name of the source node it replaces
         // takes its place too.
         let k = match origin(c)?.or_else(|| source_index.get(node_name[&c].as_str()).copied()) {
             Some(i) => (i as i64, 0, pos),
-            None => (d.iter().map(|p| key.get(p).map_or(-1, |k| k.0)).max().unwrap_or(-1), 1, pos),
+            None => (
+                d.iter()
+                    .map(|p| key.get(p).map_or(-1, |k| k.0))
+                    .max()
+                    .unwrap_or(-1),
+                1,
+                pos,
+            ),
         };
         key.insert(c, k);
         deps.insert(c, d);
@@ -460,8 +528,11 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
             users.entry(d).or_default().push(c);
         }
     }
-    let mut ready: BinaryHeap<Reverse<(EmitKey, Id)>> =
-        emitted.iter().filter(|c| missing[c] == 0).map(|&c| Reverse((key[&c], c))).collect();
+    let mut ready: BinaryHeap<Reverse<(EmitKey, Id)>> = emitted
+        .iter()
+        .filter(|c| missing[c] == 0)
+        .map(|&c| Reverse((key[&c], c)))
+        .collect();
     let class_type = |c: Id| egraph[c].data.ty.clone();
     let mut done = 0usize;
     while let Some(Reverse((_, c))) = ready.pop() {
@@ -470,14 +541,21 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
         let name = node_name[&c].clone();
         match node {
             KilnLang::Const(id) => {
-                let out = value_name.get(&c).cloned().unwrap_or_else(|| fresh_value(&name, &mut taken));
+                let out = value_name
+                    .get(&c)
+                    .cloned()
+                    .unwrap_or_else(|| fresh_value(&name, &mut taken));
                 let value = egraph.analysis.consts.get(*id).clone();
                 let nid = g.add_node(name, Op::Constant { value }, vec![], &[out.as_str()])?;
                 let v = g.node(nid).output(0).expect("Constant has its output");
                 g.value_mut(v).ty = class_type(c).tensor().cloned();
                 values.insert(c, v);
             }
-            KilnLang::Op { op, outputs, children } => {
+            KilnLang::Op {
+                op,
+                outputs,
+                children,
+            } => {
                 let mut inputs = Vec::with_capacity(children.len());
                 for &ch in children {
                     let ch = find(ch);
@@ -485,7 +563,11 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
                         Emit::Leaf(v) => Some(v),
                         Emit::Absent => None,
                         Emit::Own | Emit::Slot(_) => Some(*values.get(&ch).ok_or_else(|| {
-                            IrError::node(&name, op.name(), "an input was not emitted before its reader")
+                            IrError::node(
+                                &name,
+                                op.name(),
+                                "an input was not emitted before its reader",
+                            )
                         })?),
                     });
                 }
@@ -494,9 +576,14 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
                 let read = read_slots.get(&c);
                 let mut out_names: Vec<String> = Vec::with_capacity(n_out);
                 for slot in 0..n_out {
-                    let proj = if n_out == 1 { Some(c) } else { read.and_then(|r| r.get(&slot).copied()) };
+                    let proj = if n_out == 1 {
+                        Some(c)
+                    } else {
+                        read.and_then(|r| r.get(&slot).copied())
+                    };
                     // Split's outputs define its sizes; required ones must exist.
-                    let keep = proj.is_some() || slot < min_out || matches!(op.op(), Op::Split { .. });
+                    let keep =
+                        proj.is_some() || slot < min_out || matches!(op.op(), Op::Split { .. });
                     out_names.push(if !keep {
                         String::new()
                     } else if let Some(n) = proj.and_then(|p| value_name.get(&p)) {
@@ -515,7 +602,11 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
                 for slot in 0..n_out {
                     if let Some(v) = g.node(nid).output(slot) {
                         g.value_mut(v).ty = slot_types.get(slot).cloned().flatten();
-                        let class = if n_out == 1 { Some(c) } else { read.and_then(|r| r.get(&slot).copied()) };
+                        let class = if n_out == 1 {
+                            Some(c)
+                        } else {
+                            read.and_then(|r| r.get(&slot).copied())
+                        };
                         if let Some(class) = class {
                             values.insert(class, v);
                         }
@@ -523,7 +614,9 @@ pub fn to_graph(egraph: &KilnEGraph, source: &SourceInfo, extraction: &Extractio
                 }
             }
             other => {
-                return Err(IrError::Model(format!("e-node {other} cannot be emitted as a graph node")));
+                return Err(IrError::Model(format!(
+                    "e-node {other} cannot be emitted as a graph node"
+                )));
             }
         }
         for &u in users.get(&c).into_iter().flatten() {

@@ -61,8 +61,13 @@ pub struct Target {
 
 impl Target {
     /// One CPU core (see the module docs for the numbers).
-    pub const CPU: Target =
-        Target { name: "cpu", ns_per_node: 1000.0, ns_per_flop: 0.02, ns_per_byte: 0.1, ns_per_allocated_byte: 0.01 };
+    pub const CPU: Target = Target {
+        name: "cpu",
+        ns_per_node: 1000.0,
+        ns_per_flop: 0.02,
+        ns_per_byte: 0.1,
+        ns_per_allocated_byte: 0.01,
+    };
 
     /// A data-center GPU (see the module docs for the numbers).
     pub const GPU: Target = Target {
@@ -120,7 +125,10 @@ impl Default for CostModel {
 
 /// Ops that only reinterpret their input's buffer.
 fn is_view(op: &Op) -> bool {
-    matches!(op, Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze | Op::Unsqueeze | Op::Identity)
+    matches!(
+        op,
+        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze | Op::Unsqueeze | Op::Identity
+    )
 }
 
 /// Per-element operation counts of elementwise ops: 1 for simple
@@ -151,7 +159,10 @@ fn unary_flops(u: UnaryOp) -> f64 {
 impl CostModel {
     /// A model for `target` with no symbol bindings.
     pub fn new(target: Target) -> CostModel {
-        CostModel { target, bindings: BTreeMap::new() }
+        CostModel {
+            target,
+            bindings: BTreeMap::new(),
+        }
     }
 
     /// Binds a symbol's size.
@@ -163,7 +174,8 @@ impl CostModel {
     /// A dim's size under the bindings.
     pub fn dim(&self, d: &Dim) -> f64 {
         let b = |s: &str| Some(self.bindings.get(s).copied().unwrap_or(DEFAULT_SYMBOL_SIZE));
-        d.eval(&b).map_or(DEFAULT_SYMBOL_SIZE as f64, |v| v.max(0) as f64)
+        d.eval(&b)
+            .map_or(DEFAULT_SYMBOL_SIZE as f64, |v| v.max(0) as f64)
     }
 
     /// Element count of a type.
@@ -178,7 +190,12 @@ impl CostModel {
 
     /// The work of `op` with these input types (`None` for omitted inputs)
     /// and output types.
-    pub fn op_cost(&self, op: &Op, inputs: &[Option<&TensorType>], outputs: &[&TensorType]) -> NodeCost {
+    pub fn op_cost(
+        &self,
+        op: &Op,
+        inputs: &[Option<&TensorType>],
+        outputs: &[&TensorType],
+    ) -> NodeCost {
         let in_bytes: f64 = inputs.iter().flatten().map(|t| self.bytes(t)).sum();
         let out_bytes: f64 = outputs.iter().map(|t| self.bytes(t)).sum();
         let out_elems = outputs.first().map_or(0.0, |t| self.elems(t));
@@ -191,12 +208,20 @@ impl CostModel {
         let flops = match op {
             Op::MatMul | Op::MatMulInteger | Op::QLinearMatMul => {
                 // K is A's last dim; each output element is a K-long dot product.
-                let k = in0.and_then(|t| t.shape.last()).map_or(1.0, |d| self.dim(d));
+                let k = in0
+                    .and_then(|t| t.shape.last())
+                    .map_or(1.0, |d| self.dim(d));
                 2.0 * out_elems * k
             }
             Op::Gemm(g) => {
                 let k = in0
-                    .and_then(|t| if g.trans_a { t.shape.first() } else { t.shape.last() })
+                    .and_then(|t| {
+                        if g.trans_a {
+                            t.shape.first()
+                        } else {
+                            t.shape.last()
+                        }
+                    })
                     .map_or(1.0, |d| self.dim(d));
                 2.0 * out_elems * k + out_elems
             }
@@ -216,7 +241,10 @@ impl CostModel {
             Op::RotaryEmbedding { .. } => 4.0 * in_elems,
             Op::Attention(a) => self.attention_flops(a, inputs, outputs),
             Op::LinearAttention(a) => self.linear_attention_flops(a, inputs),
-            Op::Reduce { kind: ReduceKind::LogSumExp | ReduceKind::LogSum, .. } => 9.0 * in_elems,
+            Op::Reduce {
+                kind: ReduceKind::LogSumExp | ReduceKind::LogSum,
+                ..
+            } => 9.0 * in_elems,
             Op::Reduce { .. } | Op::ArgReduce { .. } | Op::CumSum { .. } => in_elems,
             Op::TopK { .. } => 2.0 * in_elems,
             Op::SoftmaxCrossEntropyLoss { .. } => 12.0 * in_elems,
@@ -237,7 +265,9 @@ impl CostModel {
                 2.0 * rows * head + 9.0 * logits
             }
             Op::NegativeLogLikelihoodLoss { .. } => per_out(1.0),
-            Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DynamicQuantizeLinear => 4.0 * in_elems,
+            Op::QuantizeLinear { .. } | Op::DequantizeLinear { .. } | Op::DynamicQuantizeLinear => {
+                4.0 * in_elems
+            }
             _ => 0.0,
         };
         let bytes = match op {
@@ -250,7 +280,11 @@ impl CostModel {
             }
             _ => in_bytes + out_bytes,
         };
-        NodeCost { flops, bytes, allocated: out_bytes }
+        NodeCost {
+            flops,
+            bytes,
+            allocated: out_bytes,
+        }
     }
 
     /// Attention: `QKᵀ` and `PV` products plus the softmax over scores.
@@ -267,7 +301,10 @@ impl CostModel {
         // Q is [batch, heads, q_len, head_dim] or [batch, q_len, heads*head_dim].
         let (kv_len, head_dim) = match (q.rank(), k.rank()) {
             (4, 4) => (self.dim(&k.shape[2]), self.dim(&q.shape[3])),
-            (3, 3) => (self.dim(&k.shape[1]), self.dim(&q.shape[2]) / a.q_num_heads.unwrap_or(1).max(1) as f64),
+            (3, 3) => (
+                self.dim(&k.shape[1]),
+                self.dim(&q.shape[2]) / a.q_num_heads.unwrap_or(1).max(1) as f64,
+            ),
             _ => return 0.0,
         };
         // One score per (batch, head, query, key).
@@ -280,7 +317,11 @@ impl CostModel {
     /// ONNX-27 `LinearAttention` over `[batch, seq, heads*dim]` inputs: per
     /// token, a `Dk×Dv` state update per key/value head and a read-out of
     /// that state per query head, each `2·Dk·Dv`; nothing grows with S².
-    fn linear_attention_flops(&self, a: &kiln_ir::op::LinearAttentionAttrs, inputs: &[Option<&TensorType>]) -> f64 {
+    fn linear_attention_flops(
+        &self,
+        a: &kiln_ir::op::LinearAttentionAttrs,
+        inputs: &[Option<&TensorType>],
+    ) -> f64 {
         let (Some(Some(q)), Some(Some(v))) = (inputs.first(), inputs.get(2)) else {
             return 0.0;
         };
@@ -293,7 +334,10 @@ impl CostModel {
     /// Nanoseconds for a node cost on the target.
     pub fn weigh(&self, c: &NodeCost) -> f64 {
         let t = &self.target;
-        t.ns_per_node + c.flops * t.ns_per_flop + c.bytes * t.ns_per_byte + c.allocated * t.ns_per_allocated_byte
+        t.ns_per_node
+            + c.flops * t.ns_per_flop
+            + c.bytes * t.ns_per_byte
+            + c.allocated * t.ns_per_allocated_byte
     }
 
     /// The cost of an e-node of class `class`, for extraction. Leaves and
@@ -302,7 +346,9 @@ impl CostModel {
     pub fn enode_cost(&self, egraph: &KilnEGraph, class: Id, node: &KilnLang) -> f64 {
         match node {
             KilnLang::Input(_) | KilnLang::Weight(_) | KilnLang::Absent | KilnLang::Proj(..) => 0.0,
-            KilnLang::Const(c) => egraph.analysis.consts.get(*c).storage_bytes() as f64 * self.target.ns_per_byte,
+            KilnLang::Const(c) => {
+                egraph.analysis.consts.get(*c).storage_bytes() as f64 * self.target.ns_per_byte
+            }
             KilnLang::Op { op, children, .. } => {
                 let mut inputs = Vec::with_capacity(children.len());
                 for &c in children {
@@ -371,8 +417,10 @@ impl CostModel {
         for (step, &id) in order.iter().enumerate() {
             let node = graph.node(id);
             total.nodes += 1;
-            let inputs: Vec<Option<&TensorType>> = node.inputs.iter().map(|v| v.and_then(ty)).collect();
-            let outs: Option<Vec<&TensorType>> = node.outputs.iter().flatten().map(|&v| ty(v)).collect();
+            let inputs: Vec<Option<&TensorType>> =
+                node.inputs.iter().map(|v| v.and_then(ty)).collect();
+            let outs: Option<Vec<&TensorType>> =
+                node.outputs.iter().flatten().map(|&v| ty(v)).collect();
             let cost = match outs {
                 Some(outs) => self.op_cost(&node.op, &inputs, &outs),
                 None => NodeCost::default(),
@@ -429,9 +477,19 @@ mod tests {
         let m = CostModel::default();
         let x = TensorType::fixed(DType::F32, &[2, 3]);
         let y = TensorType::fixed(DType::F32, &[6]);
-        assert_eq!(m.op_cost(&Op::Reshape { allowzero: false }, &[Some(&x), None], &[&y]), NodeCost::default());
+        assert_eq!(
+            m.op_cost(&Op::Reshape { allowzero: false }, &[Some(&x), None], &[&y]),
+            NodeCost::default()
+        );
         let shape = TensorType::fixed(DType::I64, &[2]);
-        let op = m.weigh(&m.op_cost(&Op::Shape { start: 0, end: None }, &[Some(&x)], &[&shape]));
+        let op = m.weigh(&m.op_cost(
+            &Op::Shape {
+                start: 0,
+                end: None,
+            },
+            &[Some(&x)],
+            &[&shape],
+        ));
         assert!(16.0 * m.target.ns_per_byte < op);
     }
 }

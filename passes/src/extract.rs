@@ -98,11 +98,21 @@ pub fn extract_dag(egraph: &KilnEGraph, roots: &[Id], cost: &NodeCostFn) -> Resu
     classes.sort_unstable();
     let index: HashMap<Id, usize> = classes.iter().enumerate().map(|(i, &c)| (c, i)).collect();
     let n = classes.len();
-    let nodes: Vec<&[KilnLang]> = classes.iter().map(|&c| egraph[c].nodes.as_slice()).collect();
-    let node_costs: Vec<Vec<f64>> =
-        classes.iter().zip(&nodes).map(|(&c, ns)| ns.iter().map(|node| cost(egraph, c, node)).collect()).collect();
+    let nodes: Vec<&[KilnLang]> = classes
+        .iter()
+        .map(|&c| egraph[c].nodes.as_slice())
+        .collect();
+    let node_costs: Vec<Vec<f64>> = classes
+        .iter()
+        .zip(&nodes)
+        .map(|(&c, ns)| ns.iter().map(|node| cost(egraph, c, node)).collect())
+        .collect();
     let child_idx = |node: &KilnLang| -> Vec<usize> {
-        let mut v: Vec<usize> = node.children().iter().map(|c| index[&egraph.find(*c)]).collect();
+        let mut v: Vec<usize> = node
+            .children()
+            .iter()
+            .map(|c| index[&egraph.find(*c)])
+            .collect();
         v.sort_unstable();
         v.dedup();
         v
@@ -165,7 +175,11 @@ pub fn extract_dag(egraph: &KilnEGraph, roots: &[Id], cost: &NodeCostFn) -> Resu
                 Some(b) => total < b.total - 1e-9 * b.total.abs().max(1.0),
             };
             if better {
-                best[ci] = Some(Best { node: k, total, set });
+                best[ci] = Some(Best {
+                    node: k,
+                    total,
+                    set,
+                });
                 chosen_cost[ci] = own;
                 improved = true;
             }
@@ -196,7 +210,11 @@ pub fn extract_dag(egraph: &KilnEGraph, roots: &[Id], cost: &NodeCostFn) -> Resu
             }
             match state[ci] {
                 2 => continue,
-                1 => return Err(IrError::Model("extraction chose a cycle (a bug in the extractor)".into())),
+                1 => {
+                    return Err(IrError::Model(
+                        "extraction chose a cycle (a bug in the extractor)".into(),
+                    ))
+                }
                 _ => {}
             }
             let b = best[ci].as_ref().ok_or_else(|| {
@@ -212,14 +230,21 @@ pub fn extract_dag(egraph: &KilnEGraph, roots: &[Id], cost: &NodeCostFn) -> Resu
             stack.push((ci, true));
             for cj in child_idx(node).into_iter().rev() {
                 match state[cj] {
-                    1 => return Err(IrError::Model("extraction chose a cycle (a bug in the extractor)".into())),
+                    1 => {
+                        return Err(IrError::Model(
+                            "extraction chose a cycle (a bug in the extractor)".into(),
+                        ))
+                    }
                     0 => stack.push((cj, false)),
                     _ => {}
                 }
             }
         }
     }
-    Ok(Extraction { choices, cost: total })
+    Ok(Extraction {
+        choices,
+        cost: total,
+    })
 }
 
 #[cfg(test)]
@@ -245,7 +270,9 @@ mod tests {
     #[test]
     fn shared_work_is_counted_once() {
         let mut eg = KilnEGraph::new(TypeAnalysis::default());
-        eg.analysis.inputs.insert("x".into(), TensorType::fixed(DType::F32, &[4]));
+        eg.analysis
+            .inputs
+            .insert("x".into(), TensorType::fixed(DType::F32, &[4]));
         let x = eg.add(KilnLang::Input("x".into()));
         let e = eg.add(KilnLang::op(Op::Unary(UnaryOp::Exp), vec![x]));
         let a = eg.add(KilnLang::op(Op::Unary(UnaryOp::Neg), vec![e]));
@@ -254,11 +281,20 @@ mod tests {
         let alt = eg.add(KilnLang::op(Op::Unary(UnaryOp::Cos), vec![x]));
         eg.union(sum, alt);
         eg.rebuild();
-        let ex = extract_dag(&eg, &[sum], &|_: &KilnEGraph, _: Id, n: &KilnLang| unit_cost(n)).unwrap();
+        let ex = extract_dag(&eg, &[sum], &|_: &KilnEGraph, _: Id, n: &KilnLang| {
+            unit_cost(n)
+        })
+        .unwrap();
         assert_eq!(ex.cost, 13.0);
-        assert_eq!(ex.choice(eg.find(sum)).and_then(|n| n.as_op()), Some(&Op::Binary(BinaryOp::Add)));
+        assert_eq!(
+            ex.choice(eg.find(sum)).and_then(|n| n.as_op()),
+            Some(&Op::Binary(BinaryOp::Add))
+        );
         let (tree_cost, tree_best) = egg::Extractor::new(&eg, TreeCost).find_best(eg.find(sum));
-        assert_eq!(tree_cost, 15.0, "egg's tree extractor pays Exp twice: {tree_best}");
+        assert_eq!(
+            tree_cost, 15.0,
+            "egg's tree extractor pays Exp twice: {tree_best}"
+        );
     }
 
     struct TreeCost;
@@ -272,13 +308,20 @@ mod tests {
     #[test]
     fn cyclic_choice_is_avoided() {
         let mut eg = KilnEGraph::new(TypeAnalysis::default());
-        eg.analysis.inputs.insert("x".into(), TensorType::fixed(DType::F32, &[4]));
+        eg.analysis
+            .inputs
+            .insert("x".into(), TensorType::fixed(DType::F32, &[4]));
         let x = eg.add(KilnLang::Input("x".into()));
         let id = eg.add(KilnLang::op(Op::Identity, vec![x]));
         eg.union(id, x);
         eg.rebuild();
-        let cost = |_: &KilnEGraph, _: Id, n: &KilnLang| if n.as_op().is_some() { 1.0 } else { 5.0 };
+        let cost =
+            |_: &KilnEGraph, _: Id, n: &KilnLang| if n.as_op().is_some() { 1.0 } else { 5.0 };
         let ex = extract_dag(&eg, &[id], &cost).unwrap();
-        assert_eq!(ex.choice(eg.find(x)), Some(&KilnLang::Input("x".into())), "Identity(self) is a cycle");
+        assert_eq!(
+            ex.choice(eg.find(x)),
+            Some(&KilnLang::Input("x".into())),
+            "Identity(self) is a cycle"
+        );
     }
 }

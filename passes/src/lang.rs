@@ -77,7 +77,10 @@ impl AttrKey {
 impl fmt::Display for AttrKey {
     /// Without spaces, so an e-node prints as one s-expression atom.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn list<T: fmt::Display>(f: &mut fmt::Formatter<'_>, v: impl Iterator<Item = T>) -> fmt::Result {
+        fn list<T: fmt::Display>(
+            f: &mut fmt::Formatter<'_>,
+            v: impl Iterator<Item = T>,
+        ) -> fmt::Result {
             f.write_str("[")?;
             for (i, x) in v.enumerate() {
                 if i > 0 {
@@ -115,7 +118,11 @@ pub struct OpKey(Arc<OpKeyInner>);
 impl OpKey {
     /// Wraps an op, computing its key once.
     pub fn new(op: Op) -> OpKey {
-        let attrs = op.attrs().iter().map(|(n, a)| (*n, AttrKey::of(a))).collect();
+        let attrs = op
+            .attrs()
+            .iter()
+            .map(|(n, a)| (*n, AttrKey::of(a)))
+            .collect();
         OpKey(Arc::new(OpKeyInner { op, attrs }))
     }
 
@@ -252,7 +259,11 @@ impl Disc {
 impl KilnLang {
     /// An op node with one output slot.
     pub fn op(op: Op, children: Vec<Id>) -> KilnLang {
-        KilnLang::Op { op: OpKey::new(op), outputs: 1, children }
+        KilnLang::Op {
+            op: OpKey::new(op),
+            outputs: 1,
+            children,
+        }
     }
 
     /// The op, for op nodes.
@@ -285,13 +296,23 @@ impl egg::Language for KilnLang {
 
     fn matches(&self, other: &KilnLang) -> bool {
         match (self, other) {
-            (KilnLang::Input(a), KilnLang::Input(b)) | (KilnLang::Weight(a), KilnLang::Weight(b)) => a == b,
+            (KilnLang::Input(a), KilnLang::Input(b))
+            | (KilnLang::Weight(a), KilnLang::Weight(b)) => a == b,
             (KilnLang::Const(a), KilnLang::Const(b)) => a == b,
             (KilnLang::Absent, KilnLang::Absent) => true,
             (KilnLang::Proj(i, _), KilnLang::Proj(j, _)) => i == j,
-            (KilnLang::Op { op: a, outputs: na, children: ca }, KilnLang::Op { op: b, outputs: nb, children: cb }) => {
-                na == nb && ca.len() == cb.len() && a == b
-            }
+            (
+                KilnLang::Op {
+                    op: a,
+                    outputs: na,
+                    children: ca,
+                },
+                KilnLang::Op {
+                    op: b,
+                    outputs: nb,
+                    children: cb,
+                },
+            ) => na == nb && ca.len() == cb.len() && a == b,
             _ => false,
         }
     }
@@ -348,15 +369,30 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a, c);
         assert_eq!(a.cmp(&c), Ordering::Equal);
-        let g1 = OpKey::new(Op::Gemm(GemmAttrs { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true }));
-        let g2 = OpKey::new(Op::Gemm(GemmAttrs { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: false }));
+        let g1 = OpKey::new(Op::Gemm(GemmAttrs {
+            alpha: 1.0,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: true,
+        }));
+        let g2 = OpKey::new(Op::Gemm(GemmAttrs {
+            alpha: 1.0,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: false,
+        }));
         assert_ne!(g1, g2);
         assert_eq!(g1.to_string(), "Gemm{transB=1}");
     }
 
     #[test]
     fn display_is_one_atom() {
-        let t = KilnLang::op(Op::Transpose { perm: Some(vec![0, 2, 1]) }, vec![Id::from(0)]);
+        let t = KilnLang::op(
+            Op::Transpose {
+                perm: Some(vec![0, 2, 1]),
+            },
+            vec![Id::from(0)],
+        );
         assert_eq!(t.to_string(), "Transpose{perm=[0,2,1]}");
         assert!(!t.to_string().contains(' '));
     }

@@ -51,7 +51,10 @@ pub struct Pass {
 impl fmt::Debug for Pass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.rules.iter().map(|r| r.name()).collect();
-        f.debug_struct("Pass").field("name", &self.name).field("rules", &names).finish()
+        f.debug_struct("Pass")
+            .field("name", &self.name)
+            .field("rules", &names)
+            .finish()
     }
 }
 
@@ -108,7 +111,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { iterations: 30, nodes: 500_000, time: Duration::from_secs(20) }
+        Limits {
+            iterations: 30,
+            nodes: 500_000,
+            time: Duration::from_secs(20),
+        }
     }
 }
 
@@ -141,7 +148,10 @@ impl Pipeline {
             OptLevel::O1 => ("-O1", &["algebra"]),
             OptLevel::O2 => ("-O2", PASS_NAMES),
         };
-        let passes = passes.iter().map(|n| Pass::named(n).expect("listed passes exist")).collect();
+        let passes = passes
+            .iter()
+            .map(|n| Pass::named(n).expect("listed passes exist"))
+            .collect();
         Pipeline::new(name, passes)
     }
 
@@ -151,8 +161,12 @@ impl Pipeline {
         let passes = names
             .iter()
             .map(|n| {
-                Pass::named(n)
-                    .ok_or_else(|| IrError::Model(format!("unknown pass `{n}` (known: {})", PASS_NAMES.join(", "))))
+                Pass::named(n).ok_or_else(|| {
+                    IrError::Model(format!(
+                        "unknown pass `{n}` (known: {})",
+                        PASS_NAMES.join(", ")
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Pipeline::new(&names.join(","), passes))
@@ -282,12 +296,18 @@ impl Report {
     /// False when a time limit stopped a pass, which makes the result depend
     /// on the machine's speed.
     pub fn deterministic(&self) -> bool {
-        !self.passes.iter().any(|p| matches!(p.stop, Stop::TimeLimit(_)))
+        !self
+            .passes
+            .iter()
+            .any(|p| matches!(p.stop, Stop::TimeLimit(_)))
     }
 
     /// How often a rule fired.
     pub fn fired(&self, rule: &str) -> usize {
-        self.rewrites.iter().find(|r| r.rule == rule).map_or(0, |r| r.count)
+        self.rewrites
+            .iter()
+            .find(|r| r.rule == rule)
+            .map_or(0, |r| r.count)
     }
 }
 
@@ -304,7 +324,12 @@ fn human(x: f64) -> String {
 impl fmt::Display for Report {
     /// A human summary: passes, rewrites by rule and place, costs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "pipeline {}: {} pass(es)", self.pipeline, self.passes.len())?;
+        writeln!(
+            f,
+            "pipeline {}: {} pass(es)",
+            self.pipeline,
+            self.passes.len()
+        )?;
         for p in &self.passes {
             writeln!(
                 f,
@@ -313,7 +338,10 @@ impl fmt::Display for Report {
             )?;
         }
         if self.limit_hit() {
-            writeln!(f, "  warning: a saturation limit was hit; the result may miss rewrites")?;
+            writeln!(
+                f,
+                "  warning: a saturation limit was hit; the result may miss rewrites"
+            )?;
         }
         for r in &self.rewrites {
             writeln!(f, "  {} x{}: {}", r.rule, r.count, r.nodes.join(", "))?;
@@ -328,7 +356,12 @@ impl fmt::Display for Report {
         writeln!(f, "  nodes {} -> {}", b.nodes, a.nodes)?;
         writeln!(f, "  FLOPs {} -> {}", human(b.flops), human(a.flops))?;
         writeln!(f, "  bytes moved {} -> {}", human(b.bytes), human(a.bytes))?;
-        write!(f, "  peak live memory {} -> {} bytes", human(b.peak_bytes), human(a.peak_bytes))
+        write!(
+            f,
+            "  peak live memory {} -> {} bytes",
+            human(b.peak_bytes),
+            human(a.peak_bytes)
+        )
     }
 }
 
@@ -336,7 +369,11 @@ fn histogram(g: &Graph) -> BTreeMap<String, usize> {
     let mut h = BTreeMap::new();
     for id in g.node_ids() {
         let op = &g.node(id).op;
-        let key = if op.domain().is_empty() { op.name().to_string() } else { format!("{}.{}", op.domain(), op.name()) };
+        let key = if op.domain().is_empty() {
+            op.name().to_string()
+        } else {
+            format!("{}.{}", op.domain(), op.name())
+        };
         *h.entry(key).or_insert(0) += 1;
     }
     h
@@ -368,19 +405,31 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
         return Ok((input, report));
     }
 
-    let Saturated { egraph, source, fired } = saturate(&input, pipeline, &mut report.passes)?;
+    let Saturated {
+        egraph,
+        source,
+        fired,
+    } = saturate(&input, pipeline, &mut report.passes)?;
     for f in fired {
         let names = source.node_names_in(&egraph, f.class);
         let rec = match report.rewrites.iter_mut().position(|r| r.rule == f.rule) {
             Some(i) => &mut report.rewrites[i],
             None => {
-                report.rewrites.push(RewriteRecord { rule: f.rule.to_string(), count: 0, nodes: Vec::new() });
+                report.rewrites.push(RewriteRecord {
+                    rule: f.rule.to_string(),
+                    count: 0,
+                    nodes: Vec::new(),
+                });
                 report.rewrites.last_mut().expect("just pushed")
             }
         };
         rec.count += 1;
         for message in f.notes {
-            let note = Note { rule: f.rule.to_string(), node: names.first().cloned().unwrap_or_default(), message };
+            let note = Note {
+                rule: f.rule.to_string(),
+                node: names.first().cloned().unwrap_or_default(),
+                message,
+            };
             if !report.notes.contains(&note) {
                 report.notes.push(note);
             }
@@ -392,7 +441,12 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
         }
     }
 
-    report.errors = egraph.analysis.errors.iter().map(|e| e.to_string()).collect();
+    report.errors = egraph
+        .analysis
+        .errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     if !report.errors.is_empty() {
         report.ops_after = report.ops_before.clone();
         report.cost_after = report.cost_before;
@@ -401,11 +455,16 @@ pub fn optimize(graph: &Graph, pipeline: &Pipeline) -> Result<(Graph, Report)> {
 
     let extract_start = Instant::now();
     let cost = &pipeline.cost;
-    let extraction = extract_dag(&egraph, &source.roots(), &|eg, class, node| cost.enode_cost(eg, class, node))?;
+    let extraction = extract_dag(&egraph, &source.roots(), &|eg, class, node| {
+        cost.enode_cost(eg, class, node)
+    })?;
     let out = to_graph(&egraph, &source, &extraction)?;
     report.extract_seconds = extract_start.elapsed().as_secs_f64();
-    kiln_ir::verify(&out)
-        .map_err(|e| IrError::Model(format!("the optimized graph does not verify (a bug in a rule): {e}")))?;
+    kiln_ir::verify(&out).map_err(|e| {
+        IrError::Model(format!(
+            "the optimized graph does not verify (a bug in a rule): {e}"
+        ))
+    })?;
     report.ops_after = histogram(&out);
     report.cost_after = pipeline.cost.graph_cost(&out);
     Ok((out, report))
@@ -422,14 +481,22 @@ struct Saturated {
 /// Converts a typed graph into an e-graph and runs the pipeline's passes on
 /// it in order, appending one [`PassReport`] per pass to `passes`.
 fn saturate(input: &Graph, pipeline: &Pipeline, passes: &mut Vec<PassReport>) -> Result<Saturated> {
-    let analysis =
-        TypeAnalysis { fold_limit: pipeline.fold_limit, strict: pipeline.strict_analysis, ..TypeAnalysis::default() };
+    let analysis = TypeAnalysis {
+        fold_limit: pipeline.fold_limit,
+        strict: pipeline.strict_analysis,
+        ..TypeAnalysis::default()
+    };
     let converted = to_egraph(input, analysis, pipeline.explanations)?;
     let source = converted.source;
     let mut egraph = converted.egraph;
     let log: FireLog = Arc::new(Mutex::new(Vec::new()));
     let ctx = Arc::new(RuleContext {
-        outputs: input.outputs().iter().map(|&v| input.value(v).name.clone()).zip(source.roots()).collect(),
+        outputs: input
+            .outputs()
+            .iter()
+            .map(|&v| input.value(v).name.clone())
+            .zip(source.roots())
+            .collect(),
     });
     let start = Instant::now();
     for pass in &pipeline.passes {
@@ -461,7 +528,11 @@ fn saturate(input: &Graph, pipeline: &Pipeline, passes: &mut Vec<PassReport>) ->
     }
     egraph.rebuild();
     let fired = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
-    Ok(Saturated { egraph, source, fired })
+    Ok(Saturated {
+        egraph,
+        source,
+        fired,
+    })
 }
 
 /// One rule application on the way from a node's original term to the term
@@ -522,7 +593,9 @@ pub fn explain_node(graph: &Graph, pipeline: &Pipeline, node: &str) -> Result<No
     if input.value_ids().any(|v| input.value(v).ty.is_none()) {
         kiln_ir::infer_types(&mut input)?;
     }
-    let id = input.node_by_name(node).ok_or_else(|| IrError::Model(format!("the graph has no node named `{node}`")))?;
+    let id = input
+        .node_by_name(node)
+        .ok_or_else(|| IrError::Model(format!("the graph has no node named `{node}`")))?;
     let source_node = input.node(id);
     let err = |m: &str| IrError::node(&source_node.name, source_node.op.name(), m);
     if source_node.outputs.iter().all(Option::is_none) {
@@ -536,10 +609,15 @@ pub fn explain_node(graph: &Graph, pipeline: &Pipeline, node: &str) -> Result<No
     // transformer for little gain here, where shared subproofs are printed
     // once anyway.
     let mut egraph = egraph.without_explanation_length_optimization();
-    let (value, original) =
-        source.node_outputs(node).into_iter().next().ok_or_else(|| err("the node's outputs are not in the e-graph"))?;
+    let (value, original) = source
+        .node_outputs(node)
+        .into_iter()
+        .next()
+        .ok_or_else(|| err("the node's outputs are not in the e-graph"))?;
     if let Some(e) = egraph.analysis.errors.first() {
-        return Err(IrError::Model(format!("the analysis found a rule bug, so nothing is explained: {e}")));
+        return Err(IrError::Model(format!(
+            "the analysis found a rule bug, so nothing is explained: {e}"
+        )));
     }
 
     let class = egraph.find(original);
@@ -550,7 +628,9 @@ pub fn explain_node(graph: &Graph, pipeline: &Pipeline, node: &str) -> Result<No
         Some(n) => (true, n.clone()),
         None => {
             let alone = extract_dag(&egraph, &[class], &cost_fn)?;
-            let n = alone.choice(class).ok_or_else(|| err("extraction chose nothing for the node's class"))?;
+            let n = alone
+                .choice(class)
+                .ok_or_else(|| err("extraction chose nothing for the node's class"))?;
             (false, n.clone())
         }
     };
@@ -565,9 +645,22 @@ pub fn explain_node(graph: &Graph, pipeline: &Pipeline, node: &str) -> Result<No
     let mut steps = Vec::new();
     let mut seen = std::collections::HashSet::new();
     collect_steps(trees, &mut seen, &mut steps);
-    let first = trees.first().map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, false));
-    let last = trees.last().map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, true));
-    Ok(NodeExplanation { node: node.to_string(), value, original: first, result: last, rewritten, live, steps, passes })
+    let first = trees
+        .first()
+        .map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, false));
+    let last = trees
+        .last()
+        .map_or_else(String::new, |t| term_text(t, EXPLAIN_DEPTH, true));
+    Ok(NodeExplanation {
+        node: node.to_string(),
+        value,
+        original: first,
+        result: last,
+        rewritten,
+        live,
+        steps,
+        passes,
+    })
 }
 
 /// A term of an explanation printed `depth` levels deep (deeper children as

@@ -53,13 +53,25 @@ pub fn to_portable(graph: &Graph) -> Result<Graph> {
     if g.value_ids().any(|v| g.value(v).ty.is_none()) {
         kiln_ir::infer_types(&mut g)?;
     }
-    let kiln_nodes: Vec<NodeId> =
-        g.topo_order()?.into_iter().filter(|&id| g.node(id).op.domain() == KILN_DOMAIN).collect();
+    let kiln_nodes: Vec<NodeId> = g
+        .topo_order()?
+        .into_iter()
+        .filter(|&id| g.node(id).op.domain() == KILN_DOMAIN)
+        .collect();
     for id in kiln_nodes {
         let node = g.remove_node(id);
-        let mut b = Builder { g: &mut g, base: node.name.clone(), op_name: node.op.name() };
+        let mut b = Builder {
+            g: &mut g,
+            base: node.name.clone(),
+            op_name: node.op.name(),
+        };
         match &node.op {
-            Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss } => {
+            Op::CrossEntropy {
+                reduction,
+                ignore_index,
+                label_smoothing,
+                z_loss,
+            } => {
                 let loss = Loss {
                     reduction: *reduction,
                     ignore_index: *ignore_index,
@@ -88,21 +100,36 @@ pub fn to_portable(graph: &Graph) -> Result<Graph> {
                 let hidden = b.required(&node.inputs, 0, "hidden")?;
                 let weight = b.required(&node.inputs, 1, "weight")?;
                 let labels = b.required(&node.inputs, 2, "labels")?;
-                let gemm = Op::Gemm(GemmAttrs { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: *transpose_weight });
-                let logits = b.node(gemm, vec![Some(hidden), Some(weight), node.input(3)], "logits")?;
+                let gemm = Op::Gemm(GemmAttrs {
+                    alpha: 1.0,
+                    beta: 1.0,
+                    trans_a: false,
+                    trans_b: *transpose_weight,
+                });
+                let logits = b.node(
+                    gemm,
+                    vec![Some(hidden), Some(weight), node.input(3)],
+                    "logits",
+                )?;
                 b.cross_entropy(loss, logits, labels, node.input(4), node.output(0), None)?;
             }
             other => {
                 return Err(IrError::node(
                     &node.name,
                     other.name(),
-                    format!("kiln::{} has no lowering into standard ONNX ops", other.name()),
+                    format!(
+                        "kiln::{} has no lowering into standard ONNX ops",
+                        other.name()
+                    ),
                 ));
             }
         }
     }
-    let attention: Vec<NodeId> =
-        g.topo_order()?.into_iter().filter(|&id| matches!(g.node(id).op, Op::Attention(_))).collect();
+    let attention: Vec<NodeId> = g
+        .topo_order()?
+        .into_iter()
+        .filter(|&id| matches!(g.node(id).op, Op::Attention(_)))
+        .collect();
     for id in attention {
         expand_attention_mask(&mut g, id)?;
     }
@@ -137,11 +164,40 @@ fn expand_attention_mask(g: &mut Graph, id: NodeId) -> Result<()> {
     if rank < 2 || mask_ty.shape[rank - 2] != Dim::Fixed(1) || q_ty.shape[q_axis] == Dim::Fixed(1) {
         return Ok(());
     }
-    let mut b = Builder { g, base: node.name.clone(), op_name: node.op.name() };
-    let lead = b.node(Op::Shape { start: 0, end: Some(-2) }, vec![Some(mask)], "mask_lead_dims")?;
-    let q_len = b.node(Op::Shape { start: q_axis as i64, end: Some(q_axis as i64 + 1) }, vec![Some(q)], "q_len")?;
-    let kv_len = b.node(Op::Shape { start: -1, end: None }, vec![Some(mask)], "mask_kv_len")?;
-    let shape = b.node(Op::Concat { axis: 0 }, vec![Some(lead), Some(q_len), Some(kv_len)], "mask_shape")?;
+    let mut b = Builder {
+        g,
+        base: node.name.clone(),
+        op_name: node.op.name(),
+    };
+    let lead = b.node(
+        Op::Shape {
+            start: 0,
+            end: Some(-2),
+        },
+        vec![Some(mask)],
+        "mask_lead_dims",
+    )?;
+    let q_len = b.node(
+        Op::Shape {
+            start: q_axis as i64,
+            end: Some(q_axis as i64 + 1),
+        },
+        vec![Some(q)],
+        "q_len",
+    )?;
+    let kv_len = b.node(
+        Op::Shape {
+            start: -1,
+            end: None,
+        },
+        vec![Some(mask)],
+        "mask_kv_len",
+    )?;
+    let shape = b.node(
+        Op::Concat { axis: 0 },
+        vec![Some(lead), Some(q_len), Some(kv_len)],
+        "mask_shape",
+    )?;
     let expanded = b.node(Op::Expand, vec![Some(mask), Some(shape)], "attn_mask")?;
     g.set_input(id, 3, Some(expanded));
     Ok(())
@@ -171,7 +227,11 @@ impl Builder<'_> {
     }
 
     fn required(&self, inputs: &[Option<ValueId>], slot: usize, what: &str) -> Result<ValueId> {
-        inputs.get(slot).copied().flatten().ok_or_else(|| self.error(format!("input {slot} ({what}) is missing")))
+        inputs
+            .get(slot)
+            .copied()
+            .flatten()
+            .ok_or_else(|| self.error(format!("input {slot} ({what}) is missing")))
     }
 
     /// A new node with one new output named after `what`.
@@ -179,21 +239,35 @@ impl Builder<'_> {
         let name = self.g.fresh_node_name(&format!("{}/{what}", self.base));
         let value = self.g.fresh_value_name(&format!("{}/{what}", self.base));
         let id = self.g.add_node(name, op, inputs, &[value.as_str()])?;
-        let out = self.g.node(id).output(0).expect("the node was given one output");
+        let out = self
+            .g
+            .node(id)
+            .output(0)
+            .expect("the node was given one output");
         // Typed as it is made: later steps read the types of what came before.
-        let ty = kiln_ir::infer_node(self.g, id)?.into_iter().next().flatten();
+        let ty = kiln_ir::infer_node(self.g, id)?
+            .into_iter()
+            .next()
+            .flatten();
         self.g.value_mut(out).ty = ty;
         Ok(out)
     }
 
     /// A node writing `out` when given (a value of the replaced node, which
     /// keeps its name), otherwise a new value.
-    fn node_into(&mut self, op: Op, inputs: Vec<Option<ValueId>>, what: &str, out: Option<ValueId>) -> Result<ValueId> {
+    fn node_into(
+        &mut self,
+        op: Op,
+        inputs: Vec<Option<ValueId>>,
+        what: &str,
+        out: Option<ValueId>,
+    ) -> Result<ValueId> {
         match out {
             None => self.node(op, inputs, what),
             Some(v) => {
                 let name = self.g.fresh_node_name(&self.base);
-                self.g.add_node_with_outputs(name, op, inputs, vec![Some(v)])?;
+                self.g
+                    .add_node_with_outputs(name, op, inputs, vec![Some(v)])?;
                 Ok(v)
             }
         }
@@ -215,7 +289,16 @@ impl Builder<'_> {
         keepdims: bool,
         what: &str,
     ) -> Result<ValueId> {
-        self.node(Op::Reduce { kind, axes, keepdims, noop_with_empty_axes: false }, vec![Some(x)], what)
+        self.node(
+            Op::Reduce {
+                kind,
+                axes,
+                keepdims,
+                noop_with_empty_axes: false,
+            },
+            vec![Some(x)],
+            what,
+        )
     }
 
     fn nll(
@@ -226,7 +309,10 @@ impl Builder<'_> {
         loss: Loss,
         what: &str,
     ) -> Result<ValueId> {
-        let op = Op::NegativeLogLikelihoodLoss { reduction: LossReduction::None, ignore_index: loss.ignore_index };
+        let op = Op::NegativeLogLikelihoodLoss {
+            reduction: LossReduction::None,
+            ignore_index: loss.ignore_index,
+        };
         self.node(op, vec![Some(input), Some(labels), weight], what)
     }
 
@@ -242,7 +328,10 @@ impl Builder<'_> {
         log_prob_out: Option<ValueId>,
     ) -> Result<()> {
         if loss.label_smoothing == 0.0 && loss.z_loss == 0.0 {
-            let op = Op::SoftmaxCrossEntropyLoss { reduction: loss.reduction, ignore_index: loss.ignore_index };
+            let op = Op::SoftmaxCrossEntropyLoss {
+                reduction: loss.reduction,
+                ignore_index: loss.ignore_index,
+            };
             let name = self.g.fresh_node_name(&self.base);
             let loss_value = match loss_out {
                 Some(v) => v,
@@ -255,7 +344,12 @@ impl Builder<'_> {
             if log_prob_out.is_some() {
                 outputs.push(log_prob_out);
             }
-            self.g.add_node_with_outputs(name, op, vec![Some(logits), Some(labels), weight], outputs)?;
+            self.g.add_node_with_outputs(
+                name,
+                op,
+                vec![Some(logits), Some(labels), weight],
+                outputs,
+            )?;
             return Ok(());
         }
 
@@ -277,15 +371,32 @@ impl Builder<'_> {
         let sum = self.reduce(ReduceKind::Sum, exp, Some(vec![1]), true, "sum_exp")?;
         let log_sum = self.node(Op::Unary(UnaryOp::Log), vec![Some(sum)], "log_sum_exp")?;
         let lse = self.binary(BinaryOp::Add, max, log_sum, "lse")?;
-        let log_prob =
-            self.node_into(Op::Binary(BinaryOp::Sub), vec![Some(logits), Some(lse)], "log_prob", log_prob_out)?;
+        let log_prob = self.node_into(
+            Op::Binary(BinaryOp::Sub),
+            vec![Some(logits), Some(lse)],
+            "log_prob",
+            log_prob_out,
+        )?;
 
         // -w_y·log_prob_y per sample, and w_y itself (0 where ignored): NLL
         // of an all -1 tensor.
         let nll = self.nll(log_prob, labels, weight, loss, "nll")?;
-        let shape = self.node(Op::Shape { start: 0, end: None }, vec![Some(logits)], "shape")?;
+        let shape = self.node(
+            Op::Shape {
+                start: 0,
+                end: None,
+            },
+            vec![Some(logits)],
+            "shape",
+        )?;
         let minus_one = Tensor::from_f64s(dtype, &[1], &[-1.0]);
-        let minus_ones = self.node(Op::ConstantOfShape { value: Some(minus_one) }, vec![Some(shape)], "minus_ones")?;
+        let minus_ones = self.node(
+            Op::ConstantOfShape {
+                value: Some(minus_one),
+            },
+            vec![Some(shape)],
+            "minus_ones",
+        )?;
         let sample_weight = self.nll(minus_ones, labels, weight, loss, "sample_weight")?;
 
         let mut terms = Vec::new();
@@ -300,7 +411,8 @@ impl Builder<'_> {
             let axis = self.constant(Tensor::from_i64s(DType::I64, &[1], &[1]), "class_axis")?;
             let lse_flat = self.node(Op::Squeeze, vec![Some(lse), Some(axis)], "lse_per_sample")?;
             let square = self.binary(BinaryOp::Mul, lse_flat, lse_flat, "lse_squared")?;
-            let weighted = self.binary(BinaryOp::Mul, square, sample_weight, "lse_squared_weighted")?;
+            let weighted =
+                self.binary(BinaryOp::Mul, square, sample_weight, "lse_squared_weighted")?;
             let zeta = self.constant(scalar(f64::from(loss.z_loss)), "z_loss")?;
             terms.push(self.binary(BinaryOp::Mul, weighted, zeta, "z_term")?);
         }
@@ -311,7 +423,10 @@ impl Builder<'_> {
                 Some(w) => {
                     let w = if rank > 2 {
                         let axes: Vec<i64> = (1..rank as i64 - 1).collect();
-                        let axes = self.constant(Tensor::from_i64s(DType::I64, &[axes.len()], &axes), "weight_axes")?;
+                        let axes = self.constant(
+                            Tensor::from_i64s(DType::I64, &[axes.len()], &axes),
+                            "weight_axes",
+                        )?;
                         self.node(Op::Unsqueeze, vec![Some(w), Some(axes)], "class_weight")?
                     } else {
                         w
@@ -319,7 +434,13 @@ impl Builder<'_> {
                     self.binary(BinaryOp::Mul, log_prob, w, "weighted_log_prob")?
                 }
             };
-            let total = self.reduce(ReduceKind::Sum, weighted, Some(vec![1]), false, "sum_log_prob")?;
+            let total = self.reduce(
+                ReduceKind::Sum,
+                weighted,
+                Some(vec![1]),
+                false,
+                "sum_log_prob",
+            )?;
             // Ignored samples get no smoothing term: mask by "counted", which
             // is w_y without a class weight and an unweighted NLL with one.
             let counted = match weight {
@@ -327,8 +448,22 @@ impl Builder<'_> {
                 Some(_) => self.nll(minus_ones, labels, None, loss, "counted")?,
             };
             let masked = self.binary(BinaryOp::Mul, total, counted, "sum_log_prob_counted")?;
-            let classes = self.node(Op::Shape { start: 1, end: Some(2) }, vec![Some(logits)], "classes")?;
-            let classes = self.node(Op::Cast { to: dtype, saturate: true }, vec![Some(classes)], "classes_float")?;
+            let classes = self.node(
+                Op::Shape {
+                    start: 1,
+                    end: Some(2),
+                },
+                vec![Some(logits)],
+                "classes",
+            )?;
+            let classes = self.node(
+                Op::Cast {
+                    to: dtype,
+                    saturate: true,
+                },
+                vec![Some(classes)],
+                "classes_float",
+            )?;
             let minus_eps = self.constant(scalar(-eps), "minus_smoothing")?;
             let scaled = self.binary(BinaryOp::Mul, masked, minus_eps, "smoothing_sum")?;
             terms.push(self.binary(BinaryOp::Div, scaled, classes, "smoothing_term")?);
@@ -338,15 +473,28 @@ impl Builder<'_> {
         let last = terms.len() - 1;
         let mut per_sample = terms[0];
         for (k, &t) in terms.iter().enumerate().skip(1) {
-            let out = if k == last && loss.reduction == LossReduction::None { loss_out } else { None };
-            per_sample =
-                self.node_into(Op::Binary(BinaryOp::Add), vec![Some(per_sample), Some(t)], "per_sample", out)?;
+            let out = if k == last && loss.reduction == LossReduction::None {
+                loss_out
+            } else {
+                None
+            };
+            per_sample = self.node_into(
+                Op::Binary(BinaryOp::Add),
+                vec![Some(per_sample), Some(t)],
+                "per_sample",
+                out,
+            )?;
         }
         match loss.reduction {
             LossReduction::None => {}
             LossReduction::Sum => {
                 self.node_into(
-                    Op::Reduce { kind: ReduceKind::Sum, axes: None, keepdims: false, noop_with_empty_axes: false },
+                    Op::Reduce {
+                        kind: ReduceKind::Sum,
+                        axes: None,
+                        keepdims: false,
+                        noop_with_empty_axes: false,
+                    },
                     vec![Some(per_sample)],
                     "loss",
                     loss_out,
@@ -354,8 +502,14 @@ impl Builder<'_> {
             }
             LossReduction::Mean => {
                 let total = self.reduce(ReduceKind::Sum, per_sample, None, false, "loss_sum")?;
-                let count = self.reduce(ReduceKind::Sum, sample_weight, None, false, "weight_sum")?;
-                self.node_into(Op::Binary(BinaryOp::Div), vec![Some(total), Some(count)], "loss", loss_out)?;
+                let count =
+                    self.reduce(ReduceKind::Sum, sample_weight, None, false, "weight_sum")?;
+                self.node_into(
+                    Op::Binary(BinaryOp::Div),
+                    vec![Some(total), Some(count)],
+                    "loss",
+                    loss_out,
+                )?;
             }
         }
         Ok(())
@@ -370,8 +524,12 @@ mod tests {
     #[test]
     fn graph_without_kiln_ops_is_unchanged() {
         let mut g = Graph::new("g");
-        let x = g.add_input("x", TensorType::fixed(DType::F32, &[2, 3])).unwrap();
-        let n = g.add_node("r", Op::Unary(UnaryOp::Relu), vec![Some(x)], &["y"]).unwrap();
+        let x = g
+            .add_input("x", TensorType::fixed(DType::F32, &[2, 3]))
+            .unwrap();
+        let n = g
+            .add_node("r", Op::Unary(UnaryOp::Relu), vec![Some(x)], &["y"])
+            .unwrap();
         g.add_output(g.node(n).output(0).unwrap());
         kiln_ir::infer_types(&mut g).unwrap();
         let p = to_portable(&g).unwrap();

@@ -111,10 +111,17 @@ pub fn infer_op(
     let mut out = Vec::with_capacity(types.len());
     for (slot, t) in types.into_iter().enumerate() {
         let t = t.ok_or_else(|| {
-            kiln_ir::IrError::node(op.name(), op.name(), format!("inference gave no type for output {slot}"))
+            kiln_ir::IrError::node(
+                op.name(),
+                op.name(),
+                format!("inference gave no type for output {slot}"),
+            )
         })?;
         for s in symbols_of(&t) {
-            if fresh_number(&s).is_some() && !input_symbols.contains(&s) && !renames.contains_key(&s) {
+            if fresh_number(&s).is_some()
+                && !input_symbols.contains(&s)
+                && !renames.contains_key(&s)
+            {
                 let new = fresh.take();
                 renames.insert(s, new);
             }
@@ -183,12 +190,28 @@ mod tests {
     fn unknown_dims_get_fresh_names() {
         let x = TensorType::fixed(DType::F32, &[6]);
         let shape_ty = TensorType::fixed(DType::I64, &[2]);
-        let mut fresh = FreshSymbols::after([&TensorType::new(DType::F32, vec![Dim::sym("unk__4")])]);
+        let mut fresh =
+            FreshSymbols::after([&TensorType::new(DType::F32, vec![Dim::sym("unk__4")])]);
         let op = Op::Reshape { allowzero: false };
-        let a = infer_op(&op, &[InputSpec::Typed(&x), InputSpec::Typed(&shape_ty)], 1, &mut fresh).unwrap();
-        let b = infer_op(&op, &[InputSpec::Typed(&x), InputSpec::Typed(&shape_ty)], 1, &mut fresh).unwrap();
+        let a = infer_op(
+            &op,
+            &[InputSpec::Typed(&x), InputSpec::Typed(&shape_ty)],
+            1,
+            &mut fresh,
+        )
+        .unwrap();
+        let b = infer_op(
+            &op,
+            &[InputSpec::Typed(&x), InputSpec::Typed(&shape_ty)],
+            1,
+            &mut fresh,
+        )
+        .unwrap();
         assert_eq!(a[0].rank(), 2);
-        assert_ne!(a[0].shape, b[0].shape, "two inferences never share a fresh symbol");
+        assert_ne!(
+            a[0].shape, b[0].shape,
+            "two inferences never share a fresh symbol"
+        );
         assert!(a[0].to_string().contains("unk__5"), "{}", a[0]);
     }
 
@@ -197,7 +220,12 @@ mod tests {
         let a = TensorType::fixed(DType::F32, &[2, 3]);
         let b = TensorType::fixed(DType::F32, &[4, 5]);
         let mut fresh = FreshSymbols::default();
-        let err = infer_op(&Op::MatMul, &[InputSpec::Typed(&a), InputSpec::Typed(&b)], 1, &mut fresh);
+        let err = infer_op(
+            &Op::MatMul,
+            &[InputSpec::Typed(&a), InputSpec::Typed(&b)],
+            1,
+            &mut fresh,
+        );
         assert!(err.is_err());
     }
 }

@@ -26,7 +26,10 @@ fn transpose_cancel_snapshot_and_numbers() {
 
 #[test]
 fn transpose_cancel_not_for_a_pair_that_does_not_cancel() {
-    does_not_fire("transpose-cancel", &TRANSPOSE_CANCEL.replace("[2, 0, 1]", "[1, 2, 0]"));
+    does_not_fire(
+        "transpose-cancel",
+        &TRANSPOSE_CANCEL.replace("[2, 0, 1]", "[1, 2, 0]"),
+    );
 }
 
 // ---- transpose-fold ----
@@ -88,7 +91,10 @@ const RESHAPE_FOLD: &str = r#"graph "g" {
 fn reshape_fold_snapshot_and_numbers() {
     let (g, out, printed) = fires("reshape-fold", RESHAPE_FOLD);
     assert_eq!(count(&out, "Reshape"), 1);
-    assert!(out.value_by_name("s1").is_none(), "the unused shape is dropped");
+    assert!(
+        out.value_by_name("s1").is_none(),
+        "the unused shape is dropped"
+    );
     insta::assert_snapshot!("reshape_fold", printed);
     assert_same_outputs(&g, &out);
 }
@@ -96,7 +102,10 @@ fn reshape_fold_snapshot_and_numbers() {
 #[test]
 fn reshape_fold_not_when_the_outer_shape_copies_a_dim() {
     // 0 copies the inner result's dim 0 (6); applied to %x it would copy 2.
-    does_not_fire("reshape-fold", &RESHAPE_FOLD.replace("[4, -1, 2]", "[0, 2, 2]"));
+    does_not_fire(
+        "reshape-fold",
+        &RESHAPE_FOLD.replace("[4, -1, 2]", "[0, 2, 2]"),
+    );
 }
 
 #[test]
@@ -104,7 +113,9 @@ fn reshape_fold_keeps_an_intermediate_that_is_an_output() {
     let g = parse(&RESHAPE_FOLD.replace("output %y", "output %y, %a"));
     let (out, _) = optimize_with(&g, &["reshape-fold"]);
     assert_same_outputs(&g, &out);
-    let a = out.value_by_name("a").expect("the intermediate output keeps its name");
+    let a = out
+        .value_by_name("a")
+        .expect("the intermediate output keeps its name");
     let (producer, _) = out.value(a).producer().expect("still computed");
     assert_eq!(out.node(producer).name, "r1");
     assert!(out.outputs().contains(&a));
@@ -130,7 +141,10 @@ fn reshape_noop_snapshot_and_numbers() {
 
 #[test]
 fn reshape_noop_not_when_the_shape_changes() {
-    does_not_fire("reshape-noop", &RESHAPE_NOOP.replace("[2, -1, 4]", "[4, -1, 2]"));
+    does_not_fire(
+        "reshape-noop",
+        &RESHAPE_NOOP.replace("[2, -1, 4]", "[4, -1, 2]"),
+    );
 }
 
 #[test]
@@ -148,7 +162,10 @@ fn reshape_noop_not_with_symbolic_dims_it_cannot_compare() {
     assert_eq!(count(&out, "Reshape"), 0);
     assert_same_outputs(&g, &out);
     // ...but [batch, 12] -> [-1, 4, 3] is a real reshape.
-    does_not_fire("reshape-noop", &text.replace("i64[2] = [-1, 12]", "i64[3] = [-1, 4, 3]"));
+    does_not_fire(
+        "reshape-noop",
+        &text.replace("i64[2] = [-1, 12]", "i64[3] = [-1, 4, 3]"),
+    );
 }
 
 // ---- identity-elim ----
@@ -165,7 +182,11 @@ const IDENTITY: &str = r#"graph "g" {
 fn identity_elim_snapshot_and_numbers() {
     let (g, out, printed) = fires("identity-elim", IDENTITY);
     assert_eq!(count(&out, "Identity"), 0);
-    assert_eq!(out.value(out.outputs()[0]).name, "y", "the output keeps its name");
+    assert_eq!(
+        out.value(out.outputs()[0]).name,
+        "y",
+        "the output keeps its name"
+    );
     insta::assert_snapshot!("identity_elim", printed);
     assert_same_outputs(&g, &out);
 }
@@ -308,7 +329,9 @@ fn scale_into_weight_snapshot_and_numbers() {
     assert_eq!(count(&out, "Div"), 0, "{printed}");
     assert_eq!(count(&out, "MatMul"), 1);
     assert!(
-        printed.contains("[[0.25, -0.5, 0.125], [1.0, 0.375, -0.25], [0.75, -1.0, 0.0625], [-0.125, 0.5, 0.25]]"),
+        printed.contains(
+            "[[0.25, -0.5, 0.125], [1.0, 0.375, -0.25], [0.75, -1.0, 0.0625], [-0.125, 0.5, 0.25]]"
+        ),
         "the folded weight is W/2: {printed}"
     );
     insta::assert_snapshot!("scale_into_weight", printed);
@@ -335,28 +358,38 @@ fn scale_into_weight_per_column_mul_numbers() {
 #[test]
 fn scale_into_weight_not_when_the_unscaled_value_is_also_used() {
     // As a graph output, and inside the graph.
-    does_not_fire(SCALE, &SCALED_PROJECTION.replace("output %y", "output %y\n  output %q"));
-    let text = SCALED_PROJECTION.replace("%y = Tanh(%s) @act", "%t = Tanh(%s) @act\n  %y = Add(%t, %p) @residual");
-    does_not_fire(SCALE, &text);
-}
-
-#[test]
-fn scale_into_weight_not_for_a_weight_known_only_at_run_time() {
+    does_not_fire(
+        SCALE,
+        &SCALED_PROJECTION.replace("output %y", "output %y\n  output %q"),
+    );
     let text = SCALED_PROJECTION.replace(
-        "init %w: f32[4, 3] = [[0.5, -1.0, 0.25], [2.0, 0.75, -0.5], [1.5, -2.0, 0.125], [-0.25, 1.0, 0.5]]",
-        "input %w: f32[4, 3]",
+        "%y = Tanh(%s) @act",
+        "%t = Tanh(%s) @act\n  %y = Add(%t, %p) @residual",
     );
     does_not_fire(SCALE, &text);
 }
 
 #[test]
+fn scale_into_weight_not_for_a_weight_known_only_at_run_time() {
+    let text = SCALED_PROJECTION
+        .replace("init %w: f32[4, 3] = [[0.5, -1.0, 0.25], [2.0, 0.75, -0.5], [1.5, -2.0, 0.125], [-0.25, 1.0, 0.5]]", "input %w: f32[4, 3]");
+    does_not_fire(SCALE, &text);
+}
+
+#[test]
 fn scale_into_weight_not_for_a_scale_known_only_at_run_time() {
-    does_not_fire(SCALE, &SCALED_PROJECTION.replace("init %sqrt_d: f32[] = 2.0", "input %sqrt_d: f32[]"));
+    does_not_fire(
+        SCALE,
+        &SCALED_PROJECTION.replace("init %sqrt_d: f32[] = 2.0", "input %sqrt_d: f32[]"),
+    );
 }
 
 #[test]
 fn scale_into_weight_not_for_a_division_by_zero() {
-    does_not_fire(SCALE, &SCALED_PROJECTION.replace("%sqrt_d: f32[] = 2.0", "%sqrt_d: f32[] = 0.0"));
+    does_not_fire(
+        SCALE,
+        &SCALED_PROJECTION.replace("%sqrt_d: f32[] = 2.0", "%sqrt_d: f32[] = 0.0"),
+    );
 }
 
 #[test]
@@ -432,7 +465,10 @@ fn matmul_reassoc_left_to_right_with_batch_numbers() {
     let (g, out, printed) = fires(REASSOC, text);
     assert!(printed.contains("MatMul(%b, %c)"), "{printed}");
     let (_, report) = optimize_with(&g, &[REASSOC]);
-    assert!(report.cost_after.flops < report.cost_before.flops / 4.0, "{report}");
+    assert!(
+        report.cost_after.flops < report.cost_before.flops / 4.0,
+        "{report}"
+    );
     assert_same_outputs(&g, &out);
 }
 
@@ -521,6 +557,10 @@ fn dead_nodes_are_removed() {
     assert_eq!(out.node_count(), 1, "{}", print(&out));
     assert!(out.node_by_name("dead").is_none() && out.node_by_name("dead_consumer").is_none());
     // The interface stays: the unused graph input is still an input.
-    assert!(print(&out).contains("input %unused: f32[2]"), "{}", print(&out));
+    assert!(
+        print(&out).contains("input %unused: f32[2]"),
+        "{}",
+        print(&out)
+    );
     assert_same_outputs(&g, &out);
 }

@@ -9,7 +9,9 @@ mod common;
 use common::{count, parse, print, random_inputs, rel_error, run};
 use kiln_ir::graph::Graph;
 use kiln_ir::tensor::Tensor;
-use kiln_passes::approx::{substitute_attention, ApproxOptions, ApproxReport, AttentionKind, LinearForm};
+use kiln_passes::approx::{
+    substitute_attention, ApproxOptions, ApproxReport, AttentionKind, LinearForm,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -121,7 +123,8 @@ fn reference_sigmoid(p: &Problem) -> Vec<f64> {
     p.combine(false, |b, h, i| {
         (0..p.skv)
             .map(|j| {
-                let s = p.scale * dot(p.q(b, h, i), p.k(b, h / group, j)) + p.mask(b, h, i, j) + bias;
+                let s =
+                    p.scale * dot(p.q(b, h, i), p.k(b, h / group, j)) + p.mask(b, h, i, j) + bias;
                 if p.visible(i, j) {
                     1.0 / (1.0 + (-s).exp())
                 } else {
@@ -135,11 +138,16 @@ fn reference_sigmoid(p: &Problem) -> Vec<f64> {
 fn reference_softplus(p: &Problem, n_ref: f64) -> Vec<f64> {
     let group = p.hq / p.hkv;
     p.combine(true, |b, h, i| {
-        let n = if p.causal { (i + 1) as f64 } else { p.skv as f64 };
+        let n = if p.causal {
+            (i + 1) as f64
+        } else {
+            p.skv as f64
+        };
         let lambda = n.ln() / n_ref.ln();
         (0..p.skv)
             .map(|j| {
-                let s = lambda * p.scale * dot(p.q(b, h, i), p.k(b, h / group, j)) + p.mask(b, h, i, j);
+                let s =
+                    lambda * p.scale * dot(p.q(b, h, i), p.k(b, h / group, j)) + p.mask(b, h, i, j);
                 if p.visible(i, j) {
                     (1.0 + s.exp()).ln()
                 } else {
@@ -169,7 +177,9 @@ fn invert(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
         })
         .collect();
     for c in 0..n {
-        let p = (c..n).max_by(|&x, &y| m[x][c].abs().total_cmp(&m[y][c].abs())).unwrap();
+        let p = (c..n)
+            .max_by(|&x, &y| m[x][c].abs().total_cmp(&m[y][c].abs()))
+            .unwrap();
         m.swap(c, p);
         let piv = m[c][c];
         for x in m[c].iter_mut() {
@@ -197,19 +207,31 @@ fn reference_soft(p: &Problem, m: usize) -> Vec<f64> {
             .map(|l| {
                 let members: Vec<usize> = (0..p.skv).filter(|&j| j * m / p.skv == l).collect();
                 (0..p.d)
-                    .map(|c| members.iter().map(|&j| p.k(b, kh, j)[c]).sum::<f64>() / members.len() as f64)
+                    .map(|c| {
+                        members.iter().map(|&j| p.k(b, kh, j)[c]).sum::<f64>()
+                            / members.len() as f64
+                    })
                     .collect()
             })
             .collect();
-        let gll: Vec<Vec<f64>> =
-            landmarks.iter().map(|x| landmarks.iter().map(|y| gaussian(x, y, p.scale)).collect()).collect();
+        let gll: Vec<Vec<f64>> = landmarks
+            .iter()
+            .map(|x| landmarks.iter().map(|y| gaussian(x, y, p.scale)).collect())
+            .collect();
         let inv = invert(&gll);
-        let gql: Vec<f64> = landmarks.iter().map(|l| gaussian(p.q(b, h, i), l, p.scale)).collect();
-        let left: Vec<f64> = (0..m).map(|c| (0..m).map(|r| gql[r] * inv[r][c]).sum()).collect();
+        let gql: Vec<f64> = landmarks
+            .iter()
+            .map(|l| gaussian(p.q(b, h, i), l, p.scale))
+            .collect();
+        let left: Vec<f64> = (0..m)
+            .map(|c| (0..m).map(|r| gql[r] * inv[r][c]).sum())
+            .collect();
         (0..p.skv)
             .map(|j| {
                 let w = p.mask(b, h, i, j).exp();
-                (0..m).map(|l| left[l] * gaussian(&landmarks[l], p.k(b, kh, j), p.scale) * w).sum()
+                (0..m)
+                    .map(|l| left[l] * gaussian(&landmarks[l], p.k(b, kh, j), p.scale) * w)
+                    .sum()
             })
             .collect()
     })
@@ -260,7 +282,13 @@ fn problem(
     scale: f64,
     mask_of: &MaskOf,
 ) -> Problem {
-    let get = |n: &str| &inputs.iter().find(|(m, _)| m == n).expect("input present").1;
+    let get = |n: &str| {
+        &inputs
+            .iter()
+            .find(|(m, _)| m == n)
+            .expect("input present")
+            .1
+    };
     let (q, k, v) = (get("q"), get("k"), get("v"));
     let (b, hq, hkv, sq, skv, d, dv, qv, kv, vv) = match three_d {
         Some((hq, hkv)) => (
@@ -298,7 +326,21 @@ fn problem(
             }
         }
     }
-    Problem { b, hq, hkv, sq, skv, d, dv, q: qv, k: kv, v: vv, mask, causal, scale }
+    Problem {
+        b,
+        hq,
+        hkv,
+        sq,
+        skv,
+        d,
+        dv,
+        q: qv,
+        k: kv,
+        v: vv,
+        mask,
+        causal,
+        scale,
+    }
 }
 
 fn no_mask(_: &[(String, Tensor)], _: usize, _: usize, _: usize, _: usize) -> f64 {
@@ -463,7 +505,10 @@ fn sigmoid_snapshot() {
 
 #[test]
 fn softplus_snapshot() {
-    let (out, _) = substitute(&parse(CAUSAL_ROW_MASK), &snapshot_opts(AttentionKind::Softplus));
+    let (out, _) = substitute(
+        &parse(CAUSAL_ROW_MASK),
+        &snapshot_opts(AttentionKind::Softplus),
+    );
     assert_eq!(count(&out, "Softplus"), 1);
     insta::assert_snapshot!("approx_softplus", print(&out));
 }
@@ -497,10 +542,26 @@ fn linear_matches_reference() {
     let o = opts(AttentionKind::Linear);
     let e = check_against_reference(MHA_4D, &o, None, false, 0.5, &no_mask, &reference_linear);
     assert!(e < TOL, "4-D: {e}");
-    let e = check_against_reference(GQA_3D_CAUSAL, &o, Some((4, 2)), true, GQA_SCALE, &no_mask, &reference_linear);
+    let e = check_against_reference(
+        GQA_3D_CAUSAL,
+        &o,
+        Some((4, 2)),
+        true,
+        GQA_SCALE,
+        &no_mask,
+        &reference_linear,
+    );
     assert!(e < TOL, "3-D causal GQA: {e}");
     let s = 1.0 / 3f64.sqrt();
-    let e = check_against_reference(GQA_4D_KEY_MASK, &o, None, false, s, &key_padding, &reference_linear);
+    let e = check_against_reference(
+        GQA_4D_KEY_MASK,
+        &o,
+        None,
+        false,
+        s,
+        &key_padding,
+        &reference_linear,
+    );
     assert!(e < TOL, "key-padding mask: {e}");
 }
 
@@ -516,8 +577,15 @@ fn linear_attention_op_matches_decomposed_form() {
         let e = rel_error(&run(&a, &inputs)[0].1, &run(&b, &inputs)[0].1);
         assert!(e < TOL, "seed {seed}: {e}");
     }
-    let e =
-        check_against_reference(GQA_3D_CAUSAL, &with_op, Some((4, 2)), true, GQA_SCALE, &no_mask, &reference_linear);
+    let e = check_against_reference(
+        GQA_3D_CAUSAL,
+        &with_op,
+        Some((4, 2)),
+        true,
+        GQA_SCALE,
+        &no_mask,
+        &reference_linear,
+    );
     assert!(e < TOL, "LinearAttention form: {e}");
 }
 
@@ -526,12 +594,36 @@ fn sigmoid_matches_reference() {
     let o = opts(AttentionKind::Sigmoid);
     let e = check_against_reference(MHA_4D, &o, None, false, 0.5, &no_mask, &reference_sigmoid);
     assert!(e < TOL, "4-D: {e}");
-    let e = check_against_reference(GQA_3D_CAUSAL, &o, Some((4, 2)), true, GQA_SCALE, &no_mask, &reference_sigmoid);
+    let e = check_against_reference(
+        GQA_3D_CAUSAL,
+        &o,
+        Some((4, 2)),
+        true,
+        GQA_SCALE,
+        &no_mask,
+        &reference_sigmoid,
+    );
     assert!(e < TOL, "3-D causal GQA: {e}");
     let s = 1.0 / 3f64.sqrt();
-    let e = check_against_reference(GQA_4D_KEY_MASK, &o, None, false, s, &key_padding, &reference_sigmoid);
+    let e = check_against_reference(
+        GQA_4D_KEY_MASK,
+        &o,
+        None,
+        false,
+        s,
+        &key_padding,
+        &reference_sigmoid,
+    );
     assert!(e < TOL, "key-padding mask: {e}");
-    let e = check_against_reference(CAUSAL_ROW_MASK, &o, None, true, 0.5, &row_mask, &reference_sigmoid);
+    let e = check_against_reference(
+        CAUSAL_ROW_MASK,
+        &o,
+        None,
+        true,
+        0.5,
+        &row_mask,
+        &reference_sigmoid,
+    );
     assert!(e < TOL, "row mask: {e}");
 }
 
@@ -539,15 +631,25 @@ fn sigmoid_matches_reference() {
 fn softplus_matches_reference() {
     // The reference length defaults to the key length when it is static.
     let o = opts(AttentionKind::Softplus);
-    let e = check_against_reference(MHA_4D, &o, None, false, 0.5, &no_mask, &|p| reference_softplus(p, 4.0));
+    let e = check_against_reference(MHA_4D, &o, None, false, 0.5, &no_mask, &|p| {
+        reference_softplus(p, 4.0)
+    });
     assert!(e < TOL, "4-D: {e}");
-    let e = check_against_reference(CAUSAL_ROW_MASK, &o, None, true, 0.5, &row_mask, &|p| reference_softplus(p, 5.0));
+    let e = check_against_reference(CAUSAL_ROW_MASK, &o, None, true, 0.5, &row_mask, &|p| {
+        reference_softplus(p, 5.0)
+    });
     assert!(e < TOL, "causal, row mask: {e}");
     let mut o = opts(AttentionKind::Softplus);
     o.softplus_reference_len = Some(3.0);
-    let e = check_against_reference(GQA_3D_CAUSAL, &o, Some((4, 2)), true, GQA_SCALE, &no_mask, &|p| {
-        reference_softplus(p, 3.0)
-    });
+    let e = check_against_reference(
+        GQA_3D_CAUSAL,
+        &o,
+        Some((4, 2)),
+        true,
+        GQA_SCALE,
+        &no_mask,
+        &|p| reference_softplus(p, 3.0),
+    );
     assert!(e < TOL, "3-D causal GQA: {e}");
 }
 
@@ -557,11 +659,15 @@ fn soft_matches_reference() {
     let mut o = opts(AttentionKind::Soft);
     o.landmarks = 2;
     o.newton_schulz_iterations = 30;
-    let e = check_against_reference(MHA_4D, &o, None, false, 0.5, &no_mask, &|p| reference_soft(p, 2));
+    let e = check_against_reference(MHA_4D, &o, None, false, 0.5, &no_mask, &|p| {
+        reference_soft(p, 2)
+    });
     assert!(e < 1e-4, "4-D, 2 landmarks: {e}");
     o.landmarks = 3;
     let s = 1.0 / 3f64.sqrt();
-    let e = check_against_reference(GQA_4D_KEY_MASK, &o, None, false, s, &key_padding, &|p| reference_soft(p, 3));
+    let e = check_against_reference(GQA_4D_KEY_MASK, &o, None, false, s, &key_padding, &|p| {
+        reference_soft(p, 3)
+    });
     assert!(e < 1e-4, "GQA, key-padding mask, uneven segments: {e}");
 }
 
@@ -574,7 +680,9 @@ fn soft_with_every_key_a_landmark_is_exact_gaussian_attention() {
     o.newton_schulz_iterations = 60;
     let exact_kernel = |p: &Problem| {
         p.combine(true, |b, h, i| {
-            (0..p.skv).map(|j| gaussian(p.q(b, h, i), p.k(b, h * p.hkv / p.hq, j), p.scale)).collect()
+            (0..p.skv)
+                .map(|j| gaussian(p.q(b, h, i), p.k(b, h * p.hkv / p.hq, j), p.scale))
+                .collect()
         })
     };
     let e = check_against_reference(MHA_4D, &o, None, false, 0.5, &no_mask, &exact_kernel);
@@ -586,13 +694,23 @@ fn soft_with_every_key_a_landmark_is_exact_gaussian_attention() {
 #[test]
 fn error_report_on_random_inputs() {
     let g = parse(WITH_CONTEXT);
-    for kind in [AttentionKind::Linear, AttentionKind::Sigmoid, AttentionKind::Softplus] {
+    for kind in [
+        AttentionKind::Linear,
+        AttentionKind::Sigmoid,
+        AttentionKind::Softplus,
+    ] {
         let (out, report) = substitute(&g, &opts(kind));
         assert!(!report.refused);
         assert_eq!(report.replaced.len(), 1, "{kind}");
         let e = report.error.clone().expect("error measured");
-        assert!(e.max_abs.is_finite() && e.rel_l2.is_finite() && e.cosine.is_finite(), "{kind}: {e:?}");
-        assert!(e.rel_l2 > 1e-6, "{kind}: the approximation differs from softmax attention");
+        assert!(
+            e.max_abs.is_finite() && e.rel_l2.is_finite() && e.cosine.is_finite(),
+            "{kind}: {e:?}"
+        );
+        assert!(
+            e.rel_l2 > 1e-6,
+            "{kind}: the approximation differs from softmax attention"
+        );
         assert!(e.cosine > 0.0 && e.cosine <= 1.0 + 1e-12, "{kind}: {e:?}");
         assert_eq!(report.output_errors.len(), 1);
         assert_eq!(report.output_errors[0].output, "y");
@@ -602,7 +720,10 @@ fn error_report_on_random_inputs() {
         let d = rel_error(&run(&g, &inputs)[0].1, &run(&out, &inputs)[0].1);
         assert!(d > 1e-6, "{kind}: outputs equal");
         let text = report.to_string();
-        assert!(text.contains("relative L2") && text.contains("FLOPs"), "{text}");
+        assert!(
+            text.contains("relative L2") && text.contains("FLOPs"),
+            "{text}"
+        );
     }
 }
 
@@ -620,18 +741,32 @@ fn error_measured_on_given_samples() {
 #[test]
 fn refused_when_error_exceeds_max_error() {
     let g = parse(WITH_CONTEXT);
-    for kind in [AttentionKind::Linear, AttentionKind::Sigmoid, AttentionKind::Softplus] {
+    for kind in [
+        AttentionKind::Linear,
+        AttentionKind::Sigmoid,
+        AttentionKind::Softplus,
+    ] {
         let mut o = opts(kind);
         o.max_error = Some(1e-9);
         let (out, report) = substitute(&g, &o);
         assert!(report.exceeds_max_error(), "{kind}: {report}");
         assert!(report.refused);
-        assert_eq!(print(&out), print(&g), "{kind}: a refused substitution returns the exact graph");
-        assert!(report.to_string().contains("exceeds --max-error"), "{report}");
+        assert_eq!(
+            print(&out),
+            print(&g),
+            "{kind}: a refused substitution returns the exact graph"
+        );
+        assert!(
+            report.to_string().contains("exceeds --max-error"),
+            "{report}"
+        );
         // A generous bound accepts the same substitution.
         o.max_error = Some(10.0);
         let (out, report) = substitute(&g, &o);
-        assert!(!report.exceeds_max_error() && !report.refused, "{kind}: {report}");
+        assert!(
+            !report.exceeds_max_error() && !report.refused,
+            "{kind}: {report}"
+        );
         assert_eq!(count(&out, "Attention"), 0);
     }
 }
@@ -661,7 +796,12 @@ fn unsupported_nodes_are_left_exact_with_a_reason() {
     assert!(report.skipped[0].reason.contains("causal"), "{report}");
     let (out, report) = substitute(&parse(CAUSAL_ROW_MASK), &opts(AttentionKind::Linear));
     assert_eq!(count(&out, "Attention"), 1);
-    assert!(report.skipped[0].reason.contains("varies between query rows"), "{report}");
+    assert!(
+        report.skipped[0]
+            .reason
+            .contains("varies between query rows"),
+        "{report}"
+    );
     assert!(report.error.is_none());
 }
 
@@ -677,7 +817,8 @@ fn kind_names_round_trip() {
 
 /// FLOPs at 8·S over FLOPs at S, before and after.
 fn flop_growth(report: &ApproxReport) -> (f64, f64) {
-    let before = report.before.at_scaled.as_ref().expect("8S cost").flops / report.before.at_s.flops;
+    let before =
+        report.before.at_scaled.as_ref().expect("8S cost").flops / report.before.at_s.flops;
     let after = report.after.at_scaled.as_ref().expect("8S cost").flops / report.after.at_s.flops;
     (before, after)
 }
@@ -706,7 +847,10 @@ fn linear_cost_grows_linearly_while_exact_grows_quadratically() {
     // writes its scores, while the decomposed form moves its intermediates.
     let b8 = report.before.at_scaled.as_ref().unwrap();
     let a8 = report.after.at_scaled.as_ref().unwrap();
-    assert!(a8.flops < b8.flops, "at 8S linear needs fewer FLOPs: {report}");
+    assert!(
+        a8.flops < b8.flops,
+        "at 8S linear needs fewer FLOPs: {report}"
+    );
 }
 
 #[test]
@@ -823,16 +967,32 @@ fn attention_block(causal: bool) -> Graph {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut g = Graph::new("block");
     let x = g
-        .add_input("x", TensorType::new(DType::F32, vec![Dim::Fixed(1), Dim::sym("seq"), Dim::Fixed(d as u64)]))
+        .add_input(
+            "x",
+            TensorType::new(
+                DType::F32,
+                vec![Dim::Fixed(1), Dim::sym("seq"), Dim::Fixed(d as u64)],
+            ),
+        )
         .unwrap();
     let mut weight = |g: &mut Graph, name: &str| {
         let bound = 3f64.sqrt() / (d as f64).sqrt();
-        let w: Vec<f64> = (0..d * d).map(|_| rng.random_range(-bound..bound)).collect();
-        g.add_initializer(name, Tensor::from_f64s(DType::F32, &[d, d], &w)).unwrap()
+        let w: Vec<f64> = (0..d * d)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        g.add_initializer(name, Tensor::from_f64s(DType::F32, &[d, d], &w))
+            .unwrap()
     };
-    let (wq, wk, wv, wo) = (weight(&mut g, "wq"), weight(&mut g, "wk"), weight(&mut g, "wv"), weight(&mut g, "wo"));
+    let (wq, wk, wv, wo) = (
+        weight(&mut g, "wq"),
+        weight(&mut g, "wk"),
+        weight(&mut g, "wv"),
+        weight(&mut g, "wo"),
+    );
     let mm = |g: &mut Graph, a, b, name: &str| {
-        let n = g.add_node(name, Op::MatMul, vec![Some(a), Some(b)], &[name]).unwrap();
+        let n = g
+            .add_node(name, Op::MatMul, vec![Some(a), Some(b)], &[name])
+            .unwrap();
         g.node(n).output(0).unwrap()
     };
     let q = mm(&mut g, x, wq, "q");
@@ -847,10 +1007,24 @@ fn attention_block(causal: bool) -> Graph {
         softcap: 0.0,
         softmax_precision: None,
     };
-    let a = g.add_node("attn", Op::Attention(attrs), vec![Some(q), Some(k), Some(v)], &["a"]).unwrap();
+    let a = g
+        .add_node(
+            "attn",
+            Op::Attention(attrs),
+            vec![Some(q), Some(k), Some(v)],
+            &["a"],
+        )
+        .unwrap();
     let a = g.node(a).output(0).unwrap();
     let o = mm(&mut g, a, wo, "o");
-    let y = g.add_node("residual", Op::Binary(BinaryOp::Add), vec![Some(o), Some(x)], &["y"]).unwrap();
+    let y = g
+        .add_node(
+            "residual",
+            Op::Binary(BinaryOp::Add),
+            vec![Some(o), Some(x)],
+            &["y"],
+        )
+        .unwrap();
     g.add_output(g.node(y).output(0).unwrap());
     kiln_ir::infer_types(&mut g).unwrap();
     g
@@ -863,13 +1037,18 @@ fn attention_block(causal: bool) -> Graph {
 fn figures_on_an_attention_block() {
     for causal in [true, false] {
         let g = attention_block(causal);
-        let samples: Vec<_> = (0..2).map(|s| random_inputs(&g, 100 + s, &BTreeMap::from([("seq", 128)]))).collect();
+        let samples: Vec<_> = (0..2)
+            .map(|s| random_inputs(&g, 100 + s, &BTreeMap::from([("seq", 128)])))
+            .collect();
         for kind in AttentionKind::ALL {
             let mut o = opts(kind);
             o.samples = samples.clone();
             o.seq_len = Some(512);
             let (_, report) = substitute(&g, &o);
-            println!("--- {} block, {kind}\n{report}", if causal { "causal" } else { "bidirectional" });
+            println!(
+                "--- {} block, {kind}\n{report}",
+                if causal { "causal" } else { "bidirectional" }
+            );
             if causal && kind == AttentionKind::Soft {
                 assert_eq!(report.skipped.len(), 1);
                 continue;
@@ -878,7 +1057,11 @@ fn figures_on_an_attention_block() {
             let e = report.error.as_ref().expect("measured");
             assert!(e.rel_l2.is_finite() && e.rel_l2 > 0.0, "{report}");
             let (before, after) = flop_growth(&report);
-            assert_eq!(kind.is_linear_in_length(), after < 12.0, "{kind}: {before} vs {after}");
+            assert_eq!(
+                kind.is_linear_in_length(),
+                after < 12.0,
+                "{kind}: {before} vs {after}"
+            );
         }
     }
     let g = attention_block(true);
@@ -911,7 +1094,8 @@ fn unused_present_outputs_are_dropped_and_the_graph_exports() {
     assert_eq!(print(&reparsed), printed);
     let bytes = kiln_ir::onnx::model_to_bytes(&out).expect("exports");
     let back =
-        kiln_ir::onnx::import_model_bytes(&bytes, None, kiln_ir::onnx::ImportOptions::default()).expect("imports");
+        kiln_ir::onnx::import_model_bytes(&bytes, None, kiln_ir::onnx::ImportOptions::default())
+            .expect("imports");
     let inputs = random_inputs(&g, 1, &BTreeMap::new());
     assert!(rel_error(&run(&out, &inputs)[0].1, &run(&back, &inputs)[0].1) < 1e-6);
 

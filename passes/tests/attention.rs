@@ -44,7 +44,11 @@ fn does_not_fire(rule: &str, text: &str) {
     let (out, report) = optimize_with(&g, &[rule]);
     assert_eq!(report.fired(rule), 0, "{rule} fired:\n{report}");
     let (plain, _) = optimize_with(&g, &[]);
-    assert_eq!(print(&out), print(&plain), "graph changed although {rule} did not fire");
+    assert_eq!(
+        print(&out),
+        print(&plain),
+        "graph changed although {rule} did not fire"
+    );
 }
 
 /// Runs both graphs on random inputs (three seeds), with every bool input
@@ -80,7 +84,11 @@ fn assert_same(before: &Graph, after: &Graph) {
 
 /// The attributes of the only Attention node of `g`.
 fn attention_attrs(g: &Graph) -> kiln_ir::op::AttentionAttrs {
-    let ids: Vec<_> = g.node_ids().into_iter().filter(|&n| g.node(n).op.name() == "Attention").collect();
+    let ids: Vec<_> = g
+        .node_ids()
+        .into_iter()
+        .filter(|&n| g.node(n).op.name() == "Attention")
+        .collect();
     assert_eq!(ids.len(), 1, "one Attention in\n{}", print(g));
     match &g.node(ids[0]).op {
         Op::Attention(a) => *a,
@@ -90,7 +98,11 @@ fn attention_attrs(g: &Graph) -> kiln_ir::op::AttentionAttrs {
 
 /// Number of inputs given to the only Attention node of `g`.
 fn attention_inputs(g: &Graph) -> usize {
-    let n = g.node_ids().into_iter().find(|&n| g.node(n).op.name() == "Attention").expect("an Attention node");
+    let n = g
+        .node_ids()
+        .into_iter()
+        .find(|&n| g.node(n).op.name() == "Attention")
+        .expect("an Attention node");
     g.node(n).inputs.iter().filter(|v| v.is_some()).count()
 }
 
@@ -320,8 +332,17 @@ fn a_transpose_of_the_wrong_axes_is_composed_exactly() {
   output %y
 }"#;
     let (g, out, _, _) = fires_with(&[SDPA], &[SDPA], text);
-    let t = out.node_ids().into_iter().find(|&n| out.node(n).op.name() == "Transpose").expect("K is a transpose of k");
-    assert_eq!(out.node(t).op, Op::Transpose { perm: Some(vec![0, 2, 3, 1]) });
+    let t = out
+        .node_ids()
+        .into_iter()
+        .find(|&n| out.node(n).op.name() == "Transpose")
+        .expect("K is a transpose of k");
+    assert_eq!(
+        out.node(t).op,
+        Op::Transpose {
+            perm: Some(vec![0, 2, 3, 1])
+        }
+    );
     assert_same(&g, &out);
 }
 
@@ -332,15 +353,20 @@ fn not_over_another_softmax_axis() {
 
 #[test]
 fn not_when_the_probabilities_are_also_an_output() {
-    does_not_fire(SDPA, &DIV_SCORES.replace("output %y", "output %y\n  output %p"));
+    does_not_fire(
+        SDPA,
+        &DIV_SCORES.replace("output %y", "output %y\n  output %p"),
+    );
 }
 
 #[test]
 fn not_when_the_scores_are_read_elsewhere() {
     does_not_fire(
         SDPA,
-        &DIV_SCORES
-            .replace("  output %y", "  %extra = ReduceMax(%s) {keepdims = 0} @extra\n  output %y\n  output %extra"),
+        &DIV_SCORES.replace(
+            "  output %y",
+            "  %extra = ReduceMax(%s) {keepdims = 0} @extra\n  output %y\n  output %extra",
+        ),
     );
 }
 
@@ -376,14 +402,23 @@ fn not_for_a_negative_scale() {
 
 #[test]
 fn not_when_the_batch_broadcasts() {
-    does_not_fire(SDPA, &DIV_SCORES.replace("input %k: f32[2, 2, 4, 8]", "input %k: f32[1, 2, 4, 8]"));
+    does_not_fire(
+        SDPA,
+        &DIV_SCORES.replace("input %k: f32[2, 2, 4, 8]", "input %k: f32[1, 2, 4, 8]"),
+    );
 }
 
 #[test]
 fn not_when_the_mask_is_shorter_than_the_keys() {
     // A key-axis mask of size 1 broadcasts in Add, but Attention pads a
     // short mask with -inf instead.
-    does_not_fire(SDPA, &MUL_ADDITIVE_MASK.replace("input %mask: f32[2, 1, 1, 4]", "input %mask: f32[2, 1, 4, 1]"));
+    does_not_fire(
+        SDPA,
+        &MUL_ADDITIVE_MASK.replace(
+            "input %mask: f32[2, 1, 1, 4]",
+            "input %mask: f32[2, 1, 4, 1]",
+        ),
+    );
 }
 
 // ---- attention-causal ----
@@ -434,8 +469,10 @@ fn trilu_of_ones_is_causal() {
 #[test]
 fn strict_upper_trilu_dropped_by_not_is_causal() {
     // triu(ones, 1) marks the future; Not of it keeps the past.
-    let text = trilu_mask(1, Some(1))
-        .replace("%m = Cast(%tri) {to = bool} @bool", "%fut = Cast(%tri) {to = bool} @bool\n  %m = Not(%fut) @keep");
+    let text = trilu_mask(1, Some(1)).replace(
+        "%m = Cast(%tri) {to = bool} @bool",
+        "%fut = Cast(%tri) {to = bool} @bool\n  %m = Not(%fut) @keep",
+    );
     let (g, out, _, _) = fires_with(&[CAUSAL], &[CAUSAL], &text);
     assert!(attention_attrs(&out).is_causal);
     assert_same(&g, &out);
@@ -472,7 +509,9 @@ fn not_for_an_offset_diagonal() {
 fn sliced_bias(p: usize, lower: bool) -> String {
     let rows: Vec<String> = (0..p)
         .map(|i| {
-            let row: Vec<&str> = (0..p).map(|j| if (j <= i) == lower { "true" } else { "false" }).collect();
+            let row: Vec<&str> = (0..p)
+                .map(|j| if (j <= i) == lower { "true" } else { "false" })
+                .collect();
             format!("[{}]", row.join(", "))
         })
         .collect();
@@ -509,7 +548,10 @@ fn not_for_a_sliced_buffer_that_is_not_lower_triangular() {
     // Sliced from (0, 1): the diagonal moves.
     does_not_fire(
         CAUSAL,
-        &sliced_bias(6, true).replace("init %starts: i64[2] = [0, 0]", "init %starts: i64[2] = [0, 1]"),
+        &sliced_bias(6, true).replace(
+            "init %starts: i64[2] = [0, 0]",
+            "init %starts: i64[2] = [0, 1]",
+        ),
     );
 }
 
@@ -526,8 +568,9 @@ fn range_mask(body: &str) -> String {
 #[test]
 fn range_comparison_where_additive_is_causal() {
     // LLaMA (unfused) style: Where(k <= q, 0, min).
-    let text =
-        range_mask("  %allowed = LessOrEqual(%kpos, %qpos) @allowed\n  %m = Where(%allowed, %zerof, %neg) @additive\n");
+    let text = range_mask(
+        "  %allowed = LessOrEqual(%kpos, %qpos) @allowed\n  %m = Where(%allowed, %zerof, %neg) @additive\n",
+    );
     let (g, out, printed, _) = fires_with(&[CAUSAL], &[CAUSAL], &text);
     assert!(attention_attrs(&out).is_causal);
     assert_eq!(count(&out, "Range") + count(&out, "Where"), 0);
@@ -549,9 +592,10 @@ fn range_comparison_cast_mul_is_causal() {
 
 #[test]
 fn range_comparison_bool_forms_are_causal() {
-    for body in
-        ["  %m = GreaterOrEqual(%qpos, %kpos) @keep\n", "  %fut = Less(%qpos, %kpos) @future\n  %m = Not(%fut) @keep\n"]
-    {
+    for body in [
+        "  %m = GreaterOrEqual(%qpos, %kpos) @keep\n",
+        "  %fut = Less(%qpos, %kpos) @future\n  %m = Not(%fut) @keep\n",
+    ] {
         let (g, out, _, _) = fires_with(&[CAUSAL], &[CAUSAL], &range_mask(body));
         assert!(attention_attrs(&out).is_causal);
         assert_same(&g, &out);
@@ -586,7 +630,9 @@ fn constant_additive_mask_is_causal_and_other_lengths_are_not() {
     let mask = |n: usize| -> String {
         let rows: Vec<String> = (0..n)
             .map(|i| {
-                let r: Vec<&str> = (0..n).map(|j| if j <= i { "0.0" } else { "-inf" }).collect();
+                let r: Vec<&str> = (0..n)
+                    .map(|j| if j <= i { "0.0" } else { "-inf" })
+                    .collect();
                 format!("[{}]", r.join(", "))
             })
             .collect();
@@ -612,7 +658,9 @@ fn constant_additive_mask_is_causal_and_other_lengths_are_not() {
     // from query 0 would be causal with an offset): not is_causal.
     let wide: Vec<String> = (0..3)
         .map(|i| {
-            let r: Vec<&str> = (0..4).map(|j| if j <= i { "0.0" } else { "-inf" }).collect();
+            let r: Vec<&str> = (0..4)
+                .map(|j| if j <= i { "0.0" } else { "-inf" })
+                .collect();
             format!("[{}]", r.join(", "))
         })
         .collect();
@@ -714,7 +762,10 @@ fn not_when_only_the_keys_are_repeated() {
 // ---- the whole pass ----
 
 fn attention_pass() -> Pipeline {
-    Pipeline::new("attention", vec![Pass::named("attention").expect("the attention pass exists")])
+    Pipeline::new(
+        "attention",
+        vec![Pass::named("attention").expect("the attention pass exists")],
+    )
 }
 
 #[test]
@@ -770,7 +821,12 @@ fn whole_pass_on_a_llama_layer_fuses_gqa_and_causal() {
     // peak, and no more FLOPs.
     let (b, a) = (&report.cost_before, &report.cost_after);
     assert!(a.bytes < b.bytes, "bytes {} -> {}", b.bytes, a.bytes);
-    assert!(a.peak_bytes < b.peak_bytes, "peak {} -> {}", b.peak_bytes, a.peak_bytes);
+    assert!(
+        a.peak_bytes < b.peak_bytes,
+        "peak {} -> {}",
+        b.peak_bytes,
+        a.peak_bytes
+    );
     assert!(a.flops <= b.flops, "FLOPs {} -> {}", b.flops, a.flops);
 }
 
@@ -783,8 +839,18 @@ fn attention_costs_less_than_its_decomposition() {
     assert_eq!(count(&out, "Attention"), 1);
     let (b, a) = (&report.cost_before, &report.cost_after);
     let scores = 2.0 * 2.0 * 512.0 * 512.0 * 4.0;
-    assert!(b.peak_bytes - a.peak_bytes >= scores, "peak {} -> {}", b.peak_bytes, a.peak_bytes);
-    assert!(b.bytes - a.bytes >= 4.0 * scores, "bytes {} -> {}", b.bytes, a.bytes);
+    assert!(
+        b.peak_bytes - a.peak_bytes >= scores,
+        "peak {} -> {}",
+        b.peak_bytes,
+        a.peak_bytes
+    );
+    assert!(
+        b.bytes - a.bytes >= 4.0 * scores,
+        "bytes {} -> {}",
+        b.bytes,
+        a.bytes
+    );
     assert!(a.flops <= b.flops);
     assert!(a.time_ns < b.time_ns);
 }
@@ -792,7 +858,8 @@ fn attention_costs_less_than_its_decomposition() {
 // ---- the example models ----
 
 fn load(dir: &Path) -> Graph {
-    let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default()).expect("example model imports");
+    let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default())
+        .expect("example model imports");
     kiln_ir::infer_types(&mut g).expect("example model infers");
     g
 }
@@ -801,10 +868,21 @@ fn load(dir: &Path) -> Graph {
 fn reference_inputs(dir: &Path, g: &Graph) -> Vec<(String, Tensor)> {
     let data = dir.join("test_data_set_0");
     let mut out = Vec::new();
-    let inputs = g.inputs().iter().filter(|&&v| g.value(v).initializer.is_none());
+    let inputs = g
+        .inputs()
+        .iter()
+        .filter(|&&v| g.value(v).initializer.is_none());
     for (i, &v) in inputs.enumerate() {
-        let (name, t) = read_tensor_pb(&data.join(format!("input_{i}.pb"))).expect("reference input reads");
-        out.push((if name.is_empty() { g.value(v).name.clone() } else { name }, t));
+        let (name, t) =
+            read_tensor_pb(&data.join(format!("input_{i}.pb"))).expect("reference input reads");
+        out.push((
+            if name.is_empty() {
+                g.value(v).name.clone()
+            } else {
+                name
+            },
+            t,
+        ));
     }
     out
 }
@@ -815,9 +893,16 @@ fn o2_fuses_every_layer_of_every_example_model() {
         eprintln!("skipping: no example models and no Python to generate them (run `make models`)");
         return;
     };
-    assert!(dirs.len() >= 6, "expected the six example models, found {dirs:?}");
+    assert!(
+        dirs.len() >= 6,
+        "expected the six example models, found {dirs:?}"
+    );
     for dir in dirs {
-        let model = dir.file_name().expect("a model directory").to_string_lossy().to_string();
+        let model = dir
+            .file_name()
+            .expect("a model directory")
+            .to_string_lossy()
+            .to_string();
         let g = load(&dir);
         // One Softmax per layer's attention in the source graph.
         let layers = count(&g, "Softmax");
@@ -828,7 +913,11 @@ fn o2_fuses_every_layer_of_every_example_model() {
         assert_eq!(count(&out, "Attention"), layers, "{model}:\n{report}");
         assert_eq!(count(&out, "Softmax"), 0, "{model}: a Softmax is left");
         let has_loss = g.outputs().iter().any(|&v| g.value(v).name == "loss");
-        assert_eq!(count(&out, "LinearCrossEntropy"), usize::from(has_loss), "{model}:\n{report}");
+        assert_eq!(
+            count(&out, "LinearCrossEntropy"),
+            usize::from(has_loss),
+            "{model}:\n{report}"
+        );
         let decoder = model.starts_with("gpt2") || model.starts_with("llama");
         for n in out.node_ids() {
             let node = out.node(n);
@@ -841,7 +930,10 @@ fn o2_fuses_every_layer_of_every_example_model() {
             assert_eq!(given, if decoder { 3 } else { 4 }, "{model}: {}", node.name);
             if model.starts_with("llama") {
                 // Grouped-query: the keys keep their 2 heads.
-                let k = node.input(1).and_then(|k| out.value(k).ty.clone()).expect("typed K");
+                let k = node
+                    .input(1)
+                    .and_then(|k| out.value(k).ty.clone())
+                    .expect("typed K");
                 assert_eq!(k.shape[1], kiln_ir::dim::Dim::Fixed(2), "{model}: K is {k}");
             }
         }
@@ -854,7 +946,10 @@ fn o2_fuses_every_layer_of_every_example_model() {
             let (x, y) = (a.to_f64s(), b.to_f64s());
             assert_eq!(a.shape(), b.shape(), "{model}: `{n}` shape");
             for (p, q) in x.iter().zip(&y) {
-                assert!((p - q).abs() <= 1e-5 + 1e-4 * p.abs(), "{model}: output `{n}`: {p} vs {q}");
+                assert!(
+                    (p - q).abs() <= 1e-5 + 1e-4 * p.abs(),
+                    "{model}: output `{n}`: {p} vs {q}"
+                );
             }
         }
     }
@@ -865,8 +960,7 @@ fn o2_fuses_every_layer_of_every_example_model() {
 /// causal `bias` buffer sliced to `[:, :, :S, :S]`.
 fn gpt2_small_with_bias(layers: usize) -> Graph {
     let d = 768;
-    let mut s =
-        String::from("graph \"gpt2\" {\n  input %x: f32[batch, seq, 768]\n  input %bias_in: bool[1, 1, 1024, 1024]\n");
+    let mut s = String::from("graph \"gpt2\" {\n  input %x: f32[batch, seq, 768]\n  input %bias_in: bool[1, 1, 1024, 1024]\n");
     s += "  init %heads: i64[4] = [0, 0, 12, 64]\n  init %merge: i64[3] = [0, 0, 768]\n  init %scale: f32[] = 8.0\n";
     s += "  init %neg: f32[] = -3.4028235e38\n  init %starts: i64[2] = [0, 0]\n  init %axes: i64[2] = [2, 3]\n";
     s += "  %shape = Shape(%x) {start = 1, end = 2} @shape\n  %ends = Concat(%shape, %shape) {axis = 0} @ends\n";
@@ -876,25 +970,33 @@ fn gpt2_small_with_bias(layers: usize) -> Graph {
         s += &format!("  input %w{l}_qkv: f32[{d}, {}]\n  input %w{l}_o: f32[{d}, {d}]\n  input %w{l}_fc: f32[{d}, 3072]\n  input %w{l}_pr: f32[3072, {d}]\n  input %g{l}: f32[{d}]\n", 3 * d);
         s += &format!("  %l{l}_ln = LayerNormalization(%{cur}, %g{l}, %g{l}) @l{l}_ln\n  %l{l}_qkv = MatMul(%l{l}_ln, %w{l}_qkv) @l{l}_qkv\n");
         s += &format!("  %l{l}_q, %l{l}_k, %l{l}_v = Split(%l{l}_qkv) {{axis = 2, num_outputs = 3}} @l{l}_split\n");
-        for (t, perm) in [("q", "[0, 2, 1, 3]"), ("k", "[0, 2, 3, 1]"), ("v", "[0, 2, 1, 3]")] {
+        for (t, perm) in [
+            ("q", "[0, 2, 1, 3]"),
+            ("k", "[0, 2, 3, 1]"),
+            ("v", "[0, 2, 1, 3]"),
+        ] {
             s += &format!("  %l{l}_{t}r = Reshape(%l{l}_{t}, %heads) @l{l}_{t}r\n  %l{l}_{t}t = Transpose(%l{l}_{t}r) {{perm = {perm}}} @l{l}_{t}t\n");
         }
         s += &format!("  %l{l}_s0 = MatMul(%l{l}_qt, %l{l}_kt) @l{l}_qk\n  %l{l}_s1 = Div(%l{l}_s0, %scale) @l{l}_div\n  %l{l}_s = Where(%mask, %l{l}_s1, %neg) @l{l}_mask\n");
         s += &format!("  %l{l}_p = Softmax(%l{l}_s) @l{l}_sm\n  %l{l}_a = MatMul(%l{l}_p, %l{l}_vt) @l{l}_pv\n  %l{l}_at = Transpose(%l{l}_a) {{perm = [0, 2, 1, 3]}} @l{l}_at\n");
         s += &format!("  %l{l}_am = Reshape(%l{l}_at, %merge) @l{l}_am\n  %l{l}_o = MatMul(%l{l}_am, %w{l}_o) @l{l}_o\n  %l{l}_r1 = Add(%{cur}, %l{l}_o) @l{l}_r1\n");
         s += &format!("  %l{l}_ln2 = LayerNormalization(%l{l}_r1, %g{l}, %g{l}) @l{l}_ln2\n  %l{l}_f = MatMul(%l{l}_ln2, %w{l}_fc) @l{l}_fc\n  %l{l}_gl = Gelu(%l{l}_f) @l{l}_gelu\n");
-        s += &format!(
-            "  %l{l}_m = MatMul(%l{l}_gl, %w{l}_pr) @l{l}_pr\n  %l{l}_out = Add(%l{l}_r1, %l{l}_m) @l{l}_r2\n"
-        );
+        s += &format!("  %l{l}_m = MatMul(%l{l}_gl, %w{l}_pr) @l{l}_pr\n  %l{l}_out = Add(%l{l}_r1, %l{l}_m) @l{l}_r2\n");
         cur = format!("l{l}_out");
     }
     s += &format!("  output %{cur}\n}}\n");
     let mut g = parse(&s);
     // The buffer becomes an initializer (as in the exported model).
-    let tril: Vec<i64> = (0..1024 * 1024).map(|i| i64::from(i % 1024 <= i / 1024)).collect();
+    let tril: Vec<i64> = (0..1024 * 1024)
+        .map(|i| i64::from(i % 1024 <= i / 1024))
+        .collect();
     let input = g.value_by_name("bias_in").expect("the bias input");
-    let buffer =
-        g.add_initializer("bias", Tensor::from_i64s(DType::Bool, &[1, 1, 1024, 1024], &tril)).expect("a fresh name");
+    let buffer = g
+        .add_initializer(
+            "bias",
+            Tensor::from_i64s(DType::Bool, &[1, 1, 1024, 1024], &tril),
+        )
+        .expect("a fresh name");
     g.replace_all_uses(input, buffer);
     let inputs: Vec<_> = g.inputs().iter().copied().filter(|&v| v != input).collect();
     g.set_inputs(inputs);
@@ -911,7 +1013,10 @@ fn gpt2_small_with_a_causal_buffer_optimizes_within_two_seconds() {
     eprintln!("12 layers with a 1024 x 1024 causal buffer: {secs:.3} s\n{report}");
     assert!(!report.limit_hit(), "{report}");
     assert_eq!(count(&out, "Attention"), 12);
-    assert_eq!(count(&out, "Softmax") + count(&out, "Where") + count(&out, "Slice"), 0);
+    assert_eq!(
+        count(&out, "Softmax") + count(&out, "Where") + count(&out, "Slice"),
+        0
+    );
     for n in out.node_ids() {
         if let Op::Attention(a) = &out.node(n).op {
             assert!(a.is_causal, "{}", out.node(n).name);

@@ -28,9 +28,21 @@ fn a_fused_loss_lists_its_rules_in_order() {
     assert_eq!(e.value, "loss");
     let rules: Vec<&str> = e.steps.iter().map(|s| s.rule.as_str()).collect();
     assert_eq!(rules, ["loss-logsoftmax-nll", "loss-linear-ce"], "{e:#?}");
-    assert!(e.original.starts_with("NegativeLogLikelihoodLoss("), "{}", e.original);
-    assert!(e.result.starts_with("kiln.LinearCrossEntropy"), "{}", e.result);
-    assert!(e.steps[0].after.starts_with("kiln.CrossEntropy"), "{:?}", e.steps[0]);
+    assert!(
+        e.original.starts_with("NegativeLogLikelihoodLoss("),
+        "{}",
+        e.original
+    );
+    assert!(
+        e.result.starts_with("kiln.LinearCrossEntropy"),
+        "{}",
+        e.result
+    );
+    assert!(
+        e.steps[0].after.starts_with("kiln.CrossEntropy"),
+        "{:?}",
+        e.steps[0]
+    );
     assert!(!e.passes.is_empty());
 }
 
@@ -39,7 +51,10 @@ fn untouched_and_absorbed_nodes() {
     let g = parse(HEAD_LOSS);
     let pipeline = Pipeline::level(OptLevel::O2);
     let relu = explain_node(&g, &pipeline, "relu").unwrap();
-    assert!(!relu.rewritten && relu.live && relu.steps.is_empty(), "{relu:?}");
+    assert!(
+        !relu.rewritten && relu.live && relu.steps.is_empty(),
+        "{relu:?}"
+    );
     // The head's logits are no longer computed: LinearCrossEntropy took them in.
     let head = explain_node(&g, &pipeline, "head").unwrap();
     assert!(!head.live, "{head:?}");

@@ -299,9 +299,8 @@ fn zloss_with_sce_and_lm_head_becomes_one_linear_cross_entropy() {
     let (out, report) = kiln_passes::optimize(&g, &pipeline).expect("optimizes");
     assert_eq!(report.fired(ZLOSS), 1, "{report}");
     assert_eq!(out.node_count(), 1, "{report}\n{}", common::print(&out));
-    assert!(
-        common::print(&out).contains("kiln::LinearCrossEntropy(%h, %w, %y) {z_loss = 0.0001, transpose_weight = 0}")
-    );
+    assert!(common::print(&out)
+        .contains("kiln::LinearCrossEntropy(%h, %w, %y) {z_loss = 0.0001, transpose_weight = 0}"));
     assert_same_outputs(&g, &out);
 }
 
@@ -309,7 +308,10 @@ fn zloss_with_sce_and_lm_head_becomes_one_linear_cross_entropy() {
 fn zloss_not_with_ignore_index() {
     // Ignored samples have no z-term in the op, but the graph's mean
     // counts them.
-    does_not_fire(ZLOSS, &ZLOSS_MEAN.replace("{label_smoothing = 0.1}", "{ignore_index = 1}"));
+    does_not_fire(
+        ZLOSS,
+        &ZLOSS_MEAN.replace("{label_smoothing = 0.1}", "{ignore_index = 1}"),
+    );
 }
 
 #[test]
@@ -322,7 +324,10 @@ fn zloss_not_with_class_weights() {
 
 #[test]
 fn zloss_not_when_the_reduction_differs_from_the_loss() {
-    does_not_fire(ZLOSS, &ZLOSS_MEAN.replace("ReduceMean(%sq)", "ReduceSum(%sq)"));
+    does_not_fire(
+        ZLOSS,
+        &ZLOSS_MEAN.replace("ReduceMean(%sq)", "ReduceSum(%sq)"),
+    );
 }
 
 #[test]
@@ -332,20 +337,29 @@ fn zloss_not_over_another_axis() {
 
 #[test]
 fn zloss_not_for_a_coefficient_known_only_at_run_time() {
-    does_not_fire(ZLOSS, &ZLOSS_MEAN.replace("init %coef: f32[] = 0.25", "input %coef: f32[]"));
+    does_not_fire(
+        ZLOSS,
+        &ZLOSS_MEAN.replace("init %coef: f32[] = 0.25", "input %coef: f32[]"),
+    );
 }
 
 #[test]
 fn zloss_not_for_the_log_sum_exp_of_other_logits() {
     let text = ZLOSS_MEAN
-        .replace("input %y: i64[6]", "input %y: i64[6]\n  input %x2: f32[6, 5]")
+        .replace(
+            "input %y: i64[6]",
+            "input %y: i64[6]\n  input %x2: f32[6, 5]",
+        )
         .replace("ReduceLogSumExp(%x)", "ReduceLogSumExp(%x2)");
     does_not_fire(ZLOSS, &text);
 }
 
 #[test]
 fn zloss_not_for_a_cube() {
-    does_not_fire(ZLOSS, &ZLOSS_MEAN.replace("init %two: f32[] = 2", "init %two: f32[] = 3"));
+    does_not_fire(
+        ZLOSS,
+        &ZLOSS_MEAN.replace("init %two: f32[] = 2", "init %two: f32[] = 3"),
+    );
 }
 
 #[test]

@@ -337,7 +337,11 @@ fn fused_head_is_cheaper_in_bytes_and_peak_memory() {
 }"#;
     let g = parse(text);
     let (out, report) = optimize_with(&g, &[RULE]);
-    assert_eq!(count(&out, "LinearCrossEntropy"), 1, "extraction picks the fused op:\n{report}");
+    assert_eq!(
+        count(&out, "LinearCrossEntropy"),
+        1,
+        "extraction picks the fused op:\n{report}"
+    );
     let logits_bytes = 64.0 * 512.0 * 4.0;
     assert!(
         report.cost_before.bytes - report.cost_after.bytes >= logits_bytes,
@@ -348,7 +352,8 @@ fn fused_head_is_cheaper_in_bytes_and_peak_memory() {
     // Before, the logits are live at once; after, the whole peak (inputs
     // included) is below their size.
     assert!(
-        report.cost_before.peak_bytes >= logits_bytes && report.cost_after.peak_bytes < logits_bytes,
+        report.cost_before.peak_bytes >= logits_bytes
+            && report.cost_after.peak_bytes < logits_bytes,
         "peak {} -> {}",
         report.cost_before.peak_bytes,
         report.cost_after.peak_bytes
@@ -401,8 +406,16 @@ fn report_notes_that_the_logits_output_keeps_its_head() {
     let note = &report.notes[0];
     assert_eq!(note.rule, RULE);
     assert_eq!(note.node, "ce");
-    assert_eq!(note.message, "logits `logits` are a graph output: kept the MatMul path beside LinearCrossEntropy");
-    assert!(report.to_string().contains("note: loss-linear-ce at ce: logits `logits`"), "{report}");
+    assert_eq!(
+        note.message,
+        "logits `logits` are a graph output: kept the MatMul path beside LinearCrossEntropy"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("note: loss-linear-ce at ce: logits `logits`"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -540,10 +553,8 @@ fn flat_gemm_head_under_the_shift_snapshot_and_numbers() {
     assert_same_outputs(&g, &out);
     let (_, report) = optimize_with(&g, &[FLAT]);
     assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.message == "logits `logits` are a graph output: kept the Gemm path beside LinearCrossEntropy"),
+        report.notes.iter().any(|n| n.message
+            == "logits `logits` are a graph output: kept the Gemm path beside LinearCrossEntropy"),
         "{report}"
     );
 }

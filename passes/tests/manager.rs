@@ -41,12 +41,19 @@ fn o1_saturates_and_reports_where_rules_fired() {
     assert_eq!(out.node_count(), 1, "{}", print(&out));
     assert_eq!(report.passes[0].stop, Stop::Saturated);
     assert!(!report.limit_hit());
-    let cancel = report.rewrites.iter().find(|r| r.rule == "transpose-cancel").expect("fired");
+    let cancel = report
+        .rewrites
+        .iter()
+        .find(|r| r.rule == "transpose-cancel")
+        .expect("fired");
     assert!(cancel.nodes.iter().any(|n| n == "t2"), "{:?}", cancel.nodes);
     assert_eq!(report.ops_before["Transpose"], 6);
     assert!(!report.ops_after.contains_key("Transpose"));
     let text = report.to_string();
-    assert!(text.contains("transpose-cancel") && text.contains("saturated"), "{text}");
+    assert!(
+        text.contains("transpose-cancel") && text.contains("saturated"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -67,7 +74,10 @@ fn node_limit_is_reported() {
     let mut p = Pipeline::level(OptLevel::O1);
     p.limits.nodes = 4;
     let (out, report) = optimize(&g, &p).unwrap();
-    assert!(matches!(report.passes[0].stop, Stop::NodeLimit(_)), "{report}");
+    assert!(
+        matches!(report.passes[0].stop, Stop::NodeLimit(_)),
+        "{report}"
+    );
     assert!(report.to_string().contains("node limit"), "{report}");
     kiln_ir::verify(&out).unwrap();
 }
@@ -78,13 +88,18 @@ fn time_limit_is_reported_and_marks_the_result_machine_dependent() {
     let mut p = Pipeline::level(OptLevel::O1);
     p.limits.time = Duration::ZERO;
     let (_, report) = optimize(&g, &p).unwrap();
-    assert!(matches!(report.passes[0].stop, Stop::TimeLimit(_)), "{report}");
+    assert!(
+        matches!(report.passes[0].stop, Stop::TimeLimit(_)),
+        "{report}"
+    );
     assert!(!report.deterministic());
 }
 
 #[test]
 fn unknown_pass_is_an_error_listing_the_known_ones() {
-    let err = Pipeline::from_names(&["algebra", "nope"]).unwrap_err().to_string();
+    let err = Pipeline::from_names(&["algebra", "nope"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope") && err.contains("algebra"), "{err}");
     assert_eq!(Pipeline::from_names(&["algebra"]).unwrap().passes.len(), 1);
 }
@@ -145,7 +160,11 @@ const REDUCE: &str = r#"graph "reduce" {
 
 fn wrong_pipeline(strict: bool) -> Pipeline {
     let mut p = pipeline_of(&[]);
-    p.passes = vec![Pass { name: "wrong", description: "wrong rule", rules: vec![Arc::new(WrongRule)] }];
+    p.passes = vec![Pass {
+        name: "wrong",
+        description: "wrong rule",
+        rules: vec![Arc::new(WrongRule)],
+    }];
     p.strict_analysis = strict;
     p
 }
@@ -155,7 +174,10 @@ fn a_rule_that_breaks_types_is_reported_and_the_input_kept() {
     let g = parse(REDUCE);
     let (out, report) = optimize(&g, &wrong_pipeline(false)).unwrap();
     assert_eq!(report.errors.len(), 1, "{report}");
-    assert!(report.errors[0].contains("wrong") && report.errors[0].contains("incompatible"), "{report}");
+    assert!(
+        report.errors[0].contains("wrong") && report.errors[0].contains("incompatible"),
+        "{report}"
+    );
     assert_eq!(print(&out), print(&g));
 }
 

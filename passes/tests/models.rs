@@ -17,12 +17,16 @@ use std::path::{Path, PathBuf};
 /// directory when `make models` has not been run; `None` without Python.
 fn example_models() -> Option<Vec<PathBuf>> {
     let dirs = example_model_dirs(Path::new(env!("CARGO_TARGET_TMPDIR")))?;
-    assert!(dirs.len() >= 6, "expected the six example models, found {dirs:?}");
+    assert!(
+        dirs.len() >= 6,
+        "expected the six example models, found {dirs:?}"
+    );
     Some(dirs)
 }
 
 fn load(dir: &Path) -> Graph {
-    let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default()).expect("example model imports");
+    let mut g = load_model(&dir.join("model.onnx"), ImportOptions::default())
+        .expect("example model imports");
     kiln_ir::infer_types(&mut g).expect("example model infers");
     g
 }
@@ -31,16 +35,33 @@ fn load(dir: &Path) -> Graph {
 fn reference_inputs(dir: &Path, g: &Graph) -> Vec<(String, Tensor)> {
     let data = dir.join("test_data_set_0");
     let mut out = Vec::new();
-    for (i, &v) in g.inputs().iter().filter(|&&v| g.value(v).initializer.is_none()).enumerate() {
-        let (name, t) = read_tensor_pb(&data.join(format!("input_{i}.pb"))).expect("reference input reads");
-        let name = if name.is_empty() { g.value(v).name.clone() } else { name };
+    for (i, &v) in g
+        .inputs()
+        .iter()
+        .filter(|&&v| g.value(v).initializer.is_none())
+        .enumerate()
+    {
+        let (name, t) =
+            read_tensor_pb(&data.join(format!("input_{i}.pb"))).expect("reference input reads");
+        let name = if name.is_empty() {
+            g.value(v).name.clone()
+        } else {
+            name
+        };
         out.push((name, t));
     }
     out
 }
 
 fn no_rules() -> Pipeline {
-    Pipeline::new("none", vec![Pass { name: "none", description: "no rules", rules: vec![] }])
+    Pipeline::new(
+        "none",
+        vec![Pass {
+            name: "none",
+            description: "no rules",
+            rules: vec![],
+        }],
+    )
 }
 
 fn names(g: &Graph, ids: &[kiln_ir::ValueId]) -> Vec<String> {
@@ -59,21 +80,50 @@ fn round_trip_without_rules_keeps_interface_ops_and_outputs() {
         let g = load(&dir);
         let (out, report) = optimize(&g, &no_rules()).expect("round trip");
         kiln_ir::verify(&out).unwrap_or_else(|e| panic!("{model}: {e}"));
-        assert_eq!(names(&out, out.inputs()), names(&g, g.inputs()), "{model}: inputs");
-        assert_eq!(names(&out, out.outputs()), names(&g, g.outputs()), "{model}: outputs");
-        let inits =
-            |g: &Graph| -> BTreeSet<String> { g.initializers().map(|(v, _)| g.value(v).name.clone()).collect() };
-        assert!(inits(&out).is_subset(&inits(&g)), "{model}: no initializer is invented");
+        assert_eq!(
+            names(&out, out.inputs()),
+            names(&g, g.inputs()),
+            "{model}: inputs"
+        );
+        assert_eq!(
+            names(&out, out.outputs()),
+            names(&g, g.outputs()),
+            "{model}: outputs"
+        );
+        let inits = |g: &Graph| -> BTreeSet<String> {
+            g.initializers()
+                .map(|(v, _)| g.value(v).name.clone())
+                .collect()
+        };
+        assert!(
+            inits(&out).is_subset(&inits(&g)),
+            "{model}: no initializer is invented"
+        );
         for (v, t) in out.initializers() {
-            let orig = g.value_by_name(&out.value(v).name).and_then(|o| g.value(o).initializer.as_ref());
-            assert!(orig.is_some_and(|o| o.bitwise_eq(t)), "{model}: initializer data is kept");
+            let orig = g
+                .value_by_name(&out.value(v).name)
+                .and_then(|o| g.value(o).initializer.as_ref());
+            assert!(
+                orig.is_some_and(|o| o.bitwise_eq(t)),
+                "{model}: initializer data is kept"
+            );
         }
-        let node_names =
-            |g: &Graph| -> BTreeSet<String> { g.node_ids().into_iter().map(|n| g.node(n).name.clone()).collect() };
-        assert!(node_names(&out).is_subset(&node_names(&g)), "{model}: surviving nodes keep their names");
+        let node_names = |g: &Graph| -> BTreeSet<String> {
+            g.node_ids()
+                .into_iter()
+                .map(|n| g.node(n).name.clone())
+                .collect()
+        };
+        assert!(
+            node_names(&out).is_subset(&node_names(&g)),
+            "{model}: surviving nodes keep their names"
+        );
         // Only CSE and DCE can change a graph without rules: never more ops.
         for (op, n) in &report.ops_after {
-            assert!(report.ops_before.get(op).is_some_and(|b| b >= n), "{model}: {op} x{n} appeared");
+            assert!(
+                report.ops_before.get(op).is_some_and(|b| b >= n),
+                "{model}: {op} x{n} appeared"
+            );
         }
         eprintln!(
             "{model}: {} -> {} nodes, {} e-classes",
@@ -139,7 +189,12 @@ fn o2_fuses_each_loss_into_one_linear_cross_entropy() {
         let g = load(&dir);
         let (out, report) = optimize(&g, &Pipeline::level(OptLevel::O2)).expect("optimize");
         kiln_ir::verify(&out).unwrap_or_else(|e| panic!("{model}: {e}"));
-        let count = |op: &str| out.node_ids().into_iter().filter(|&n| out.node(n).op.name() == op).count();
+        let count = |op: &str| {
+            out.node_ids()
+                .into_iter()
+                .filter(|&n| out.node(n).op.name() == op)
+                .count()
+        };
         // The LM head and the shifted loss become one LinearCrossEntropy;
         // the logits stay for their graph output.
         assert_eq!(count("LinearCrossEntropy"), 1, "{model}:\n{report}");
@@ -147,7 +202,11 @@ fn o2_fuses_each_loss_into_one_linear_cross_entropy() {
         for unfused in ["CrossEntropy", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss", "LogSoftmax"] {
             assert_eq!(count(unfused), 0, "{model}: {unfused} is left");
         }
-        assert_eq!(names(&out, out.outputs()), names(&g, g.outputs()), "{model}: outputs");
+        assert_eq!(
+            names(&out, out.outputs()),
+            names(&g, g.outputs()),
+            "{model}: outputs"
+        );
         let inputs = reference_inputs(&dir, &g);
         let want = run(&g, &inputs);
         let got = run(&out, &inputs);

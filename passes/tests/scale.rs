@@ -24,7 +24,11 @@ fn gpt2_text(layers: usize) -> String {
         s += &format!("  %l{l}_q, %l{l}_k, %l{l}_v = Split(%l{l}_qkv) {{axis = 2, num_outputs = 3}} @l{l}_split\n");
         for t in ["q", "k", "v"] {
             s += &format!("  %l{l}_{t}r = Reshape(%l{l}_{t}, %heads) @l{l}_{t}r\n");
-            let perm = if t == "k" { "[0, 2, 3, 1]" } else { "[0, 2, 1, 3]" };
+            let perm = if t == "k" {
+                "[0, 2, 3, 1]"
+            } else {
+                "[0, 2, 1, 3]"
+            };
             s += &format!("  %l{l}_{t}t = Transpose(%l{l}_{t}r) {{perm = {perm}}} @l{l}_{t}t\n");
         }
         s += &format!("  %l{l}_s0 = MatMul(%l{l}_qt, %l{l}_kt) @l{l}_qk\n  %l{l}_s = Div(%l{l}_s0, %scale) @l{l}_div\n  %l{l}_p = Softmax(%l{l}_s) @l{l}_sm\n  %l{l}_a = MatMul(%l{l}_p, %l{l}_vt) @l{l}_pv\n");
@@ -51,6 +55,9 @@ fn optimization_time_on_gpt2_shaped_graphs() {
             r.passes[0].stop
         );
         assert!(!r.limit_hit(), "{r}");
-        assert!(secs <= bound, "{layers} layers took {secs:.2} s (bound {bound} s)");
+        assert!(
+            secs <= bound,
+            "{layers} layers took {secs:.2} s (bound {bound} s)"
+        );
     }
 }

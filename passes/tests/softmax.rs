@@ -63,7 +63,10 @@ fn argmax_not_along_another_axis() {
 
 #[test]
 fn argmax_not_over_a_non_softmax() {
-    does_not_fire(ARGMAX, &ARGMAX_SOFTMAX.replace("Softmax(%x) {axis = -1}", "Sigmoid(%x)"));
+    does_not_fire(
+        ARGMAX,
+        &ARGMAX_SOFTMAX.replace("Softmax(%x) {axis = -1}", "Sigmoid(%x)"),
+    );
 }
 
 // ---- topk-softmax-renorm and topk-softmax-indices ----
@@ -116,9 +119,16 @@ fn gating_with_both_rules_drops_the_softmax_over_every_expert() {
     assert_eq!(report.fired(RENORM), 1, "{report}");
     assert_eq!(report.fired(INDICES), 1, "{report}");
     assert_eq!(count(&out, "TopK"), 1, "{}", print(&out));
-    assert_eq!(count(&out, "Softmax"), 1, "only the softmax over the top 2 remains");
+    assert_eq!(
+        count(&out, "Softmax"),
+        1,
+        "only the softmax over the top 2 remains"
+    );
     assert!(print(&out).contains("TopK(%logits, %k)"), "{}", print(&out));
-    assert!(report.cost_after.flops < report.cost_before.flops, "{report}");
+    assert!(
+        report.cost_after.flops < report.cost_before.flops,
+        "{report}"
+    );
     assert_same_outputs(&g, &out);
 }
 
@@ -147,8 +157,9 @@ fn topk_renorm_not_when_summing_over_another_axis() {
 #[test]
 fn topk_renorm_not_when_the_sum_drops_the_axis() {
     // keepdims = 0 gives [5], which cannot divide [5, 2] row by row.
-    let text =
-        GATING.replace("input %logits: f32[5, 8]", "input %logits: f32[2, 8]").replace("keepdims = 1", "keepdims = 0");
+    let text = GATING
+        .replace("input %logits: f32[5, 8]", "input %logits: f32[2, 8]")
+        .replace("keepdims = 1", "keepdims = 0");
     does_not_fire(RENORM, &text);
 }
 
@@ -163,8 +174,14 @@ fn topk_not_when_the_softmax_runs_along_another_axis() {
 fn topk_renorm_with_the_sum_axes_as_an_input_numbers() {
     // ReduceSum as opset 13+ writes it: the axes are a constant input.
     let text = GATING
-        .replace("init %k: i64[1] = [2]", "init %k: i64[1] = [2]\n  init %axes: i64[1] = [1]")
-        .replace("ReduceSum(%top) {axes = [-1], keepdims = 1}", "ReduceSum(%top, %axes) {keepdims = 1}");
+        .replace(
+            "init %k: i64[1] = [2]",
+            "init %k: i64[1] = [2]\n  init %axes: i64[1] = [1]",
+        )
+        .replace(
+            "ReduceSum(%top) {axes = [-1], keepdims = 1}",
+            "ReduceSum(%top, %axes) {keepdims = 1}",
+        );
     let (g, out, _) = fires(RENORM, &text);
     assert_eq!(count(&out, "ReduceSum"), 0);
     assert_same_outputs(&g, &out);

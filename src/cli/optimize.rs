@@ -605,21 +605,15 @@ fn approx_options(
     }
     let dirs = if args.samples.is_empty() {
         let beside = args.input.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut found: Vec<PathBuf> =
-            std::fs::read_dir(if beside.as_os_str().is_empty() { Path::new(".") } else { &beside })
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .map(|e| e.path())
-                        .filter(|p| {
-                            p.is_dir()
-                                && p.file_name()
-                                    .and_then(|n| n.to_str())
-                                    .is_some_and(|n| n.starts_with("test_data_set_"))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+        let mut found: Vec<PathBuf> = std::fs::read_dir(if beside.as_os_str().is_empty() { Path::new(".") } else { &beside })
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("test_data_set_")))
+                    .collect()
+            })
+            .unwrap_or_default();
         found.sort();
         found
     } else {

@@ -35,7 +35,9 @@ const STAMP: &str = ".stamp";
 
 /// The root of the kiln repository (the workspace root).
 pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("test-support/ is a directory inside the repository")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support/ is a directory inside the repository")
 }
 
 /// The Python the tests use (it should have onnx, onnxruntime and NumPy):
@@ -51,14 +53,26 @@ pub fn repo_root() -> &'static Path {
 /// found under CI (`CI` set): CI runs `make test`, which sets `KILN_PYTHON`,
 /// and a CI run must never skip silently.
 pub fn python() -> Option<PathBuf> {
-    choose_python(std::env::var_os("KILN_PYTHON"), repo_root().join(".venv/bin/python"), under_ci())
+    choose_python(
+        std::env::var_os("KILN_PYTHON"),
+        repo_root().join(".venv/bin/python"),
+        under_ci(),
+    )
 }
 
 /// [`python`]'s choice, given what it reads from the environment.
-fn choose_python(kiln_python: Option<OsString>, venv_python: PathBuf, under_ci: bool) -> Option<PathBuf> {
+fn choose_python(
+    kiln_python: Option<OsString>,
+    venv_python: PathBuf,
+    under_ci: bool,
+) -> Option<PathBuf> {
     if let Some(p) = kiln_python.filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(p.exists(), "KILN_PYTHON is set to {} but that does not exist", p.display());
+        assert!(
+            p.exists(),
+            "KILN_PYTHON is set to {} but that does not exist",
+            p.display()
+        );
         return Some(p);
     }
     if venv_python.exists() {
@@ -87,11 +101,19 @@ fn under_ci() -> bool {
 /// When `python` cannot import onnx or its onnx package has no node tests.
 pub fn onnx_node_test_dir(python: &Path) -> PathBuf {
     let onnx_dir = run_command(
-        Command::new(python).args(["-c", "import onnx, os; print(os.path.dirname(onnx.__file__))"]),
+        Command::new(python).args([
+            "-c",
+            "import onnx, os; print(os.path.dirname(onnx.__file__))",
+        ]),
         &format!("locating the onnx package of {}", python.display()),
     );
     let dir = Path::new(onnx_dir.trim()).join("backend/test/data/node");
-    assert!(dir.is_dir(), "the onnx package of {} has no node tests at {}", python.display(), dir.display());
+    assert!(
+        dir.is_dir(),
+        "the onnx package of {} has no node tests at {}",
+        python.display(),
+        dir.display()
+    );
     dir
 }
 
@@ -107,7 +129,10 @@ pub fn model_dirs(parent: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(parent)
         .unwrap_or_else(|e| cannot_list(e))
         .map(|entry| entry.unwrap_or_else(|e| cannot_list(e)).path())
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .filter(|p| p.join("model.onnx").is_file())
         .collect();
     dirs.sort();
@@ -137,7 +162,11 @@ pub fn example_models_dir(scratch: &Path) -> Option<PathBuf> {
         return Some(dir.clone());
     }
     let python = python()?;
-    Some(GENERATED.get_or_init(|| generate_example_models(&python, scratch)).clone())
+    Some(
+        GENERATED
+            .get_or_init(|| generate_example_models(&python, scratch))
+            .clone(),
+    )
 }
 
 /// The example model directories (each with `model.onnx` and
@@ -165,12 +194,20 @@ fn generate_example_models(python: &Path, scratch: &Path) -> PathBuf {
     // half a set, even when a run is interrupted.
     let staging = scratch.join(format!("example-models.{}.partial", std::process::id()));
     remove_dir_if_present(&staging);
-    run_command(Command::new(python).arg(&script).arg("--out").arg(&staging), MAKE_MODELS);
+    run_command(
+        Command::new(python).arg(&script).arg("--out").arg(&staging),
+        MAKE_MODELS,
+    );
     fs::write(staging.join(STAMP), "")
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", staging.join(STAMP).display()));
     remove_dir_if_present(&out);
-    fs::rename(&staging, &out)
-        .unwrap_or_else(|e| panic!("cannot move {} to {}: {e}", staging.display(), out.display()));
+    fs::rename(&staging, &out).unwrap_or_else(|e| {
+        panic!(
+            "cannot move {} to {}: {e}",
+            staging.display(),
+            out.display()
+        )
+    });
     out
 }
 
@@ -197,8 +234,12 @@ fn remove_dir_if_present(dir: &Path) {
 /// When the command cannot start or exits unsuccessfully; the message names
 /// it as `what` and carries its stdout and stderr.
 pub fn run_command(cmd: &mut Command, what: &str) -> String {
-    let out =
-        cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start {}: {e}", Path::new(cmd.get_program()).display()));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "{what}: cannot start {}: {e}",
+            Path::new(cmd.get_program()).display()
+        )
+    });
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -215,7 +256,8 @@ mod tests {
 
     /// A fresh directory under the system temp dir, unique to this process and `name`.
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kiln-test-support-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("kiln-test-support-{}-{name}", std::process::id()));
         remove_dir_if_present(&dir);
         fs::create_dir_all(&dir).expect("temp dir is writable");
         dir
@@ -227,21 +269,34 @@ mod tests {
         let (chosen, venv) = (dir.join("chosen"), dir.join("venv"));
         fs::write(&chosen, "").unwrap();
         fs::write(&venv, "").unwrap();
-        assert_eq!(choose_python(Some(chosen.clone().into()), venv.clone(), false), Some(chosen));
+        assert_eq!(
+            choose_python(Some(chosen.clone().into()), venv.clone(), false),
+            Some(chosen)
+        );
         // Empty counts as unset.
-        assert_eq!(choose_python(Some(OsString::new()), venv.clone(), false), Some(venv));
+        assert_eq!(
+            choose_python(Some(OsString::new()), venv.clone(), false),
+            Some(venv)
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     #[should_panic(expected = "KILN_PYTHON is set to /nonexistent/python but that does not exist")]
     fn missing_kiln_python_panics() {
-        choose_python(Some("/nonexistent/python".into()), PathBuf::from("/nonexistent/venv"), false);
+        choose_python(
+            Some("/nonexistent/python".into()),
+            PathBuf::from("/nonexistent/venv"),
+            false,
+        );
     }
 
     #[test]
     fn no_python_outside_ci_is_none() {
-        assert_eq!(choose_python(None, PathBuf::from("/nonexistent/venv"), false), None);
+        assert_eq!(
+            choose_python(None, PathBuf::from("/nonexistent/venv"), false),
+            None
+        );
     }
 
     #[test]
@@ -266,12 +321,21 @@ mod tests {
 
     #[test]
     fn run_command_returns_stdout() {
-        assert_eq!(run_command(Command::new("sh").args(["-c", "echo out; echo err >&2"]), "echo"), "out\n");
+        assert_eq!(
+            run_command(
+                Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+                "echo"
+            ),
+            "out\n"
+        );
     }
 
     #[test]
     #[should_panic(expected = "stderr says why")]
     fn failing_command_panics_with_its_stderr() {
-        run_command(Command::new("sh").args(["-c", "echo stderr says why >&2; exit 3"]), "failing sh");
+        run_command(
+            Command::new("sh").args(["-c", "echo stderr says why >&2; exit 3"]),
+            "failing sh",
+        );
     }
 }

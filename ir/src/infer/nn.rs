@@ -203,8 +203,7 @@ pub(crate) fn linear_attention(cx: &mut Ctx, attrs: &LinearAttentionAttrs) -> Re
     if attrs.update_rule.is_delta() && !cx.has(5) {
         return Err(cx.err(format!("update_rule {} needs the beta input", attrs.update_rule.name())));
     }
-    let hidden =
-        dims::mul(&Dim::Fixed(attrs.q_num_heads as u64), &dv).ok_or_else(|| cx.err("output size overflows"))?;
+    let hidden = dims::mul(&Dim::Fixed(attrs.q_num_heads as u64), &dv).ok_or_else(|| cx.err("output size overflows"))?;
     Ok(vec![TensorType::new(t, vec![batch, seq, hidden]), TensorType::new(state_type, state)])
 }
 
@@ -381,22 +380,14 @@ pub(crate) fn linear_cross_entropy(
     cx.dtype_in(2, |d| matches!(d, DType::I32 | DType::I64), "i32 or i64 (labels)")?;
     let labels = cx.rank_is(2, 1)?;
     let rows = dims::unify(&labels.shape[0], &hidden.shape[0]).ok_or_else(|| {
-        cx.err(format!(
-            "{} has shape {labels}; expected one label per row of {} ({})",
-            cx.desc(2),
-            cx.desc(0),
-            hidden.shape[0]
-        ))
+        cx.err(format!("{} has shape {labels}; expected one label per row of {} ({})", cx.desc(2), cx.desc(0), hidden.shape[0]))
     })?;
     for slot in [3, 4] {
         if cx.has(slot) {
             cx.same_dtype(0, slot)?;
             let v = cx.rank_is(slot, 1)?;
             if dims::conflict(&v.shape[0], vocab) {
-                return Err(cx.err(format!(
-                    "{} has shape {v}; expected one entry per vocabulary entry ({vocab})",
-                    cx.desc(slot)
-                )));
+                return Err(cx.err(format!("{} has shape {v}; expected one entry per vocabulary entry ({vocab})", cx.desc(slot))));
             }
         }
     }

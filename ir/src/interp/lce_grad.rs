@@ -307,11 +307,11 @@ fn grad(
             let g = ArrayView2::from_shape((rows, width), &*tile).expect("the tile is [rows, width]");
             let w = ArrayView2::from_shape((width, d), &head[..]).expect("the head chunk is [width, d]");
             let h = ArrayView2::from_shape((rows, d), &block[..]).expect("the hidden block is [rows, d]");
-            let mut dh =
-                ArrayViewMut2::from_shape((rows, d), &mut d_hidden[r0 * d..r1 * d]).expect("the dH block is [rows, d]");
+            let mut dh = ArrayViewMut2::from_shape((rows, d), &mut d_hidden[r0 * d..r1 * d])
+                .expect("the dH block is [rows, d]");
             general_mat_mul(1.0, &g, &w, 1.0, &mut dh);
-            let mut dw =
-                ArrayViewMut2::from_shape((width, d), &mut d_head[v0 * d..v1 * d]).expect("the dW chunk is [width, d]");
+            let mut dw = ArrayViewMut2::from_shape((width, d), &mut d_head[v0 * d..v1 * d])
+                .expect("the dW chunk is [width, d]");
             general_mat_mul(1.0, &g.t(), &h, 1.0, &mut dw);
             if let Some(db) = d_bias.as_mut() {
                 for g in tile.chunks_exact(width) {

@@ -70,25 +70,30 @@ pub(crate) fn eval(op: &Op, inputs: &[Option<Tensor>], num_outputs: usize) -> KR
             )?;
             Ok(vec![Some(loss), log_prob])
         }
-        Op::LinearCrossEntropy { reduction, ignore_index, label_smoothing, z_loss, transpose_weight, chunk_size } => {
-            Ok(vec![Some(linear_cross_entropy(
-                LinearInputs {
-                    hidden: required(inputs, 0, "hidden")?,
-                    weight: required(inputs, 1, "weight")?,
-                    labels: required(inputs, 2, "labels")?,
-                    bias: optional(inputs, 3),
-                    class_weight: optional(inputs, 4),
-                },
-                CrossEntropyParams {
-                    reduction: *reduction,
-                    ignore_index: *ignore_index,
-                    label_smoothing: *label_smoothing as f64,
-                    z_loss: *z_loss as f64,
-                },
-                *transpose_weight,
-                usize::try_from(*chunk_size).ok().filter(|&c| c >= 1).ok_or("chunk_size must be at least 1")?,
-            )?)])
-        }
+        Op::LinearCrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            transpose_weight,
+            chunk_size,
+        } => Ok(vec![Some(linear_cross_entropy(
+            LinearInputs {
+                hidden: required(inputs, 0, "hidden")?,
+                weight: required(inputs, 1, "weight")?,
+                labels: required(inputs, 2, "labels")?,
+                bias: optional(inputs, 3),
+                class_weight: optional(inputs, 4),
+            },
+            CrossEntropyParams {
+                reduction: *reduction,
+                ignore_index: *ignore_index,
+                label_smoothing: *label_smoothing as f64,
+                z_loss: *z_loss as f64,
+            },
+            *transpose_weight,
+            usize::try_from(*chunk_size).ok().filter(|&c| c >= 1).ok_or("chunk_size must be at least 1")?,
+        )?)]),
         other => Err(format!("{} is not a neural-network op", other.name())),
     }
 }
@@ -539,26 +544,16 @@ fn linear_attention(attrs: &LinearAttentionAttrs, inputs: &[Option<Tensor>]) -> 
     let decay = optional(inputs, 4).map(|t| to_f64_array(t, "decay")).transpose()?;
     let beta = optional(inputs, 5).map(|t| to_f64_array(t, "beta")).transpose()?;
     if rule.is_gated() != decay.is_some() {
-        return Err(format!(
-            "update_rule {} {} the decay input",
-            rule.name(),
-            if rule.is_gated() { "needs" } else { "forbids" }
-        ));
+        return Err(format!("update_rule {} {} the decay input", rule.name(), if rule.is_gated() { "needs" } else { "forbids" }));
     }
     if rule.is_delta() != beta.is_some() {
-        return Err(format!(
-            "update_rule {} {} the beta input",
-            rule.name(),
-            if rule.is_delta() { "needs" } else { "forbids" }
-        ));
+        return Err(format!("update_rule {} {} the beta input", rule.name(), if rule.is_delta() { "needs" } else { "forbids" }));
     }
     // Decay per key dim (last axis Hkv*dk) or per head (Hkv); beta per head or shared (1).
     let decay_per_dim = match &decay {
         Some(d) if d.ndim() == 3 && d.shape()[..2] == [batch, steps] && d.shape()[2] == hkv * dk => true,
         Some(d) if d.ndim() == 3 && d.shape()[..2] == [batch, steps] && d.shape()[2] == hkv => false,
-        Some(d) => {
-            return Err(format!("decay has shape {:?}; expected [{batch}, {steps}, {hkv} or {}]", d.shape(), hkv * dk))
-        }
+        Some(d) => return Err(format!("decay has shape {:?}; expected [{batch}, {steps}, {hkv} or {}]", d.shape(), hkv * dk)),
         None => false,
     };
     let beta_per_head = match &beta {
@@ -1175,8 +1170,7 @@ mod tests {
                             assert_eq!(g.dtype(), w.dtype(), "{what}");
                             rel_close(&g.to_f64s(), &w.to_f64s(), &what);
                         }
-                        let (loss_only, lp) =
-                            cross_entropy(&x, &y, weight, plain(reduction, ignore_index), false).unwrap();
+                        let (loss_only, lp) = cross_entropy(&x, &y, weight, plain(reduction, ignore_index), false).unwrap();
                         assert!(lp.is_none());
                         rel_close(&loss_only.to_f64s(), &want[0].as_ref().unwrap().to_f64s(), &what);
                     }

@@ -755,12 +755,8 @@ mod tests {
         let x = g.add_input("logits", TensorType::fixed(DType::F32, &[4, 5])).unwrap();
         let y = g.add_input("labels", TensorType::fixed(DType::I64, &[4])).unwrap();
         let w = g.add_input("weight", TensorType::fixed(DType::F32, &[5])).unwrap();
-        let op = Op::CrossEntropy {
-            reduction: LossReduction::Sum,
-            ignore_index: Some(-100),
-            label_smoothing: 0.1,
-            z_loss: 1e-4,
-        };
+        let op =
+            Op::CrossEntropy { reduction: LossReduction::Sum, ignore_index: Some(-100), label_smoothing: 0.1, z_loss: 1e-4 };
         let n = g.add_node("ce", op.clone(), vec![Some(x), Some(y), Some(w)], &["loss", "log_prob"]).unwrap();
         for v in g.node(n).outputs.clone().into_iter().flatten() {
             g.add_output(v);

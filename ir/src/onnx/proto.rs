@@ -539,7 +539,8 @@ pub mod tensor_proto {
                 Undefined | String => return None,
                 Int2 | Uint2 => 2,
                 Int4 | Uint4 | Float4e2m1 => 4,
-                Bool | Int8 | Uint8 | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz | Float8e8m0 => 8,
+                Bool | Int8 | Uint8 | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2
+                | Float8e5m2fnuz | Float8e8m0 => 8,
                 Int16 | Uint16 | Float16 | Bfloat16 => 16,
                 Float | Int32 | Uint32 => 32,
                 Double | Int64 | Uint64 | Complex64 => 64,

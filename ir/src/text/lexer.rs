@@ -60,17 +60,26 @@ pub(crate) fn line_col(src: &str, pos: usize) -> (usize, usize) {
     let pos = pos.min(src.len());
     let before = &src.as_bytes()[..pos];
     let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
     // `pos` is always at a token or character boundary, but be safe with
     // a lossy count rather than slicing inside a character.
-    let column = 1 + String::from_utf8_lossy(&before[line_start..]).chars().count();
+    let column = 1 + String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count();
     (line, column)
 }
 
 /// An [`IrError::Parse`] at byte offset `pos` of `src`.
 pub(crate) fn error_at(src: &str, pos: usize, message: impl Into<String>) -> IrError {
     let (line, column) = line_col(src, pos);
-    IrError::Parse { line, column, message: message.into() }
+    IrError::Parse {
+        line,
+        column,
+        message: message.into(),
+    }
 }
 
 /// Splits source text into tokens.
@@ -94,7 +103,10 @@ impl<'a> Lexer<'a> {
             match bytes[self.pos] {
                 b' ' | b'\t' | b'\n' | b'\r' => self.pos += 1,
                 b'#' => {
-                    self.pos = bytes[self.pos..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| self.pos + i);
+                    self.pos = bytes[self.pos..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(bytes.len(), |i| self.pos + i);
                 }
                 _ => break,
             }
@@ -106,10 +118,15 @@ impl<'a> Lexer<'a> {
         self.skip_trivia();
         let start = self.pos;
         let Some(c) = self.peek_char() else {
-            return Ok(Token { tok: Tok::Eof, pos: start });
+            return Ok(Token {
+                tok: Tok::Eof,
+                pos: start,
+            });
         };
         let tok = if is_ident_start(c) {
-            let len = self.src[start..].find(|c: char| !is_ident_char(c)).unwrap_or(self.src.len() - start);
+            let len = self.src[start..]
+                .find(|c: char| !is_ident_char(c))
+                .unwrap_or(self.src.len() - start);
             self.pos += len;
             Tok::Ident(&self.src[start..self.pos])
         } else if c.is_ascii_digit() {
@@ -144,7 +161,13 @@ impl<'a> Lexer<'a> {
                     "::"
                 }
                 ':' => ":",
-                _ => return Err(error_at(self.src, start, format!("unexpected character `{}`", c.escape_debug()))),
+                _ => {
+                    return Err(error_at(
+                        self.src,
+                        start,
+                        format!("unexpected character `{}`", c.escape_debug()),
+                    ))
+                }
             })
         };
         Ok(Token { tok, pos: start })
@@ -160,7 +183,8 @@ impl<'a> Lexer<'a> {
         let mut i = start;
         while i < bytes.len() {
             let b = bytes[i];
-            let exponent_sign = (b == b'+' || b == b'-') && !hex && matches!(bytes[i - 1], b'e' | b'E');
+            let exponent_sign =
+                (b == b'+' || b == b'-') && !hex && matches!(bytes[i - 1], b'e' | b'E');
             if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || exponent_sign {
                 i += 1;
             } else {
@@ -177,7 +201,9 @@ impl<'a> Lexer<'a> {
             return self.string();
         }
         let start = self.pos;
-        let len = self.src[start..].find(|c: char| !is_name_char(c)).unwrap_or(self.src.len() - start);
+        let len = self.src[start..]
+            .find(|c: char| !is_name_char(c))
+            .unwrap_or(self.src.len() - start);
         if len == 0 {
             return Err(error_at(
                 self.src,
@@ -195,20 +221,33 @@ impl<'a> Lexer<'a> {
         let bytes = self.src.as_bytes();
         let body = open + 1;
         // Fast path: no escapes, borrow the text.
-        let stop = bytes[body..].iter().position(|&b| matches!(b, b'"' | b'\\' | b'\n')).map(|i| body + i);
+        let stop = bytes[body..]
+            .iter()
+            .position(|&b| matches!(b, b'"' | b'\\' | b'\n'))
+            .map(|i| body + i);
         match stop {
             Some(i) if bytes[i] == b'"' => {
                 self.pos = i + 1;
                 return Ok(Cow::Borrowed(&self.src[body..i]));
             }
             Some(i) if bytes[i] == b'\\' => {}
-            _ => return Err(error_at(self.src, open, "unterminated string (strings end on the line they start)")),
+            _ => {
+                return Err(error_at(
+                    self.src,
+                    open,
+                    "unterminated string (strings end on the line they start)",
+                ))
+            }
         }
         let mut out = String::new();
         let mut i = body;
         loop {
             let Some(c) = self.src[i..].chars().next() else {
-                return Err(error_at(self.src, open, "unterminated string (strings end on the line they start)"));
+                return Err(error_at(
+                    self.src,
+                    open,
+                    "unterminated string (strings end on the line they start)",
+                ));
             };
             match c {
                 '"' => {
@@ -216,7 +255,11 @@ impl<'a> Lexer<'a> {
                     return Ok(Cow::Owned(out));
                 }
                 '\n' => {
-                    return Err(error_at(self.src, open, "unterminated string (strings end on the line they start)"))
+                    return Err(error_at(
+                        self.src,
+                        open,
+                        "unterminated string (strings end on the line they start)",
+                    ))
                 }
                 '\\' => {
                     let esc = self.src[i + 1..].chars().next();
@@ -228,13 +271,11 @@ impl<'a> Lexer<'a> {
                         Some('t') => ('\t', 2),
                         Some('0') => ('\0', 2),
                         Some('u') => self.unicode_escape(i)?,
-                        _ => {
-                            return Err(error_at(
-                                self.src,
-                                i,
-                                "unknown escape in string (use \\\\ \\\" \\n \\r \\t \\0 or \\u{hex})",
-                            ))
-                        }
+                        _ => return Err(error_at(
+                            self.src,
+                            i,
+                            "unknown escape in string (use \\\\ \\\" \\n \\r \\t \\0 or \\u{hex})",
+                        )),
                     };
                     out.push(ch);
                     i += len;
@@ -256,8 +297,13 @@ impl<'a> Lexer<'a> {
         }
         let close = rest.find('}').ok_or_else(bad)?;
         let code = u32::from_str_radix(&rest[1..close], 16).map_err(|_| bad())?;
-        let ch = char::from_u32(code)
-            .ok_or_else(|| error_at(self.src, i, format!("\\u{{{code:x}}} is not a unicode scalar value")))?;
+        let ch = char::from_u32(code).ok_or_else(|| {
+            error_at(
+                self.src,
+                i,
+                format!("\\u{{{code:x}}} is not a unicode scalar value"),
+            )
+        })?;
         Ok((ch, 2 + close + 1))
     }
 }
@@ -315,7 +361,17 @@ mod tests {
     fn escapes_and_positions() {
         assert_eq!(toks(r#""a\"\u{e9}\n""#), vec![Tok::Str("a\"é\n".into())]);
         let err = Lexer::new("\n  \"abc").next_token().unwrap_err();
-        assert!(matches!(err, IrError::Parse { line: 2, column: 3, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                IrError::Parse {
+                    line: 2,
+                    column: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert_eq!(line_col("é\né€x", 8), (2, 3));
     }
 }

@@ -135,7 +135,8 @@ fn is_plain_ident(s: &str) -> bool {
     chars.next().is_some_and(is_ident_start) && chars.all(is_ident_char)
 }
 
-const BASE64_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Marks a byte that is not a base64 symbol in [`BASE64_DECODE`].
 const NOT_BASE64: u8 = 0xff;
@@ -201,7 +202,8 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, (usize, String)> {
                 if (v[0] | v[1] | v[2] | v[3]) >= 64 {
                     break;
                 }
-                let n = (v[0] as u32) << 18 | (v[1] as u32) << 12 | (v[2] as u32) << 6 | v[3] as u32;
+                let n =
+                    (v[0] as u32) << 18 | (v[1] as u32) << 12 | (v[2] as u32) << 6 | v[3] as u32;
                 out.extend_from_slice(&n.to_be_bytes()[1..]);
                 i += 4;
             }
@@ -243,7 +245,10 @@ fn decode_base64(text: &str) -> Result<Vec<u8>, (usize, String)> {
         i += 1;
     }
     if count != 0 {
-        return Err((quartet_start, "base64 data ends in the middle of a 4-character group".into()));
+        return Err((
+            quartet_start,
+            "base64 data ends in the middle of a 4-character group".into(),
+        ));
     }
     Ok(out)
 }
@@ -286,15 +291,23 @@ mod tests {
             .collect();
         let graph = parse_graph(&example).unwrap_or_else(|e| panic!("{e}\n{example}"));
         assert_eq!(graph.node_count(), 3);
-        let strip_comments =
-            |s: &str| s.lines().map(|l| l.split(" #").next().unwrap_or("").trim_end().to_string()).collect::<Vec<_>>();
-        assert_eq!(strip_comments(&print_graph(&graph)), strip_comments(&example));
+        let strip_comments = |s: &str| {
+            s.lines()
+                .map(|l| l.split(" #").next().unwrap_or("").trim_end().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            strip_comments(&print_graph(&graph)),
+            strip_comments(&example)
+        );
     }
 
     #[test]
     fn base64_round_trips_every_remainder() {
         for len in 0..10usize {
-            let bytes: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(97).wrapping_add(200)).collect();
+            let bytes: Vec<u8> = (0..len as u8)
+                .map(|b| b.wrapping_mul(97).wrapping_add(200))
+                .collect();
             let mut s = String::new();
             encode_base64_into(&bytes, &mut s);
             assert_eq!(s.len(), len.div_ceil(3) * 4);
@@ -318,7 +331,11 @@ mod tests {
         let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 37 % 256) as u8).collect();
         let mut s = String::new();
         encode_base64_into(&bytes, &mut s);
-        let wrapped: Vec<String> = s.as_bytes().chunks(75).map(|l| String::from_utf8(l.to_vec()).unwrap()).collect();
+        let wrapped: Vec<String> = s
+            .as_bytes()
+            .chunks(75)
+            .map(|l| String::from_utf8(l.to_vec()).unwrap())
+            .collect();
         assert_eq!(decode_base64(&wrapped.join("\n  ")).unwrap(), bytes);
     }
 

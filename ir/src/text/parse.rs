@@ -47,8 +47,15 @@ struct NodeStmt {
 }
 
 enum Stmt {
-    Input { value: Named, ty: Option<TensorType>, data: Option<Tensor> },
-    Init { value: Named, data: Tensor },
+    Input {
+        value: Named,
+        ty: Option<TensorType>,
+        data: Option<Tensor>,
+    },
+    Init {
+        value: Named,
+        data: Tensor,
+    },
     Node(NodeStmt),
     Output(Named),
 }
@@ -82,7 +89,12 @@ impl<'a> Parser<'a> {
     fn new(src: &'a str) -> Result<Parser<'a>> {
         let mut lexer = Lexer::new(src);
         let current = lexer.next_token()?;
-        Ok(Parser { src, lexer, current, dim_depth: 0 })
+        Ok(Parser {
+            src,
+            lexer,
+            current,
+            dim_depth: 0,
+        })
     }
 
     fn peek(&self) -> &Tok<'a> {
@@ -104,7 +116,10 @@ impl<'a> Parser<'a> {
 
     /// "expected X, found <current token>".
     fn unexpected(&self, expected: &str) -> IrError {
-        self.error(self.pos(), format!("expected {expected}, found {}", self.peek().describe()))
+        self.error(
+            self.pos(),
+            format!("expected {expected}, found {}", self.peek().describe()),
+        )
     }
 
     fn at_punct(&self, p: &str) -> bool {
@@ -186,8 +201,9 @@ impl<'a> Parser<'a> {
                 Tok::Value(_) | Tok::Ident("_") | Tok::Punct("(") => stmts.push(Stmt::Node(self.node()?)),
                 Tok::Eof => return Err(self.unexpected(&format!("`}}` to close graph \"{name}\""))),
                 _ => {
-                    return Err(self
-                        .unexpected("`input`, `init`, `output`, a node (`%name = Op(...)`) or `}` to close the graph"))
+                    return Err(self.unexpected(
+                        "`input`, `init`, `output`, a node (`%name = Op(...)`) or `}` to close the graph",
+                    ))
                 }
             }
         }
@@ -195,7 +211,11 @@ impl<'a> Parser<'a> {
         if *self.peek() != Tok::Eof {
             return Err(self.unexpected("end of input after the graph"));
         }
-        Ok(Ast { name, opsets, stmts })
+        Ok(Ast {
+            name,
+            opsets,
+            stmts,
+        })
     }
 
     fn opsets(&mut self) -> Result<BTreeMap<String, i64>> {
@@ -238,7 +258,11 @@ impl<'a> Parser<'a> {
     fn input(&mut self) -> Result<Stmt> {
         self.bump()?;
         let value = self.value_name("a value (`%name`) after `input`")?;
-        let ty = if self.eat_punct(":")? { Some(self.ty()?) } else { None };
+        let ty = if self.eat_punct(":")? {
+            Some(self.ty()?)
+        } else {
+            None
+        };
         let data = if self.eat_punct("=")? {
             let pos = self.pos();
             let data = self.tensor()?;
@@ -246,14 +270,15 @@ impl<'a> Parser<'a> {
                 let data_ty = TensorType::fixed(data.dtype(), data.shape());
                 let compatible = ty.dtype == data_ty.dtype
                     && ty.rank() == data_ty.rank()
-                    && ty.shape.iter().zip(&data_ty.shape).all(|(a, b)| a.fixed().is_none() || a == b);
+                    && ty
+                        .shape
+                        .iter()
+                        .zip(&data_ty.shape)
+                        .all(|(a, b)| a.fixed().is_none() || a == b);
                 if !compatible {
                     return Err(self.error(
                         pos,
-                        format!(
-                            "the default of input `%{}` is {data_ty}, which does not fit its type {ty}",
-                            value.name
-                        ),
+                        format!("the default of input `%{}` is {data_ty}, which does not fit its type {ty}", value.name),
                     ));
                 }
             }
@@ -267,11 +292,17 @@ impl<'a> Parser<'a> {
     fn init(&mut self) -> Result<Stmt> {
         self.bump()?;
         let value = self.value_name("a value (`%name`) after `init`")?;
-        self.expect_punct(":", &format!("and a type after initializer `%{}`", value.name))?;
+        self.expect_punct(
+            ":",
+            &format!("and a type after initializer `%{}`", value.name),
+        )?;
         let ty_pos = self.pos();
         let ty = self.ty()?;
         let shape = self.fixed_shape(&ty, ty_pos, &format!("initializer `%{}`", value.name))?;
-        self.expect_punct("=", &format!("and the data of initializer `%{}`", value.name))?;
+        self.expect_punct(
+            "=",
+            &format!("and the data of initializer `%{}`", value.name),
+        )?;
         let data = self.data(ty.dtype, &shape)?;
         Ok(Stmt::Init { value, data })
     }
@@ -291,7 +322,11 @@ impl<'a> Parser<'a> {
                     }
                     Tok::Value(_) => {
                         let value = self.value_name("a result")?;
-                        let ty = if self.eat_punct(":")? { Some(self.ty()?) } else { None };
+                        let ty = if self.eat_punct(":")? {
+                            Some(self.ty()?)
+                        } else {
+                            None
+                        };
                         results.push(Some((value, ty)));
                     }
                     _ => return Err(self.unexpected("a result (`%name` or `_`)")),
@@ -335,7 +370,11 @@ impl<'a> Parser<'a> {
                         args.push(None);
                     }
                     Tok::Value(_) => args.push(Some(self.value_name("an input")?)),
-                    _ => return Err(self.unexpected(&format!("an input of `{op_name}` (`%name`, or `_` if omitted)"))),
+                    _ => {
+                        return Err(self.unexpected(&format!(
+                            "an input of `{op_name}` (`%name`, or `_` if omitted)"
+                        )))
+                    }
                 }
                 if !self.eat_punct(",")? {
                     break;
@@ -354,7 +393,10 @@ impl<'a> Parser<'a> {
                     _ => return Err(self.unexpected(&format!("an attribute name of `{op_name}`"))),
                 };
                 if attrs.iter().any(|(n, _)| *n == name) {
-                    return Err(self.error(pos, format!("attribute `{name}` of `{op_name}` is given twice")));
+                    return Err(self.error(
+                        pos,
+                        format!("attribute `{name}` of `{op_name}` is given twice"),
+                    ));
                 }
                 self.bump()?;
                 self.expect_punct("=", &format!("after attribute `{name}`"))?;
@@ -376,13 +418,27 @@ impl<'a> Parser<'a> {
             _ => None,
         };
         let op = self.make_op(&op_name, &domain, attrs, op_pos)?;
-        Ok(NodeStmt { results, op, op_pos, args, name })
+        Ok(NodeStmt {
+            results,
+            op,
+            op_pos,
+            args,
+            name,
+        })
     }
 
-    fn make_op(&self, name: &str, domain: &str, attrs: Vec<(String, Attr)>, pos: usize) -> Result<Op> {
+    fn make_op(
+        &self,
+        name: &str,
+        domain: &str,
+        attrs: Vec<(String, Attr)>,
+        pos: usize,
+    ) -> Result<Op> {
         match Op::from_attrs(name, domain, AttrBag::new(attrs)) {
             Ok(op) => Ok(op),
-            Err(AttrError::Invalid(message)) => Err(self.error(pos, format!("op `{name}`: {message}"))),
+            Err(AttrError::Invalid(message)) => {
+                Err(self.error(pos, format!("op `{name}`: {message}")))
+            }
             Err(AttrError::UnknownOp) => {
                 let known = known_op_names();
                 let onnx_domain = domain.is_empty() || domain == "ai.onnx";
@@ -415,7 +471,10 @@ impl<'a> Parser<'a> {
 
     /// The `[dims]` part of a type whose dtype has been read.
     fn shape_after_dtype(&mut self, dtype: DType) -> Result<TensorType> {
-        self.expect_punct("[", &format!("after element type `{dtype}` (a scalar is `{dtype}[]`)"))?;
+        self.expect_punct(
+            "[",
+            &format!("after element type `{dtype}` (a scalar is `{dtype}[]`)"),
+        )?;
         let mut shape = Vec::new();
         if !self.eat_punct("]")? {
             loop {
@@ -435,7 +494,9 @@ impl<'a> Parser<'a> {
             .iter()
             .map(|d| d.fixed().and_then(|n| usize::try_from(n).ok()))
             .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| self.error(pos, format!("{what} needs a fully known shape, found {ty}")))?;
+            .ok_or_else(|| {
+                self.error(pos, format!("{what} needs a fully known shape, found {ty}"))
+            })?;
         shape
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -450,7 +511,11 @@ impl<'a> Parser<'a> {
     }
 
     fn dim_expr(&mut self) -> Result<Poly> {
-        let mut acc = if self.eat_punct("-")? { self.dim_term()?.scale(-1) } else { self.dim_term()? };
+        let mut acc = if self.eat_punct("-")? {
+            self.dim_term()?.scale(-1)
+        } else {
+            self.dim_term()?
+        };
         loop {
             if self.eat_punct("+")? {
                 acc = acc.add(&self.dim_term()?);
@@ -470,7 +535,9 @@ impl<'a> Parser<'a> {
             } else if self.at_punct("/") {
                 let pos = self.bump()?.pos;
                 let divisor = self.dim_factor()?;
-                acc = acc.floor_div(&divisor).ok_or_else(|| self.error(pos, "division by zero in dimension"))?;
+                acc = acc
+                    .floor_div(&divisor)
+                    .ok_or_else(|| self.error(pos, "division by zero in dimension"))?;
             } else {
                 return Ok(acc);
             }
@@ -482,7 +549,10 @@ impl<'a> Parser<'a> {
         let poly = match self.peek() {
             Tok::Punct("(") => {
                 if self.dim_depth == MAX_DIM_DEPTH {
-                    return Err(self.error(pos, format!("dimension nests parentheses more than {MAX_DIM_DEPTH} deep")));
+                    return Err(self.error(
+                        pos,
+                        format!("dimension nests parentheses more than {MAX_DIM_DEPTH} deep"),
+                    ));
                 }
                 self.bump()?;
                 self.dim_depth += 1;
@@ -496,11 +566,18 @@ impl<'a> Parser<'a> {
                 if !s.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(self.error(pos, format!("dimension `{s}` is not an integer")));
                 }
-                Poly::constant(s.parse::<i64>().map_err(|_| self.error(pos, format!("dimension `{s}` is too large")))?)
+                Poly::constant(
+                    s.parse::<i64>()
+                        .map_err(|_| self.error(pos, format!("dimension `{s}` is too large")))?,
+                )
             }
             Tok::Ident(s) => Poly::var(s),
             Tok::Str(s) => Poly::var(s),
-            _ => return Err(self.unexpected("a dimension (a size, a symbol, or an expression such as `seq+1`)")),
+            _ => {
+                return Err(self.unexpected(
+                    "a dimension (a size, a symbol, or an expression such as `seq+1`)",
+                ))
+            }
         };
         self.bump()?;
         Ok(poly)
@@ -524,7 +601,8 @@ impl<'a> Parser<'a> {
             let Tok::Str(text) = self.peek() else {
                 return Err(self.unexpected("a string of base64 data after `base64`"));
             };
-            let bytes = decode_base64(text).map_err(|(offset, m)| self.error(pos + 1 + offset, m))?;
+            let bytes =
+                decode_base64(text).map_err(|(offset, m)| self.error(pos + 1 + offset, m))?;
             self.bump()?;
             return Tensor::from_raw_le(dtype, shape, &bytes).map_err(|m| self.error(pos, m));
         }
@@ -546,7 +624,9 @@ impl<'a> Parser<'a> {
         }
         let len = shape[axis];
         if !self.at_punct("[") {
-            return Err(self.unexpected(&format!("`[` to start axis {axis} of a literal of shape {shape:?}")));
+            return Err(self.unexpected(&format!(
+                "`[` to start axis {axis} of a literal of shape {shape:?}"
+            )));
         }
         self.bump()?;
         for i in 0..len {
@@ -588,21 +668,43 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn tensor_from_scalars(&self, dtype: DType, shape: &[usize], scalars: Vec<Scalar<'_>>) -> Result<Tensor> {
+    fn tensor_from_scalars(
+        &self,
+        dtype: DType,
+        shape: &[usize],
+        scalars: Vec<Scalar<'_>>,
+    ) -> Result<Tensor> {
         fn array<T: Clone>(shape: &[usize], v: Vec<T>) -> ndarray::ArcArray<T, IxDyn> {
-            ArrayD::from_shape_vec(IxDyn(shape), v).expect("the literal was read to the shape's sizes").into_shared()
+            ArrayD::from_shape_vec(IxDyn(shape), v)
+                .expect("the literal was read to the shape's sizes")
+                .into_shared()
         }
         Ok(match dtype {
-            DType::F32 => Tensor::F32(array(shape, self.floats(&scalars, |s| s.parse::<f32>().ok(), "f32")?)),
-            DType::F64 => Tensor::F64(array(shape, self.floats(&scalars, |s| s.parse::<f64>().ok(), "f64")?)),
+            DType::F32 => Tensor::F32(array(
+                shape,
+                self.floats(&scalars, |s| s.parse::<f32>().ok(), "f32")?,
+            )),
+            DType::F64 => Tensor::F64(array(
+                shape,
+                self.floats(&scalars, |s| s.parse::<f64>().ok(), "f64")?,
+            )),
             // f16 and bf16 values print through f32, which holds them exactly,
             // so reading through f32 gives back the same bits.
-            DType::F16 => {
-                Tensor::F16(array(shape, self.floats(&scalars, |s| s.parse::<f32>().ok().map(f16::from_f32), "f16")?))
-            }
+            DType::F16 => Tensor::F16(array(
+                shape,
+                self.floats(
+                    &scalars,
+                    |s| s.parse::<f32>().ok().map(f16::from_f32),
+                    "f16",
+                )?,
+            )),
             DType::BF16 => Tensor::BF16(array(
                 shape,
-                self.floats(&scalars, |s| s.parse::<f32>().ok().map(bf16::from_f32), "bf16")?,
+                self.floats(
+                    &scalars,
+                    |s| s.parse::<f32>().ok().map(bf16::from_f32),
+                    "bf16",
+                )?,
             )),
             DType::Bool => {
                 let mut v = Vec::with_capacity(scalars.len());
@@ -621,7 +723,10 @@ impl<'a> Parser<'a> {
                 for s in &scalars {
                     let n = self.int_scalar(s, dtype)?;
                     if n < lo || n > hi {
-                        return Err(self.error(s.pos, format!("{n} is out of range for {dtype} ([{lo}, {hi}])")));
+                        return Err(self.error(
+                            s.pos,
+                            format!("{n} is out of range for {dtype} ([{lo}, {hi}])"),
+                        ));
                     }
                     v.push(n);
                 }
@@ -642,9 +747,15 @@ impl<'a> Parser<'a> {
             let text = match &s.tok {
                 Tok::Number(t) if !t.starts_with("0x") && !t.starts_with("0X") => *t,
                 Tok::Ident(t @ ("inf" | "nan")) => *t,
-                _ => return Err(self.error(s.pos, format!("expected a {dtype} number, found {}", s.tok.describe()))),
+                _ => {
+                    return Err(self.error(
+                        s.pos,
+                        format!("expected a {dtype} number, found {}", s.tok.describe()),
+                    ))
+                }
             };
-            let v = parse(text).ok_or_else(|| self.error(s.pos, format!("`{text}` is not a valid {dtype}")))?;
+            let v = parse(text)
+                .ok_or_else(|| self.error(s.pos, format!("`{text}` is not a valid {dtype}")))?;
             out.push(if s.negative { -v } else { v });
         }
         Ok(out)
@@ -652,13 +763,25 @@ impl<'a> Parser<'a> {
 
     fn int_scalar(&self, s: &Scalar<'_>, dtype: DType) -> Result<i64> {
         let Tok::Number(text) = &s.tok else {
-            return Err(self.error(s.pos, format!("expected a {dtype} integer, found {}", s.tok.describe())));
+            return Err(self.error(
+                s.pos,
+                format!("expected a {dtype} integer, found {}", s.tok.describe()),
+            ));
         };
         if !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(self.error(s.pos, format!("`{text}` is not an integer, which a {dtype} element must be")));
+            return Err(self.error(
+                s.pos,
+                format!("`{text}` is not an integer, which a {dtype} element must be"),
+            ));
         }
-        let signed = if s.negative { format!("-{text}") } else { text.to_string() };
-        signed.parse::<i64>().map_err(|_| self.error(s.pos, format!("{signed} does not fit in 64 bits")))
+        let signed = if s.negative {
+            format!("-{text}")
+        } else {
+            text.to_string()
+        };
+        signed
+            .parse::<i64>()
+            .map_err(|_| self.error(s.pos, format!("{signed} does not fit in 64 bits")))
     }
 
     /// An integer with an optional sign (opset versions).
@@ -694,7 +817,8 @@ impl<'a> Parser<'a> {
                     return Ok(Attr::DType(dtype));
                 }
                 let ty = self.shape_after_dtype(dtype)?;
-                let shape = self.fixed_shape(&ty, pos, &format!("the tensor of attribute `{name}`"))?;
+                let shape =
+                    self.fixed_shape(&ty, pos, &format!("the tensor of attribute `{name}`"))?;
                 Ok(Attr::Tensor(self.data(dtype, &shape)?))
             }
             _ => Err(self.unexpected(&format!(
@@ -750,22 +874,34 @@ impl<'a> Parser<'a> {
             Tok::Number(text) => {
                 let text = *text;
                 if text.bytes().all(|b| b.is_ascii_digit()) {
-                    let signed = if negative { format!("-{text}") } else { text.to_string() };
-                    let v = signed
-                        .parse::<i64>()
-                        .map_err(|_| self.error(pos, format!("{signed} does not fit in 64 bits")))?;
+                    let signed = if negative {
+                        format!("-{text}")
+                    } else {
+                        text.to_string()
+                    };
+                    let v = signed.parse::<i64>().map_err(|_| {
+                        self.error(pos, format!("{signed} does not fit in 64 bits"))
+                    })?;
                     self.bump()?;
                     return Ok(Attr::Int(v));
                 }
                 if text.starts_with("0x") || text.starts_with("0X") {
-                    return Err(self.error(pos, format!("hex number `{text}` is only allowed in `nan(...)`")));
+                    return Err(self.error(
+                        pos,
+                        format!("hex number `{text}` is only allowed in `nan(...)`"),
+                    ));
                 }
-                text.parse::<f32>().map_err(|_| self.error(pos, format!("`{text}` is not a valid number")))?
+                text.parse::<f32>()
+                    .map_err(|_| self.error(pos, format!("`{text}` is not a valid number")))?
             }
             Tok::Ident("inf") => f32::INFINITY,
             Tok::Ident("nan") => {
                 self.bump()?;
-                let v = if self.eat_punct("(")? { self.nan_bits()? } else { f32::NAN };
+                let v = if self.eat_punct("(")? {
+                    self.nan_bits()?
+                } else {
+                    f32::NAN
+                };
                 return Ok(Attr::Float(if negative { -v } else { v }));
             }
             _ => return Err(self.unexpected("a number")),
@@ -778,8 +914,10 @@ impl<'a> Parser<'a> {
     fn nan_bits(&mut self) -> Result<f32> {
         let pos = self.pos();
         let bits = match self.peek() {
-            Tok::Number(t) if t.starts_with("0x") || t.starts_with("0X") => u32::from_str_radix(&t[2..], 16)
-                .map_err(|_| self.error(pos, format!("`{t}` is not a 32-bit hex number")))?,
+            Tok::Number(t) if t.starts_with("0x") || t.starts_with("0X") => {
+                u32::from_str_radix(&t[2..], 16)
+                    .map_err(|_| self.error(pos, format!("`{t}` is not a 32-bit hex number")))?
+            }
             _ => return Err(self.unexpected("the bits of a NaN in hex, such as `0x7fc00001`")),
         };
         let v = f32::from_bits(bits);
@@ -795,7 +933,10 @@ impl<'a> Parser<'a> {
 fn dtype_named(s: &str) -> std::result::Result<DType, String> {
     DType::from_name(s).ok_or_else(|| {
         let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
-        format!("unknown element type `{s}` (expected one of {})", names.join(", "))
+        format!(
+            "unknown element type `{s}` (expected one of {})",
+            names.join(", ")
+        )
     })
 }
 
@@ -907,7 +1048,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 fn closest<'c>(name: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
     let lower = name.to_lowercase();
     let limit = (name.chars().count() / 3).max(1);
-    candidates.map(|c| (edit_distance(&lower, &c.to_lowercase()), c)).filter(|&(d, _)| d <= limit).min().map(|(_, c)| c)
+    candidates
+        .map(|c| (edit_distance(&lower, &c.to_lowercase()), c))
+        .filter(|&(d, _)| d <= limit)
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// Creates the graph: first every defined value in text order, then the
@@ -917,14 +1062,20 @@ fn build(src: &str, ast: Ast) -> Result<Graph> {
     let mut graph = Graph::new(ast.name);
     graph.opset_imports = ast.opsets;
     let mut defined_at: HashMap<String, usize> = HashMap::new();
-    let mut define = |graph: &mut Graph, value: &Named, ty: Option<TensorType>| -> Result<ValueId> {
-        if let Some(&first) = defined_at.get(&value.name) {
-            let (line, _) = line_col(src, first);
-            return Err(err(value.pos, format!("value `%{}` is already defined on line {line}", value.name)));
-        }
-        defined_at.insert(value.name.clone(), value.pos);
-        graph.add_value(value.name.clone(), ty).map_err(|e| err(value.pos, e.to_string()))
-    };
+    let mut define =
+        |graph: &mut Graph, value: &Named, ty: Option<TensorType>| -> Result<ValueId> {
+            if let Some(&first) = defined_at.get(&value.name) {
+                let (line, _) = line_col(src, first);
+                return Err(err(
+                    value.pos,
+                    format!("value `%{}` is already defined on line {line}", value.name),
+                ));
+            }
+            defined_at.insert(value.name.clone(), value.pos);
+            graph
+                .add_value(value.name.clone(), ty)
+                .map_err(|e| err(value.pos, e.to_string()))
+        };
 
     let mut inputs = Vec::new();
     let mut nodes = Vec::new();
@@ -937,7 +1088,11 @@ fn build(src: &str, ast: Ast) -> Result<Graph> {
                 inputs.push(id);
             }
             Stmt::Init { value, data } => {
-                let id = define(&mut graph, &value, Some(TensorType::fixed(data.dtype(), data.shape())))?;
+                let id = define(
+                    &mut graph,
+                    &value,
+                    Some(TensorType::fixed(data.dtype(), data.shape())),
+                )?;
                 graph.value_mut(id).initializer = Some(data);
             }
             Stmt::Node(node) => {
@@ -955,9 +1110,13 @@ fn build(src: &str, ast: Ast) -> Result<Graph> {
         graph.value_by_name(&value.name).ok_or_else(|| {
             let mut names: Vec<&str> = defined_at.keys().map(String::as_str).collect();
             names.sort_unstable();
-            let hint =
-                closest(&value.name, names.into_iter()).map(|s| format!(" (did you mean `%{s}`?)")).unwrap_or_default();
-            err(value.pos, format!("value `%{}` is not defined{hint}", value.name))
+            let hint = closest(&value.name, names.into_iter())
+                .map(|s| format!(" (did you mean `%{s}`?)"))
+                .unwrap_or_default();
+            err(
+                value.pos,
+                format!("value `%{}` is not defined{hint}", value.name),
+            )
         })
     };
 
@@ -968,7 +1127,10 @@ fn build(src: &str, ast: Ast) -> Result<Graph> {
         if let Some(name) = &node.name {
             if let Some(&first) = node_names.get(name.name.as_str()) {
                 let (line, _) = line_col(src, first);
-                return Err(err(name.pos, format!("node `@{}` is already defined on line {line}", name.name)));
+                return Err(err(
+                    name.pos,
+                    format!("node `@{}` is already defined on line {line}", name.name),
+                ));
             }
             node_names.insert(&name.name, name.pos);
         }
@@ -982,7 +1144,8 @@ fn build(src: &str, ast: Ast) -> Result<Graph> {
                 let base = format!("{}_{index}", node.op.name());
                 let mut candidate = base.clone();
                 let mut k = 1;
-                while node_names.contains_key(candidate.as_str()) || generated.contains(&candidate) {
+                while node_names.contains_key(candidate.as_str()) || generated.contains(&candidate)
+                {
                     candidate = format!("{base}.{k}");
                     k += 1;
                 }
@@ -993,14 +1156,19 @@ fn build(src: &str, ast: Ast) -> Result<Graph> {
         node_adds.push(name);
     }
     for (node, name) in nodes.into_iter().zip(node_adds) {
-        let inputs =
-            node.args.iter().map(|a| a.as_ref().map(|v| resolve(&graph, v)).transpose()).collect::<Result<Vec<_>>>()?;
+        let inputs = node
+            .args
+            .iter()
+            .map(|a| a.as_ref().map(|v| resolve(&graph, v)).transpose())
+            .collect::<Result<Vec<_>>>()?;
         let outputs = node
             .results
             .iter()
             .map(|r| r.as_ref().map(|(v, _)| resolve(&graph, v)).transpose())
             .collect::<Result<Vec<_>>>()?;
-        graph.add_node_with_outputs(name, node.op, inputs, outputs).map_err(|e| err(node.op_pos, e.to_string()))?;
+        graph
+            .add_node_with_outputs(name, node.op, inputs, outputs)
+            .map_err(|e| err(node.op_pos, e.to_string()))?;
     }
     for value in &outputs {
         let id = resolve(&graph, value)?;
@@ -1016,7 +1184,11 @@ mod tests {
     #[test]
     fn suggestions_are_close_and_case_insensitive() {
         let known = known_op_names();
-        assert!(known.contains(&"Add") && known.contains(&"LayerNormalization") && known.contains(&"ReduceSum"));
+        assert!(
+            known.contains(&"Add")
+                && known.contains(&"LayerNormalization")
+                && known.contains(&"ReduceSum")
+        );
         assert_eq!(closest("Addd", known.iter().copied()), Some("Add"));
         assert_eq!(closest("matmul", known.iter().copied()), Some("MatMul"));
         assert_eq!(closest("Zzzzzzz", known.iter().copied()), None);
@@ -1046,7 +1218,13 @@ mod tests {
             Attr::Ints(vec![]),
             Attr::Ints(vec![1, -2, i64::MIN]),
             Attr::Floats(vec![]),
-            Attr::Floats(vec![1.0, -2.5, f32::NAN, f32::INFINITY, f32::from_bits(0xffc0_0123)]),
+            Attr::Floats(vec![
+                1.0,
+                -2.5,
+                f32::NAN,
+                f32::INFINITY,
+                f32::from_bits(0xffc0_0123),
+            ]),
             Attr::Tensor(Tensor::vec_i64(&[1, -2, 3])),
             Attr::Tensor(Tensor::scalar_f32(f32::NAN)),
             Attr::Tensor(Tensor::zeros(DType::BF16, &[0, 3])),
@@ -1057,7 +1235,9 @@ mod tests {
             let mut text = String::new();
             super::super::print::write_attr(&attr, &mut text);
             let mut parser = Parser::new(&text).unwrap();
-            let back = parser.attr_value("x").unwrap_or_else(|e| panic!("{text}: {e}"));
+            let back = parser
+                .attr_value("x")
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(*parser.peek(), Tok::Eof, "{text}");
             assert_eq!(back, attr, "{text}");
             assert_eq!(back.kind(), attr.kind(), "{text}");

@@ -1,8 +1,8 @@
 //! The printer.
 
 use super::{
-    encode_base64_into, is_plain_ident, is_plain_name, write_quoted, FORMAT_VERSION, LITERAL_MAX_ELEMENTS,
-    MAX_LITERAL_RANK,
+    encode_base64_into, is_plain_ident, is_plain_name, write_quoted, FORMAT_VERSION,
+    LITERAL_MAX_ELEMENTS, MAX_LITERAL_RANK,
 };
 use crate::attr::Attr;
 use crate::dim::{Atom, Dim, Poly};
@@ -19,7 +19,8 @@ use std::collections::HashSet;
 /// to reject).
 pub fn print_graph(graph: &Graph) -> String {
     let weight_bytes: usize = graph.initializers().map(|(_, t)| t.storage_bytes()).sum();
-    let mut out = String::with_capacity(weight_bytes.div_ceil(3) * 4 + 160 * (graph.node_count() + 16));
+    let mut out =
+        String::with_capacity(weight_bytes.div_ceil(3) * 4 + 160 * (graph.node_count() + 16));
     out.push_str("kiln ");
     out.push_str(FORMAT_VERSION);
     out.push_str("\ngraph ");
@@ -202,8 +203,11 @@ fn write_dim(d: &Dim, out: &mut String) {
 /// A polynomial with quoted symbol names where needed and every division
 /// atom parenthesized, so that it parses back to itself.
 fn write_poly_exact(p: &Poly, out: &mut String) {
-    let terms: Vec<_> =
-        p.terms().filter(|(m, _)| !m.is_empty()).chain(p.terms().filter(|(m, _)| m.is_empty())).collect();
+    let terms: Vec<_> = p
+        .terms()
+        .filter(|(m, _)| !m.is_empty())
+        .chain(p.terms().filter(|(m, _)| m.is_empty()))
+        .collect();
     if terms.is_empty() {
         out.push('0');
     }
@@ -313,12 +317,19 @@ fn literal_elements(t: &Tensor) -> Vec<String> {
         Tensor::F64(a) => a.iter().map(|v| format!("{v:?}")).collect(),
         Tensor::F16(a) => a.iter().map(|v| format!("{:?}", v.to_f32())).collect(),
         Tensor::BF16(a) => a.iter().map(|v| format!("{:?}", v.to_f32())).collect(),
-        Tensor::Bool(a) => a.iter().map(|&v| if v { "true" } else { "false" }.to_string()).collect(),
+        Tensor::Bool(a) => a
+            .iter()
+            .map(|&v| if v { "true" } else { "false" }.to_string())
+            .collect(),
         _ => t.to_i64s().iter().map(|v| v.to_string()).collect(),
     }
 }
 
-fn write_nested<'e>(shape: &[usize], next: &mut impl Iterator<Item = &'e String>, out: &mut String) {
+fn write_nested<'e>(
+    shape: &[usize],
+    next: &mut impl Iterator<Item = &'e String>,
+    out: &mut String,
+) {
     match shape.split_first() {
         None => out.push_str(next.next().map_or("?", |s| s.as_str())),
         Some((&len, rest)) => {
@@ -386,7 +397,16 @@ mod tests {
     #[test]
     fn floats_never_look_like_ints() {
         let mut s = String::new();
-        for v in [1.0f32, 1e-5, -0.0, 1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::from_bits(0x7fc0_0001)] {
+        for v in [
+            1.0f32,
+            1e-5,
+            -0.0,
+            1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::from_bits(0x7fc0_0001),
+        ] {
             write_f32(v, &mut s);
             s.push(' ');
         }
@@ -396,7 +416,9 @@ mod tests {
     #[test]
     fn dims_with_odd_symbols_are_quoted() {
         let mut s = String::new();
-        let odd = Dim::sym("batch size").mul(&Dim::Fixed(2)).add(&Dim::Fixed(1));
+        let odd = Dim::sym("batch size")
+            .mul(&Dim::Fixed(2))
+            .add(&Dim::Fixed(1));
         write_dim(&odd, &mut s);
         assert_eq!(s, "2*\"batch size\"+1");
         s.clear();
@@ -417,14 +439,20 @@ mod tests {
                 lengths.push(p.len());
             });
             assert_eq!(joined, t.to_raw_le(), "{dtype}");
-            assert!(lengths[..lengths.len() - 1].iter().all(|l| l % 3 == 0), "{dtype}: {lengths:?}");
+            assert!(
+                lengths[..lengths.len() - 1].iter().all(|l| l % 3 == 0),
+                "{dtype}: {lengths:?}"
+            );
         }
     }
 
     #[test]
     fn nested_literals_follow_the_shape() {
         let mut s = String::new();
-        write_data(&Tensor::from_i64s(crate::DType::I4, &[2, 2], &[1, -2, 3, -8]), &mut s);
+        write_data(
+            &Tensor::from_i64s(crate::DType::I4, &[2, 2], &[1, -2, 3, -8]),
+            &mut s,
+        );
         assert_eq!(s, "[[1, -2], [3, -8]]");
         s.clear();
         write_data(&Tensor::zeros(crate::DType::F32, &[2, 0]), &mut s);

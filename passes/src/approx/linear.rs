@@ -47,7 +47,9 @@ pub(crate) fn check(site: &Site, heads_mask_key_only: bool) -> Option<Skip> {
         ));
     }
     if site.mask.is_some() && !heads_mask_key_only {
-        return Some("attn_mask varies between query rows; linear attention can only weight keys".into());
+        return Some(
+            "attn_mask varies between query rows; linear attention can only weight keys".into(),
+        );
     }
     None
 }
@@ -60,7 +62,11 @@ pub(crate) fn build(b: &mut Builder, site: &Site, heads: &Heads) -> Result<Value
         // [.., 1, Skv] → [.., Skv, 1]: one weight per key row of φ(K).
         let mask_rank = heads.mask_rank;
         let weights = b.unary(UnaryOp::Exp, m, "key_weights")?;
-        let per_key = if mask_rank >= 2 { b.swap_last(weights, mask_rank, "key_weights.rows")? } else { weights };
+        let per_key = if mask_rank >= 2 {
+            b.swap_last(weights, mask_rank, "key_weights.rows")?
+        } else {
+            weights
+        };
         fk = b.binary(BinaryOp::Mul, fk, per_key, "phi_k.masked")?;
     }
     let r = heads.rank as i64;
@@ -117,14 +123,31 @@ pub(crate) fn emit_linear_attention_op(b: &mut Builder, site: &Site) -> Result<(
         update_rule: kiln_ir::op::LinearUpdateRule::Linear,
         chunk_size: kiln_ir::op::DEFAULT_LINEAR_ATTENTION_CHUNK,
     };
-    let num = b.op_multi(Op::LinearAttention(attrs), vec![Some(fq), Some(fk), Some(v)], "num", 2)?;
+    let num = b.op_multi(
+        Op::LinearAttention(attrs),
+        vec![Some(fq), Some(fk), Some(v)],
+        "num",
+        2,
+    )?;
     // Ones of shape [B, T, Hkv]: K's first two dims and the head count.
-    let bt = b.op(Op::Shape { start: 0, end: Some(2) }, &[k], "ones.bt")?;
+    let bt = b.op(
+        Op::Shape {
+            start: 0,
+            end: Some(2),
+        },
+        &[k],
+        "ones.bt",
+    )?;
     let h = b.ints(&[site.kv_heads], "ones.h")?;
     let shape = b.op(Op::Concat { axis: 0 }, &[bt, h], "ones.shape")?;
     let one = Tensor::from_f64s(site.dtype, &[1], &[1.0]);
     let ones = b.op(Op::ConstantOfShape { value: Some(one) }, &[shape], "ones")?;
-    let den = b.op_multi(Op::LinearAttention(attrs), vec![Some(fq), Some(fk), Some(ones)], "den", 2)?;
+    let den = b.op_multi(
+        Op::LinearAttention(attrs),
+        vec![Some(fq), Some(fk), Some(ones)],
+        "den",
+        2,
+    )?;
     let num_heads = b.reshape(num, &[0, 0, site.q_heads, -1], "num.heads")?;
     let den_col = b.unsqueeze(den, &[-1], "den.col")?;
     let y = b.binary(BinaryOp::Div, num_heads, den_col, "normalized")?;

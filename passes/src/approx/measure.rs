@@ -48,10 +48,20 @@ const FIXED_SEQ_SYMBOL: &str = "S";
 /// Finds the sequence length (module docs).
 pub fn find_sequence(g: &Graph, opts: &ApproxOptions) -> Option<Sequence> {
     if let Some(sym) = &opts.seq_symbol {
-        let len = opts.seq_len.or_else(|| sample_size_of(g, opts, sym)).unwrap_or(DEFAULT_SYMBOL_SIZE);
-        return Some(Sequence { symbol: sym.clone(), len, fixed: false });
+        let len = opts
+            .seq_len
+            .or_else(|| sample_size_of(g, opts, sym))
+            .unwrap_or(DEFAULT_SYMBOL_SIZE);
+        return Some(Sequence {
+            symbol: sym.clone(),
+            len,
+            fixed: false,
+        });
     }
-    let node = g.node_ids().into_iter().find(|&n| matches!(g.node(n).op, Op::Attention(_)))?;
+    let node = g
+        .node_ids()
+        .into_iter()
+        .find(|&n| matches!(g.node(n).op, Op::Attention(_)))?;
     let k = g.node(node).input(1)?;
     let kt = g.value(k).ty.as_ref()?;
     let dim = match kt.rank() {
@@ -60,15 +70,26 @@ pub fn find_sequence(g: &Graph, opts: &ApproxOptions) -> Option<Sequence> {
         _ => return None,
     };
     match dim {
-        Dim::Fixed(n) => Some(Sequence { symbol: fresh_symbol(g), len: *n as i64, fixed: true }),
+        Dim::Fixed(n) => Some(Sequence {
+            symbol: fresh_symbol(g),
+            len: *n as i64,
+            fixed: true,
+        }),
         Dim::Sym(p) => {
             let syms = p.symbols();
             if syms.len() != 1 || Dim::sym(&syms[0]) != *dim {
                 return None;
             }
             let sym = syms[0].to_string();
-            let len = opts.seq_len.or_else(|| sample_size_of(g, opts, &sym)).unwrap_or(DEFAULT_SYMBOL_SIZE);
-            Some(Sequence { symbol: sym, len, fixed: false })
+            let len = opts
+                .seq_len
+                .or_else(|| sample_size_of(g, opts, &sym))
+                .unwrap_or(DEFAULT_SYMBOL_SIZE);
+            Some(Sequence {
+                symbol: sym,
+                len,
+                fixed: false,
+            })
         }
     }
 }
@@ -85,7 +106,13 @@ fn fresh_symbol(g: &Graph) -> String {
         })
         .collect();
     (0..)
-        .map(|i| if i == 0 { FIXED_SEQ_SYMBOL.to_string() } else { format!("{FIXED_SEQ_SYMBOL}{i}") })
+        .map(|i| {
+            if i == 0 {
+                FIXED_SEQ_SYMBOL.to_string()
+            } else {
+                format!("{FIXED_SEQ_SYMBOL}{i}")
+            }
+        })
         .find(|s| !used.contains(s))
         .expect("some symbol is free")
 }
@@ -197,7 +224,11 @@ impl Sums {
     }
 
     fn figures(&self, output: &str) -> ErrorFigures {
-        let rel_l2 = if self.exact2 > 0.0 { (self.diff2 / self.exact2).sqrt() } else { self.diff2.sqrt() };
+        let rel_l2 = if self.exact2 > 0.0 {
+            (self.diff2 / self.exact2).sqrt()
+        } else {
+            self.diff2.sqrt()
+        };
         let denom = (self.exact2 * self.approx2).sqrt();
         let cosine = if denom > 0.0 {
             self.dot / denom
@@ -222,7 +253,11 @@ fn compare(
     approx: &Graph,
     samples: &[Vec<(String, Tensor)>],
 ) -> Result<(Vec<ErrorFigures>, Option<ErrorFigures>)> {
-    let names: Vec<String> = exact.outputs().iter().map(|&v| exact.value(v).name.clone()).collect();
+    let names: Vec<String> = exact
+        .outputs()
+        .iter()
+        .map(|&v| exact.value(v).name.clone())
+        .collect();
     let mut per_output: Vec<Sums> = names.iter().map(|_| Sums::default()).collect();
     let mut all = Sums::default();
     for sample in samples {
@@ -239,7 +274,11 @@ fn compare(
             if w.shape() != a.shape() {
                 return Err(IrError::value(
                     name,
-                    format!("approximate output has shape {:?}, exact {:?}", a.shape(), w.shape()),
+                    format!(
+                        "approximate output has shape {:?}, exact {:?}",
+                        a.shape(),
+                        w.shape()
+                    ),
                 ));
             }
             let (wv, av) = (w.to_f64s(), a.to_f64s());
@@ -250,7 +289,11 @@ fn compare(
     if samples.is_empty() {
         return Ok((Vec::new(), None));
     }
-    let figures = names.iter().zip(&per_output).map(|(n, s)| s.figures(n)).collect();
+    let figures = names
+        .iter()
+        .zip(&per_output)
+        .map(|(n, s)| s.figures(n))
+        .collect();
     Ok((figures, Some(all.figures("*"))))
 }
 
@@ -258,7 +301,9 @@ fn compare(
 /// floats uniform in [-1, 1), integers in [0, 4), booleans fair; the
 /// sequence symbol takes `S`, other symbols 2.
 fn random_inputs(g: &Graph, seed: u64, seq: Option<&Sequence>) -> Result<Vec<(String, Tensor)>> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x2545_F491_4F6C_DD1D);
+    let mut state = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0x2545_F491_4F6C_DD1D);
     let mut next = move || {
         // splitmix64: a full-period generator good enough for test inputs.
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -274,16 +319,26 @@ fn random_inputs(g: &Graph, seed: u64, seq: Option<&Sequence>) -> Result<Vec<(St
             continue;
         }
         let ty = g.ty(v)?;
-        let bind = |s: &str| Some(if seq.is_some_and(|q| q.symbol == s) { seq.map_or(2, |q| q.len) } else { 2 });
+        let bind = |s: &str| {
+            Some(if seq.is_some_and(|q| q.symbol == s) {
+                seq.map_or(2, |q| q.len)
+            } else {
+                2
+            })
+        };
         let shape: Vec<usize> = ty
             .shape
             .iter()
             .map(|d| d.eval(&bind).map(|n| n.max(0) as usize))
             .collect::<Option<_>>()
-            .ok_or_else(|| IrError::value(&val.name, format!("cannot size {ty} for a random sample")))?;
+            .ok_or_else(|| {
+                IrError::value(&val.name, format!("cannot size {ty} for a random sample"))
+            })?;
         let n: usize = shape.iter().product();
         let t = if ty.dtype.is_float() {
-            let xs: Vec<f64> = (0..n).map(|_| (next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0).collect();
+            let xs: Vec<f64> = (0..n)
+                .map(|_| (next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+                .collect();
             Tensor::from_f64s(ty.dtype, &shape, &xs)
         } else if ty.dtype == DType::Bool {
             let xs: Vec<i64> = (0..n).map(|_| (next() & 1) as i64).collect();
@@ -301,20 +356,46 @@ fn random_inputs(g: &Graph, seed: u64, seq: Option<&Sequence>) -> Result<Vec<(St
 fn costs(g: &Graph, opts: &ApproxOptions, seq: Option<&Sequence>) -> (CostPoints, Option<String>) {
     let Some(seq) = seq else {
         let at_s = CostModel::new(opts.target).graph_cost(g);
-        return (CostPoints { at_s, at_scaled: None }, Some("no sequence length found".into()));
+        return (
+            CostPoints {
+                at_s,
+                at_scaled: None,
+            },
+            Some("no sequence length found".into()),
+        );
     };
     let scaled_len = seq.len.saturating_mul(opts.length_factor);
     if !seq.fixed {
         let at = |len: i64| CostModel::new(opts.target).bind(&seq.symbol, len).graph_cost(g);
-        return (CostPoints { at_s: at(seq.len), at_scaled: Some(at(scaled_len)) }, None);
+        return (
+            CostPoints {
+                at_s: at(seq.len),
+                at_scaled: Some(at(scaled_len)),
+            },
+            None,
+        );
     }
     let at_s = CostModel::new(opts.target).graph_cost(g);
     match retype(g, seq) {
         Ok(sym) => {
-            let at_scaled = CostModel::new(opts.target).bind(&seq.symbol, scaled_len).graph_cost(&sym);
-            (CostPoints { at_s, at_scaled: Some(at_scaled) }, None)
+            let at_scaled = CostModel::new(opts.target)
+                .bind(&seq.symbol, scaled_len)
+                .graph_cost(&sym);
+            (
+                CostPoints {
+                    at_s,
+                    at_scaled: Some(at_scaled),
+                },
+                None,
+            )
         }
-        Err(why) => (CostPoints { at_s, at_scaled: None }, Some(why)),
+        Err(why) => (
+            CostPoints {
+                at_s,
+                at_scaled: None,
+            },
+            Some(why),
+        ),
     }
 }
 
@@ -340,7 +421,12 @@ fn retype(g: &Graph, seq: &Sequence) -> std::result::Result<Graph, String> {
             out.value_mut(v).ty = None;
         }
     }
-    kiln_ir::infer_types(&mut out)
-        .map_err(|e| format!("re-typing with the sequence length {} as `{}` failed: {e}", seq.len, seq.symbol))?;
+    kiln_ir::infer_types(&mut out).map_err(|e| {
+        format!(
+            "re-typing with the sequence length {} as `{}` failed: {e}",
+            seq.len, seq.symbol
+        )
+    })?;
     Ok(out)
 }
+

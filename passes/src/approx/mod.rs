@@ -89,8 +89,12 @@ pub enum AttentionKind {
 
 impl AttentionKind {
     /// Every kind.
-    pub const ALL: [AttentionKind; 4] =
-        [AttentionKind::Linear, AttentionKind::Sigmoid, AttentionKind::Softplus, AttentionKind::Soft];
+    pub const ALL: [AttentionKind; 4] = [
+        AttentionKind::Linear,
+        AttentionKind::Sigmoid,
+        AttentionKind::Softplus,
+        AttentionKind::Soft,
+    ];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -122,7 +126,9 @@ impl FromStr for AttentionKind {
         AttentionKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown attention kind `{s}` (expected linear, sigmoid, softplus or soft)"))
+            .ok_or_else(|| {
+                format!("unknown attention kind `{s}` (expected linear, sigmoid, softplus or soft)")
+            })
     }
 }
 
@@ -306,7 +312,13 @@ fn fmt_count(x: f64) -> String {
 
 impl fmt::Display for ApproxReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "attention → {}: {} replaced, {} left exact", self.kind, self.replaced.len(), self.skipped.len())?;
+        writeln!(
+            f,
+            "attention → {}: {} replaced, {} left exact",
+            self.kind,
+            self.replaced.len(),
+            self.skipped.len()
+        )?;
         for r in &self.replaced {
             let mut traits = vec![r.form.clone()];
             if r.causal {
@@ -340,11 +352,19 @@ impl fmt::Display for ApproxReport {
             }
         }
         if let Some(bound) = self.max_error {
-            let verdict = if self.exceeds_max_error() { "exceeds" } else { "within" };
+            let verdict = if self.exceeds_max_error() {
+                "exceeds"
+            } else {
+                "within"
+            };
             writeln!(
                 f,
                 "{verdict} --max-error {bound:.3e}{}",
-                if self.refused { ": refused, graph left exact" } else { "" }
+                if self.refused {
+                    ": refused, graph left exact"
+                } else {
+                    ""
+                }
             )?;
         }
         let sym = self.seq_symbol.as_deref().unwrap_or("S");
@@ -362,9 +382,19 @@ impl fmt::Display for ApproxReport {
             )
         };
         writeln!(f, "cost ({} = {}):", sym, self.seq_len)?;
-        line(f, &format!("{sym}={}", self.seq_len), &self.before.at_s, &self.after.at_s)?;
+        line(
+            f,
+            &format!("{sym}={}", self.seq_len),
+            &self.before.at_s,
+            &self.after.at_s,
+        )?;
         match (&self.before.at_scaled, &self.after.at_scaled) {
-            (Some(b), Some(a)) => line(f, &format!("{sym}={}", self.seq_len * self.length_factor), b, a)?,
+            (Some(b), Some(a)) => line(
+                f,
+                &format!("{sym}={}", self.seq_len * self.length_factor),
+                b,
+                a,
+            )?,
             _ => {
                 if let Some(n) = &self.scaling_note {
                     writeln!(f, "  {}x{sym}: not available ({n})", self.length_factor)?;
@@ -384,10 +414,14 @@ impl fmt::Display for ApproxReport {
 /// nodes comes back unchanged with an empty report.
 pub fn substitute_attention(graph: &Graph, opts: &ApproxOptions) -> Result<(Graph, ApproxReport)> {
     if opts.landmarks == 0 {
-        return Err(IrError::Model("approximate attention: landmarks must be at least 1".into()));
+        return Err(IrError::Model(
+            "approximate attention: landmarks must be at least 1".into(),
+        ));
     }
     if opts.length_factor < 1 {
-        return Err(IrError::Model("approximate attention: the length factor must be at least 1".into()));
+        return Err(IrError::Model(
+            "approximate attention: the length factor must be at least 1".into(),
+        ));
     }
     if let Some(bound) = opts.max_error {
         if bound.is_nan() || bound < 0.0 {
@@ -401,7 +435,9 @@ pub fn substitute_attention(graph: &Graph, opts: &ApproxOptions) -> Result<(Grap
         kiln_ir::infer_types(&mut exact)?;
     }
     let seq = measure::find_sequence(&exact, opts);
-    let seq_len = seq.as_ref().map_or(crate::cost::DEFAULT_SYMBOL_SIZE, |s| s.len);
+    let seq_len = seq
+        .as_ref()
+        .map_or(crate::cost::DEFAULT_SYMBOL_SIZE, |s| s.len);
 
     let mut approx = exact.clone();
     let mut replaced = Vec::new();
@@ -422,9 +458,13 @@ pub fn substitute_attention(graph: &Graph, opts: &ApproxOptions) -> Result<(Grap
             skipped.push(SkippedNode { node: name, reason });
             continue;
         }
-        let node_id = approx.node_by_name(&name).expect("the approximate graph is a copy of the exact one");
-        let y =
-            approx.node(node_id).output(0).ok_or_else(|| IrError::node(&name, "Attention", "output Y is omitted"))?;
+        let node_id = approx
+            .node_by_name(&name)
+            .expect("the approximate graph is a copy of the exact one");
+        let y = approx
+            .node(node_id)
+            .output(0)
+            .ok_or_else(|| IrError::node(&name, "Attention", "output Y is omitted"))?;
         approx.remove_node(node_id);
         let mut b = Builder::new(&mut approx, &format!("{name}.{}", opts.kind), site.dtype);
         b.result = Some(y);
@@ -478,10 +518,12 @@ fn build(b: &mut Builder, site: &Site, opts: &ApproxOptions, seq_len: i64) -> Re
         AttentionKind::Linear => linear::build(b, site, &heads)?,
         AttentionKind::Sigmoid => sigmoid::build(b, site, &heads)?,
         AttentionKind::Softplus => {
-            let reference = opts.softplus_reference_len.unwrap_or(match site.kv_len.fixed() {
-                Some(n) => n as f64,
-                None => seq_len as f64,
-            });
+            let reference = opts
+                .softplus_reference_len
+                .unwrap_or(match site.kv_len.fixed() {
+                    Some(n) => n as f64,
+                    None => seq_len as f64,
+                });
             if reference.is_nan() || reference <= 1.0 {
                 return Err(IrError::Model(format!(
                     "approximate attention: the softplus reference length must exceed 1, found {reference}"
@@ -489,16 +531,23 @@ fn build(b: &mut Builder, site: &Site, opts: &ApproxOptions, seq_len: i64) -> Re
             }
             softplus::build(b, site, &heads, reference)?
         }
-        AttentionKind::Soft => {
-            soft::build(b, site, &heads, opts.landmarks, opts.newton_schulz_iterations, opts.soft_normalize)?
-        }
+        AttentionKind::Soft => soft::build(
+            b,
+            site,
+            &heads,
+            opts.landmarks,
+            opts.newton_schulz_iterations,
+            opts.soft_normalize,
+        )?,
     };
     site.unheads(b, y, &heads)?;
     Ok(match opts.kind {
         AttentionKind::Linear if site.attrs.is_causal => "decomposed, prefix sums".into(),
-        AttentionKind::Soft => {
-            format!("Nyström, {} landmarks", opts.landmarks.min(site.kv_len.fixed().map_or(usize::MAX, |n| n as usize)))
-        }
+        AttentionKind::Soft => format!(
+            "Nyström, {} landmarks",
+            opts.landmarks
+                .min(site.kv_len.fixed().map_or(usize::MAX, |n| n as usize))
+        ),
         _ => "decomposed".into(),
     })
 }

@@ -56,7 +56,14 @@ pub(crate) fn check(site: &Site, mask_key_only: bool) -> Option<Skip> {
 }
 
 /// `exp(−s/2 · ‖a_i − b_j‖²)` for `a [.., Na, D]`, `b [.., Nb, D]`.
-fn gaussian(b: &mut Builder, x: ValueId, y: ValueId, rank: usize, scale: f64, hint: &str) -> Result<ValueId> {
+fn gaussian(
+    b: &mut Builder,
+    x: ValueId,
+    y: ValueId,
+    rank: usize,
+    scale: f64,
+    hint: &str,
+) -> Result<ValueId> {
     let yt = b.swap_last(y, rank, &format!("{hint}.bt"))?;
     let dot = b.matmul(x, yt, &format!("{hint}.dot"))?;
     let xx = b.binary(BinaryOp::Mul, x, x, &format!("{hint}.a2"))?;
@@ -74,7 +81,14 @@ fn gaussian(b: &mut Builder, x: ValueId, y: ValueId, rank: usize, scale: f64, hi
 
 /// The `[m, n]` segment-averaging matrix for the `n` keys of `k`.
 fn landmark_pool(b: &mut Builder, k: ValueId, m: usize) -> Result<ValueId> {
-    let n_vec = b.op(Op::Shape { start: -2, end: Some(-1) }, &[k], "landmarks.n")?;
+    let n_vec = b.op(
+        Op::Shape {
+            start: -2,
+            end: Some(-1),
+        },
+        &[k],
+        "landmarks.n",
+    )?;
     let n = b.squeeze(n_vec, &[0], "landmarks.n.scalar")?;
     let zero = b.constant(Tensor::scalar_i64(0), "landmarks.zero")?;
     let one = b.constant(Tensor::scalar_i64(1), "landmarks.one")?;
@@ -85,15 +99,29 @@ fn landmark_pool(b: &mut Builder, k: ValueId, m: usize) -> Result<ValueId> {
     let seg = b.binary(BinaryOp::Div, jm, n, "landmarks.segment")?;
     let seg_row = b.unsqueeze(seg, &[0], "landmarks.segment.row")?;
     let ids: Vec<i64> = (0..m as i64).collect();
-    let ids = b.constant(Tensor::from_i64s(DType::I64, &[m, 1], &ids), "landmarks.ids")?;
+    let ids = b.constant(
+        Tensor::from_i64s(DType::I64, &[m, 1], &ids),
+        "landmarks.ids",
+    )?;
     let member = b.binary(BinaryOp::Equal, seg_row, ids, "landmarks.member")?;
     let dtype = b.dtype;
-    let member = b.op(Op::Cast { to: dtype, saturate: true }, &[member], "landmarks.member.f")?;
+    let member = b.op(
+        Op::Cast {
+            to: dtype,
+            saturate: true,
+        },
+        &[member],
+        "landmarks.member.f",
+    )?;
     let count = b.reduce(ReduceKind::Sum, member, &[-1], "landmarks.count")?;
     // An empty segment (fewer keys than landmarks) averages nothing
     // instead of dividing by zero; its landmark is the zero vector.
     let floor = b.scalar(1.0, "landmarks.count.min")?;
-    let count = b.op(Op::Variadic(VariadicOp::Max), &[count, floor], "landmarks.count.safe")?;
+    let count = b.op(
+        Op::Variadic(VariadicOp::Max),
+        &[count, floor],
+        "landmarks.count.safe",
+    )?;
     b.binary(BinaryOp::Div, member, count, "landmarks.pool")
 }
 

@@ -29,9 +29,18 @@ use kiln_ir::op::{BinaryOp, ReduceKind, UnaryOp};
 use kiln_ir::{Result, ValueId};
 
 /// Builds the per-head result `[.., Sq, Dv]`.
-pub(crate) fn build(b: &mut Builder, site: &Site, heads: &Heads, reference_len: f64) -> Result<ValueId> {
+pub(crate) fn build(
+    b: &mut Builder,
+    site: &Site,
+    heads: &Heads,
+    reference_len: f64,
+) -> Result<ValueId> {
     let s = scores(b, site, heads, false)?;
-    let causal = if site.attrs.is_causal { Some(causal_matrix(b, s)?) } else { None };
+    let causal = if site.attrs.is_causal {
+        Some(causal_matrix(b, s)?)
+    } else {
+        None
+    };
     let visible = match causal {
         Some(c) => b.reduce(ReduceKind::Sum, c, &[-1], "visible")?,
         None => b.dim_as_float(heads.k, -2, "visible")?,

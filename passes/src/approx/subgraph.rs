@@ -31,7 +31,12 @@ pub(crate) struct Builder<'g> {
 
 impl<'g> Builder<'g> {
     pub(crate) fn new(g: &'g mut Graph, prefix: &str, dtype: DType) -> Builder<'g> {
-        Builder { g, prefix: prefix.to_string(), dtype, result: None }
+        Builder {
+            g,
+            prefix: prefix.to_string(),
+            dtype,
+            result: None,
+        }
     }
 
     fn name(&self, hint: &str) -> String {
@@ -44,10 +49,21 @@ impl<'g> Builder<'g> {
     }
 
     /// A node with one output and possibly omitted inputs.
-    pub(crate) fn op_opt(&mut self, op: Op, inputs: Vec<Option<ValueId>>, hint: &str) -> Result<ValueId> {
+    pub(crate) fn op_opt(
+        &mut self,
+        op: Op,
+        inputs: Vec<Option<ValueId>>,
+        hint: &str,
+    ) -> Result<ValueId> {
         let name = self.name(hint);
-        let node = self.g.add_node(name.clone(), op, inputs, &[name.as_str()])?;
-        Ok(self.g.node(node).output(0).expect("the node was given one output"))
+        let node = self
+            .g
+            .add_node(name.clone(), op, inputs, &[name.as_str()])?;
+        Ok(self
+            .g
+            .node(node)
+            .output(0)
+            .expect("the node was given one output"))
     }
 
     /// A node with `outputs` outputs, of which only the first is returned.
@@ -58,22 +74,43 @@ impl<'g> Builder<'g> {
         hint: &str,
         outputs: usize,
     ) -> Result<ValueId> {
-        let names: Vec<String> =
-            (0..outputs).map(|i| if i == 0 { self.name(hint) } else { self.name(&format!("{hint}.out{i}")) }).collect();
+        let names: Vec<String> = (0..outputs)
+            .map(|i| {
+                if i == 0 {
+                    self.name(hint)
+                } else {
+                    self.name(&format!("{hint}.out{i}"))
+                }
+            })
+            .collect();
         // Reserve each name before the next is made, so they differ.
         let mut ids = Vec::with_capacity(outputs);
         for n in &names {
             ids.push(Some(self.g.add_value(n.clone(), None)?));
         }
-        let node = self.g.add_node_with_outputs(names[0].clone(), op, inputs, ids)?;
-        Ok(self.g.node(node).output(0).expect("the node was given outputs"))
+        let node = self
+            .g
+            .add_node_with_outputs(names[0].clone(), op, inputs, ids)?;
+        Ok(self
+            .g
+            .node(node)
+            .output(0)
+            .expect("the node was given outputs"))
     }
 
     /// The final node: it produces the replaced node's output value.
     pub(crate) fn finish(&mut self, op: Op, inputs: &[ValueId], hint: &str) -> Result<NodeId> {
-        let result = self.result.take().expect("finish is called once, with a result value set");
+        let result = self
+            .result
+            .take()
+            .expect("finish is called once, with a result value set");
         let name = self.g.fresh_node_name(&format!("{}.{hint}", self.prefix));
-        self.g.add_node_with_outputs(name, op, inputs.iter().map(|&v| Some(v)).collect(), vec![Some(result)])
+        self.g.add_node_with_outputs(
+            name,
+            op,
+            inputs.iter().map(|&v| Some(v)).collect(),
+            vec![Some(result)],
+        )
     }
 
     /// A constant tensor.
@@ -89,9 +126,15 @@ impl<'g> Builder<'g> {
     }
 
     /// A constant of the compute dtype and the given shape.
-    pub(crate) fn float_const(&mut self, values: &[f64], shape: &[usize], hint: &str) -> Result<ValueId> {
+    pub(crate) fn float_const(
+        &mut self,
+        values: &[f64],
+        shape: &[usize],
+        hint: &str,
+    ) -> Result<ValueId> {
         let name = self.name(hint);
-        self.g.add_initializer(name, Tensor::from_f64s(self.dtype, shape, values))
+        self.g
+            .add_initializer(name, Tensor::from_f64s(self.dtype, shape, values))
     }
 
     /// A scalar of the compute dtype.
@@ -103,7 +146,13 @@ impl<'g> Builder<'g> {
         self.op(Op::Unary(u), &[x], hint)
     }
 
-    pub(crate) fn binary(&mut self, b: BinaryOp, x: ValueId, y: ValueId, hint: &str) -> Result<ValueId> {
+    pub(crate) fn binary(
+        &mut self,
+        b: BinaryOp,
+        x: ValueId,
+        y: ValueId,
+        hint: &str,
+    ) -> Result<ValueId> {
         self.op(Op::Binary(b), &[x, y], hint)
     }
 
@@ -117,7 +166,13 @@ impl<'g> Builder<'g> {
     }
 
     pub(crate) fn transpose(&mut self, x: ValueId, perm: &[i64], hint: &str) -> Result<ValueId> {
-        self.op(Op::Transpose { perm: Some(perm.to_vec()) }, &[x], hint)
+        self.op(
+            Op::Transpose {
+                perm: Some(perm.to_vec()),
+            },
+            &[x],
+            hint,
+        )
     }
 
     /// Swaps the last two axes of a rank-`rank` tensor.
@@ -137,14 +192,36 @@ impl<'g> Builder<'g> {
         self.op(Op::Squeeze, &[x, a], hint)
     }
 
-    pub(crate) fn reduce(&mut self, kind: ReduceKind, x: ValueId, axes: &[i64], hint: &str) -> Result<ValueId> {
+    pub(crate) fn reduce(
+        &mut self,
+        kind: ReduceKind,
+        x: ValueId,
+        axes: &[i64],
+        hint: &str,
+    ) -> Result<ValueId> {
         let a = self.ints(axes, &format!("{hint}.axes"))?;
-        self.op(Op::Reduce { kind, axes: None, keepdims: true, noop_with_empty_axes: false }, &[x, a], hint)
+        self.op(
+            Op::Reduce {
+                kind,
+                axes: None,
+                keepdims: true,
+                noop_with_empty_axes: false,
+            },
+            &[x, a],
+            hint,
+        )
     }
 
     pub(crate) fn cumsum(&mut self, x: ValueId, axis: i64, hint: &str) -> Result<ValueId> {
         let a = self.ints(&[axis], &format!("{hint}.axis"))?;
-        self.op(Op::CumSum { exclusive: false, reverse: false }, &[x, a], hint)
+        self.op(
+            Op::CumSum {
+                exclusive: false,
+                reverse: false,
+            },
+            &[x, a],
+            hint,
+        )
     }
 
     /// Multiplies by a scalar constant, skipping a multiplication by one.
@@ -161,9 +238,20 @@ impl<'g> Builder<'g> {
     /// subgraph stays right when the sequence length changes.
     pub(crate) fn dim_as_float(&mut self, x: ValueId, axis: i64, hint: &str) -> Result<ValueId> {
         let end = if axis == -1 { None } else { Some(axis + 1) };
-        let shape = self.op(Op::Shape { start: axis, end }, &[x], &format!("{hint}.shape"))?;
+        let shape = self.op(
+            Op::Shape { start: axis, end },
+            &[x],
+            &format!("{hint}.shape"),
+        )?;
         let dtype = self.dtype;
-        self.op(Op::Cast { to: dtype, saturate: true }, &[shape], hint)
+        self.op(
+            Op::Cast {
+                to: dtype,
+                saturate: true,
+            },
+            &[shape],
+            hint,
+        )
     }
 }
 
@@ -214,16 +302,16 @@ impl Site {
         };
         let attrs = *attrs;
         if n.input(4).is_some() || n.input(5).is_some() {
-            return Ok(Err(
-                "it reads a past key/value cache (decoding); approximate kinds replace whole-sequence attention only"
-                    .into(),
-            ));
+            return Ok(Err("it reads a past key/value cache (decoding); approximate kinds replace whole-sequence attention only".into()));
         }
         if n.input(6).is_some() {
             return Ok(Err("it has nonpad_kv_seqlen".into()));
         }
         if attrs.softcap != 0.0 {
-            return Ok(Err(format!("softcap {} has no counterpart in the approximate kinds", attrs.softcap)));
+            return Ok(Err(format!(
+                "softcap {} has no counterpart in the approximate kinds",
+                attrs.softcap
+            )));
         }
         for slot in 1..n.outputs.len() {
             if let Some(o) = n.output(slot) {
@@ -236,23 +324,38 @@ impl Site {
             }
         }
         let (Some(q), Some(k), Some(v)) = (n.input(0), n.input(1), n.input(2)) else {
-            return Err(IrError::node(&n.name, "Attention", "Q, K and V are required"));
+            return Err(IrError::node(
+                &n.name,
+                "Attention",
+                "Q, K and V are required",
+            ));
         };
         let (qt, kt, vt) = (g.ty(q)?.clone(), g.ty(k)?.clone(), g.ty(v)?.clone());
         if !qt.dtype.is_float() {
-            return Ok(Err(format!("Q has type {qt}; the kinds compute in floating point")));
+            return Ok(Err(format!(
+                "Q has type {qt}; the kinds compute in floating point"
+            )));
         }
         let three_d = qt.rank() == 3;
-        let heads_of = |t: &TensorType, attr: Option<i64>, what: &str| -> std::result::Result<(i64, Dim, Dim), Skip> {
+        let heads_of = |t: &TensorType,
+                        attr: Option<i64>,
+                        what: &str|
+         -> std::result::Result<(i64, Dim, Dim), Skip> {
             if t.rank() == 4 {
-                let h = t.shape[1].fixed().ok_or_else(|| format!("{what} has a symbolic head count {}", t.shape[1]))?;
+                let h = t.shape[1]
+                    .fixed()
+                    .ok_or_else(|| format!("{what} has a symbolic head count {}", t.shape[1]))?;
                 return Ok((h as i64, t.shape[2].clone(), t.shape[3].clone()));
             }
-            let h = attr.ok_or_else(|| format!("{what} is 3-D without its head-count attribute"))?;
-            let hidden =
-                t.shape[2].fixed().ok_or_else(|| format!("{what} has a symbolic hidden size {}", t.shape[2]))?;
+            let h =
+                attr.ok_or_else(|| format!("{what} is 3-D without its head-count attribute"))?;
+            let hidden = t.shape[2]
+                .fixed()
+                .ok_or_else(|| format!("{what} has a symbolic hidden size {}", t.shape[2]))?;
             if h <= 0 || hidden % h as u64 != 0 {
-                return Err(format!("{what}'s hidden size {hidden} does not split into {h} heads"));
+                return Err(format!(
+                    "{what}'s hidden size {hidden} does not split into {h} heads"
+                ));
             }
             Ok((h, t.shape[1].clone(), Dim::Fixed(hidden / h as u64)))
         };
@@ -269,16 +372,24 @@ impl Site {
             Err(s) => return Ok(Err(s)),
         };
         if kv_heads <= 0 || q_heads % kv_heads != 0 {
-            return Ok(Err(format!("{q_heads} query heads do not share {kv_heads} key/value heads evenly")));
+            return Ok(Err(format!(
+                "{q_heads} query heads do not share {kv_heads} key/value heads evenly"
+            )));
         }
         let scale = match (attrs.scale, head_dim.fixed()) {
             (Some(s), _) => s as f64,
             (None, Some(d)) if d > 0 => 1.0 / (d as f64).sqrt(),
-            (None, _) => return Ok(Err(format!("the default scale needs a static head size, found {head_dim}"))),
+            (None, _) => {
+                return Ok(Err(format!(
+                    "the default scale needs a static head size, found {head_dim}"
+                )))
+            }
         };
         let group = q_heads / kv_heads;
         if group > 1 && !three_d && (head_dim.fixed().is_none() || v_head_dim.fixed().is_none()) {
-            return Ok(Err("grouped-query heads in 4-D need static head sizes".into()));
+            return Ok(Err(
+                "grouped-query heads in 4-D need static head sizes".into()
+            ));
         }
         let mask = n.input(3);
         let mask_ty = match mask {
@@ -323,7 +434,9 @@ impl Site {
     /// Every query row shares one mask row (a key-padding mask): the
     /// mask's query axis, second to last, has size 1.
     pub(crate) fn mask_is_key_only(&self) -> bool {
-        self.mask_ty.as_ref().is_some_and(|mt| mt.rank() < 2 || mt.shape[mt.rank() - 2].fixed() == Some(1))
+        self.mask_ty
+            .as_ref()
+            .is_some_and(|mt| mt.rank() < 2 || mt.shape[mt.rank() - 2].fixed() == Some(1))
     }
 
     /// Why the mask cannot be laid out per head, if it cannot: with
@@ -331,7 +444,11 @@ impl Site {
     pub(crate) fn mask_skip(&self) -> Option<Skip> {
         let mt = self.mask_ty.as_ref()?;
         let r = mt.rank();
-        let head_axis = if r >= 3 { mt.shape[r - 3].fixed() } else { Some(1) };
+        let head_axis = if r >= 3 {
+            mt.shape[r - 3].fixed()
+        } else {
+            Some(1)
+        };
         (self.q_heads > self.kv_heads && head_axis != Some(1))
             .then(|| "a per-head attn_mask with grouped-query heads is not supported".into())
     }
@@ -394,14 +511,25 @@ impl Site {
             }
             _ => (None, 0),
         };
-        Ok(Heads { q, k, v, rank, mask, mask_rank })
+        Ok(Heads {
+            q,
+            k,
+            v,
+            rank,
+            mask,
+            mask_rank,
+        })
     }
 
     /// Turns a per-head result `[.., Sq, Dv]` back into Attention's Y layout
     /// with the final node producing the replaced output.
     pub(crate) fn unheads(&self, b: &mut Builder, y: ValueId, heads: &Heads) -> Result<()> {
         if self.three_d {
-            let perm: &[i64] = if heads.rank == 5 { &[0, 3, 1, 2, 4] } else { &[0, 2, 1, 3] };
+            let perm: &[i64] = if heads.rank == 5 {
+                &[0, 3, 1, 2, 4]
+            } else {
+                &[0, 2, 1, 3]
+            };
             let t = b.transpose(y, perm, "y.tokens")?;
             let s = b.ints(&[0, 0, -1], "y.shape")?;
             b.finish(Op::Reshape { allowzero: false }, &[t, s], "y")?;
@@ -420,14 +548,30 @@ impl Site {
 /// query `i` when `j <= i`, ONNX's alignment without a cache), shaped at run
 /// time from the scores.
 pub(crate) fn causal_matrix(b: &mut Builder, scores: ValueId) -> Result<ValueId> {
-    let shape = b.op(Op::Shape { start: -2, end: None }, &[scores], "causal.shape")?;
+    let shape = b.op(
+        Op::Shape {
+            start: -2,
+            end: None,
+        },
+        &[scores],
+        "causal.shape",
+    )?;
     let one = Tensor::from_f64s(b.dtype, &[1], &[1.0]);
-    let ones = b.op(Op::ConstantOfShape { value: Some(one) }, &[shape], "causal.ones")?;
+    let ones = b.op(
+        Op::ConstantOfShape { value: Some(one) },
+        &[shape],
+        "causal.ones",
+    )?;
     b.op(Op::Trilu { upper: false }, &[ones], "causal")
 }
 
 /// `s·QKᵀ` per head, plus the additive mask when there is one.
-pub(crate) fn scores(b: &mut Builder, site: &Site, heads: &Heads, with_mask: bool) -> Result<ValueId> {
+pub(crate) fn scores(
+    b: &mut Builder,
+    site: &Site,
+    heads: &Heads,
+    with_mask: bool,
+) -> Result<ValueId> {
     let kt = b.swap_last(heads.k, heads.rank, "k.t")?;
     let qk = b.matmul(heads.q, kt, "qk")?;
     let scaled = b.scale(qk, site.scale, "scores")?;

@@ -48,9 +48,11 @@ fn ops<'a>(
     name: &'static str,
 ) -> impl Iterator<Item = (&'a KilnLang, &'a Op, &'a [Id])> + 'a {
     egraph[class].nodes.iter().filter_map(move |n| match n {
-        KilnLang::Op { op, outputs: 1, children } if op.name() == name && op.domain().is_empty() => {
-            Some((n, op.op(), children.as_slice()))
-        }
+        KilnLang::Op {
+            op,
+            outputs: 1,
+            children,
+        } if op.name() == name && op.domain().is_empty() => Some((n, op.op(), children.as_slice())),
         _ => None,
     })
 }
@@ -93,7 +95,10 @@ fn perm_of(op: &Op, rank: usize) -> Option<Vec<usize>> {
     };
     let p: Vec<usize> = match perm {
         None => (0..rank).rev().collect(),
-        Some(p) => p.iter().map(|&a| usize::try_from(a).ok()).collect::<Option<_>>()?,
+        Some(p) => p
+            .iter()
+            .map(|&a| usize::try_from(a).ok())
+            .collect::<Option<_>>()?,
     };
     let mut seen = vec![false; rank];
     for &a in &p {
@@ -163,7 +168,12 @@ impl Rule for TransposePair {
         }
     }
 
-    fn rewrite(&self, egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let q = TransposePair::composed(egraph, m)?;
         if self.cancel {
             return rhs_var(m, Id::from(0));
@@ -218,7 +228,12 @@ impl Rule for ReshapeFold {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layout: [x, s1, inner, s2, outer].
         let outer = node_at(&m.lhs, root_of(&m.lhs))?;
         let mut b = AstBuilder::continuing(&m.subst);
@@ -234,7 +249,10 @@ impl Rule for ReshapeFold {
 fn definite(t: &TensorType) -> bool {
     t.shape.iter().all(|d| match d {
         Dim::Fixed(_) => true,
-        Dim::Sym(p) => p.symbols().iter().all(|s| !s.starts_with(kiln_ir::infer::FRESH_PREFIX)),
+        Dim::Sym(p) => p
+            .symbols()
+            .iter()
+            .all(|s| !s.starts_with(kiln_ir::infer::FRESH_PREFIX)),
     })
 }
 
@@ -260,13 +278,21 @@ impl Rule for ReshapeNoop {
             return;
         };
         for (node, _, c) in ops(egraph, class, "Reshape") {
-            if ty(egraph, c[0]) == Some(out_ty) && definite(out_ty) && egraph.find(c[0]) != egraph.find(class) {
+            if ty(egraph, c[0]) == Some(out_ty)
+                && definite(out_ty)
+                && egraph.find(c[0]) != egraph.find(class)
+            {
                 out.push(one_node_match(node));
             }
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         rhs_var(m, Id::from(0))
     }
 }
@@ -297,7 +323,12 @@ impl Rule for IdentityElim {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         rhs_var(m, Id::from(0))
     }
 }
@@ -305,10 +336,18 @@ impl Rule for IdentityElim {
 /// True when a Dropout with these ratio and training-mode inputs passes its
 /// input through: training mode absent or constant false, or ratio constant 0.
 fn dropout_is_identity(egraph: &KilnEGraph, children: &[Id]) -> bool {
-    let constant =
-        |slot: usize| children.get(slot).and_then(|&c| egraph.analysis.constant(&egraph[c].data).map(|t| t.to_f64s()));
+    let constant = |slot: usize| {
+        children.get(slot).and_then(|&c| {
+            egraph
+                .analysis
+                .constant(&egraph[c].data)
+                .map(|t| t.to_f64s())
+        })
+    };
     let absent = |slot: usize| {
-        children.get(slot).is_none_or(|&c| matches!(egraph[c].data.ty, crate::analysis::ClassType::Absent))
+        children
+            .get(slot)
+            .is_none_or(|&c| matches!(egraph[c].data.ty, crate::analysis::ClassType::Absent))
     };
     let inference = absent(2) || constant(2).is_some_and(|v| v.iter().all(|&b| b == 0.0));
     let zero_ratio = constant(1).is_some_and(|v| v.iter().all(|&r| r == 0.0));
@@ -334,10 +373,13 @@ impl Rule for DropoutElim {
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
         for node in &egraph[class].nodes {
             match node {
-                KilnLang::Op { op, outputs: 1, children }
-                    if matches!(op.op(), Op::Dropout { .. })
-                        && dropout_is_identity(egraph, children)
-                        && egraph.find(children[0]) != egraph.find(class) =>
+                KilnLang::Op {
+                    op,
+                    outputs: 1,
+                    children,
+                } if matches!(op.op(), Op::Dropout { .. })
+                    && dropout_is_identity(egraph, children)
+                    && egraph.find(children[0]) != egraph.find(class) =>
                 {
                     out.push(one_node_match(node));
                 }
@@ -346,7 +388,9 @@ impl Rule for DropoutElim {
                         let KilnLang::Op { op, children, .. } = inner else {
                             continue;
                         };
-                        if !matches!(op.op(), Op::Dropout { .. }) || !dropout_is_identity(egraph, children) {
+                        if !matches!(op.op(), Op::Dropout { .. })
+                            || !dropout_is_identity(egraph, children)
+                        {
                             continue;
                         }
                         if egraph.find(children[0]) == egraph.find(class) {
@@ -364,7 +408,12 @@ impl Rule for DropoutElim {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // Both LHS forms start with the data input's variable.
         rhs_var(m, Id::from(0))
     }
@@ -389,7 +438,12 @@ impl Rule for CastElim {
 
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
         for node in &egraph[class].nodes {
-            let KilnLang::Op { op, outputs: 1, children } = node else {
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = node
+            else {
                 continue;
             };
             let Some(x) = ty(egraph, children[0]) else {
@@ -397,7 +451,10 @@ impl Rule for CastElim {
             };
             let target = match op.op() {
                 Op::Cast { to, .. } => Some(*to),
-                Op::CastLike { .. } => children.get(1).and_then(|&c| ty(egraph, c)).map(|t| t.dtype),
+                Op::CastLike { .. } => children
+                    .get(1)
+                    .and_then(|&c| ty(egraph, c))
+                    .map(|t| t.dtype),
                 _ => None,
             };
             if target == Some(x.dtype) && egraph.find(children[0]) != egraph.find(class) {
@@ -406,7 +463,12 @@ impl Rule for CastElim {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         rhs_var(m, Id::from(0))
     }
 }
@@ -436,7 +498,11 @@ impl Rule for ConstantFold {
             return;
         }
         // Leaves already are the value; a class with a Const is folded.
-        if eclass.nodes.iter().any(|n| !matches!(n, KilnLang::Op { .. })) {
+        if eclass
+            .nodes
+            .iter()
+            .any(|n| !matches!(n, KilnLang::Op { .. }))
+        {
             return;
         }
         if let Some(node) = eclass.nodes.first() {
@@ -444,7 +510,12 @@ impl Rule for ConstantFold {
         }
     }
 
-    fn rewrite(&self, egraph: &mut KilnEGraph, eclass: Id, _m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        eclass: Id,
+        _m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let c = egraph[eclass].data.constant?;
         let mut b = AstBuilder::new();
         b.node(KilnLang::Const(c));
@@ -458,7 +529,10 @@ impl Rule for ConstantFold {
 /// an interned constant, or a value the analysis computed.
 fn is_constant(egraph: &KilnEGraph, class: Id) -> bool {
     egraph[class].data.constant.is_some()
-        || egraph[class].nodes.iter().any(|n| matches!(n, KilnLang::Weight(_) | KilnLang::Const(_)))
+        || egraph[class]
+            .nodes
+            .iter()
+            .any(|n| matches!(n, KilnLang::Weight(_) | KilnLang::Const(_)))
 }
 
 /// The element count of a fully static type.
@@ -506,7 +580,10 @@ impl ScaleIntoWeight {
                 .map(|(n, _, _)| n)
         };
         for m in matmuls(prod) {
-            out.push(ScaledProduct { matmul: m, add: None });
+            out.push(ScaledProduct {
+                matmul: m,
+                add: None,
+            });
         }
         let prod_ty = ty(egraph, prod);
         for (add, op, kids) in ops(egraph, prod, "Add") {
@@ -521,7 +598,10 @@ impl ScaleIntoWeight {
                     continue;
                 }
                 for m in matmuls(mm) {
-                    out.push(ScaledProduct { matmul: m, add: Some((add, slot)) });
+                    out.push(ScaledProduct {
+                        matmul: m,
+                        add: Some((add, slot)),
+                    });
                 }
             }
         }
@@ -531,7 +611,13 @@ impl ScaleIntoWeight {
     /// True when `c` is a finite constant (non-zero for Div) of one
     /// element, or one per column of the product `out_ty`, and the whole
     /// rewrite is worth it (see the rule's docs).
-    fn applies(egraph: &KilnEGraph, div: bool, c: Id, out_ty: &TensorType, p: &ScaledProduct) -> bool {
+    fn applies(
+        egraph: &KilnEGraph,
+        div: bool,
+        c: Id,
+        out_ty: &TensorType,
+        p: &ScaledProduct,
+    ) -> bool {
         let Some(cv) = egraph.analysis.constant(&egraph[c].data) else {
             return false;
         };
@@ -554,10 +640,10 @@ impl ScaleIntoWeight {
             scaled.push(add.children()[1 - slot]);
         }
         // Each scaled constant must keep its shape under the scaling.
-        if scaled
-            .iter()
-            .any(|&k| ty(egraph, k).is_none_or(|t| t.rank() < ct.rank() || (per_column && t.shape.last() != columns)))
-        {
+        if scaled.iter().any(|&k| {
+            ty(egraph, k)
+                .is_none_or(|t| t.rank() < ct.rank() || (per_column && t.shape.last() != columns))
+        }) {
             return false;
         }
         let folds = scaled.iter().all(|&k| egraph[k].data.constant.is_some());
@@ -589,7 +675,12 @@ impl Rule for ScaleIntoWeight {
             return;
         };
         for root in &egraph[class].nodes {
-            let KilnLang::Op { op, outputs: 1, children } = root else {
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = root
+            else {
                 continue;
             };
             let div = match op.op() {
@@ -633,38 +724,59 @@ impl Rule for ScaleIntoWeight {
         let classes = lhs_classes(egraph, m);
         let class_of = |i: usize| classes.get(i).copied().flatten();
         let root = Some(egraph.find(eclass));
-        let biased = node_at(&m.lhs, Id::from(4)).is_some_and(|n| n.as_op() == Some(&Op::Binary(BinaryOp::Add)));
+        let biased = node_at(&m.lhs, Id::from(4))
+            .is_some_and(|n| n.as_op() == Some(&Op::Binary(BinaryOp::Add)));
         // Each unscaled value with the one class allowed to read it.
-        let values =
-            if biased { vec![(class_of(2), class_of(4)), (class_of(4), root)] } else { vec![(class_of(2), root)] };
+        let values = if biased {
+            vec![(class_of(2), class_of(4)), (class_of(4), root)]
+        } else {
+            vec![(class_of(2), root)]
+        };
         for (value, user) in values {
             let (Some(value), Some(user)) = (value, user) else {
                 return false;
             };
-            if !ctx.outputs_in(egraph, value).is_empty() || egraph[value].parents().any(|p| egraph.find(p) != user) {
+            if !ctx.outputs_in(egraph, value).is_empty()
+                || egraph[value].parents().any(|p| egraph.find(p) != user)
+            {
                 return false;
             }
         }
         true
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layout: [x, W, MatMul, (b, Add)?, c, root].
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
         let scale = KilnLang::op(root.as_op()?.clone(), vec![Id::from(0), Id::from(0)]);
         let mut b = AstBuilder::continuing(&m.subst);
         let x = b.var(var_at(&m.lhs, Id::from(0))?);
         let w = b.var(var_at(&m.lhs, Id::from(1))?);
-        let c_index = root.children().iter().copied().find(|&k| var_at(&m.lhs, k).is_some())?;
+        let c_index = root
+            .children()
+            .iter()
+            .copied()
+            .find(|&k| var_at(&m.lhs, k).is_some())?;
         let c = b.var(var_at(&m.lhs, c_index)?);
         let w2 = b.node(with_children(&scale, &[w, c]));
         let matmul = node_at(&m.lhs, Id::from(2))?;
         let product = b.node(with_children(matmul, &[x, w2]));
         // With a bias the Add (entry 4) is the new root, over the scaled bias.
-        if let Some(add) = node_at(&m.lhs, Id::from(4)).filter(|n| n.as_op() == Some(&Op::Binary(BinaryOp::Add))) {
+        if let Some(add) =
+            node_at(&m.lhs, Id::from(4)).filter(|n| n.as_op() == Some(&Op::Binary(BinaryOp::Add)))
+        {
             let bias = b.var(var_at(&m.lhs, Id::from(3))?);
             let bias2 = b.node(with_children(&scale, &[bias, c]));
-            let kids = if add.children()[0] == Id::from(2) { [product, bias2] } else { [bias2, product] };
+            let kids = if add.children()[0] == Id::from(2) {
+                [product, bias2]
+            } else {
+                [bias2, product]
+            };
             b.node(with_children(add, &kids));
         }
         Some(b.into_ast())
@@ -722,7 +834,9 @@ impl Rule for MatMulReassoc {
             }
             // (AB)C -> A(BC).
             for (inner, _, ic) in ops(egraph, oc[0], "MatMul") {
-                let (Some(a), Some(bt), Some(c)) = (ty(egraph, ic[0]), ty(egraph, ic[1]), ty(egraph, oc[1])) else {
+                let (Some(a), Some(bt), Some(c)) =
+                    (ty(egraph, ic[0]), ty(egraph, ic[1]), ty(egraph, oc[1]))
+                else {
                     continue;
                 };
                 if chain_flops(a, bt, c).is_some_and(|(left, right)| right < left) {
@@ -736,7 +850,9 @@ impl Rule for MatMulReassoc {
             }
             // A(BC) -> (AB)C.
             for (inner, _, ic) in ops(egraph, oc[1], "MatMul") {
-                let (Some(a), Some(bt), Some(c)) = (ty(egraph, oc[0]), ty(egraph, ic[0]), ty(egraph, ic[1])) else {
+                let (Some(a), Some(bt), Some(c)) =
+                    (ty(egraph, oc[0]), ty(egraph, ic[0]), ty(egraph, ic[1]))
+                else {
                     continue;
                 };
                 if chain_flops(a, bt, c).is_some_and(|(left, right)| left < right) {
@@ -751,14 +867,26 @@ impl Rule for MatMulReassoc {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layouts: [A, B, AB, C, (AB)C] or [A, B, C, BC, A(BC)].
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
         let left_nested = node_at(&m.lhs, Id::from(2)).is_some();
-        let (a, bv, c) =
-            if left_nested { (Id::from(0), Id::from(1), Id::from(3)) } else { (Id::from(0), Id::from(1), Id::from(2)) };
+        let (a, bv, c) = if left_nested {
+            (Id::from(0), Id::from(1), Id::from(3))
+        } else {
+            (Id::from(0), Id::from(1), Id::from(2))
+        };
         let mut b = AstBuilder::continuing(&m.subst);
-        let (a, bv, c) = (b.var(var_at(&m.lhs, a)?), b.var(var_at(&m.lhs, bv)?), b.var(var_at(&m.lhs, c)?));
+        let (a, bv, c) = (
+            b.var(var_at(&m.lhs, a)?),
+            b.var(var_at(&m.lhs, bv)?),
+            b.var(var_at(&m.lhs, c)?),
+        );
         if left_nested {
             let bc = b.node(with_children(root, &[bv, c]));
             b.node(with_children(root, &[a, bc]));

@@ -81,7 +81,11 @@ const MASK_DEPTH: usize = 8;
 
 /// The rules of this module.
 pub fn rules() -> Vec<Arc<dyn Rule>> {
-    vec![Arc::new(SdpaFusion), Arc::new(CausalMask), Arc::new(UnrepeatKv)]
+    vec![
+        Arc::new(SdpaFusion),
+        Arc::new(CausalMask),
+        Arc::new(UnrepeatKv),
+    ]
 }
 
 // ---- e-graph helpers ----
@@ -99,18 +103,27 @@ fn constant(egraph: &KilnEGraph, class: Id) -> Option<&Tensor> {
 /// The one element of a one-element constant class.
 fn scalar(egraph: &KilnEGraph, class: Id) -> Option<f64> {
     let t = constant(egraph, class)?;
-    (t.len() == 1).then(|| t.to_f64s().first().copied()).flatten()
+    (t.len() == 1)
+        .then(|| t.to_f64s().first().copied())
+        .flatten()
 }
 
 /// True when `class` is the omitted-input marker.
 fn is_absent(egraph: &KilnEGraph, class: Id) -> bool {
-    egraph[class].nodes.iter().any(|n| matches!(n, KilnLang::Absent))
+    egraph[class]
+        .nodes
+        .iter()
+        .any(|n| matches!(n, KilnLang::Absent))
 }
 
 /// The single-output ONNX-domain op nodes of a class, with op and children.
 fn ops(egraph: &KilnEGraph, class: Id) -> impl Iterator<Item = (&KilnLang, &Op, &[Id])> + '_ {
     egraph[class].nodes.iter().filter_map(|n| match n {
-        KilnLang::Op { op, outputs: 1, children } if op.domain().is_empty() => Some((n, op.op(), children.as_slice())),
+        KilnLang::Op {
+            op,
+            outputs: 1,
+            children,
+        } if op.domain().is_empty() => Some((n, op.op(), children.as_slice())),
         _ => None,
     })
 }
@@ -126,12 +139,19 @@ fn with_children(n: &KilnLang, children: &[Id]) -> KilnLang {
 fn norm_axis(axis: i64, rank: usize) -> Option<usize> {
     let r = i64::try_from(rank).ok()?;
     let a = if axis < 0 { axis + r } else { axis };
-    (0..r).contains(&a).then(|| usize::try_from(a).ok()).flatten()
+    (0..r)
+        .contains(&a)
+        .then(|| usize::try_from(a).ok())
+        .flatten()
 }
 
 /// The constant axes of a class (an `axes` input), normalized to `rank`.
 fn const_axes(egraph: &KilnEGraph, class: Id, rank: usize) -> Option<Vec<usize>> {
-    constant(egraph, class)?.to_i64s().into_iter().map(|a| norm_axis(a, rank)).collect()
+    constant(egraph, class)?
+        .to_i64s()
+        .into_iter()
+        .map(|a| norm_axis(a, rank))
+        .collect()
 }
 
 /// True when nothing but class `consumer` reads class `class` and it is
@@ -139,7 +159,12 @@ fn const_axes(egraph: &KilnEGraph, class: Id, rank: usize) -> Option<Vec<usize>>
 fn only_read_by(egraph: &KilnEGraph, class: Id, consumer: Id) -> bool {
     let class = egraph.find(class);
     let consumer = egraph.find(consumer);
-    if egraph.analysis.outputs.iter().any(|&o| egraph.find(o) == class) {
+    if egraph
+        .analysis
+        .outputs
+        .iter()
+        .any(|&o| egraph.find(o) == class)
+    {
         return false;
     }
     egraph[class].parents().all(|p| egraph.find(p) == consumer)
@@ -159,7 +184,9 @@ fn scale_split(egraph: &KilnEGraph, op: &Op, children: &[Id]) -> Option<(usize, 
         ok.then_some(v)
     };
     match op {
-        Op::Binary(BinaryOp::Mul) => factor(*a, *b).map(|f| (0, f)).or_else(|| factor(*b, *a).map(|f| (1, f))),
+        Op::Binary(BinaryOp::Mul) => factor(*a, *b)
+            .map(|f| (0, f))
+            .or_else(|| factor(*b, *a).map(|f| (1, f))),
         Op::Binary(BinaryOp::Div) => factor(*a, *b).map(|f| (0, 1.0 / f)),
         _ => None,
     }
@@ -178,7 +205,10 @@ fn perm4(op: &Op) -> Option<[usize; 4]> {
     };
     let p: Vec<usize> = match perm {
         None => vec![3, 2, 1, 0],
-        Some(p) => p.iter().map(|&a| usize::try_from(a).ok()).collect::<Option<_>>()?,
+        Some(p) => p
+            .iter()
+            .map(|&a| usize::try_from(a).ok())
+            .collect::<Option<_>>()?,
     };
     let p: [usize; 4] = p.try_into().ok()?;
     let mut seen = [false; 4];
@@ -338,7 +368,10 @@ impl SdpaFusion {
         if let Some((n, slot)) = f.scale {
             chain.push((n.children()[slot], top));
         }
-        chain.iter().all(|&(c, by)| only_read_by(egraph, c, by)).then_some(())
+        chain
+            .iter()
+            .all(|&(c, by)| only_read_by(egraph, c, by))
+            .then_some(())
     }
 
     /// Every candidate rooted at the MatMul node `root`.
@@ -370,8 +403,11 @@ impl SdpaFusion {
                         let q_scale = scale_node(egraph, mk[0]);
                         let kt_scale = scale_node(egraph, mk[1]);
                         let kt = kt_scale.map_or(mk[1], |(n, s)| n.children()[s]);
-                        let kt_transpose = ops(egraph, kt).find(|(_, op, _)| perm4(op).is_some()).map(|(n, _, _)| n);
-                        let k_scale = kt_transpose.and_then(|t| scale_node(egraph, t.children()[0]));
+                        let kt_transpose = ops(egraph, kt)
+                            .find(|(_, op, _)| perm4(op).is_some())
+                            .map(|(n, _, _)| n);
+                        let k_scale =
+                            kt_transpose.and_then(|t| scale_node(egraph, t.children()[0]));
                         out.push(Found {
                             root,
                             softmax: sm,
@@ -505,7 +541,11 @@ impl Plan {
         match sn.as_op()? {
             Op::Binary(BinaryOp::Add) => {
                 let kids = sn.children();
-                let slot = if node_at(&m.lhs, kids[0]).is_some() { 0 } else { 1 };
+                let slot = if node_at(&m.lhs, kids[0]).is_some() {
+                    0
+                } else {
+                    1
+                };
                 mask = Some((var_at(&m.lhs, kids[1 - slot])?, false));
                 s = kids[slot];
             }
@@ -558,7 +598,13 @@ impl Plan {
                 KeyForm::Permuted(x, perm)
             }
         };
-        Some(Plan { q, k, v, mask, scale })
+        Some(Plan {
+            q,
+            k,
+            v,
+            mask,
+            scale,
+        })
     }
 }
 
@@ -601,7 +647,12 @@ impl Rule for SdpaFusion {
         }
     }
 
-    fn rewrite(&self, egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let plan = Plan::parse(egraph, m)?;
         // The attribute is f32; a factor that does not survive the cast
         // (0 or infinite) would change the result.
@@ -614,7 +665,12 @@ impl Rule for SdpaFusion {
         let k = match plan.k {
             KeyForm::Swap(kt) => {
                 let kt = b.var(kt);
-                b.node(KilnLang::op(Op::Transpose { perm: Some(vec![0, 1, 3, 2]) }, vec![kt]))
+                b.node(KilnLang::op(
+                    Op::Transpose {
+                        perm: Some(vec![0, 1, 3, 2]),
+                    },
+                    vec![kt],
+                ))
             }
             KeyForm::Permuted(x, p) => {
                 let x = b.var(x);
@@ -772,7 +828,8 @@ fn position_axis(egraph: &KilnEGraph, class: Id, s: &Dim) -> Option<usize> {
 /// True when every element of `class` is nonzero (a constant, or
 /// `ConstantOfShape` of a nonzero value); with `unit`, exactly 1.
 fn all_nonzero(egraph: &KilnEGraph, class: Id, unit: bool) -> bool {
-    let ok = |vals: Vec<f64>| !vals.is_empty() && vals.iter().all(|&v| v != 0.0 && (!unit || v == 1.0));
+    let ok =
+        |vals: Vec<f64>| !vals.is_empty() && vals.iter().all(|&v| v != 0.0 && (!unit || v == 1.0));
     if let Some(t) = constant(egraph, class) {
         return ok(t.to_f64s());
     }
@@ -789,7 +846,11 @@ fn has_pattern(egraph: &KilnEGraph, class: Id, want: Pattern, s: &Dim, depth: us
         return false;
     };
     let r = t.rank();
-    if r < 2 || t.shape[r - 2] != *s || t.shape[r - 1] != *s || t.shape[..r - 2].iter().any(|d| *d != Dim::Fixed(1)) {
+    if r < 2
+        || t.shape[r - 2] != *s
+        || t.shape[r - 1] != *s
+        || t.shape[..r - 2].iter().any(|d| *d != Dim::Fixed(1))
+    {
         return false;
     }
     let dtype_ok = match want {
@@ -845,12 +906,23 @@ fn has_pattern(egraph: &KilnEGraph, class: Id, want: Pattern, s: &Dim, depth: us
             made == tri && all_nonzero(egraph, kids[0], unit)
         }
         // torch.onnx's causal mask: Equal(Trilu(ones), 0) marks the future.
-        (Op::Binary(BinaryOp::Equal), Pattern::Bool(tri)) if kids.len() == 2 => (0..2).any(|slot| {
-            scalar(egraph, kids[1 - slot]) == Some(0.0)
-                && has_pattern(egraph, kids[slot], Pattern::Indicator(tri.flip(), false), s, d)
-        }),
+        (Op::Binary(BinaryOp::Equal), Pattern::Bool(tri)) if kids.len() == 2 => {
+            (0..2).any(|slot| {
+                scalar(egraph, kids[1 - slot]) == Some(0.0)
+                    && has_pattern(
+                        egraph,
+                        kids[slot],
+                        Pattern::Indicator(tri.flip(), false),
+                        s,
+                        d,
+                    )
+            })
+        }
         (Op::Binary(cmp), Pattern::Bool(tri)) if kids.len() == 2 => {
-            let (Some(a), Some(b)) = (position_axis(egraph, kids[0], s), position_axis(egraph, kids[1], s)) else {
+            let (Some(a), Some(b)) = (
+                position_axis(egraph, kids[0], s),
+                position_axis(egraph, kids[1], s),
+            ) else {
                 return false;
             };
             // a and b are 0 for the row index i, 1 for the column index j.
@@ -868,11 +940,19 @@ fn has_pattern(egraph: &KilnEGraph, class: Id, want: Pattern, s: &Dim, depth: us
             };
             let large = |v: f64| v <= LARGE_NEGATIVE;
             (x == 0.0 && large(y) && has_pattern(egraph, kids[0], Pattern::Bool(Tri::Lower), s, d))
-                || (large(x) && y == 0.0 && has_pattern(egraph, kids[0], Pattern::Bool(Tri::Upper), s, d))
+                || (large(x)
+                    && y == 0.0
+                    && has_pattern(egraph, kids[0], Pattern::Bool(Tri::Upper), s, d))
         }
         (Op::Binary(BinaryOp::Mul), Pattern::Additive) if kids.len() == 2 => (0..2).any(|slot| {
             scalar(egraph, kids[1 - slot]).is_some_and(|c| c <= LARGE_NEGATIVE)
-                && has_pattern(egraph, kids[slot], Pattern::Indicator(Tri::Upper, true), s, d)
+                && has_pattern(
+                    egraph,
+                    kids[slot],
+                    Pattern::Indicator(Tri::Upper, true),
+                    s,
+                    d,
+                )
         }),
         (Op::Unsqueeze, _) if kids.len() == 2 => {
             // New axes in front of the last two keep the grid as it is.
@@ -906,14 +986,19 @@ fn slice_has(egraph: &KilnEGraph, kids: &[Id], want: Pattern) -> bool {
         _ => (0..starts.len()).collect(),
     };
     if let Some(&st) = kids.get(4) {
-        if !is_absent(egraph, st) && constant(egraph, st).is_none_or(|t| t.to_i64s().iter().any(|&x| x != 1)) {
+        if !is_absent(egraph, st)
+            && constant(egraph, st).is_none_or(|t| t.to_i64s().iter().any(|&x| x != 1))
+        {
             return false;
         }
     }
     let mut sorted = axes.clone();
     sorted.sort_unstable();
     // The cheap checks first: the constant may have a million elements.
-    sorted == [r - 2, r - 1] && starts.len() == 2 && starts.iter().all(|&x| x == 0) && const_has(c, want)
+    sorted == [r - 2, r - 1]
+        && starts.len() == 2
+        && starts.iter().all(|&x| x == 0)
+        && const_has(c, want)
 }
 
 impl Rule for CausalMask {
@@ -938,7 +1023,11 @@ impl Rule for CausalMask {
             if a.is_causal || kids.len() < 4 || kids[4..].iter().any(|&c| !is_absent(egraph, c)) {
                 continue;
             }
-            let (Some(q), Some(k), Some(m)) = (ty(egraph, kids[0]), ty(egraph, kids[1]), ty(egraph, kids[3])) else {
+            let (Some(q), Some(k), Some(m)) = (
+                ty(egraph, kids[0]),
+                ty(egraph, kids[1]),
+                ty(egraph, kids[3]),
+            ) else {
                 continue;
             };
             let seq_axis = match q.rank() {
@@ -949,14 +1038,27 @@ impl Rule for CausalMask {
             if k.rank() != q.rank() || q.shape[seq_axis] != k.shape[seq_axis] {
                 continue;
             }
-            let want = if m.dtype == DType::Bool { Pattern::Bool(Tri::Lower) } else { Pattern::Additive };
+            let want = if m.dtype == DType::Bool {
+                Pattern::Bool(Tri::Lower)
+            } else {
+                Pattern::Additive
+            };
             if !has_pattern(egraph, kids[3], want, &q.shape[seq_axis], MASK_DEPTH) {
                 continue;
             }
             // Once the causal form is in the class there is nothing left
             // to prove (and the proof may read a large buffer).
-            let causal = KilnLang::op(Op::Attention(AttentionAttrs { is_causal: true, ..*a }), kids[..3].to_vec());
-            if egraph.lookup(causal).is_some_and(|c| egraph.find(c) == egraph.find(class)) {
+            let causal = KilnLang::op(
+                Op::Attention(AttentionAttrs {
+                    is_causal: true,
+                    ..*a
+                }),
+                kids[..3].to_vec(),
+            );
+            if egraph
+                .lookup(causal)
+                .is_some_and(|c| egraph.find(c) == egraph.find(class))
+            {
                 continue;
             }
             let mut b = AstBuilder::new();
@@ -966,7 +1068,12 @@ impl Rule for CausalMask {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
         let Some(Op::Attention(a)) = root.as_op() else {
             return None;
@@ -976,7 +1083,10 @@ impl Rule for CausalMask {
         for &c in root.children().get(..3)? {
             kids.push(b.var(var_at(&m.lhs, c)?));
         }
-        let attrs = AttentionAttrs { is_causal: true, ..*a };
+        let attrs = AttentionAttrs {
+            is_causal: true,
+            ..*a
+        };
         b.node(KilnLang::op(Op::Attention(attrs), kids));
         Some(b.into_ast())
     }
@@ -998,13 +1108,16 @@ fn repeats(egraph: &KilnEGraph, class: Id) -> Vec<(Vec<&KilnLang>, Id)> {
         return out;
     }
     // Same batch, sequence and head size as the repeated value.
-    let same_outer = |k0: &TensorType| k0.rank() == 4 && k0.shape[0] == x.shape[0] && k0.shape[2..] == x.shape[2..];
+    let same_outer = |k0: &TensorType| {
+        k0.rank() == 4 && k0.shape[0] == x.shape[0] && k0.shape[2..] == x.shape[2..]
+    };
     for (n, op, kids) in ops(egraph, class) {
         match op {
             // Multi-query: one head broadcast to all.
             Op::Expand | Op::Tile
                 if kids.len() == 2
-                    && ty(egraph, kids[0]).is_some_and(|k0| same_outer(k0) && k0.shape[1] == Dim::Fixed(1)) =>
+                    && ty(egraph, kids[0])
+                        .is_some_and(|k0| same_outer(k0) && k0.shape[1] == Dim::Fixed(1)) =>
             {
                 out.push((vec![n], kids[0]));
             }
@@ -1035,8 +1148,9 @@ fn repeats(egraph: &KilnEGraph, class: Id) -> Vec<(Vec<&KilnLang>, Id)> {
                         else {
                             continue;
                         };
-                        let dims_kept =
-                            et.shape[0] == k0.shape[0] && et.shape[1] == k0.shape[1] && et.shape[3..] == k0.shape[2..];
+                        let dims_kept = et.shape[0] == k0.shape[0]
+                            && et.shape[1] == k0.shape[1]
+                            && et.shape[3..] == k0.shape[2..];
                         if dims_kept && kv * rep == h {
                             out.push((vec![n, e, u], uk[0]));
                         }
@@ -1121,7 +1235,12 @@ impl Rule for UnrepeatKv {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
         let kids = root.children();
         let mut b = AstBuilder::continuing(&m.subst);

@@ -48,9 +48,15 @@ use std::sync::Arc;
 /// head matmul; the softmax rules of [`super::softmax`] run there too.
 pub fn rules() -> Vec<Arc<dyn Rule>> {
     let mut rules: Vec<Arc<dyn Rule>> = vec![
-        Arc::new(LossFusion { source: Source::SoftmaxCrossEntropy }),
-        Arc::new(LossFusion { source: Source::LogSoftmax }),
-        Arc::new(LossFusion { source: Source::SoftmaxLog }),
+        Arc::new(LossFusion {
+            source: Source::SoftmaxCrossEntropy,
+        }),
+        Arc::new(LossFusion {
+            source: Source::LogSoftmax,
+        }),
+        Arc::new(LossFusion {
+            source: Source::SoftmaxLog,
+        }),
     ];
     rules.push(Arc::new(ZLossFold));
     rules.extend(super::loss_linear::rules());
@@ -77,7 +83,12 @@ struct LossFusion {
 
 /// The fused op for a loss with these attributes.
 fn cross_entropy(reduction: LossReduction, ignore_index: Option<i64>) -> Op {
-    Op::CrossEntropy { reduction, ignore_index, label_smoothing: 0.0, z_loss: 0.0 }
+    Op::CrossEntropy {
+        reduction,
+        ignore_index,
+        label_smoothing: 0.0,
+        z_loss: 0.0,
+    }
 }
 
 /// True when `axis` names axis 1 of a value of rank `rank` (the class axis
@@ -90,10 +101,14 @@ fn is_class_axis(axis: i64, rank: usize) -> bool {
 }
 
 /// The single-output nodes of `class` with ONNX op type `name`.
-fn onnx_nodes<'a>(egraph: &'a KilnEGraph, class: Id, name: &'static str) -> impl Iterator<Item = &'a KilnLang> + 'a {
-    egraph[class].nodes.iter().filter(
-        move |n| matches!(n, KilnLang::Op { op, outputs: 1, .. } if op.name() == name && op.domain().is_empty()),
-    )
+fn onnx_nodes<'a>(
+    egraph: &'a KilnEGraph,
+    class: Id,
+    name: &'static str,
+) -> impl Iterator<Item = &'a KilnLang> + 'a {
+    egraph[class].nodes.iter().filter(move |n| {
+        matches!(n, KilnLang::Op { op, outputs: 1, .. } if op.name() == name && op.domain().is_empty())
+    })
 }
 
 /// The softmax-like node (`LogSoftmax` or `Softmax`) over the class axis in
@@ -148,7 +163,12 @@ impl Rule for LossFusion {
             Source::LogSoftmax | Source::SoftmaxLog => "NegativeLogLikelihoodLoss",
         };
         for root in egraph[class].nodes.iter() {
-            let KilnLang::Op { op, outputs, children } = root else {
+            let KilnLang::Op {
+                op,
+                outputs,
+                children,
+            } = root
+            else {
                 continue;
             };
             if op.name() != root_name || !op.domain().is_empty() || children.len() < 2 {
@@ -189,8 +209,8 @@ impl Rule for LossFusion {
                     if *outputs != 1 {
                         continue;
                     }
-                    let logs =
-                        onnx_nodes(egraph, children[0], "Log").filter(|n| n.as_op() == Some(&Op::Unary(UnaryOp::Log)));
+                    let logs = onnx_nodes(egraph, children[0], "Log")
+                        .filter(|n| n.as_op() == Some(&Op::Unary(UnaryOp::Log)));
                     for log in logs {
                         let Some(&p) = log.children().first() else {
                             continue;
@@ -213,17 +233,33 @@ impl Rule for LossFusion {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layout: [x, (softmax nodes...), rest..., root]; x is entry 0
         // for every source, and the root's children after the first are the
         // labels and weight leaves.
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
-        let KilnLang::Op { op, outputs, children } = root else {
+        let KilnLang::Op {
+            op,
+            outputs,
+            children,
+        } = root
+        else {
             return None;
         };
         let (reduction, ignore_index) = match op.op() {
-            Op::SoftmaxCrossEntropyLoss { reduction, ignore_index }
-            | Op::NegativeLogLikelihoodLoss { reduction, ignore_index } => (*reduction, *ignore_index),
+            Op::SoftmaxCrossEntropyLoss {
+                reduction,
+                ignore_index,
+            }
+            | Op::NegativeLogLikelihoodLoss {
+                reduction,
+                ignore_index,
+            } => (*reduction, *ignore_index),
             _ => return None,
         };
         let mut b = AstBuilder::continuing(&m.subst);
@@ -256,7 +292,11 @@ fn scalar_constant(egraph: &KilnEGraph, class: Id) -> Option<f64> {
 /// The single-output op nodes of `class` with their op and children.
 fn op_nodes(egraph: &KilnEGraph, class: Id) -> impl Iterator<Item = (&KilnLang, &Op, &[Id])> + '_ {
     egraph[class].nodes.iter().filter_map(|n| match n {
-        KilnLang::Op { op, outputs: 1, children } => Some((n, op.op(), children.as_slice())),
+        KilnLang::Op {
+            op,
+            outputs: 1,
+            children,
+        } => Some((n, op.op(), children.as_slice())),
         _ => None,
     })
 }
@@ -278,7 +318,8 @@ fn coefficient_forms<'a>(
             continue;
         }
         for slot in 0..2 {
-            let exact_in_f32 = scalar_constant(egraph, kids[slot]).is_some_and(|c| (c as f32) as f64 == c);
+            let exact_in_f32 =
+                scalar_constant(egraph, kids[slot]).is_some_and(|c| (c as f32) as f64 == c);
             if exact_in_f32 && egraph[kids[1 - slot]].data.tensor() == Some(ty) {
                 out.push((Some((mul, slot)), kids[1 - slot]));
             }
@@ -290,7 +331,11 @@ fn coefficient_forms<'a>(
 /// The reductions of the squares in class `z` that match the loss's
 /// `reduction` (`ReduceMean` or `ReduceSum` over every axis, or none),
 /// each with the class of the squares.
-fn reduction_forms(egraph: &KilnEGraph, z: Id, reduction: LossReduction) -> Vec<(Option<&KilnLang>, Id)> {
+fn reduction_forms(
+    egraph: &KilnEGraph,
+    z: Id,
+    reduction: LossReduction,
+) -> Vec<(Option<&KilnLang>, Id)> {
     let kind = match reduction {
         LossReduction::None => return vec![(None, z)],
         LossReduction::Mean => ReduceKind::Mean,
@@ -332,16 +377,27 @@ fn lse_forms(egraph: &KilnEGraph, lse: Id, x: Id) -> Vec<Vec<&KilnLang>> {
     let Some(rank) = egraph[x].data.tensor().map(|t| t.rank()) else {
         return Vec::new();
     };
-    let class_axis = |op: &Op, kids: &[Id]| reduce_axes(egraph, op, kids, rank).as_deref() == Some(&[1][..]);
+    let class_axis =
+        |op: &Op, kids: &[Id]| reduce_axes(egraph, op, kids, rank).as_deref() == Some(&[1][..]);
     let mut out = Vec::new();
     for (n, op, kids) in op_nodes(egraph, lse) {
         match op {
-            Op::Reduce { kind: ReduceKind::LogSumExp, .. } if egraph.find(kids[0]) == x && class_axis(op, kids) => {
+            Op::Reduce {
+                kind: ReduceKind::LogSumExp,
+                ..
+            } if egraph.find(kids[0]) == x && class_axis(op, kids) => {
                 out.push(vec![n]);
             }
             Op::Unary(UnaryOp::Log) => {
                 for (sum, sop, sk) in op_nodes(egraph, kids[0]) {
-                    if !matches!(sop, Op::Reduce { kind: ReduceKind::Sum, .. }) || !class_axis(sop, sk) {
+                    if !matches!(
+                        sop,
+                        Op::Reduce {
+                            kind: ReduceKind::Sum,
+                            ..
+                        }
+                    ) || !class_axis(sop, sk)
+                    {
                         continue;
                     }
                     for (exp, eop, ek) in op_nodes(egraph, sk[0]) {
@@ -438,7 +494,12 @@ impl Rule for ZLossFold {
                 }
                 for (ce, cop, ck) in op_nodes(egraph, loss) {
                     // No class weight and no ignore_index: see the module docs.
-                    let Op::CrossEntropy { reduction, ignore_index: None, .. } = cop else {
+                    let Op::CrossEntropy {
+                        reduction,
+                        ignore_index: None,
+                        ..
+                    } = cop
+                    else {
                         continue;
                     };
                     if ck.len() != 2 {
@@ -448,7 +509,15 @@ impl Rule for ZLossFold {
                         for (reduce, sq) in reduction_forms(egraph, z, *reduction) {
                             for (square, l) in square_forms(egraph, sq) {
                                 for lse in lse_forms(egraph, l, ck[0]) {
-                                    let parts = ZLossParts { add, loss_slot, ce, mul, reduce, square, lse };
+                                    let parts = ZLossParts {
+                                        add,
+                                        loss_slot,
+                                        ce,
+                                        mul,
+                                        reduce,
+                                        square,
+                                        lse,
+                                    };
                                     out.push(parts.build());
                                 }
                             }
@@ -459,12 +528,21 @@ impl Rule for ZLossFold {
         }
     }
 
-    fn rewrite(&self, egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layout: [x, y, CE(x, y), lse..., square, R?, Mul?, Add].
         let add = node_at(&m.lhs, root_of(&m.lhs))?;
         let ce_index = Id::from(2);
-        let Some(Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss }) =
-            node_at(&m.lhs, ce_index)?.as_op()
+        let Some(Op::CrossEntropy {
+            reduction,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+        }) = node_at(&m.lhs, ce_index)?.as_op()
         else {
             return None;
         };
@@ -474,7 +552,9 @@ impl Rule for ZLossFold {
         // (or, for Pow, a leaf under the square, not here).
         let term_node = node_at(&m.lhs, term)?;
         let coefficient_leaf = match term_node.as_op() {
-            Some(Op::Binary(BinaryOp::Mul)) => term_node.children().iter().find_map(|&c| var_at(&m.lhs, c)),
+            Some(Op::Binary(BinaryOp::Mul)) => {
+                term_node.children().iter().find_map(|&c| var_at(&m.lhs, c))
+            }
             _ => None,
         };
         let coefficient = match coefficient_leaf {

@@ -47,7 +47,10 @@ use std::sync::Arc;
 
 /// The rules of this module.
 pub fn rules() -> Vec<Arc<dyn Rule>> {
-    vec![Arc::new(LinearCrossEntropyFusion), Arc::new(FlattenedHeadFusion)]
+    vec![
+        Arc::new(LinearCrossEntropyFusion),
+        Arc::new(FlattenedHeadFusion),
+    ]
 }
 
 /// The shape of a class, when it is a tensor of rank `rank`.
@@ -67,13 +70,20 @@ fn is_2d_swap(op: &Op) -> bool {
 
 /// True when `class` is the omitted-input marker.
 fn is_absent(egraph: &KilnEGraph, class: Id) -> bool {
-    egraph[class].nodes.iter().any(|n| matches!(n, KilnLang::Absent))
+    egraph[class]
+        .nodes
+        .iter()
+        .any(|n| matches!(n, KilnLang::Absent))
 }
 
 /// The single-output op nodes of `class` with their op and children.
 fn op_nodes(egraph: &KilnEGraph, class: Id) -> impl Iterator<Item = (&KilnLang, &Op, &[Id])> + '_ {
     egraph[class].nodes.iter().filter_map(|n| match n {
-        KilnLang::Op { op, outputs: 1, children } => Some((n, op.op(), children.as_slice())),
+        KilnLang::Op {
+            op,
+            outputs: 1,
+            children,
+        } => Some((n, op.op(), children.as_slice())),
         _ => None,
     })
 }
@@ -83,14 +93,25 @@ fn op_nodes(egraph: &KilnEGraph, class: Id) -> impl Iterator<Item = (&KilnLang, 
 #[derive(Clone)]
 enum Head {
     /// `MatMul(h, W)`, or with `tied` `MatMul(h, Transpose(E))`.
-    MatMul { node: KilnLang, tied: Option<KilnLang> },
+    MatMul {
+        node: KilnLang,
+        tied: Option<KilnLang>,
+    },
     /// `Add(head, b)` with the `MatMul` head in slot `slot` and `b` `[V]`.
-    Biased { add: KilnLang, slot: usize, matmul: Box<Head> },
+    Biased {
+        add: KilnLang,
+        slot: usize,
+        matmul: Box<Head>,
+    },
     /// `Gemm(h, W[, b])` with `transB = 1`, `alpha = beta = 1`.
     Gemm { node: KilnLang },
     /// `Reshape(Gemm(Reshape(H, s1), W[, b]), s2)`: a Gemm head on the rows
     /// of `H` `[..., d]`, unflattened back to `H`'s leading axes.
-    Unflattened { outer: KilnLang, gemm: KilnLang, inner: KilnLang },
+    Unflattened {
+        outer: KilnLang,
+        gemm: KilnLang,
+        inner: KilnLang,
+    },
 }
 
 /// The `MatMul(h, W)` heads in class `x` (of rank ≥ 2): `W` 2-D
@@ -109,16 +130,28 @@ fn matmul_heads(egraph: &KilnEGraph, x: Id) -> Vec<Head> {
         if !matches!(op, Op::MatMul) || kids.len() != 2 {
             continue;
         }
-        let (Some(hs), Some(ws)) = (shape_of(egraph, kids[0], rank), shape_of(egraph, kids[1], 2)) else {
+        let (Some(hs), Some(ws)) = (
+            shape_of(egraph, kids[0], rank),
+            shape_of(egraph, kids[1], 2),
+        ) else {
             continue;
         };
-        if hs[rank - 1] != ws[0] || xt.shape[rank - 1] != ws[1] || hs[..rank - 1] != xt.shape[..rank - 1] {
+        if hs[rank - 1] != ws[0]
+            || xt.shape[rank - 1] != ws[1]
+            || hs[..rank - 1] != xt.shape[..rank - 1]
+        {
             continue;
         }
-        out.push(Head::MatMul { node: n.clone(), tied: None });
+        out.push(Head::MatMul {
+            node: n.clone(),
+            tied: None,
+        });
         for (t, top, tk) in op_nodes(egraph, kids[1]) {
             if is_2d_swap(top) && tk.len() == 1 && shape_of(egraph, tk[0], 2).is_some() {
-                out.push(Head::MatMul { node: n.clone(), tied: Some(t.clone()) });
+                out.push(Head::MatMul {
+                    node: n.clone(),
+                    tied: Some(t.clone()),
+                });
             }
         }
     }
@@ -142,12 +175,17 @@ fn biased_heads(egraph: &KilnEGraph, x: Id) -> Vec<Head> {
         }
         for slot in 0..2 {
             let (prod, bias) = (kids[slot], kids[1 - slot]);
-            if egraph[prod].data.tensor() != Some(xt) || shape_of(egraph, bias, 1) != Some(std::slice::from_ref(vocab))
+            if egraph[prod].data.tensor() != Some(xt)
+                || shape_of(egraph, bias, 1) != Some(std::slice::from_ref(vocab))
             {
                 continue;
             }
             for m in matmul_heads(egraph, prod) {
-                out.push(Head::Biased { add: n.clone(), slot, matmul: Box::new(m) });
+                out.push(Head::Biased {
+                    add: n.clone(),
+                    slot,
+                    matmul: Box::new(m),
+                });
             }
         }
     }
@@ -165,10 +203,17 @@ fn gemm_heads(egraph: &KilnEGraph, x: Id) -> Vec<Head> {
         let Op::Gemm(g) = op else {
             continue;
         };
-        if kids.len() < 2 || kids.len() > 3 || g.alpha != 1.0 || g.beta != 1.0 || g.trans_a || !g.trans_b {
+        if kids.len() < 2
+            || kids.len() > 3
+            || g.alpha != 1.0
+            || g.beta != 1.0
+            || g.trans_a
+            || !g.trans_b
+        {
             continue;
         }
-        let (Some(hs), Some(ws)) = (shape_of(egraph, kids[0], 2), shape_of(egraph, kids[1], 2)) else {
+        let (Some(hs), Some(ws)) = (shape_of(egraph, kids[0], 2), shape_of(egraph, kids[1], 2))
+        else {
             continue;
         };
         // h [N, d] · W[V, d]ᵀ = logits [N, V].
@@ -228,7 +273,11 @@ fn unflattened_heads(egraph: &KilnEGraph, x: Id) -> Vec<Head> {
                 if hs[rank - 1] != depth || hs[..rank - 1] != xt.shape[..rank - 1] {
                     continue;
                 }
-                out.push(Head::Unflattened { outer: outer.clone(), gemm: gemm.clone(), inner: inner.clone() });
+                out.push(Head::Unflattened {
+                    outer: outer.clone(),
+                    gemm: gemm.clone(),
+                    inner: inner.clone(),
+                });
             }
         }
     }
@@ -302,12 +351,24 @@ fn decode_head(lhs: &PatternAst<KilnLang>, i: Id) -> Option<HeadParts> {
                 ENodeOrVar::Var(v) => (*v, false),
                 ENodeOrVar::ENode(t) => (var_at(lhs, *t.children().first()?)?, true),
             };
-            Some(HeadParts { h: var_at(lhs, kids[0])?, w, transpose_weight, bias: None })
+            Some(HeadParts {
+                h: var_at(lhs, kids[0])?,
+                w,
+                transpose_weight,
+                bias: None,
+            })
         }
         Op::Binary(BinaryOp::Add) => {
-            let slot = if node_at(lhs, kids[0]).is_some() { 0 } else { 1 };
+            let slot = if node_at(lhs, kids[0]).is_some() {
+                0
+            } else {
+                1
+            };
             let parts = decode_head(lhs, kids[slot])?;
-            Some(HeadParts { bias: Some(var_at(lhs, kids[1 - slot])?), ..parts })
+            Some(HeadParts {
+                bias: Some(var_at(lhs, kids[1 - slot])?),
+                ..parts
+            })
         }
         Op::Gemm(_) => {
             // The rows are a leaf, or (under the shift) the Reshape that
@@ -345,7 +406,13 @@ fn loss_root(lhs: &PatternAst<KilnLang>) -> Option<(LossAttrs, &[Id])> {
     let KilnLang::Op { op, children, .. } = root else {
         return None;
     };
-    let Op::CrossEntropy { reduction, ignore_index, label_smoothing, z_loss } = op.op() else {
+    let Op::CrossEntropy {
+        reduction,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+    } = op.op()
+    else {
         return None;
     };
     let attrs = LossAttrs {
@@ -360,7 +427,9 @@ fn loss_root(lhs: &PatternAst<KilnLang>) -> Option<(LossAttrs, &[Id])> {
 /// The `CrossEntropy` e-nodes of `class` with two or three inputs.
 fn loss_nodes(egraph: &KilnEGraph, class: Id) -> impl Iterator<Item = (&KilnLang, &[Id])> + '_ {
     op_nodes(egraph, class)
-        .filter(|(_, op, kids)| matches!(op, Op::CrossEntropy { .. }) && (2..=3).contains(&kids.len()))
+        .filter(|(_, op, kids)| {
+            matches!(op, Op::CrossEntropy { .. }) && (2..=3).contains(&kids.len())
+        })
         .map(|(n, _, kids)| (n, kids))
 }
 
@@ -419,7 +488,11 @@ fn kept_logits_notes(egraph: &KilnEGraph, m: &Match, ctx: &RuleContext) -> Vec<S
         path.push(i);
         at = match n.as_op() {
             Some(Op::Reshape { .. }) | Some(Op::Slice) => n.children().first().copied(),
-            Some(Op::Binary(BinaryOp::Add)) => n.children().iter().copied().find(|&c| node_at(&m.lhs, c).is_some()),
+            Some(Op::Binary(BinaryOp::Add)) => n
+                .children()
+                .iter()
+                .copied()
+                .find(|&c| node_at(&m.lhs, c).is_some()),
             Some(op) => {
                 head_op = op.name();
                 None
@@ -433,8 +506,9 @@ fn kept_logits_notes(egraph: &KilnEGraph, m: &Match, ctx: &RuleContext) -> Vec<S
             continue;
         };
         for name in ctx.outputs_in(egraph, class) {
-            notes
-                .push(format!("logits `{name}` are a graph output: kept the {head_op} path beside LinearCrossEntropy"));
+            notes.push(format!(
+                "logits `{name}` are a graph output: kept the {head_op} path beside LinearCrossEntropy"
+            ));
         }
     }
     notes
@@ -474,7 +548,12 @@ impl Rule for LinearCrossEntropyFusion {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let (attrs, children) = loss_root(&m.lhs)?;
         let parts = decode_head(&m.lhs, children[0])?;
         let labels = var_at(&m.lhs, children[1])?;
@@ -506,7 +585,10 @@ fn slice_axes(egraph: &KilnEGraph, axes: Id, rank: usize) -> Option<Vec<usize>> 
         .into_iter()
         .map(|a| {
             let a = if a < 0 { a + rank } else { a };
-            (0..rank).contains(&a).then(|| usize::try_from(a).ok()).flatten()
+            (0..rank)
+                .contains(&a)
+                .then(|| usize::try_from(a).ok())
+                .flatten()
         })
         .collect()
 }
@@ -555,8 +637,10 @@ impl Rule for FlattenedHeadFusion {
                 }
                 let rank = xt.rank();
                 // Direct heads, and heads under a Slice of the leading axes.
-                let mut found: Vec<(Option<KilnLang>, Head)> =
-                    batched_heads(egraph, x).into_iter().map(|h| (None, h)).collect();
+                let mut found: Vec<(Option<KilnLang>, Head)> = batched_heads(egraph, x)
+                    .into_iter()
+                    .map(|h| (None, h))
+                    .collect();
                 for (sl, sop, sk) in op_nodes(egraph, x) {
                     if !matches!(sop, Op::Slice) || sk.len() < 4 || is_absent(egraph, sk[3]) {
                         continue;
@@ -591,7 +675,12 @@ impl Rule for FlattenedHeadFusion {
         }
     }
 
-    fn rewrite(&self, egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         let (attrs, children) = loss_root(&m.lhs)?;
         let reshape = node_at(&m.lhs, children[0])?;
         let x_index = *reshape.children().first()?;
@@ -606,7 +695,11 @@ impl Rule for FlattenedHeadFusion {
             Dim::Fixed(d) => i64::try_from(*d).ok()?,
             Dim::Sym(_) => return None,
         };
-        let shape = egraph.analysis.consts.intern(&Tensor::from_i64s(DType::I64, &[2], &[-1, depth]));
+        let shape =
+            egraph
+                .analysis
+                .consts
+                .intern(&Tensor::from_i64s(DType::I64, &[2], &[-1, depth]));
         let mut b = AstBuilder::continuing(&m.subst);
         let mut rows = b.var(parts.h);
         if let Some(sl) = slice {
@@ -617,7 +710,10 @@ impl Rule for FlattenedHeadFusion {
             rows = b.node(with_children(sl, &kids));
         }
         let shape = b.node(KilnLang::Const(shape));
-        let flat = b.node(KilnLang::op(Op::Reshape { allowzero: false }, vec![rows, shape]));
+        let flat = b.node(KilnLang::op(
+            Op::Reshape { allowzero: false },
+            vec![rows, shape],
+        ));
         let labels = var_at(&m.lhs, children[1])?;
         let class_weight = match children.get(2) {
             Some(&c) => Some(var_at(&m.lhs, c)?),

@@ -57,7 +57,11 @@ impl AstBuilder {
     /// A builder whose variables continue those of `m`, for right-hand
     /// sides that reuse the left-hand side's bindings.
     pub fn continuing(m: &Subst) -> AstBuilder {
-        AstBuilder { ast: PatternAst::default(), subst: m.clone(), next_var: var_count(m) }
+        AstBuilder {
+            ast: PatternAst::default(),
+            subst: m.clone(),
+            next_var: var_count(m),
+        }
     }
 
     /// A leaf standing for class `class`; returns its index in the AST.
@@ -92,7 +96,10 @@ impl AstBuilder {
 
     /// The finished match; the last node added is the root.
     pub fn finish(self) -> Match {
-        Match { lhs: self.ast, subst: self.subst }
+        Match {
+            lhs: self.ast,
+            subst: self.subst,
+        }
     }
 
     /// The finished AST alone (a right-hand side over the subst it
@@ -104,7 +111,9 @@ impl AstBuilder {
 
 fn var_count(s: &Subst) -> u32 {
     // Variables are numbered densely from 0 by the builder.
-    (0..u32::MAX).find(|&i| s.get(Var::from_u32(i)).is_none()).unwrap_or(u32::MAX)
+    (0..u32::MAX)
+        .find(|&i| s.get(Var::from_u32(i)).is_none())
+        .unwrap_or(u32::MAX)
 }
 
 /// The variable at index `i` of an AST, if that entry is a variable.
@@ -163,8 +172,18 @@ pub fn lhs_classes(egraph: &KilnEGraph, m: &Match) -> Vec<Option<Id>> {
 /// attribute, else from a constant second input, else every axis. `None`
 /// when the axes are not known constants, are out of range, or the node is
 /// the identity (no axes with `noop_with_empty_axes`).
-pub fn reduce_axes(egraph: &KilnEGraph, op: &Op, children: &[Id], rank: usize) -> Option<Vec<usize>> {
-    let Op::Reduce { axes, noop_with_empty_axes, .. } = op else {
+pub fn reduce_axes(
+    egraph: &KilnEGraph,
+    op: &Op,
+    children: &[Id],
+    rank: usize,
+) -> Option<Vec<usize>> {
+    let Op::Reduce {
+        axes,
+        noop_with_empty_axes,
+        ..
+    } = op
+    else {
         return None;
     };
     let given: Option<Vec<i64>> = match (axes, children.get(1)) {
@@ -207,7 +226,11 @@ impl RuleContext {
     /// order.
     pub fn outputs_in(&self, egraph: &KilnEGraph, class: Id) -> Vec<&str> {
         let class = egraph.find(class);
-        self.outputs.iter().filter(|(_, c)| egraph.find(*c) == class).map(|(n, _)| n.as_str()).collect()
+        self.outputs
+            .iter()
+            .filter(|(_, c)| egraph.find(*c) == class)
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 }
 
@@ -229,7 +252,12 @@ pub trait Rule: Send + Sync + 'static {
     /// The right-hand side for a match found by [`Rule::search`] in class
     /// `eclass`, built over the match's subst (see
     /// [`AstBuilder::continuing`]); `None` to skip it.
-    fn rewrite(&self, egraph: &mut KilnEGraph, eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>>;
+    fn rewrite(
+        &self,
+        egraph: &mut KilnEGraph,
+        eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>>;
     /// A last look at a match before it is applied, with what the e-graph
     /// alone does not say (the graph outputs): false skips it. True by
     /// default; a rule that must not fire where some value has another
@@ -241,7 +269,13 @@ pub trait Rule: Send + Sync + 'static {
     /// what a reader of the report should know that the rewrite alone does
     /// not say (for example that a value it makes unnecessary is kept
     /// because it is a graph output). None by default.
-    fn notes(&self, _egraph: &KilnEGraph, _eclass: Id, _m: &Match, _ctx: &RuleContext) -> Vec<String> {
+    fn notes(
+        &self,
+        _egraph: &KilnEGraph,
+        _eclass: Id,
+        _m: &Match,
+        _ctx: &RuleContext,
+    ) -> Vec<String> {
         Vec::new()
     }
 }
@@ -271,7 +305,11 @@ struct Adapter {
 impl Adapter {
     fn matches(&self, egraph: &KilnEGraph, limit: usize) -> Vec<(Id, Match)> {
         let mut classes: Vec<Id> = match self.rule.roots() {
-            Some(discs) => discs.iter().filter_map(|d| egraph.classes_for_op(d)).flatten().collect(),
+            Some(discs) => discs
+                .iter()
+                .filter_map(|d| egraph.classes_for_op(d))
+                .flatten()
+                .collect(),
             None => egraph.classes().map(|c| c.id).collect(),
         };
         // Visit classes in id order so the matches (and the ids new nodes
@@ -307,13 +345,25 @@ impl egg::Searcher<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
         let mut found = Vec::new();
         self.rule.search(egraph, eclass, &mut found);
         let m = found.into_iter().next().filter(|_| limit > 0)?;
-        Some(SearchMatches { eclass, substs: vec![m.subst], ast: Some(Cow::Owned(m.lhs)) })
+        Some(SearchMatches {
+            eclass,
+            substs: vec![m.subst],
+            ast: Some(Cow::Owned(m.lhs)),
+        })
     }
 
-    fn search_with_limit(&self, egraph: &KilnEGraph, limit: usize) -> Vec<SearchMatches<'_, KilnLang>> {
+    fn search_with_limit(
+        &self,
+        egraph: &KilnEGraph,
+        limit: usize,
+    ) -> Vec<SearchMatches<'_, KilnLang>> {
         self.matches(egraph, limit)
             .into_iter()
-            .map(|(eclass, m)| SearchMatches { eclass, substs: vec![m.subst], ast: Some(Cow::Owned(m.lhs)) })
+            .map(|(eclass, m)| SearchMatches {
+                eclass,
+                substs: vec![m.subst],
+                ast: Some(Cow::Owned(m.lhs)),
+            })
             .collect()
     }
 
@@ -335,17 +385,31 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
                 continue;
             };
             for subst in &mat.substs {
-                let m = Match { lhs: lhs.clone(), subst: subst.clone() };
+                let m = Match {
+                    lhs: lhs.clone(),
+                    subst: subst.clone(),
+                };
                 egraph.analysis.current_rule = Some(self.rule.name().to_string());
                 // Notes read the e-graph as the match found it, before the
                 // union merges the right-hand side in.
                 let notes = self.rule.notes(egraph, mat.eclass, &m, &self.ctx);
-                let did = apply_one_match(egraph, mat.eclass, &m, self.rule.as_ref(), &self.ctx, rule_name);
+                let did = apply_one_match(
+                    egraph,
+                    mat.eclass,
+                    &m,
+                    self.rule.as_ref(),
+                    &self.ctx,
+                    rule_name,
+                );
                 egraph.analysis.current_rule = None;
                 if did {
                     changed.push(mat.eclass);
                     let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-                    log.push(Fired { rule: self.rule.name(), class: mat.eclass, notes });
+                    log.push(Fired {
+                        rule: self.rule.name(),
+                        class: mat.eclass,
+                        notes,
+                    });
                 }
             }
         }
@@ -363,7 +427,10 @@ impl egg::Applier<KilnLang, crate::analysis::TypeAnalysis> for Adapter {
         let Some(lhs) = searcher_ast else {
             return Vec::new();
         };
-        let m = Match { lhs: lhs.clone(), subst: subst.clone() };
+        let m = Match {
+            lhs: lhs.clone(),
+            subst: subst.clone(),
+        };
         if apply_one_match(egraph, eclass, &m, self.rule.as_ref(), &self.ctx, rule_name) {
             vec![eclass]
         } else {
@@ -389,7 +456,9 @@ fn apply_one_match(
         return false;
     };
     if egraph.are_explanations_enabled() {
-        egraph.union_instantiations(&m.lhs, &rhs, &m.subst, rule_name).1
+        egraph
+            .union_instantiations(&m.lhs, &rhs, &m.subst, rule_name)
+            .1
     } else {
         let id = egraph.add_instantiation(&rhs, &m.subst);
         egraph.union(eclass, id)
@@ -406,7 +475,11 @@ pub fn rewrites(
     rules
         .iter()
         .map(|r| {
-            let a = Adapter { rule: r.clone(), log: log.clone(), ctx: ctx.clone() };
+            let a = Adapter {
+                rule: r.clone(),
+                log: log.clone(),
+                ctx: ctx.clone(),
+            };
             egg::Rewrite::new(r.name(), a.clone(), a)
                 .expect("adapters bind no pattern variables, so every rewrite is well formed")
         })

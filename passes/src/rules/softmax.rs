@@ -45,7 +45,11 @@ use std::sync::Arc;
 
 /// The rules of this module.
 pub fn rules() -> Vec<Arc<dyn Rule>> {
-    vec![Arc::new(ArgSoftmax), Arc::new(TopKSoftmax { renorm: false }), Arc::new(TopKSoftmax { renorm: true })]
+    vec![
+        Arc::new(ArgSoftmax),
+        Arc::new(TopKSoftmax { renorm: false }),
+        Arc::new(TopKSoftmax { renorm: true }),
+    ]
 }
 
 /// `axis` normalized for a value of rank `rank`, when in range.
@@ -60,7 +64,12 @@ fn normalize(axis: i64, rank: usize) -> Option<usize> {
 fn softmaxes(egraph: &KilnEGraph, class: Id, axis: usize, log: bool) -> Vec<(&KilnLang, Id)> {
     let mut out = Vec::new();
     for n in &egraph[class].nodes {
-        let KilnLang::Op { op, outputs: 1, children } = n else {
+        let KilnLang::Op {
+            op,
+            outputs: 1,
+            children,
+        } = n
+        else {
             continue;
         };
         let a = match op.op() {
@@ -103,7 +112,12 @@ impl Rule for ArgSoftmax {
 
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
         for root in &egraph[class].nodes {
-            let KilnLang::Op { op, outputs: 1, children } = root else {
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = root
+            else {
                 continue;
             };
             let Op::ArgReduce { axis, .. } = op.op() else {
@@ -125,7 +139,12 @@ impl Rule for ArgSoftmax {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layout: [x, softmax, arg].
         let root = node_at(&m.lhs, root_of(&m.lhs))?;
         let mut b = AstBuilder::continuing(&m.subst);
@@ -145,10 +164,19 @@ struct TopKSoftmax {
 
 /// The `TopK` tuple nodes of `class` over a softmax along the same axis:
 /// the TopK node, its softmax node, the softmax's input and the axis.
-fn topk_over_softmax(egraph: &KilnEGraph, class: Id, log: bool) -> Vec<(&KilnLang, &KilnLang, Id, usize)> {
+fn topk_over_softmax(
+    egraph: &KilnEGraph,
+    class: Id,
+    log: bool,
+) -> Vec<(&KilnLang, &KilnLang, Id, usize)> {
     let mut out = Vec::new();
     for t in &egraph[class].nodes {
-        let KilnLang::Op { op, outputs: 2, children } = t else {
+        let KilnLang::Op {
+            op,
+            outputs: 2,
+            children,
+        } = t
+        else {
             continue;
         };
         let Op::TopK { axis, .. } = op.op() else {
@@ -197,7 +225,11 @@ impl Rule for TopKSoftmax {
     }
 
     fn roots(&self) -> Option<Vec<Disc>> {
-        Some(vec![if self.renorm { Disc::onnx("Div") } else { Disc::Proj }])
+        Some(vec![if self.renorm {
+            Disc::onnx("Div")
+        } else {
+            Disc::Proj
+        }])
     }
 
     fn search(&self, egraph: &KilnEGraph, class: Id, out: &mut Vec<Match>) {
@@ -214,7 +246,12 @@ impl Rule for TopKSoftmax {
                 }
                 continue;
             }
-            let KilnLang::Op { op, outputs: 1, children } = root else {
+            let KilnLang::Op {
+                op,
+                outputs: 1,
+                children,
+            } = root
+            else {
                 continue;
             };
             if *op.op() != Op::Binary(BinaryOp::Div) || children.len() != 2 {
@@ -222,11 +259,22 @@ impl Rule for TopKSoftmax {
             }
             let (v, s) = (egraph.find(children[0]), children[1]);
             for sum in &egraph[s].nodes {
-                let KilnLang::Op { op: sop, outputs: 1, children: sk } = sum else {
+                let KilnLang::Op {
+                    op: sop,
+                    outputs: 1,
+                    children: sk,
+                } = sum
+                else {
                     continue;
                 };
-                if !matches!(sop.op(), Op::Reduce { kind: ReduceKind::Sum, keepdims: true, .. })
-                    || egraph.find(sk[0]) != v
+                if !matches!(
+                    sop.op(),
+                    Op::Reduce {
+                        kind: ReduceKind::Sum,
+                        keepdims: true,
+                        ..
+                    }
+                ) || egraph.find(sk[0]) != v
                 {
                     continue;
                 }
@@ -256,7 +304,12 @@ impl Rule for TopKSoftmax {
         }
     }
 
-    fn rewrite(&self, _egraph: &mut KilnEGraph, _eclass: Id, m: &Match) -> Option<PatternAst<KilnLang>> {
+    fn rewrite(
+        &self,
+        _egraph: &mut KilnEGraph,
+        _eclass: Id,
+        m: &Match,
+    ) -> Option<PatternAst<KilnLang>> {
         // LHS layout: [x, softmax, k, topk, proj, ...].
         let softmax = node_at(&m.lhs, Id::from(1))?;
         let topk = node_at(&m.lhs, Id::from(3))?;

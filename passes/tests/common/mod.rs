@@ -26,12 +26,19 @@ pub fn parse(text: &str) -> Graph {
 
 /// The rule with this name.
 pub fn rule(name: &str) -> Arc<dyn Rule> {
-    all_rules().into_iter().find(|r| r.name() == name).unwrap_or_else(|| panic!("no rule `{name}`"))
+    all_rules()
+        .into_iter()
+        .find(|r| r.name() == name)
+        .unwrap_or_else(|| panic!("no rule `{name}`"))
 }
 
 /// A pipeline of one pass running exactly the named rules.
 pub fn pipeline_of(rules: &[&str]) -> Pipeline {
-    let pass = Pass { name: "test", description: "rules under test", rules: rules.iter().map(|r| rule(r)).collect() };
+    let pass = Pass {
+        name: "test",
+        description: "rules under test",
+        rules: rules.iter().map(|r| rule(r)).collect(),
+    };
     Pipeline::new("test", vec![pass])
 }
 
@@ -62,7 +69,9 @@ pub fn random_inputs(g: &Graph, seed: u64, sizes: &BTreeMap<&str, i64>) -> Vec<(
             .iter()
             .map(|d| match d {
                 Dim::Fixed(n) => *n as usize,
-                d => d.eval(&|s| Some(sizes.get(s).copied().unwrap_or(3))).expect("dims evaluate") as usize,
+                d => d
+                    .eval(&|s| Some(sizes.get(s).copied().unwrap_or(3)))
+                    .expect("dims evaluate") as usize,
             })
             .collect();
         let n: usize = shape.iter().product();
@@ -93,8 +102,13 @@ pub fn rel_error(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
     let (x, y) = (a.to_f64s(), b.to_f64s());
     let scale = x.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let diff =
-        x.iter().zip(&y).fold(0.0f64, |m, (p, q)| if p.is_nan() && q.is_nan() { m } else { m.max((p - q).abs()) });
+    let diff = x.iter().zip(&y).fold(0.0f64, |m, (p, q)| {
+        if p.is_nan() && q.is_nan() {
+            m
+        } else {
+            m.max((p - q).abs())
+        }
+    });
     diff / scale
 }
 

@@ -253,9 +253,9 @@ pub(in crate::interp) trait Kind {
 /// The marker types, one per dtype.
 pub(in crate::interp) mod kinds {
     use super::cast::{f64_to_bf16, f64_to_f16, wrap_i4, wrap_u4};
+    use crate::tensor::i64_to_f32_odd;
     use super::Kind;
     use crate::dtype::DType;
-    use crate::tensor::i64_to_f32_odd;
     use crate::tensor::Tensor;
     use half::{bf16, f16};
     use ndarray::{ArcArray, IxDyn};
