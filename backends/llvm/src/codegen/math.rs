@@ -210,14 +210,7 @@ impl<'ctx> Cg<'ctx> {
     /// and `p = exp(r)` in [√½, √2]. `x` must be finite and not below -1e4
     /// (callers clamp); `n` is returned as a float.
     pub(crate) fn exp_split(&self, x: BV<'ctx>) -> Result<(BV<'ctx>, BV<'ctx>)> {
-        // rint(x·log2 e) by adding and subtracting 1.5·2^23 (round to
-        // nearest even, like rint, for |x·log2 e| < 2^22): two cheap
-        // operations where rint is a multi-uop round instruction.
-        let magic = self.fconst(x, 12_582_912.0);
-        let n = self.fsub(self.fmuladd(x, self.fconst(x, LOG2E), magic)?, magic)?;
-        // x - n·ln2 in two steps; `n·LN2_HI` is exact, fused or not.
-        let r = self.fmuladd(n, self.fconst(x, -LN2_HI), x)?;
-        let r = self.fmuladd(n, self.fconst(x, -LN2_LO), r)?;
+        let (n, r) = self.exp_reduce(x)?;
         let mut p = self.fconst(x, EXP_POLY[0]);
         for &c in &EXP_POLY[1..] {
             p = self.fmuladd(p, r, self.fconst(x, c))?;
@@ -227,14 +220,25 @@ impl<'ctx> Cg<'ctx> {
         Ok((n, p))
     }
 
+    /// The range reduction `x = n·ln2 + r`, `|r| ≤ ln2/2`: `(n, r)` with
+    /// `n` integral, as a float.
+    fn exp_reduce(&self, x: BV<'ctx>) -> Result<(BV<'ctx>, BV<'ctx>)> {
+        // rint(x·log2 e) by adding and subtracting 1.5·2^23 (round to
+        // nearest even, like rint, for |x·log2 e| < 2^22): two cheap
+        // operations where rint is a multi-uop round instruction.
+        let magic = self.fconst(x, 12_582_912.0);
+        let n = self.fsub(self.fmuladd(x, self.fconst(x, LOG2E), magic)?, magic)?;
+        // x - n·ln2 in two steps; `n·LN2_HI` is exact, fused or not.
+        let r = self.fmuladd(n, self.fconst(x, -LN2_HI), x)?;
+        let r = self.fmuladd(n, self.fconst(x, -LN2_LO), r)?;
+        Ok((n, r))
+    }
+
     /// [`Cg::exp_split`] with the shorter polynomial of
     /// [`Cg::exp_nonpositive`] (`p = 1 + r·q(r)`, relative error under
     /// 1e-7): the two-pass softmax's first pass, which is bound by it.
     pub(crate) fn exp_split_short(&self, x: BV<'ctx>) -> Result<(BV<'ctx>, BV<'ctx>)> {
-        let magic = self.fconst(x, 12_582_912.0);
-        let n = self.fsub(self.fmuladd(x, self.fconst(x, LOG2E), magic)?, magic)?;
-        let r = self.fmuladd(n, self.fconst(x, -LN2_HI), x)?;
-        let r = self.fmuladd(n, self.fconst(x, -LN2_LO), r)?;
+        let (n, r) = self.exp_reduce(x)?;
         let mut q = self.fconst(x, EXP_Q5[0]);
         for &c in &EXP_Q5[1..] {
             q = self.fmuladd(q, r, self.fconst(x, c))?;
