@@ -451,15 +451,15 @@ pub(crate) fn attention_tile_stride(kv_len: usize) -> usize {
 }
 
 /// f32 elements of the Attention kernel's scratch: per query row of a
-/// block its max, sum and rescale factor, a score row and an output
-/// accumulator, plus one key tile packed transposed.
+/// block its max, sum, rescale factor and tile maximum, a score row and an
+/// output accumulator, plus one key tile packed transposed.
 pub(crate) fn attention_scratch_floats(g: &AttentionGeometry) -> usize {
     scratch_floats_for_rows(g, attention_block_rows(g))
 }
 
 fn scratch_floats_for_rows(g: &AttentionGeometry, bq: usize) -> usize {
     let stride = attention_tile_stride(g.kv_len);
-    3 * bq + bq * stride + bq * g.v_dim + g.head_dim * stride
+    4 * bq + bq * stride + bq * g.v_dim + g.head_dim * stride
 }
 
 /// Query rows per block of the Attention kernel: [`ATTN_BQ_MAX`], halved

@@ -402,13 +402,14 @@ fn emit_body<'ctx>(
     let (bq, bk) = (attention_block_rows(geo), ATTN_BK.min(geo.kv_len).max(1));
     let (d, dv) = (geo.head_dim, geo.v_dim);
     // Scratch layout, in f32 elements: m[bq], l[bq], scores[bq × sbk],
-    // acc[bq × dv], alpha[bq], packed key tile kt[d × sbk] (see
-    // `plan::attention_scratch_floats`).
+    // acc[bq × dv], alpha[bq], tile maxima[bq], packed key tile
+    // kt[d × sbk] (see `plan::attention_scratch_floats`).
     let sbk = attention_tile_stride(geo.kv_len);
     let (m_at, l_at, s_at) = (0i64, bq as i64, 2 * bq as i64);
     let acc_at = s_at + (bq * sbk) as i64;
     let alpha_at = acc_at + (bq * dv) as i64;
-    let kt_at = alpha_at + bq as i64;
+    let tmax_at = alpha_at + bq as i64;
+    let kt_at = tmax_at + bq as i64;
     let group = (geo.q_heads / geo.kv_heads) as u64;
     let q_blocks = geo.q_len.div_ceil(bq);
     let k_tiles = geo.kv_len.div_ceil(bk);
@@ -438,6 +439,11 @@ fn emit_body<'ctx>(
     let vector_mask =
         mask.is_none_or(|(_, l)| matches!(l.dtype, DType::F32 | DType::Bool) && l.width >= geo.kv_len && !ragged);
     let vector_post = vector && vector_mask && scores.is_none();
+    // The vector micro-GEMM stores the scores already scaled. When nothing
+    // else edits them (no cap, mask, causal or padding limit, no short
+    // tile) it also leaves each row's tile maximum, computed in registers,
+    // and the per-row pass over the scores has nothing left to do.
+    let premax = vector_post && softcap.is_none() && mask.is_none() && !ragged && lens.is_none() && !causal;
 
     // One item is one (batch, query head, query block).
     let per_batch = cg.i64c((geo.q_heads * q_blocks) as i64);
@@ -508,8 +514,8 @@ fn emit_body<'ctx>(
                     xdt,
                     d,
                     sbk,
-                    kt_at,
-                    s_at,
+                    [kt_at, s_at],
+                    (scale, premax.then_some(tmax_at)),
                     scratch,
                     [qp, kp],
                     [q_base, k_base],
@@ -543,12 +549,15 @@ fn emit_body<'ctx>(
                 let i = cg.add(q0, r)?;
                 let s_row = cg.affine(r, sbk as i64, cg.i64c(s_at))?;
                 let seen = cg.add(i, cg.i64c(geo.past_len as i64))?;
-                let tile_max = if vector_post {
+                let tile_max = if premax {
+                    cg.load(scratch, dt, cg.add(cg.i64c(tmax_at), r)?)?
+                } else if vector_post {
                     let mut vmax = vecs.splat(ninf)?;
                     let vninf = vecs.splat(ninf)?;
                     for ch in 0..nv {
                         let at = cg.add(s_row, cg.i64c((ch * lanes) as i64))?;
-                        let mut s = cg.fmul(vecs.load(scratch, at)?, vecs.splat(c(scale))?)?;
+                        // The micro-GEMM stored them scaled.
+                        let mut s = vecs.load(scratch, at)?;
                         if let Some(cap) = softcap {
                             s = cg.fmul(cg.tanh(cg.fmul(s, vecs.splat(c(1.0 / cap))?)?)?, vecs.splat(c(cap))?)?;
                         }
@@ -598,7 +607,8 @@ fn emit_body<'ctx>(
                     cg.for_range(f, cols, &mut |j| {
                         let kj = cg.add(k0, j)?;
                         let at = cg.add(s_row, j)?;
-                        let mut s = cg.fmul(cg.load(scratch, dt, at)?, c(scale))?;
+                        let raw = cg.load(scratch, dt, at)?;
+                        let mut s = if vector { raw } else { cg.fmul(raw, c(scale))? };
                         if let Some(cap) = softcap {
                             s = cg.fmul(cg.tanh(cg.fmul(s, c(1.0 / cap))?)?, c(cap))?;
                         }
@@ -790,8 +800,8 @@ fn emit_scores_vector<'ctx>(
     xdt: DType,
     d: usize,
     sbk: usize,
-    kt_at: i64,
-    s_at: i64,
+    [kt_at, s_at]: [i64; 2],
+    (scale, tmax_at): (f64, Option<i64>),
     scratch: PointerValue<'ctx>,
     [qp, kp]: [PointerValue<'ctx>; 2],
     [q_base, k_base]: [IntValue<'ctx>; 2],
@@ -834,11 +844,22 @@ fn emit_scores_vector<'ctx>(
             }
             Ok(())
         })?;
+        let vscale = vecs.splat(cg.f32t().const_float(scale).into())?;
         for r in 0..count {
-            let s_row = cg.affine(cg.add(r0, cg.i64c(r as i64))?, sbk as i64, cg.i64c(s_at))?;
+            let row = cg.add(r0, cg.i64c(r as i64))?;
+            let s_row = cg.affine(row, sbk as i64, cg.i64c(s_at))?;
+            let mut vmax: Option<BV> = None;
             for ch in 0..nv {
-                let v = cg.b.build_load(vecs.vty, acc[r * nv + ch], "acc")?;
+                let v = cg.fmul(cg.b.build_load(vecs.vty, acc[r * nv + ch], "acc")?, vscale)?;
                 vecs.store(scratch, cg.add(s_row, cg.i64c((ch * lanes) as i64))?, v)?;
+                vmax = Some(match vmax {
+                    None => v,
+                    Some(m) => cg.fmax_ignoring_nan(m, v)?,
+                });
+            }
+            if let (Some(at), Some(m)) = (tmax_at, vmax) {
+                let m = vecs.reduce(m, &|a, b| cg.fmax_ignoring_nan(a, b))?;
+                cg.store(scratch, DType::F32, cg.add(cg.i64c(at), row)?, m)?;
             }
         }
         Ok(())
