@@ -315,12 +315,7 @@ struct Vec32<'a, 'ctx> {
 
 impl<'ctx> Vec32<'_, 'ctx> {
     fn load(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> Result<BV<'ctx>> {
-        let p = self.cg.elem_ptr(base, DType::F32, idx)?;
-        let v = self.cg.b.build_load(self.vty, p, "vec")?;
-        if let Some(inst) = v.as_instruction_value() {
-            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
-        }
-        Ok(v)
+        self.cg.load_f32_vector(self.vty, base, idx)
     }
 
     fn store(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>, v: BV<'ctx>) -> Result<()> {

@@ -7,7 +7,7 @@ use super::{Cg, Val};
 use crate::error::{BackendError, Result};
 use crate::plan::{elem_bytes, Loc, Plan};
 use crate::SoftmaxAlgorithm;
-use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::FloatPredicate;
 use kiln_ir::dtype::DType;
 use kiln_ir::graph::{NodeId, ValueId};
@@ -949,10 +949,7 @@ pub(crate) fn stream_f32<'ctx>(
     cg.for_range(f, head, &mut |j| scalar(j))?;
     cg.for_range(f, vectors, &mut |v| {
         let j = cg.affine(v, lanes, head)?;
-        let x = cg.b.build_load(vty, cg.elem_ptr(src, DType::F32, cg.add(j, src_base)?)?, "xv")?;
-        if let Some(inst) = x.as_instruction_value() {
-            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
-        }
+        let x = cg.load_f32_vector(vty, src, cg.add(j, src_base)?)?;
         let st = cg.b.build_store(cg.elem_ptr(dst, DType::F32, cg.add(j, dst_base)?)?, value(x)?)?;
         st.set_alignment(lanes as u32 * 4).map_err(|e| BackendError::Llvm(e.to_string()))?;
         let one = cg.ctx.i32_type().const_int(1, false);
@@ -969,7 +966,7 @@ pub(crate) fn stream_f32<'ctx>(
 /// completion: on x86 they are weakly ordered, even against later stores
 /// of the same thread.
 pub(crate) fn stream_fence(cg: &Cg<'_>) -> Result<()> {
-    if cg.module.get_triple().as_str().to_string_lossy().starts_with("x86_64") {
+    if cg.targets_x86_64() {
         cg.call_void_intrinsic("llvm.x86.sse.sfence")?;
     }
     Ok(())
@@ -1180,13 +1177,7 @@ fn max_ignoring_nan_f32<'ctx>(
     for &a in &accs {
         cg.b.build_store(a, neg_inf)?;
     }
-    let load_vec = |idx: IntValue<'ctx>| -> Result<BV<'ctx>> {
-        let v = cg.b.build_load(vty, cg.elem_ptr(xp, DType::F32, idx)?, "xv")?;
-        if let Some(inst) = v.as_instruction_value() {
-            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
-        }
-        Ok(v)
-    };
+    let load_vec = |idx: IntValue<'ctx>| cg.load_f32_vector(vty, xp, idx);
     cg.for_n(f, n / group, &mut |g| {
         let first = cg.affine(g, group as i64, start)?;
         // The softmax kernels' maximum is the pass that reads the row from
@@ -1293,17 +1284,13 @@ pub(crate) fn lse_two_pass<'ctx>(
     }
     cg.for_n(f, chunks, &mut |c| {
         let idx = cg.affine(c, lanes as i64 * row.stride, row.base)?;
-        let p = cg.elem_ptr(xp, DType::F32, idx)?;
         if row.stride == 1 {
             // This pass is the one that reads the row from memory.
             let ahead = cg.add(idx, cg.i64c(ROW_PREFETCH_ELEMS))?;
             // SAFETY: only prefetched.
             cg.prefetch_read(unsafe { cg.b.build_gep(f32t, xp, &[ahead], "x_ahead")? })?;
         }
-        let x = cg.b.build_load(vty, p, "xv")?;
-        if let Some(inst) = x.as_instruction_value() {
-            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
-        }
+        let x = cg.load_f32_vector(vty, xp, idx)?;
         let cur: Vec<BV> = vacc.iter().map(|&a| cg.b.build_load(vty, a, "acc")).collect::<Result<_, _>>()?;
         let next = update(cur[0], cur[1], cur[2], x, splat(-TWO_PASS_LIMIT))?;
         for (slot, v) in vacc.iter().zip(next) {

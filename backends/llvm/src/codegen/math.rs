@@ -273,8 +273,7 @@ impl<'ctx> Cg<'ctx> {
     /// uses for its accumulation on AVX-512.
     fn scalef_avx512(&self, p: BV<'ctx>, d: BV<'ctx>) -> Result<Option<BV<'ctx>>> {
         let BV::VectorValue(v) = p else { return Ok(None) };
-        let x86 = self.module.get_triple().as_str().to_string_lossy().starts_with("x86_64");
-        if !x86 || v.get_type().get_size() != 16 || !self.is_f32(p) {
+        if !self.targets_x86_64() || v.get_type().get_size() != 16 || !self.is_f32(p) {
             return Ok(None);
         }
         let name = "llvm.x86.avx512.mask.scalef.ps.512";

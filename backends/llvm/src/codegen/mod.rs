@@ -81,7 +81,7 @@ use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicType, BasicTypeEnum, FloatType, IntType};
-use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::values::{BasicMetadataValueEnum, BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::AddressSpace;
 use kiln_ir::dtype::DType;
 use std::cell::{Cell, RefCell};
@@ -459,6 +459,26 @@ impl<'ctx> Cg<'ctx> {
             .try_as_basic_value()
             .basic()
             .ok_or_else(|| BackendError::Llvm(format!("`{name}` returns no value")))
+    }
+
+    /// A vector of `vty` f32 lanes from element `idx` of `base`, promising
+    /// only element alignment (rows start anywhere).
+    pub(crate) fn load_f32_vector(
+        &self,
+        vty: inkwell::types::VectorType<'ctx>,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+    ) -> Result<BasicValueEnum<'ctx>> {
+        let v = self.b.build_load(vty, self.elem_ptr(base, DType::F32, idx)?, "xv")?;
+        if let Some(inst) = v.as_instruction_value() {
+            inst.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        }
+        Ok(v)
+    }
+
+    /// Whether the module is for x86-64 (its fences and AVX-512 intrinsics).
+    pub(crate) fn targets_x86_64(&self) -> bool {
+        self.module.get_triple().as_str().to_string_lossy().starts_with("x86_64")
     }
 
     /// A prefetch of the cache line at `p` for reading, into every cache
