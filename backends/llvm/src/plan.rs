@@ -158,6 +158,61 @@ pub(crate) fn is_view(op: &Op) -> bool {
     )
 }
 
+/// What a Slice selects along each axis of its input: the first index, the
+/// step and the count (axes it does not name: 0, 1 and the whole axis).
+pub(crate) struct SliceGeometry {
+    pub first: Vec<i64>,
+    pub steps: Vec<i64>,
+    pub lens: Vec<i64>,
+}
+
+/// The geometry of a Slice of `shape` with the given (constant) inputs.
+/// Bounds are clamped as ONNX says: starts and ends are first shifted by
+/// the dimension when negative, then clamped to `[0, dim]` for positive
+/// steps and to `[0, dim - 1]` (starts) and `[-1, dim - 1]` (ends) for
+/// negative ones.
+pub(crate) fn slice_geometry(
+    shape: &[usize],
+    starts: &[i64],
+    ends: &[i64],
+    axes: Option<&[i64]>,
+    steps: Option<&[i64]>,
+) -> std::result::Result<SliceGeometry, String> {
+    let rank = shape.len() as i64;
+    let default_axes: Vec<i64> = (0..starts.len() as i64).collect();
+    let axes = axes.unwrap_or(&default_axes);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.is_some_and(|s| s.len() != starts.len()) {
+        return Err("starts, ends, axes and steps differ in length".into());
+    }
+    let mut g = SliceGeometry {
+        first: vec![0; shape.len()],
+        steps: vec![1; shape.len()],
+        lens: shape.iter().map(|&d| d as i64).collect(),
+    };
+    for (k, &a) in axes.iter().enumerate() {
+        let a = if a < 0 { a + rank } else { a };
+        if !(0..rank).contains(&a) {
+            return Err(format!("axis {a} out of range for rank {rank}"));
+        }
+        let (a, d) = (a as usize, shape[a as usize] as i64);
+        let st = steps.map_or(1, |s| s[k]);
+        if st == 0 {
+            return Err("a step is 0".into());
+        }
+        let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
+        let (s, e) = if st > 0 {
+            (norm(starts[k]).clamp(0, d), norm(ends[k]).clamp(0, d))
+        } else {
+            (norm(starts[k]).clamp(0, d - 1), norm(ends[k]).clamp(-1, d - 1))
+        };
+        let len = if st > 0 { (e - s + st - 1).div_euclid(st) } else { (s - e + (-st) - 1).div_euclid(-st) };
+        g.first[a] = s;
+        g.steps[a] = st;
+        g.lens[a] = len.max(0);
+    }
+    Ok(g)
+}
+
 /// Whether `node` is a `Slice` whose result is the leading part of its
 /// input's storage, so that it can alias it like a view: unit steps, every
 /// start 0, and (row-major) the first axis it shortens has only size-1
@@ -167,33 +222,21 @@ pub(crate) fn is_prefix_slice(graph: &Graph, types: &[Option<Shaped>], node: &ki
     if !matches!(node.op, Op::Slice) {
         return false;
     }
-    let shape_of = |v: Option<ValueId>| v.and_then(|v| types[v.index()].as_ref()).map(|t| t.shape.clone());
-    let (Some(full), Some(part)) = (shape_of(node.input(0)), shape_of(node.output(0))) else { return false };
-    if full.len() != part.len() {
+    let Some(full) = node.input(0).and_then(|v| types[v.index()].as_ref()).map(|t| t.shape.clone()) else {
         return false;
-    }
+    };
     let constant =
         |slot: usize| node.input(slot).and_then(|v| graph.value(v).initializer.as_ref()).map(|t| t.to_i64s());
-    let Some(starts) = constant(1) else { return false };
-    let axes: Vec<i64> = match node.input(3) {
-        None => (0..starts.len() as i64).collect(),
-        Some(_) => match constant(3) {
-            Some(a) => a,
-            None => return false,
-        },
-    };
-    if node.input(4).is_some() && constant(4).is_none_or(|steps| steps.iter().any(|&s| s != 1)) {
+    let (Some(starts), Some(ends)) = (constant(1), constant(2)) else { return false };
+    let (axes, steps) = (constant(3), constant(4));
+    if (node.input(3).is_some() && axes.is_none()) || (node.input(4).is_some() && steps.is_none()) {
         return false;
     }
-    let rank = full.len() as i64;
-    for (&start, &axis) in starts.iter().zip(&axes) {
-        let axis = if axis < 0 { axis + rank } else { axis };
-        let Some(&dim) = usize::try_from(axis).ok().and_then(|a| full.get(a)) else { return false };
-        let start = if start < 0 { start + dim as i64 } else { start };
-        if start.clamp(0, dim as i64) != 0 {
-            return false;
-        }
+    let Ok(g) = slice_geometry(&full, &starts, &ends, axes.as_deref(), steps.as_deref()) else { return false };
+    if g.first.iter().any(|&f| f != 0) || g.steps.iter().any(|&s| s != 1) {
+        return false;
     }
+    let part: Vec<usize> = g.lens.iter().map(|&l| l as usize).collect();
     match full.iter().zip(&part).position(|(a, b)| a != b) {
         None => true,
         Some(first) => full[..first].iter().all(|&d| d == 1) && full[first + 1..] == part[first + 1..],

@@ -5,7 +5,7 @@ use super::elementwise::{broadcast_strides, collapse, contiguous_strides};
 use super::gemm::{self, GemmDims, GemmOperand, GemmSpec};
 use super::{Cg, Val};
 use crate::error::{BackendError, Result};
-use crate::plan::{elem_bytes, Loc, Plan};
+use crate::plan::{elem_bytes, slice_geometry, Loc, Plan, SliceGeometry};
 use crate::SoftmaxAlgorithm;
 use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::FloatPredicate;
@@ -1729,37 +1729,9 @@ fn slice<'ctx>(
     steps: Option<&[i64]>,
 ) -> Result<Kernel<'ctx>> {
     let shape = plan.ty(x).shape.clone();
-    let rank = shape.len() as i64;
     let err = |m: String| BackendError::node("", "Slice", m);
-    let default_axes: Vec<i64> = (0..starts.len() as i64).collect();
-    let axes = axes.unwrap_or(&default_axes);
-    if ends.len() != starts.len() || axes.len() != starts.len() || steps.is_some_and(|s| s.len() != starts.len()) {
-        return Err(err("starts, ends, axes and steps differ in length".into()));
-    }
-    let mut first = vec![0i64; shape.len()];
-    let mut stride_mul = vec![1i64; shape.len()];
-    let mut lens: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    for (k, &a) in axes.iter().enumerate() {
-        let a = if a < 0 { a + rank } else { a };
-        if !(0..rank).contains(&a) {
-            return Err(err(format!("axis {a} out of range for rank {rank}")));
-        }
-        let (a, d) = (a as usize, shape[a as usize] as i64);
-        let st = steps.map_or(1, |s| s[k]);
-        if st == 0 {
-            return Err(err("a step is 0".into()));
-        }
-        let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
-        let (s, e) = if st > 0 {
-            (norm(starts[k]).clamp(0, d), norm(ends[k]).clamp(0, d))
-        } else {
-            (norm(starts[k]).clamp(0, d - 1), norm(ends[k]).clamp(-1, d - 1))
-        };
-        let len = if st > 0 { (e - s + st - 1).div_euclid(st) } else { (s - e + (-st) - 1).div_euclid(-st) };
-        first[a] = s;
-        stride_mul[a] = st;
-        lens[a] = len.max(0);
-    }
+    let SliceGeometry { first, steps: stride_mul, lens } =
+        slice_geometry(&shape, starts, ends, axes, steps).map_err(err)?;
     let out_shape = plan.ty(out).shape.clone();
     if lens.iter().map(|&l| l as usize).ne(out_shape.iter().copied()) {
         return Err(err(format!("computed shape {lens:?} differs from the inferred {out_shape:?}")));
