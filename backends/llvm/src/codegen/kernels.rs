@@ -516,7 +516,15 @@ fn matmul_parallel<'ctx>(
             scratch: sp,
         };
         let pb = cg.elem_ptr(packed, dtype, cg.mul(b_index, per_b)?)?;
-        gemm::emit_gemm_packed_b(cg, f, &spec, pb, (ic, mc.into_int_value()), (jc, nc.into_int_value()))
+        gemm::emit_gemm_packed_b(
+            cg,
+            f,
+            &spec,
+            pb,
+            (ic, mc.into_int_value()),
+            (jc, nc.into_int_value()),
+            split.row_block,
+        )
     })?;
     cg.kernel_return(f)?;
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
