@@ -320,24 +320,30 @@ fn large_products_split_across_threads() {
         let k = sa[sa.len() - 1];
         check_parallel(g, &[("a".into(), a), ("b".into(), b)], k, &format!("MatMul {sa:?} x {sb:?}"));
     }
-    // Gemm with transposes and a broadcast C, computed in the prologue.
+    // Gemm with A packed (transposed) or read in place, and C broadcast
+    // along either axis or whole: the first K block adds beta·C to each
+    // tile, full, tail (200 = 14·14 + 4 rows) and edge (90 = 2·32 + 26
+    // columns) alike.
     let (m, k, n) = (200, 300, 90);
-    let mut g = Graph::new("gemm");
-    let (av, bv, cv) = (
-        input(&mut g, "a", DType::F32, &[k, m]),
-        input(&mut g, "b", DType::F32, &[n, k]),
-        input(&mut g, "c", DType::F32, &[n]),
-    );
-    let attrs = GemmAttrs { alpha: 0.5, beta: -1.5, trans_a: true, trans_b: true };
-    let id = g.add_node("gemm", Op::Gemm(attrs), vec![Some(av), Some(bv), Some(cv)], &["y"]).expect("valid");
-    let y = g.node(id).output(0).expect("one output");
-    g.add_output(y);
-    let inputs = [
-        ("a".to_string(), random(&mut rng, DType::F32, &[k, m])),
-        ("b".to_string(), random(&mut rng, DType::F32, &[n, k])),
-        ("c".to_string(), random(&mut rng, DType::F32, &[n])),
-    ];
-    check_parallel(g, &inputs, k, "Gemm transposed with C");
+    for (trans_a, c_shape) in [(true, vec![n]), (false, vec![m, n]), (false, vec![m, 1])] {
+        let sa = if trans_a { [k, m] } else { [m, k] };
+        let mut g = Graph::new("gemm");
+        let (av, bv, cv) = (
+            input(&mut g, "a", DType::F32, &sa),
+            input(&mut g, "b", DType::F32, &[n, k]),
+            input(&mut g, "c", DType::F32, &c_shape),
+        );
+        let attrs = GemmAttrs { alpha: 0.5, beta: -1.5, trans_a, trans_b: true };
+        let id = g.add_node("gemm", Op::Gemm(attrs), vec![Some(av), Some(bv), Some(cv)], &["y"]).expect("valid");
+        let y = g.node(id).output(0).expect("one output");
+        g.add_output(y);
+        let inputs = [
+            ("a".to_string(), random(&mut rng, DType::F32, &sa)),
+            ("b".to_string(), random(&mut rng, DType::F32, &[n, k])),
+            ("c".to_string(), random(&mut rng, DType::F32, &c_shape)),
+        ];
+        check_parallel(g, &inputs, k, &format!("Gemm trans_a={trans_a} with C {c_shape:?}"));
+    }
 }
 
 #[test]

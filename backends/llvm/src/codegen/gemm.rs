@@ -54,7 +54,7 @@
 //!     a: GemmOperand { ptr: h_at_row0, dtype: DType::F32, strides: (d as i64, 1) },
 //!     b: GemmOperand { ptr: w_at_v0, dtype: DType::F32, strides: (1, d as i64) },
 //!     c: tile_ptr, c_dtype: DType::F32, ldc: TILE as i64,
-//!     alpha: 1.0, accumulate: false,
+//!     alpha: 1.0, accumulate: false, init: None,
 //!     scratch,                                            // gemm::scratch_bytes(F32, max) bytes, 64-aligned
 //! })?;
 //! ```
@@ -132,7 +132,40 @@ pub(crate) struct GemmSpec<'ctx> {
     pub ldc: i64,
     pub alpha: f64,
     pub accumulate: bool,
+    /// Gemm's `beta·C_in`, which the first K block adds to each tile of C
+    /// while it is in cache (instead of a pass writing it into C first);
+    /// only without `accumulate`.
+    pub init: Option<GemmInit<'ctx>>,
     pub scratch: PointerValue<'ctx>,
+}
+
+/// The initial value `beta·C_in` of a Gemm's output: element `(r, c)` of
+/// C starts as `beta · C_in[r·strides.0 + c·strides.1]` (strides 0 along a
+/// broadcast axis).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GemmInit<'ctx> {
+    pub ptr: PointerValue<'ctx>,
+    pub dtype: DType,
+    pub strides: (i64, i64),
+    pub beta: f64,
+}
+
+impl<'ctx> GemmInit<'ctx> {
+    /// `beta · C_in(row, col)` in the compute type `ty`.
+    fn value(
+        &self,
+        cg: &Cg<'ctx>,
+        ty: BasicTypeEnum<'ctx>,
+        row: IntValue<'ctx>,
+        col: IntValue<'ctx>,
+    ) -> Result<BV<'ctx>> {
+        let idx = cg.add(cg.mul(row, self.strides.0)?, cg.mul(col, self.strides.1)?)?;
+        let v = cg.load(self.ptr, self.dtype, idx)?;
+        if self.beta == 1.0 {
+            return Ok(v);
+        }
+        cg.fmul(v, cg.fconst(ty.into_float_type().const_float(0.0).into(), self.beta))
+    }
 }
 
 /// True for dtypes the packed GEMM computes in f64 rather than f32.
@@ -523,6 +556,7 @@ fn emit_product<'ctx>(
                     c: spec.c,
                     c_dtype: spec.c_dtype,
                     ldc: spec.ldc,
+                    init: spec.init,
                 };
                 macro_kernel(cg, f, &mk, a_block, pb, (ic, jc), (mc, nc), kc, add)
             })
@@ -801,7 +835,19 @@ pub(crate) fn emit_gemm_packed_b<'ctx>(
         _ => cg.ctx.i32_type().const_int(1, false).into(),
     };
     let k_blocks = if spec.accumulate { spec.max.k.div_ceil(kc_max) } else { spec.max.k.div_ceil(kc_max).max(1) };
-    let mk = Macro { ety, tile, a_layout, ukr, tail, tile_buf, alpha, c: spec.c, c_dtype: spec.c_dtype, ldc: spec.ldc };
+    let mk = Macro {
+        ety,
+        tile,
+        a_layout,
+        ukr,
+        tail,
+        tile_buf,
+        alpha,
+        c: spec.c,
+        c_dtype: spec.c_dtype,
+        ldc: spec.ldc,
+        init: spec.init,
+    };
     cg.for_n(f, k_blocks, &mut |pc_i| {
         let pc = cg.mul(pc_i, kc_max as i64)?;
         let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, spec.k, pc)?)?;
@@ -834,6 +880,8 @@ struct Macro<'ctx> {
     c: PointerValue<'ctx>,
     c_dtype: DType,
     ldc: i64,
+    /// What the first K block adds to C (see [`GemmSpec::init`]).
+    init: Option<GemmInit<'ctx>>,
 }
 
 /// Computes the `mc × nc` block of C at (`ic`, `jc`) from a packed A block
@@ -913,7 +961,15 @@ fn macro_kernel<'ctx>(
                     cg.for_range(f, cols, &mut |j| {
                         let v = cg.b.build_load(ty, gep(cg, ty, mk.tile_buf, cg.add(t_row, j)?)?, "t")?;
                         let idx = cg.add(c_row, j)?;
-                        let sum = select_add(cg, ety, add, mk.c, mk.c_dtype, idx, v)?;
+                        let sum = match mk.init {
+                            None => select_add(cg, ety, add, mk.c, mk.c_dtype, idx, v)?,
+                            Some(init) => {
+                                let old = cg.load(mk.c, mk.c_dtype, idx)?;
+                                let row = cg.add(cg.add(ic, i0)?, r)?;
+                                let first = init.value(cg, ty, row, cg.add(cg.add(jc, j0)?, j)?)?;
+                                ety.add(cg, cg.b.build_select(add, old, first, "base")?, v)?
+                            }
+                        };
                         cg.store(mk.c, mk.c_dtype, idx, sum)
                     })
                 })
@@ -928,9 +984,30 @@ fn macro_kernel<'ctx>(
             let edge = cg.ctx.append_basic_block(f, "tile.edge");
             let done = cg.ctx.append_basic_block(f, "tile.done");
             let c_ptr = cg.elem_ptr(mk.c, mk.c_dtype, c_at)?;
+            // A tile straight to C; with an initial value, the first K
+            // block writes it into the tile (in cache now) and the
+            // microkernel adds to it.
+            let direct_call = |ukr: FunctionValue<'ctx>, tile_rows: usize| -> Result<()> {
+                let Some(init) = mk.init else { return call(ukr, c_ptr, cg.i64c(mk.ldc), add) };
+                let fill = cg.ctx.append_basic_block(f, "tile.init");
+                let go = cg.ctx.append_basic_block(f, "tile.go");
+                cg.b.build_conditional_branch(add, go, fill)?;
+                cg.b.position_at_end(fill);
+                cg.for_n(f, tile_rows, &mut |r| {
+                    let row = cg.add(cg.add(ic, i0)?, r)?;
+                    let c_row = cg.affine(r, mk.ldc, c_at)?;
+                    cg.for_n(f, nr, &mut |j| {
+                        let first = init.value(cg, ty, row, cg.add(cg.add(jc, j0)?, j)?)?;
+                        cg.store(mk.c, mk.c_dtype, cg.add(c_row, j)?, first)
+                    })
+                })?;
+                cg.b.build_unconditional_branch(go)?;
+                cg.b.position_at_end(go);
+                call(ukr, c_ptr, cg.i64c(mk.ldc), i1.const_int(1, false))
+            };
             cg.b.build_conditional_branch(full, direct, edge)?;
             cg.b.position_at_end(direct);
-            call(mk.ukr, c_ptr, cg.i64c(mk.ldc), add)?;
+            direct_call(mk.ukr, mr)?;
             cg.b.build_unconditional_branch(done)?;
             cg.b.position_at_end(edge);
             if let Some((tail_rows, tail_ukr)) = mk.tail {
@@ -942,7 +1019,7 @@ fn macro_kernel<'ctx>(
                 let other = cg.ctx.append_basic_block(f, "tile.other");
                 cg.b.build_conditional_branch(tail_direct, tail_block, other)?;
                 cg.b.position_at_end(tail_block);
-                call(tail_ukr, c_ptr, cg.i64c(mk.ldc), add)?;
+                direct_call(tail_ukr, tail_rows)?;
                 cg.b.build_unconditional_branch(done)?;
                 cg.b.position_at_end(other);
             }

@@ -264,20 +264,7 @@ fn matmul<'ctx>(
     let (sb_k, sb_j) = if gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
     let (adt, bdt) = (plan.ty(a).dtype, plan.ty(b).dtype);
     if m * n > 0 {
-        // Gemm's C input first, `C = beta·C_in`, which the product adds to.
-        if let (true, Some(cv)) = (has_c, c_in) {
-            let cdt = plan.ty(cv).dtype;
-            let cstrides = broadcast_strides(&plan.ty(cv).shape, &[m, n]);
-            let cinp = cg.param(f, 3);
-            let like = cg.compute_type(dtype).map_err(BackendError::Llvm)?.into_float_type().const_float(0.0).into();
-            cg.for_n(f, m, &mut |i| {
-                cg.for_n(f, n, &mut |j| {
-                    let cidx = cg.add(cg.mul(i, cstrides[0])?, cg.mul(j, cstrides[1])?)?;
-                    let v = cg.fmul(cg.load(cinp, cdt, cidx)?, cg.fconst(like, gemm.beta as f64))?;
-                    cg.store(cp, dtype, cg.affine(i, n as i64, j)?, v)
-                })
-            })?;
-        }
+        let init = gemm_init(plan, cg.param(f, 3), c_in.filter(|_| has_c), gemm.beta, (m, n));
         let zero = cg.i64c(0);
         nest(cg, f, &sizes, &strides, vec![zero; 3], &mut |off| {
             let spec = GemmSpec {
@@ -291,7 +278,8 @@ fn matmul<'ctx>(
                 c_dtype: dtype,
                 ldc: n as i64,
                 alpha: gemm.alpha as f64,
-                accumulate: has_c,
+                accumulate: false,
+                init,
                 scratch: sp,
             };
             gemm::emit_gemm(cg, f, &spec)
@@ -384,6 +372,7 @@ fn matmul_integer<'ctx>(
                 ldc: n as i64,
                 alpha: 1.0,
                 accumulate: false,
+                init: None,
                 scratch: sp,
             };
             gemm::emit_gemm_i32(cg, f, &spec, a_zp, b_zp)
@@ -393,6 +382,20 @@ fn matmul_integer<'ctx>(
     let mut locs: Vec<Loc> = values.iter().map(|&v| plan.loc(v)).collect();
     locs.push(Loc { slot: crate::plan::Slot::Arena, offset: scratch });
     Ok((f, locs))
+}
+
+/// Gemm's `beta·C_in` as the product's initial value, `C_in` (broadcast
+/// to `m × n`) being the buffer `ptr`; `None` without a C input.
+fn gemm_init<'ctx>(
+    plan: &Plan,
+    ptr: PointerValue<'ctx>,
+    c_in: Option<ValueId>,
+    beta: f32,
+    (m, n): (usize, usize),
+) -> Option<gemm::GemmInit<'ctx>> {
+    let c = c_in?;
+    let strides = broadcast_strides(&plan.ty(c).shape, &[m, n]);
+    Some(gemm::GemmInit { ptr, dtype: plan.ty(c).dtype, strides: (strides[0], strides[1]), beta: beta as f64 })
 }
 
 /// A MatMul/Gemm split across threads (see [`gemm::ParallelSplit`]).
@@ -434,26 +437,8 @@ fn matmul_parallel<'ctx>(
     let (sb_k, sb_j) = if par.gemm.trans_b { (1, k as i64) } else { (n as i64, 1) };
     let per_b = gemm::packed_b_elems(cg, dtype, par.dims) as i64;
     let scratch_param = values.len() as u32;
-    let elem = cg.compute_type(dtype).map_err(BackendError::Llvm)?;
-    let needs_prologue = par.has_c || par.packed_b.is_none();
     let prologue = &mut |pf| {
-        let (cp, bp, sp) = (cg.param(pf, 0), cg.param(pf, 2), cg.param(pf, scratch_param));
-        if let (true, Some(cv)) = (par.has_c, par.c_in) {
-            let cdt = plan.ty(cv).dtype;
-            let cstrides = broadcast_strides(&plan.ty(cv).shape, &[m, n]);
-            let cinp = cg.param(pf, 3);
-            let like = elem.into_float_type().const_float(0.0).into();
-            cg.for_n(pf, m, &mut |i| {
-                cg.for_n(pf, n, &mut |j| {
-                    let cidx = cg.add(cg.mul(i, cstrides[0])?, cg.mul(j, cstrides[1])?)?;
-                    let v = cg.fmul(cg.load(cinp, cdt, cidx)?, cg.fconst(like, par.gemm.beta as f64))?;
-                    cg.store(cp, dtype, cg.affine(i, n as i64, j)?, v)
-                })
-            })?;
-        }
-        if par.packed_b.is_some() {
-            return Ok(());
-        }
+        let (bp, sp) = (cg.param(pf, 2), cg.param(pf, scratch_param));
         cg.for_n(pf, par.b_batches, &mut |bb| {
             let operand = GemmOperand {
                 ptr: cg.elem_ptr(bp, bdt, cg.mul(bb, (k * n) as i64)?)?,
@@ -464,7 +449,7 @@ fn matmul_parallel<'ctx>(
             gemm::pack_b_whole(cg, pf, &operand, dtype, par.dims, dst)
         })
     };
-    if needs_prologue {
+    if par.packed_b.is_none() {
         cg.parallel_prologue(&mut kernel, prologue)?;
     }
     let (cp, ap, sp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, scratch_param));
@@ -512,7 +497,8 @@ fn matmul_parallel<'ctx>(
             c_dtype: dtype,
             ldc: n as i64,
             alpha: par.gemm.alpha as f64,
-            accumulate: par.has_c,
+            accumulate: false,
+            init: gemm_init(plan, cg.param(f, 3), par.c_in.filter(|_| par.has_c), par.gemm.beta, (m, n)),
             scratch: sp,
         };
         let pb = cg.elem_ptr(packed, dtype, cg.mul(b_index, per_b)?)?;
@@ -638,6 +624,7 @@ fn qlinear_matmul<'ctx>(cg: &Cg<'ctx>, plan: &Plan, step: usize, id: NodeId) -> 
                 ldc: n as i64,
                 alpha: 1.0,
                 accumulate: false,
+                init: None,
                 scratch: gemm_scratch,
             };
             gemm::emit_gemm_i32(cg, f, &spec, a_zp, b_zp)?;
