@@ -391,21 +391,24 @@ fn wide_constant_weight_is_prepacked_past_the_run_time_cap() {
 }
 
 #[test]
-fn few_rows_and_columns_split_by_rows() {
-    // A BERT MLP projection (128 rows, 384 columns): one block of rows and
-    // one column slab, so the product splits its rows into 14-row
-    // multiples instead, including a short last block; it must fork and
-    // give the same result on every thread count.
+fn few_rows_split_by_columns_or_rows() {
+    // Products of few rows: a BERT MLP projection (128 rows, 384 columns)
+    // with A row-major (read in place) splits into 32-column slabs; with A
+    // transposed (packed per item) into blocks of 14-row multiples with a
+    // short last one; 100 × 200 needs both. Each must fork and give the
+    // same result on every thread count.
     let mut rng = StdRng::seed_from_u64(23);
-    for (m, k, n) in [(128, 1536, 384), (100, 1024, 200)] {
+    for (m, k, n, trans_a) in [(128, 1536, 384, false), (128, 1536, 384, true), (100, 1024, 200, false)] {
         let mut g = Graph::new("proj");
-        let x = input(&mut g, "x", DType::F32, &[m, k]);
+        let sa = if trans_a { [k, m] } else { [m, k] };
+        let x = input(&mut g, "x", DType::F32, &sa);
         let w = g.add_initializer("w", random(&mut rng, DType::F32, &[k, n])).expect("fresh name");
-        let id = g.add_node("proj", Op::MatMul, vec![Some(x), Some(w)], &["y"]).expect("valid node");
+        let attrs = GemmAttrs { alpha: 1.0, beta: 0.0, trans_a, trans_b: false };
+        let id = g.add_node("proj", Op::Gemm(attrs), vec![Some(x), Some(w)], &["y"]).expect("valid node");
         let y = g.node(id).output(0).expect("one output");
         g.add_output(y);
-        let inputs = [("x".to_string(), random(&mut rng, DType::F32, &[m, k]))];
-        check_parallel(g, &inputs, k, &format!("{m}x{k}x{n}"));
+        let inputs = [("x".to_string(), random(&mut rng, DType::F32, &sa))];
+        check_parallel(g, &inputs, k, &format!("{m}x{k}x{n} trans_a={trans_a}"));
     }
 }
 

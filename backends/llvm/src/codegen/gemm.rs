@@ -574,10 +574,14 @@ const TARGET_ITEMS: usize = 8;
 const ROW_BLOCK_ALIGN: usize = 14;
 /// Columns per item are a multiple of this, itself a multiple of every `NR`.
 const SLAB_ALIGN: usize = 64;
-/// Fewest columns per item: each item packs its A block again, one copy
-/// per multiply-add of `slab` (scalar copies against 32 multiply-adds a
-/// cycle), so narrow slabs would spend more time packing than computing.
+/// Fewest columns per item when A is packed: each item packs its A block
+/// again, one copy per multiply-add of `slab` (scalar copies against 32
+/// multiply-adds a cycle), so narrow slabs would spend more time packing
+/// than computing.
 const SLAB_MIN: usize = 512;
+/// Columns per item when A is read in place (nothing is repacked per
+/// item) are a multiple of this, itself a multiple of every `NR`.
+const SLAB_ALIGN_IN_PLACE: usize = 32;
 /// Largest packed copy of B (all batches) a parallel product makes at run
 /// time; past it the product runs serially, blocked over NC.
 const PACKED_B_LIMIT: usize = 64 << 20;
@@ -619,13 +623,20 @@ pub(crate) fn batch_counts(a: &[usize], b: &[usize]) -> (usize, usize) {
 
 /// The split of a product on threads, or `None` when it runs serially
 /// (small, not f32, or B too large to pack whole: the cap is higher when
-/// `b_prepacked`, B packed at compile time).
+/// `b_prepacked`, B packed at compile time). `a_in_place`: A is row-major
+/// f32, which the microkernel reads without packing (see [`ALayout`]).
+///
+/// A product of few rows (an encoder's 128 tokens) is split by columns:
+/// each thread then reads its own part of the weight B, where splitting
+/// rows would have every thread stream all of it, and `NR`-wide slabs
+/// split evenly where blocks of `MR` rows cannot (128 = 9·14 + 2).
 pub(crate) fn parallel_split(
     dims: GemmDims,
     c_dtype: DType,
     batches: usize,
     b_batches: usize,
     b_prepacked: bool,
+    a_in_place: bool,
 ) -> Option<ParallelSplit> {
     let GemmDims { m, n, k } = dims;
     let kc = kc_for(c_dtype, dims);
@@ -639,11 +650,20 @@ pub(crate) fn parallel_split(
     }
     let row_items = batches * m.div_ceil(MC);
     let wanted = if row_items >= TARGET_ITEMS { 1 } else { TARGET_ITEMS.div_ceil(row_items) };
-    let slabs = wanted.min(n / SLAB_MIN).max(1);
-    let slab = round_up(n.div_ceil(slabs), SLAB_ALIGN);
+    let slab = if wanted == 1 {
+        n
+    } else if a_in_place {
+        // At least `wanted` slabs (rounding the width down), so that
+        // two, three or four threads get equal shares of a few hundred
+        // columns.
+        (n / wanted / SLAB_ALIGN_IN_PLACE * SLAB_ALIGN_IN_PLACE).max(SLAB_ALIGN_IN_PLACE)
+    } else {
+        let slabs = wanted.min(n / SLAB_MIN).max(1);
+        round_up(n.div_ceil(slabs), SLAB_ALIGN)
+    };
     let slabs = n.div_ceil(slab);
-    // Still too few items (a 128 × 384 output is one block of MC rows and
-    // one slab): split the rows finer. Unlike narrower slabs this packs
+    // Still too few items (with A packed, a 128 × 384 output is one block
+    // of MC rows and one slab): split the rows finer. Unlike narrower slabs this packs
     // nothing twice, as each item packs only its own rows of A; blocks stay
     // a multiple of the widest register tile.
     let row_block = if batches * m.div_ceil(MC) * slabs >= TARGET_ITEMS {
@@ -674,7 +694,7 @@ pub(crate) fn matmul_scratch_bytes(
     // Planned before constants are packed: a product that only runs in
     // parallel with a prepacked B gets the serial scratch, which its
     // parallel kernel then leaves unused.
-    match parallel_split(dims, c_dtype, batches, b_batches, false) {
+    match parallel_split(dims, c_dtype, batches, b_batches, false, false) {
         Some(_) => packed_b_bytes(c_dtype, dims, b_batches),
         None => scratch_bytes(c_dtype, dims),
     }
@@ -700,8 +720,8 @@ pub(crate) fn prepack_plan(plan: &mut Plan, f32_lanes: u32, kernel: MatMulKernel
         let (c_dtype, b_dtype) = (plan.ty(out).dtype, plan.ty(b).dtype);
         let Some(dims) = matmul_dims(ash, bsh, trans_a, trans_b) else { continue };
         let (batches, b_batches) = batch_counts(ash, bsh);
-        let parallel =
-            uses_packed(dims, c_dtype, kernel) && parallel_split(dims, c_dtype, batches, b_batches, true).is_some();
+        let parallel = uses_packed(dims, c_dtype, kernel)
+            && parallel_split(dims, c_dtype, batches, b_batches, true, false).is_some();
         if !parallel || c_dtype != DType::F32 || b_dtype != DType::F32 || plan.known(b).is_none() {
             continue;
         }
