@@ -579,6 +579,9 @@ const SLAB_ALIGN: usize = 64;
 /// multiply-adds a cycle), so narrow slabs would spend more time packing
 /// than computing.
 const SLAB_MIN: usize = 512;
+/// Bytes of an item's block of C that stays in L2 (2 MiB per core on the
+/// machines measured) beside the packed B panels it reads.
+const C_BLOCK_BYTES: usize = 512 << 10;
 /// Columns per item when A is read in place (nothing is repacked per
 /// item) are a multiple of this, itself a multiple of every `NR`.
 const SLAB_ALIGN_IN_PLACE: usize = 32;
@@ -650,17 +653,22 @@ pub(crate) fn parallel_split(
     }
     let row_items = batches * m.div_ceil(MC);
     let wanted = if row_items >= TARGET_ITEMS { 1 } else { TARGET_ITEMS.div_ceil(row_items) };
-    let slab = if wanted == 1 {
+    // The widest slab whose block of C (at most MC rows) stays in L2
+    // across the item's KC passes: an LM head's logits (128 × 50257) would
+    // otherwise be read back from memory once per pass.
+    let l2_cols = C_BLOCK_BYTES / (4 * m.min(MC));
+    let slab = if wanted == 1 && n <= l2_cols {
         n
     } else if a_in_place {
         // At least `wanted` slabs (rounding the width down), so that
         // two, three or four threads get equal shares of a few hundred
         // columns.
-        (n / wanted / SLAB_ALIGN_IN_PLACE * SLAB_ALIGN_IN_PLACE).max(SLAB_ALIGN_IN_PLACE)
+        (n / wanted).min(l2_cols) / SLAB_ALIGN_IN_PLACE * SLAB_ALIGN_IN_PLACE
     } else {
-        let slabs = wanted.min(n / SLAB_MIN).max(1);
+        let slabs = wanted.min(n / SLAB_MIN).max(n.div_ceil(l2_cols.max(SLAB_MIN))).max(1);
         round_up(n.div_ceil(slabs), SLAB_ALIGN)
-    };
+    }
+    .max(SLAB_ALIGN_IN_PLACE);
     let slabs = n.div_ceil(slab);
     // Still too few items (with A packed, a 128 × 384 output is one block
     // of MC rows and one slab): split the rows finer. Unlike narrower slabs this packs
@@ -1327,18 +1335,27 @@ fn microkernel<'ctx>(
             acc.push(slot);
         }
     }
+    let next_panel = cg.mul(kc, nr as i64)?;
     cg.for_range(f, kc, &mut |kk| {
         let b_row = cg.mul(kk, nr as i64)?;
         // The first row panel to meet a B panel finds it in L3 or memory
         // (weights are read once per run): prefetch B_PREFETCH_ROWS rows
         // ahead, every cache line of the row. Later passes hit L1.
         let ahead = cg.add(b_row, cg.i64c((B_PREFETCH_ROWS * nr) as i64))?;
+        // The same row of the next panel, into L2: the macro kernel's next
+        // B panel then streams from memory while this one is computed,
+        // instead of stalling its first row panel (an LM head's weight is
+        // read once, from memory, at 2 bytes a multiply-add).
+        let next = cg.add(b_row, next_panel)?;
         for line in 0..(nr * esize).div_ceil(64) {
             // Past the panel's end near its last rows: a plain (not
             // in-bounds) address, which a prefetch may point anywhere.
             let at = cg.add(ahead, cg.i64c((line * 64 / esize) as i64))?;
             // SAFETY: the address is only prefetched, never dereferenced.
             cg.prefetch_read(unsafe { cg.b.build_gep(ty, b, &[at], "b_ahead")? })?;
+            let at = cg.add(next, cg.i64c((line * 64 / esize) as i64))?;
+            // SAFETY: as above.
+            cg.prefetch_read_l2(unsafe { cg.b.build_gep(ty, b, &[at], "b_next")? })?;
         }
         let mut bv = Vec::with_capacity(vecs);
         for v in 0..vecs {

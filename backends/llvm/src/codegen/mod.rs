@@ -485,13 +485,29 @@ impl<'ctx> Cg<'ctx> {
     /// level. `p` may point anywhere (past a buffer's end included): a
     /// prefetch never faults.
     pub(crate) fn prefetch_read(&self, p: PointerValue<'ctx>) -> Result<()> {
+        self.prefetch(p, 3)
+    }
+
+    /// Prefetches the cache line at `p` for reading into L2, not L1
+    /// (`prefetcht1` on x86): data needed after what L1 now holds.
+    pub(crate) fn prefetch_read_l2(&self, p: PointerValue<'ctx>) -> Result<()> {
+        self.prefetch(p, 2)
+    }
+
+    /// `llvm.prefetch` for reading with a locality from 0 (none) to 3 (keep
+    /// in every level).
+    fn prefetch(&self, p: PointerValue<'ctx>, locality: u64) -> Result<()> {
         let f = inkwell::intrinsics::Intrinsic::find("llvm.prefetch")
             .and_then(|i| i.get_declaration(&self.module, &[p.get_type().into()]))
             .ok_or_else(|| BackendError::Llvm("cannot declare llvm.prefetch".into()))?;
         let i32t = self.ctx.i32_type();
-        // read (0), high locality (3), data cache (1)
-        let args =
-            [p.into(), i32t.const_zero().into(), i32t.const_int(3, false).into(), i32t.const_int(1, false).into()];
+        // read (0), locality, data cache (1)
+        let args = [
+            p.into(),
+            i32t.const_zero().into(),
+            i32t.const_int(locality, false).into(),
+            i32t.const_int(1, false).into(),
+        ];
         self.b.build_call(f, &args, "")?;
         Ok(())
     }
