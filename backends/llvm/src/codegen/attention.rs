@@ -538,15 +538,13 @@ fn emit_body<'ctx>(
                     })
                 })?;
             }
-            // Per row: scale, cap and mask the scores, then the online
-            // softmax update of the row's max and sum.
-            cg.for_range(f, rows, &mut |r| {
+            // Per row: scale, cap and mask the scores, and take the tile's
+            // maximum (the micro-GEMM left it when nothing edits them).
+            cg.for_range(f, if premax { cg.i64c(0) } else { rows }, &mut |r| {
                 let i = cg.add(q0, r)?;
                 let s_row = cg.affine(r, sbk as i64, cg.i64c(s_at))?;
                 let seen = cg.add(i, cg.i64c(geo.past_len as i64))?;
-                let tile_max = if premax {
-                    cg.load(scratch, dt, cg.add(cg.i64c(tmax_at), r)?)?
-                } else if vector_post {
+                let tile_max = if vector_post {
                     let mut vmax = vecs.splat(ninf)?;
                     let vninf = vecs.splat(ninf)?;
                     for ch in 0..nv {
@@ -646,17 +644,17 @@ fn emit_body<'ctx>(
                     })?;
                     cg.b.build_load(f32t, tmax, "tmax")?
                 };
-                let m_slot = cg.add(cg.i64c(m_at), r)?;
+                cg.store(scratch, dt, cg.add(cg.i64c(tmax_at), r)?, tile_max)
+            })?;
+            // The rows' running maxima and rescale factors, a vector of
+            // rows at a time.
+            update_row_maxima(cg, f, &vecs, rows, [m_at, tmax_at, alpha_at], scratch)?;
+            // Per row: the tile's exponentials and the running sum.
+            cg.for_range(f, rows, &mut |r| {
+                let s_row = cg.affine(r, sbk as i64, cg.i64c(s_at))?;
                 let l_slot = cg.add(cg.i64c(l_at), r)?;
-                let m_old = cg.load(scratch, dt, m_slot)?;
-                let m_new = cg.fmaxnum(m_old, tile_max)?;
-                // While every score so far is -inf there is nothing
-                // to shift by; shifting by 0 keeps e^(-inf) = 0.
-                let finite = cg.fcmp(FloatPredicate::ONE, m_new, ninf)?;
-                let shift = cg.select(finite, m_new, c(0.0))?;
-                // m_old ≤ m_new, and every score ≤ the tile max ≤ m_new:
-                // the exponents below are ≤ 0.
-                let alpha = cg.exp_nonpositive(cg.fsub(m_old, shift)?)?;
+                let shift = cg.load(scratch, dt, cg.add(cg.i64c(tmax_at), r)?)?;
+                let alpha = cg.load(scratch, dt, cg.add(cg.i64c(alpha_at), r)?)?;
                 let tile_sum = if vector {
                     let vshift = vecs.splat(shift)?;
                     let mut vsum = vecs.splat(c(0.0))?;
@@ -688,9 +686,7 @@ fn emit_body<'ctx>(
                 };
                 let l_old = cg.load(scratch, dt, l_slot)?;
                 let l_new = cg.fadd(cg.fmul(l_old, alpha)?, tile_sum)?;
-                cg.store(scratch, dt, l_slot, l_new)?;
-                cg.store(scratch, dt, m_slot, m_new)?;
-                cg.store(scratch, dt, cg.add(cg.i64c(alpha_at), r)?, alpha)
+                cg.store(scratch, dt, l_slot, l_new)
             })?;
             // acc ← acc·alpha + P·V_tile.
             if pv_vector {
@@ -756,6 +752,52 @@ fn emit_body<'ctx>(
                 cg.store(yp, xdt, cg.add(y_row, e)?, cg.fdiv(a, l)?)
             })
         })
+    })
+}
+
+/// The online-softmax step of every row of a block for one tile, with the
+/// tile maxima in `tmax[r]`: `m ← max(m, tmax)`, `alpha = e^(m_old - m)`,
+/// and the shift the tile's exponentials subtract (`m`, or 0 while every
+/// score so far is -inf, which keeps e^(-inf) = 0) in place of `tmax`.
+/// Vectors of `lanes` rows, then single rows: one vector exponential
+/// serves `lanes` rows, where a scalar one per row cost as much as a
+/// vector of the tile's.
+fn update_row_maxima<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    vecs: &Vec32<'_, 'ctx>,
+    rows: IntValue<'ctx>,
+    [m_at, tmax_at, alpha_at]: [i64; 3],
+    scratch: PointerValue<'ctx>,
+) -> Result<()> {
+    let lanes = if vecs.lanes > 1 { vecs.lanes } else { 1 };
+    for_row_blocks(cg, f, rows, lanes, &mut |r0, count| {
+        let load = |at: i64| -> Result<BV<'ctx>> {
+            let idx = cg.add(cg.i64c(at), r0)?;
+            if count > 1 {
+                vecs.load(scratch, idx)
+            } else {
+                cg.load(scratch, DType::F32, idx)
+            }
+        };
+        let store = |at: i64, v: BV<'ctx>| -> Result<()> {
+            let idx = cg.add(cg.i64c(at), r0)?;
+            if count > 1 {
+                vecs.store(scratch, idx, v)
+            } else {
+                cg.store(scratch, DType::F32, idx, v)
+            }
+        };
+        let m_old = load(m_at)?;
+        let m_new = cg.fmaxnum(m_old, load(tmax_at)?)?;
+        let finite = cg.fcmp(FloatPredicate::ONE, m_new, cg.fconst(m_new, f64::NEG_INFINITY))?;
+        let shift = cg.select(finite, m_new, cg.fconst(m_new, 0.0))?;
+        // m_old ≤ m_new, and every score ≤ the tile max ≤ m_new: the
+        // exponents here and of the tile are ≤ 0.
+        let alpha = cg.exp_nonpositive(cg.fsub(m_old, shift)?)?;
+        store(m_at, m_new)?;
+        store(alpha_at, alpha)?;
+        store(tmax_at, shift)
     })
 }
 
