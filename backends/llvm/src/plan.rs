@@ -493,16 +493,22 @@ pub(crate) fn attention_tile_stride(kv_len: usize) -> usize {
     ATTN_BK.min(kv_len).max(1).next_multiple_of(16)
 }
 
+/// Lanes of the Attention kernel's per-row running sums, the widest f32
+/// vector (AVX-512): the vector path keeps a row's sum lane-wise across
+/// tiles and reduces it once.
+pub(crate) const ATTN_SUM_LANES: usize = 16;
+
 /// f32 elements of the Attention kernel's scratch: per query row of a
-/// block its max, sum, rescale factor and tile maximum, a score row and an
-/// output accumulator, plus one key tile packed transposed.
+/// block its max, sum, rescale factor, tile maximum and lane-wise sum, a
+/// score row and an output accumulator, plus one key tile packed
+/// transposed.
 pub(crate) fn attention_scratch_floats(g: &AttentionGeometry) -> usize {
     scratch_floats_for_rows(g, attention_block_rows(g))
 }
 
 fn scratch_floats_for_rows(g: &AttentionGeometry, bq: usize) -> usize {
     let stride = attention_tile_stride(g.kv_len);
-    4 * bq + bq * stride + bq * g.v_dim + g.head_dim * stride
+    (4 + ATTN_SUM_LANES) * bq + bq * stride + bq * g.v_dim + g.head_dim * stride
 }
 
 /// Query rows per block of the Attention kernel: [`ATTN_BQ_MAX`], halved

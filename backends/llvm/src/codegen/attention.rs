@@ -54,7 +54,7 @@ use super::Cg;
 use crate::error::{BackendError, Result};
 use crate::plan::{
     attention_block_rows, attention_geometry, attention_tile_stride, AttentionGeometry, Loc, Plan, Slot, ATTN_BK,
-    ATTN_STACK_SCRATCH,
+    ATTN_STACK_SCRATCH, ATTN_SUM_LANES,
 };
 use inkwell::types::VectorType;
 use inkwell::values::{BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
@@ -398,13 +398,15 @@ fn emit_body<'ctx>(
     let (d, dv) = (geo.head_dim, geo.v_dim);
     // Scratch layout, in f32 elements: m[bq], l[bq], scores[bq × sbk],
     // acc[bq × dv], alpha[bq], tile maxima[bq], packed key tile
-    // kt[d × sbk] (see `plan::attention_scratch_floats`).
+    // kt[d × sbk], lane-wise sums lsum[bq × ATTN_SUM_LANES] (see
+    // `plan::attention_scratch_floats`).
     let sbk = attention_tile_stride(geo.kv_len);
     let (m_at, l_at, s_at) = (0i64, bq as i64, 2 * bq as i64);
     let acc_at = s_at + (bq * sbk) as i64;
     let alpha_at = acc_at + (bq * dv) as i64;
     let tmax_at = alpha_at + bq as i64;
     let kt_at = tmax_at + bq as i64;
+    let lsum_at = kt_at + (d * sbk) as i64;
     let group = (geo.q_heads / geo.kv_heads) as u64;
     let q_blocks = geo.q_len.div_ceil(bq);
     let k_tiles = geo.kv_len.div_ceil(bk);
@@ -415,7 +417,7 @@ fn emit_body<'ctx>(
     // widened element by element (the scores still use packed tiles).
     let lanes = cg.lanes.max(1) as usize;
     let vecs = Vec32 { cg, lanes, vty: f32t.vec_type(lanes as u32) };
-    let vector = lanes > 1 && sbk % lanes == 0;
+    let vector = lanes > 1 && lanes <= ATTN_SUM_LANES && sbk % lanes == 0;
     let nv = sbk / lanes;
     // Query rows per micro-kernel call: enough accumulators to hide the
     // FMA latency, few enough to stay in registers (at most 16 vectors).
@@ -471,6 +473,10 @@ fn emit_body<'ctx>(
         cg.for_range(f, rows, &mut |r| {
             cg.store(scratch, dt, cg.add(cg.i64c(m_at), r)?, ninf)?;
             cg.store(scratch, dt, cg.add(cg.i64c(l_at), r)?, c(0.0))?;
+            if vector {
+                let l_row = cg.affine(r, ATTN_SUM_LANES as i64, cg.i64c(lsum_at))?;
+                vecs.store(scratch, l_row, vecs.splat(c(0.0))?)?;
+            }
             let acc_row = cg.affine(r, dv as i64, cg.i64c(acc_at))?;
             cg.for_n(f, dv, &mut |e| cg.store(scratch, dt, cg.add(acc_row, e)?, c(0.0)))
         })?;
@@ -671,7 +677,11 @@ fn emit_body<'ctx>(
                         vecs.store(scratch, at, p)?;
                         vsum = cg.fadd(vsum, p)?;
                     }
-                    vecs.reduce(vsum, &|a, b| cg.fadd(a, b))?
+                    // The running sum stays lane-wise, `l ← l·alpha + Σ p`
+                    // per lane, and is reduced once after the last tile.
+                    let l_row = cg.affine(r, ATTN_SUM_LANES as i64, cg.i64c(lsum_at))?;
+                    let l_new = cg.fmuladd(vecs.load(scratch, l_row)?, vecs.splat(alpha)?, vsum)?;
+                    return vecs.store(scratch, l_row, l_new);
                 } else {
                     cg.b.build_store(psum, c(0.0))?;
                     cg.for_range(f, cols, &mut |j| {
@@ -728,6 +738,12 @@ fn emit_body<'ctx>(
                 })
             }
         })?;
+        if vector {
+            cg.for_range(f, rows, &mut |r| {
+                let lanes_sum = vecs.load(scratch, cg.affine(r, ATTN_SUM_LANES as i64, cg.i64c(lsum_at))?)?;
+                cg.store(scratch, dt, cg.add(cg.i64c(l_at), r)?, vecs.reduce(lanes_sum, &|a, b| cg.fadd(a, b))?)
+            })?;
+        }
         if let Some((qkp, 3)) = scores {
             cg.for_range(f, rows, &mut |r| {
                 let row = cg.affine(cg.add(q0, r)?, geo.kv_len as i64, qk_base)?;
