@@ -117,6 +117,35 @@ fn four_d_matches_the_interpreter() {
     });
 }
 
+/// Scores spread over hundreds (inputs up to ±10, 64-wide heads): the
+/// online softmax is exact for any shift only while no exponential
+/// overflows, so each tile's maximum must be the true one. Without a mask,
+/// cap or short tile the micro-GEMM reduces the maxima of a group of rows
+/// together; a wrong lane there shows up here as inf or NaN.
+#[test]
+fn large_scores_shift_by_the_exact_tile_maximum() {
+    let case = Case {
+        what: "scores of ±100s",
+        attrs: attrs(),
+        q: vec![1, 2, 130, 64],
+        k: vec![1, 2, 256, 64],
+        v: vec![1, 2, 256, 64],
+        mask: None,
+    };
+    let g = graph(&case);
+    let mut rng = StdRng::seed_from_u64(31);
+    let ins: Vec<(String, Tensor)> = [("q", &case.q), ("k", &case.k), ("v", &case.v)]
+        .into_iter()
+        .map(|(name, shape)| (name.to_string(), random(&mut rng, shape, -10.0, 10.0)))
+        .collect();
+    let compiled = compile(&g, &CompileOptions::default()).expect("compiles");
+    let got = compiled.run(&ins).expect("runs");
+    let want = kiln_ir::interp::run(&g, &ins).expect("interprets");
+    for (i, (a, b)) in got[0].1.to_f64s().iter().zip(want[0].1.to_f64s()).enumerate() {
+        assert!((a - b).abs() <= ATOL + RTOL * 10.0 * b.abs().max(1.0), "element {i} is {a}, interpreter says {b}");
+    }
+}
+
 /// Sizes at the edges of the vector micro-kernels: one query, one key,
 /// key counts that leave a short tile (or a tile narrower than a vector),
 /// query blocks that are not a multiple of the row groups, head sizes that
