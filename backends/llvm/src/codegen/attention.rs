@@ -478,7 +478,7 @@ fn emit_body<'ctx>(
     // widened element by element (the scores still use packed tiles).
     let lanes = cg.lanes.max(1) as usize;
     let vecs = Vec32 { cg, lanes, vty: f32t.vec_type(lanes as u32) };
-    let vector = lanes > 1 && lanes <= ATTN_SUM_LANES && sbk % lanes == 0;
+    let vector = lanes > 1 && lanes <= ATTN_SUM_LANES && sbk.is_multiple_of(lanes);
     let nv = sbk / lanes;
     // Query rows per micro-kernel call: enough accumulators to hide the
     // FMA latency, few enough to stay in registers (at most 16 vectors).

@@ -19,7 +19,10 @@
 //!   streams both with unit stride, whatever the layout of the operands
 //!   (transposed, strided, narrower dtypes: packing reads any strides and
 //!   widens f16/bf16 to f32). Panels past the edge of the matrix are padded
-//!   with zeros, so the microkernel always computes a full tile.
+//!   with zeros, so the microkernel always computes a full tile. Row-major
+//!   f32 A is not packed: the microkernel broadcasts from its `MR` rows in
+//!   place ([`ALayout::Rows`]), and the last partial row panel takes the
+//!   tail microkernel, so no row past A is read.
 //! - **Loops.** `NC → KC → MC → NR → MR`: a packed B block (`KC × NC`, up
 //!   to 2 MiB of f32) stays in L2/L3, a packed A block (`MC × KC`, 168 KiB)
 //!   in L2, and one `KC × NR` B panel (32 KiB) in L1 while the A panels of
@@ -34,9 +37,13 @@
 //! - **Threads.** A large f32 product ([`parallel_split`]) packs all of B
 //!   once ([`pack_b_whole`]; at compile time for a constant B, see
 //!   [`prepack_plan`], otherwise in a serial prologue), then splits into
-//!   items of `MC` rows × a slab of columns per batch entry, each packing
-//!   its A block on its thread's stack ([`emit_gemm_packed_b`]). Items
-//!   never split a sum, so results do not depend on the thread count.
+//!   items of rows × a slab of columns per batch entry, each packing its A
+//!   block on its thread's stack unless it reads A in place
+//!   ([`emit_gemm_packed_b`]). Items never split a sum, so results do not
+//!   depend on the thread count.
+//! - **Gemm's C.** `beta·C_in` ([`GemmInit`]) is written into each tile of
+//!   C by the first K block just before the microkernel adds to it, while
+//!   the tile is in cache, instead of by a pass over all of C first.
 //! - **Integers.** [`emit_gemm_i32`] runs the same loops on i32 (u8/i8
 //!   operands widened and shifted by their zero points while packing,
 //!   `mul` + `add` in the microkernel, wrapping like ONNX's reference):
