@@ -358,7 +358,7 @@ impl AotModule {
         );
         let _ = writeln!(
             h,
-            "/* Runs the model. inputs[i] points at input i's data, outputs[i] at\n * output i's buffer, each row-major and descriptor.bytes long, owned by\n * the caller; no buffer may overlap an output. Returns KILN_OK, or a\n * status with a message from {n}_last_error(). */\nint {n}_run({n}_model *model, const void *const *inputs, void *const *outputs);\n"
+            "/* Runs the model. inputs[i] points at input i's data, outputs[i] at\n * output i's buffer, each row-major and descriptor.bytes long, owned by\n * the caller; no buffer may overlap an output. Kernels keep per-thread\n * scratch on the stack: the calling thread needs 1 MiB of it free (libomp's\n * workers have OMP_STACKSIZE, 4 MiB by default). Returns KILN_OK, or a\n * status with a message from {n}_last_error(). */\nint {n}_run({n}_model *model, const void *const *inputs, void *const *outputs);\n"
         );
         let _ = writeln!(
             h,

@@ -401,3 +401,48 @@ fn rotary_embedding_splits_positions_across_threads() {
         check_threads(g, &feed, &CompileOptions::default(), true, &format!("rotary interleaved {interleaved}"));
     }
 }
+
+/// Kernels keep their per-thread scratch on the stack (an Attention block
+/// of 512 rows takes about 312 KiB, a packed A block 168 KiB); the C ABI
+/// promises that a run needs at most 1 MiB of the calling thread's stack.
+/// Both kernels run here on one thread, the caller's, with exactly that.
+#[test]
+fn a_run_fits_a_one_mebibyte_stack() {
+    let mut rng = StdRng::seed_from_u64(12);
+    // 16 heads of 512 queries: 16 blocks of the tallest height.
+    let qs = [1usize, 16, 512, 64];
+    let mut g = Graph::new("stack");
+    let q = input(&mut g, "q", &qs);
+    let k = input(&mut g, "k", &qs);
+    let v = input(&mut g, "v", &qs);
+    let id =
+        g.add_node("attn", Op::Attention(attention_attrs(false)), vec![Some(q), Some(k), Some(v)], &["y"]).unwrap();
+    let y = g.node(id).output(0).unwrap();
+    // y's elements as a [256, 2048] A, transposed (so packed on the
+    // stack, 168 × 256 at a time), times a weight.
+    let flat = g.add_initializer("flat", Tensor::from_f64s(DType::I64, &[2], &[256.0, 2048.0])).unwrap();
+    let yt = node(&mut g, "reshape", Op::Reshape { allowzero: false }, &[y, flat]);
+    let w = input(&mut g, "w", &[256, 300]);
+    let attrs = kiln_ir::op::GemmAttrs { alpha: 1.0, beta: 0.0, trans_a: true, trans_b: false };
+    let out = node(&mut g, "gemm", Op::Gemm(attrs), &[yt, w]);
+    g.add_output(out);
+    kiln_ir::infer_types(&mut g).unwrap();
+    let feed = vec![
+        ("q".to_string(), random(&mut rng, &qs, -1.0, 1.0)),
+        ("k".to_string(), random(&mut rng, &qs, -1.0, 1.0)),
+        ("v".to_string(), random(&mut rng, &qs, -1.0, 1.0)),
+        ("w".to_string(), random(&mut rng, &[256, 300], -1.0, 1.0)),
+    ];
+    let want = kiln_ir::interp::run(&g, &feed).unwrap();
+    let opts = CompileOptions { threads: Some(1), ..CompileOptions::default() };
+    // A compiled graph stays on its thread: compile and run there.
+    let got = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn_scoped(s, || compile(&g, &opts).unwrap().run(&feed).unwrap())
+            .unwrap()
+            .join()
+            .unwrap()
+    });
+    assert_close(&got[0].1, &want[0].1, "attention + gemm on a 1 MiB stack");
+}
