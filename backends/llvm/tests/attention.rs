@@ -89,17 +89,23 @@ fn check(case: Case) {
 
 fn check_with(case: Case, options: &CompileOptions) {
     let mut rng = StdRng::seed_from_u64(7);
-    let g = graph(&case);
     let ins = inputs(&mut rng, &case);
+    check_on(case, options, &ins, (ATOL, RTOL));
+}
+
+/// The kernel against the interpreter on the given inputs, within
+/// `atol + rtol·|expected|`.
+fn check_on(case: Case, options: &CompileOptions, ins: &[(String, Tensor)], (atol, rtol): (f64, f64)) {
+    let g = graph(&case);
     let compiled = compile(&g, options).unwrap_or_else(|e| panic!("{}: compile: {e}", case.what));
-    let got = compiled.run(&ins).unwrap_or_else(|e| panic!("{}: run: {e}", case.what));
-    let want = kiln_ir::interp::run(&g, &ins).unwrap_or_else(|e| panic!("{}: interpreter: {e}", case.what));
+    let got = compiled.run(ins).unwrap_or_else(|e| panic!("{}: run: {e}", case.what));
+    let want = kiln_ir::interp::run(&g, ins).unwrap_or_else(|e| panic!("{}: interpreter: {e}", case.what));
     let (got, want) = (&got[0].1, &want[0].1);
     assert_eq!(got.shape(), want.shape(), "{}: shape", case.what);
     let mut checked = 0;
     for (i, (a, b)) in got.to_f64s().iter().zip(want.to_f64s()).enumerate() {
         assert!(b.is_finite(), "{}: the interpreter gives {b} at {i}; the inputs should avoid that", case.what);
-        assert!((a - b).abs() <= ATOL + RTOL * b.abs(), "{}: element {i} is {a}, interpreter says {b}", case.what);
+        assert!((a - b).abs() <= atol + rtol * b.abs(), "{}: element {i} is {a}, interpreter says {b}", case.what);
         checked += 1;
     }
     assert!(checked > 0, "{}: nothing compared", case.what);
@@ -132,18 +138,15 @@ fn large_scores_shift_by_the_exact_tile_maximum() {
         v: vec![1, 2, 256, 64],
         mask: None,
     };
-    let g = graph(&case);
     let mut rng = StdRng::seed_from_u64(31);
     let ins: Vec<(String, Tensor)> = [("q", &case.q), ("k", &case.k), ("v", &case.v)]
         .into_iter()
         .map(|(name, shape)| (name.to_string(), random(&mut rng, shape, -10.0, 10.0)))
         .collect();
-    let compiled = compile(&g, &CompileOptions::default()).expect("compiles");
-    let got = compiled.run(&ins).expect("runs");
-    let want = kiln_ir::interp::run(&g, &ins).expect("interprets");
-    for (i, (a, b)) in got[0].1.to_f64s().iter().zip(want[0].1.to_f64s()).enumerate() {
-        assert!((a - b).abs() <= ATOL + RTOL * 10.0 * b.abs().max(1.0), "element {i} is {a}, interpreter says {b}");
-    }
+    // Scores of hundreds carry f32 rounding of about 1e-5 each, which the
+    // peaked exponentials turn into errors near 1e-3 (the 2^(±88) of a
+    // wrong maximum is far outside that).
+    check_on(case, &CompileOptions::default(), &ins, (1e-3, 1e-3));
 }
 
 /// Sizes at the edges of the vector micro-kernels: one query, one key,

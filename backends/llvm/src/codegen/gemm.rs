@@ -510,16 +510,7 @@ fn emit_product<'ctx>(
     } else {
         ALayout::Packed
     };
-    let ukr = microkernel(cg, ety, tile, mr, a_layout)?;
-    let tail = tail_microkernel(cg, ety, tile, spec.max.m, a_layout)?;
-    let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
-    if let Some(inst) = tile_buf.as_instruction_value() {
-        inst.set_alignment(64).map_err(|e| BackendError::Llvm(e.to_string()))?;
-    }
-    let alpha: BV = match ty {
-        BasicTypeEnum::FloatType(t) => t.const_float(spec.alpha).into(),
-        _ => cg.ctx.i32_type().const_int(1, false).into(),
-    };
+    let mk = Macro::new(cg, f, spec, a_layout)?;
     let i1 = cg.ctx.bool_type();
 
     // Without accumulation, a product with k = 0 still runs one (empty)
@@ -552,19 +543,6 @@ fn emit_product<'ctx>(
                 let ic = cg.mul(ic_i, mc_max as i64)?;
                 let mc = min(cg, cg.i64c(mc_max as i64), sub(cg, spec.m, ic)?)?;
                 let a_block = a_block(cg, f, ty, a_layout, (&spec.a, conv_a), Some(pa), (ic, pc), (mc, kc), mr)?;
-                let mk = Macro {
-                    ety,
-                    tile,
-                    a_layout,
-                    ukr,
-                    tail,
-                    tile_buf,
-                    alpha,
-                    c: spec.c,
-                    c_dtype: spec.c_dtype,
-                    ldc: spec.ldc,
-                    init: spec.init,
-                };
                 macro_kernel(cg, f, &mk, a_block, pb, (ic, jc), (mc, nc), kc, add)
             })
         })
@@ -861,28 +839,8 @@ pub(crate) fn emit_gemm_packed_b<'ctx>(
     } else {
         None
     };
-    let ukr = microkernel(cg, ety, tile, mr, a_layout)?;
-    let tail = tail_microkernel(cg, ety, tile, spec.max.m, a_layout)?;
-    let tile_buf = cg.entry_alloca(f, ty.array_type((mr * nr) as u32).into(), "c_tile")?;
-    set_align(tile_buf.as_basic_value_enum(), 64)?;
-    let alpha: BV = match ty {
-        BasicTypeEnum::FloatType(t) => t.const_float(spec.alpha).into(),
-        _ => cg.ctx.i32_type().const_int(1, false).into(),
-    };
+    let mk = Macro::new(cg, f, spec, a_layout)?;
     let k_blocks = if spec.accumulate { spec.max.k.div_ceil(kc_max) } else { spec.max.k.div_ceil(kc_max).max(1) };
-    let mk = Macro {
-        ety,
-        tile,
-        a_layout,
-        ukr,
-        tail,
-        tile_buf,
-        alpha,
-        c: spec.c,
-        c_dtype: spec.c_dtype,
-        ldc: spec.ldc,
-        init: spec.init,
-    };
     cg.for_n(f, k_blocks, &mut |pc_i| {
         let pc = cg.mul(pc_i, kc_max as i64)?;
         let kc = min(cg, cg.i64c(kc_max as i64), sub(cg, spec.k, pc)?)?;
@@ -917,6 +875,36 @@ struct Macro<'ctx> {
     ldc: i64,
     /// What the first K block adds to C (see [`GemmSpec::init`]).
     init: Option<GemmInit<'ctx>>,
+}
+
+impl<'ctx> Macro<'ctx> {
+    /// The microkernels (A read as `a_layout`), the edge tile in `f`'s
+    /// frame and the constants for the products of `spec`.
+    fn new(cg: &Cg<'ctx>, f: FunctionValue<'ctx>, spec: &GemmSpec<'ctx>, a_layout: ALayout) -> Result<Self> {
+        let ety = Elem::of(cg, spec.c_dtype);
+        let tile = tile_for(cg, is_wide(spec.c_dtype));
+        let ukr = microkernel(cg, ety, tile, tile.mr, a_layout)?;
+        let tail = tail_microkernel(cg, ety, tile, spec.max.m, a_layout)?;
+        let tile_buf = cg.entry_alloca(f, ety.ty.array_type((tile.mr * tile.nr()) as u32).into(), "c_tile")?;
+        set_align(tile_buf.as_basic_value_enum(), 64)?;
+        let alpha: BV = match ety.ty {
+            BasicTypeEnum::FloatType(t) => t.const_float(spec.alpha).into(),
+            _ => cg.ctx.i32_type().const_int(1, false).into(),
+        };
+        Ok(Macro {
+            ety,
+            tile,
+            a_layout,
+            ukr,
+            tail,
+            tile_buf,
+            alpha,
+            c: spec.c,
+            c_dtype: spec.c_dtype,
+            ldc: spec.ldc,
+            init: spec.init,
+        })
+    }
 }
 
 /// Computes the `mc × nc` block of C at (`ic`, `jc`) from a packed A block
@@ -1281,10 +1269,11 @@ fn copy_padded<'ctx>(
 
 /// The microkernel for one element type and tile (emitted once per module):
 /// `ukr(i64 kc, ptr a, ptr b, ptr c, i64 ldc, i1 add, T alpha)` computes
-/// `acc = Σ_kk a[kk·MR + r] · b[kk·NR + j]` over `kk < kc` and stores
+/// `acc = Σ_kk a[kk·MR + r] · b[kk·NR + j]` over `kk < kc` (`a[r·lda + kk]`
+/// with A in place, [`ALayout::Rows`]) and stores
 /// `c[r·ldc + j] = alpha·acc` (`+ c[...]` when `add`), for the whole
 /// `MR × NR` tile. With `rows < MR` it computes and stores only the first
-/// `rows` rows of the tile (the A panel keeps its `MR` stride): the last
+/// `rows` rows of the tile (a packed A panel keeps its `MR` stride): the last
 /// panel of a product whose `m` is not a multiple of `MR` then costs its
 /// own rows, not a whole tile's.
 fn microkernel<'ctx>(
