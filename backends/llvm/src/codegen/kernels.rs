@@ -411,11 +411,12 @@ struct ParallelMatMul {
     packed_b: Option<usize>,
 }
 
-/// The parallel MatMul/Gemm: a serial prologue writes `beta·C_in` into C
-/// (Gemm) and packs every B matrix whole into the scratch, unless B was
-/// packed at compile time (a constant); the items (batch entry, block of
-/// rows, slab of columns) then run the macro kernel on the threads, each
-/// packing its A block on its own stack.
+/// The parallel MatMul/Gemm: a serial prologue packs every B matrix whole
+/// into the scratch, unless B was packed at compile time (a constant); the
+/// items (batch entry, block of rows, slab of columns) then run the macro
+/// kernel on the threads, each packing its A block on its own stack unless
+/// the microkernel reads A in place, and adding Gemm's `beta·C_in` to its
+/// tiles in their first K block.
 fn matmul_parallel<'ctx>(
     cg: &Cg<'ctx>,
     plan: &Plan,
