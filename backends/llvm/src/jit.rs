@@ -249,6 +249,7 @@ pub(crate) fn generate_module(
     let mut cg = Cg::new(ctx, name, &target.cpu, &target.features, target.f32_lanes, opts.softmax);
     cg.matmul = opts.matmul;
     cg.stream_min_bytes = opts.stream_min_bytes;
+    cg.avx512dq = target.f32_lanes == 16 && enabled_features(target)?.iter().any(|f| f == "avx512dq");
     // Kernels pick target-specific instructions (fences) from the triple.
     cg.module.set_triple(&inkwell::targets::TargetTriple::create(&target.triple));
     emit(&cg)?;

@@ -504,14 +504,15 @@ pub(crate) const ATTN_SUM_LANES: usize = 16;
 /// f32 elements of the Attention kernel's scratch: per query row of a
 /// block its max, sum, rescale factor, tile maximum and lane-wise sum, a
 /// score row and an output accumulator, plus one key tile packed
-/// transposed.
+/// transposed and one value tile copied (64-byte aligned, where the
+/// caller's V rows need not be).
 pub(crate) fn attention_scratch_floats(g: &AttentionGeometry) -> usize {
     scratch_floats_for_rows(g, attention_block_rows(g))
 }
 
 fn scratch_floats_for_rows(g: &AttentionGeometry, bq: usize) -> usize {
     let stride = attention_tile_stride(g.kv_len);
-    (4 + ATTN_SUM_LANES) * bq + bq * stride + bq * g.v_dim + g.head_dim * stride
+    (4 + ATTN_SUM_LANES) * bq + bq * stride + bq * g.v_dim + g.head_dim * stride + stride * g.v_dim
 }
 
 /// Query rows per block of the Attention kernel: [`ATTN_BQ_MAX`], halved

@@ -2,7 +2,8 @@
 //! interpreter on random inputs (rtol 1e-4, atol 1e-5): 4-D and 3-D
 //! layouts, causal, float and bool masks (broadcast, and shorter than the
 //! keys), softcap, past/present caches, the scores output, nonpad_kv_seqlen, f16, grouped-query heads, sequence lengths that are not a multiple of
-//! the tiles and the vector micro-kernels' edge sizes (also as AVX2 code); that the scratch stays O(tile) at S = 2048; and the
+//! the tiles and the vector micro-kernels' edge sizes (also as AVX2 code); the lazily rescaled tiles of plain attention, with scores
+//! that climb or fall across tiles, and where they must not be used; that the scratch stays O(tile) at S = 2048; and the
 //! unsupported variants' errors.
 
 use kiln_backend_llvm::{compile, BackendError, CompileOptions};
@@ -147,6 +148,96 @@ fn large_scores_shift_by_the_exact_tile_maximum() {
     // peaked exponentials turn into errors near 1e-3 (the 2^(±88) of a
     // wrong maximum is far outside that).
     check_on(case, &CompileOptions::default(), &ins, (1e-3, 1e-3));
+}
+
+/// Q and K whose scores move by `step` (in units of the natural log) from
+/// one 64-key tile to the next: positive queries, and each tile's keys
+/// scaled so its dot products grow (or shrink) by the same amount.
+fn tile_stepped_inputs(case: &Case, step: f64) -> Vec<(String, Tensor)> {
+    let mut rng = StdRng::seed_from_u64(17);
+    let q = random(&mut rng, &case.q, 0.5, 1.0);
+    let (kv, d) = (case.k[2], case.k[3]);
+    // q·k ≈ d · 0.75², scaled by 1/√d.
+    let per_unit = d as f64 * 0.5625 / (d as f64).sqrt();
+    let rows = case.k[0] * case.k[1] * kv;
+    let k: Vec<f64> = (0..rows * d)
+        .map(|i| {
+            let tile = ((i / d) % kv / 64) as f64;
+            let target = 2.0 + step * tile;
+            target / per_unit * rng.random_range(0.5..1.0) / 0.75
+        })
+        .collect();
+    let k = Tensor::from_f64s(DType::F32, &case.k, &k);
+    let v = random(&mut rng, &case.v, -1.0, 1.0);
+    vec![("q".to_string(), q), ("k".to_string(), k), ("v".to_string(), v)]
+}
+
+/// Plain f32 attention (no mask, cap, causal limit or padding, whole
+/// tiles) rescales lazily: a row's shift is raised only when a score
+/// passes it by more than 2^16. Scores that climb 40 nats a tile would
+/// overflow f32 by the last tile without a rescale; 14 nats (20 powers of
+/// two) a tile raise the shift at every tile; scores that climb 3 nats a tile
+/// stay under the threshold, so the fast branch runs with a shift up to
+/// 9 nats below the row's maximum; falling scores leave the first tile's
+/// shift and underflow later tiles. Each against the interpreter, on the
+/// host's vectors, as AVX2 code, and without AVX512DQ's `vreduceps`.
+#[test]
+fn lazy_rescaling_follows_scores_across_tiles() {
+    let case = || Case {
+        what: "stepped scores",
+        attrs: attrs(),
+        q: vec![1, 2, 6, 64],
+        k: vec![1, 2, 256, 64],
+        v: vec![1, 2, 256, 64],
+        mask: None,
+    };
+    let mut targets = vec![("host", CompileOptions::default())];
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        targets.push(("AVX2", CompileOptions { target_cpu: Some("x86-64-v3".into()), ..CompileOptions::default() }));
+    }
+    if std::is_x86_feature_detected!("avx512f") {
+        let no_dq = CompileOptions { target_features: Some("-avx512dq".into()), ..CompileOptions::default() };
+        targets.push(("AVX-512 without DQ", no_dq));
+    }
+    for (target, options) in &targets {
+        for step in [40.0, 14.0, 3.0, -14.0] {
+            let ins = tile_stepped_inputs(&case(), step);
+            println!("{target}, step {step}");
+            check_on(case(), options, &ins, (ATOL, RTOL));
+        }
+    }
+}
+
+/// The lazy tiles are for plain attention only: a mask, a causal limit,
+/// a cap, padding or a short last tile each take the eager steps, which
+/// edit the scores before their maximum is taken.
+#[test]
+fn lazy_rescaling_only_where_nothing_edits_the_scores() {
+    let lazy_blocks = |c: Case| {
+        let mut rng = StdRng::seed_from_u64(5);
+        let compiled = compile(&graph(&c), &CompileOptions::default()).expect("Attention lowers");
+        let spec = compiled.specialization_for(&inputs(&mut rng, &c)).expect("compiles");
+        spec.ir_unoptimized.contains("lazy_fast")
+    };
+    let plain = |what| Case {
+        what,
+        attrs: attrs(),
+        q: vec![1, 2, 64, 64],
+        k: vec![1, 2, 128, 64],
+        v: vec![1, 2, 128, 64],
+        mask: None,
+    };
+    assert!(lazy_blocks(plain("plain")), "plain attention does not take the lazy tiles");
+    let edited = [
+        Case { attrs: AttentionAttrs { is_causal: true, ..attrs() }, ..plain("causal") },
+        Case { attrs: AttentionAttrs { softcap: 5.0, ..attrs() }, ..plain("softcap") },
+        Case { mask: Some((DType::F32, vec![64, 128])), ..plain("float mask") },
+        Case { k: vec![1, 2, 100, 64], v: vec![1, 2, 100, 64], ..plain("short last tile") },
+    ];
+    for c in edited {
+        let what = c.what;
+        assert!(!lazy_blocks(c), "{what}: takes the lazy tiles");
+    }
 }
 
 /// Sizes at the edges of the vector micro-kernels: one query, one key,

@@ -28,6 +28,14 @@
 //! whole number of vectors; otherwise an element loop). With `is_causal`,
 //! tiles entirely above the diagonal of a query block are skipped.
 //!
+//! Plain f32 attention (no mask, cap, causal limit or padding, whole
+//! tiles, `Dv` whole vectors) runs each tile a group of rows at a time:
+//! scores, exponentials and `P·V` back to back, with the online softmax's
+//! rescale done lazily (only when a score passes the row's shift by 2^16)
+//! and base-2 exponentials; see `emit_tile_lazy`. The value tile is copied
+//! into the aligned scratch first, so that no vector load of it straddles
+//! two cache lines.
+//!
 //! With past key/value caches (or when the `present_key`/`present_value`
 //! outputs are asked for) the kernel first writes the present caches, the
 //! past rows followed by the new keys and values, and attends over them;
@@ -170,7 +178,13 @@ pub(crate) fn attention<'ctx>(
     let (yp, qp, mut kp, mut vp) = (cg.param(f, 0), cg.param(f, 1), cg.param(f, 2), cg.param(f, 3));
     let maskp = mask.as_ref().map(|_| cg.param(f, 4));
     let scratch = if private {
-        cg.entry_alloca(f, cg.f32t().array_type(scratch_floats as u32).into(), "scratch")?
+        let slot = cg.entry_alloca(f, cg.f32t().array_type(scratch_floats as u32).into(), "scratch")?;
+        // Whole vectors in it stay within one cache line (the arena's
+        // planned offsets are 64-byte aligned too).
+        if let Some(inst) = slot.as_instruction() {
+            inst.set_alignment(64).map_err(|e| BackendError::Llvm(e.to_string()))?;
+        }
+        slot
     } else {
         cg.param(f, values.len() as u32)
     };
@@ -459,8 +473,10 @@ fn emit_body<'ctx>(
     let (d, dv) = (geo.head_dim, geo.v_dim);
     // Scratch layout, in f32 elements: m[bq], l[bq], scores[bq × sbk],
     // acc[bq × dv], alpha[bq], tile maxima[bq], packed key tile
-    // kt[d × sbk], lane-wise sums lsum[bq × ATTN_SUM_LANES] (see
-    // `plan::attention_scratch_floats`).
+    // kt[d × sbk], lane-wise sums lsum[bq × ATTN_SUM_LANES], value tile
+    // vt[sbk × dv] (see `plan::attention_scratch_floats`). Every offset is
+    // a multiple of 16 floats (bq is), so vectors there are 64-byte
+    // aligned.
     let sbk = attention_tile_stride(geo.kv_len);
     let (m_at, l_at, s_at) = (0i64, bq as i64, 2 * bq as i64);
     let acc_at = s_at + (bq * sbk) as i64;
@@ -468,6 +484,7 @@ fn emit_body<'ctx>(
     let tmax_at = alpha_at + bq as i64;
     let kt_at = tmax_at + bq as i64;
     let lsum_at = kt_at + (d * sbk) as i64;
+    let vt_at = lsum_at + (bq * ATTN_SUM_LANES) as i64;
     let group = (geo.q_heads / geo.kv_heads) as u64;
     let q_blocks = geo.q_len.div_ceil(bq);
     let k_tiles = geo.kv_len.div_ceil(bk);
@@ -502,6 +519,10 @@ fn emit_body<'ctx>(
     // tile) it also leaves each row's tile maximum, computed in registers,
     // and the per-row pass over the scores has nothing left to do.
     let premax = vector_post && softcap.is_none() && mask.is_none() && !ragged && lens.is_none() && !causal;
+    // Plain f32 attention takes the lazily rescaled tiles of
+    // [`emit_tile_lazy`]; the rest the general steps below.
+    let lazy = premax && pv_vector;
+    let lazy_rows = qk_rows.min(pv_rows);
 
     // One item is one (batch, query head, query block).
     let per_batch = cg.i64c((geo.q_heads * q_blocks) as i64);
@@ -564,6 +585,16 @@ fn emit_body<'ctx>(
         cg.for_range(f, tiles, &mut |t| {
             let k0 = cg.mul(t, bk as i64)?;
             let cols = tail(cg, bk, geo.kv_len, k0)?;
+            if lazy {
+                pack_key_tile(cg, f, xdt, d, sbk, kt_at, scratch, kp, k_base, geo, k0, cols)?;
+                pack_value_tile(cg, f, &vecs, vt_at, scratch, vp, v_base, geo, k0, cols)?;
+                let at = LazyScratch { m_at, s_at, acc_at, kt_at, lsum_at, vt_at };
+                let shape = [lazy_rows, nv, nvd];
+                let query = (qp, q_base, q0);
+                return emit_tile_lazy(
+                    cg, f, &vecs, &pool, shape, xdt, d, sbk, at, scale, scratch, query, geo, rows, cols,
+                );
+            }
             // Raw scores q·kᵀ of the tile into the score rows.
             if vector {
                 emit_scores_vector(
@@ -769,7 +800,7 @@ fn emit_body<'ctx>(
                     pv_rows,
                     nvd,
                     sbk,
-                    [s_at, acc_at, alpha_at],
+                    [s_at, acc_at, alpha_at, vt_at],
                     scratch,
                     vp,
                     v_base,
@@ -878,6 +909,176 @@ fn update_row_maxima<'ctx>(
     })
 }
 
+/// How far, in powers of two, the lazily rescaled tiles let a score pass
+/// its row's shift before the shift is raised: their exponentials are then
+/// at most 2^16, and the sums and accumulators stay far from f32's range
+/// for any value magnitude below 2^100.
+const LAZY_RESCALE_LOG2: f64 = 16.0;
+
+/// Offsets (f32 elements) of the scratch regions [`emit_tile_lazy`] uses.
+#[derive(Clone, Copy)]
+struct LazyScratch {
+    /// Per row, the shift its exponentials subtract, in log2 units.
+    m_at: i64,
+    /// The group's probabilities, in its first score rows.
+    s_at: i64,
+    acc_at: i64,
+    kt_at: i64,
+    lsum_at: i64,
+    vt_at: i64,
+}
+
+/// One key tile of a block of plain f32 attention (no mask, cap, causal
+/// limit, padding or short tile; `dv` whole vectors), a group of
+/// `group_rows` query rows at a time: the scores' micro-GEMM, their
+/// exponentials straight from its registers, and the `P·V` micro-GEMM.
+///
+/// The softmax is the online one with the rescaling done lazily (as
+/// FlashAttention-4 does on GPUs): a row's shift `m` is only raised when a
+/// score passes it by more than [`LAZY_RESCALE_LOG2`]. A shift below the
+/// row's running maximum changes nothing in `acc / l` (softmax does not
+/// depend on it) while nothing overflows, so most tiles take the fast
+/// branch: `p = 2^(s·scale·log2 e - m)`
+/// in one FMA and [`Cg::exp2_bounded`], added to the sums and to `acc`
+/// with no rescale of either and no per-row maximum. Where a score of the
+/// group is too large, or `m` is still -inf (the first tile), or a score is
+/// NaN, the slow branch takes the rows' exact maxima as new shifts and
+/// rescales their sums and accumulators, as the eager kernel does every
+/// tile. The shift is a score the row has seen, so the largest term is
+/// never below 1 and no row's sum underflows.
+#[allow(clippy::too_many_arguments)]
+fn emit_tile_lazy<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    vecs: &Vec32<'_, 'ctx>,
+    pool: &[PointerValue<'ctx>],
+    [group_rows, nv, nvd]: [usize; 3],
+    xdt: DType,
+    d: usize,
+    sbk: usize,
+    at: LazyScratch,
+    scale: f64,
+    scratch: PointerValue<'ctx>,
+    (qp, q_base, q0): (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+    geo: &AttentionGeometry,
+    rows: IntValue<'ctx>,
+    cols: IntValue<'ctx>,
+) -> Result<()> {
+    let lanes = vecs.lanes;
+    let dt = DType::F32;
+    let c = |v: f64| -> BV<'ctx> { cg.f32t().const_float(v).into() };
+    let log2_scale = vecs.splat(c(scale * std::f64::consts::LOG2_E))?;
+    let threshold = vecs.splat(c(LAZY_RESCALE_LOG2))?;
+    for_row_blocks(cg, f, rows, group_rows, &mut |r0, count| {
+        let acc = &pool[..count * nv];
+        let q_rows = query_rows(cg, geo, q_base, cg.add(q0, r0)?, count)?;
+        score_micro_gemm(cg, f, vecs, acc, nv, xdt, d, sbk, at.kt_at, scratch, qp, &q_rows)?;
+        let row_at =
+            |base: i64, r: usize| -> Result<IntValue<'ctx>> { cg.add(cg.i64c(base), cg.add(r0, cg.i64c(r as i64))?) };
+        let shifts: Vec<BV> = (0..count).map(|r| cg.load(scratch, dt, row_at(at.m_at, r)?)).collect::<Result<_>>()?;
+        let mut exponents = Vec::new();
+        for (r, shift) in shifts.iter().enumerate() {
+            let neg_shift = vecs.splat(cg.fneg(*shift)?)?;
+            for ch in 0..nv {
+                let s = cg.b.build_load(vecs.vty, acc[r * nv + ch], "score")?;
+                exponents.push(cg.fmuladd(s, log2_scale, neg_shift)?);
+            }
+        }
+        // A tree, not a chain: the branch waits on its depth.
+        let mut level = exponents.clone();
+        while level.len() > 1 {
+            let mut next = Vec::with_capacity(level.len().div_ceil(2));
+            for pair in level.chunks(2) {
+                next.push(if let [a, b] = pair { cg.fmax_ignoring_nan(*a, *b)? } else { pair[0] });
+            }
+            level = next;
+        }
+        let top = *level.first().ok_or_else(|| BackendError::Llvm("an attention row group without scores".into()))?;
+        // Unordered: a NaN (from a shift of -inf) takes the slow branch.
+        let over = cg.fcmp(FloatPredicate::UGT, top, threshold)?;
+        let any_over = cg.intrinsic("llvm.vector.reduce.or", &[over])?.into_int_value();
+        let (fast, slow, join) = (
+            cg.ctx.append_basic_block(f, "lazy_fast"),
+            cg.ctx.append_basic_block(f, "lazy_rescale"),
+            cg.ctx.append_basic_block(f, "lazy_join"),
+        );
+        cg.b.build_conditional_branch(any_over, slow, fast)?;
+
+        // Probabilities of row `r` from its exponents, into its score row
+        // and (with the rescale factor `alpha`, if any) its running sums.
+        let finish_row = |r: usize, ts: &[BV<'ctx>], alpha: Option<BV<'ctx>>| -> Result<()> {
+            let row = cg.add(r0, cg.i64c(r as i64))?;
+            // The group's probabilities sit at the start of the score
+            // rows, where each group rewrites the same lines: they stay in
+            // L1, where a row per block row would stream through L2.
+            let s_row = cg.i64c(at.s_at + (r * sbk) as i64);
+            let mut vsum: Option<BV> = None;
+            for (ch, t) in ts.iter().enumerate() {
+                let p = cg.exp2_bounded(*t)?;
+                vecs.store(scratch, cg.add(s_row, cg.i64c((ch * lanes) as i64))?, p)?;
+                vsum = Some(match vsum {
+                    None => p,
+                    Some(v) => cg.fadd(v, p)?,
+                });
+            }
+            let vsum = vsum.ok_or_else(|| BackendError::Llvm("an attention tile without key vectors".into()))?;
+            let l_row = cg.affine(row, ATTN_SUM_LANES as i64, cg.i64c(at.lsum_at))?;
+            let old = vecs.load(scratch, l_row)?;
+            let new = match alpha {
+                Some(alpha) => cg.fmuladd(old, vecs.splat(alpha)?, vsum)?,
+                None => cg.fadd(old, vsum)?,
+            };
+            vecs.store(scratch, l_row, new)
+        };
+
+        cg.b.position_at_end(fast);
+        for r in 0..count {
+            finish_row(r, &exponents[r * nv..(r + 1) * nv], None)?;
+        }
+        cg.b.build_unconditional_branch(join)?;
+
+        // The slow branch computes the raw scores again (the shift may be
+        // -inf, so they cannot be had back from the exponents): keeping
+        // them alive past the branch would cost the fast one register
+        // copies and spills on every tile, for a branch taken on few.
+        cg.b.position_at_end(slow);
+        score_micro_gemm(cg, f, vecs, acc, nv, xdt, d, sbk, at.kt_at, scratch, qp, &q_rows)?;
+        for (r, &m_old) in shifts.iter().enumerate() {
+            let scaled: Vec<BV> = acc[r * nv..(r + 1) * nv]
+                .iter()
+                .map(|&slot| cg.fmul(cg.b.build_load(vecs.vty, slot, "score")?, log2_scale))
+                .collect::<Result<_>>()?;
+            let mut vmax = scaled[0];
+            for &u in &scaled[1..] {
+                vmax = cg.fmax_ignoring_nan(vmax, u)?;
+            }
+            let tile_max = vecs.reduce(vmax, &|a, b| cg.fmax_ignoring_nan(a, b))?;
+            let m_new = cg.fmaxnum(m_old, tile_max)?;
+            // While every score so far is -inf the shift is 0, which keeps
+            // 2^(-inf) = 0.
+            let finite = cg.fcmp(FloatPredicate::ONE, m_new, c(f64::NEG_INFINITY))?;
+            let shift = cg.select(finite, m_new, c(0.0))?;
+            let same = cg.fcmp(FloatPredicate::OEQ, m_old, m_new)?;
+            let alpha = cg.select(same, c(1.0), cg.exp2_bounded(cg.fsub(m_old, shift)?)?)?;
+            cg.store(scratch, dt, row_at(at.m_at, r)?, m_new)?;
+            let vshift = vecs.splat(shift)?;
+            let ts: Vec<BV> = scaled.iter().map(|&u| cg.fsub(u, vshift)).collect::<Result<_>>()?;
+            finish_row(r, &ts, Some(alpha))?;
+            let acc_row = cg.affine(cg.add(r0, cg.i64c(r as i64))?, geo.v_dim as i64, cg.i64c(at.acc_at))?;
+            let valpha = vecs.splat(alpha)?;
+            for ch in 0..nvd {
+                let idx = cg.add(acc_row, cg.i64c((ch * lanes) as i64))?;
+                vecs.store(scratch, idx, cg.fmul(vecs.load(scratch, idx)?, valpha)?)?;
+            }
+        }
+        cg.b.build_unconditional_branch(join)?;
+
+        cg.b.position_at_end(join);
+        let pv = PvScratch { p_first: cg.i64c(at.s_at), acc_at: at.acc_at, alpha_at: None };
+        pv_micro_gemm(cg, f, vecs, &pool[..count * nvd], nvd, sbk, pv, scratch, at.vt_at, geo.v_dim, r0, cols)
+    })
+}
+
 /// Splits `rows` (run time) into groups of `block` and a tail of single
 /// rows, calling `body(first_row, rows_in_call)` with a compile-time count.
 fn for_row_blocks<'ctx>(
@@ -898,11 +1099,9 @@ fn for_row_blocks<'ctx>(
 }
 
 /// Raw scores of one tile with vectors along the keys: the tile's keys
-/// are packed transposed (`kt[e × sbk + j]`, widened to f32), then each
-/// group of `qk_rows` query rows keeps `qk_rows × nv` vector accumulators
-/// and, per head-dimension element, broadcasts one Q value per row
-/// against the `nv` vectors of the packed row: a register-blocked
-/// micro-GEMM, as in `gemm.rs`.
+/// are packed transposed ([`pack_key_tile`]), then each group of
+/// `qk_rows` query rows runs [`score_micro_gemm`] and stores its scores
+/// scaled (and, with `tmax_at`, each row's tile maximum).
 #[allow(clippy::too_many_arguments)]
 fn emit_scores_vector<'ctx>(
     cg: &Cg<'ctx>,
@@ -926,38 +1125,11 @@ fn emit_scores_vector<'ctx>(
     cols: IntValue<'ctx>,
 ) -> Result<()> {
     let lanes = vecs.lanes;
-    cg.for_range(f, cols, &mut |j| {
-        let k_row = cg.affine(cg.add(k0, j)?, geo.k.row, k_base)?;
-        let to = cg.add(cg.i64c(kt_at), j)?;
-        cg.for_n(f, d, &mut |e| {
-            let x = cg.load(kp, xdt, cg.add(k_row, e)?)?;
-            cg.store(scratch, DType::F32, cg.affine(e, sbk as i64, to)?, x)
-        })
-    })?;
-    let zero = vecs.splat(cg.f32t().const_float(0.0).into())?;
+    pack_key_tile(cg, f, xdt, d, sbk, kt_at, scratch, kp, k_base, geo, k0, cols)?;
     for_row_blocks(cg, f, rows, qk_rows, &mut |r0, count| {
         let acc = &pool[..count * nv];
-        for slot in acc {
-            cg.b.build_store(*slot, zero)?;
-        }
-        let q_rows: Vec<IntValue> = (0..count)
-            .map(|r| cg.affine(cg.add(cg.add(q0, r0)?, cg.i64c(r as i64))?, geo.q.row, q_base))
-            .collect::<Result<_>>()?;
-        cg.for_n(f, d, &mut |e| {
-            let kt_row = cg.affine(e, sbk as i64, cg.i64c(kt_at))?;
-            let ks: Vec<BV> = (0..nv)
-                .map(|ch| vecs.load(scratch, cg.add(kt_row, cg.i64c((ch * lanes) as i64))?))
-                .collect::<Result<_>>()?;
-            for (r, q_row) in q_rows.iter().enumerate() {
-                let qs = vecs.splat(cg.load(qp, xdt, cg.add(*q_row, e)?)?)?;
-                for (ch, kv) in ks.iter().enumerate() {
-                    let slot = acc[r * nv + ch];
-                    let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
-                    cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[qs, *kv, cur])?)?;
-                }
-            }
-            Ok(())
-        })?;
+        let q_rows = query_rows(cg, geo, q_base, cg.add(q0, r0)?, count)?;
+        score_micro_gemm(cg, f, vecs, acc, nv, xdt, d, sbk, kt_at, scratch, qp, &q_rows)?;
         let vscale = vecs.splat(cg.f32t().const_float(scale).into())?;
         let mut row_max = Vec::with_capacity(count);
         for r in 0..count {
@@ -993,10 +1165,89 @@ fn emit_scores_vector<'ctx>(
     })
 }
 
+/// Packs the tile's keys transposed into the scratch, `kt[e × sbk + j]`
+/// widened to f32, so that a score micro-GEMM reads whole vectors of keys.
+#[allow(clippy::too_many_arguments)]
+fn pack_key_tile<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    xdt: DType,
+    d: usize,
+    sbk: usize,
+    kt_at: i64,
+    scratch: PointerValue<'ctx>,
+    kp: PointerValue<'ctx>,
+    k_base: IntValue<'ctx>,
+    geo: &AttentionGeometry,
+    k0: IntValue<'ctx>,
+    cols: IntValue<'ctx>,
+) -> Result<()> {
+    cg.for_range(f, cols, &mut |j| {
+        let k_row = cg.affine(cg.add(k0, j)?, geo.k.row, k_base)?;
+        let to = cg.add(cg.i64c(kt_at), j)?;
+        cg.for_n(f, d, &mut |e| {
+            let x = cg.load(kp, xdt, cg.add(k_row, e)?)?;
+            cg.store(scratch, DType::F32, cg.affine(e, sbk as i64, to)?, x)
+        })
+    })
+}
+
+/// Element offsets of the Q rows `first .. first + count` of a head.
+fn query_rows<'ctx>(
+    cg: &Cg<'ctx>,
+    geo: &AttentionGeometry,
+    q_base: IntValue<'ctx>,
+    first: IntValue<'ctx>,
+    count: usize,
+) -> Result<Vec<IntValue<'ctx>>> {
+    (0..count).map(|r| cg.affine(cg.add(first, cg.i64c(r as i64))?, geo.q.row, q_base)).collect()
+}
+
+/// The raw scores `q·kᵀ` of the query rows at `q_rows` against the
+/// packed key tile, into `acc` (`q_rows.len() × nv` vector slots, row
+/// major): per head-dimension element one broadcast Q value per row times
+/// the packed row's `nv` vectors, a register-blocked micro-GEMM as in
+/// `gemm.rs`.
+#[allow(clippy::too_many_arguments)]
+fn score_micro_gemm<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    vecs: &Vec32<'_, 'ctx>,
+    acc: &[PointerValue<'ctx>],
+    nv: usize,
+    xdt: DType,
+    d: usize,
+    sbk: usize,
+    kt_at: i64,
+    scratch: PointerValue<'ctx>,
+    qp: PointerValue<'ctx>,
+    q_rows: &[IntValue<'ctx>],
+) -> Result<()> {
+    let lanes = vecs.lanes;
+    let zero = vecs.splat(cg.f32t().const_float(0.0).into())?;
+    for slot in acc {
+        cg.b.build_store(*slot, zero)?;
+    }
+    cg.for_n(f, d, &mut |e| {
+        let kt_row = cg.affine(e, sbk as i64, cg.i64c(kt_at))?;
+        let ks: Vec<BV> = (0..nv)
+            .map(|ch| vecs.load(scratch, cg.add(kt_row, cg.i64c((ch * lanes) as i64))?))
+            .collect::<Result<_>>()?;
+        for (r, q_row) in q_rows.iter().enumerate() {
+            let qs = vecs.splat(cg.load(qp, xdt, cg.add(*q_row, e)?)?)?;
+            for (ch, kv) in ks.iter().enumerate() {
+                let slot = acc[r * nv + ch];
+                let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
+                cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[qs, *kv, cur])?)?;
+            }
+        }
+        Ok(())
+    })
+}
+
 /// `acc ← acc·alpha + P·V_tile` for f32 values with `dv` a whole number
-/// (`nvd`) of vectors: groups of `pv_rows` rows hold their accumulator
-/// rows in registers while the tile's value rows stream past, one
-/// broadcast probability per row and key.
+/// (`nvd`) of vectors, a group of `pv_rows` rows at a time
+/// ([`pv_micro_gemm`]).
 #[allow(clippy::too_many_arguments)]
 fn emit_pv_vector<'ctx>(
     cg: &Cg<'ctx>,
@@ -1006,7 +1257,7 @@ fn emit_pv_vector<'ctx>(
     pv_rows: usize,
     nvd: usize,
     sbk: usize,
-    [s_at, acc_at, alpha_at]: [i64; 3],
+    [s_at, acc_at, alpha_at, vt_at]: [i64; 4],
     scratch: PointerValue<'ctx>,
     vp: PointerValue<'ctx>,
     v_base: IntValue<'ctx>,
@@ -1015,44 +1266,115 @@ fn emit_pv_vector<'ctx>(
     k0: IntValue<'ctx>,
     cols: IntValue<'ctx>,
 ) -> Result<()> {
-    let lanes = vecs.lanes;
-    let dv = geo.v_dim;
+    pack_value_tile(cg, f, vecs, vt_at, scratch, vp, v_base, geo, k0, cols)?;
     for_row_blocks(cg, f, rows, pv_rows, &mut |r0, count| {
-        let acc = &pool[..count * nvd];
-        let mut s_rows = Vec::with_capacity(count);
-        for r in 0..count {
-            let row = cg.add(r0, cg.i64c(r as i64))?;
-            let alpha = vecs.splat(cg.load(scratch, DType::F32, cg.add(cg.i64c(alpha_at), row)?)?)?;
-            let acc_row = cg.affine(row, dv as i64, cg.i64c(acc_at))?;
-            for ch in 0..nvd {
-                let old = vecs.load(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?)?;
-                cg.b.build_store(acc[r * nvd + ch], cg.fmul(old, alpha)?)?;
-            }
-            s_rows.push(cg.affine(row, sbk as i64, cg.i64c(s_at))?);
-        }
-        cg.for_range(f, cols, &mut |j| {
-            let v_row = cg.affine(cg.add(k0, j)?, geo.v.row, v_base)?;
-            let vs: Vec<BV> = (0..nvd)
-                .map(|ch| vecs.load(vp, cg.add(v_row, cg.i64c((ch * lanes) as i64))?))
-                .collect::<Result<_>>()?;
-            for (r, s_row) in s_rows.iter().enumerate() {
-                let p = vecs.splat(cg.load(scratch, DType::F32, cg.add(*s_row, j)?)?)?;
-                for (ch, vv) in vs.iter().enumerate() {
-                    let slot = acc[r * nvd + ch];
-                    let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
-                    cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[p, *vv, cur])?)?;
-                }
-            }
-            Ok(())
-        })?;
-        for r in 0..count {
-            let row = cg.add(r0, cg.i64c(r as i64))?;
-            let acc_row = cg.affine(row, dv as i64, cg.i64c(acc_at))?;
-            for ch in 0..nvd {
-                let v = cg.b.build_load(vecs.vty, acc[r * nvd + ch], "acc")?;
-                vecs.store(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?, v)?;
-            }
+        let at = PvScratch { p_first: cg.affine(r0, sbk as i64, cg.i64c(s_at))?, acc_at, alpha_at: Some(alpha_at) };
+        pv_micro_gemm(cg, f, vecs, &pool[..count * nvd], nvd, sbk, at, scratch, vt_at, geo.v_dim, r0, cols)
+    })
+}
+
+/// Copies the tile's value rows (f32, `dv` whole vectors) into the
+/// scratch at `vt_at`, row after row: the caller's V rows start wherever
+/// its allocator put them (16-byte aligned, as a rule), so each of the
+/// `P·V` micro-GEMM's vector loads from them would straddle two cache
+/// lines; from the copy none does.
+#[allow(clippy::too_many_arguments)]
+fn pack_value_tile<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    vecs: &Vec32<'_, 'ctx>,
+    vt_at: i64,
+    scratch: PointerValue<'ctx>,
+    vp: PointerValue<'ctx>,
+    v_base: IntValue<'ctx>,
+    geo: &AttentionGeometry,
+    k0: IntValue<'ctx>,
+    cols: IntValue<'ctx>,
+) -> Result<()> {
+    let (lanes, dv) = (vecs.lanes, geo.v_dim);
+    cg.for_range(f, cols, &mut |j| {
+        let from = cg.affine(cg.add(k0, j)?, geo.v.row, v_base)?;
+        let to = cg.affine(j, dv as i64, cg.i64c(vt_at))?;
+        for ch in 0..dv / lanes {
+            let off = cg.i64c((ch * lanes) as i64);
+            vecs.store(scratch, cg.add(to, off)?, vecs.load(vp, cg.add(from, off)?)?)?;
         }
         Ok(())
     })
+}
+
+/// Where [`pv_micro_gemm`] finds its operands in the scratch: the rows'
+/// probabilities (the first row's, the others following at the score row
+/// stride), accumulators and (when the accumulators are rescaled on the
+/// way in) rescale factors.
+#[derive(Clone, Copy)]
+struct PvScratch<'ctx> {
+    p_first: IntValue<'ctx>,
+    acc_at: i64,
+    alpha_at: Option<i64>,
+}
+
+/// `acc ← acc·alpha + P·V_tile` for the `acc.len() / nvd` rows from `r0`:
+/// they hold their accumulator rows in registers while the tile's value
+/// rows (copied to `vt_at` by [`pack_value_tile`]) stream past, one
+/// broadcast probability per row and key.
+#[allow(clippy::too_many_arguments)]
+fn pv_micro_gemm<'ctx>(
+    cg: &Cg<'ctx>,
+    f: FunctionValue<'ctx>,
+    vecs: &Vec32<'_, 'ctx>,
+    acc: &[PointerValue<'ctx>],
+    nvd: usize,
+    sbk: usize,
+    at: PvScratch<'ctx>,
+    scratch: PointerValue<'ctx>,
+    vt_at: i64,
+    dv: usize,
+    r0: IntValue<'ctx>,
+    cols: IntValue<'ctx>,
+) -> Result<()> {
+    let lanes = vecs.lanes;
+    let count = acc.len() / nvd;
+    let mut s_rows = Vec::with_capacity(count);
+    for r in 0..count {
+        let row = cg.add(r0, cg.i64c(r as i64))?;
+        let alpha = match at.alpha_at {
+            Some(alpha_at) => Some(vecs.splat(cg.load(scratch, DType::F32, cg.add(cg.i64c(alpha_at), row)?)?)?),
+            None => None,
+        };
+        let acc_row = cg.affine(row, dv as i64, cg.i64c(at.acc_at))?;
+        for ch in 0..nvd {
+            let old = vecs.load(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?)?;
+            let old = match alpha {
+                Some(alpha) => cg.fmul(old, alpha)?,
+                None => old,
+            };
+            cg.b.build_store(acc[r * nvd + ch], old)?;
+        }
+        s_rows.push(cg.add(at.p_first, cg.i64c((r * sbk) as i64))?);
+    }
+    cg.for_range(f, cols, &mut |j| {
+        let v_row = cg.affine(j, dv as i64, cg.i64c(vt_at))?;
+        let vs: Vec<BV> = (0..nvd)
+            .map(|ch| vecs.load(scratch, cg.add(v_row, cg.i64c((ch * lanes) as i64))?))
+            .collect::<Result<_>>()?;
+        for (r, s_row) in s_rows.iter().enumerate() {
+            let p = vecs.splat(cg.load(scratch, DType::F32, cg.add(*s_row, j)?)?)?;
+            for (ch, vv) in vs.iter().enumerate() {
+                let slot = acc[r * nvd + ch];
+                let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
+                cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[p, *vv, cur])?)?;
+            }
+        }
+        Ok(())
+    })?;
+    for r in 0..count {
+        let row = cg.add(r0, cg.i64c(r as i64))?;
+        let acc_row = cg.affine(row, dv as i64, cg.i64c(at.acc_at))?;
+        for ch in 0..nvd {
+            let v = cg.b.build_load(vecs.vty, acc[r * nvd + ch], "acc")?;
+            vecs.store(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?, v)?;
+        }
+    }
+    Ok(())
 }

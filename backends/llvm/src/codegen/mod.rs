@@ -110,6 +110,9 @@ pub(crate) struct Cg<'ctx> {
     pub matmul: MatMulKernel,
     /// See [`crate::CompileOptions::stream_min_bytes`].
     pub stream_min_bytes: usize,
+    /// Whether the target has AVX512DQ (`vreduceps`), set after
+    /// construction like `matmul`.
+    pub avx512dq: bool,
     loops: Cell<usize>,
     /// While emitting a checked fused kernel: an `i1` slot that integer
     /// division sets when a divisor is zero (the kernel then fails).
@@ -143,6 +146,7 @@ impl<'ctx> Cg<'ctx> {
             softmax,
             matmul: MatMulKernel::default(),
             stream_min_bytes: crate::DEFAULT_STREAM_MIN_BYTES,
+            avx512dq: false,
             loops: Cell::new(0),
             fault: Cell::new(None),
             launchers: RefCell::new(Vec::new()),
