@@ -591,8 +591,41 @@ fn emit_body<'ctx>(
                 let at = LazyScratch { m_at, s_at, acc_at, kt_at, lsum_at, vt_at };
                 let shape = [lazy_rows, nv, nvd];
                 let query = (qp, q_base, q0);
+                // Each group hints one key and one value row of the next
+                // tile into L2, so that packing it finds them there.
+                let next_first = cg.add(k0, cg.i64c(bk as i64))?;
+                let prefetch_next = |r0: IntValue<'ctx>| -> Result<()> {
+                    let group = cg.b.build_int_unsigned_div(r0, cg.i64c(lazy_rows as i64), "group")?;
+                    let j = cg.b.build_int_unsigned_rem(group, cg.i64c(bk as i64), "next_row")?;
+                    let row = cg.add(next_first, j)?;
+                    let last = cg.i64c(geo.kv_len as i64 - 1);
+                    let past = cg.b.build_int_compare(IntPredicate::SGT, row, last, "past_end")?;
+                    let row = cg.b.build_select(past, last, row, "row")?.into_int_value();
+                    for (p, base, stride, dim) in [(kp, k_base, geo.k.row, d), (vp, v_base, geo.v.row, dv)] {
+                        let first = cg.affine(row, stride, base)?;
+                        for line in (0..dim).step_by(16) {
+                            cg.prefetch_read_l2(cg.elem_ptr(p, xdt, cg.add(first, cg.i64c(line as i64))?)?)?;
+                        }
+                    }
+                    Ok(())
+                };
                 return emit_tile_lazy(
-                    cg, f, &vecs, &pool, shape, xdt, d, sbk, at, scale, scratch, query, geo, rows, cols,
+                    cg,
+                    f,
+                    &vecs,
+                    &pool,
+                    shape,
+                    xdt,
+                    d,
+                    sbk,
+                    at,
+                    scale,
+                    scratch,
+                    query,
+                    geo,
+                    rows,
+                    cols,
+                    &prefetch_next,
                 );
             }
             // Raw scores q·kᵀ of the tile into the score rows.
@@ -963,6 +996,7 @@ fn emit_tile_lazy<'ctx>(
     geo: &AttentionGeometry,
     rows: IntValue<'ctx>,
     cols: IntValue<'ctx>,
+    prefetch_next: &dyn Fn(IntValue<'ctx>) -> Result<()>,
 ) -> Result<()> {
     let lanes = vecs.lanes;
     let dt = DType::F32;
@@ -970,6 +1004,7 @@ fn emit_tile_lazy<'ctx>(
     let log2_scale = vecs.splat(c(scale * std::f64::consts::LOG2_E))?;
     let threshold = vecs.splat(c(LAZY_RESCALE_LOG2))?;
     for_row_blocks(cg, f, rows, group_rows, &mut |r0, count| {
+        prefetch_next(r0)?;
         let acc = &pool[..count * nv];
         let q_rows = query_rows(cg, geo, q_base, cg.add(q0, r0)?, count)?;
         score_micro_gemm(cg, f, vecs, acc, nv, xdt, d, sbk, at.kt_at, scratch, qp, &q_rows)?;
