@@ -32,7 +32,7 @@
 //! tiles, `Dv` whole vectors) runs each tile a group of rows at a time:
 //! scores, exponentials and `P·V` back to back, with the online softmax's
 //! rescale done lazily (only when a score passes the row's shift by 2^16)
-//! and base-2 exponentials; see `emit_tile_lazy`. The value tile is copied
+//! and base-2 exponentials; see `Tiles::lazy_tile`. The value tile is copied
 //! into the aligned scratch first, so that no vector load of it straddles
 //! two cache lines.
 //!
@@ -485,6 +485,16 @@ fn emit_body<'ctx>(
     let kt_at = tmax_at + bq as i64;
     let lsum_at = kt_at + (d * sbk) as i64;
     let vt_at = lsum_at + (bq * ATTN_SUM_LANES) as i64;
+    let layout = ScratchLayout {
+        m: m_at,
+        s: s_at,
+        acc: acc_at,
+        alpha: alpha_at,
+        tmax: tmax_at,
+        kt: kt_at,
+        lsum: lsum_at,
+        vt: vt_at,
+    };
     let group = (geo.q_heads / geo.kv_heads) as u64;
     let q_blocks = geo.q_len.div_ceil(bq);
     let k_tiles = geo.kv_len.div_ceil(bk);
@@ -520,7 +530,7 @@ fn emit_body<'ctx>(
     // and the per-row pass over the scores has nothing left to do.
     let premax = vector_post && softcap.is_none() && mask.is_none() && !ragged && lens.is_none() && !causal;
     // Plain f32 attention takes the lazily rescaled tiles of
-    // [`emit_tile_lazy`]; the rest the general steps below.
+    // [`Tiles::lazy_tile`]; the rest the general steps below.
     let lazy = premax && pv_vector;
     let lazy_rows = qk_rows.min(pv_rows);
 
@@ -546,6 +556,20 @@ fn emit_body<'ctx>(
         let k_base = cg.add(cg.mul(b, geo.k.batch)?, cg.mul(kh, geo.k.head)?)?;
         let v_base = cg.add(cg.mul(b, geo.v.batch)?, cg.mul(kh, geo.v.head)?)?;
         let qk_base = cg.mul(cg.affine(b, geo.q_heads as i64, h)?, (geo.q_len * geo.kv_len) as i64)?;
+        let steps = Tiles {
+            cg,
+            f,
+            vecs: &vecs,
+            pool: &pool,
+            scratch,
+            at: layout,
+            geo,
+            xdt,
+            sbk,
+            q: (qp, q_base),
+            k: (kp, k_base),
+            v: (vp, v_base),
+        };
         let mask_base = match mask {
             Some((_, l)) => cg.add(cg.mul(b, l.strides[0])?, cg.mul(h, l.strides[1])?)?,
             None => cg.i64c(0),
@@ -586,11 +610,8 @@ fn emit_body<'ctx>(
             let k0 = cg.mul(t, bk as i64)?;
             let cols = tail(cg, bk, geo.kv_len, k0)?;
             if lazy {
-                pack_key_tile(cg, f, xdt, d, sbk, kt_at, scratch, kp, k_base, geo, k0, cols)?;
-                pack_value_tile(cg, f, &vecs, vt_at, scratch, vp, v_base, geo, k0, cols)?;
-                let at = LazyScratch { m_at, s_at, acc_at, kt_at, lsum_at, vt_at };
-                let shape = [lazy_rows, nv, nvd];
-                let query = (qp, q_base, q0);
+                steps.pack_key_tile(k0, cols)?;
+                steps.pack_value_tile(k0, cols)?;
                 // Each group hints one key and one value row of the next
                 // tile into L2, so that packing it finds them there.
                 let next_first = cg.add(k0, cg.i64c(bk as i64))?;
@@ -609,48 +630,11 @@ fn emit_body<'ctx>(
                     }
                     Ok(())
                 };
-                return emit_tile_lazy(
-                    cg,
-                    f,
-                    &vecs,
-                    &pool,
-                    shape,
-                    xdt,
-                    d,
-                    sbk,
-                    at,
-                    scale,
-                    scratch,
-                    query,
-                    geo,
-                    rows,
-                    cols,
-                    &prefetch_next,
-                );
+                return steps.lazy_tile([lazy_rows, nv, nvd], scale, q0, rows, cols, &prefetch_next);
             }
             // Raw scores q·kᵀ of the tile into the score rows.
             if vector {
-                emit_scores_vector(
-                    cg,
-                    f,
-                    &vecs,
-                    &pool,
-                    qk_rows,
-                    nv,
-                    xdt,
-                    d,
-                    sbk,
-                    [kt_at, s_at],
-                    (scale, premax.then_some(tmax_at)),
-                    scratch,
-                    [qp, kp],
-                    [q_base, k_base],
-                    geo,
-                    q0,
-                    rows,
-                    k0,
-                    cols,
-                )?;
+                steps.scores(qk_rows, nv, scale, premax, q0, rows, k0, cols)?;
             } else {
                 cg.for_range(f, rows, &mut |r| {
                     let q_row = cg.affine(cg.add(q0, r)?, geo.q.row, q_base)?;
@@ -825,23 +809,7 @@ fn emit_body<'ctx>(
             })?;
             // acc ← acc·alpha + P·V_tile.
             if pv_vector {
-                emit_pv_vector(
-                    cg,
-                    f,
-                    &vecs,
-                    &pool,
-                    pv_rows,
-                    nvd,
-                    sbk,
-                    [s_at, acc_at, alpha_at, vt_at],
-                    scratch,
-                    vp,
-                    v_base,
-                    geo,
-                    rows,
-                    k0,
-                    cols,
-                )
+                steps.pv(pv_rows, nvd, rows, k0, cols)
             } else {
                 cg.for_range(f, rows, &mut |r| {
                     let s_row = cg.affine(r, sbk as i64, cg.i64c(s_at))?;
@@ -948,170 +916,407 @@ fn update_row_maxima<'ctx>(
 /// for any value magnitude below 2^100.
 const LAZY_RESCALE_LOG2: f64 = 16.0;
 
-/// Offsets (f32 elements) of the scratch regions [`emit_tile_lazy`] uses.
+/// Offsets (f32 elements) of the scratch regions the vector steps use;
+/// see `emit_body` for the whole layout.
 #[derive(Clone, Copy)]
-struct LazyScratch {
-    /// Per row, the shift its exponentials subtract, in log2 units.
-    m_at: i64,
-    /// The group's probabilities, in its first score rows.
-    s_at: i64,
-    acc_at: i64,
-    kt_at: i64,
-    lsum_at: i64,
-    vt_at: i64,
+struct ScratchLayout {
+    /// Per row, the running maximum (eager) or the shift the
+    /// exponentials subtract, in log2 units (lazy).
+    m: i64,
+    /// A score row per block row (eager); the group's probabilities in its
+    /// first rows (lazy).
+    s: i64,
+    /// An output accumulator row per block row.
+    acc: i64,
+    /// Per row, the eager step's rescale factor.
+    alpha: i64,
+    /// Per row, the eager step's tile maximum.
+    tmax: i64,
+    /// The packed key tile, `kt[e × sbk + j]`.
+    kt: i64,
+    /// Per row, the lane-wise running sums.
+    lsum: i64,
+    /// The copied value tile, `vt[j × dv + e]`.
+    vt: i64,
 }
 
-/// One key tile of a block of plain f32 attention (no mask, cap, causal
-/// limit, padding or short tile; `dv` whole vectors), a group of
-/// `group_rows` query rows at a time: the scores' micro-GEMM, their
-/// exponentials straight from its registers, and the `P·V` micro-GEMM.
-///
-/// The softmax is the online one with the rescaling done lazily (as
-/// FlashAttention-4 does on GPUs): a row's shift `m` is only raised when a
-/// score passes it by more than [`LAZY_RESCALE_LOG2`]. A shift below the
-/// row's running maximum changes nothing in `acc / l` (softmax does not
-/// depend on it) while nothing overflows, so most tiles take the fast
-/// branch: `p = 2^(s·scale·log2 e - m)`
-/// in one FMA and [`Cg::exp2_bounded`], added to the sums and to `acc`
-/// with no rescale of either and no per-row maximum. Where a score of the
-/// group is too large, or `m` is still -inf (the first tile), or a score is
-/// NaN, the slow branch takes the rows' exact maxima as new shifts and
-/// rescales their sums and accumulators, as the eager kernel does every
-/// tile. The shift is a score the row has seen, so the largest term is
-/// never below 1 and no row's sum underflows.
-#[allow(clippy::too_many_arguments)]
-fn emit_tile_lazy<'ctx>(
-    cg: &Cg<'ctx>,
+/// What the vector steps of one (batch, head, query block) item share:
+/// the builder and kernel function, the vector helpers and accumulator
+/// slots, the scratch and its layout, the geometry, and Q, K and V with
+/// the item's element offsets into them.
+struct Tiles<'a, 'ctx> {
+    cg: &'a Cg<'ctx>,
     f: FunctionValue<'ctx>,
-    vecs: &Vec32<'_, 'ctx>,
-    pool: &[PointerValue<'ctx>],
-    [group_rows, nv, nvd]: [usize; 3],
-    xdt: DType,
-    d: usize,
-    sbk: usize,
-    at: LazyScratch,
-    scale: f64,
+    vecs: &'a Vec32<'a, 'ctx>,
+    /// Accumulator slots of the micro-GEMMs (registers after mem2reg).
+    pool: &'a [PointerValue<'ctx>],
     scratch: PointerValue<'ctx>,
-    (qp, q_base, q0): (PointerValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
-    geo: &AttentionGeometry,
-    rows: IntValue<'ctx>,
-    cols: IntValue<'ctx>,
-    prefetch_next: &dyn Fn(IntValue<'ctx>) -> Result<()>,
-) -> Result<()> {
-    let lanes = vecs.lanes;
-    let dt = DType::F32;
-    let c = |v: f64| -> BV<'ctx> { cg.f32t().const_float(v).into() };
-    let log2_scale = vecs.splat(c(scale * std::f64::consts::LOG2_E))?;
-    let threshold = vecs.splat(c(LAZY_RESCALE_LOG2))?;
-    for_row_blocks(cg, f, rows, group_rows, &mut |r0, count| {
-        prefetch_next(r0)?;
-        let acc = &pool[..count * nv];
-        let q_rows = query_rows(cg, geo, q_base, cg.add(q0, r0)?, count)?;
-        score_micro_gemm(cg, f, vecs, acc, nv, xdt, d, sbk, at.kt_at, scratch, qp, &q_rows)?;
-        let row_at =
-            |base: i64, r: usize| -> Result<IntValue<'ctx>> { cg.add(cg.i64c(base), cg.add(r0, cg.i64c(r as i64))?) };
-        let shifts: Vec<BV> = (0..count).map(|r| cg.load(scratch, dt, row_at(at.m_at, r)?)).collect::<Result<_>>()?;
-        let mut exponents = Vec::new();
-        for (r, shift) in shifts.iter().enumerate() {
-            let neg_shift = vecs.splat(cg.fneg(*shift)?)?;
-            for ch in 0..nv {
-                let s = cg.b.build_load(vecs.vty, acc[r * nv + ch], "score")?;
-                exponents.push(cg.fmuladd(s, log2_scale, neg_shift)?);
-            }
-        }
-        // A tree, not a chain: the branch waits on its depth.
-        let mut level = exponents.clone();
-        while level.len() > 1 {
-            let mut next = Vec::with_capacity(level.len().div_ceil(2));
-            for pair in level.chunks(2) {
-                next.push(if let [a, b] = pair { cg.fmax_ignoring_nan(*a, *b)? } else { pair[0] });
-            }
-            level = next;
-        }
-        let top = *level.first().ok_or_else(|| BackendError::Llvm("an attention row group without scores".into()))?;
-        // Unordered: a NaN (from a shift of -inf) takes the slow branch.
-        let over = cg.fcmp(FloatPredicate::UGT, top, threshold)?;
-        let any_over = cg.intrinsic("llvm.vector.reduce.or", &[over])?.into_int_value();
-        let (fast, slow, join) = (
-            cg.ctx.append_basic_block(f, "lazy_fast"),
-            cg.ctx.append_basic_block(f, "lazy_rescale"),
-            cg.ctx.append_basic_block(f, "lazy_join"),
-        );
-        cg.b.build_conditional_branch(any_over, slow, fast)?;
+    at: ScratchLayout,
+    geo: &'a AttentionGeometry,
+    /// Element type of Q, K and V (widened to f32 as they are loaded).
+    xdt: DType,
+    /// Width of a score row and of a packed key tile.
+    sbk: usize,
+    q: (PointerValue<'ctx>, IntValue<'ctx>),
+    k: (PointerValue<'ctx>, IntValue<'ctx>),
+    v: (PointerValue<'ctx>, IntValue<'ctx>),
+}
 
-        // Probabilities of row `r` from its exponents, into its score row
-        // and (with the rescale factor `alpha`, if any) its running sums.
-        let finish_row = |r: usize, ts: &[BV<'ctx>], alpha: Option<BV<'ctx>>| -> Result<()> {
-            let row = cg.add(r0, cg.i64c(r as i64))?;
-            // The group's probabilities sit at the start of the score
-            // rows, where each group rewrites the same lines: they stay in
-            // L1, where a row per block row would stream through L2.
-            let s_row = cg.i64c(at.s_at + (r * sbk) as i64);
-            let mut vsum: Option<BV> = None;
-            for (ch, t) in ts.iter().enumerate() {
-                let p = cg.exp2_bounded(*t)?;
-                vecs.store(scratch, cg.add(s_row, cg.i64c((ch * lanes) as i64))?, p)?;
-                vsum = Some(match vsum {
-                    None => p,
-                    Some(v) => cg.fadd(v, p)?,
-                });
-            }
-            let vsum = vsum.ok_or_else(|| BackendError::Llvm("an attention tile without key vectors".into()))?;
-            let l_row = cg.affine(row, ATTN_SUM_LANES as i64, cg.i64c(at.lsum_at))?;
-            let old = vecs.load(scratch, l_row)?;
-            let new = match alpha {
-                Some(alpha) => cg.fmuladd(old, vecs.splat(alpha)?, vsum)?,
-                None => cg.fadd(old, vsum)?,
+impl<'ctx> Tiles<'_, 'ctx> {
+    /// One key tile of a block of plain f32 attention (no mask, cap,
+    /// causal limit, padding or short tile; `dv` whole vectors), a group of
+    /// `group_rows` query rows at a time: the scores' micro-GEMM, their
+    /// exponentials straight from its registers, and the `P·V` micro-GEMM.
+    /// The tile's keys and values are packed already; `prefetch_next` is
+    /// called with each group's first row.
+    ///
+    /// The softmax is the online one with the rescaling done lazily (as
+    /// FlashAttention-4 does on GPUs): a row's shift `m` is only raised
+    /// when a score passes it by more than [`LAZY_RESCALE_LOG2`]. A shift
+    /// below the row's running maximum changes nothing in `acc / l`
+    /// (softmax does not depend on it) while nothing overflows, so most
+    /// tiles take the fast branch: `p = 2^(s·scale·log2 e - m)` in one FMA
+    /// and [`Cg::exp2_bounded`], added to the sums and to `acc` with no
+    /// rescale of either and no per-row maximum. Where a score of the group
+    /// is too large, or `m` is still -inf (the first tile), or a score is
+    /// NaN, the slow branch takes the rows' exact maxima as new shifts and
+    /// rescales their sums and accumulators, as the eager kernel does every
+    /// tile. The shift is a score the row has seen, so the largest term is
+    /// never below 1 and no row's sum underflows.
+    fn lazy_tile(
+        &self,
+        [group_rows, nv, nvd]: [usize; 3],
+        scale: f64,
+        q0: IntValue<'ctx>,
+        rows: IntValue<'ctx>,
+        cols: IntValue<'ctx>,
+        prefetch_next: &dyn Fn(IntValue<'ctx>) -> Result<()>,
+    ) -> Result<()> {
+        let (cg, vecs, scratch, at) = (self.cg, self.vecs, self.scratch, self.at);
+        let (lanes, dt) = (vecs.lanes, DType::F32);
+        let c = |v: f64| -> BV<'ctx> { cg.f32t().const_float(v).into() };
+        let log2_scale = vecs.splat(c(scale * std::f64::consts::LOG2_E))?;
+        let threshold = vecs.splat(c(LAZY_RESCALE_LOG2))?;
+        for_row_blocks(cg, self.f, rows, group_rows, &mut |r0, count| {
+            prefetch_next(r0)?;
+            let acc = &self.pool[..count * nv];
+            let q_rows = self.query_rows(cg.add(q0, r0)?, count)?;
+            self.score_micro_gemm(acc, nv, &q_rows)?;
+            let row_at = |base: i64, r: usize| -> Result<IntValue<'ctx>> {
+                cg.add(cg.i64c(base), cg.add(r0, cg.i64c(r as i64))?)
             };
-            vecs.store(scratch, l_row, new)
-        };
+            let shifts: Vec<BV> = (0..count).map(|r| cg.load(scratch, dt, row_at(at.m, r)?)).collect::<Result<_>>()?;
+            let mut exponents = Vec::new();
+            for (r, shift) in shifts.iter().enumerate() {
+                let neg_shift = vecs.splat(cg.fneg(*shift)?)?;
+                for ch in 0..nv {
+                    let s = cg.b.build_load(vecs.vty, acc[r * nv + ch], "score")?;
+                    exponents.push(cg.fmuladd(s, log2_scale, neg_shift)?);
+                }
+            }
+            // A tree, not a chain: the branch waits on its depth.
+            let mut level = exponents.clone();
+            while level.len() > 1 {
+                let mut next = Vec::with_capacity(level.len().div_ceil(2));
+                for pair in level.chunks(2) {
+                    next.push(if let [a, b] = pair { cg.fmax_ignoring_nan(*a, *b)? } else { pair[0] });
+                }
+                level = next;
+            }
+            let top =
+                *level.first().ok_or_else(|| BackendError::Llvm("an attention row group without scores".into()))?;
+            // Unordered: a NaN (from a shift of -inf) takes the slow branch.
+            let over = cg.fcmp(FloatPredicate::UGT, top, threshold)?;
+            let any_over = cg.intrinsic("llvm.vector.reduce.or", &[over])?.into_int_value();
+            let (fast, slow, join) = (
+                cg.ctx.append_basic_block(self.f, "lazy_fast"),
+                cg.ctx.append_basic_block(self.f, "lazy_rescale"),
+                cg.ctx.append_basic_block(self.f, "lazy_join"),
+            );
+            cg.b.build_conditional_branch(any_over, slow, fast)?;
 
-        cg.b.position_at_end(fast);
-        for r in 0..count {
-            finish_row(r, &exponents[r * nv..(r + 1) * nv], None)?;
+            // Probabilities of row `r` from its exponents, into its score
+            // row and (with the rescale factor `alpha`, if any) its sums.
+            let finish_row = |r: usize, ts: &[BV<'ctx>], alpha: Option<BV<'ctx>>| -> Result<()> {
+                let row = cg.add(r0, cg.i64c(r as i64))?;
+                // The group's probabilities sit at the start of the score
+                // rows, where each group rewrites the same lines: they stay
+                // in L1, where a row per block row would stream through L2.
+                let s_row = cg.i64c(at.s + (r * self.sbk) as i64);
+                let mut vsum: Option<BV> = None;
+                for (ch, t) in ts.iter().enumerate() {
+                    let p = cg.exp2_bounded(*t)?;
+                    vecs.store(scratch, cg.add(s_row, cg.i64c((ch * lanes) as i64))?, p)?;
+                    vsum = Some(match vsum {
+                        None => p,
+                        Some(v) => cg.fadd(v, p)?,
+                    });
+                }
+                let vsum = vsum.ok_or_else(|| BackendError::Llvm("an attention tile without key vectors".into()))?;
+                let l_row = cg.affine(row, ATTN_SUM_LANES as i64, cg.i64c(at.lsum))?;
+                let old = vecs.load(scratch, l_row)?;
+                let new = match alpha {
+                    Some(alpha) => cg.fmuladd(old, vecs.splat(alpha)?, vsum)?,
+                    None => cg.fadd(old, vsum)?,
+                };
+                vecs.store(scratch, l_row, new)
+            };
+
+            cg.b.position_at_end(fast);
+            for r in 0..count {
+                finish_row(r, &exponents[r * nv..(r + 1) * nv], None)?;
+            }
+            cg.b.build_unconditional_branch(join)?;
+
+            // The slow branch computes the raw scores again (the shift may
+            // be -inf, so they cannot be had back from the exponents):
+            // keeping them alive past the branch would cost the fast one
+            // register copies and spills on every tile, for a branch taken
+            // on few.
+            cg.b.position_at_end(slow);
+            self.score_micro_gemm(acc, nv, &q_rows)?;
+            for (r, &m_old) in shifts.iter().enumerate() {
+                let scaled: Vec<BV> = acc[r * nv..(r + 1) * nv]
+                    .iter()
+                    .map(|&slot| cg.fmul(cg.b.build_load(vecs.vty, slot, "score")?, log2_scale))
+                    .collect::<Result<_>>()?;
+                let mut vmax = scaled[0];
+                for &u in &scaled[1..] {
+                    vmax = cg.fmax_ignoring_nan(vmax, u)?;
+                }
+                let tile_max = vecs.reduce(vmax, &|a, b| cg.fmax_ignoring_nan(a, b))?;
+                let m_new = cg.fmaxnum(m_old, tile_max)?;
+                // While every score so far is -inf the shift is 0, which
+                // keeps 2^(-inf) = 0.
+                let finite = cg.fcmp(FloatPredicate::ONE, m_new, c(f64::NEG_INFINITY))?;
+                let shift = cg.select(finite, m_new, c(0.0))?;
+                let same = cg.fcmp(FloatPredicate::OEQ, m_old, m_new)?;
+                let alpha = cg.select(same, c(1.0), cg.exp2_bounded(cg.fsub(m_old, shift)?)?)?;
+                cg.store(scratch, dt, row_at(at.m, r)?, m_new)?;
+                let vshift = vecs.splat(shift)?;
+                let ts: Vec<BV> = scaled.iter().map(|&u| cg.fsub(u, vshift)).collect::<Result<_>>()?;
+                finish_row(r, &ts, Some(alpha))?;
+                let acc_row = cg.affine(cg.add(r0, cg.i64c(r as i64))?, self.geo.v_dim as i64, cg.i64c(at.acc))?;
+                let valpha = vecs.splat(alpha)?;
+                for ch in 0..nvd {
+                    let idx = cg.add(acc_row, cg.i64c((ch * lanes) as i64))?;
+                    vecs.store(scratch, idx, cg.fmul(vecs.load(scratch, idx)?, valpha)?)?;
+                }
+            }
+            cg.b.build_unconditional_branch(join)?;
+
+            cg.b.position_at_end(join);
+            self.pv_micro_gemm(&self.pool[..count * nvd], nvd, cg.i64c(at.s), false, r0, cols)
+        })
+    }
+
+    /// Raw scores of one tile with vectors along the keys: the tile's keys
+    /// are packed transposed ([`Tiles::pack_key_tile`]), then each group of
+    /// `qk_rows` query rows runs [`Tiles::score_micro_gemm`] and stores its
+    /// scores scaled (and, with `keep_maxima`, each row's tile maximum).
+    #[allow(clippy::too_many_arguments)]
+    fn scores(
+        &self,
+        qk_rows: usize,
+        nv: usize,
+        scale: f64,
+        keep_maxima: bool,
+        q0: IntValue<'ctx>,
+        rows: IntValue<'ctx>,
+        k0: IntValue<'ctx>,
+        cols: IntValue<'ctx>,
+    ) -> Result<()> {
+        let (cg, vecs, scratch) = (self.cg, self.vecs, self.scratch);
+        let lanes = vecs.lanes;
+        self.pack_key_tile(k0, cols)?;
+        for_row_blocks(cg, self.f, rows, qk_rows, &mut |r0, count| {
+            let acc = &self.pool[..count * nv];
+            let q_rows = self.query_rows(cg.add(q0, r0)?, count)?;
+            self.score_micro_gemm(acc, nv, &q_rows)?;
+            let vscale = vecs.splat(cg.f32t().const_float(scale).into())?;
+            let mut row_max = Vec::with_capacity(count);
+            for r in 0..count {
+                let row = cg.add(r0, cg.i64c(r as i64))?;
+                let s_row = cg.affine(row, self.sbk as i64, cg.i64c(self.at.s))?;
+                let mut vmax: Option<BV> = None;
+                for ch in 0..nv {
+                    let v = cg.fmul(cg.b.build_load(vecs.vty, acc[r * nv + ch], "acc")?, vscale)?;
+                    vecs.store(scratch, cg.add(s_row, cg.i64c((ch * lanes) as i64))?, v)?;
+                    vmax = Some(match vmax {
+                        None => v,
+                        Some(m) => cg.fmax_ignoring_nan(m, v)?,
+                    });
+                }
+                row_max.extend(vmax);
+            }
+            if keep_maxima {
+                let max = |a, b| cg.fmax_ignoring_nan(a, b);
+                let first = cg.add(cg.i64c(self.at.tmax), r0)?;
+                if count > 1 && count.is_power_of_two() && count <= lanes && row_max.len() == count {
+                    // The group's maxima side by side, stored at once.
+                    let maxima = vecs.reduce_rows(row_max, &max)?;
+                    let st = cg.b.build_store(cg.elem_ptr(scratch, DType::F32, first)?, maxima)?;
+                    st.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
+                } else {
+                    for (r, m) in row_max.into_iter().enumerate() {
+                        let m = vecs.reduce(m, &max)?;
+                        cg.store(scratch, DType::F32, cg.add(first, cg.i64c(r as i64))?, m)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `acc ← acc·alpha + P·V_tile` for f32 values with `dv` a whole
+    /// number (`nvd`) of vectors: the value tile copied, then a group of
+    /// `pv_rows` rows at a time ([`Tiles::pv_micro_gemm`]).
+    fn pv(
+        &self,
+        pv_rows: usize,
+        nvd: usize,
+        rows: IntValue<'ctx>,
+        k0: IntValue<'ctx>,
+        cols: IntValue<'ctx>,
+    ) -> Result<()> {
+        let cg = self.cg;
+        self.pack_value_tile(k0, cols)?;
+        for_row_blocks(cg, self.f, rows, pv_rows, &mut |r0, count| {
+            let p_first = cg.affine(r0, self.sbk as i64, cg.i64c(self.at.s))?;
+            self.pv_micro_gemm(&self.pool[..count * nvd], nvd, p_first, true, r0, cols)
+        })
+    }
+
+    /// Element offsets of the Q rows `first .. first + count` of the item.
+    fn query_rows(&self, first: IntValue<'ctx>, count: usize) -> Result<Vec<IntValue<'ctx>>> {
+        let cg = self.cg;
+        (0..count).map(|r| cg.affine(cg.add(first, cg.i64c(r as i64))?, self.geo.q.row, self.q.1)).collect()
+    }
+
+    /// Packs the tile's keys transposed into the scratch, `kt[e × sbk + j]`
+    /// widened to f32, so that a score micro-GEMM reads whole vectors of
+    /// keys.
+    fn pack_key_tile(&self, k0: IntValue<'ctx>, cols: IntValue<'ctx>) -> Result<()> {
+        let (cg, (kp, k_base)) = (self.cg, self.k);
+        cg.for_range(self.f, cols, &mut |j| {
+            let k_row = cg.affine(cg.add(k0, j)?, self.geo.k.row, k_base)?;
+            let to = cg.add(cg.i64c(self.at.kt), j)?;
+            cg.for_n(self.f, self.geo.head_dim, &mut |e| {
+                let x = cg.load(kp, self.xdt, cg.add(k_row, e)?)?;
+                cg.store(self.scratch, DType::F32, cg.affine(e, self.sbk as i64, to)?, x)
+            })
+        })
+    }
+
+    /// Copies the tile's value rows (f32, `dv` whole vectors) into the
+    /// scratch, row after row: the caller's V rows start wherever its
+    /// allocator put them (16-byte aligned, as a rule), so each of the
+    /// `P·V` micro-GEMM's vector loads from them would straddle two cache
+    /// lines; from the copy none does.
+    fn pack_value_tile(&self, k0: IntValue<'ctx>, cols: IntValue<'ctx>) -> Result<()> {
+        let (cg, vecs, (vp, v_base)) = (self.cg, self.vecs, self.v);
+        let (lanes, dv) = (vecs.lanes, self.geo.v_dim);
+        cg.for_range(self.f, cols, &mut |j| {
+            let from = cg.affine(cg.add(k0, j)?, self.geo.v.row, v_base)?;
+            let to = cg.affine(j, dv as i64, cg.i64c(self.at.vt))?;
+            for ch in 0..dv / lanes {
+                let off = cg.i64c((ch * lanes) as i64);
+                vecs.store(self.scratch, cg.add(to, off)?, vecs.load(vp, cg.add(from, off)?)?)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The raw scores `q·kᵀ` of the query rows at `q_rows` against the
+    /// packed key tile, into `acc` (`q_rows.len() × nv` vector slots, row
+    /// major): per head-dimension element one broadcast Q value per row
+    /// times the packed row's `nv` vectors, a register-blocked micro-GEMM
+    /// as in `gemm.rs`.
+    fn score_micro_gemm(&self, acc: &[PointerValue<'ctx>], nv: usize, q_rows: &[IntValue<'ctx>]) -> Result<()> {
+        let (cg, vecs, qp) = (self.cg, self.vecs, self.q.0);
+        let lanes = vecs.lanes;
+        let zero = vecs.splat(cg.f32t().const_float(0.0).into())?;
+        for slot in acc {
+            cg.b.build_store(*slot, zero)?;
         }
-        cg.b.build_unconditional_branch(join)?;
-
-        // The slow branch computes the raw scores again (the shift may be
-        // -inf, so they cannot be had back from the exponents): keeping
-        // them alive past the branch would cost the fast one register
-        // copies and spills on every tile, for a branch taken on few.
-        cg.b.position_at_end(slow);
-        score_micro_gemm(cg, f, vecs, acc, nv, xdt, d, sbk, at.kt_at, scratch, qp, &q_rows)?;
-        for (r, &m_old) in shifts.iter().enumerate() {
-            let scaled: Vec<BV> = acc[r * nv..(r + 1) * nv]
-                .iter()
-                .map(|&slot| cg.fmul(cg.b.build_load(vecs.vty, slot, "score")?, log2_scale))
+        cg.for_n(self.f, self.geo.head_dim, &mut |e| {
+            let kt_row = cg.affine(e, self.sbk as i64, cg.i64c(self.at.kt))?;
+            let ks: Vec<BV> = (0..nv)
+                .map(|ch| vecs.load(self.scratch, cg.add(kt_row, cg.i64c((ch * lanes) as i64))?))
                 .collect::<Result<_>>()?;
-            let mut vmax = scaled[0];
-            for &u in &scaled[1..] {
-                vmax = cg.fmax_ignoring_nan(vmax, u)?;
+            for (r, q_row) in q_rows.iter().enumerate() {
+                let qs = vecs.splat(cg.load(qp, self.xdt, cg.add(*q_row, e)?)?)?;
+                for (ch, kv) in ks.iter().enumerate() {
+                    let slot = acc[r * nv + ch];
+                    let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
+                    cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[qs, *kv, cur])?)?;
+                }
             }
-            let tile_max = vecs.reduce(vmax, &|a, b| cg.fmax_ignoring_nan(a, b))?;
-            let m_new = cg.fmaxnum(m_old, tile_max)?;
-            // While every score so far is -inf the shift is 0, which keeps
-            // 2^(-inf) = 0.
-            let finite = cg.fcmp(FloatPredicate::ONE, m_new, c(f64::NEG_INFINITY))?;
-            let shift = cg.select(finite, m_new, c(0.0))?;
-            let same = cg.fcmp(FloatPredicate::OEQ, m_old, m_new)?;
-            let alpha = cg.select(same, c(1.0), cg.exp2_bounded(cg.fsub(m_old, shift)?)?)?;
-            cg.store(scratch, dt, row_at(at.m_at, r)?, m_new)?;
-            let vshift = vecs.splat(shift)?;
-            let ts: Vec<BV> = scaled.iter().map(|&u| cg.fsub(u, vshift)).collect::<Result<_>>()?;
-            finish_row(r, &ts, Some(alpha))?;
-            let acc_row = cg.affine(cg.add(r0, cg.i64c(r as i64))?, geo.v_dim as i64, cg.i64c(at.acc_at))?;
-            let valpha = vecs.splat(alpha)?;
+            Ok(())
+        })
+    }
+
+    /// `acc ← acc·alpha + P·V_tile` for the `acc.len() / nvd` rows from
+    /// `r0`, their probabilities from `p_first` on (a score row apart), the
+    /// accumulator rows rescaled by the eager step's factors on the way in
+    /// when `rescale`: they hold their accumulator rows in registers while
+    /// the copied value rows stream past, one broadcast probability per row
+    /// and key.
+    fn pv_micro_gemm(
+        &self,
+        acc: &[PointerValue<'ctx>],
+        nvd: usize,
+        p_first: IntValue<'ctx>,
+        rescale: bool,
+        r0: IntValue<'ctx>,
+        cols: IntValue<'ctx>,
+    ) -> Result<()> {
+        let (cg, vecs, scratch, at) = (self.cg, self.vecs, self.scratch, self.at);
+        let (lanes, dv) = (vecs.lanes, self.geo.v_dim);
+        let count = acc.len() / nvd;
+        let mut p_rows = Vec::with_capacity(count);
+        for r in 0..count {
+            let row = cg.add(r0, cg.i64c(r as i64))?;
+            let alpha = match rescale {
+                true => Some(vecs.splat(cg.load(scratch, DType::F32, cg.add(cg.i64c(at.alpha), row)?)?)?),
+                false => None,
+            };
+            let acc_row = cg.affine(row, dv as i64, cg.i64c(at.acc))?;
             for ch in 0..nvd {
-                let idx = cg.add(acc_row, cg.i64c((ch * lanes) as i64))?;
-                vecs.store(scratch, idx, cg.fmul(vecs.load(scratch, idx)?, valpha)?)?;
+                let old = vecs.load(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?)?;
+                let old = match alpha {
+                    Some(alpha) => cg.fmul(old, alpha)?,
+                    None => old,
+                };
+                cg.b.build_store(acc[r * nvd + ch], old)?;
+            }
+            p_rows.push(cg.add(p_first, cg.i64c((r * self.sbk) as i64))?);
+        }
+        cg.for_range(self.f, cols, &mut |j| {
+            let v_row = cg.affine(j, dv as i64, cg.i64c(at.vt))?;
+            let vs: Vec<BV> = (0..nvd)
+                .map(|ch| vecs.load(scratch, cg.add(v_row, cg.i64c((ch * lanes) as i64))?))
+                .collect::<Result<_>>()?;
+            for (r, p_row) in p_rows.iter().enumerate() {
+                let p = vecs.splat(cg.load(scratch, DType::F32, cg.add(*p_row, j)?)?)?;
+                for (ch, vv) in vs.iter().enumerate() {
+                    let slot = acc[r * nvd + ch];
+                    let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
+                    cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[p, *vv, cur])?)?;
+                }
+            }
+            Ok(())
+        })?;
+        for r in 0..count {
+            let row = cg.add(r0, cg.i64c(r as i64))?;
+            let acc_row = cg.affine(row, dv as i64, cg.i64c(at.acc))?;
+            for ch in 0..nvd {
+                let v = cg.b.build_load(vecs.vty, acc[r * nvd + ch], "acc")?;
+                vecs.store(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?, v)?;
             }
         }
-        cg.b.build_unconditional_branch(join)?;
-
-        cg.b.position_at_end(join);
-        let pv = PvScratch { p_first: cg.i64c(at.s_at), acc_at: at.acc_at, alpha_at: None };
-        pv_micro_gemm(cg, f, vecs, &pool[..count * nvd], nvd, sbk, pv, scratch, at.vt_at, geo.v_dim, r0, cols)
-    })
+        Ok(())
+    }
 }
 
 /// Splits `rows` (run time) into groups of `block` and a tail of single
@@ -1129,287 +1334,6 @@ fn for_row_blocks<'ctx>(
         let done = cg.mul(groups, block as i64)?;
         let left = cg.b.build_int_nsw_sub(rows, done, "left")?;
         cg.for_range(f, left, &mut |t| body(cg.add(done, t)?, 1))?;
-    }
-    Ok(())
-}
-
-/// Raw scores of one tile with vectors along the keys: the tile's keys
-/// are packed transposed ([`pack_key_tile`]), then each group of
-/// `qk_rows` query rows runs [`score_micro_gemm`] and stores its scores
-/// scaled (and, with `tmax_at`, each row's tile maximum).
-#[allow(clippy::too_many_arguments)]
-fn emit_scores_vector<'ctx>(
-    cg: &Cg<'ctx>,
-    f: FunctionValue<'ctx>,
-    vecs: &Vec32<'_, 'ctx>,
-    pool: &[PointerValue<'ctx>],
-    qk_rows: usize,
-    nv: usize,
-    xdt: DType,
-    d: usize,
-    sbk: usize,
-    [kt_at, s_at]: [i64; 2],
-    (scale, tmax_at): (f64, Option<i64>),
-    scratch: PointerValue<'ctx>,
-    [qp, kp]: [PointerValue<'ctx>; 2],
-    [q_base, k_base]: [IntValue<'ctx>; 2],
-    geo: &AttentionGeometry,
-    q0: IntValue<'ctx>,
-    rows: IntValue<'ctx>,
-    k0: IntValue<'ctx>,
-    cols: IntValue<'ctx>,
-) -> Result<()> {
-    let lanes = vecs.lanes;
-    pack_key_tile(cg, f, xdt, d, sbk, kt_at, scratch, kp, k_base, geo, k0, cols)?;
-    for_row_blocks(cg, f, rows, qk_rows, &mut |r0, count| {
-        let acc = &pool[..count * nv];
-        let q_rows = query_rows(cg, geo, q_base, cg.add(q0, r0)?, count)?;
-        score_micro_gemm(cg, f, vecs, acc, nv, xdt, d, sbk, kt_at, scratch, qp, &q_rows)?;
-        let vscale = vecs.splat(cg.f32t().const_float(scale).into())?;
-        let mut row_max = Vec::with_capacity(count);
-        for r in 0..count {
-            let row = cg.add(r0, cg.i64c(r as i64))?;
-            let s_row = cg.affine(row, sbk as i64, cg.i64c(s_at))?;
-            let mut vmax: Option<BV> = None;
-            for ch in 0..nv {
-                let v = cg.fmul(cg.b.build_load(vecs.vty, acc[r * nv + ch], "acc")?, vscale)?;
-                vecs.store(scratch, cg.add(s_row, cg.i64c((ch * lanes) as i64))?, v)?;
-                vmax = Some(match vmax {
-                    None => v,
-                    Some(m) => cg.fmax_ignoring_nan(m, v)?,
-                });
-            }
-            row_max.extend(vmax);
-        }
-        if let Some(at) = tmax_at {
-            let max = |a, b| cg.fmax_ignoring_nan(a, b);
-            let first = cg.add(cg.i64c(at), r0)?;
-            if count > 1 && count.is_power_of_two() && count <= lanes && row_max.len() == count {
-                // The group's maxima side by side, stored at once.
-                let maxima = vecs.reduce_rows(row_max, &max)?;
-                let st = cg.b.build_store(cg.elem_ptr(scratch, DType::F32, first)?, maxima)?;
-                st.set_alignment(4).map_err(|e| BackendError::Llvm(e.to_string()))?;
-            } else {
-                for (r, m) in row_max.into_iter().enumerate() {
-                    let m = vecs.reduce(m, &max)?;
-                    cg.store(scratch, DType::F32, cg.add(first, cg.i64c(r as i64))?, m)?;
-                }
-            }
-        }
-        Ok(())
-    })
-}
-
-/// Packs the tile's keys transposed into the scratch, `kt[e × sbk + j]`
-/// widened to f32, so that a score micro-GEMM reads whole vectors of keys.
-#[allow(clippy::too_many_arguments)]
-fn pack_key_tile<'ctx>(
-    cg: &Cg<'ctx>,
-    f: FunctionValue<'ctx>,
-    xdt: DType,
-    d: usize,
-    sbk: usize,
-    kt_at: i64,
-    scratch: PointerValue<'ctx>,
-    kp: PointerValue<'ctx>,
-    k_base: IntValue<'ctx>,
-    geo: &AttentionGeometry,
-    k0: IntValue<'ctx>,
-    cols: IntValue<'ctx>,
-) -> Result<()> {
-    cg.for_range(f, cols, &mut |j| {
-        let k_row = cg.affine(cg.add(k0, j)?, geo.k.row, k_base)?;
-        let to = cg.add(cg.i64c(kt_at), j)?;
-        cg.for_n(f, d, &mut |e| {
-            let x = cg.load(kp, xdt, cg.add(k_row, e)?)?;
-            cg.store(scratch, DType::F32, cg.affine(e, sbk as i64, to)?, x)
-        })
-    })
-}
-
-/// Element offsets of the Q rows `first .. first + count` of a head.
-fn query_rows<'ctx>(
-    cg: &Cg<'ctx>,
-    geo: &AttentionGeometry,
-    q_base: IntValue<'ctx>,
-    first: IntValue<'ctx>,
-    count: usize,
-) -> Result<Vec<IntValue<'ctx>>> {
-    (0..count).map(|r| cg.affine(cg.add(first, cg.i64c(r as i64))?, geo.q.row, q_base)).collect()
-}
-
-/// The raw scores `q·kᵀ` of the query rows at `q_rows` against the
-/// packed key tile, into `acc` (`q_rows.len() × nv` vector slots, row
-/// major): per head-dimension element one broadcast Q value per row times
-/// the packed row's `nv` vectors, a register-blocked micro-GEMM as in
-/// `gemm.rs`.
-#[allow(clippy::too_many_arguments)]
-fn score_micro_gemm<'ctx>(
-    cg: &Cg<'ctx>,
-    f: FunctionValue<'ctx>,
-    vecs: &Vec32<'_, 'ctx>,
-    acc: &[PointerValue<'ctx>],
-    nv: usize,
-    xdt: DType,
-    d: usize,
-    sbk: usize,
-    kt_at: i64,
-    scratch: PointerValue<'ctx>,
-    qp: PointerValue<'ctx>,
-    q_rows: &[IntValue<'ctx>],
-) -> Result<()> {
-    let lanes = vecs.lanes;
-    let zero = vecs.splat(cg.f32t().const_float(0.0).into())?;
-    for slot in acc {
-        cg.b.build_store(*slot, zero)?;
-    }
-    cg.for_n(f, d, &mut |e| {
-        let kt_row = cg.affine(e, sbk as i64, cg.i64c(kt_at))?;
-        let ks: Vec<BV> = (0..nv)
-            .map(|ch| vecs.load(scratch, cg.add(kt_row, cg.i64c((ch * lanes) as i64))?))
-            .collect::<Result<_>>()?;
-        for (r, q_row) in q_rows.iter().enumerate() {
-            let qs = vecs.splat(cg.load(qp, xdt, cg.add(*q_row, e)?)?)?;
-            for (ch, kv) in ks.iter().enumerate() {
-                let slot = acc[r * nv + ch];
-                let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
-                cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[qs, *kv, cur])?)?;
-            }
-        }
-        Ok(())
-    })
-}
-
-/// `acc ← acc·alpha + P·V_tile` for f32 values with `dv` a whole number
-/// (`nvd`) of vectors, a group of `pv_rows` rows at a time
-/// ([`pv_micro_gemm`]).
-#[allow(clippy::too_many_arguments)]
-fn emit_pv_vector<'ctx>(
-    cg: &Cg<'ctx>,
-    f: FunctionValue<'ctx>,
-    vecs: &Vec32<'_, 'ctx>,
-    pool: &[PointerValue<'ctx>],
-    pv_rows: usize,
-    nvd: usize,
-    sbk: usize,
-    [s_at, acc_at, alpha_at, vt_at]: [i64; 4],
-    scratch: PointerValue<'ctx>,
-    vp: PointerValue<'ctx>,
-    v_base: IntValue<'ctx>,
-    geo: &AttentionGeometry,
-    rows: IntValue<'ctx>,
-    k0: IntValue<'ctx>,
-    cols: IntValue<'ctx>,
-) -> Result<()> {
-    pack_value_tile(cg, f, vecs, vt_at, scratch, vp, v_base, geo, k0, cols)?;
-    for_row_blocks(cg, f, rows, pv_rows, &mut |r0, count| {
-        let at = PvScratch { p_first: cg.affine(r0, sbk as i64, cg.i64c(s_at))?, acc_at, alpha_at: Some(alpha_at) };
-        pv_micro_gemm(cg, f, vecs, &pool[..count * nvd], nvd, sbk, at, scratch, vt_at, geo.v_dim, r0, cols)
-    })
-}
-
-/// Copies the tile's value rows (f32, `dv` whole vectors) into the
-/// scratch at `vt_at`, row after row: the caller's V rows start wherever
-/// its allocator put them (16-byte aligned, as a rule), so each of the
-/// `P·V` micro-GEMM's vector loads from them would straddle two cache
-/// lines; from the copy none does.
-#[allow(clippy::too_many_arguments)]
-fn pack_value_tile<'ctx>(
-    cg: &Cg<'ctx>,
-    f: FunctionValue<'ctx>,
-    vecs: &Vec32<'_, 'ctx>,
-    vt_at: i64,
-    scratch: PointerValue<'ctx>,
-    vp: PointerValue<'ctx>,
-    v_base: IntValue<'ctx>,
-    geo: &AttentionGeometry,
-    k0: IntValue<'ctx>,
-    cols: IntValue<'ctx>,
-) -> Result<()> {
-    let (lanes, dv) = (vecs.lanes, geo.v_dim);
-    cg.for_range(f, cols, &mut |j| {
-        let from = cg.affine(cg.add(k0, j)?, geo.v.row, v_base)?;
-        let to = cg.affine(j, dv as i64, cg.i64c(vt_at))?;
-        for ch in 0..dv / lanes {
-            let off = cg.i64c((ch * lanes) as i64);
-            vecs.store(scratch, cg.add(to, off)?, vecs.load(vp, cg.add(from, off)?)?)?;
-        }
-        Ok(())
-    })
-}
-
-/// Where [`pv_micro_gemm`] finds its operands in the scratch: the rows'
-/// probabilities (the first row's, the others following at the score row
-/// stride), accumulators and (when the accumulators are rescaled on the
-/// way in) rescale factors.
-#[derive(Clone, Copy)]
-struct PvScratch<'ctx> {
-    p_first: IntValue<'ctx>,
-    acc_at: i64,
-    alpha_at: Option<i64>,
-}
-
-/// `acc ← acc·alpha + P·V_tile` for the `acc.len() / nvd` rows from `r0`:
-/// they hold their accumulator rows in registers while the tile's value
-/// rows (copied to `vt_at` by [`pack_value_tile`]) stream past, one
-/// broadcast probability per row and key.
-#[allow(clippy::too_many_arguments)]
-fn pv_micro_gemm<'ctx>(
-    cg: &Cg<'ctx>,
-    f: FunctionValue<'ctx>,
-    vecs: &Vec32<'_, 'ctx>,
-    acc: &[PointerValue<'ctx>],
-    nvd: usize,
-    sbk: usize,
-    at: PvScratch<'ctx>,
-    scratch: PointerValue<'ctx>,
-    vt_at: i64,
-    dv: usize,
-    r0: IntValue<'ctx>,
-    cols: IntValue<'ctx>,
-) -> Result<()> {
-    let lanes = vecs.lanes;
-    let count = acc.len() / nvd;
-    let mut s_rows = Vec::with_capacity(count);
-    for r in 0..count {
-        let row = cg.add(r0, cg.i64c(r as i64))?;
-        let alpha = match at.alpha_at {
-            Some(alpha_at) => Some(vecs.splat(cg.load(scratch, DType::F32, cg.add(cg.i64c(alpha_at), row)?)?)?),
-            None => None,
-        };
-        let acc_row = cg.affine(row, dv as i64, cg.i64c(at.acc_at))?;
-        for ch in 0..nvd {
-            let old = vecs.load(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?)?;
-            let old = match alpha {
-                Some(alpha) => cg.fmul(old, alpha)?,
-                None => old,
-            };
-            cg.b.build_store(acc[r * nvd + ch], old)?;
-        }
-        s_rows.push(cg.add(at.p_first, cg.i64c((r * sbk) as i64))?);
-    }
-    cg.for_range(f, cols, &mut |j| {
-        let v_row = cg.affine(j, dv as i64, cg.i64c(vt_at))?;
-        let vs: Vec<BV> = (0..nvd)
-            .map(|ch| vecs.load(scratch, cg.add(v_row, cg.i64c((ch * lanes) as i64))?))
-            .collect::<Result<_>>()?;
-        for (r, s_row) in s_rows.iter().enumerate() {
-            let p = vecs.splat(cg.load(scratch, DType::F32, cg.add(*s_row, j)?)?)?;
-            for (ch, vv) in vs.iter().enumerate() {
-                let slot = acc[r * nvd + ch];
-                let cur = cg.b.build_load(vecs.vty, slot, "acc")?;
-                cg.b.build_store(slot, cg.intrinsic("llvm.fma", &[p, *vv, cur])?)?;
-            }
-        }
-        Ok(())
-    })?;
-    for r in 0..count {
-        let row = cg.add(r0, cg.i64c(r as i64))?;
-        let acc_row = cg.affine(row, dv as i64, cg.i64c(at.acc_at))?;
-        for ch in 0..nvd {
-            let v = cg.b.build_load(vecs.vty, acc[r * nvd + ch], "acc")?;
-            vecs.store(scratch, cg.add(acc_row, cg.i64c((ch * lanes) as i64))?, v)?;
-        }
     }
     Ok(())
 }
