@@ -28,8 +28,9 @@
 //! whole number of vectors; otherwise an element loop). With `is_causal`,
 //! tiles entirely above the diagonal of a query block are skipped.
 //!
-//! Plain f32 attention (no mask, cap, causal limit or padding, whole
-//! tiles, `Dv` whole vectors) runs each tile a group of rows at a time:
+//! f32 attention with `Dv` a whole number of vectors and no softcap, whose
+//! mask (if any) is read by whole vectors, runs each tile a group of rows
+//! at a time:
 //! scores, exponentials and `P·V` back to back, with the online softmax's
 //! rescale done lazily (only when a score passes the row's shift by 2^16)
 //! and base-2 exponentials; see `Tiles::lazy_tile`. The value tile is copied
@@ -70,6 +71,7 @@ use inkwell::{FloatPredicate, IntPredicate};
 use kiln_ir::dtype::DType;
 use kiln_ir::graph::NodeId;
 use kiln_ir::op::Op;
+use std::f64::consts::LOG2_E;
 
 type BV<'ctx> = BasicValueEnum<'ctx>;
 
@@ -529,9 +531,11 @@ fn emit_body<'ctx>(
     // tile) it also leaves each row's tile maximum, computed in registers,
     // and the per-row pass over the scores has nothing left to do.
     let premax = vector_post && softcap.is_none() && mask.is_none() && !ragged && lens.is_none() && !causal;
-    // Plain f32 attention takes the lazily rescaled tiles of
-    // [`Tiles::lazy_tile`]; the rest the general steps below.
-    let lazy = premax && pv_vector;
+    // f32 attention whose scores nothing edits but masks, padding, a
+    // causal limit or a short tile takes the lazily rescaled tiles of
+    // [`Tiles::lazy_tile`]; the rest (softcap, the scores output, masks
+    // not read by whole vectors) the general steps below.
+    let lazy = vector_post && softcap.is_none() && pv_vector;
     let lazy_rows = qk_rows.min(pv_rows);
 
     // One item is one (batch, query head, query block).
@@ -609,6 +613,56 @@ fn emit_body<'ctx>(
         cg.for_range(f, tiles, &mut |t| {
             let k0 = cg.mul(t, bk as i64)?;
             let cols = tail(cg, bk, geo.kv_len, k0)?;
+            // The mask, padding, causal limit and a short tile's missing
+            // keys, applied to the vector `ch` of block row `r`'s scores
+            // (`mask_scale` brings an additive mask to the scores' units).
+            let edits = mask.is_some() || ragged || valid.is_some() || causal;
+            let edit_scores = |r: IntValue<'ctx>, ch: usize, x: BV<'ctx>, mask_scale: f64| -> Result<BV<'ctx>> {
+                let i = cg.add(q0, r)?;
+                let vninf = vecs.splat(ninf)?;
+                let mut s = x;
+                if let Some((mp, layout)) = mask {
+                    let key = cg.add(k0, cg.i64c((ch * lanes) as i64))?;
+                    let at = cg.add(cg.affine(i, layout.strides[2], mask_base)?, key)?;
+                    s = if layout.dtype == DType::Bool {
+                        let bytes = cg.ctx.i8_type().vec_type(lanes as u32);
+                        let raw = cg.b.build_load(bytes, cg.elem_ptr(mp, DType::Bool, at)?, "mask")?;
+                        if let Some(inst) = raw.as_instruction_value() {
+                            inst.set_alignment(1).map_err(|e| BackendError::Llvm(e.to_string()))?;
+                        }
+                        let keep = cg.b.build_int_compare(
+                            IntPredicate::NE,
+                            raw.into_vector_value(),
+                            bytes.const_zero(),
+                            "keep",
+                        )?;
+                        cg.select(keep.into(), s, vninf)?
+                    } else if mask_scale == 1.0 {
+                        cg.fadd(s, vecs.load(mp, at)?)?
+                    } else {
+                        cg.fmuladd(vecs.load(mp, at)?, vecs.splat(c(mask_scale))?, s)?
+                    };
+                }
+                if ragged || valid.is_some() || causal {
+                    let keys = vecs.positions(cg.add(k0, cg.i64c((ch * lanes) as i64))?)?;
+                    let mut limits = Vec::new();
+                    if ragged {
+                        limits.push((IntPredicate::SGE, vecs.splat_i64(cg.i64c(geo.kv_len as i64))?));
+                    }
+                    if let Some(valid) = valid {
+                        limits.push((IntPredicate::SGE, vecs.splat_i64(valid)?));
+                    }
+                    if causal {
+                        let seen = cg.add(i, cg.i64c(geo.past_len as i64))?;
+                        limits.push((IntPredicate::SGT, vecs.splat_i64(seen)?));
+                    }
+                    for (pred, limit) in limits {
+                        let out = cg.b.build_int_compare(pred, keys, limit, "out")?;
+                        s = cg.select(out.into(), vninf, s)?;
+                    }
+                }
+                Ok(s)
+            };
             if lazy {
                 steps.pack_key_tile(k0, cols)?;
                 steps.pack_value_tile(k0, cols)?;
@@ -630,7 +684,46 @@ fn emit_body<'ctx>(
                     }
                     Ok(())
                 };
-                return steps.lazy_tile([lazy_rows, nv, nvd], scale, q0, rows, cols, &prefetch_next);
+                let edit = |r: IntValue<'ctx>, ch: usize, x: BV<'ctx>| edit_scores(r, ch, x, LOG2_E);
+                let pass = |edit: Option<&dyn Fn(IntValue<'ctx>, usize, BV<'ctx>) -> Result<BV<'ctx>>>| {
+                    steps.lazy_tile([lazy_rows, nv, nvd], scale, q0, rows, cols, edit, &prefetch_next)
+                };
+                if !edits {
+                    return pass(None);
+                }
+                if mask.is_some() || valid.is_some() {
+                    return pass(Some(&edit));
+                }
+                // Only a tile the causal diagonal or the end of the keys
+                // cuts needs the edits (a fifth of a long causal
+                // sequence's); the others take a copy without them.
+                let mut cut = cg.ctx.bool_type().const_zero();
+                if ragged {
+                    let end = cg.add(k0, cg.i64c(sbk as i64))?;
+                    let past_end =
+                        cg.b.build_int_compare(IntPredicate::SGT, end, cg.i64c(geo.kv_len as i64), "short")?;
+                    cut = cg.b.build_or(cut, past_end, "cut")?;
+                }
+                if causal {
+                    let last_key = cg.add(k0, cg.b.build_int_nsw_sub(cols, cg.i64c(1), "last")?)?;
+                    let first_seen = cg.add(q0, cg.i64c(geo.past_len as i64))?;
+                    let diagonal = cg.b.build_int_compare(IntPredicate::SGT, last_key, first_seen, "diagonal")?;
+                    cut = cg.b.build_or(cut, diagonal, "cut")?;
+                }
+                let (edited, whole, join) = (
+                    cg.ctx.append_basic_block(f, "tile_edited"),
+                    cg.ctx.append_basic_block(f, "tile_whole"),
+                    cg.ctx.append_basic_block(f, "tile_join"),
+                );
+                cg.b.build_conditional_branch(cut, edited, whole)?;
+                cg.b.position_at_end(edited);
+                pass(Some(&edit))?;
+                cg.b.build_unconditional_branch(join)?;
+                cg.b.position_at_end(whole);
+                pass(None)?;
+                cg.b.build_unconditional_branch(join)?;
+                cg.b.position_at_end(join);
+                return Ok(());
             }
             // Raw scores q·kᵀ of the tile into the score rows.
             if vector {
@@ -661,7 +754,6 @@ fn emit_body<'ctx>(
                 let seen = cg.add(i, cg.i64c(geo.past_len as i64))?;
                 let tile_max = if vector_post {
                     let mut vmax = vecs.splat(ninf)?;
-                    let vninf = vecs.splat(ninf)?;
                     for ch in 0..nv {
                         let at = cg.add(s_row, cg.i64c((ch * lanes) as i64))?;
                         // The micro-GEMM stored them scaled.
@@ -669,43 +761,7 @@ fn emit_body<'ctx>(
                         if let Some(cap) = softcap {
                             s = cg.fmul(cg.tanh(cg.fmul(s, vecs.splat(c(1.0 / cap))?)?)?, vecs.splat(c(cap))?)?;
                         }
-                        if let Some((mp, layout)) = mask {
-                            let key = cg.add(k0, cg.i64c((ch * lanes) as i64))?;
-                            let at = cg.add(cg.affine(i, layout.strides[2], mask_base)?, key)?;
-                            s = if layout.dtype == DType::Bool {
-                                let bytes = cg.ctx.i8_type().vec_type(lanes as u32);
-                                let raw = cg.b.build_load(bytes, cg.elem_ptr(mp, DType::Bool, at)?, "mask")?;
-                                if let Some(inst) = raw.as_instruction_value() {
-                                    inst.set_alignment(1).map_err(|e| BackendError::Llvm(e.to_string()))?;
-                                }
-                                let keep = cg.b.build_int_compare(
-                                    IntPredicate::NE,
-                                    raw.into_vector_value(),
-                                    bytes.const_zero(),
-                                    "keep",
-                                )?;
-                                cg.select(keep.into(), s, vninf)?
-                            } else {
-                                cg.fadd(s, vecs.load(mp, at)?)?
-                            };
-                        }
-                        if ragged || valid.is_some() || causal {
-                            let keys = vecs.positions(cg.add(k0, cg.i64c((ch * lanes) as i64))?)?;
-                            let mut limits = Vec::new();
-                            if ragged {
-                                limits.push((IntPredicate::SGE, vecs.splat_i64(cg.i64c(geo.kv_len as i64))?));
-                            }
-                            if let Some(valid) = valid {
-                                limits.push((IntPredicate::SGE, vecs.splat_i64(valid)?));
-                            }
-                            if causal {
-                                limits.push((IntPredicate::SGT, vecs.splat_i64(seen)?));
-                            }
-                            for (pred, limit) in limits {
-                                let out = cg.b.build_int_compare(pred, keys, limit, "out")?;
-                                s = cg.select(out.into(), vninf, s)?;
-                            }
-                        }
+                        s = edit_scores(r, ch, s, 1.0)?;
                         vecs.store(scratch, at, s)?;
                         vmax = cg.fmax_ignoring_nan(vmax, s)?;
                     }
@@ -963,12 +1019,14 @@ struct Tiles<'a, 'ctx> {
 }
 
 impl<'ctx> Tiles<'_, 'ctx> {
-    /// One key tile of a block of plain f32 attention (no mask, cap,
-    /// causal limit, padding or short tile; `dv` whole vectors), a group of
-    /// `group_rows` query rows at a time: the scores' micro-GEMM, their
-    /// exponentials straight from its registers, and the `P·V` micro-GEMM.
-    /// The tile's keys and values are packed already; `prefetch_next` is
-    /// called with each group's first row.
+    /// One key tile of a block of f32 attention (`dv` whole vectors, no
+    /// softcap), a group of `group_rows` query rows at a time: the scores'
+    /// micro-GEMM, their exponentials straight from its registers, and the
+    /// `P·V` micro-GEMM. The tile's keys and values are packed already;
+    /// `edit` (the mask, padding, causal limit and a short tile's missing
+    /// keys, on a vector of a block row's scores in log2 units) applies to
+    /// every score vector, and `prefetch_next` is called with each group's
+    /// first row.
     ///
     /// The softmax is the online one with the rescaling done lazily (as
     /// FlashAttention-4 does on GPUs): a row's shift `m` is only raised
@@ -990,12 +1048,17 @@ impl<'ctx> Tiles<'_, 'ctx> {
         q0: IntValue<'ctx>,
         rows: IntValue<'ctx>,
         cols: IntValue<'ctx>,
+        edit: Option<&dyn Fn(IntValue<'ctx>, usize, BV<'ctx>) -> Result<BV<'ctx>>>,
         prefetch_next: &dyn Fn(IntValue<'ctx>) -> Result<()>,
     ) -> Result<()> {
         let (cg, vecs, scratch, at) = (self.cg, self.vecs, self.scratch, self.at);
         let (lanes, dt) = (vecs.lanes, DType::F32);
         let c = |v: f64| -> BV<'ctx> { cg.f32t().const_float(v).into() };
-        let log2_scale = vecs.splat(c(scale * std::f64::consts::LOG2_E))?;
+        let log2_scale = vecs.splat(c(scale * LOG2_E))?;
+        let edited = |row: IntValue<'ctx>, ch: usize, x: BV<'ctx>| match edit {
+            Some(edit) => edit(row, ch, x),
+            None => Ok(x),
+        };
         let threshold = vecs.splat(c(LAZY_RESCALE_LOG2))?;
         for_row_blocks(cg, self.f, rows, group_rows, &mut |r0, count| {
             prefetch_next(r0)?;
@@ -1009,9 +1072,10 @@ impl<'ctx> Tiles<'_, 'ctx> {
             let mut exponents = Vec::new();
             for (r, shift) in shifts.iter().enumerate() {
                 let neg_shift = vecs.splat(cg.fneg(*shift)?)?;
+                let row = cg.add(r0, cg.i64c(r as i64))?;
                 for ch in 0..nv {
                     let s = cg.b.build_load(vecs.vty, acc[r * nv + ch], "score")?;
-                    exponents.push(cg.fmuladd(s, log2_scale, neg_shift)?);
+                    exponents.push(edited(row, ch, cg.fmuladd(s, log2_scale, neg_shift)?)?);
                 }
             }
             // A tree, not a chain: the branch waits on its depth.
@@ -1076,9 +1140,11 @@ impl<'ctx> Tiles<'_, 'ctx> {
             cg.b.position_at_end(slow);
             self.score_micro_gemm(acc, nv, &q_rows)?;
             for (r, &m_old) in shifts.iter().enumerate() {
+                let row = cg.add(r0, cg.i64c(r as i64))?;
                 let scaled: Vec<BV> = acc[r * nv..(r + 1) * nv]
                     .iter()
-                    .map(|&slot| cg.fmul(cg.b.build_load(vecs.vty, slot, "score")?, log2_scale))
+                    .enumerate()
+                    .map(|(ch, &slot)| edited(row, ch, cg.fmul(cg.b.build_load(vecs.vty, slot, "score")?, log2_scale)?))
                     .collect::<Result<_>>()?;
                 let mut vmax = scaled[0];
                 for &u in &scaled[1..] {
