@@ -487,6 +487,41 @@ fn padding_lengths_and_f16() {
     }
 }
 
+/// f16 and bf16 Q, K and V with 64-wide heads take the vector tiles (the
+/// value tile widened as it is copied), plain and causal, and match the
+/// interpreter within the narrow types' rounding.
+#[test]
+fn narrow_floats_take_the_vector_tiles() {
+    for dtype in [DType::F16, DType::BF16] {
+        for causal in [false, true] {
+            let shape = [1, 2, 100, 64];
+            let mut rng = StdRng::seed_from_u64(23);
+            let mut g = Graph::new("narrow");
+            let mut ins = Vec::new();
+            let mut data = Vec::new();
+            for name in ["q", "k", "v"] {
+                ins.push(Some(g.add_input(name, TensorType::fixed(dtype, &shape)).unwrap()));
+                let x = random(&mut rng, &shape, -1.0, 1.0).to_f64s();
+                data.push((name.to_string(), Tensor::from_f64s(dtype, &shape, &x)));
+            }
+            let id = g.add_node("attn", Op::Attention(AttentionAttrs { is_causal: causal, ..attrs() }), ins, &["y"]);
+            g.add_output(g.node(id.unwrap()).output(0).unwrap());
+            kiln_ir::infer_types(&mut g).unwrap();
+            let compiled = compile(&g, &CompileOptions::default()).unwrap();
+            let spec = compiled.specialization_for(&data).expect("compiles");
+            assert!(spec.ir_unoptimized.contains("lazy_fast"), "{dtype} causal={causal}: not on the vector tiles");
+            let got = compiled.run(&data).unwrap();
+            let want = kiln_ir::interp::run(&g, &data).unwrap();
+            assert_eq!(got[0].1.dtype(), dtype);
+            // bf16 keeps 8 bits of mantissa: its outputs round to 2^-9.
+            let (atol, rtol) = if dtype == DType::F16 { (1e-3, 2e-3) } else { (4e-3, 8e-3) };
+            for (i, (u, w)) in got[0].1.to_f64s().iter().zip(want[0].1.to_f64s()).enumerate() {
+                assert!((u - w).abs() <= atol + rtol * w.abs(), "{dtype} causal={causal}: element {i} is {u}, interpreter says {w}");
+            }
+        }
+    }
+}
+
 /// The optional scores output in each mode, with a causal mask, a float
 /// mask and softcap all in play (so the modes differ).
 #[test]

@@ -28,9 +28,9 @@
 //! whole number of vectors; otherwise an element loop). With `is_causal`,
 //! tiles entirely above the diagonal of a query block are skipped.
 //!
-//! f32 attention with `Dv` a whole number of vectors and no softcap, whose
+//! Attention with `Dv` a whole number of vectors and no softcap, whose
 //! mask (if any) is read by whole vectors, runs each tile a group of rows
-//! at a time:
+//! at a time (f16/bf16 widened as the tiles are packed):
 //! scores, exponentials and `P·V` back to back, with the online softmax's
 //! rescale done lazily (only when a score passes the row's shift by 2^16)
 //! and base-2 exponentials; see `Tiles::lazy_tile`. The value tile is copied
@@ -513,7 +513,9 @@ fn emit_body<'ctx>(
     // FMA latency, few enough to stay in registers (at most 16 vectors).
     let qk_rows = (16 / nv.max(1)).clamp(1, 4);
     let nvd = dv / lanes;
-    let pv_vector = vector && xdt == DType::F32 && dv % lanes == 0 && nvd <= 16;
+    // The value tile is copied (and widened) to f32 before the P·V
+    // micro-GEMM, so any element type takes it.
+    let pv_vector = vector && dv % lanes == 0 && nvd <= 16;
     let pv_rows = (16 / nvd.max(1)).clamp(1, 4);
     let pool_len = if vector { (qk_rows * nv).max(if pv_vector { pv_rows * nvd } else { 0 }) } else { 0 };
     let pool: Vec<PointerValue> =
@@ -531,8 +533,8 @@ fn emit_body<'ctx>(
     // tile) it also leaves each row's tile maximum, computed in registers,
     // and the per-row pass over the scores has nothing left to do.
     let premax = vector_post && softcap.is_none() && mask.is_none() && !ragged && lens.is_none() && !causal;
-    // f32 attention whose scores nothing edits but masks, padding, a
-    // causal limit or a short tile takes the lazily rescaled tiles of
+    // Attention whose scores nothing edits but masks, padding, a causal
+    // limit or a short tile takes the lazily rescaled tiles of
     // [`Tiles::lazy_tile`]; the rest (softcap, the scores output, masks
     // not read by whole vectors) the general steps below.
     let lazy = vector_post && softcap.is_none() && pv_vector;
@@ -676,9 +678,10 @@ fn emit_body<'ctx>(
                     let last = cg.i64c(geo.kv_len as i64 - 1);
                     let past = cg.b.build_int_compare(IntPredicate::SGT, row, last, "past_end")?;
                     let row = cg.b.build_select(past, last, row, "row")?.into_int_value();
+                    let per_line = 64 / xdt.storage_bytes(1).max(1);
                     for (p, base, stride, dim) in [(kp, k_base, geo.k.row, d), (vp, v_base, geo.v.row, dv)] {
                         let first = cg.affine(row, stride, base)?;
-                        for line in (0..dim).step_by(16) {
+                        for line in (0..dim).step_by(per_line) {
                             cg.prefetch_read_l2(cg.elem_ptr(p, xdt, cg.add(first, cg.i64c(line as i64))?)?)?;
                         }
                     }
@@ -1019,7 +1022,7 @@ struct Tiles<'a, 'ctx> {
 }
 
 impl<'ctx> Tiles<'_, 'ctx> {
-    /// One key tile of a block of f32 attention (`dv` whole vectors, no
+    /// One key tile of a block of attention (`dv` whole vectors, no
     /// softcap), a group of `group_rows` query rows at a time: the scores'
     /// micro-GEMM, their exponentials straight from its registers, and the
     /// `P·V` micro-GEMM. The tile's keys and values are packed already;
@@ -1274,17 +1277,24 @@ impl<'ctx> Tiles<'_, 'ctx> {
         })
     }
 
-    /// Copies the tile's value rows (f32, `dv` whole vectors) into the
-    /// scratch, row after row: the caller's V rows start wherever its
+    /// Copies the tile's value rows (`dv` whole vectors) into the scratch
+    /// as f32, row after row: the caller's V rows start wherever its
     /// allocator put them (16-byte aligned, as a rule), so each of the
     /// `P·V` micro-GEMM's vector loads from them would straddle two cache
-    /// lines; from the copy none does.
+    /// lines; from the copy none does, and f16/bf16 values are widened
+    /// once per tile instead of once per query row.
     fn pack_value_tile(&self, k0: IntValue<'ctx>, cols: IntValue<'ctx>) -> Result<()> {
         let (cg, vecs, (vp, v_base)) = (self.cg, self.vecs, self.v);
         let (lanes, dv) = (vecs.lanes, self.geo.v_dim);
         cg.for_range(self.f, cols, &mut |j| {
             let from = cg.affine(cg.add(k0, j)?, self.geo.v.row, v_base)?;
             let to = cg.affine(j, dv as i64, cg.i64c(self.at.vt))?;
+            if self.xdt != DType::F32 {
+                return cg.for_n(self.f, dv, &mut |e| {
+                    let x = cg.load(vp, self.xdt, cg.add(from, e)?)?;
+                    cg.store(self.scratch, DType::F32, cg.add(to, e)?, x)
+                });
+            }
             for ch in 0..dv / lanes {
                 let off = cg.i64c((ch * lanes) as i64);
                 vecs.store(self.scratch, cg.add(to, off)?, vecs.load(vp, cg.add(from, off)?)?)?;
