@@ -236,7 +236,7 @@ fn lazy_rescaling_where_the_scores_are_edited_by_whole_vectors() {
         let mut rng = StdRng::seed_from_u64(5);
         let compiled = compile(&graph(&c), &CompileOptions::default()).expect("Attention lowers");
         let spec = compiled.specialization_for(&inputs(&mut rng, &c)).expect("compiles");
-        spec.ir_unoptimized.contains("lazy_fast")
+        spec.ir_unoptimized.contains("lazy_rescale")
     };
     let plain = |what| Case {
         what,
@@ -509,14 +509,17 @@ fn narrow_floats_take_the_vector_tiles() {
             kiln_ir::infer_types(&mut g).unwrap();
             let compiled = compile(&g, &CompileOptions::default()).unwrap();
             let spec = compiled.specialization_for(&data).expect("compiles");
-            assert!(spec.ir_unoptimized.contains("lazy_fast"), "{dtype} causal={causal}: not on the vector tiles");
+            assert!(spec.ir_unoptimized.contains("lazy_rescale"), "{dtype} causal={causal}: not on the vector tiles");
             let got = compiled.run(&data).unwrap();
             let want = kiln_ir::interp::run(&g, &data).unwrap();
             assert_eq!(got[0].1.dtype(), dtype);
             // bf16 keeps 8 bits of mantissa: its outputs round to 2^-9.
             let (atol, rtol) = if dtype == DType::F16 { (1e-3, 2e-3) } else { (4e-3, 8e-3) };
             for (i, (u, w)) in got[0].1.to_f64s().iter().zip(want[0].1.to_f64s()).enumerate() {
-                assert!((u - w).abs() <= atol + rtol * w.abs(), "{dtype} causal={causal}: element {i} is {u}, interpreter says {w}");
+                assert!(
+                    (u - w).abs() <= atol + rtol * w.abs(),
+                    "{dtype} causal={causal}: element {i} is {u}, interpreter says {w}"
+                );
             }
         }
     }

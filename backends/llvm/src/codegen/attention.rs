@@ -713,20 +713,7 @@ fn emit_body<'ctx>(
                     let diagonal = cg.b.build_int_compare(IntPredicate::SGT, last_key, first_seen, "diagonal")?;
                     cut = cg.b.build_or(cut, diagonal, "cut")?;
                 }
-                let (edited, whole, join) = (
-                    cg.ctx.append_basic_block(f, "tile_edited"),
-                    cg.ctx.append_basic_block(f, "tile_whole"),
-                    cg.ctx.append_basic_block(f, "tile_join"),
-                );
-                cg.b.build_conditional_branch(cut, edited, whole)?;
-                cg.b.position_at_end(edited);
-                pass(Some(&edit))?;
-                cg.b.build_unconditional_branch(join)?;
-                cg.b.position_at_end(whole);
-                pass(None)?;
-                cg.b.build_unconditional_branch(join)?;
-                cg.b.position_at_end(join);
-                return Ok(());
+                return cg.if_else(f, cut, "tile_edited", &mut || pass(Some(&edit)), &mut || pass(None));
             }
             // Raw scores q·kᵀ of the tile into the score rows.
             if vector {
@@ -1095,12 +1082,6 @@ impl<'ctx> Tiles<'_, 'ctx> {
             // Unordered: a NaN (from a shift of -inf) takes the slow branch.
             let over = cg.fcmp(FloatPredicate::UGT, top, threshold)?;
             let any_over = cg.intrinsic("llvm.vector.reduce.or", &[over])?.into_int_value();
-            let (fast, slow, join) = (
-                cg.ctx.append_basic_block(self.f, "lazy_fast"),
-                cg.ctx.append_basic_block(self.f, "lazy_rescale"),
-                cg.ctx.append_basic_block(self.f, "lazy_join"),
-            );
-            cg.b.build_conditional_branch(any_over, slow, fast)?;
 
             // Probabilities of row `r` from its exponents, into its score
             // row and (with the rescale factor `alpha`, if any) its sums.
@@ -1129,52 +1110,54 @@ impl<'ctx> Tiles<'_, 'ctx> {
                 vecs.store(scratch, l_row, new)
             };
 
-            cg.b.position_at_end(fast);
-            for r in 0..count {
-                finish_row(r, &exponents[r * nv..(r + 1) * nv], None)?;
-            }
-            cg.b.build_unconditional_branch(join)?;
-
             // The slow branch computes the raw scores again (the shift may
             // be -inf, so they cannot be had back from the exponents):
             // keeping them alive past the branch would cost the fast one
             // register copies and spills on every tile, for a branch taken
             // on few.
-            cg.b.position_at_end(slow);
-            self.score_micro_gemm(acc, nv, &q_rows)?;
-            for (r, &m_old) in shifts.iter().enumerate() {
-                let row = cg.add(r0, cg.i64c(r as i64))?;
-                let scaled: Vec<BV> = acc[r * nv..(r + 1) * nv]
-                    .iter()
-                    .enumerate()
-                    .map(|(ch, &slot)| edited(row, ch, cg.fmul(cg.b.build_load(vecs.vty, slot, "score")?, log2_scale)?))
-                    .collect::<Result<_>>()?;
-                let mut vmax = scaled[0];
-                for &u in &scaled[1..] {
-                    vmax = cg.fmax_ignoring_nan(vmax, u)?;
+            let mut rescale = || -> Result<()> {
+                self.score_micro_gemm(acc, nv, &q_rows)?;
+                for (r, &m_old) in shifts.iter().enumerate() {
+                    let row = cg.add(r0, cg.i64c(r as i64))?;
+                    let scaled: Vec<BV> = acc[r * nv..(r + 1) * nv]
+                        .iter()
+                        .enumerate()
+                        .map(|(ch, &slot)| {
+                            edited(row, ch, cg.fmul(cg.b.build_load(vecs.vty, slot, "score")?, log2_scale)?)
+                        })
+                        .collect::<Result<_>>()?;
+                    let mut vmax = scaled[0];
+                    for &u in &scaled[1..] {
+                        vmax = cg.fmax_ignoring_nan(vmax, u)?;
+                    }
+                    let tile_max = vecs.reduce(vmax, &|a, b| cg.fmax_ignoring_nan(a, b))?;
+                    let m_new = cg.fmaxnum(m_old, tile_max)?;
+                    // While every score so far is -inf the shift is 0, which
+                    // keeps 2^(-inf) = 0.
+                    let finite = cg.fcmp(FloatPredicate::ONE, m_new, c(f64::NEG_INFINITY))?;
+                    let shift = cg.select(finite, m_new, c(0.0))?;
+                    let same = cg.fcmp(FloatPredicate::OEQ, m_old, m_new)?;
+                    let alpha = cg.select(same, c(1.0), cg.exp2_bounded(cg.fsub(m_old, shift)?)?)?;
+                    cg.store(scratch, dt, row_at(at.m, r)?, m_new)?;
+                    let vshift = vecs.splat(shift)?;
+                    let ts: Vec<BV> = scaled.iter().map(|&u| cg.fsub(u, vshift)).collect::<Result<_>>()?;
+                    finish_row(r, &ts, Some(alpha))?;
+                    let acc_row = cg.affine(cg.add(r0, cg.i64c(r as i64))?, self.geo.v_dim as i64, cg.i64c(at.acc))?;
+                    let valpha = vecs.splat(alpha)?;
+                    for ch in 0..nvd {
+                        let idx = cg.add(acc_row, cg.i64c((ch * lanes) as i64))?;
+                        vecs.store(scratch, idx, cg.fmul(vecs.load(scratch, idx)?, valpha)?)?;
+                    }
                 }
-                let tile_max = vecs.reduce(vmax, &|a, b| cg.fmax_ignoring_nan(a, b))?;
-                let m_new = cg.fmaxnum(m_old, tile_max)?;
-                // While every score so far is -inf the shift is 0, which
-                // keeps 2^(-inf) = 0.
-                let finite = cg.fcmp(FloatPredicate::ONE, m_new, c(f64::NEG_INFINITY))?;
-                let shift = cg.select(finite, m_new, c(0.0))?;
-                let same = cg.fcmp(FloatPredicate::OEQ, m_old, m_new)?;
-                let alpha = cg.select(same, c(1.0), cg.exp2_bounded(cg.fsub(m_old, shift)?)?)?;
-                cg.store(scratch, dt, row_at(at.m, r)?, m_new)?;
-                let vshift = vecs.splat(shift)?;
-                let ts: Vec<BV> = scaled.iter().map(|&u| cg.fsub(u, vshift)).collect::<Result<_>>()?;
-                finish_row(r, &ts, Some(alpha))?;
-                let acc_row = cg.affine(cg.add(r0, cg.i64c(r as i64))?, self.geo.v_dim as i64, cg.i64c(at.acc))?;
-                let valpha = vecs.splat(alpha)?;
-                for ch in 0..nvd {
-                    let idx = cg.add(acc_row, cg.i64c((ch * lanes) as i64))?;
-                    vecs.store(scratch, idx, cg.fmul(vecs.load(scratch, idx)?, valpha)?)?;
+                Ok(())
+            };
+            let mut fast = || -> Result<()> {
+                for r in 0..count {
+                    finish_row(r, &exponents[r * nv..(r + 1) * nv], None)?;
                 }
-            }
-            cg.b.build_unconditional_branch(join)?;
-
-            cg.b.position_at_end(join);
+                Ok(())
+            };
+            cg.if_else(self.f, any_over, "lazy_rescale", &mut rescale, &mut fast)?;
             self.pv_micro_gemm(&self.pool[..count * nvd], nvd, cg.i64c(at.s), false, r0, cols)
         })
     }

@@ -1003,53 +1003,34 @@ fn macro_kernel<'ctx>(
             let full_rows = cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(mr as i64), "full_rows")?;
             let full_cols = cg.b.build_int_compare(IntPredicate::EQ, cols, cg.i64c(nr as i64), "full_cols")?;
             let full = cg.b.build_and(full_rows, full_cols, "full")?;
-            let direct = cg.ctx.append_basic_block(f, "tile.direct");
-            let edge = cg.ctx.append_basic_block(f, "tile.edge");
-            let done = cg.ctx.append_basic_block(f, "tile.done");
             let c_ptr = cg.elem_ptr(mk.c, mk.c_dtype, c_at)?;
             // A tile straight to C; with an initial value, the first K
             // block writes it into the tile (in cache now) and the
             // microkernel adds to it.
             let direct_call = |ukr: FunctionValue<'ctx>, tile_rows: usize| -> Result<()> {
                 let Some(init) = mk.init else { return call(ukr, c_ptr, cg.i64c(mk.ldc), add) };
-                let fill = cg.ctx.append_basic_block(f, "tile.init");
-                let go = cg.ctx.append_basic_block(f, "tile.go");
-                cg.b.build_conditional_branch(add, go, fill)?;
-                cg.b.position_at_end(fill);
-                cg.for_n(f, tile_rows, &mut |r| {
-                    let row = cg.add(cg.add(ic, i0)?, r)?;
-                    let c_row = cg.affine(r, mk.ldc, c_at)?;
-                    cg.for_n(f, nr, &mut |j| {
-                        let first = init.value(cg, ty, row, cg.add(cg.add(jc, j0)?, j)?)?;
-                        cg.store(mk.c, mk.c_dtype, cg.add(c_row, j)?, first)
+                let first_block = cg.b.build_not(add, "first_block")?;
+                cg.if_then(f, first_block, "tile.init", &mut || {
+                    cg.for_n(f, tile_rows, &mut |r| {
+                        let row = cg.add(cg.add(ic, i0)?, r)?;
+                        let c_row = cg.affine(r, mk.ldc, c_at)?;
+                        cg.for_n(f, nr, &mut |j| {
+                            let first = init.value(cg, ty, row, cg.add(cg.add(jc, j0)?, j)?)?;
+                            cg.store(mk.c, mk.c_dtype, cg.add(c_row, j)?, first)
+                        })
                     })
                 })?;
-                cg.b.build_unconditional_branch(go)?;
-                cg.b.position_at_end(go);
                 call(ukr, c_ptr, cg.i64c(mk.ldc), i1.const_int(1, false))
             };
-            cg.b.build_conditional_branch(full, direct, edge)?;
-            cg.b.position_at_end(direct);
-            direct_call(mk.ukr, mr)?;
-            cg.b.build_unconditional_branch(done)?;
-            cg.b.position_at_end(edge);
-            if let Some((tail_rows, tail_ukr)) = mk.tail {
+            let mut edge = || -> Result<()> {
+                let Some((tail_rows, tail_ukr)) = mk.tail else { return via_tile(cg) };
                 // The last row panel, full width: its own microkernel,
                 // straight to C.
                 let is_tail = cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(tail_rows as i64), "tail_rows")?;
                 let tail_direct = cg.b.build_and(is_tail, full_cols, "tail_direct")?;
-                let tail_block = cg.ctx.append_basic_block(f, "tile.tail");
-                let other = cg.ctx.append_basic_block(f, "tile.other");
-                cg.b.build_conditional_branch(tail_direct, tail_block, other)?;
-                cg.b.position_at_end(tail_block);
-                direct_call(tail_ukr, tail_rows)?;
-                cg.b.build_unconditional_branch(done)?;
-                cg.b.position_at_end(other);
-            }
-            via_tile(cg)?;
-            cg.b.build_unconditional_branch(done)?;
-            cg.b.position_at_end(done);
-            Ok(())
+                cg.if_else(f, tail_direct, "tile.tail", &mut || direct_call(tail_ukr, tail_rows), &mut || via_tile(cg))
+            };
+            cg.if_else(f, full, "tile.direct", &mut || direct_call(mk.ukr, mr), &mut edge)
         })
     })
 }
@@ -1402,17 +1383,7 @@ fn microkernel<'ctx>(
         }
         Ok(())
     };
-    let adding = cg.ctx.append_basic_block(f, "store.add");
-    let storing = cg.ctx.append_basic_block(f, "store.set");
-    let ret = cg.ctx.append_basic_block(f, "ret");
-    cg.b.build_conditional_branch(add, adding, storing)?;
-    cg.b.position_at_end(adding);
-    store_block(true)?;
-    cg.b.build_unconditional_branch(ret)?;
-    cg.b.position_at_end(storing);
-    store_block(false)?;
-    cg.b.build_unconditional_branch(ret)?;
-    cg.b.position_at_end(ret);
+    cg.if_else(f, add, "store.add", &mut || store_block(true), &mut || store_block(false))?;
     cg.b.build_return(None)?;
     if let Some(block) = here {
         cg.b.position_at_end(block);

@@ -488,19 +488,8 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let cg = self.cg;
         let label = self.label(i)?;
         let Some(ig) = self.p.ignore_index else { return counted(label) };
-        let go = cg.ctx.append_basic_block(self.f, "row");
-        let skip = cg.ctx.append_basic_block(self.f, "row.ignored");
-        let done = cg.ctx.append_basic_block(self.f, "row.done");
         let is_ignored = cg.b.build_int_compare(IntPredicate::EQ, label, cg.i64c(ig), "ignored")?;
-        cg.b.build_conditional_branch(is_ignored, skip, go)?;
-        cg.b.position_at_end(go);
-        counted(label)?;
-        cg.b.build_unconditional_branch(done)?;
-        cg.b.position_at_end(skip);
-        ignored()?;
-        cg.b.build_unconditional_branch(done)?;
-        cg.b.position_at_end(done);
-        Ok(())
+        cg.if_else(self.f, is_ignored, "row.ignored", ignored, &mut || counted(label))
     }
 
     /// `W(v, j)` as an element index of the weight.
@@ -691,14 +680,9 @@ impl<'ctx> Emitter<'_, 'ctx> {
                             let rel = cg.b.build_int_nsw_sub(label, v0, "rel")?;
                             let inside =
                                 cg.b.build_int_compare(IntPredicate::ULT, rel, cg.i64c(width as i64), "inside")?;
-                            let take = cg.ctx.append_basic_block(f, "target");
-                            let after = cg.ctx.append_basic_block(f, "target.done");
-                            cg.b.build_conditional_branch(inside, take, after)?;
-                            cg.b.position_at_end(take);
-                            cg.store(self.scratch, dtype, self.at(t_at, i)?, x_at(rel)?)?;
-                            cg.b.build_unconditional_branch(after)?;
-                            cg.b.position_at_end(after);
-                            Ok(())
+                            cg.if_then(f, inside, "target", &mut || {
+                                cg.store(self.scratch, dtype, self.at(t_at, i)?, x_at(rel)?)
+                            })
                         },
                         &mut || Ok(()),
                     )
@@ -1256,15 +1240,11 @@ fn backward_body<'ctx>(
                         })?;
                         let rel = cg.b.build_int_nsw_sub(label, v0, "rel")?;
                         let inside = cg.b.build_int_compare(IntPredicate::ULT, rel, cg.i64c(width as i64), "inside")?;
-                        let take = cg.ctx.append_basic_block(f, "target");
-                        let after = cg.ctx.append_basic_block(f, "target.done");
-                        cg.b.build_conditional_branch(inside, take, after)?;
-                        cg.b.position_at_end(take);
-                        let idx = cg.add(trow, rel)?;
-                        let tcoef = cg.load(scratch, dtype, e.at(tcoef_at, i)?)?;
-                        cg.store(scratch, dtype, idx, cg.fsub(cg.load(scratch, dtype, idx)?, tcoef)?)?;
-                        cg.b.build_unconditional_branch(after)?;
-                        cg.b.position_at_end(after);
+                        cg.if_then(f, inside, "target", &mut || {
+                            let idx = cg.add(trow, rel)?;
+                            let tcoef = cg.load(scratch, dtype, e.at(tcoef_at, i)?)?;
+                            cg.store(scratch, dtype, idx, cg.fsub(cg.load(scratch, dtype, idx)?, tcoef)?)
+                        })?;
                         let scale = cg.load(scratch, dtype, e.at(scale_at, i)?)?;
                         let tau = e.c(threshold);
                         cg.for_n(f, width, &mut |k| {

@@ -288,6 +288,51 @@ impl<'ctx> Cg<'ctx> {
 
     // ---------------------------------------------------------------- loops
 
+    /// Emits `if cond { then() } else { otherwise() }` in blocks named
+    /// `name`, `name.else` and `name.done`, and leaves the builder in the
+    /// last. Both arms must fall through (end in no terminator of their
+    /// own).
+    pub(crate) fn if_else(
+        &self,
+        f: FunctionValue<'ctx>,
+        cond: IntValue<'ctx>,
+        name: &str,
+        then: &mut dyn FnMut() -> Result<()>,
+        otherwise: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let yes = self.ctx.append_basic_block(f, name);
+        let no = self.ctx.append_basic_block(f, &format!("{name}.else"));
+        let done = self.ctx.append_basic_block(f, &format!("{name}.done"));
+        self.b.build_conditional_branch(cond, yes, no)?;
+        self.b.position_at_end(yes);
+        then()?;
+        self.b.build_unconditional_branch(done)?;
+        self.b.position_at_end(no);
+        otherwise()?;
+        self.b.build_unconditional_branch(done)?;
+        self.b.position_at_end(done);
+        Ok(())
+    }
+
+    /// Emits `if cond { then() }` in blocks named `name` and `name.done`,
+    /// and leaves the builder in the last; `then` must fall through.
+    pub(crate) fn if_then(
+        &self,
+        f: FunctionValue<'ctx>,
+        cond: IntValue<'ctx>,
+        name: &str,
+        then: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let yes = self.ctx.append_basic_block(f, name);
+        let done = self.ctx.append_basic_block(f, &format!("{name}.done"));
+        self.b.build_conditional_branch(cond, yes, done)?;
+        self.b.position_at_end(yes);
+        then()?;
+        self.b.build_unconditional_branch(done)?;
+        self.b.position_at_end(done);
+        Ok(())
+    }
+
     /// Emits `for i in 0..n { body(i) }`. Constant trip counts of zero emit
     /// nothing; other constant counts need no entry test. The loop's first
     /// block is named `loopN`, which tests use to count loops.
