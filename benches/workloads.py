@@ -24,6 +24,9 @@ Workloads (full size; --quick shrinks every one for a smoke run):
   attention     one batch, 4 heads, sequence 4096, head dim 64, not causal:
                 unfused.onnx = MatMul(Q, Kt) * 1/sqrt(64) -> Softmax -> MatMul(V)
                 fused.onnx   = ONNX-23 Attention(Q, K, V)
+                and, for kiln's own figures (compare_ort.py does not run
+                them): fused_causal.onnx (is_causal=1, same inputs) and
+                fused_f16.onnx (f16 tensors, inputs_f16/)
   gpt2          examples/models/make_models.py's gpt2 (with its shifted LM loss),
                 DistilGPT-2-shaped: 6 layers, d 768, 12 heads, vocab 50257,
                 batch 1 x seq 128 inputs
@@ -57,7 +60,7 @@ FULL = {
     "lm_head_loss": {"n": 4096, "d": 768, "vocab": 50257},
     "softmax": {"rows": 4096, "cols": 32000},
     "matmul": {"m": 1024, "k": 1024, "n": 1024},
-    "attention": {"batch": 1, "heads": 4, "seq": 4096, "head_dim": 64},
+    "attention": {"batch": 1, "heads": 4, "seq": 4096, "head_dim": 64, "variants": ["causal", "f16"]},
     "gpt2": {"layers": 6, "d_model": 768, "heads": 12, "vocab": 50257, "max_pos": 1024, "batch": 1, "seq": 128},
     "bert": {"layers": 6, "d_model": 384, "heads": 12, "ffn": 1536, "vocab": 30522, "max_pos": 512,
              "batch": 1, "seq": 128},
@@ -67,7 +70,7 @@ QUICK = {
     "lm_head_loss": {"n": 256, "d": 64, "vocab": 2048},
     "softmax": {"rows": 256, "cols": 2048},
     "matmul": {"m": 128, "k": 128, "n": 128},
-    "attention": {"batch": 1, "heads": 2, "seq": 256, "head_dim": 64},
+    "attention": {"batch": 1, "heads": 2, "seq": 256, "head_dim": 64, "variants": ["causal", "f16"]},
     "gpt2": {"layers": 2, "d_model": 64, "heads": 4, "vocab": 512, "max_pos": 64, "batch": 1, "seq": 32},
     "bert": {"layers": 2, "d_model": 64, "heads": 4, "ffn": 256, "vocab": 512, "max_pos": 64, "batch": 1, "seq": 32},
 }
@@ -151,7 +154,15 @@ def make_attention(cfg, out, rng):
     _save(_model(unfused, inputs, [output], [scale], "attention_unfused"), os.path.join(out, "unfused.onnx"))
     fused = [helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attention")]
     _save(_model(fused, inputs, [output], [], "attention_fused"), os.path.join(out, "fused.onnx"))
-    _save_inputs(os.path.join(out, "inputs"), {n: rng.standard_normal(shape, dtype=F32) for n in ("q", "k", "v")})
+    arrays = {n: rng.standard_normal(shape, dtype=F32) for n in ("q", "k", "v")}
+    _save_inputs(os.path.join(out, "inputs"), arrays)
+    if "causal" in cfg.get("variants", []):
+        causal = [helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attention", is_causal=1)]
+        _save(_model(causal, inputs, [output], [], "attention_causal"), os.path.join(out, "fused_causal.onnx"))
+    if "f16" in cfg.get("variants", []):
+        f16 = [helper.make_tensor_value_info(n, TensorProto.FLOAT16, shape) for n in ("q", "k", "v", "y")]
+        _save(_model(fused, f16[:3], f16[3:], [], "attention_f16"), os.path.join(out, "fused_f16.onnx"))
+        _save_inputs(os.path.join(out, "inputs_f16"), {n: a.astype(np.float16) for n, a in arrays.items()})
 
 
 def _make_models(family, cfg, out, style, extra):
