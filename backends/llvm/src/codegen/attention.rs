@@ -572,6 +572,7 @@ fn emit_body<'ctx>(
             geo,
             xdt,
             sbk,
+            bk,
             q: (qp, q_base),
             k: (kp, k_base),
             v: (vp, v_base),
@@ -668,28 +669,10 @@ fn emit_body<'ctx>(
             if lazy {
                 steps.pack_key_tile(k0, cols)?;
                 steps.pack_value_tile(k0, cols)?;
-                // Each group hints one key and one value row of the next
-                // tile into L2, so that packing it finds them there.
                 let next_first = cg.add(k0, cg.i64c(bk as i64))?;
-                let prefetch_next = |r0: IntValue<'ctx>| -> Result<()> {
-                    let group = cg.b.build_int_unsigned_div(r0, cg.i64c(lazy_rows as i64), "group")?;
-                    let j = cg.b.build_int_unsigned_rem(group, cg.i64c(bk as i64), "next_row")?;
-                    let row = cg.add(next_first, j)?;
-                    let last = cg.i64c(geo.kv_len as i64 - 1);
-                    let past = cg.b.build_int_compare(IntPredicate::SGT, row, last, "past_end")?;
-                    let row = cg.b.build_select(past, last, row, "row")?.into_int_value();
-                    let per_line = 64 / xdt.storage_bytes(1).max(1);
-                    for (p, base, stride, dim) in [(kp, k_base, geo.k.row, d), (vp, v_base, geo.v.row, dv)] {
-                        let first = cg.affine(row, stride, base)?;
-                        for line in (0..dim).step_by(per_line) {
-                            cg.prefetch_read_l2(cg.elem_ptr(p, xdt, cg.add(first, cg.i64c(line as i64))?)?)?;
-                        }
-                    }
-                    Ok(())
-                };
                 let edit = |r: IntValue<'ctx>, ch: usize, x: BV<'ctx>| edit_scores(r, ch, x, LOG2_E);
                 let pass = |edit: Option<&dyn Fn(IntValue<'ctx>, usize, BV<'ctx>) -> Result<BV<'ctx>>>| {
-                    steps.lazy_tile([lazy_rows, nv, nvd], scale, q0, rows, cols, edit, &prefetch_next)
+                    steps.lazy_tile([lazy_rows, nv, nvd], scale, q0, rows, cols, edit, next_first)
                 };
                 if !edits {
                     return pass(None);
@@ -1003,6 +986,8 @@ struct Tiles<'a, 'ctx> {
     xdt: DType,
     /// Width of a score row and of a packed key tile.
     sbk: usize,
+    /// Keys per tile.
+    bk: usize,
     q: (PointerValue<'ctx>, IntValue<'ctx>),
     k: (PointerValue<'ctx>, IntValue<'ctx>),
     v: (PointerValue<'ctx>, IntValue<'ctx>),
@@ -1015,8 +1000,8 @@ impl<'ctx> Tiles<'_, 'ctx> {
     /// `P·V` micro-GEMM. The tile's keys and values are packed already;
     /// `edit` (the mask, padding, causal limit and a short tile's missing
     /// keys, on a vector of a block row's scores in log2 units) applies to
-    /// every score vector, and `prefetch_next` is called with each group's
-    /// first row.
+    /// every score vector, and each group hints a row of the tile from key
+    /// `next_first` on into L2 ([`Tiles::hint_next_tile`]).
     ///
     /// The softmax is the online one with the rescaling done lazily (as
     /// FlashAttention-4 does on GPUs): a row's shift `m` is only raised
@@ -1039,7 +1024,7 @@ impl<'ctx> Tiles<'_, 'ctx> {
         rows: IntValue<'ctx>,
         cols: IntValue<'ctx>,
         edit: Option<&dyn Fn(IntValue<'ctx>, usize, BV<'ctx>) -> Result<BV<'ctx>>>,
-        prefetch_next: &dyn Fn(IntValue<'ctx>) -> Result<()>,
+        next_first: IntValue<'ctx>,
     ) -> Result<()> {
         let (cg, vecs, scratch, at) = (self.cg, self.vecs, self.scratch, self.at);
         let (lanes, dt) = (vecs.lanes, DType::F32);
@@ -1051,7 +1036,7 @@ impl<'ctx> Tiles<'_, 'ctx> {
         };
         let threshold = vecs.splat(c(LAZY_RESCALE_LOG2))?;
         for_row_blocks(cg, self.f, rows, group_rows, &mut |r0, count| {
-            prefetch_next(r0)?;
+            self.hint_next_tile(next_first, cg.b.build_int_unsigned_div(r0, cg.i64c(group_rows as i64), "group")?)?;
             let acc = &self.pool[..count * nv];
             let q_rows = self.query_rows(cg.add(q0, r0)?, count)?;
             self.score_micro_gemm(acc, nv, &q_rows)?;
@@ -1142,7 +1127,7 @@ impl<'ctx> Tiles<'_, 'ctx> {
                     let vshift = vecs.splat(shift)?;
                     let ts: Vec<BV> = scaled.iter().map(|&u| cg.fsub(u, vshift)).collect::<Result<_>>()?;
                     finish_row(r, &ts, Some(alpha))?;
-                    let acc_row = cg.affine(cg.add(r0, cg.i64c(r as i64))?, self.geo.v_dim as i64, cg.i64c(at.acc))?;
+                    let acc_row = cg.affine(row, self.geo.v_dim as i64, cg.i64c(at.acc))?;
                     let valpha = vecs.splat(alpha)?;
                     for ch in 0..nvd {
                         let idx = cg.add(acc_row, cg.i64c((ch * lanes) as i64))?;
@@ -1237,6 +1222,27 @@ impl<'ctx> Tiles<'_, 'ctx> {
             let p_first = cg.affine(r0, self.sbk as i64, cg.i64c(self.at.s))?;
             self.pv_micro_gemm(&self.pool[..count * nvd], nvd, p_first, true, r0, cols)
         })
+    }
+
+    /// Hints key and value row `next_first + group mod bk` (the last key
+    /// past the end) into L2: the groups of a block spread the next tile's
+    /// rows among them, so that packing it finds them there rather than in
+    /// L3.
+    fn hint_next_tile(&self, next_first: IntValue<'ctx>, group: IntValue<'ctx>) -> Result<()> {
+        let (cg, geo) = (self.cg, self.geo);
+        let j = cg.b.build_int_unsigned_rem(group, cg.i64c(self.bk as i64), "next_row")?;
+        let row = cg.add(next_first, j)?;
+        let last = cg.i64c(geo.kv_len as i64 - 1);
+        let past = cg.b.build_int_compare(IntPredicate::SGT, row, last, "past_end")?;
+        let row = cg.b.build_select(past, last, row, "row")?.into_int_value();
+        let per_line = 64 / self.xdt.storage_bytes(1).max(1);
+        for ((p, base), stride, dim) in [(self.k, geo.k.row, geo.head_dim), (self.v, geo.v.row, geo.v_dim)] {
+            let first = cg.affine(row, stride, base)?;
+            for line in (0..dim).step_by(per_line) {
+                cg.prefetch_read_l2(cg.elem_ptr(p, self.xdt, cg.add(first, cg.i64c(line as i64))?)?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Element offsets of the Q rows `first .. first + count` of the item.

@@ -282,11 +282,19 @@ impl ALayout {
 /// in L1 is prefetched anyway.
 fn a_layout_for(a: &GemmOperand<'_>, c_dtype: DType) -> ALayout {
     let (si, sk) = a.strides;
-    if a.dtype == DType::F32 && c_dtype == DType::F32 && sk == 1 && si > 0 {
+    if reads_a_in_place(a.dtype, c_dtype, sk == 1) && si > 0 {
         ALayout::Rows(si)
     } else {
         ALayout::Packed
     }
+}
+
+/// Whether the microkernel reads an A of `a_dtype` in place (see
+/// [`ALayout::Rows`]) for a product into `c_dtype`, when A's rows are
+/// contiguous (`row_major`): f32 into f32 only, as packing is also where
+/// narrower types are widened.
+pub(crate) fn reads_a_in_place(a_dtype: DType, c_dtype: DType, row_major: bool) -> bool {
+    a_dtype == DType::F32 && c_dtype == DType::F32 && row_major
 }
 
 fn tile_for(cg: &Cg<'_>, wide: bool) -> Tile {
@@ -959,22 +967,13 @@ fn macro_kernel<'ctx>(
                     (ALayout::Rows(_), Some((tail_rows, tail_ukr))) => {
                         let is_tail =
                             cg.b.build_int_compare(IntPredicate::EQ, rows, cg.i64c(tail_rows as i64), "tail_rows")?;
-                        let ukr = cg.b.build_select(
+                        cg.if_else(
+                            f,
                             is_tail,
-                            tail_ukr.as_global_value().as_pointer_value(),
-                            mk.ukr.as_global_value().as_pointer_value(),
-                            "ukr",
+                            "tile.tail_rows",
+                            &mut || call(tail_ukr, mk.tile_buf, tile_ldc, i1.const_zero()),
+                            &mut || call(mk.ukr, mk.tile_buf, tile_ldc, i1.const_zero()),
                         )?;
-                        let args = [
-                            kc.into(),
-                            a_panel.into(),
-                            b_panel.into(),
-                            mk.tile_buf.into(),
-                            tile_ldc.into(),
-                            i1.const_zero().into(),
-                            mk.alpha.into(),
-                        ];
-                        cg.b.build_indirect_call(mk.ukr.get_type(), ukr.into_pointer_value(), &args, "")?;
                     }
                     _ => call(mk.ukr, mk.tile_buf, tile_ldc, i1.const_zero())?,
                 }

@@ -253,7 +253,7 @@ fn matmul<'ctx>(
     }
     let scratch = plan.scratch[step].ok_or_else(|| err("no scratch space was planned"))?;
     let (batches, b_batches) = gemm::batch_counts(&ash, &bsh);
-    let a_in_place = !gemm.trans_a && plan.ty(a).dtype == DType::F32;
+    let a_in_place = gemm::reads_a_in_place(plan.ty(a).dtype, dtype, !gemm.trans_a);
     if let Some(split) = gemm::parallel_split(dims, dtype, batches, b_batches, packed_b.is_some(), a_in_place) {
         let par = ParallelMatMul { dims, split, b_batches, has_c, c_in, gemm, packed_b };
         return matmul_parallel(cg, plan, step, &values, (sizes, strides), par, scratch);

@@ -286,16 +286,26 @@ impl<'ctx> Cg<'ctx> {
         if !self.is_avx512_f32(p) {
             return Ok(None);
         }
-        let name = "llvm.x86.avx512.mask.scalef.ps.512";
+        self.avx512_unmasked("llvm.x86.avx512.mask.scalef.ps.512", p, d.into()).map(Some)
+    }
+
+    /// Calls the masked AVX-512 f32 intrinsic `name` as `name(a, b, a,
+    /// all lanes, current rounding)`: every lane computed, none passed
+    /// through.
+    fn avx512_unmasked(
+        &self,
+        name: &str,
+        a: BV<'ctx>,
+        b: inkwell::values::BasicMetadataValueEnum<'ctx>,
+    ) -> Result<BV<'ctx>> {
         let f = inkwell::intrinsics::Intrinsic::find(name)
             .and_then(|i| i.get_declaration(&self.module, &[]))
             .ok_or_else(|| BackendError::Llvm(format!("cannot declare `{name}`")))?;
-        let i16_all = self.ctx.i16_type().const_all_ones();
+        let all = self.ctx.i16_type().const_all_ones();
         // 4: the current rounding direction (no embedded rounding).
         let rounding = self.ctx.i32_type().const_int(4, false);
-        let args = [p.into(), d.into(), p.into(), i16_all.into(), rounding.into()];
-        let call = self.b.build_call(f, &args, "scalef")?;
-        Ok(call.try_as_basic_value().basic())
+        let call = self.b.build_call(f, &[a.into(), b, a.into(), all.into(), rounding.into()], "avx512")?;
+        call.try_as_basic_value().basic().ok_or_else(|| BackendError::Llvm(format!("`{name}` returned no value")))
     }
 
     /// `2^x` for f32 `x ≤ 64` (scalar or vector), 0 for `x = -inf` and
@@ -326,10 +336,7 @@ impl<'ctx> Cg<'ctx> {
                     self.fsub(x, self.intrinsic("llvm.floor", &[x])?)?
                 }
             };
-            let p = poly(frac)?;
-            return self
-                .scalef_avx512(p, x)?
-                .ok_or_else(|| BackendError::Llvm("vscalefps did not take an AVX-512 f32 vector".into()));
+            return self.avx512_unmasked("llvm.x86.avx512.mask.scalef.ps.512", poly(frac)?, x.into());
         }
         // ⌊x⌋ ≥ -127 keeps 2^⌊x⌋'s biased exponent ≥ 0 (0 gives +0.0); the
         // ordered compare lets NaN through to the polynomial.
@@ -353,18 +360,10 @@ impl<'ctx> Cg<'ctx> {
         if !self.avx512dq || !self.is_avx512_f32(x) {
             return Ok(None);
         }
-        let name = "llvm.x86.avx512.mask.reduce.ps.512";
-        let f = inkwell::intrinsics::Intrinsic::find(name)
-            .and_then(|i| i.get_declaration(&self.module, &[]))
-            .ok_or_else(|| BackendError::Llvm(format!("cannot declare `{name}`")))?;
         // imm 9: keep 0 fraction bits of the rounded part, round down,
         // suppress the precision exception.
         let imm = self.ctx.i32_type().const_int(9, false);
-        let all = self.ctx.i16_type().const_all_ones();
-        // 4: the current rounding direction (no embedded rounding).
-        let rounding = self.ctx.i32_type().const_int(4, false);
-        let call = self.b.build_call(f, &[x.into(), imm.into(), x.into(), all.into(), rounding.into()], "frac")?;
-        Ok(call.try_as_basic_value().basic())
+        self.avx512_unmasked("llvm.x86.avx512.mask.reduce.ps.512", x, imm.into()).map(Some)
     }
 
     /// exp for f32 (vectorizable) or f64 (intrinsic).

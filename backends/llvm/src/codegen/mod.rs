@@ -314,8 +314,8 @@ impl<'ctx> Cg<'ctx> {
         Ok(())
     }
 
-    /// Emits `if cond { then() }` in blocks named `name` and `name.done`,
-    /// and leaves the builder in the last; `then` must fall through.
+    /// Emits `if cond { then() }` (an [`Cg::if_else`] with nothing in the
+    /// else block, which LLVM removes); `then` must fall through.
     pub(crate) fn if_then(
         &self,
         f: FunctionValue<'ctx>,
@@ -323,14 +323,7 @@ impl<'ctx> Cg<'ctx> {
         name: &str,
         then: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
-        let yes = self.ctx.append_basic_block(f, name);
-        let done = self.ctx.append_basic_block(f, &format!("{name}.done"));
-        self.b.build_conditional_branch(cond, yes, done)?;
-        self.b.position_at_end(yes);
-        then()?;
-        self.b.build_unconditional_branch(done)?;
-        self.b.position_at_end(done);
-        Ok(())
+        self.if_else(f, cond, name, then, &mut || Ok(()))
     }
 
     /// Emits `for i in 0..n { body(i) }`. Constant trip counts of zero emit
